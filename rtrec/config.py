@@ -1,0 +1,218 @@
+"""Settings: every address and path the platform uses, in one object.
+
+Values come, highest priority first, from keyword arguments, ``RTREC_*`` environment
+variables (nested with ``__``, e.g. ``RTREC_KAFKA__BOOTSTRAP_SERVERS``), a YAML file named
+by ``RTREC_CONFIG``, then the defaults below. The defaults point at the embedded stack
+that ``rtrec up`` starts, so pointing at real clusters is only a change of settings
+(see ``infra/README.md``).
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+_STRICT = ConfigDict(extra="forbid")
+
+
+class KafkaSettings(BaseModel):
+    model_config = _STRICT
+
+    bootstrap_servers: str = "127.0.0.1:19092"
+    """Comma-separated host:port list of Kafka brokers (embedded: Tansu on 19092)."""
+    events_topic: str = "rtrec.events"
+    """Interaction events, keyed by user id so one user's events stay in order."""
+    dlq_topic: str = "rtrec.events.dlq"
+    """Dead letters: the original bytes plus the reason they were rejected."""
+    alerts_topic: str = "rtrec.alerts"
+    """Drift and health alerts for on-call tooling."""
+    partitions: int = Field(4, ge=1)
+    """Partitions created for the events topic; the ceiling on parallel processors."""
+    consumer_group: str = "rtrec-stream"
+    """Consumer group of the stream processors."""
+    session_timeout_ms: int = Field(6000, ge=1000)
+    """Group session timeout; Tansu holds a join for about half of it (STACK_NOTES)."""
+
+
+class RedisSettings(BaseModel):
+    model_config = _STRICT
+
+    url: str = "redis://127.0.0.1:16379/0"
+    """Redis for Feast's online store (embedded: a redis-server on 16379)."""
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        rest = self.url.split("://", 1)[-1].split("/", 1)[0].rsplit("@", 1)[-1]
+        host, _, port = rest.partition(":")
+        return host or "127.0.0.1", int(port or 6379)
+
+
+class FeastSettings(BaseModel):
+    model_config = _STRICT
+
+    project: str = "rtrec"
+    """Feast project name."""
+    repo_path: Path | None = None
+    """Where the generated feature_store.yaml lives; default ``<work_dir>/feature_repo``."""
+    online_store: Literal["redis", "sqlite"] = "redis"
+    """Online store backend; sqlite only when no Redis is available."""
+
+
+class MlflowSettings(BaseModel):
+    model_config = _STRICT
+
+    tracking_uri: str | None = None
+    """MLflow tracking/registry URI; default ``sqlite:///<work_dir>/mlflow/mlflow.db``."""
+    artifact_root: Path | None = None
+    """Artifact location for new experiments; default ``<work_dir>/mlflow/artifacts``."""
+    model_name: str = "rtrec-two-tower"
+    """Registered model name holding champion and challenger aliases."""
+    experiment: str = "rtrec"
+    """Experiment that training runs are logged under."""
+    promotion_margin: float = 0.0
+    """Relative gain on the validation metric a challenger needs to become champion."""
+
+
+class AirflowSettings(BaseModel):
+    model_config = _STRICT
+
+    home: Path | None = None
+    """AIRFLOW_HOME; default ``<work_dir>/airflow``."""
+    port: int = 18080
+    """Port of the embedded Airflow API server / UI."""
+    parallelism: int = 4
+    """AIRFLOW__CORE__PARALLELISM for the embedded standalone."""
+
+
+class SparkSettings(BaseModel):
+    model_config = _STRICT
+
+    master: str = "local[*]"
+    """Spark master URL: local[*] embedded, spark://host:7077 or k8s://... on a cluster."""
+    driver_memory: str = "2g"
+    """spark.driver.memory."""
+
+
+class ServingSettings(BaseModel):
+    model_config = _STRICT
+
+    host: str = "127.0.0.1"
+    """Interface the BentoML service binds."""
+    port: int = 13000
+    """Port of the recommendation API."""
+    api_keys: list[SecretStr] = Field(default_factory=list)
+    """Accepted X-API-Key values; no default. Empty means auth is off (embedded dev only)."""
+    rate_limit_per_s: float = 200.0
+    """Sustained requests per second allowed per API key (token bucket)."""
+    max_k: int = 200
+    """Largest k a request may ask for."""
+
+
+class MonitoringSettings(BaseModel):
+    model_config = _STRICT
+
+    workspace: Path | None = None
+    """Evidently workspace; default ``<work_dir>/evidently``."""
+    ui_port: int = 18000
+    """Port of ``rtrec monitor ui``."""
+    drift_share_threshold: float = 0.5
+    """Share of drifted columns above which a window counts as drifted."""
+
+
+class Settings(BaseSettings):
+    """Everything configurable in rtrec. Build it with :func:`get_settings`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RTREC_",
+        env_nested_delimiter="__",
+        extra="forbid",
+    )
+
+    work_dir: Path = Field(default_factory=lambda: Path.home() / ".rtrec")
+    """Root for everything the embedded stack writes: pids, logs, stores, registry."""
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    feast: FeastSettings = Field(default_factory=FeastSettings)
+    mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
+    airflow: AirflowSettings = Field(default_factory=AirflowSettings)
+    spark: SparkSettings = Field(default_factory=SparkSettings)
+    serving: ServingSettings = Field(default_factory=ServingSettings)
+    monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
+    seed: int = 42
+    """Seed for data generation and training."""
+
+    @model_validator(mode="after")
+    def _fill_paths(self) -> Settings:
+        self.work_dir = self.work_dir.expanduser().resolve()
+        if self.feast.repo_path is None:
+            self.feast.repo_path = self.work_dir / "feature_repo"
+        if self.mlflow.tracking_uri is None:
+            self.mlflow.tracking_uri = f"sqlite:///{self.work_dir / 'mlflow' / 'mlflow.db'}"
+        if self.mlflow.artifact_root is None:
+            self.mlflow.artifact_root = self.work_dir / "mlflow" / "artifacts"
+        if self.airflow.home is None:
+            self.airflow.home = self.work_dir / "airflow"
+        if self.monitoring.workspace is None:
+            self.monitoring.workspace = self.work_dir / "evidently"
+        return self
+
+    # Derived locations: one place spells them.
+    @property
+    def offline_dir(self) -> Path:
+        """Append-only offline event log and feature tables (parquet)."""
+        return self.work_dir / "offline"
+
+    @property
+    def run_dir(self) -> Path:
+        """Pid files of processes the embedded stack started."""
+        return self.work_dir / "run"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.work_dir / "logs"
+
+    @property
+    def data_dir(self) -> Path:
+        """Generated or loaded data sets (catalog, users, events)."""
+        return self.work_dir / "data"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("RTREC_CONFIG")
+        if config_file:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+        return tuple(sources)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build fresh settings (env + YAML + overrides); tests use this, not the cache."""
+    config_file = os.environ.get("RTREC_CONFIG")
+    if config_file and not Path(config_file).is_file():
+        from rtrec.errors import ConfigError
+
+        raise ConfigError(f"RTREC_CONFIG points at {config_file!r}, which is not a file")
+    return Settings(**overrides)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, built once on first use (never at import time)."""
+    return load_settings()

@@ -1,0 +1,163 @@
+"""The event contract: what flows on Kafka and into the feature store.
+
+An interaction is one user action on one item. On the wire it is a JSON object::
+
+    {"user_id": "u42", "item_id": "i7", "event_type": "click",
+     "ts": 1732280000123, "value": null, "context": {"device": "ios"}}
+
+``ts`` is milliseconds since the Unix epoch (UTC); an ISO-8601 string is accepted too.
+Every validation error is raised as :class:`rtrec.errors.InvalidInput` naming the field.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from rtrec.errors import InvalidInput
+
+MAX_EVENT_BYTES = 16 * 1024
+"""Largest serialized event accepted; bigger payloads are dead-lettered."""
+MAX_FUTURE_MS = 24 * 3600 * 1000
+"""Events stamped further than this in the future are rejected (clock bugs, forgeries)."""
+MIN_TS_MS = 0
+"""Timestamps before the epoch are rejected."""
+
+Id = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f]+$")]
+ContextValue = str | int | float | bool | None
+
+
+class EventType(StrEnum):
+    VIEW = "view"
+    CLICK = "click"
+    ADD_TO_CART = "add_to_cart"
+    PURCHASE = "purchase"
+    RATING = "rating"
+
+
+EVENT_TYPES: tuple[str, ...] = tuple(e.value for e in EventType)
+
+
+class Interaction(BaseModel):
+    """One user action on one item."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    user_id: Id
+    item_id: Id
+    event_type: EventType
+    ts: int = Field(ge=MIN_TS_MS)
+    """Event time, ms since the epoch (UTC)."""
+    value: float | None = Field(default=None, allow_inf_nan=False)
+    """Rating (1–5) for ``rating`` events, amount for purchases; else null."""
+    context: dict[Annotated[str, Field(max_length=64)], ContextValue] | None = Field(
+        default=None, max_length=32
+    )
+    """Free-form request context (device, page, experiment arm), bounded in size."""
+
+    @field_validator("ts", mode="before")
+    @classmethod
+    def _parse_ts(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            try:
+                return int(datetime.fromisoformat(v.replace("Z", "+00:00")).timestamp() * 1000)
+            except ValueError:
+                return v  # let the int validator name the problem
+        if isinstance(v, bool):
+            raise ValueError("ts must be an integer (ms since epoch), not a boolean")
+        return v
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json(exclude_none=True).encode()
+
+
+class ItemRecord(BaseModel):
+    """Catalog metadata for one item."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    item_id: Id
+    title: str = Field(default="", max_length=512)
+    categories: list[Annotated[str, Field(max_length=64)]] = Field(
+        default_factory=list, max_length=32
+    )
+    created_ts: int = Field(default=0, ge=0)
+    """When the item entered the catalog (ms); new items appear mid-stream."""
+
+
+class UserRecord(BaseModel):
+    """Profile metadata for one user."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    user_id: Id
+    age: int | None = Field(default=None, ge=0, le=150)
+    gender: str | None = Field(default=None, max_length=16)
+    occupation: str | None = Field(default=None, max_length=64)
+    signup_ts: int = Field(default=0, ge=0)
+
+
+def _first_error(exc: ValidationError) -> InvalidInput:
+    err = exc.errors(include_url=False)[0]
+    field = ".".join(str(p) for p in err["loc"]) or "<root>"
+    msg = err["msg"]
+    if err["type"] == "missing":
+        return InvalidInput(f"missing field '{field}'", field=field)
+    if err["type"] == "extra_forbidden":
+        return InvalidInput(f"unknown field '{field}'", field=field)
+    if err["type"] == "enum":
+        return InvalidInput(
+            f"field '{field}': unknown event type {err.get('input')!r}; "
+            f"expected one of {', '.join(EVENT_TYPES)}",
+            field=field,
+        )
+    return InvalidInput(f"field '{field}': {msg}", field=field)
+
+
+def parse_event(
+    raw: bytes | str | dict[str, Any],
+    *,
+    now_ms: int | None = None,
+    max_future_ms: int = MAX_FUTURE_MS,
+) -> Interaction:
+    """Validate one event from wire bytes (or a decoded dict).
+
+    Raises :class:`InvalidInput` whose ``field`` names what is wrong: ``<payload>`` for
+    oversized or undecodable bytes, ``<json>`` for bad JSON, else the field itself.
+    """
+    if isinstance(raw, bytes | str):
+        if len(raw) > MAX_EVENT_BYTES:
+            raise InvalidInput(
+                f"payload of {len(raw)} bytes exceeds the {MAX_EVENT_BYTES}-byte limit",
+                field="<payload>",
+            )
+        try:
+            data = json.loads(raw)
+        except UnicodeDecodeError as exc:
+            raise InvalidInput(f"payload is not UTF-8: {exc.reason}", field="<payload>") from exc
+        except ValueError as exc:
+            raise InvalidInput(f"invalid JSON: {exc}", field="<json>") from exc
+    else:
+        data = raw
+    if not isinstance(data, dict):
+        raise InvalidInput(
+            f"event must be a JSON object, got {type(data).__name__}", field="<json>"
+        )
+    try:
+        event = Interaction.model_validate(data)
+    except ValidationError as exc:
+        raise _first_error(exc) from None
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    if event.ts > now + max_future_ms:
+        raise InvalidInput(
+            f"field 'ts': {event.ts} is more than {max_future_ms // 1000} s in the future",
+            field="ts",
+        )
+    if event.event_type is EventType.RATING and event.value is None:
+        raise InvalidInput("field 'value': rating events need a value", field="value")
+    return event
