@@ -117,3 +117,7 @@ def _register_stage_commands() -> None:
 
 
 _register_stage_commands()
+
+
+if __name__ == "__main__":
+    main()

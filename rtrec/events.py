@@ -136,10 +136,15 @@ def parse_event(
                 f"payload of {len(raw)} bytes exceeds the {MAX_EVENT_BYTES}-byte limit",
                 field="<payload>",
             )
+        if isinstance(raw, bytes):
+            try:
+                raw = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InvalidInput(
+                    f"payload is not UTF-8: {exc.reason} at byte {exc.start}", field="<payload>"
+                ) from None
         try:
             data = json.loads(raw)
-        except UnicodeDecodeError as exc:
-            raise InvalidInput(f"payload is not UTF-8: {exc.reason}", field="<payload>") from exc
         except ValueError as exc:
             raise InvalidInput(f"invalid JSON: {exc}", field="<json>") from exc
     else:
