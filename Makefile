@@ -1,0 +1,46 @@
+# The two commands a newcomer runs (see README):  make demo   and   make test
+# Both create .venv on first use; everything is installed from the package registries.
+
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+ARGS ?=
+
+.PHONY: demo demo-quick test test-fast lint setup system-deps clean
+
+$(BIN)/rtrec: pyproject.toml
+	@$(MAKE) --no-print-directory system-deps
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q -U pip
+	# CPU torch first: a range that admits newer releases pulls a multi-GB CUDA build.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[dev]"
+	@touch $(BIN)/rtrec
+
+setup: $(BIN)/rtrec
+
+# redis-server (online store) and Java (Spark) come from the system's packages.
+system-deps:
+	@command -v redis-server >/dev/null || { \
+	  echo "installing redis-server (apt)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq redis-server >/dev/null; }
+	@command -v java >/dev/null || echo "warning: no java on PATH; Spark needs Java 17"
+
+demo: setup
+	$(BIN)/rtrec demo $(ARGS)
+
+demo-quick: setup
+	$(BIN)/rtrec demo --quick $(ARGS)
+
+test: setup
+	$(BIN)/pytest -q -m "not gpu" --timeout=900 $(ARGS)
+
+test-fast: setup
+	$(BIN)/pytest -q -m "not integration and not slow and not gpu" $(ARGS)
+
+lint: setup
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
