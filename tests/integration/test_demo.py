@@ -1,0 +1,39 @@
+"""`rtrec demo --quick` end to end, as a newcomer runs it, leaving nothing behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rtrec import stack as stack_mod
+from rtrec.config import load_settings
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def test_demo_quick_runs_the_loop_and_stops_everything(tmp_path: Path) -> None:
+    from tests.conftest import free_port
+
+    env = {
+        **os.environ,
+        "RTREC_WORK_DIR": str(tmp_path / "w"),
+        "RTREC_KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",
+        "RTREC_REDIS__URL": f"redis://127.0.0.1:{free_port()}/0",
+        "RTREC_SERVING__PORT": str(free_port()),
+    }
+    exe = Path(sys.executable).with_name("rtrec")
+    proc = subprocess.run(
+        [str(exe), "demo", "--quick"], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    steps = {s["step"]: s for s in summary["steps"]}
+    kafka = steps["publish through Kafka and read back"]
+    assert kafka["published"] == kafka["read_back"] > 0
+    settings = load_settings(work_dir=tmp_path / "w")
+    assert stack_mod.managed_names(settings) == []  # nothing left running
