@@ -148,7 +148,8 @@ def test_appending_future_events_leaves_past_examples_unchanged(
 
     def examples_up_to_cut(frame: pd.DataFrame, name: str) -> pd.DataFrame:
         root = write_event_log(_dataset(frame), tmp_path / name / "log")
-        sets = build_training_sets(settings, source=root, out_dir=tmp_path / name / "sets", config=cfg)
+        out = tmp_path / name / "sets"
+        sets = build_training_sets(settings, source=root, out_dir=out, config=cfg)
         both = pd.concat([sets.read(s) for s in ("train", "validation", "test")])
         both = both[both["ts"] <= cut].drop(columns=["event_time"])
         both["hist_item_ids"] = both["hist_item_ids"].map(list)
