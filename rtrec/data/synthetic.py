@@ -21,6 +21,7 @@ Everything is numpy over whole arrays; 1M events take about a second.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -199,16 +200,24 @@ def _pick(rng: np.random.Generator, p: np.ndarray, size: int | tuple[int, ...]) 
     return rng.choice(len(p), size, p=p / p.sum())
 
 
-def generate(cfg: SyntheticConfig) -> Dataset:
-    """Generate a :class:`Dataset` from ``cfg``, deterministically under ``cfg.seed``."""
-    rng = np.random.default_rng(cfg.seed)
-    start, end, shift_ts, sh = cfg.start_ts, cfg.end_ts, cfg.shift_ts, cfg.shift
-    if shift_ts is not None and not start < shift_ts < end:
-        raise InvalidInput(f"shift at_ts={shift_ts} is outside [{start}, {end})", field="shift")
-    n_old, n_new = cfg.n_items, sh.new_items if sh else 0
-    n_items, n_cat, n_cl, n_users = n_old + n_new, cfg.n_categories, cfg.n_clusters, cfg.n_users
+@dataclass
+class _Catalog:
+    primary: np.ndarray
+    secondary: np.ndarray
+    price: np.ndarray
+    created: np.ndarray
+    regimes: list[_Regime]
+    """Before the shift; after it (when there is one)."""
+    new_cum: np.ndarray
+    """Cumulative popularity of the new items (the trend)."""
+    trend: list[int]
 
-    # Catalog: categories (every one non-empty), ring order, price, creation time, popularity.
+
+def _catalog(cfg: SyntheticConfig, rng: np.random.Generator) -> _Catalog:
+    """Categories (every one non-empty), ring order, price, creation time, popularity."""
+    sh, n_old, n_cat = cfg.shift, cfg.n_items, cfg.n_categories
+    n_new = sh.new_items if sh else 0
+    n_items = n_old + n_new
     primary = rng.integers(0, n_cat, n_items)
     primary[:n_cat] = np.arange(n_cat)
     trend = rng.choice(n_cat, min(n_cat, sh.new_item_categories), replace=False) if sh else []
@@ -217,8 +226,8 @@ def generate(cfg: SyntheticConfig) -> Dataset:
     other = (primary + rng.integers(1, n_cat, n_items)) % n_cat
     secondary = np.where(rng.random(n_items) < 0.3, other, -1)
     ring_key, price = rng.random(n_items), np.round(np.exp(rng.normal(3.0, 0.8, n_items)), 2)
-    created = start - rng.integers(0, 365 * DAY_MS, n_items)
-    created[n_old:] = shift_ts if n_new else 0
+    created = cfg.start_ts - rng.integers(0, 365 * DAY_MS, n_items)
+    created[n_old:] = cfg.shift_ts or 0
     weights = np.zeros(n_items)
     weights[:n_old] = _zipf(n_old, cfg.zipf_exponent, rng)
     regimes = [_Regime(weights, primary, ring_key)]
@@ -230,26 +239,16 @@ def generate(cfg: SyntheticConfig) -> Dataset:
             new_cum = np.cumsum(_zipf(n_new, cfg.zipf_exponent, rng))
             post[n_old:] = sh.new_items_share * np.diff(new_cum, prepend=0.0) / new_cum[-1]
         regimes.append(_Regime(post, primary, ring_key))
+    return _Catalog(primary, secondary, price, created, regimes, new_cum, list(trend))
 
-    # Users: taste cluster (before / after the shift), activity, signup, habitual items.
-    cluster = rng.integers(0, n_cl, n_users)
-    favourites = np.stack(
-        [rng.choice(n_cat, cfg.categories_per_cluster, replace=False) for _ in range(n_cl)]
-    )
-    fav_p = 0.5 ** np.arange(cfg.categories_per_cluster)
-    moved = rng.random(n_users) < (sh.taste_drift if sh else 0.0)
-    drifted = np.where(moved, (cluster + rng.integers(1, max(n_cl, 2), n_users)) % n_cl, cluster)
-    activity = np.exp(rng.normal(0.0, cfg.activity_sigma, n_users))
-    signup = start - rng.integers(DAY_MS, 730 * DAY_MS, n_users)
-    late = rng.random(n_users) < cfg.new_user_share
-    signup[late] = start + rng.integers(0, max(1, int((end - start) * 0.8)), int(late.sum()))
-    habit_cat = favourites[cluster[:, None], _pick(rng, fav_p, (n_users, cfg.habit_items))]
-    r0 = regimes[0]
-    habit_pos = r0.start[habit_cat] + (rng.random(habit_cat.shape) * r0.size[habit_cat])
-    habits = r0.order[habit_pos.astype(np.int64)]
 
-    # Sessions: 1 + geometric lengths summing to n_events, placed after the user's signup.
-    n = cfg.n_events
+def _sessions(
+    cfg: SyntheticConfig, rng: np.random.Generator, signup: np.ndarray, activity: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(user, ts, first-of-session, regime) per event: 1 + geometric session lengths summing
+    to n_events, each session after its user's signup and wholly in one regime, so nothing
+    is seen before it exists."""
+    n, start, end = cfg.n_events, cfg.start_ts, cfg.end_ts
     lengths = rng.geometric(1.0 / cfg.session_mean_events, int(n / cfg.session_mean_events) + 99)
     while lengths.sum() < n:  # only for tiny n
         lengths = np.concatenate([lengths, rng.geometric(1.0 / cfg.session_mean_events, 99)])
@@ -266,9 +265,39 @@ def generate(cfg: SyntheticConfig) -> Dataset:
     gaps = np.where(first, 0, 1000 + rng.exponential(cfg.session_gap_s * 1000, n).astype(np.int64))
     cum_gap = np.cumsum(gaps)
     ts = np.minimum(sess_start[sess] + cum_gap - cum_gap[np.flatnonzero(first)][sess], end - 1)
-    # A session belongs wholly to one regime, so nothing is seen before it exists.
-    regime = (sess_start[sess] >= shift_ts).astype(np.int64) if sh else np.zeros(n, np.int64)
-    user = sess_user[sess]
+    shift_ts = cfg.shift_ts
+    regime = np.zeros(n, np.int64) if shift_ts is None else (sess_start[sess] >= shift_ts) * 1
+    return sess_user[sess], ts, first, regime
+
+
+def generate(cfg: SyntheticConfig) -> Dataset:
+    """Generate a :class:`Dataset` from ``cfg``, deterministically under ``cfg.seed``."""
+    rng = np.random.default_rng(cfg.seed)
+    start, end, shift_ts, sh = cfg.start_ts, cfg.end_ts, cfg.shift_ts, cfg.shift
+    if shift_ts is not None and not start < shift_ts < end:
+        raise InvalidInput(f"shift at_ts={shift_ts} is outside [{start}, {end})", field="shift")
+    cat = _catalog(cfg, rng)
+    n_old, n_items = cfg.n_items, len(cat.primary)
+    n_new, n_cat, n_cl, n_users = n_items - n_old, cfg.n_categories, cfg.n_clusters, cfg.n_users
+
+    # Users: taste cluster (before / after the shift), activity, signup, habitual items.
+    cluster = rng.integers(0, n_cl, n_users)
+    favourites = np.stack(
+        [rng.choice(n_cat, cfg.categories_per_cluster, replace=False) for _ in range(n_cl)]
+    )
+    fav_p = 0.5 ** np.arange(cfg.categories_per_cluster)
+    moved = rng.random(n_users) < (sh.taste_drift if sh else 0.0)
+    drifted = np.where(moved, (cluster + rng.integers(1, max(n_cl, 2), n_users)) % n_cl, cluster)
+    activity = np.exp(rng.normal(0.0, cfg.activity_sigma, n_users))
+    signup = start - rng.integers(DAY_MS, 730 * DAY_MS, n_users)
+    late = rng.random(n_users) < cfg.new_user_share
+    signup[late] = start + rng.integers(0, max(1, int((end - start) * 0.8)), int(late.sum()))
+    habit_cat = favourites[cluster[:, None], _pick(rng, fav_p, (n_users, cfg.habit_items))]
+    r0 = cat.regimes[0]
+    habit_pos = r0.start[habit_cat] + (rng.random(habit_cat.shape) * r0.size[habit_cat])
+    habits = r0.order[habit_pos.astype(np.int64)]
+    user, ts, first, regime = _sessions(cfg, rng, signup, activity)
+    n = cfg.n_events
 
     # Events: type, then item. In-session events repeat (funnel) or follow the previous
     # item; the rest are fresh picks from habit, the trend, taste or global popularity.
@@ -288,14 +317,13 @@ def generate(cfg: SyntheticConfig) -> Dataset:
     hot = rng.random(n) < (sh.new_items_share if n_new else 0.0)
     habit_item = habits[user, rng.integers(0, cfg.habit_items, n)]
     item = np.empty(n, dtype=np.int64)
-    for k, reg in enumerate(regimes):
+    for k, reg in enumerate(cat.regimes):
         a = np.flatnonzero((regime == k) & fresh)
         pos = np.where(taste[a], reg.pick_in(fav_cat[a], u[a]), reg.pick_global(u[a]))
         pos = np.where(habit[a], reg.inverse[habit_item[a]], pos)
         if k == 1 and n_new:
-            new = n_old + np.minimum(
-                np.searchsorted(new_cum, u[a] * new_cum[-1], "right"), n_new - 1
-            )
+            new = np.searchsorted(cat.new_cum, u[a] * cat.new_cum[-1], "right")
+            new = n_old + np.minimum(new, n_new - 1)
             pos = np.where(hot[a] & ~habit[a], reg.inverse[new], pos)
         anchor_pos = np.zeros(n, dtype=np.int64)
         anchor_pos[a] = pos
@@ -304,13 +332,11 @@ def generate(cfg: SyntheticConfig) -> Dataset:
 
     fav_mask = np.zeros((n_cl, n_cat), dtype=bool)
     fav_mask[np.arange(n_cl)[:, None], favourites] = True
-    stars = np.rint(2.6 + 1.4 * fav_mask[ev_cluster, primary[item]] + rng.normal(0, 0.9, n))
+    stars = np.rint(2.6 + 1.4 * fav_mask[ev_cluster, cat.primary[item]] + rng.normal(0, 0.9, n))
     value = np.where(etype == "rating", np.clip(stars, 1, 5), np.nan)
-    value = np.where(etype == "purchase", price[item], value)
+    value = np.where(etype == "purchase", cat.price[item], value)
 
-    names = [
-        _CATEGORY_NAMES[c] if c < len(_CATEGORY_NAMES) else f"category_{c}" for c in range(n_cat)
-    ]
+    names = [_CATEGORY_NAMES[c] if c < len(_CATEGORY_NAMES) else f"cat_{c}" for c in range(n_cat)]
     user_ids = np.array([f"u{i}" for i in range(n_users)], dtype=object)
     item_ids = np.array([f"i{i}" for i in range(n_items)], dtype=object)
     order = np.argsort(ts, kind="stable")
@@ -326,19 +352,19 @@ def generate(cfg: SyntheticConfig) -> Dataset:
     items = pd.DataFrame(
         {
             "item_id": item_ids,
-            "title": [f"{names[p].title()} item {i}" for i, p in enumerate(primary)],
+            "title": [f"{names[p].title()} item {i}" for i, p in enumerate(cat.primary)],
             "categories": [
                 [names[p]] if s < 0 else [names[p], names[s]]
-                for p, s in zip(primary, secondary, strict=True)
+                for p, s in zip(cat.primary, cat.secondary, strict=True)
             ],
-            "created_ts": created,
+            "created_ts": cat.created,
         }
     )
     meta = {
         "source": "synthetic",
         "config": cfg.model_dump(),
         "shift_ts": shift_ts,
-        "trend_categories": [names[c] for c in trend],
+        "trend_categories": [names[c] for c in cat.trend],
         "favourite_categories": [[names[c] for c in fav] for fav in favourites],
     }
     logger.info("generated %d events, %d users, %d items", n, n_users, n_items)
