@@ -185,7 +185,6 @@ def test_small_is_fast() -> None:
     assert time.perf_counter() - t0 < 3.0
 
 
-@pytest.mark.slow
 def test_million_events_under_ten_seconds() -> None:
     t0 = time.perf_counter()
     ds = generate(SyntheticConfig(shift=ShiftConfig()))
