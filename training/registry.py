@@ -1,0 +1,423 @@
+"""The model registry: the only module that talks to MLflow.
+
+A training run logs its params, metrics, report and the model bundle directory (both towers,
+the item embedding table and the FAISS index, written by ``training.artifacts``) as one
+``mlflow.pyfunc`` model, registers it under ``settings.mlflow.model_name`` and points the
+``challenger`` alias at it. The promotion gate moves ``champion`` only when the challenger
+beats the current champion on the validation metric by ``settings.mlflow.promotion_margin``
+(relative); every decision and rollback is written as version tags, so the registry itself
+is the audit log. Serving fetches the champion with :func:`download_bundle`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from rtrec.config import Settings
+from rtrec.errors import InvalidInput, NotFound, Unavailable
+
+logger = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+GATE_METRIC = "val_ndcg_at_10"
+"""Validation metric the gate compares (``val_`` + the evaluation key, ``@`` spelled ``_at_``)."""
+BUNDLE_KEY = "bundle"
+"""Name of the bundle directory inside the pyfunc model's ``artifacts``."""
+TAG_DECISION = "promotion.decision"
+TAG_REASON = "promotion.reason"
+TAG_PREVIOUS = "promotion.previous_champion"
+TAG_DECIDED_AT = "promotion.decided_at"
+TAG_ROLLED_BACK = "rollback.demoted_to"
+TAG_RESTORED = "rollback.restored_from"
+
+
+def metric_key(name: str) -> str:
+    """An MLflow-legal metric name: ``ndcg@10`` -> ``ndcg_at_10``."""
+    return name.replace("@", "_at_").replace(" ", "_")
+
+
+@dataclass(frozen=True)
+class PromotionDecision:
+    """What the gate decided and why; also written to the version's tags."""
+
+    version: str
+    promoted: bool
+    reason: str
+    metric: str
+    value: float | None = None
+    champion_version: str | None = None
+    champion_value: float | None = None
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """One registered version as the CLI lists it."""
+
+    version: str
+    aliases: list[str]
+    run_id: str | None
+    created: datetime
+    metrics: dict[str, float] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _pyfunc_model_class() -> type:
+    """The pyfunc wrapper, built lazily so importing this module never imports MLflow."""
+    import mlflow.pyfunc
+
+    class BundleModel(mlflow.pyfunc.PythonModel):
+        """Loads the bundle; ``predict`` maps user ids to their top-k item ids."""
+
+        def load_context(self, context):
+            from training.artifacts import load_bundle
+
+            self.bundle = load_bundle(context.artifacts[BUNDLE_KEY])
+
+        def predict(self, model_input: list[str], params: dict | None = None) -> list[list[str]]:
+            k = int((params or {}).get("k", 10))
+            return self.bundle.recommend(list(model_input), k=k)
+
+    return BundleModel
+
+
+class ModelRegistry:
+    """Registry operations for one settings object (tracking URI, model name, margin)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.name = settings.mlflow.model_name
+        self._client: Any = None
+
+    # ---- plumbing --------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _tracking(self) -> Iterator[Any]:
+        """Point the fluent API at our tracking URI for the duration, then restore it."""
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        import mlflow
+
+        uri = str(self.settings.mlflow.tracking_uri)
+        if uri.startswith("sqlite:///"):
+            Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        previous = mlflow.get_tracking_uri()
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        try:
+            yield mlflow
+        finally:
+            mlflow.set_tracking_uri(previous)
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            with self._tracking():
+                from mlflow import MlflowClient
+
+                uri = str(self.settings.mlflow.tracking_uri)
+                try:
+                    self._client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+                    self._client.search_registered_models(max_results=1)
+                except Exception as exc:  # MLflow raises many types for a dead store
+                    raise Unavailable(f"MLflow registry at {uri} is unreachable: {exc}") from exc
+        return self._client
+
+    def _experiment_id(self, mlflow: Any) -> str:
+        name = self.settings.mlflow.experiment
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        root = Path(str(self.settings.mlflow.artifact_root))
+        root.mkdir(parents=True, exist_ok=True)
+        return self.client.create_experiment(name, artifact_location=root.as_uri())
+
+    def _alias_version(self, alias: str) -> str | None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return str(self.client.get_model_version_by_alias(self.name, alias).version)
+        except MlflowException:
+            return None
+
+    def _version(self, version: str | int) -> Any:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.get_model_version(self.name, str(version))
+        except MlflowException as exc:
+            raise NotFound(f"model {self.name!r} has no version {version}") from exc
+
+    def _tag(self, version: str, tags: Mapping[str, object]) -> None:
+        for key, value in tags.items():
+            self.client.set_model_version_tag(self.name, str(version), key, str(value))
+
+    def _metric(self, version: str, metric: str) -> float | None:
+        run_id = self._version(version).run_id
+        return self.client.get_run(run_id).data.metrics.get(metric) if run_id else None
+
+    # ---- logging and registration ----------------------------------------------------------
+    def log_and_register(
+        self,
+        bundle_dir: str | Path,
+        *,
+        params: Mapping[str, object],
+        metrics: Mapping[str, float],
+        report_files: Sequence[str | Path] = (),
+        tags: Mapping[str, str] | None = None,
+        run_name: str | None = None,
+    ) -> tuple[str, str]:
+        """Log one training run and register its bundle as the challenger.
+
+        Returns ``(run_id, version)``. Metric names are made MLflow-legal with
+        :func:`metric_key`; the bundle directory travels as the pyfunc's ``bundle`` artifact.
+        """
+        bundle = Path(bundle_dir)
+        if not bundle.is_dir():
+            raise NotFound(f"bundle directory {bundle} does not exist")
+        import mlflow.pyfunc
+
+        with self._tracking() as mlflow_mod:
+            exp_id = self._experiment_id(mlflow_mod)
+            with mlflow_mod.start_run(experiment_id=exp_id, run_name=run_name) as run:
+                mlflow_mod.log_params({k: str(v)[:500] for k, v in params.items()})
+                mlflow_mod.log_metrics({metric_key(k): float(v) for k, v in metrics.items()})
+                if tags:
+                    mlflow_mod.set_tags(dict(tags))
+                for file in report_files:
+                    mlflow_mod.log_artifact(str(file), artifact_path="report")
+                with _quiet_mlflow():
+                    info = mlflow.pyfunc.log_model(
+                        name="model",
+                        python_model=_pyfunc_model_class()(),
+                        artifacts={BUNDLE_KEY: str(bundle)},
+                        pip_requirements=_requirements(),
+                    )
+            version = mlflow_mod.register_model(info.model_uri, self.name).version
+        version = str(version)
+        self.client.set_registered_model_alias(self.name, CHALLENGER, version)
+        logger.info(
+            "registered %s version %s as challenger (run %s)", self.name, version, run.info.run_id
+        )
+        return run.info.run_id, version
+
+    # ---- aliases and the gate --------------------------------------------------------------
+    def champion_version(self) -> str | None:
+        return self._alias_version(CHAMPION)
+
+    def challenger_version(self) -> str | None:
+        return self._alias_version(CHALLENGER)
+
+    def promote_if_better(
+        self, version: str | int, *, metric: str = GATE_METRIC, margin: float | None = None
+    ) -> PromotionDecision:
+        """Promote ``version`` to champion only if it beats the champion by ``margin``.
+
+        ``margin`` is a relative gain (0.02 = 2 % better); default from settings. With no
+        champion the version is promoted. The decision and its reason become version tags.
+        """
+        version = str(version)
+        margin = self.settings.mlflow.promotion_margin if margin is None else margin
+        value = self._metric(version, metric)
+        if value is None:
+            raise InvalidInput(
+                f"version {version} has no metric {metric!r} to gate on", field=metric
+            )
+        champion = self.champion_version()
+        if champion is None:
+            return self._decide(
+                version, True, f"no champion yet; {metric}={value:.4f}", metric, value
+            )
+        if champion == version:
+            return self._decide(version, False, "already champion", metric, value, champion, value)
+        best = self._metric(champion, metric)
+        if best is None:
+            reason = f"champion v{champion} has no {metric}; promote by hand if intended"
+            return self._decide(version, False, reason, metric, value, champion, None)
+        gain = (value - best) / abs(best) if best else float("inf") if value > 0 else 0.0
+        better = value > best * (1 + margin) if best >= 0 else value > best + abs(best) * margin
+        verdict = "beats" if better else "does not beat"
+        reason = (
+            f"{metric} {value:.4f} vs champion v{champion} {best:.4f}: {gain:+.2%} "
+            f"{verdict} the {margin:.2%} margin"
+        )
+        return self._decide(version, better, reason, metric, value, champion, best)
+
+    def _decide(
+        self,
+        version: str,
+        promoted: bool,
+        reason: str,
+        metric: str,
+        value: float | None,
+        champion: str | None = None,
+        champion_value: float | None = None,
+    ) -> PromotionDecision:
+        decision = PromotionDecision(
+            version, promoted, reason, metric, value, champion, champion_value
+        )
+        if promoted:
+            self._move_champion(version, reason)
+        else:
+            self._tag(
+                version,
+                {TAG_DECISION: "kept_challenger", TAG_REASON: reason, TAG_DECIDED_AT: _now()},
+            )
+        logger.info(
+            "promotion gate for v%s: %s (%s)", version, "promoted" if promoted else "kept", reason
+        )
+        return decision
+
+    def _move_champion(self, version: str, reason: str) -> None:
+        previous = self.champion_version()
+        tags: dict[str, object] = {
+            TAG_DECISION: "promoted",
+            TAG_REASON: reason,
+            TAG_DECIDED_AT: _now(),
+        }
+        if previous is not None and previous != version:
+            tags[TAG_PREVIOUS] = previous
+        self._tag(version, tags)
+        self.client.set_registered_model_alias(self.name, CHAMPION, version)
+        if self.challenger_version() == version:
+            self.client.delete_registered_model_alias(self.name, CHALLENGER)
+
+    def promote(self, version: str | int, *, reason: str = "manual promotion") -> PromotionDecision:
+        """Make ``version`` champion unconditionally (an operator's call, recorded as such)."""
+        version = str(version)
+        self._version(version)  # NotFound for an unknown version
+        self._move_champion(version, reason)
+        return PromotionDecision(version, True, reason, GATE_METRIC)
+
+    def rollback(self, *, reason: str = "manual rollback") -> str:
+        """Move ``champion`` back to the version it replaced; returns that version."""
+        current = self.champion_version()
+        if current is None:
+            raise NotFound(f"model {self.name!r} has no champion to roll back")
+        previous = self._version(current).tags.get(TAG_PREVIOUS)
+        if not previous:
+            raise NotFound(f"champion v{current} of {self.name!r} has no previous champion")
+        self._version(previous)
+        self.client.set_registered_model_alias(self.name, CHAMPION, previous)
+        self._tag(
+            current, {TAG_ROLLED_BACK: previous, "rollback.reason": reason, "rollback.at": _now()}
+        )
+        self._tag(previous, {TAG_RESTORED: current, "rollback.at": _now()})
+        logger.warning(
+            "rolled back %s champion v%s -> v%s (%s)", self.name, current, previous, reason
+        )
+        return previous
+
+    # ---- listing and fetching --------------------------------------------------------------
+    def versions(self) -> list[VersionInfo]:
+        """Every version, newest first, with aliases, run metrics and tags."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            found = self.client.search_model_versions(f"name = '{self.name}'")
+        except MlflowException:
+            return []
+        aliases: dict[str, list[str]] = {}
+        for alias, version in self.client.get_registered_model(self.name).aliases.items():
+            aliases.setdefault(str(version), []).append(alias)
+        out = []
+        for mv in sorted(found, key=lambda m: int(m.version), reverse=True):
+            run = self.client.get_run(mv.run_id) if mv.run_id else None
+            out.append(
+                VersionInfo(
+                    version=str(mv.version),
+                    aliases=sorted(aliases.get(str(mv.version), [])),
+                    run_id=mv.run_id,
+                    created=datetime.fromtimestamp(mv.creation_timestamp / 1000, UTC),
+                    metrics=dict(run.data.metrics) if run else {},
+                    tags=dict(mv.tags),
+                )
+            )
+        return out
+
+    def resolve(self, alias_or_version: str | int) -> str:
+        """``champion`` / ``challenger`` / ``3`` -> a version number (NotFound if none)."""
+        text = str(alias_or_version)
+        if text.isdigit():
+            return str(self._version(text).version)
+        version = self._alias_version(text)
+        if version is None:
+            raise NotFound(f"model {self.name!r} has no version with alias {text!r}")
+        return version
+
+    def download_bundle(
+        self, alias_or_version: str | int = CHAMPION, *, dst: str | Path | None = None
+    ) -> Path:
+        """Fetch a version's bundle directory (cached per version) for ``load_bundle``."""
+        version = self.resolve(alias_or_version)
+        target = (
+            Path(dst)
+            if dst is not None
+            else self.settings.work_dir / "models" / f"{self.name}-v{version}"
+        )
+        if target.is_dir() and any(target.iterdir()):
+            return target
+        from mlflow.models import Model
+
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with self._tracking() as mlflow_mod, tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+            local = Path(
+                mlflow_mod.artifacts.download_artifacts(
+                    artifact_uri=f"models:/{self.name}/{version}", dst_path=tmp
+                )
+            )
+            spec = Model.load(str(local)).flavors["python_function"]["artifacts"][BUNDLE_KEY]
+            bundle = local / spec["path"]
+            if not bundle.is_dir():
+                raise NotFound(
+                    f"version {version} of {self.name!r} carries no bundle at {spec['path']}"
+                )
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.move(str(bundle), target)
+        logger.info("downloaded %s v%s bundle to %s", self.name, version, target)
+        return target
+
+
+@contextlib.contextmanager
+def _quiet_mlflow() -> Iterator[None]:
+    """Silence log_model's notices about cloudpickle and predict type hints (by design here)."""
+    quiet = logging.getLogger("mlflow.pyfunc")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            yield
+    finally:
+        quiet.setLevel(level)
+
+
+def _requirements() -> list[str]:
+    """Explicit pins: MLflow's inference would pin ``torch==X`` without the ``+cpu`` local tag."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    reqs = []
+    for pkg in ("torch", "numpy", "pandas", "pyarrow", "faiss-cpu", "mlflow"):
+        try:
+            reqs.append(f"{pkg}=={version(pkg).split('+')[0]}")
+        except PackageNotFoundError:
+            continue
+    return reqs
+
+
+def download_bundle(settings: Settings, alias_or_version: str | int = CHAMPION) -> Path:
+    """Serving's one call: the local bundle directory of ``champion`` (or a version)."""
+    return ModelRegistry(settings).download_bundle(alias_or_version)
