@@ -149,7 +149,9 @@ def spark_session(settings: Settings) -> SparkSession:
             .config("spark.sql.execution.arrow.pyspark.enabled", "true")
             .config("spark.ui.enabled", "false")
             .config("spark.ui.showConsoleProgress", "false")
-            .config("spark.driver.extraJavaOptions", "-Dlog4j2.level=error")
+            .config(
+                "spark.driver.extraJavaOptions", f"-Dlog4j.configurationFile={_log4j(settings)}"
+            )
         )
         if master.startswith("local"):
             builder = builder.config("spark.driver.host", "127.0.0.1")
@@ -157,6 +159,24 @@ def spark_session(settings: Settings) -> SparkSession:
         _session.sparkContext.setLogLevel("ERROR")
         logger.info("spark session started (master=%s)", master)
         return _session
+
+
+_LOG4J = """rootLogger.level = error
+rootLogger.appenderRef.stderr.ref = console
+appender.console.type = Console
+appender.console.name = console
+appender.console.target = SYSTEM_ERR
+appender.console.layout.type = PatternLayout
+appender.console.layout.pattern = %d{HH:mm:ss} %p %c{1}: %m%n%ex
+"""
+
+
+def _log4j(settings: Settings) -> str:
+    """A log4j2 config that keeps Spark's JVM to errors, even during start-up."""
+    path = settings.work_dir / "spark" / "log4j2.properties"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(_LOG4J)
+    return path.as_uri()
 
 
 def stop_spark() -> None:
