@@ -136,7 +136,7 @@ class ModelRegistry:
                     raise Unavailable(f"MLflow registry at {uri} is unreachable: {exc}") from exc
         return self._client
 
-    def _experiment_id(self, mlflow: Any) -> str:
+    def _experiment_id(self) -> str:
         name = self.settings.mlflow.experiment
         exp = self.client.get_experiment_by_name(name)
         if exp is not None:
@@ -191,7 +191,7 @@ class ModelRegistry:
         import mlflow.pyfunc
 
         with self._tracking() as mlflow_mod:
-            exp_id = self._experiment_id(mlflow_mod)
+            exp_id = self._experiment_id()
             with mlflow_mod.start_run(experiment_id=exp_id, run_name=run_name) as run:
                 mlflow_mod.log_params({k: str(v)[:500] for k, v in params.items()})
                 mlflow_mod.log_metrics({metric_key(k): float(v) for k, v in metrics.items()})
@@ -237,47 +237,15 @@ class ModelRegistry:
                 f"version {version} has no metric {metric!r} to gate on", field=metric
             )
         champion = self.champion_version()
-        if champion is None:
-            return self._decide(
-                version, True, f"no champion yet; {metric}={value:.4f}", metric, value
-            )
-        if champion == version:
-            return self._decide(version, False, "already champion", metric, value, champion, value)
-        best = self._metric(champion, metric)
-        if best is None:
-            reason = f"champion v{champion} has no {metric}; promote by hand if intended"
-            return self._decide(version, False, reason, metric, value, champion, None)
-        gain = (value - best) / abs(best) if best else float("inf") if value > 0 else 0.0
-        better = value > best * (1 + margin) if best >= 0 else value > best + abs(best) * margin
-        verdict = "beats" if better else "does not beat"
-        reason = (
-            f"{metric} {value:.4f} vs champion v{champion} {best:.4f}: {gain:+.2%} "
-            f"{verdict} the {margin:.2%} margin"
-        )
-        return self._decide(version, better, reason, metric, value, champion, best)
-
-    def _decide(
-        self,
-        version: str,
-        promoted: bool,
-        reason: str,
-        metric: str,
-        value: float | None,
-        champion: str | None = None,
-        champion_value: float | None = None,
-    ) -> PromotionDecision:
-        decision = PromotionDecision(
-            version, promoted, reason, metric, value, champion, champion_value
-        )
-        if promoted:
-            self._move_champion(version, reason)
+        best = self._metric(champion, metric) if champion not in (None, version) else value
+        decision = _gate(version, value, champion, best, metric=metric, margin=margin)
+        if decision.promoted:
+            self._move_champion(version, decision.reason)
         else:
-            self._tag(
-                version,
-                {TAG_DECISION: "kept_challenger", TAG_REASON: reason, TAG_DECIDED_AT: _now()},
-            )
+            tags = {TAG_DECISION: "kept_challenger", TAG_REASON: decision.reason}
+            self._tag(version, {**tags, TAG_DECIDED_AT: _now()})
         logger.info(
-            "promotion gate for v%s: %s (%s)", version, "promoted" if promoted else "kept", reason
+            "promotion gate for v%s: promoted=%s (%s)", version, decision.promoted, decision.reason
         )
         return decision
 
@@ -403,6 +371,34 @@ def _quiet_mlflow() -> Iterator[None]:
             yield
     finally:
         quiet.setLevel(level)
+
+
+def _gate(
+    version: str,
+    value: float,
+    champion: str | None,
+    best: float | None,
+    *,
+    metric: str,
+    margin: float,
+) -> PromotionDecision:
+    """The decision alone (no I/O): ties never promote, the margin is relative."""
+    if champion is None:
+        return PromotionDecision(
+            version, True, f"no champion yet; {metric}={value:.4f}", metric, value
+        )
+    if champion == version:
+        return PromotionDecision(version, False, "already champion", metric, value, champion, value)
+    if best is None:
+        reason = f"champion v{champion} has no {metric}; promote by hand if intended"
+        return PromotionDecision(version, False, reason, metric, value, champion)
+    better = value > best + abs(best) * margin if best else value > 0
+    gain = f"{(value - best) / abs(best):+.2%}" if best else "n/a"
+    reason = (
+        f"{metric} {value:.4f} vs champion v{champion} {best:.4f}: {gain} "
+        f"{'beats' if better else 'does not beat'} the {margin:.2%} margin"
+    )
+    return PromotionDecision(version, better, reason, metric, value, champion, best)
 
 
 def _requirements() -> list[str]:
