@@ -53,6 +53,8 @@ ITEMS_TABLE = "items"
 USERS_TABLE = "users"
 META_FILE = "meta.json"
 _DEDUP_KEY = ("user_id", "item_id", "event_type", "ts", "value")
+_ORDER = ("ts", "user_id", "item_id", "event_type")
+"""Row order of every split: time first, then a total order so reruns are identical."""
 
 _lock = threading.Lock()
 _session: SparkSession | None = None
@@ -112,9 +114,9 @@ class TrainingSets:
         return self.root / split
 
     def read(self, split: str) -> pd.DataFrame:
-        """One split as pandas (list columns as numpy arrays of str), sorted by time."""
+        """One split as pandas (list columns as numpy arrays of str) in ``_ORDER``."""
         table = pq.read_table(self.path(split))
-        return table.to_pandas().sort_values(["ts", "user_id", "item_id"], kind="stable")
+        return table.to_pandas().sort_values(list(_ORDER), kind="stable", ignore_index=True)
 
     @classmethod
     def load(cls, root: str | Path) -> TrainingSets:
@@ -390,9 +392,7 @@ def build_training_sets(
     out.mkdir(parents=True, exist_ok=True)
     for name in SPLITS:
         frame = labeled.where(labeled["split"] == name).drop("split")
-        frame.sortWithinPartitions("ts", "user_id", "item_id").write.mode("overwrite").parquet(
-            str(out / name)
-        )
+        frame.sortWithinPartitions(*_ORDER).write.mode("overwrite").parquet(str(out / name))
     labeled.unpersist()
     sets = TrainingSets(
         root=out, protocol=cfg.protocol, counts=counts, history_len=cfg.history_len, cut_ts=cuts
