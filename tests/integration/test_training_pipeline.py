@@ -133,3 +133,23 @@ def test_cli_lists_promotes_and_rolls_back(
         assert missing.exit_code == 3 and "no version 42" in missing.output
     finally:
         get_settings.cache_clear()
+
+
+def test_cli_train_prints_metrics_version_and_gate_decision(
+    settings: Settings, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import training.pipeline
+    from rtrec.cli import main
+
+    monkeypatch.setattr(training.pipeline, "fit_and_evaluate", _popularity_fitter())
+    monkeypatch.setenv("RTREC_WORK_DIR", str(settings.work_dir))
+    monkeypatch.setenv("RTREC_SPARK__MASTER", "local[2]")
+    get_settings.cache_clear()
+    try:
+        out = CliRunner().invoke(main, ["train", "--data", str(data_dir), "--epochs", "1"])
+    finally:
+        get_settings.cache_clear()
+    assert out.exit_code == 0, out.output
+    assert "test metrics (temporal protocol" in out.output and "ndcg@10" in out.output
+    assert "registered version 4" in out.output
+    assert "kept as challenger" in out.output and "does not beat" in out.output
