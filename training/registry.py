@@ -114,13 +114,14 @@ class ModelRegistry:
         uri = str(self.settings.mlflow.tracking_uri)
         if uri.startswith("sqlite:///"):
             Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        previous = mlflow.get_tracking_uri()
+        previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
         mlflow.set_tracking_uri(uri)
         mlflow.set_registry_uri(uri)
         try:
             yield mlflow
         finally:
-            mlflow.set_tracking_uri(previous)
+            mlflow.set_tracking_uri(previous[0])
+            mlflow.set_registry_uri(previous[1])
 
     @property
     def client(self) -> Any:
