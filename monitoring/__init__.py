@@ -1,0 +1,30 @@
+"""Monitoring: drift of stream features, served scores and outcomes, with dashboards and alerts.
+
+Public API (what DAGs, the CLI and the demo call)::
+
+    drift_report(reference, current, ...) -> DriftVerdict   # two frames of features
+    check(settings, events=..., items=...) -> DriftVerdict   # one monitor run, recorded + alerted
+    window_features(events, items, popularity_rank=...)      # per-event monitoring features
+    ensure_project(settings), record_snapshot(settings, snapshot)
+    send_alert(settings, record)
+"""
+
+from monitoring.alerts import alert_record, send_alert
+from monitoring.dashboards import PANEL_TITLES, ensure_project, panel_titles, record_snapshot
+from monitoring.drift import DriftVerdict, drift_report, popularity_ranks, window_features
+from monitoring.monitor import check, split_windows
+
+__all__ = [
+    "PANEL_TITLES",
+    "DriftVerdict",
+    "alert_record",
+    "check",
+    "drift_report",
+    "ensure_project",
+    "panel_titles",
+    "popularity_ranks",
+    "record_snapshot",
+    "send_alert",
+    "split_windows",
+    "window_features",
+]
