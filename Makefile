@@ -19,12 +19,19 @@ $(BIN)/rtrec: pyproject.toml
 
 setup: $(BIN)/rtrec
 
-# redis-server (online store) and Java (Spark) come from the system's packages.
+# redis-server (online store), Chromium (dashboard rendering tests) and Java (Spark) come
+# from the system's packages.
+APT_PKGS := redis-server chromium chromium-driver
 system-deps:
-	@command -v redis-server >/dev/null || { \
-	  echo "installing redis-server (apt)"; \
+	@missing=""; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing$$missing (apt)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq redis-server >/dev/null; }
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
 	@command -v java >/dev/null || echo "warning: no java on PATH; Spark needs Java 17"
 
 demo: setup
