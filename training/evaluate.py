@@ -1,0 +1,140 @@
+"""Full-ranking evaluation: every catalog item ranked, each user's seen items masked.
+
+Metrics follow Microsoft Recommenders' ``python_evaluation`` with binary relevance so
+figures compare with the published ML-100K table (shared/data/README.md):
+precision@k = hits/k; recall@k = hits/|relevant|; NDCG@k = DCG/IDCG with 1/log2(rank+1)
+gains; MAP@k = sum of precision at each hit rank / |relevant| (the definition behind the
+published MAP column). Averages are over users with at least one relevant item.
+Catalog coverage = distinct items in anyone's top 10 / catalog size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+
+KS = (10, 20, 50)
+CHUNK = 1024
+
+
+class Scorer(Protocol):
+    item_ids: list[str]
+
+    def score(self, seen: pd.DataFrame, user_ids: list[str]) -> np.ndarray: ...
+
+
+def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    k = min(k, scores.shape[1])
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(scores, part, 1), axis=1, kind="stable")
+    return np.take_along_axis(part, order, 1)
+
+
+def evaluate(
+    model: Scorer, seen: pd.DataFrame, target: pd.DataFrame, *, ks: Sequence[int] = KS
+) -> dict[str, float]:
+    """Metrics of ``model`` on ``target`` interactions, masking each user's ``seen`` items."""
+    catalog = {item: j for j, item in enumerate(model.item_ids)}
+    target = target[["user_id", "item_id"]].astype(str).drop_duplicates()
+    seen_pairs = seen[["user_id", "item_id"]].astype(str)
+    # An item the user already saw is not a relevant future item (masked in ranking).
+    seen_keys = set(zip(seen_pairs["user_id"], seen_pairs["item_id"], strict=True))
+    relevant: dict[str, set[int | str]] = {}
+    for u, i in zip(target["user_id"], target["item_id"], strict=True):
+        if (u, i) not in seen_keys:
+            relevant.setdefault(u, set()).add(catalog.get(i, f"?{i}"))
+    users = sorted(relevant)
+    seen_idx: dict[str, list[int]] = {}
+    for u, i in zip(seen_pairs["user_id"], seen_pairs["item_id"], strict=True):
+        j = catalog.get(i)
+        if j is not None:
+            seen_idx.setdefault(u, []).append(j)
+    kmax = max(ks)
+    sums: dict[str, float] = {}
+    recommended: set[int] = set()
+    log_disc = 1.0 / np.log2(np.arange(2, kmax + 2))
+    for start in range(0, len(users), CHUNK):
+        chunk = users[start : start + CHUNK]
+        scores = np.asarray(model.score(seen, chunk), dtype=np.float32)
+        for r, u in enumerate(chunk):
+            if u in seen_idx:
+                scores[r, seen_idx[u]] = -np.inf
+        top = _top_k(scores, kmax)
+        for r, u in enumerate(chunk):
+            rel = relevant[u]
+            hits = np.fromiter((j in rel for j in top[r]), dtype=bool, count=top.shape[1])
+            recommended.update(top[r, :10].tolist())
+            n_rel = len(rel)
+            for k in ks:
+                h = hits[:k]
+                sums[f"recall@{k}"] = sums.get(f"recall@{k}", 0.0) + h.sum() / n_rel
+            h10 = hits[:10]
+            sums["precision@10"] = sums.get("precision@10", 0.0) + h10.sum() / 10
+            dcg = float((h10 * log_disc[: len(h10)]).sum())
+            idcg = float(log_disc[: min(n_rel, 10)].sum())
+            sums["ndcg@10"] = sums.get("ndcg@10", 0.0) + dcg / idcg
+            ranks = np.flatnonzero(h10) + 1
+            ap = float((np.arange(1, len(ranks) + 1) / ranks).sum()) / n_rel
+            sums["map@10"] = sums.get("map@10", 0.0) + ap
+    n = max(len(users), 1)
+    out = {k: v / n for k, v in sums.items()}
+    out["coverage@10"] = len(recommended) / max(len(catalog), 1)
+    out["users"] = float(len(users))
+    return out
+
+
+METRIC_ORDER = (
+    "ndcg@10",
+    "recall@10",
+    "recall@20",
+    "recall@50",
+    "map@10",
+    "precision@10",
+    "coverage@10",
+)
+
+
+def metrics_table(results: dict[str, dict[str, float]]) -> str:
+    """Markdown table: one row per model, one column per metric."""
+    head = "| model | " + " | ".join(METRIC_ORDER) + " |"
+    sep = "|---" * (len(METRIC_ORDER) + 1) + "|"
+    rows = [
+        f"| {name} | " + " | ".join(f"{m.get(k, float('nan')):.4f}" for k in METRIC_ORDER) + " |"
+        for name, m in results.items()
+    ]
+    return "\n".join([head, sep, *rows])
+
+
+def write_report(
+    results: dict[str, dict[str, float]], path: Path, *, title: str = ""
+) -> tuple[Path, Path]:
+    """Write ``<path>.md`` (table) and ``<path>.png`` (bar chart); returns both paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    md = path.with_suffix(".md")
+    md.write_text(f"# Evaluation {title}\n\n{metrics_table(results)}\n")
+    metrics = [m for m in METRIC_ORDER if m != "coverage@10"]
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    width = 0.8 / max(len(results), 1)
+    x = np.arange(len(metrics))
+    for n, (name, m) in enumerate(results.items()):
+        ax.bar(x + n * width, [m.get(k, 0.0) for k in metrics], width, label=name)
+    ax.set_xticks(x + width * (len(results) - 1) / 2, metrics)
+    ax.set_title(f"Full-ranking metrics {title}".strip())
+    ax.legend()
+    png = path.with_suffix(".png")
+    fig.savefig(png, dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return md, png
+
+
+def summary(results: dict[str, dict[str, float]]) -> dict[str, Any]:
+    return {name: {k: round(v, 4) for k, v in m.items()} for name, m in results.items()}

@@ -1,0 +1,181 @@
+"""Training-set frames -> tensors, and the user state a model sees at evaluation/serving.
+
+A frame row is one example: ``user_id``, ``item_id``, ``ts`` and the features as of ``ts``
+(``hist_item_ids`` newest first, ``cnt_<type>_<window>`` counts, ``secs_since_prev``,
+``item_categories``) as written by :mod:`training.dataset`. The same transforms turn the
+online features into the user tower's input at serving time (:func:`dense_vector`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from training.vocab import Vocab
+
+SECS_CAP = 30 * 86_400.0
+"""Seconds since the previous event are capped at 30 days (and a first event counts as that)."""
+
+
+def dense_names(frame: pd.DataFrame) -> list[str]:
+    """The dense feature columns a frame carries, in a stable order."""
+    names = sorted(c for c in frame.columns if c.startswith("cnt_"))
+    if "secs_since_prev" in frame.columns:
+        names.append("secs_since_prev")
+    return names
+
+
+def dense_matrix(frame: pd.DataFrame, names: list[str]) -> np.ndarray:
+    """log1p of counts and capped recency; missing columns or nulls become their neutral value."""
+    out = np.zeros((len(frame), len(names)), dtype=np.float32)
+    for j, name in enumerate(names):
+        if name not in frame.columns:
+            col = np.full(len(frame), SECS_CAP if name == "secs_since_prev" else 0.0)
+        else:
+            col = pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype="float64")
+        if name == "secs_since_prev":
+            col = np.where(np.isnan(col), SECS_CAP, np.clip(col, 0, SECS_CAP))
+        else:
+            col = np.clip(np.nan_to_num(col, nan=0.0), 0, None)
+        out[:, j] = np.log1p(col)
+    return out
+
+
+def dense_vector(features: dict[str, float | None], names: list[str]) -> np.ndarray:
+    """One user's online features (by name) -> the dense row the model expects."""
+    return dense_matrix(pd.DataFrame([{n: features.get(n) for n in names}]), names)[0]
+
+
+@dataclass
+class Encoders:
+    """Everything needed to turn ids and features into model inputs, saved with the model."""
+
+    users: Vocab
+    items: Vocab
+    categories: Vocab
+    dense: list[str]
+    history_len: int
+    item_categories: np.ndarray
+    """``[items.size, max_item_categories]`` category indices per item index (0 = none)."""
+
+    @classmethod
+    def fit(
+        cls,
+        train: pd.DataFrame,
+        *,
+        history_len: int = 20,
+        max_item_categories: int = 4,
+        items: pd.DataFrame | None = None,
+    ) -> Encoders:
+        users = Vocab.build(train["user_id"].astype(str))
+        item_vocab = Vocab.build(train["item_id"].astype(str))
+        cats_by_item = _categories_by_item(train, items)
+        categories = Vocab.build(c for cs in cats_by_item.values() for c in cs)
+        table = np.zeros((item_vocab.size, max_item_categories), dtype=np.int64)
+        for item, cats in cats_by_item.items():
+            i = item_vocab.index(item)
+            if i:
+                row = categories.encode(cats[:max_item_categories])
+                table[i, : len(row)] = row
+        return cls(users, item_vocab, categories, dense_names(train), history_len, table)
+
+    def encode(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+        """Model inputs of every row of a training-set frame."""
+        items = self.items.encode(frame["item_id"].astype(str))
+        return {
+            "user": self.users.encode(frame["user_id"].astype(str)),
+            "history": self.items.encode_lists(_lists(frame["hist_item_ids"]), self.history_len),
+            "dense": dense_matrix(frame, self.dense),
+            "item": items,
+        }
+
+    def user_state(
+        self, seen: pd.DataFrame, user_ids: list[str]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(user, history, dense) inputs as of each user's latest ``seen`` row.
+
+        History is the user's most recent seen items, newest first (what the online store
+        holds); dense features are those of the latest row.
+        """
+        ordered = seen.sort_values(["user_id", "ts"], ascending=[True, False], kind="stable")
+        grouped = ordered.groupby("user_id", sort=False)
+        recent = grouped["item_id"].agg(lambda s: list(s.astype(str)[: self.history_len]))
+        latest = grouped.head(1).set_index("user_id")
+        hist = [recent.get(u, []) for u in user_ids]
+        rows = latest.reindex(user_ids)
+        return (
+            self.users.encode(user_ids),
+            self.items.encode_lists(hist, self.history_len),
+            dense_matrix(rows.reset_index(), self.dense),
+        )
+
+    def save(self, directory: Path) -> None:
+        self.users.save(directory / "users.json")
+        self.items.save(directory / "items.json")
+        self.categories.save(directory / "categories.json")
+        np.save(directory / "item_categories.npy", self.item_categories)
+        (directory / "encoders.json").write_text(
+            json.dumps({"dense": self.dense, "history_len": self.history_len})
+        )
+
+    @classmethod
+    def load(cls, directory: Path) -> Encoders:
+        meta = json.loads((directory / "encoders.json").read_text())
+        return cls(
+            Vocab.load(directory / "users.json"),
+            Vocab.load(directory / "items.json"),
+            Vocab.load(directory / "categories.json"),
+            list(meta["dense"]),
+            int(meta["history_len"]),
+            np.load(directory / "item_categories.npy"),
+        )
+
+
+ENCODER_FILES = (
+    "users.json",
+    "items.json",
+    "categories.json",
+    "item_categories.npy",
+    "encoders.json",
+)
+
+
+def _lists(column: pd.Series) -> list[list[str]]:
+    return [[str(v) for v in x] if x is not None and len(x) else [] for x in column]
+
+
+def _categories_by_item(train: pd.DataFrame, items: pd.DataFrame | None) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    if "item_categories" in train.columns:
+        firsts = train.drop_duplicates("item_id")
+        for item, cats in zip(
+            firsts["item_id"].astype(str), firsts["item_categories"], strict=True
+        ):
+            out[item] = [str(c) for c in cats] if cats is not None else []
+    if items is not None:
+        for item, cats in zip(items["item_id"].astype(str), items["categories"], strict=True):
+            out.setdefault(item, [str(c) for c in cats] if cats is not None else [])
+    return out
+
+
+def histories_within(frame: pd.DataFrame, history_len: int) -> pd.DataFrame:
+    """Recompute ``hist_item_ids`` from the frame's own rows (each user's earlier rows).
+
+    Used for the published random-split protocol: there a user's held-out interactions
+    must not appear in the training examples' histories.
+    """
+    ordered = frame.sort_values(["user_id", "ts"], kind="stable").reset_index(drop=True)
+    hist: list[list[str]] = []
+    for _, group in ordered.groupby("user_id", sort=False):
+        items = group["item_id"].astype(str).tolist()
+        ts = group["ts"].to_numpy()
+        for i in range(len(items)):
+            j = int(np.searchsorted(ts, ts[i], side="left"))  # strictly earlier timestamps
+            hist.append(items[max(0, j - history_len) : j][::-1])
+    ordered = ordered.copy()
+    ordered["hist_item_ids"] = pd.Series(hist, dtype=object)
+    return ordered

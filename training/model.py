@@ -1,0 +1,100 @@
+"""The two-tower retrieval model.
+
+User tower: user id embedding + pooled embeddings of the recent item sequence + dense
+stream features. Item tower: item id embedding + pooled category embeddings. Both end
+in an MLP and are L2-normalised; a learned temperature scales their dot product.
+Imports only torch, so it runs on a GPU host without the service packages.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import nn
+
+
+@dataclass(frozen=True)
+class TwoTowerConfig:
+    n_users: int
+    """Rows of the user table (vocabulary + 1 for unknown)."""
+    n_items: int
+    n_categories: int
+    n_dense: int
+    dim: int = 64
+    hidden: int = 128
+    history_len: int = 20
+    max_item_categories: int = 4
+    dropout: float = 0.1
+    init_temperature: float = 0.05
+    user_id_dropout: float = 0.1
+    """Share of training rows whose user id is hidden, so cold users still get a good
+    vector from their history alone."""
+
+    def to_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+class TwoTower(nn.Module):
+    def __init__(self, cfg: TwoTowerConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.dim
+        self.user_emb = nn.Embedding(cfg.n_users, d, padding_idx=0)
+        self.item_emb = nn.Embedding(cfg.n_items, d, padding_idx=0)
+        self.hist_emb = nn.Embedding(cfg.n_items, d, padding_idx=0)
+        self.cat_emb = nn.Embedding(cfg.n_categories, d, padding_idx=0)
+        # Recency weights over history positions (newest first), learned.
+        self.pos_weight = nn.Parameter(torch.zeros(cfg.history_len))
+        self.dense_norm = nn.LayerNorm(cfg.n_dense) if cfg.n_dense else None
+        self.user_mlp = nn.Sequential(
+            nn.Linear(2 * d + cfg.n_dense, cfg.hidden),
+            nn.GELU(),
+            nn.Dropout(cfg.dropout),
+            nn.Linear(cfg.hidden, d),
+        )
+        self.item_mlp = nn.Sequential(
+            nn.Linear(2 * d, cfg.hidden),
+            nn.GELU(),
+            nn.Dropout(cfg.dropout),
+            nn.Linear(cfg.hidden, d),
+        )
+        self.log_inv_temp = nn.Parameter(torch.tensor(math.log(1.0 / cfg.init_temperature)))
+        for emb in (self.user_emb, self.item_emb, self.hist_emb, self.cat_emb):
+            nn.init.normal_(emb.weight, std=0.05)
+            with torch.no_grad():
+                emb.weight[0].zero_()
+
+    @property
+    def inv_temperature(self) -> torch.Tensor:
+        return self.log_inv_temp.clamp(max=math.log(100.0)).exp()
+
+    def _pool(
+        self, table: nn.Embedding, idx: torch.Tensor, weights: torch.Tensor | None
+    ) -> torch.Tensor:
+        mask = (idx > 0).to(table.weight.dtype)
+        if weights is not None:
+            mask = mask * weights
+        summed = (table(idx) * mask.unsqueeze(-1)).sum(1)
+        return summed / mask.sum(1, keepdim=True).clamp(min=1e-6)
+
+    def user_tower(
+        self, user: torch.Tensor, history: torch.Tensor, dense: torch.Tensor
+    ) -> torch.Tensor:
+        """``user`` [B], ``history`` [B, L] newest first (0 = padding), ``dense`` [B, F]."""
+        if self.training and self.cfg.user_id_dropout > 0:
+            keep = torch.rand(user.shape, device=user.device) >= self.cfg.user_id_dropout
+            user = user * keep
+        length = history.shape[1]
+        w = torch.softmax(self.pos_weight[:length], 0) * length
+        parts = [self.user_emb(user), self._pool(self.hist_emb, history, w.unsqueeze(0))]
+        if self.dense_norm is not None:
+            parts.append(self.dense_norm(dense))
+        return F.normalize(self.user_mlp(torch.cat(parts, -1)), dim=-1)
+
+    def item_tower(self, item: torch.Tensor, categories: torch.Tensor) -> torch.Tensor:
+        """``item`` [N], ``categories`` [N, C] (0 = padding)."""
+        cats = self._pool(self.cat_emb, categories, None)
+        return F.normalize(self.item_mlp(torch.cat([self.item_emb(item), cats], -1)), dim=-1)
