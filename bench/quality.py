@@ -51,6 +51,9 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--batch-size", type=int, default=1024)
+    ap.add_argument("--history", type=int, default=50, help="history items (published protocol)")
+    ap.add_argument("--copies", type=int, default=2, help="history resamples (published protocol)")
+    ap.add_argument("--no-log-q", action="store_true", help="disable the log-Q correction")
     args = ap.parse_args()
 
     from rtrec.config import load_settings
@@ -58,7 +61,7 @@ def main() -> None:
     from training.baselines import fit_baselines
     from training.dataset import SplitConfig, build_training_sets, stop_spark, write_event_log
     from training.evaluate import evaluate, metrics_table
-    from training.examples import histories_within
+    from training.examples import histories_bag
     from training.trainer import TrainConfig, fit
 
     t0 = time.perf_counter()
@@ -76,16 +79,19 @@ def main() -> None:
     train, test = sets.read("train"), sets.read("test")
     if args.protocol == "published":
         # Histories from training rows only: held-out ratings never feed a model input.
-        train = histories_within(train, split.history_len)
+        # Time order carries no signal under a random split: histories are bags of the
+        # user's other training items (held-out ratings never feed a model input).
         fit_part, val = _inner_split(train, 0.1, args.seed)
-        fit_part = histories_within(fit_part, split.history_len)
+        fit_part = histories_bag(fit_part, args.history, seed=args.seed, copies=args.copies)
         seen_for_test = train
+        train = histories_bag(train, args.history, seed=args.seed + 1, copies=args.copies)
     else:
         val = sets.read("validation")
         fit_part = train
         seen_for_test = pd.concat([train, val], ignore_index=True)
     print(
-        f"data ready in {time.perf_counter() - t0:.1f} s: {len(train)} train, {len(test)} test rows",
+        f"data ready in {time.perf_counter() - t0:.1f} s: "
+        f"{len(train)} train, {len(test)} test rows",
         file=sys.stderr,
     )
 
@@ -95,7 +101,8 @@ def main() -> None:
         lr=args.lr,
         batch_size=args.batch_size,
         epochs=args.epochs or args.max_epochs,
-        history_len=split.history_len,
+        history_len=args.history if args.protocol == "published" else split.history_len,
+        log_q=not args.no_log_q,
     )
     if args.epochs is None:
         tuned = fit(fit_part, cfg, validation=val, progress=False)

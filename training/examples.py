@@ -179,3 +179,31 @@ def histories_within(frame: pd.DataFrame, history_len: int) -> pd.DataFrame:
     ordered = ordered.copy()
     ordered["hist_item_ids"] = pd.Series(hist, dtype=object)
     return ordered
+
+
+def histories_bag(
+    frame: pd.DataFrame, history_len: int, *, seed: int, copies: int = 1
+) -> pd.DataFrame:
+    """Each row's history = a random sample of the user's *other* rows' items.
+
+    For the published random-split protocol, where time order carries no signal: the
+    model learns to predict one of a user's items from the rest of them, and at
+    evaluation the history is the user's training items. ``copies`` repeats the frame
+    with fresh samples (augmentation).
+    """
+    rng = np.random.default_rng(seed)
+    parts = []
+    for _ in range(copies):
+        ordered = frame.sort_values(["user_id", "ts"], kind="stable").reset_index(drop=True)
+        hist: list[list[str]] = []
+        for _, group in ordered.groupby("user_id", sort=False):
+            items = np.asarray(group["item_id"].astype(str).tolist(), dtype=object)
+            n = len(items)
+            for i in range(n):
+                others = np.delete(np.arange(n), i)
+                take = rng.permutation(others)[:history_len]
+                hist.append(items[take].tolist())
+        ordered = ordered.copy()
+        ordered["hist_item_ids"] = pd.Series(hist, dtype=object)
+        parts.append(ordered)
+    return pd.concat(parts, ignore_index=True)

@@ -229,14 +229,23 @@ def fit_and_evaluate(
         overrides["epochs"] = epochs
     config = TrainConfig(**overrides)
     model = fit(train_df, config, validation=val_df, progress=progress)
-    models = {MODEL_NAME: model, **fit_baselines(train_df)}
+    baselines = fit_baselines(train_df, val_df)
+    models = {MODEL_NAME: model, **baselines}
     val_metrics = {name: evaluate(m, train_df, val_df) for name, m in models.items()}
     seen = pd.concat([train_df, val_df], ignore_index=True)
     test_metrics = {name: evaluate(m, seen, test_df) for name, m in models.items()}
     out_dir.mkdir(parents=True, exist_ok=True)
     report_md, report_png = write_report(test_metrics, out_dir / "report", title=sets.protocol)
     index = build_index(model.item_embeddings())
-    bundle_dir = save_bundle(out_dir / "bundle", model=model, index=index)
+    popular = baselines["MostPopular"].top(200)
+    bundle_dir = save_bundle(
+        out_dir / "bundle",
+        model=model,
+        index=index,
+        metrics={"validation": val_metrics, "test": test_metrics},
+        popular_items=popular,
+        extra={"protocol": sets.protocol},
+    )
     return FitOutput(
         bundle_dir=Path(bundle_dir),
         val_metrics=val_metrics,

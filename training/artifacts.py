@@ -1,0 +1,211 @@
+"""The model bundle: the one place that spells artifact file names.
+
+A bundle directory carries both towers' weights and config, the encoders (vocabularies,
+item categories, dense feature names), the item embedding table, the FAISS index and
+``metadata.json`` (metrics, creation time, popular items for fallbacks, and a SHA-256 of
+every other file). :func:`load_bundle` checks all of it and raises
+:class:`rtrec.errors.InvalidInput` / :class:`rtrec.errors.NotFound` for a broken bundle,
+so serving can refuse it and keep the previous one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rtrec.errors import InvalidInput, NotFound
+from training.examples import ENCODER_FILES, Encoders, dense_matrix
+from training.index import ItemIndex
+from training.model import TwoTower, TwoTowerConfig
+
+WEIGHTS = "weights.pt"
+MODEL_CONFIG = "model_config.json"
+ITEM_EMBEDDINGS = "item_embeddings.npy"
+INDEX = "index.faiss"
+INDEX_META = "index.json"
+METADATA = "metadata.json"
+FILES = (WEIGHTS, MODEL_CONFIG, ITEM_EMBEDDINGS, INDEX, INDEX_META, *ENCODER_FILES)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_bundle(
+    directory: Path,
+    *,
+    model: Any,
+    index: ItemIndex,
+    metrics: dict[str, Any] | None = None,
+    popular_items: Sequence[str] = (),
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``model`` (a :class:`training.trainer.TrainedModel`) and ``index`` to ``directory``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.save(
+        {k: v.detach().cpu() for k, v in model.net.state_dict().items()}, directory / WEIGHTS
+    )
+    (directory / MODEL_CONFIG).write_text(json.dumps(model.net.cfg.to_dict()))
+    model.encoders.save(directory)
+    np.save(directory / ITEM_EMBEDDINGS, model.item_embeddings().astype(np.float32))
+    index.save(directory / INDEX)
+    meta = {
+        "created_ts": int(time.time() * 1000),
+        "metrics": metrics or {},
+        "popular_items": list(popular_items),
+        "train_config": model.config.to_dict(),
+        "index": {"kind": index.kind, "nprobe": index.nprobe, "recall": index.recall},
+        **(extra or {}),
+        "sha256": {name: _sha256(directory / name) for name in FILES},
+    }
+    (directory / METADATA).write_text(json.dumps(meta, default=str))
+    return directory
+
+
+class ModelBundle:
+    """A loaded, verified bundle: user vectors, retrieval, similar items, fallbacks."""
+
+    def __init__(
+        self,
+        directory: Path,
+        net: TwoTower,
+        encoders: Encoders,
+        item_embeddings: np.ndarray,
+        index: ItemIndex,
+        metadata: dict[str, Any],
+    ) -> None:
+        self.directory = directory
+        self.net = net.eval()
+        self.encoders = encoders
+        self.item_embeddings = item_embeddings
+        self.index = index
+        self.metadata = metadata
+        self.version: str | None = metadata.get("version")
+        cats = encoders.categories.ids
+        self.item_categories: dict[str, list[str]] = {
+            item: [cats[c - 1] for c in row if c > 0]
+            for item, row in zip(encoders.items.ids, encoders.item_categories[1:], strict=True)
+        }
+
+    @property
+    def item_ids(self) -> list[str]:
+        return self.encoders.items.ids
+
+    @property
+    def dense_names(self) -> list[str]:
+        return self.encoders.dense
+
+    @property
+    def history_len(self) -> int:
+        return self.encoders.history_len
+
+    @property
+    def popular_items(self) -> list[str]:
+        return list(self.metadata.get("popular_items", []))
+
+    @torch.inference_mode()
+    def user_vectors(
+        self,
+        user_ids: Sequence[str],
+        histories: Sequence[Sequence[str]],
+        dense: np.ndarray | Sequence[dict[str, Any]] | None = None,
+    ) -> np.ndarray:
+        """One L2-normalised vector per user; unknown users get one from their history."""
+        enc = self.encoders
+        if dense is None:
+            dense_arr = dense_matrix(_frame([{} for _ in user_ids]), enc.dense)
+        elif isinstance(dense, np.ndarray):
+            dense_arr = dense.astype(np.float32, copy=False)
+        else:
+            dense_arr = dense_matrix(_frame(list(dense)), enc.dense)
+        if dense_arr.shape != (len(user_ids), len(enc.dense)):
+            raise InvalidInput(
+                f"dense features have shape {dense_arr.shape}, expected "
+                f"({len(user_ids)}, {len(enc.dense)})",
+                field="dense",
+            )
+        out = self.net.user_tower(
+            torch.as_tensor(enc.users.encode(user_ids)),
+            torch.as_tensor(enc.items.encode_lists(histories, enc.history_len)),
+            torch.as_tensor(dense_arr),
+        )
+        return out.numpy()
+
+    def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, list[list[str | None]]]:
+        """Top-``k`` (scores, item ids) per vector; ``None`` where the index had no result."""
+        scores, rows = self.index.search(vectors, k)
+        ids = self.encoders.items.ids
+        return scores, [[ids[r] if r >= 0 else None for r in row] for row in rows]
+
+    def similar_items(self, item_id: str, k: int) -> list[tuple[str, float]]:
+        j = self.encoders.items.index(item_id)
+        if not j:
+            raise NotFound(f"item {item_id!r} is not in the model's catalog")
+        scores, ids = self.search(self.item_embeddings[j - 1 : j], k + 1)
+        return [
+            (i, float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i and i != item_id
+        ][:k]
+
+    def recommend(self, user_ids: Sequence[str], k: int = 10) -> list[list[str]]:
+        """Ids only, no online features (for batch scoring through the MLflow pyfunc)."""
+        vecs = self.user_vectors(user_ids, [[] for _ in user_ids])
+        _, ids = self.search(vecs, k)
+        return [[i for i in row if i] for row in ids]
+
+
+def _frame(rows: list[dict[str, Any]]) -> Any:
+    import pandas as pd
+
+    return pd.DataFrame(rows)
+
+
+def load_bundle(directory: Path | str, *, use_gpu: bool | str = "auto") -> ModelBundle:
+    """Load and verify a bundle; any missing, altered or inconsistent file is refused."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise NotFound(f"model bundle {directory} does not exist")
+    meta_path = directory / METADATA
+    if not meta_path.is_file():
+        raise InvalidInput(f"model bundle {directory} has no {METADATA}", field=METADATA)
+    try:
+        metadata = json.loads(meta_path.read_text())
+    except ValueError as exc:
+        raise InvalidInput(f"{meta_path} is not valid JSON: {exc}", field=METADATA) from None
+    sums = metadata.get("sha256", {})
+    for name in FILES:
+        path = directory / name
+        if not path.is_file():
+            raise InvalidInput(f"model bundle {directory} lacks {name}", field=name)
+        if sums.get(name) != _sha256(path):
+            raise InvalidInput(f"model bundle file {name} fails its checksum", field=name)
+    try:
+        cfg = TwoTowerConfig(**json.loads((directory / MODEL_CONFIG).read_text()))
+        net = TwoTower(cfg)
+        net.load_state_dict(torch.load(directory / WEIGHTS, map_location="cpu", weights_only=True))
+        encoders = Encoders.load(directory)
+        emb = np.load(directory / ITEM_EMBEDDINGS)
+        index = ItemIndex.load(directory / INDEX, use_gpu=use_gpu)  # type: ignore[arg-type]
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
+        raise InvalidInput(
+            f"model bundle {directory} cannot be loaded: {exc}", field="bundle"
+        ) from None
+    n = len(encoders.items)
+    if emb.shape != (n, cfg.dim) or index.ntotal != n or cfg.n_items != encoders.items.size:
+        raise InvalidInput(
+            f"model bundle {directory} is inconsistent: {n} items, embeddings {emb.shape}, "
+            f"index {index.ntotal}",
+            field="bundle",
+        )
+    return ModelBundle(directory, net, encoders, emb, index, metadata)

@@ -1,0 +1,168 @@
+"""FAISS index over item embeddings, its type chosen by catalog size.
+
+Exact inner product (``IndexFlatIP``) for small catalogs; IVF for large ones, with
+``nprobe`` raised until recall@k against exact search on the real embeddings reaches the
+target. On a host where faiss reports GPUs (faiss-gpu), the index moves to GPU 0.
+faiss is imported lazily so the module imports anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+Kind = Literal["auto", "flat", "ivf", "hnsw"]
+EXACT_MAX_ITEMS = 50_000
+"""Up to this many items exact search is cheap enough (about 1 ms per query)."""
+
+
+def choose_kind(n_items: int, *, exact_max: int = EXACT_MAX_ITEMS) -> str:
+    return "flat" if n_items <= exact_max else "ivf"
+
+
+def gpu_count() -> int:
+    try:
+        import faiss
+
+        return int(faiss.get_num_gpus()) if hasattr(faiss, "get_num_gpus") else 0
+    except ImportError:
+        return 0
+
+
+def want_gpu(use_gpu: bool | Literal["auto"], *, gpus: int | None = None) -> bool:
+    """auto: only where faiss itself reports a GPU; True without one is an error."""
+    gpus = gpu_count() if gpus is None else gpus
+    if use_gpu == "auto":
+        return gpus > 0
+    if use_gpu and gpus == 0:
+        from rtrec.errors import Unavailable
+
+        raise Unavailable("a GPU index was requested but faiss reports no GPU (install faiss-gpu)")
+    return bool(use_gpu)
+
+
+@dataclass
+class ItemIndex:
+    """A FAISS index plus what it was built as; ``search`` returns row numbers (-1 = none)."""
+
+    index: Any
+    kind: str
+    dim: int
+    nprobe: int | None = None
+    on_gpu: bool = False
+    recall: float | None = None
+    """recall@k vs exact search measured at build time (1.0 for exact)."""
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.index.ntotal)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        return self.index.search(q, min(k, self.ntotal))
+
+    def save(self, path: Path) -> None:
+        import faiss
+
+        cpu = faiss.index_gpu_to_cpu(self.index) if self.on_gpu else self.index
+        faiss.write_index(cpu, str(path))
+        path.with_suffix(".json").write_text(
+            json.dumps(
+                {"kind": self.kind, "dim": self.dim, "nprobe": self.nprobe, "recall": self.recall}
+            )
+        )
+
+    @classmethod
+    def load(cls, path: Path, *, use_gpu: bool | Literal["auto"] = "auto") -> ItemIndex:
+        import faiss
+
+        meta = json.loads(path.with_suffix(".json").read_text())
+        index = faiss.read_index(str(path))
+        if meta.get("nprobe"):
+            faiss.extract_index_ivf(index).nprobe = int(meta["nprobe"])
+        out = cls(
+            index, meta["kind"], int(meta["dim"]), meta.get("nprobe"), False, meta.get("recall")
+        )
+        return out.to_gpu() if want_gpu(use_gpu) else out
+
+    def to_gpu(self) -> ItemIndex:
+        import faiss
+
+        res = faiss.StandardGpuResources()
+        gpu = faiss.index_cpu_to_gpu(res, 0, self.index)
+        gpu.referenced_resources = res  # keep the resources alive with the index
+        return ItemIndex(gpu, self.kind, self.dim, self.nprobe, True, self.recall)
+
+
+def _exact(embeddings: np.ndarray) -> Any:
+    import faiss
+
+    index = faiss.IndexFlatIP(embeddings.shape[1])
+    index.add(embeddings)
+    return index
+
+
+def index_recall(index: ItemIndex, embeddings: np.ndarray, queries: np.ndarray, k: int) -> float:
+    """Mean share of the exact top-k that ``index`` returns, for ``queries``."""
+    _, truth = _exact(embeddings).search(np.ascontiguousarray(queries, dtype=np.float32), k)
+    _, got = index.search(queries, k)
+    hits = sum(len(set(t[t >= 0]) & set(g[g >= 0])) for t, g in zip(truth, got, strict=True))
+    return hits / max(int((truth >= 0).sum()), 1)
+
+
+def build_index(
+    embeddings: np.ndarray,
+    *,
+    kind: Kind = "auto",
+    use_gpu: bool | Literal["auto"] = "auto",
+    target_recall: float = 0.95,
+    k: int = 100,
+    queries: np.ndarray | None = None,
+    seed: int = 0,
+) -> ItemIndex:
+    """Build the index for ``embeddings`` (``[n, d]`` float32, L2-normalised)."""
+    import faiss
+
+    emb = np.ascontiguousarray(embeddings, dtype=np.float32)
+    n, d = emb.shape
+    kind = choose_kind(n) if kind == "auto" else kind
+    rng = np.random.default_rng(seed)
+    if queries is None:
+        queries = emb[rng.choice(n, size=min(n, 500), replace=False)]
+    if kind == "flat":
+        out = ItemIndex(_exact(emb), "flat", d, recall=1.0)
+    elif kind == "hnsw":
+        index = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = 80
+        index.add(emb)
+        index.hnsw.efSearch = 128
+        out = ItemIndex(index, "hnsw", d)
+    else:
+        nlist = int(min(max(16, 4 * math.sqrt(n)), n // 39 or 1))
+        quantizer = faiss.IndexFlatIP(d)
+        index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+        sample = emb[rng.choice(n, size=min(n, nlist * 64), replace=False)]
+        index.train(sample)
+        index.add(emb)
+        out = ItemIndex(index, "ivf", d)
+        for nprobe in (8, 16, 32, 64, 128, 256, nlist):
+            index.nprobe = min(nprobe, nlist)
+            out.nprobe = index.nprobe
+            out.recall = index_recall(out, emb, queries, min(k, n))
+            if out.recall >= target_recall or index.nprobe == nlist:
+                break
+    if out.recall is None:
+        out.recall = index_recall(out, emb, queries, min(k, n))
+    logger.info(
+        "index built",
+        extra={"kind": out.kind, "items": n, "nprobe": out.nprobe, "recall": out.recall},
+    )
+    return out.to_gpu() if want_gpu(use_gpu) else out
