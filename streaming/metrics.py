@@ -1,0 +1,41 @@
+"""Prometheus metrics of the stream processor."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+EVENTS = Counter("rtrec_stream_events_total", "Events seen by outcome", ["outcome"])
+BATCH = Histogram(
+    "rtrec_stream_batch_seconds",
+    "Batch processing time",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+FRESHNESS = Histogram(
+    "rtrec_stream_freshness_seconds",
+    "Produce time to readable in the online store",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1, 2, 5, 10),
+)
+LAG = Gauge("rtrec_stream_consumer_lag", "Events behind the end of the topic", ["partition"])
+
+
+def observe_batch(result: Any, consumer: Any) -> None:
+    EVENTS.labels("applied").inc(result.applied)
+    EVENTS.labels("redelivered").inc(result.skipped)
+    EVENTS.labels("dead_lettered").inc(result.dead)
+    BATCH.observe(result.seconds)
+    for ms in result.freshness_ms[:: max(1, len(result.freshness_ms) // 100)]:
+        FRESHNESS.observe(ms / 1000)
+    try:
+        for tp in consumer.assignment():
+            end = consumer.highwater(tp)
+            pos = consumer.position(tp)
+            if end is not None and pos is not None:
+                LAG.labels(str(tp.partition)).set(max(end - pos, 0))
+    except Exception:  # lag is best effort; never fail a batch over it
+        pass
+
+
+def serve(port: int) -> None:
+    start_http_server(port, addr="127.0.0.1")
