@@ -112,10 +112,22 @@ class ServingSettings(BaseModel):
     """Port of the recommendation API."""
     api_keys: list[SecretStr] = Field(default_factory=list)
     """Accepted X-API-Key values; no default. Empty means auth is off (embedded dev only)."""
-    rate_limit_per_s: float = 200.0
-    """Sustained requests per second allowed per API key (token bucket)."""
+    rate_limit_per_s: float = 500.0
+    """Sustained requests per second allowed per API key (token bucket, burst = 1 s)."""
     max_k: int = 200
     """Largest k a request may ask for."""
+    max_body_bytes: int = 64 * 1024
+    """Requests with larger bodies get 413."""
+    bundle_path: Path | None = None
+    """Serve this model bundle directory instead of the MLflow champion (benchmarks, tests)."""
+    watch_interval_s: float = 5.0
+    """How often the service checks the registry aliases for a new champion."""
+    ab_challenger_share: float = Field(0.0, ge=0.0, le=1.0)
+    """Share of users (sticky, by hash) served by the challenger; 0 disables the A/B split."""
+    shadow: bool = False
+    """Also score the challenger for every request without returning it (logged, measured)."""
+    threads: int = 1
+    """Torch threads per worker: one keeps tail latency flat on small machines."""
 
 
 class MonitoringSettings(BaseModel):

@@ -1,0 +1,55 @@
+"""Fallback items: trending (from the item stream features) or the model's popular list.
+
+Refreshed in the background, so a request never waits on Redis for a fallback and a
+Redis outage still leaves the last good list in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from rtrec.config import Settings
+
+logger = logging.getLogger(__name__)
+
+
+class PopularCache:
+    def __init__(self, settings: Settings, *, size: int = 500, refresh_s: float = 5.0) -> None:
+        self.settings = settings
+        self.size = size
+        self.refresh_s = refresh_s
+        self.trending: list[str] = []
+        self.popular: list[str] = []
+        self.trending_at = 0.0
+        self._stop = threading.Event()
+
+    def start(self) -> None:
+        self.refresh()
+        threading.Thread(target=self._loop, name="popular-cache", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.refresh_s):
+            self.refresh()
+
+    def refresh(self) -> None:
+        from features import trending_items
+        from rtrec.errors import Unavailable
+
+        try:
+            items = trending_items(self.settings, self.size)
+        except Unavailable as exc:
+            logger.warning("trending refresh failed; keeping the cached list: %s", exc)
+            return
+        if items:
+            self.trending, self.trending_at = items, time.time()
+
+    def items(self) -> tuple[list[str], str]:
+        """(ordered candidates, source): trending when known, else the model's popular list."""
+        if self.trending:
+            return self.trending, "trending"
+        return self.popular, "popular"

@@ -1,0 +1,140 @@
+"""Model lifecycle: load the champion, watch its alias, swap atomically, keep a last-good copy.
+
+A new version is downloaded, verified (:func:`training.artifacts.load_bundle` refuses a
+broken bundle), warmed up, and only then swapped in by replacing one reference, so
+requests never see a half-loaded model. The last good bundle is copied under the work dir
+so the service can start when MLflow is unreachable.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rtrec.config import Settings
+from rtrec.errors import RtrecError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Loaded:
+    bundle: Any
+    version: str | None
+    source: str
+
+
+def _warm(bundle: Any) -> None:
+    vec = bundle.user_vectors(
+        ["warmup"], [bundle.item_ids[:3]], np.zeros((1, len(bundle.dense_names)), np.float32)
+    )
+    bundle.search(vec, 10)
+
+
+def load_dir(path: Path, version: str | None, source: str) -> Loaded:
+    from training.artifacts import load_bundle
+
+    bundle = load_bundle(path)
+    bundle.version = version
+    _warm(bundle)
+    return Loaded(bundle, version, source)
+
+
+class ModelWatcher:
+    """Polls the registry aliases; calls ``on_load(variant, Loaded)`` for each new version."""
+
+    def __init__(self, settings: Settings, on_load: Any) -> None:
+        self.settings = settings
+        self.on_load = on_load
+        self.current: dict[str, str | None] = {"champion": None, "challenger": None}
+        self.last_error: str | None = None
+        self._stop = threading.Event()
+        self.cache_dir = settings.work_dir / "serving" / "last_good"
+
+    # -- start-up ---------------------------------------------------------------------
+    def initial_load(self) -> None:
+        s = self.settings.serving
+        if s.bundle_path is not None:
+            self.on_load("champion", load_dir(Path(s.bundle_path), "local", "bundle_path"))
+            self.current["champion"] = "local"
+            return
+        try:
+            self.poll_once(raise_errors=True)
+        except Exception as exc:  # registry down: serve the last good copy if there is one
+            self.last_error = f"registry unreachable at start: {exc}"
+            logger.error("%s", self.last_error)
+            cached = self._cached()
+            if cached is not None:
+                self.on_load("champion", cached)
+                self.current["champion"] = cached.version
+
+    def _cached(self) -> Loaded | None:
+        meta = self.cache_dir / "version.json"
+        if not meta.exists():
+            return None
+        version = json.loads(meta.read_text())["version"]
+        try:
+            return load_dir(self.cache_dir / "bundle", version, "last_good_cache")
+        except RtrecError as exc:
+            logger.error("cached bundle unusable: %s", exc)
+            return None
+
+    def _remember(self, path: Path, version: str) -> None:
+        tmp = self.cache_dir.with_name("last_good.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(path, tmp / "bundle")
+        (tmp / "version.json").write_text(json.dumps({"version": version, "saved": time.time()}))
+        shutil.rmtree(self.cache_dir, ignore_errors=True)
+        tmp.rename(self.cache_dir)
+
+    # -- watching -----------------------------------------------------------------------
+    def start(self) -> None:
+        if self.settings.serving.bundle_path is None:
+            threading.Thread(target=self._loop, name="model-watcher", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.settings.serving.watch_interval_s):
+            try:
+                self.poll_once()
+            except Exception as exc:  # keep serving what we have; report why
+                self.last_error = str(exc)
+                logger.warning("model watch failed: %s", exc)
+
+    def poll_once(self, *, raise_errors: bool = False) -> None:
+        from training.registry import ModelRegistry
+
+        registry = ModelRegistry(self.settings)
+        wanted = {"champion": registry.champion_version()}
+        if self.settings.serving.ab_challenger_share > 0 or self.settings.serving.shadow:
+            wanted["challenger"] = registry.challenger_version()
+        for variant, version in wanted.items():
+            if version is None or version == self.current.get(variant):
+                continue
+            try:
+                path = registry.download_bundle(version)
+                loaded = load_dir(Path(path), str(version), "registry")
+            except RtrecError as exc:
+                # A broken artifact is refused; the previous model keeps serving.
+                self.last_error = f"version {version} refused: {exc}"
+                logger.error("%s", self.last_error)
+                self.current[variant] = version  # do not retry the same broken version
+                if raise_errors and variant == "champion":
+                    raise
+                continue
+            self.on_load(variant, loaded)
+            self.current[variant] = version
+            self.last_error = None
+            if variant == "champion":
+                self._remember(Path(path), str(version))
+            logger.info("model swapped", extra={"variant": variant, "model_version": version})

@@ -1,0 +1,30 @@
+"""Prometheus metrics of the service (exposed on BentoML's /metrics)."""
+
+from __future__ import annotations
+
+from bentoml import metrics
+
+STAGE = metrics.Histogram(
+    name="rtrec_serving_stage_seconds",
+    documentation="Latency per stage of /recommend",
+    labelnames=["stage"],
+    buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5),
+)
+REQUESTS = metrics.Counter(
+    name="rtrec_serving_recommendations_total",
+    documentation="Recommendations served by variant and fallback",
+    labelnames=["variant", "fallback"],
+)
+FALLBACKS = metrics.Counter(
+    name="rtrec_serving_fallbacks_total", documentation="Fallbacks by reason", labelnames=["reason"]
+)
+MODEL_VERSION = metrics.Gauge(
+    name="rtrec_serving_model_version",
+    documentation="Loaded registry version",
+    labelnames=["variant"],
+)
+SHADOW_OVERLAP = metrics.Histogram(
+    name="rtrec_serving_shadow_overlap",
+    documentation="Share of champion items the shadow challenger also returned",
+    buckets=(0.1, 0.2, 0.4, 0.6, 0.8, 0.9, 1.0),
+)

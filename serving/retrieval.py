@@ -1,0 +1,218 @@
+"""The recommendation path: online features -> user tower -> FAISS -> filters -> top k.
+
+``Engine`` holds the loaded models by variant; a swap replaces one dict reference, so a
+request keeps the model it started with and never sees a half-swapped pair.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from rtrec.config import Settings
+from rtrec.errors import Unavailable
+from rtrec.logging import redact_id
+from serving import metrics
+from serving.experiments import CHALLENGER, CHAMPION, variant_for
+from serving.fallback import PopularCache
+from serving.lifecycle import Loaded
+from serving.schemas import RecommendRequest
+
+logger = logging.getLogger(__name__)
+
+SECS_CAP = 30 * 86_400.0
+
+
+def dense_row(features: dict[str, Any], names: list[str], now_ms: int) -> np.ndarray:
+    """Online features -> the user tower's dense input (same transforms as training)."""
+    out = np.zeros((1, len(names)), dtype=np.float32)
+    for j, name in enumerate(names):
+        if name == "secs_since_prev":
+            last = features.get("last_event_ms")
+            secs = SECS_CAP if not last else min(max((now_ms - last) / 1000, 0.0), SECS_CAP)
+            out[0, j] = math.log1p(secs)
+        else:
+            out[0, j] = math.log1p(max(float(features.get(name) or 0), 0.0))
+    return out
+
+
+class Engine:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        features: Callable[[list[str]], list[dict[str, Any]]] | None = None,
+    ) -> None:
+        from features import online_features
+
+        self.settings = settings
+        self.models: dict[str, Loaded] = {}
+        self.popular = PopularCache(settings)
+        self._features = features or (lambda ids: online_features(settings, ids))
+
+    def swap(self, variant: str, loaded: Loaded) -> None:
+        self.models = {**self.models, variant: loaded}
+        if variant == CHAMPION:
+            self.popular.popular = loaded.bundle.popular_items
+        metrics.MODEL_VERSION.labels(variant).set(_as_number(loaded.version))
+
+    @property
+    def ready(self) -> bool:
+        return CHAMPION in self.models
+
+    def recommend(self, req: RecommendRequest) -> dict[str, Any]:
+        start = time.perf_counter()
+        models = self.models  # one snapshot for the whole request
+        share = self.settings.serving.ab_challenger_share
+        variant = variant_for(req.user_id, share) if CHALLENGER in models else CHAMPION
+        loaded = models.get(variant)
+        k = min(req.k, self.settings.serving.max_k)
+        out: dict[str, Any] = {"user_id_hash": redact_id(req.user_id), "variant": variant}
+        if loaded is None:
+            return self._fallback(out, k, req, "no model loaded yet", start, None)
+        k = min(k, len(loaded.bundle.item_ids))
+        t = time.perf_counter()
+        try:
+            feats = self._features([req.user_id])[0]
+        except Unavailable as exc:
+            metrics.STAGE.labels("features").observe(time.perf_counter() - t)
+            return self._fallback(
+                out, k, req, f"feature store unavailable: {exc}"[:200], start, loaded
+            )
+        metrics.STAGE.labels("features").observe(time.perf_counter() - t)
+        history = list(feats.get("recent_items") or [])
+        if not history and req.user_id not in loaded.bundle.encoders.users:
+            return self._fallback(out, k, req, "cold user: no history", start, loaded)
+        items = self._retrieve(loaded, req, feats, history, k)
+        if self.settings.serving.shadow and variant == CHAMPION and CHALLENGER in models:
+            t = time.perf_counter()
+            shadow = self._retrieve(models[CHALLENGER], req, feats, history, k)
+            overlap = len({i for i, _ in shadow} & {i for i, _ in items}) / max(k, 1)
+            metrics.SHADOW_OVERLAP.observe(overlap)
+            metrics.STAGE.labels("shadow").observe(time.perf_counter() - t)
+        if len(items) < k:  # filters left too few: top up from the fallback list
+            extra = self._fallback_items(k - len(items), req, history, {i for i, _ in items})
+            items += extra
+        out.update(
+            items=[{"item_id": i, "score": s} for i, s in items],
+            model_version=loaded.version,
+            fallback=False,
+            fallback_reason=None,
+        )
+        return self._done(out, start, variant)
+
+    def _retrieve(
+        self,
+        loaded: Loaded,
+        req: RecommendRequest,
+        feats: dict[str, Any],
+        history: list[str],
+        k: int,
+    ) -> list[tuple[str, float]]:
+        bundle = loaded.bundle
+        t = time.perf_counter()
+        dense = dense_row(feats, bundle.dense_names, int(time.time() * 1000))
+        vec = bundle.user_vectors([req.user_id], [history], dense)
+        metrics.STAGE.labels("user_tower").observe(time.perf_counter() - t)
+        banned = self._banned(req, history)
+        n_items = len(bundle.item_ids)
+        fetch = min(n_items, k + len(banned) + 20)
+        if req.filters and req.filters.include_categories:
+            fetch = min(n_items, max(fetch, k * 20))
+        while True:
+            t = time.perf_counter()
+            scores, ids = bundle.search(vec, fetch)
+            metrics.STAGE.labels("search").observe(time.perf_counter() - t)
+            picked = self._filter(bundle, req, zip(ids[0], scores[0], strict=True), banned, k)
+            if len(picked) >= k or fetch >= n_items:
+                return picked
+            fetch = min(n_items, fetch * 4)
+
+    def _banned(self, req: RecommendRequest, history: list[str]) -> set[str]:
+        banned = set(req.filters.exclude_items) if req.filters else set()
+        if req.exclude_seen:
+            banned.update(history)
+        return banned
+
+    def _filter(
+        self, bundle: Any, req: RecommendRequest, pairs: Any, banned: set[str], k: int
+    ) -> list[tuple[str, float]]:
+        f = req.filters
+        include = set(f.include_categories) if f and f.include_categories else None
+        exclude = set(f.exclude_categories) if f and f.exclude_categories else set()
+        out: list[tuple[str, float]] = []
+        for item, score in pairs:
+            if item is None or item in banned:
+                continue
+            if include is not None or exclude:
+                cats = bundle.item_categories.get(item, [])
+                if include is not None and not include.intersection(cats):
+                    continue
+                if exclude.intersection(cats):
+                    continue
+            out.append((item, float(score)))
+            if len(out) == k:
+                break
+        return out
+
+    def _fallback_items(
+        self, k: int, req: RecommendRequest, history: list[str], taken: set[str]
+    ) -> list[tuple[str, float]]:
+        candidates, _ = self.popular.items()
+        banned = self._banned(req, history) | taken
+        loaded = self.models.get(CHAMPION)
+        pairs = ((item, 1.0 / (rank + 1)) for rank, item in enumerate(candidates))
+        if loaded is None:
+            return [(i, s) for i, s in pairs if i not in banned][:k]
+        return self._filter(loaded.bundle, req, pairs, banned, k)
+
+    def _fallback(
+        self,
+        out: dict[str, Any],
+        k: int,
+        req: RecommendRequest,
+        reason: str,
+        start: float,
+        loaded: Loaded | None,
+    ) -> dict[str, Any]:
+        history: list[str] = []
+        items = self._fallback_items(k, req, history, set())
+        _, source = self.popular.items()
+        metrics.FALLBACKS.labels(reason.split(":")[0]).inc()
+        out.update(
+            items=[{"item_id": i, "score": s} for i, s in items],
+            model_version=loaded.version if loaded else None,
+            fallback=True,
+            fallback_reason=f"{reason} (served {source} items)",
+        )
+        return self._done(out, start, out["variant"])
+
+    def _done(self, out: dict[str, Any], start: float, variant: str) -> dict[str, Any]:
+        elapsed = time.perf_counter() - start
+        metrics.STAGE.labels("total").observe(elapsed)
+        metrics.REQUESTS.labels(variant, str(out["fallback"]).lower()).inc()
+        out["server_ms"] = round(elapsed * 1000, 3)
+        return out
+
+    def similar(self, item_id: str, k: int) -> dict[str, Any]:
+        loaded = self.models.get(CHAMPION)
+        if loaded is None:
+            raise Unavailable("no model loaded yet")
+        pairs = loaded.bundle.similar_items(item_id, min(k, self.settings.serving.max_k))
+        return {
+            "item_id": item_id,
+            "items": [{"item_id": i, "score": s} for i, s in pairs],
+            "model_version": loaded.version,
+        }
+
+
+def _as_number(version: str | None) -> float:
+    try:
+        return float(version) if version is not None else -1.0
+    except ValueError:
+        return 0.0
