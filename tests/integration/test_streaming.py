@@ -1,0 +1,229 @@
+"""Stream processor against a real broker, Redis and Feast."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from features import count_names, online_features
+from features.definitions import RECENT_ITEMS, WINDOWS
+from rtrec import stack as stack_mod
+from rtrec.config import Settings, load_settings
+from rtrec.data import SyntheticConfig, generate
+from streaming import read_events, replay_dataset
+from streaming.processor import StreamProcessor
+
+pytestmark = pytest.mark.integration
+_db = iter(range(1, 16))
+
+
+def isolated(stack: Settings, tmp_path: Path) -> Settings:
+    """Own topics, consumer group, Redis DB and Feast repo on the shared broker/Redis."""
+    tag = uuid.uuid4().hex[:6]
+    base = stack.redis.url.rsplit("/", 1)[0]
+    s = load_settings(
+        work_dir=tmp_path,
+        kafka={
+            "bootstrap_servers": stack.kafka.bootstrap_servers,
+            "events_topic": f"ev-{tag}",
+            "dlq_topic": f"dlq-{tag}",
+            "alerts_topic": f"al-{tag}",
+            "consumer_group": f"g-{tag}",
+            "session_timeout_ms": 2000,
+            "partitions": 3,
+        },
+        redis={"url": f"{base}/{next(_db)}"},
+    )
+    stack_mod.ensure_topics(s)
+    return s
+
+
+def reference(events: pd.DataFrame) -> dict[str, dict]:
+    """User features computed straight from the events (independent of the processor)."""
+    out = {}
+    for user, g in events.sort_values("ts", kind="stable").groupby("user_id"):
+        last = int(g["ts"].max())
+        row = {"recent_items": g["item_id"].tolist()[::-1][:RECENT_ITEMS], "last_event_ms": last}
+        for t in ("view", "click", "add_to_cart", "purchase", "rating"):
+            for name, span in WINDOWS.items():
+                row[f"cnt_{t}_{name}"] = int(
+                    ((g["event_type"] == t) & (g["ts"] > last - span)).sum()
+                )
+        out[str(user)] = row
+    return out
+
+
+def assert_online_equals(settings: Settings, ref: dict[str, dict]) -> None:
+    users = sorted(ref)
+    got = online_features(settings, users)
+    keys = ["recent_items", "last_event_ms", *count_names()]
+    bad = [u for u, g in zip(users, got, strict=True) if {k: g[k] for k in keys} != ref[u]]
+    assert not bad, (
+        f"{len(bad)} users differ, e.g. {bad[0]}: {got[users.index(bad[0])]} vs {ref[bad[0]]}"
+    )
+
+
+@pytest.fixture(scope="module")
+def data():
+    return generate(SyntheticConfig.small(seed=3, n_users=300, n_items=200, n_events=20_000))
+
+
+def test_online_features_equal_reference(stack: Settings, tmp_path: Path, data) -> None:
+    s = isolated(stack, tmp_path)
+    replay_dataset(s, data, progress=False)
+    total = StreamProcessor(s).run(max_idle_s=3)
+    assert total.applied == len(data.events) and total.dead == 0
+    assert_online_equals(s, reference(data.events))
+    log = read_events(s.offline_dir / "events")
+    assert len(log) == len(data.events)
+    assert set(log.columns) >= {
+        "user_id",
+        "item_id",
+        "event_type",
+        "ts",
+        "event_time",
+        "partition",
+        "offset",
+    }
+
+
+BAD = {
+    "bad_json": b'{"user_id": "u1", ',
+    "missing_field": json.dumps({"user_id": "u1", "event_type": "view", "ts": 1}).encode(),
+    "wrong_type": json.dumps(
+        {"user_id": "u1", "item_id": "i1", "event_type": "view", "ts": "soon"}
+    ).encode(),
+    "unknown_type": json.dumps(
+        {"user_id": "u1", "item_id": "i1", "event_type": "like", "ts": 1}
+    ).encode(),
+    "future": json.dumps(
+        {"user_id": "u1", "item_id": "i1", "event_type": "view", "ts": 10**14}
+    ).encode(),
+    "oversized": json.dumps(
+        {"user_id": "u1", "item_id": "x" * 20_000, "event_type": "view", "ts": 1}
+    ).encode(),
+    "random_bytes": os.urandom(64) + b"\xff",
+    "odd_unicode": '{"user_id": "\u202e\ud83d", "item_id": 1}'.encode("utf-8", "surrogatepass"),
+    "negative_ts": json.dumps(
+        {"user_id": "u1", "item_id": "i1", "event_type": "view", "ts": -5}
+    ).encode(),
+}
+
+
+def test_malformed_events_are_dead_lettered_and_processing_goes_on(
+    stack: Settings, tmp_path: Path
+) -> None:
+    from kafka import KafkaConsumer, KafkaProducer
+
+    from streaming.dlq import decode
+
+    s = isolated(stack, tmp_path)
+    producer = KafkaProducer(bootstrap_servers=s.kafka.bootstrap_servers, max_request_size=2**20)
+    good = {"user_id": "ok-user", "item_id": "i1", "event_type": "click", "ts": 1_700_000_000_000}
+    for value in BAD.values():
+        producer.send(s.kafka.events_topic, key=b"u1", value=value)
+    producer.send(s.kafka.events_topic, key=b"ok-user", value=json.dumps(good).encode())
+    producer.flush()
+    total = StreamProcessor(s).run(max_idle_s=3)
+    assert total.dead == len(BAD) and total.applied == 1
+    assert online_features(s, ["ok-user"])[0]["recent_items"] == ["i1"]
+    consumer = KafkaConsumer(
+        s.kafka.dlq_topic,
+        bootstrap_servers=s.kafka.bootstrap_servers,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=3000,
+    )
+    letters = [decode(r) for r in consumer]
+    consumer.close()
+    assert len(letters) == len(BAD)
+    assert {bytes(d["value"]) for d in letters} == set(BAD.values())  # original bytes kept
+    assert all(d["reason"] and d["source"].startswith(s.kafka.events_topic) for d in letters)
+    fields = {d["field"] for d in letters}
+    assert {"<json>", "item_id", "ts", "event_type"} <= fields
+
+
+def _processor(s: Settings, env_extra: dict[str, str]) -> subprocess.Popen:
+    env = {**os.environ, **env_extra}
+    return subprocess.Popen(
+        [sys.executable, "-m", "rtrec.cli", "stream", "run"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def _env(s: Settings) -> dict[str, str]:
+    k = s.kafka
+    return {
+        "RTREC_WORK_DIR": str(s.work_dir),
+        "RTREC_REDIS__URL": s.redis.url,
+        "RTREC_KAFKA__BOOTSTRAP_SERVERS": k.bootstrap_servers,
+        "RTREC_KAFKA__EVENTS_TOPIC": k.events_topic,
+        "RTREC_KAFKA__DLQ_TOPIC": k.dlq_topic,
+        "RTREC_KAFKA__CONSUMER_GROUP": k.consumer_group,
+        "RTREC_KAFKA__SESSION_TIMEOUT_MS": "2000",
+    }
+
+
+def _wait_applied(s: Settings, n: int, timeout: float) -> None:
+    import redis
+
+    from streaming.processor import offsets_key
+
+    client = redis.Redis.from_url(s.redis.url)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        applied = client.hgetall(offsets_key(s))
+        if sum(int(v) + 1 for v in applied.values()) >= n:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"processor did not reach {n} events in {timeout} s")
+
+
+@pytest.mark.slow
+def test_sigkill_mid_stream_loses_and_doubles_nothing(
+    stack: Settings, tmp_path: Path, data
+) -> None:
+    s = isolated(stack, tmp_path)
+    from streaming.producer import publish, publish_catalog
+
+    publish_catalog(s, data)
+    pairs = list(data.iter_keyed_event_json())
+    half = len(pairs) // 2
+    publish(s, pairs[:half], progress=False)
+    import threading
+
+    import redis
+
+    from streaming.processor import offsets_key
+
+    proc = _processor(s, _env(s))
+    rest = threading.Thread(
+        target=publish, args=(s, pairs[half:]), kwargs={"progress": False, "rate": 4000}
+    )
+    rest.start()
+    _wait_applied(s, half // 2, timeout=60)
+    proc.send_signal(signal.SIGKILL)  # mid-stream: some batches done, more arriving
+    proc.wait()
+    rest.join()
+    applied = sum(
+        int(v) + 1 for v in redis.Redis.from_url(s.redis.url).hgetall(offsets_key(s)).values()
+    )
+    assert 0 < applied < len(pairs), applied
+    proc = _processor(s, _env(s))
+    try:
+        _wait_applied(s, len(pairs), timeout=90)
+        time.sleep(1.0)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0  # clean stop on SIGTERM
+    assert_online_equals(s, reference(data.events))
