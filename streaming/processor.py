@@ -161,6 +161,8 @@ class StreamProcessor:
             send(self.producer, self.settings.kafka.dlq_topic, dead)
         if fresh:
             self.offline.append(fresh)
+        # Applied offsets only move forward: a redelivered batch must not lower them.
+        high = {p: o for p, o in high.items() if o > applied.get(p, -1)}
         self._commit_state(changed, items, high)
         self._write_features(touched_users, set(items), now_ms)
         self.consumer.commit()
