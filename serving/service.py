@@ -32,7 +32,16 @@ app = FastAPI(
     version="1",
     description="Real-time recommendations: online features -> two-tower -> FAISS.",
 )
-OPEN_PATHS = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+OPEN_PATHS = {
+    "/openapi.json",
+    "/docs",
+    "/docs/oauth2-redirect",
+    "/redoc",
+    "/healthz",
+    "/livez",
+    "/readyz",
+    "/metrics",
+}
 
 
 def _error(status: int, message: str, field: str | None = None, **extra: Any) -> JSONResponse:

@@ -31,12 +31,10 @@ from kafka import ConsumerRebalanceListener
 from features import (
     TRENDING_EPOCH_KEY,
     TRENDING_KEY,
+    get_store,
     trending_weight,
     write_item_features,
     write_user_features,
-)
-from features import (
-    apply as apply_features,
 )
 from rtrec.config import Settings
 from rtrec.errors import InvalidInput
@@ -80,7 +78,7 @@ class StreamProcessor:
         self.poll_ms = poll_ms
         self._stop = threading.Event()
         self.redis = redis.Redis.from_url(settings.redis.url)
-        apply_features(settings)
+        get_store(settings)  # registers the feature repo on first use
         k = settings.kafka
         self.consumer = KafkaConsumer(
             bootstrap_servers=k.bootstrap_servers,
