@@ -54,6 +54,9 @@ def main() -> None:
     ap.add_argument("--history", type=int, default=50, help="history items (published protocol)")
     ap.add_argument("--copies", type=int, default=2, help="history resamples (published protocol)")
     ap.add_argument("--no-log-q", action="store_true", help="disable the log-Q correction")
+    ap.add_argument("--user-id-dropout", type=float, default=0.1)
+    ap.add_argument("--weight-decay", type=float, default=1e-5)
+    ap.add_argument("--dropout", type=float, default=0.1)
     args = ap.parse_args()
 
     from rtrec.config import load_settings
@@ -103,6 +106,9 @@ def main() -> None:
         epochs=args.epochs or args.max_epochs,
         history_len=args.history if args.protocol == "published" else split.history_len,
         log_q=not args.no_log_q,
+        user_id_dropout=args.user_id_dropout,
+        weight_decay=args.weight_decay,
+        dropout=args.dropout,
     )
     if args.epochs is None:
         tuned = fit(fit_part, cfg, validation=val, progress=False)
