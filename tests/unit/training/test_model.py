@@ -1,0 +1,215 @@
+"""Two-tower model, trainer, evaluator, baselines, index and bundle on small synthetic data."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from rtrec.errors import InvalidInput, NotFound
+from training.artifacts import ITEM_EMBEDDINGS, METADATA, WEIGHTS, load_bundle, save_bundle
+from training.baselines import EASE, MostPopular, fit_baselines
+from training.evaluate import evaluate, write_report
+from training.examples import Encoders, histories_within
+from training.index import build_index, choose_kind, index_recall, want_gpu
+from training.loss import sampled_softmax_loss
+from training.model import TwoTower, TwoTowerConfig
+from training.trainer import TrainConfig, fit, select_device
+
+
+def clustered_frame(
+    n_users: int = 300, n_items: int = 200, per_user: int = 30, seed: int = 0
+) -> pd.DataFrame:
+    """Users in 5 taste clusters, each cluster reading its own fifth of the catalog."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u in range(n_users):
+        c = u % 5
+        items = rng.choice(np.arange(c * n_items // 5, (c + 1) * n_items // 5), per_user)
+        for t, i in enumerate(items):
+            rows.append(
+                {
+                    "user_id": f"u{u}",
+                    "item_id": f"i{i}",
+                    "ts": t * 1000,
+                    "event_type": "view",
+                    "item_categories": [f"c{c}"],
+                }
+            )
+    return histories_within(pd.DataFrame(rows), 10)
+
+
+def temporal(frame: pd.DataFrame, cut: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    return frame[frame.ts < cut].reset_index(drop=True), frame[frame.ts >= cut].reset_index(
+        drop=True
+    )
+
+
+@pytest.fixture(scope="module")
+def split():
+    return temporal(clustered_frame(), 25_000)
+
+
+@pytest.fixture(scope="module")
+def model(split):
+    train, _ = split
+    return fit(
+        train, TrainConfig(epochs=4, dim=32, history_len=10, select_best=False), progress=False
+    )
+
+
+def test_towers_are_normalised_with_expected_shapes() -> None:
+    cfg = TwoTowerConfig(n_users=11, n_items=21, n_categories=4, n_dense=3, dim=16, history_len=5)
+    net = TwoTower(cfg).eval()
+    u = net.user_tower(
+        torch.tensor([1, 0]), torch.tensor([[1, 2, 0, 0, 0], [0] * 5]), torch.zeros(2, 3)
+    )
+    v = net.item_tower(torch.arange(1, 21), torch.zeros(20, 2, dtype=torch.long))
+    assert u.shape == (2, 16) and v.shape == (20, 16)
+    assert torch.allclose(u.norm(dim=-1), torch.ones(2), atol=1e-5)
+    assert torch.allclose(v.norm(dim=-1), torch.ones(20), atol=1e-5)
+
+
+def test_log_q_correction_changes_the_loss() -> None:
+    torch.manual_seed(0)
+    u = torch.nn.functional.normalize(torch.randn(8, 4), dim=-1)
+    v = torch.nn.functional.normalize(torch.randn(8, 4), dim=-1)
+    ids = torch.arange(8)
+    plain = sampled_softmax_loss(u, v, ids, torch.tensor(10.0))
+    corrected = sampled_softmax_loss(
+        u, v, ids, torch.tensor(10.0), log_q=torch.log(torch.linspace(0.01, 0.5, 8))
+    )
+    assert plain.item() > 0 and not math.isclose(plain.item(), corrected.item())
+    # Accidental hits (the same item twice in a batch) are not negatives.
+    dup = torch.tensor([0, 0, 1, 2, 3, 4, 5, 6])
+    assert sampled_softmax_loss(u, v, dup, torch.tensor(10.0)).item() != plain.item()
+
+
+def test_training_is_deterministic_under_a_seed(split) -> None:
+    train, _ = split
+    cfg = TrainConfig(epochs=1, dim=16, history_len=10, select_best=False, seed=7)
+    a = fit(train, cfg, progress=False).item_embeddings()
+    b = fit(train, cfg, progress=False).item_embeddings()
+    np.testing.assert_array_equal(a, b)
+
+
+def test_model_beats_most_popular(model, split) -> None:
+    train, test = split
+    ours = evaluate(model, train, test)
+    pop = evaluate(MostPopular(train), train, test)
+    assert ours["recall@10"] > 1.5 * pop["recall@10"], (ours, pop)
+    assert ours["ndcg@10"] > pop["ndcg@10"]
+
+
+def test_metrics_on_a_hand_computed_case() -> None:
+    class Fixed:
+        item_ids = ["a", "b", "c", "d"]
+
+        def score(self, seen, users):
+            return np.array([[4.0, 3.0, 2.0, 1.0]] * len(users))
+
+    seen = pd.DataFrame({"user_id": ["x"], "item_id": ["a"]})  # 'a' masked
+    target = pd.DataFrame({"user_id": ["x", "x"], "item_id": ["c", "z"]})  # z not in catalog
+    m = evaluate(Fixed(), seen, target, ks=(10,))
+    # ranking b, c, d: one hit at rank 2 of 2 relevant items
+    assert m["recall@10"] == pytest.approx(0.5)
+    assert m["precision@10"] == pytest.approx(0.1)
+    assert m["ndcg@10"] == pytest.approx((1 / math.log2(3)) / (1 + 1 / math.log2(3)))
+    assert m["map@10"] == pytest.approx((1 / 2) / 2)
+
+
+def test_ease_learns_co_occurrence(split) -> None:
+    train, test = split
+    ease = EASE(train, l2=10.0)
+    assert (
+        evaluate(ease, train, test)["recall@10"]
+        > 2 * evaluate(MostPopular(train), train, test)["recall@10"]
+    )
+    assert set(fit_baselines(train)) == {"MostPopular", "EASE"}
+
+
+def test_report_files(tmp_path: Path, model, split) -> None:
+    train, test = split
+    md, png = write_report({"two_tower": evaluate(model, train, test)}, tmp_path / "r", title="t")
+    assert "ndcg@10" in md.read_text() and png.stat().st_size > 1000
+
+
+def test_index_kind_and_recall() -> None:
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(50, 32))
+    emb = (centers[rng.integers(0, 50, 60_000)] + 0.3 * rng.normal(size=(60_000, 32))).astype(
+        "float32"
+    )
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    assert choose_kind(1_000) == "flat" and choose_kind(60_000) == "ivf"
+    index = build_index(emb, use_gpu=False)
+    assert index.kind == "ivf" and index.recall >= 0.95
+    assert index_recall(index, emb, emb[:200], 100) >= 0.95
+
+
+def test_gpu_selection_without_gpu() -> None:
+    assert want_gpu("auto", gpus=0) is False
+    assert want_gpu("auto", gpus=1) is True
+    from rtrec.errors import Unavailable
+
+    with pytest.raises(Unavailable, match="faiss reports no GPU"):
+        want_gpu(True, gpus=0)
+    if not torch.cuda.is_available():
+        assert select_device("auto").type == "cpu"
+        with pytest.raises(Unavailable):
+            select_device("cuda")
+
+
+@pytest.mark.gpu
+def test_trains_on_gpu_with_amp(split) -> None:
+    train, _ = split
+    m = fit(
+        train,
+        TrainConfig(epochs=1, dim=16, history_len=10, device="cuda", select_best=False),
+        progress=False,
+    )
+    assert next(m.net.parameters()).is_cuda and m.item_embeddings().shape[1] == 16
+
+
+def test_bundle_round_trip(tmp_path: Path, model) -> None:
+    index = build_index(model.item_embeddings())
+    path = save_bundle(tmp_path / "b", model=model, index=index, popular_items=["i1", "i2"])
+    bundle = load_bundle(path)
+    users, hist = ["u1", "unknown-user"], [["i1", "i2"], ["i3"]]
+    dense = np.zeros((2, len(bundle.dense_names)), np.float32)
+    enc: Encoders = model.encoders
+    direct = model.user_vectors(
+        enc.users.encode(users), enc.items.encode_lists(hist, enc.history_len), dense
+    )
+    np.testing.assert_allclose(bundle.user_vectors(users, hist, dense), direct, atol=1e-6)
+    _, ids = bundle.search(direct, 5)
+    assert all(i in bundle.item_ids for i in ids[0])
+    assert bundle.popular_items == ["i1", "i2"]
+    assert bundle.similar_items(bundle.item_ids[0], 3)[0][0] != bundle.item_ids[0]
+    with pytest.raises(NotFound):
+        bundle.similar_items("nope", 3)
+
+
+@pytest.mark.parametrize("damage", ["delete", "corrupt", "truncate-embeddings"])
+def test_broken_bundles_are_refused(tmp_path: Path, model, damage: str) -> None:
+    path = save_bundle(tmp_path / "b", model=model, index=build_index(model.item_embeddings()))
+    if damage == "delete":
+        (path / WEIGHTS).unlink()
+    elif damage == "corrupt":
+        (path / "index.faiss").write_bytes(b"garbage")
+    else:
+        np.save(path / ITEM_EMBEDDINGS, np.zeros((3, 3), np.float32))
+        meta = json.loads((path / METADATA).read_text())
+        from training.artifacts import _sha256
+
+        meta["sha256"][ITEM_EMBEDDINGS] = _sha256(path / ITEM_EMBEDDINGS)
+        (path / METADATA).write_text(json.dumps(meta))
+    with pytest.raises(InvalidInput):
+        load_bundle(path)
+    with pytest.raises(NotFound):
+        load_bundle(tmp_path / "missing")
