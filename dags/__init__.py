@@ -1,0 +1,1 @@
+"""Airflow DAGs and reusable operators (the orchestration of every stage)."""

@@ -1,0 +1,38 @@
+"""Training: Spark training sets, the two-tower model, evaluation, FAISS index, MLflow.
+
+Public API (imports are lazy: the torch side runs on a GPU host without pyspark/mlflow)::
+
+    train(settings, ...) -> TrainResult          # the whole pipeline (training.pipeline)
+    build_training_sets(settings, ...)           # Spark, point-in-time (training.dataset)
+    fit(frame, TrainConfig(...)) -> TrainedModel # two-tower (training.trainer)
+    evaluate(model, seen, target) -> metrics     # full ranking (training.evaluate)
+    build_index(embeddings) -> ItemIndex         # FAISS (training.index)
+    save_bundle / load_bundle -> ModelBundle     # what serving loads (training.artifacts)
+    ModelRegistry(settings)                      # MLflow (training.registry)
+"""
+
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {
+    "train": "training.pipeline",
+    "TrainResult": "training.pipeline",
+    "build_training_sets": "training.dataset",
+    "SplitConfig": "training.dataset",
+    "fit": "training.trainer",
+    "TrainConfig": "training.trainer",
+    "evaluate": "training.evaluate",
+    "build_index": "training.index",
+    "save_bundle": "training.artifacts",
+    "load_bundle": "training.artifacts",
+    "ModelBundle": "training.artifacts",
+    "ModelRegistry": "training.registry",
+    "fit_baselines": "training.baselines",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(name)
