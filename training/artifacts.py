@@ -158,6 +158,15 @@ class ModelBundle:
             (i, float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i and i != item_id
         ][:k]
 
+    def score(self, seen: Any, user_ids: list[str]) -> np.ndarray:
+        """Evaluator interface: scores of every catalog item from each user's ``seen`` rows."""
+        user, history, dense = self.encoders.user_state(seen, user_ids)
+        with torch.inference_mode():
+            vecs = self.net.user_tower(
+                torch.as_tensor(user), torch.as_tensor(history), torch.as_tensor(dense)
+            ).numpy()
+        return vecs @ self.item_embeddings.T
+
     def recommend(self, user_ids: Sequence[str], k: int = 10) -> list[list[str]]:
         """Ids only, no online features (for batch scoring through the MLflow pyfunc)."""
         vecs = self.user_vectors(user_ids, [[] for _ in user_ids])

@@ -197,7 +197,27 @@ def _register(settings: Settings, result: TrainResult, *, data: str | Path | Non
         report_files=reports,
         run_name=f"two-tower-{result.protocol}",
     )
-    result.decision = registry.promote_if_better(result.version, metric=GATE_METRIC)
+    champ = result.fit.val_metrics.get(CHAMPION_KEY, {}).get("ndcg@10")
+    result.decision = registry.promote_if_better(
+        result.version, metric=GATE_METRIC, champion_value=champ
+    )
+
+
+CHAMPION_KEY = "current_champion"
+
+
+def _current_champion(settings: Settings) -> Any:
+    """The registered champion's bundle, or None (no registry yet, none promoted)."""
+    from training.artifacts import load_bundle
+
+    try:
+        registry = ModelRegistry(settings)
+        if registry.champion_version() is None:
+            return None
+        return load_bundle(registry.download_bundle("champion"))
+    except Exception as exc:  # no champion to compare with is not an error
+        logger.info("no champion to compare with: %s", exc)
+        return None
 
 
 def fit_and_evaluate(
@@ -232,6 +252,10 @@ def fit_and_evaluate(
     baselines = fit_baselines(train_df, val_df)
     models = {MODEL_NAME: model, **baselines}
     val_metrics = {name: evaluate(m, train_df, val_df) for name, m in models.items()}
+    champion = _current_champion(settings)
+    if champion is not None:
+        # The gate compares both models on this run's validation split.
+        val_metrics[CHAMPION_KEY] = evaluate(champion, train_df, val_df)
     seen = pd.concat([train_df, val_df], ignore_index=True)
     test_metrics = {name: evaluate(m, seen, test_df) for name, m in models.items()}
     out_dir.mkdir(parents=True, exist_ok=True)

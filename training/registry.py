@@ -223,7 +223,12 @@ class ModelRegistry:
         return self._alias_version(CHALLENGER)
 
     def promote_if_better(
-        self, version: str | int, *, metric: str = GATE_METRIC, margin: float | None = None
+        self,
+        version: str | int,
+        *,
+        metric: str = GATE_METRIC,
+        margin: float | None = None,
+        champion_value: float | None = None,
     ) -> PromotionDecision:
         """Promote ``version`` to champion only if it beats the champion by ``margin``.
 
@@ -238,7 +243,12 @@ class ModelRegistry:
                 f"version {version} has no metric {metric!r} to gate on", field=metric
             )
         champion = self.champion_version()
-        best = self._metric(champion, metric) if champion not in (None, version) else value
+        if champion in (None, version):
+            best = value
+        elif champion_value is not None:
+            best = champion_value
+        else:
+            best = self._metric(champion, metric)
         decision = _gate(version, value, champion, best, metric=metric, margin=margin)
         if decision.promoted:
             self._move_champion(version, decision.reason)
