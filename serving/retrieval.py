@@ -21,6 +21,7 @@ from serving import metrics
 from serving.experiments import CHALLENGER, CHAMPION, variant_for
 from serving.fallback import PopularCache
 from serving.lifecycle import Loaded
+from serving.online import GuardedFeatures
 from serving.schemas import RecommendRequest
 
 logger = logging.getLogger(__name__)
@@ -48,12 +49,11 @@ class Engine:
         *,
         features: Callable[[list[str]], list[dict[str, Any]]] | None = None,
     ) -> None:
-        from features import online_features
-
         self.settings = settings
         self.models: dict[str, Loaded] = {}
         self.popular = PopularCache(settings)
-        self._features = features or (lambda ids: online_features(settings, ids))
+        self.online = GuardedFeatures(settings, features)
+        self._features = self.online
 
     def swap(self, variant: str, loaded: Loaded) -> None:
         self.models = {**self.models, variant: loaded}

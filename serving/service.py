@@ -207,12 +207,8 @@ class Recommender:
 
     def _warm_features(self) -> None:
         """Build the Feast store now, not on the first request (it takes seconds)."""
-        from rtrec.errors import Unavailable
-
-        try:
-            self.engine._features(["warmup"])
-        except Unavailable as exc:
-            logger.warning("online store not reachable at start: %s", exc)
+        self.engine.online.warm()
+        self.engine.online.start()
 
     def __is_ready__(self) -> bool:
         return self.engine.ready
