@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from rtrec.config import Settings
-from rtrec.errors import RtrecError
+from rtrec.errors import RtrecError, Unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +57,7 @@ class ModelWatcher:
         self.current: dict[str, str | None] = {"champion": None, "challenger": None}
         self.last_error: str | None = None
         self._stop = threading.Event()
+        self._registry: Any = None
         self.cache_dir = settings.work_dir / "serving" / "last_good"
 
     # -- start-up ---------------------------------------------------------------------
@@ -112,21 +113,37 @@ class ModelWatcher:
                 logger.warning("model watch failed: %s", exc)
 
     def poll_once(self, *, raise_errors: bool = False) -> None:
-        from training.registry import ModelRegistry
+        """Load each alias whose version changed; refuse (and remember) broken versions.
 
-        registry = ModelRegistry(self.settings)
+        Registry or network trouble raises (the loop retries on the next tick); a version
+        whose artifact is missing or fails verification is refused once and not retried.
+        """
+        if self._registry is None:
+            from training.registry import ModelRegistry
+
+            self._registry = ModelRegistry(self.settings)
+        registry = self._registry
         wanted = {"champion": registry.champion_version()}
         if self.settings.serving.ab_challenger_share > 0 or self.settings.serving.shadow:
             wanted["challenger"] = registry.challenger_version()
         for variant, version in wanted.items():
-            if version is None or version == self.current.get(variant):
+            if version == self.current.get(variant):
+                continue
+            if version is None:
+                # Challenger alias removed: stop splitting traffic. A missing champion
+                # alias keeps the loaded champion serving (never go unready on a typo).
+                if variant == "challenger":
+                    self.on_load(variant, None)
+                    self.current[variant] = None
                 continue
             try:
                 path = registry.download_bundle(version)
                 loaded = load_dir(Path(path), str(version), "registry")
-            except RtrecError as exc:
+            except Unavailable:
+                raise  # transient (registry or store down): retried on the next poll
+            except Exception as exc:
                 # A broken artifact is refused; the previous model keeps serving.
-                self.last_error = f"version {version} refused: {exc}"
+                self.last_error = f"{variant} version {version} refused: {exc}"[:500]
                 logger.error("%s", self.last_error)
                 self.current[variant] = version  # do not retry the same broken version
                 if raise_errors and variant == "champion":

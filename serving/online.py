@@ -41,6 +41,7 @@ class GuardedFeatures:
 
         self.settings = settings
         self._fetch: Fetch = fetch or (lambda ids: online_features(settings, ids))
+        self._default_fetch = fetch is None
         self.timeout_s = timeout_s
         self.probe_interval_s = probe_interval_s
         self.trip_after_timeouts = trip_after_timeouts
@@ -79,7 +80,7 @@ class GuardedFeatures:
         Bounded: if the store does not answer in time the service starts anyway and
         serves fallbacks until the probe sees the store.
         """
-        future = self._pool.submit(self._fetch, ["warmup"])
+        future = self._pool.submit(self._first_read)
         try:
             future.result(timeout=timeout_s)
             return True
@@ -88,6 +89,18 @@ class GuardedFeatures:
         except Unavailable as exc:
             self.trip(str(exc))
         return False
+
+    def _first_read(self) -> None:
+        from pathlib import Path
+
+        repo = Path(str(self.settings.feast.repo_path))
+        if self._default_fetch and not (repo / "registry.db").exists():
+            # Register the feature repo through features.apply directly: get_store's own
+            # apply-on-first-use path deadlocks on its lock (reported to its owner).
+            from features import apply
+
+            apply(self.settings)
+        self._fetch(["warmup"])
 
     # -- probing ----------------------------------------------------------------------
     def start(self) -> None:

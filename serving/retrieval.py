@@ -55,7 +55,15 @@ class Engine:
         self.online = GuardedFeatures(settings, features)
         self._features = self.online
 
-    def swap(self, variant: str, loaded: Loaded) -> None:
+    def swap(self, variant: str, loaded: Loaded | None) -> None:
+        """Serve ``loaded`` for ``variant`` from the next request on (None: stop serving it).
+
+        One reference assignment: a request in flight keeps the dict it started with.
+        """
+        if loaded is None:
+            self.models = {k: v for k, v in self.models.items() if k != variant}
+            metrics.MODEL_VERSION.labels(variant).set(-1)
+            return
         self.models = {**self.models, variant: loaded}
         if variant == CHAMPION:
             self.popular.popular = loaded.bundle.popular_items
