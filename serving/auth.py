@@ -1,11 +1,13 @@
-"""API keys and per-key rate limits."""
+"""API keys, per-key rate limits and the ASGI guard that applies them."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import threading
 import time
+from typing import Any
 
 
 class RateLimiter:
@@ -50,3 +52,73 @@ class ApiKeys:
             if hmac.compare_digest(d, digest):
                 return d.hex()[:12]
         return None
+
+
+class Guard:
+    """Pure ASGI middleware: body size (413), API key (401), per-key rate (429), in order.
+
+    Pure ASGI rather than ``@app.middleware("http")``: Starlette's BaseHTTPMiddleware
+    runs every request through an extra task and memory streams, which costs more than
+    the whole retrieval on this path. Its limits come from ``app.state`` (set by the
+    service at start); with no state yet (start-up), requests pass through.
+    """
+
+    def __init__(self, app: Any, *, open_paths: frozenset[str] = frozenset()) -> None:
+        self.app = app
+        self.open_paths = open_paths
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        state = getattr(scope.get("app"), "state", None)
+        keys = getattr(state, "keys", None)
+        if scope["type"] != "http" or keys is None or scope["path"] in self.open_paths:
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        max_body: int = state.max_body
+        length = headers.get(b"content-length", b"")
+        if length.isdigit() and int(length) > max_body:
+            await _reject(send, 413, f"body of {int(length)} bytes exceeds {max_body}", "body")
+            return
+        bucket = keys.check(headers.get(b"x-api-key", b"").decode("latin-1") or None)
+        if bucket is None:
+            await _reject(send, 401, "missing or invalid X-API-Key header", "X-API-Key")
+            return
+        if not state.limiter.allow(bucket):
+            await _reject(send, 429, "rate limit exceeded for this API key", "X-API-Key")
+            return
+        await self.app(scope, _bounded(receive, max_body), send)
+
+
+def _bounded(receive: Any, limit: int) -> Any:
+    """Bodies without a Content-Length (chunked) are cut off at ``limit`` too."""
+    seen = 0
+
+    async def wrapped() -> dict[str, Any]:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise BodyTooLarge(f"body exceeds {limit} bytes")
+        return message
+
+    return wrapped
+
+
+class BodyTooLarge(Exception):
+    """Raised while reading a chunked body past the limit; the service answers 413."""
+
+
+async def _reject(send: Any, status: int, message: str, field: str) -> None:
+    body = json.dumps({"error": message, "field": field}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

@@ -73,6 +73,18 @@ class Engine:
     def ready(self) -> bool:
         return CHAMPION in self.models
 
+    def recommend_or_fallback(self, req: RecommendRequest) -> dict[str, Any]:
+        """:meth:`recommend`, and on any unexpected error the flagged fallback: never a 500."""
+        start = time.perf_counter()
+        try:
+            return self.recommend(req)
+        except Exception as exc:  # last line of defence: degrade, log the reason, stay up
+            logger.exception("recommend failed; serving the fallback")
+            out = {"user_id_hash": redact_id(req.user_id), "variant": CHAMPION}
+            k = min(req.k, self.settings.serving.max_k)
+            reason = f"internal error: {type(exc).__name__}"
+            return self._fallback(out, k, req, reason, start, self.models.get(CHAMPION))
+
     def recommend(self, req: RecommendRequest) -> dict[str, Any]:
         start = time.perf_counter()
         models = self.models  # one snapshot for the whole request
