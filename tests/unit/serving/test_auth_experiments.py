@@ -1,0 +1,98 @@
+"""API keys, token buckets, the ASGI guard and sticky A/B assignment."""
+
+from __future__ import annotations
+
+import pytest
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
+from serving import auth
+from serving.auth import ApiKeys, Guard, RateLimiter
+from serving.experiments import CHALLENGER, CHAMPION, variant_for
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_token_bucket_bursts_one_second_then_refills(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = Clock()
+    monkeypatch.setattr(auth.time, "monotonic", clock)
+    limiter = RateLimiter(10)
+    assert [limiter.allow("a") for _ in range(12)] == [True] * 10 + [False] * 2
+    assert limiter.allow("b")  # buckets are per key
+    clock.now += 0.5
+    assert sum(limiter.allow("a") for _ in range(10)) == 5
+    clock.now += 100
+    assert sum(limiter.allow("a") for _ in range(20)) == 10  # capped at one second's worth
+
+
+def test_api_keys_accept_only_configured_keys() -> None:
+    keys = ApiKeys(["alpha", "beta"])
+    assert keys.enabled
+    a, b = keys.check("alpha"), keys.check("beta")
+    assert a and b and a != b and "alpha" not in a  # bucket names do not reveal the key
+    for bad in (None, "", "alph", "alpha ", "gamma"):
+        assert keys.check(bad) is None
+    off = ApiKeys([])
+    assert not off.enabled and off.check(None) == "anonymous"
+
+
+def _app(keys: list[str], rate: float, max_body: int = 100) -> TestClient:
+    async def echo(request):
+        return JSONResponse({"n": len(await request.body())})
+
+    app = Starlette(
+        routes=[Route("/x", echo, methods=["POST"]), Route("/open", echo, methods=["POST"])]
+    )
+    app.add_middleware(Guard, open_paths=frozenset({"/open"}))
+    app.state.keys, app.state.limiter, app.state.max_body = (
+        ApiKeys(keys),
+        RateLimiter(rate),
+        max_body,
+    )
+    return TestClient(app)
+
+
+def test_guard_order_413_401_429() -> None:
+    client = _app(["k"], rate=2)
+    assert client.post("/x", content=b"x" * 101, headers={"X-API-Key": "k"}).status_code == 413
+    assert client.post("/x", content=b"x" * 101).status_code == 413  # size before auth
+    resp = client.post("/x", content=b"{}")
+    assert resp.status_code == 401 and resp.json()["field"] == "X-API-Key"
+    assert client.post("/x", content=b"{}", headers={"X-API-Key": "nope"}).status_code == 401
+    codes = [
+        client.post("/x", content=b"{}", headers={"X-API-Key": "k"}).status_code for _ in range(4)
+    ]
+    assert codes[:2] == [200, 200] and codes[-1] == 429
+    assert client.post("/open", content=b"{}").status_code == 200  # open paths skip the guard
+
+
+def test_guard_cuts_chunked_bodies_at_the_limit() -> None:
+    client = _app([], rate=100, max_body=10)
+
+    def chunks():
+        yield b"a" * 8
+        yield b"b" * 8
+
+    with pytest.raises(auth.BodyTooLarge):  # the service maps this to 413
+        client.post("/x", content=chunks())
+
+
+def test_variant_is_sticky_and_follows_the_share() -> None:
+    users = [f"user-{i}" for i in range(20_000)]
+    assert {variant_for(u, 0.0) for u in users[:100]} == {CHAMPION}
+    first = [variant_for(u, 0.3) for u in users]
+    assert first == [variant_for(u, 0.3) for u in users]  # same user, same arm
+    share = first.count(CHALLENGER) / len(users)
+    assert 0.28 < share < 0.32
+    # Growing the share only moves champion users to the challenger, never back.
+    grown = [variant_for(u, 0.5) for u in users]
+    assert all(g == CHALLENGER for f, g in zip(first, grown, strict=True) if f == CHALLENGER)
+    assert {variant_for(u, 1.0) for u in users[:100]} == {CHALLENGER}

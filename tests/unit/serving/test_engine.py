@@ -1,0 +1,177 @@
+"""The recommendation path without HTTP: a synthetic bundle and an in-memory feature source."""
+
+from __future__ import annotations
+
+import math
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from rtrec.config import Settings, load_settings
+from rtrec.errors import NotFound, Unavailable
+from serving.lifecycle import Loaded, load_dir
+from serving.retrieval import SECS_CAP, Engine, dense_row
+from serving.schemas import EXAMPLE_RECOMMEND, Filters, RecommendRequest
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from serving.synthetic import synthetic_bundle
+
+    return synthetic_bundle(tmp_path_factory.mktemp("b") / "b", n_items=200, n_users=20, seed=4)
+
+
+@pytest.fixture(scope="module")
+def loaded(bundle_dir: Path) -> Loaded:
+    return load_dir(bundle_dir, "7", "test")
+
+
+class Store:
+    """Online features by user id; ``down`` makes every read fail like a dead Redis."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, dict[str, Any]] = {}
+        self.down = False
+
+    def __call__(self, user_ids: list[str]) -> list[dict[str, Any]]:
+        if self.down:
+            raise Unavailable("online store unreachable: connection refused")
+        return [self.rows.get(u, {"recent_items": None}) for u in user_ids]
+
+
+@pytest.fixture
+def store() -> Store:
+    return Store()
+
+
+@pytest.fixture
+def engine(tmp_path: Path, store: Store, loaded: Loaded) -> Engine:
+    settings: Settings = load_settings(work_dir=tmp_path)
+    settings.serving.max_k = 50
+    out = Engine(settings, features=store)
+    out.swap("champion", loaded)
+    return out
+
+
+def ids(out: dict[str, Any]) -> list[str]:
+    return [i["item_id"] for i in out["items"]]
+
+
+def test_dense_row_matches_training_transforms() -> None:
+    names = ["cnt_click_1h", "cnt_view_7d", "secs_since_prev"]
+    row = dense_row({"cnt_click_1h": 3, "cnt_view_7d": None, "last_event_ms": 1_000}, names, 61_000)
+    assert row.shape == (1, 3)
+    assert row[0, 0] == pytest.approx(math.log1p(3)) and row[0, 1] == 0.0
+    assert row[0, 2] == pytest.approx(math.log1p(60.0))
+    cold = dense_row({}, names, 61_000)
+    assert cold[0, 2] == pytest.approx(math.log1p(SECS_CAP))
+
+
+def test_known_user_top_k_excludes_seen_and_filtered(engine: Engine, store: Store, loaded) -> None:
+    base = engine.recommend(RecommendRequest(user_id="u1", k=20, exclude_seen=False))
+    assert base["fallback"] is False and base["model_version"] == "7" and len(base["items"]) == 20
+    seen = ids(base)[:4]
+    store.rows["u1"] = {"recent_items": seen, "last_event_ms": 1}
+    out = engine.recommend(RecommendRequest(user_id="u1", k=20))
+    assert len(out["items"]) == 20 and not set(ids(out)) & set(seen)
+    scores = [i["score"] for i in out["items"]]
+    assert scores == sorted(scores, reverse=True)
+    cats = loaded.bundle.item_categories
+    f = Filters(
+        include_categories=["c1", "c2"], exclude_categories=["c3"], exclude_items=ids(out)[:2]
+    )
+    filtered = engine.recommend(RecommendRequest(user_id="u1", k=10, filters=f))
+    for item in ids(filtered):
+        assert {"c1", "c2"} & set(cats[item]) and "c3" not in cats[item]
+    assert not set(ids(filtered)) & set(ids(out)[:2]) and not set(ids(filtered)) & set(seen)
+    assert len(filtered["items"]) == 10
+
+
+def test_k_is_clamped_to_max_k_and_catalog(engine: Engine, tmp_path: Path, store, loaded) -> None:
+    assert len(engine.recommend(RecommendRequest(user_id="u2", k=1000))["items"]) == 50
+    engine.settings.serving.max_k = 1000
+    assert len(engine.recommend(RecommendRequest(user_id="u2", k=1000))["items"]) == 200
+
+
+def test_cold_user_and_store_outage_get_flagged_fallbacks(
+    engine: Engine, store: Store, loaded
+) -> None:
+    cold = engine.recommend(RecommendRequest(user_id="stranger", k=5))
+    assert cold["fallback"] is True and cold["fallback_reason"].startswith("cold user")
+    assert ids(cold) == loaded.bundle.popular_items[:5]
+    # A cold user with fresh history (clicked just now) is personalised, not a fallback.
+    store.rows["stranger"] = {"recent_items": ["i3", "i4"]}
+    assert engine.recommend(RecommendRequest(user_id="stranger", k=5))["fallback"] is False
+    store.down = True
+    out = engine.recommend(RecommendRequest(user_id="u1", k=5))
+    assert out["fallback"] is True and "unavailable" in out["fallback_reason"]
+    assert len(out["items"]) == 5 and out["model_version"] == "7"
+
+
+def test_unexpected_errors_become_fallbacks(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def boom(*_: Any) -> Any:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(engine, "_retrieve", boom)
+    out = engine.recommend_or_fallback(RecommendRequest(**{**EXAMPLE_RECOMMEND, "user_id": "u1"}))
+    assert out["fallback"] is True and "RuntimeError" in out["fallback_reason"]
+    assert len(out["items"]) == EXAMPLE_RECOMMEND["k"]
+
+
+def test_no_model_yet_is_a_fallback_and_not_ready(tmp_path: Path, store: Store) -> None:
+    engine = Engine(load_settings(work_dir=tmp_path), features=store)
+    assert not engine.ready
+    out = engine.recommend(RecommendRequest(user_id="u1"))
+    assert out["fallback"] is True and out["model_version"] is None
+    with pytest.raises(Unavailable):
+        engine.similar("i1", 5)
+
+
+def test_similar_items(engine: Engine) -> None:
+    out = engine.similar("i5", 5)
+    assert len(out["items"]) == 5 and "i5" not in ids(out)
+    with pytest.raises(NotFound, match="nope"):
+        engine.similar("nope", 5)
+
+
+def test_swap_is_atomic_under_concurrent_requests(engine: Engine, bundle_dir: Path) -> None:
+    other = load_dir(bundle_dir, "8", "test")
+    errors: list[BaseException] = []
+    versions: list[str] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        while not stop.is_set():
+            try:
+                versions.append(engine.recommend(RecommendRequest(user_id="u3"))["model_version"])
+            except BaseException as exc:
+                errors.append(exc)
+
+    threads = [threading.Thread(target=client) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for i in range(20):
+        engine.swap("champion", other if i % 2 == 0 else engine.models["champion"])
+    engine.swap("champion", other)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not errors and set(versions) <= {"7", "8"}
+    assert engine.recommend(RecommendRequest(user_id="u3"))["model_version"] == "8"
+    engine.swap("challenger", other)
+    engine.swap("challenger", None)
+    assert set(engine.models) == {"champion"}
+
+
+def test_synthetic_bundle_history_moves_the_user_vector(loaded: Loaded) -> None:
+    b = loaded.bundle
+    zeros = np.zeros((1, len(b.dense_names)), np.float32)
+    a = b.user_vectors(["u1"], [[]], zeros)
+    c = b.user_vectors(["u1"], [["i1", "i2"]], zeros)
+    assert np.linalg.norm(a) == pytest.approx(1.0, abs=1e-5)
+    assert float((a @ c.T)[0, 0]) < 0.99  # a click changes the query, so results can change
