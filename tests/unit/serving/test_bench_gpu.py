@@ -1,0 +1,56 @@
+"""bench/serving.py picks the GPU measurement only where faiss reports a GPU."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCH = Path(__file__).resolve().parents[3] / "bench" / "serving.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_serving", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_device_selection(bench) -> None:
+    assert bench.retrieval_device(0) == "cpu"
+    assert bench.retrieval_device(1) == "gpu" and bench.retrieval_device(8) == "gpu"
+
+
+def test_no_gpu_means_not_measured(bench) -> None:
+    emb = np.random.default_rng(0).standard_normal((1000, 16)).astype(np.float32)
+    assert bench.gpu_retrieval_p99_ms(emb, gpus=0) is None
+
+
+def test_gpu_branch_selected_when_gpus_reported(bench, monkeypatch: pytest.MonkeyPatch) -> None:
+    import training.index as index
+
+    calls = {}
+
+    def fake_build(embeddings, **kw):
+        calls.update(kw)
+        return index.build_index(embeddings, kind="flat", use_gpu=False)
+
+    monkeypatch.setattr(index, "build_index", fake_build)
+    emb = np.random.default_rng(0).standard_normal((2000, 16)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    p99 = bench.gpu_retrieval_p99_ms(emb, gpus=1, k=10)
+    assert calls["use_gpu"] is True and calls["kind"] == "ivf"
+    assert p99 is not None and p99 > 0
+
+
+@pytest.mark.gpu
+def test_gpu_retrieval_is_measured_on_a_gpu(bench) -> None:
+    from training.index import gpu_count
+
+    emb = np.random.default_rng(0).standard_normal((100_000, 64)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    p99 = bench.gpu_retrieval_p99_ms(emb, gpus=gpu_count())
+    assert p99 is not None and p99 < 5.0
