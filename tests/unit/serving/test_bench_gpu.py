@@ -33,10 +33,11 @@ def test_gpu_branch_selected_when_gpus_reported(bench, monkeypatch: pytest.Monke
     import training.index as index
 
     calls = {}
+    real_build = index.build_index
 
     def fake_build(embeddings, **kw):
         calls.update(kw)
-        return index.build_index(embeddings, kind="flat", use_gpu=False)
+        return real_build(embeddings, kind="flat", use_gpu=False)
 
     monkeypatch.setattr(index, "build_index", fake_build)
     emb = np.random.default_rng(0).standard_normal((2000, 16)).astype(np.float32)
