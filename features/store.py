@@ -31,7 +31,7 @@ TRENDING_HALF_LIFE_MS = 12 * 3_600_000
 Doubles hold ~1000 half-lives, i.e. about 500 days after the epoch."""
 
 _stores: dict[str, Any] = {}
-_lock = threading.Lock()
+_lock = threading.RLock()
 
 
 def _redis_available(settings: Settings) -> bool:
