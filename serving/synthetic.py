@@ -37,11 +37,16 @@ def synthetic_bundle(
     seed: int = 0,
     index_kind: str = "auto",
     version_tag: str | None = None,
+    clustered: bool | None = None,
 ) -> Path:
     """Write a loadable bundle for ``n_items`` items to ``directory`` and return it.
 
     ``seed`` changes the weights (two seeds give two different models, for swap tests);
     ``version_tag`` is stored in the metadata so a test can tell bundles apart.
+    ``clustered`` (default: above 50,000 items) stores clustered item vectors instead of
+    the untrained item tower's near-isotropic ones: real embeddings cluster, and an IVF
+    index over isotropic vectors needs every list probed to reach its recall target,
+    which would benchmark brute force rather than the index the service really runs.
     """
     import torch
 
@@ -53,6 +58,7 @@ def synthetic_bundle(
     from training.vocab import Vocab
 
     rng = np.random.default_rng(seed)
+    clustered = n_items > 50_000 if clustered is None else clustered
     items = Vocab([f"i{j}" for j in range(n_items)])
     users = Vocab([f"u{j}" for j in range(n_users)])
     categories = Vocab([f"c{j}" for j in range(n_categories)])
@@ -80,7 +86,7 @@ def synthetic_bundle(
             emb.weight.normal_(0.0, std)
             emb.weight[0].zero_()
     model = TrainedModel(net, encoders, TrainConfig(dim=dim, hidden=hidden, seed=seed))
-    embeddings = _item_embeddings(net, table)
+    embeddings = _clustered(rng, n_items, dim) if clustered else _item_embeddings(net, table)
     index = build_index(embeddings, kind=index_kind, use_gpu=False, k=100, seed=seed)  # type: ignore[arg-type]
     popular = [items.ids[j] for j in rng.permutation(n_items)[: min(n_items, 500)]]
     extra: dict[str, Any] = {"synthetic": True}
@@ -102,4 +108,16 @@ def _item_embeddings(net: Any, table: np.ndarray, *, chunk: int = 65_536) -> np.
         for start in range(0, n, chunk):
             idx = torch.arange(start + 1, min(n, start + chunk) + 1)
             out[start : start + len(idx)] = net.item_tower(idx, torch.as_tensor(table[idx])).numpy()
+    return out
+
+
+def _clustered(rng: np.random.Generator, n: int, dim: int, *, clusters: int = 1024) -> np.ndarray:
+    """Unit vectors around ``clusters`` random centres (noise 0.35 per dimension)."""
+    centres = rng.standard_normal((clusters, dim)).astype(np.float32)
+    out = np.empty((n, dim), dtype=np.float32)
+    for start in range(0, n, 262_144):
+        m = min(n, start + 262_144) - start
+        block = centres[rng.integers(0, clusters, m)]
+        block += 0.35 * rng.standard_normal((m, dim)).astype(np.float32)
+        out[start : start + m] = block / np.linalg.norm(block, axis=1, keepdims=True)
     return out
