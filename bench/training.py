@@ -1,0 +1,139 @@
+"""Training speed and index quality.
+
+    python bench/training.py [--data ../shared/data/ml-100k] [--index-items 1000000]
+
+- ``cpu_examples_per_s`` (and ``gpu_examples_per_s`` where CUDA is present, else null):
+  optimizer steps of the two-tower model at batch 8192 on synthetic tensors;
+- ``ml100k_epoch_s``: one epoch over ML-100K's training examples on this CPU (with
+  ``--data``; histories from the data itself, no Spark);
+- ``index_recall@100``: the auto-built IVF index against exact search on clustered
+  64-d vectors, with its build time and per-query latency beside exact search.
+The last line of output is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+import torch
+
+
+def examples_per_s(device: str, batch: int = 8192, steps: int = 20) -> float:
+    from training.loss import sampled_softmax_loss
+    from training.model import TwoTower, TwoTowerConfig
+
+    dev = torch.device(device)
+    n_items, n_users = 100_000, 100_000
+    net = TwoTower(
+        TwoTowerConfig(n_users=n_users, n_items=n_items, n_categories=50, n_dense=16)
+    ).to(dev)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    g = torch.Generator(device="cpu").manual_seed(0)
+    user = torch.randint(1, n_users, (batch,), generator=g).to(dev)
+    hist = torch.randint(0, n_items, (batch, 20), generator=g).to(dev)
+    dense = torch.randn(batch, 16, generator=g).to(dev)
+    item = torch.randint(1, n_items, (batch,), generator=g).to(dev)
+    cats = torch.randint(0, 50, (batch, 4), generator=g).to(dev)
+    logq = torch.full((batch,), -10.0, device=dev)
+    amp = dev.type == "cuda"
+
+    def step() -> None:
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=amp):
+            loss = sampled_softmax_loss(
+                net.user_tower(user, hist, dense),
+                net.item_tower(item, cats),
+                item,
+                net.inv_temperature,
+                log_q=logq,
+            )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(3):
+        step()
+    if amp:
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if amp:
+        torch.cuda.synchronize()
+    return batch * steps / (time.perf_counter() - t)
+
+
+def ml100k_epoch(path: str) -> float:
+    from rtrec.data import load_dataset
+    from training.examples import histories_within
+    from training.trainer import TrainConfig, fit
+
+    ds = load_dataset(path)
+    frame = histories_within(ds.events.assign(item_categories=None), 20)
+    t = time.perf_counter()
+    model = fit(frame, TrainConfig(epochs=1, select_best=False), progress=False)
+    seconds = time.perf_counter() - t
+    assert model.item_embeddings().shape[0] > 0
+    return seconds
+
+
+def index_figures(n: int, dim: int = 64) -> dict:
+    import faiss
+
+    from training.index import build_index, index_recall
+
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(1024, dim)).astype(np.float32)
+    emb = centers[rng.integers(0, 1024, n)] + 0.35 * rng.normal(size=(n, dim)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    queries = emb[rng.choice(n, 1000, replace=False)] + 0.1 * rng.normal(size=(1000, dim)).astype(
+        np.float32
+    )
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    t = time.perf_counter()
+    index = build_index(emb, use_gpu=False)
+    build_s = time.perf_counter() - t
+    recall = index_recall(index, emb, queries, 100)
+    exact = faiss.IndexFlatIP(dim)
+    exact.add(emb)
+
+    def per_query(search) -> float:
+        t = time.perf_counter()
+        for q in queries[:200]:
+            search(q[None, :], 100)
+        return (time.perf_counter() - t) / 200 * 1000
+
+    return {
+        "index_kind": index.kind,
+        "index_nprobe": index.nprobe,
+        "index_items": n,
+        "index_recall@100": round(recall, 4),
+        "index_build_s": round(build_s, 1),
+        "index_query_ms": round(per_query(index.search), 3),
+        "exact_query_ms": round(per_query(exact.search), 3),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--data", default=None, help="ML-100K directory for the epoch time")
+    ap.add_argument("--index-items", type=int, default=1_000_000)
+    args = ap.parse_args()
+    out: dict = {"cpu_threads": torch.get_num_threads()}
+    out["cpu_examples_per_s"] = round(examples_per_s("cpu", steps=5))
+    out["gpu_examples_per_s"] = (
+        round(examples_per_s("cuda", steps=50)) if torch.cuda.is_available() else None
+    )
+    out["ml100k_epoch_s"] = round(ml100k_epoch(args.data), 2) if args.data else None
+    out |= index_figures(args.index_items)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
