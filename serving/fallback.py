@@ -23,6 +23,7 @@ class PopularCache:
         self.trending: list[str] = []
         self.popular: list[str] = []
         self.trending_at = 0.0
+        self._merged: tuple[list[str], list[str], list[str]] | None = None
         self._stop = threading.Event()
 
     def start(self) -> None:
@@ -49,7 +50,16 @@ class PopularCache:
             self.trending, self.trending_at = items, time.time()
 
     def items(self) -> tuple[list[str], str]:
-        """(ordered candidates, source): trending when known, else the model's popular list."""
-        if self.trending:
-            return self.trending, "trending"
-        return self.popular, "popular"
+        """(ordered candidates, source): trending first, topped up with the model's popular
+        list, so a short trending list (a quiet stream) never leaves a fallback short."""
+        trending, popular = self.trending, self.popular
+        if not trending:
+            return popular, "popular"
+        if len(trending) >= self.size or not popular:
+            return trending, "trending"
+        merged = self._merged
+        if merged is None or merged[0] is not trending or merged[1] is not popular:
+            seen = set(trending)
+            merged = (trending, popular, trending + [i for i in popular if i not in seen])
+            self._merged = merged
+        return merged[2], "trending+popular"

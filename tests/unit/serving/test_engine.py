@@ -175,3 +175,11 @@ def test_synthetic_bundle_history_moves_the_user_vector(loaded: Loaded) -> None:
     c = b.user_vectors(["u1"], [["i1", "i2"]], zeros)
     assert np.linalg.norm(a) == pytest.approx(1.0, abs=1e-5)
     assert float((a @ c.T)[0, 0]) < 0.99  # a click changes the query, so results can change
+
+
+def test_fallback_tops_up_short_trending_with_popular(engine: Engine, loaded) -> None:
+    engine.popular.trending = ["i9", "i8"]
+    out = engine.recommend(RecommendRequest(user_id="stranger-2", k=6))
+    assert ids(out)[:2] == ["i9", "i8"] and len(out["items"]) == 6
+    assert "trending+popular" in out["fallback_reason"]
+    assert set(ids(out)[2:]) <= set(loaded.bundle.popular_items)
