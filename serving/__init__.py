@@ -1,19 +1,32 @@
 """Serving: the BentoML recommendation API.
 
-Public API: ``serving.service:Recommender`` (the BentoML service), ``Engine`` (the
-recommendation path, usable without HTTP for benchmarks), ``start_detached(settings)``.
+Public API::
+
+    serving.service:Recommender           # the BentoML service (`bentoml serve` / `rtrec serve`)
+    Engine(settings)                      # the recommendation path without HTTP
+    start_detached(settings) -> pid       # `rtrec serve --detach`
+    running_server(port, env=..., log=...)  # context manager: a server subprocess (tests, bench)
+    synthetic_bundle(dir, n_items=...)    # a loadable bundle over a generated catalog
+    run_rate(url, path, body_for, rate=..., duration_s=...)  # open-loop load at a fixed rate
+
+Everything is imported lazily, so ``import serving`` loads neither BentoML nor torch.
 """
 
-__all__ = ["Engine", "start_detached"]
+from importlib import import_module
+from typing import Any
+
+__all__ = ["Engine", "run_rate", "running_server", "start_detached", "synthetic_bundle"]
+
+_WHERE = {
+    "Engine": "serving.retrieval",
+    "start_detached": "serving.cli",
+    "running_server": "serving.process",
+    "synthetic_bundle": "serving.synthetic",
+    "run_rate": "serving.loadgen",
+}
 
 
-def __getattr__(name: str):  # keep `import serving` light; BentoML loads only when asked
-    if name == "Engine":
-        from serving.retrieval import Engine
-
-        return Engine
-    if name == "start_detached":
-        from serving.cli import start_detached
-
-        return start_detached
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(import_module(_WHERE[name]), name)
     raise AttributeError(name)

@@ -58,7 +58,17 @@ def wait_ready(url: str, *, timeout: float = 90.0, proc: subprocess.Popen | None
 
 
 def stop(proc: subprocess.Popen, *, timeout: float = 15.0) -> None:
-    """SIGTERM the process group, then SIGKILL whatever is left of it."""
+    """SIGTERM the process group, then SIGKILL whatever is left of it.
+
+    BentoML's workers run in sessions of their own (circus), so the group signal does not
+    reach them: their pids are collected first and any survivor is killed too.
+    """
+    import psutil
+
+    try:
+        children = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.Error:
+        children = []
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
@@ -68,6 +78,10 @@ def stop(proc: subprocess.Popen, *, timeout: float = 15.0) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=5)
+    _, alive = psutil.wait_procs(children, timeout=5)
+    for child in alive:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
 
 
 @contextlib.contextmanager

@@ -247,6 +247,27 @@ def test_logs_never_carry_raw_user_ids(server, client: httpx.Client) -> None:
     assert "secret-user-4711" not in server.log_text()
 
 
+def test_rtrec_serve_detach_starts_a_tracked_service(stack: Settings, bundle_dir: Path) -> None:
+    import subprocess
+
+    from rtrec.stack import managed_pid, stop_managed
+
+    port = free_port()
+    cmd = [sys.executable, "-m", "rtrec.cli", "serve", "--detach", "--bundle", str(bundle_dir)]
+    done = subprocess.run([*cmd, "--port", str(port)], capture_output=True, text=True, timeout=150)
+    try:
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert f"127.0.0.1:{port}" in done.stdout and managed_pid(stack, "serving")
+        out = httpx.post(
+            f"http://127.0.0.1:{port}/recommend", json={"user_id": "u1"}, headers=HEADERS
+        )
+        assert out.status_code == 200 and out.json()["fallback"] is False
+    finally:
+        assert stop_managed(stack, "serving")
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2)
+
+
 def test_redis_down_gives_flagged_fallback_never_5xx(
     client: httpx.Client, stack: Settings, server
 ) -> None:
