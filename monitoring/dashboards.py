@@ -23,7 +23,8 @@ PANEL_TITLES = (
     "Outcome rate (clicks per recommendation)",
 )
 FEATURE_COLUMNS = ("item_pop_rank", "event_type", "category")
-SCORE_COLUMNS = ("score_top1", "score_mean")
+SCORE_COLUMNS = ("score_top1", "score_mean", "score_centroid_sim")
+"""Same names as :data:`monitoring.scores.SCORE_COLUMNS` (kept here: no numpy import)."""
 
 
 def _workspace(settings: Settings) -> Any:

@@ -9,10 +9,11 @@ A check compares a reference window with the latest window. Three signals:
   caller has them;
 - **outcome drift** — clicks per recommendation, a two-proportion z-test.
 
-Stationary windows must not alert: each Evidently column test uses its default distance
+Stationary windows must not alert: each Evidently column test uses a distance
 (Wasserstein / Jensen-Shannon, threshold 0.1), which sampling noise of windows with a few
-thousand rows stays far below; a window drifts when the share of drifted columns passes
-``drift_share_threshold`` or the outcome rate moves significantly.
+thousand rows stays far below; a window drifts when the share of drifted columns of either
+group (stream features, ``score_*`` columns) reaches ``drift_share_threshold`` or the
+outcome rate moves significantly.
 """
 
 from __future__ import annotations
@@ -187,6 +188,14 @@ def _evidently(
     return drifts, snapshot
 
 
+def group_columns(columns: list[ColumnDrift]) -> dict[str, list[ColumnDrift]]:
+    """``{"feature": [...], "score": [...]}``: score columns are the ``score_*`` ones."""
+    groups: dict[str, list[ColumnDrift]] = {}
+    for c in columns:
+        groups.setdefault("score" if c.column.startswith("score_") else "feature", []).append(c)
+    return groups
+
+
 def drift_report(
     reference: pd.DataFrame,
     current: pd.DataFrame,
@@ -196,6 +205,7 @@ def drift_report(
     drift_share_threshold: float = 0.5,
     column_threshold: float = 0.1,
     outcome: tuple[tuple[int, int], tuple[int, int]] | None = None,
+    outcome_z: float = 4.0,
 ) -> DriftVerdict:
     """Compare two windows of monitoring features; see the module docstring.
 
@@ -203,13 +213,13 @@ def drift_report(
     optionally with score columns); column roles default to the stream-feature columns
     present. ``outcome`` is ``((clicks, recs) reference, (clicks, recs) current)``.
     """
-    numerical = numerical or [c for c in FEATURE_NUMERICAL if c in reference.columns]
+    numerical = list(numerical or [c for c in FEATURE_NUMERICAL if c in reference.columns])
     numerical += [c for c in reference.columns if c.startswith("score_") and c not in numerical]
     categorical = categorical or [c for c in FEATURE_CATEGORICAL if c in reference.columns]
     missing = [c for c in numerical + categorical if c not in current.columns]
     if missing:
         raise InvalidInput(f"current window lacks columns {missing}", field=missing[0])
-    out = outcome_drift(*outcome) if outcome else None
+    out = outcome_drift(*outcome, z_threshold=outcome_z) if outcome else None
     if min(len(reference), len(current)) < MIN_ROWS:
         reason = (
             f"not judged: windows have {len(reference)} and {len(current)} rows (need {MIN_ROWS})"
@@ -225,13 +235,17 @@ def drift_report(
         outcome_rates=rates,
     )
     share = sum(c.drifted for c in columns) / max(len(columns), 1)
-    feature_drift = share >= drift_share_threshold
     reasons = []
-    if feature_drift:
-        names = ", ".join(f"{c.column} ({c.score:.2f})" for c in columns if c.drifted)
-        reasons.append(
-            f"{share:.0%} of columns drifted (threshold {drift_share_threshold:.0%}): {names}"
-        )
+    # Feature and score columns are judged as separate groups: a model-side shift with
+    # stable stream features (or the reverse) must not be diluted by the other group.
+    for group, cols in group_columns(columns).items():
+        group_share = sum(c.drifted for c in cols) / len(cols)
+        if group_share >= drift_share_threshold:
+            names = ", ".join(f"{c.column} ({c.score:.2f})" for c in cols if c.drifted)
+            reasons.append(
+                f"{group} drift: {group_share:.0%} of {len(cols)} columns drifted "
+                f"(threshold {drift_share_threshold:.0%}): {names}"
+            )
     if out is not None and out.drifted:
         reasons.append(
             f"outcome rate moved from {out.reference_rate:.3f} to {out.current_rate:.3f} "

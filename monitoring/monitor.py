@@ -2,14 +2,19 @@
 
 The reference is the ``reference_days`` before the latest ``window_days``; popularity
 ranks come from the reference, so the latest window is judged by what was popular then.
+:func:`monitor_offline_log` is what the Airflow DAG, ``rtrec monitor check`` and the
+benchmark call: it reads the stream's offline event log, scores both windows with the
+champion when there is one, and measures the outcome rate.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
 
 from monitoring.alerts import alert_record, send_alert
 from monitoring.dashboards import record_snapshot
@@ -20,6 +25,24 @@ from rtrec.errors import InvalidInput, Unavailable
 logger = logging.getLogger(__name__)
 
 DAY_MS = 86_400_000
+Outcome = tuple[tuple[int, int], tuple[int, int]]
+
+
+class MonitorConfig(BaseModel):
+    """Knobs of a monitor run not (yet) in :class:`rtrec.config.MonitoringSettings`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reference_days: float = Field(7.0, gt=0)
+    """Length of the reference window that ends where the current window starts."""
+    window_days: float = Field(1.0, gt=0)
+    """Length of the current (latest) window."""
+    column_threshold: float = Field(0.1, gt=0)
+    """Distance (Wasserstein in std units / Jensen-Shannon) above which a column drifts."""
+    outcome_z: float = Field(4.0, gt=0)
+    """|z| of the two-proportion test above which the outcome rate drifted."""
+    score_sample: int = Field(400, ge=10)
+    """Users per window the champion scores for the score-drift columns."""
 
 
 def split_windows(
@@ -34,6 +57,32 @@ def split_windows(
     return events[(ts >= start) & (ts < cut)], events[(ts >= cut) & (ts < now_ms)]
 
 
+def outcome_counts(
+    reference: pd.DataFrame,
+    current: pd.DataFrame,
+    *,
+    served: tuple[int, int] | None = None,
+) -> Outcome | None:
+    """``((clicks, recommendations) reference, (...) current)`` for the outcome test.
+
+    ``served`` is the number of recommendations served in each window when the caller
+    knows it (a served log); otherwise views stand in for recommendations shown, so the
+    rate is clicks per view.
+    """
+
+    def clicks(frame: pd.DataFrame) -> int:
+        return int((frame["event_type"] == "click").sum())
+
+    if served is not None:
+        n_ref, n_cur = served
+    else:
+        n_ref = int((reference["event_type"] == "view").sum())
+        n_cur = int((current["event_type"] == "view").sum())
+    if min(n_ref, n_cur) <= 0:
+        return None
+    return (min(clicks(reference), n_ref), n_ref), (min(clicks(current), n_cur), n_cur)
+
+
 def check(
     settings: Settings,
     *,
@@ -42,20 +91,22 @@ def check(
     now_ms: int | None = None,
     reference_days: float = 7.0,
     window_days: float = 1.0,
-    outcome: tuple[tuple[int, int], tuple[int, int]] | None = None,
+    outcome: Outcome | None = None,
     scores: tuple[pd.DataFrame, pd.DataFrame] | None = None,
     record: bool = True,
     alert: bool = True,
+    config: MonitorConfig | None = None,
 ) -> DriftVerdict:
     """Run one drift check over an events frame (columns user_id, item_id, event_type, ts).
 
     ``now_ms`` defaults to the newest event's time (replays run in the past).
     ``scores`` optionally adds served-score columns (``score_*``) for both windows.
     """
+    cfg = config or MonitorConfig(reference_days=reference_days, window_days=window_days)
     if now_ms is None:
         now_ms = int(events["ts"].max()) + 1 if len(events) else int(time.time() * 1000)
     reference, current = split_windows(
-        events, now_ms=now_ms, reference_days=reference_days, window_days=window_days
+        events, now_ms=now_ms, reference_days=cfg.reference_days, window_days=cfg.window_days
     )
     ranks = popularity_ranks(reference)
     ref_f = window_features(reference, items, popularity_rank=ranks)
@@ -67,7 +118,9 @@ def check(
         ref_f,
         cur_f,
         drift_share_threshold=settings.monitoring.drift_share_threshold,
+        column_threshold=cfg.column_threshold,
         outcome=outcome,
+        outcome_z=cfg.outcome_z,
     )
     if record and verdict.snapshot is not None:
         record_snapshot(settings, verdict.snapshot)
@@ -87,3 +140,74 @@ def _with_scores(features: pd.DataFrame, scores: pd.DataFrame) -> pd.DataFrame:
         return features
     sampled = scores[cols].sample(n=len(features), replace=True, random_state=0)
     return pd.concat([features.reset_index(drop=True), sampled.reset_index(drop=True)], axis=1)
+
+
+def _items(settings: Settings) -> pd.DataFrame | None:
+    """The catalog the stream wrote for Feast's item view, when there is one."""
+    from features.definitions import ITEM_META_VIEW, offline_paths
+
+    path = offline_paths(settings.offline_dir)[ITEM_META_VIEW]
+    return pd.read_parquet(path, columns=["item_id", "categories"]) if path.is_file() else None
+
+
+def monitor_offline_log(
+    settings: Settings,
+    *,
+    events: pd.DataFrame | None = None,
+    items: pd.DataFrame | None = None,
+    now_ms: int | None = None,
+    reference_days: float | None = None,
+    window_days: float | None = None,
+    scores: bool = True,
+    bundle: object | None = None,
+    alert: bool = True,
+    record: bool = True,
+    config: MonitorConfig | None = None,
+) -> DriftVerdict:
+    """The scheduled check: offline event log -> features, champion scores, outcome rate.
+
+    ``events`` / ``items`` default to the offline log and catalog under
+    ``settings.offline_dir``; ``bundle`` to the registered champion (none: feature and
+    outcome drift only).
+    """
+    from monitoring.scores import champion_bundle, score_features
+
+    cfg = (config or MonitorConfig()).model_copy(
+        update={
+            k: v
+            for k, v in (("reference_days", reference_days), ("window_days", window_days))
+            if v is not None
+        }
+    )
+    if events is None:
+        from streaming import read_events
+
+        events = read_events(Path(settings.offline_dir) / "events")
+    if items is None:
+        items = _items(settings)
+    if not len(events):
+        raise InvalidInput(
+            f"no events to monitor in {settings.offline_dir / 'events'}", field="events"
+        )
+    now = int(now_ms) if now_ms else int(events["ts"].max()) + 1
+    reference, current = split_windows(
+        events, now_ms=now, reference_days=cfg.reference_days, window_days=cfg.window_days
+    )
+    score_frames = None
+    if scores:
+        model = bundle if bundle is not None else champion_bundle(settings)
+        if model is not None and len(reference) and len(current):
+            ref_s, centroid = score_features(model, reference, sample=cfg.score_sample)
+            cur_s, _ = score_features(model, current, centroid=centroid, sample=cfg.score_sample)
+            score_frames = (ref_s, cur_s)
+    return check(
+        settings,
+        events=events,
+        items=items,
+        now_ms=now,
+        outcome=outcome_counts(reference, current),
+        scores=score_frames,
+        record=record,
+        alert=alert,
+        config=cfg,
+    )

@@ -1,0 +1,269 @@
+"""Reusable Airflow operators for rtrec: import them into your own DAGs.
+
+Every operator runs one step of :mod:`dags.steps` and pushes the step's JSON result as
+its XCom ``return_value`` and each top-level key as an XCom of that name, so downstream
+tasks take ``op.output`` (the whole dict) or ``op.output["version"]`` (one key) as a
+templated argument. Arguments listed in ``template_fields`` accept Jinja
+(``"{{ params.epochs }}"``) and XComArgs; DAGs should set
+``render_template_as_native_obj=True`` so numbers and dicts stay numbers and dicts.
+
+Where a step runs is a setting, not a code change:
+
+- ``in_process`` (default): in the task's worker, on the embedded stack;
+- ``command``: ``<command> STEP 'JSON'`` in a subprocess, where ``<command>`` is e.g.
+  ``python -m dags.steps`` (default), ``docker run --rm rtrec:latest python -m dags.steps``
+  or ``spark-submit --master spark://host:7077 /opt/rtrec/dags/steps.py``.
+
+Per operator with ``run_mode=`` / ``command=``, or for every task through the Airflow
+Variables ``rtrec_run_mode`` and ``rtrec_step_command`` (a JSON list).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from collections.abc import Sequence
+from typing import Any, ClassVar, Literal
+
+from airflow.sdk import BaseOperator
+
+from dags.steps import RESULT_PREFIX, run_step
+from rtrec.errors import InvalidInput, RtrecError
+
+logger = logging.getLogger(__name__)
+
+RunMode = Literal["in_process", "command"]
+RUN_MODES: tuple[str, ...] = ("in_process", "command")
+DEFAULT_COMMAND = (sys.executable, "-m", "dags.steps")
+
+
+def _variable(key: str, default: Any) -> Any:
+    """An Airflow Variable, or ``default`` outside a task or when unset."""
+    try:
+        from airflow.sdk import Variable
+
+        return Variable.get(key, default=default)
+    except Exception:  # no task context (unit tests, plain Python): the default applies
+        return default
+
+
+class RtrecStepOperator(BaseOperator):
+    """Base class: run the step named ``step`` with the operator's templated arguments.
+
+    Subclasses name the step and list their arguments in ``template_fields``; ``None``
+    arguments are left to the step's defaults.
+    """
+
+    step: ClassVar[str] = ""
+    ui_color = "#e8f4ea"
+
+    def __init__(
+        self,
+        *,
+        run_mode: RunMode | None = None,
+        command: Sequence[str] | None = None,
+        command_timeout_s: float = 6 * 3600,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if run_mode is not None and run_mode not in RUN_MODES:
+            raise InvalidInput(
+                f"task {self.task_id}: run_mode {run_mode!r} is not one of {RUN_MODES}",
+                field="run_mode",
+            )
+        self.run_mode = run_mode
+        self.command = list(command) if command is not None else None
+        self.command_timeout_s = command_timeout_s
+
+    def arguments(self) -> dict[str, Any]:
+        """The step's keyword arguments: the rendered template fields that are set."""
+        return {
+            name: getattr(self, name)
+            for name in self.template_fields
+            if getattr(self, name) is not None
+        }
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        args = self.arguments()
+        mode = self.run_mode or _variable("rtrec_run_mode", "in_process")
+        logger.info("rtrec step %s (%s) with %s", self.step, mode, sorted(args))
+        try:
+            result = run_step(self.step, args) if mode == "in_process" else self._run_command(args)
+        except RtrecError as exc:
+            # Fail the task with the error tree's message (it names the offending field/id).
+            raise RuntimeError(f"{self.step} failed: {exc}") from exc
+        ti = context.get("ti") if hasattr(context, "get") else None
+        if ti is not None:
+            # One XCom per top-level key too, so ``op.output["version"]`` works downstream.
+            for key, value in result.items():
+                ti.xcom_push(key=key, value=value)
+        return result
+
+    def _run_command(self, args: dict[str, Any]) -> dict[str, Any]:
+        command = self.command or json.loads(_variable("rtrec_step_command", "null") or "null")
+        command = list(command or DEFAULT_COMMAND)
+        proc = subprocess.run(
+            [*command, self.step, json.dumps(args, default=str)],
+            capture_output=True,
+            text=True,
+            timeout=self.command_timeout_s,
+            check=False,
+        )
+        for line in proc.stderr.splitlines()[-50:]:
+            logger.info("[%s] %s", self.step, line)
+        results = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_PREFIX)]
+        if proc.returncode != 0 or not results:
+            raise RuntimeError(
+                f"{self.step} via {command[0]} exited {proc.returncode} without a result: "
+                f"{(proc.stderr or proc.stdout)[-2000:]}"
+            )
+        return json.loads(results[-1].removeprefix(RESULT_PREFIX))
+
+
+class BuildTrainingSetOperator(RtrecStepOperator):
+    """Spark point-in-time training sets. XCom: ``root``, ``counts``, ``protocol``.
+
+    :param data: a data set (``synthetic:small``, a saved directory, MovieLens); default
+        the stream's offline event log.
+    :param protocol: ``temporal`` (train on the past) or ``random``.
+    """
+
+    step = "build_training_set"
+    template_fields: Sequence[str] = ("data", "protocol")
+
+    def __init__(self, *, data: str | None = None, protocol: str = "temporal", **kwargs: Any):
+        super().__init__(**kwargs)
+        self.data, self.protocol = data, protocol
+
+
+class TrainTwoTowerOperator(RtrecStepOperator):
+    """Fit the two-tower model and the baselines, evaluate on validation and test.
+
+    XCom: ``bundle_dir``, ``val_metrics``, ``test_metrics``, ``params``.
+
+    :param training_sets: the training-set root (``build.output["root"]``).
+    :param epochs: training epochs; ``None`` for the trainer's default.
+    """
+
+    step = "train_two_tower"
+    template_fields: Sequence[str] = ("training_sets", "epochs")
+
+    def __init__(self, *, training_sets: Any, epochs: Any = None, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.training_sets, self.epochs = training_sets, epochs
+
+
+class EvaluateAndRegisterOperator(RtrecStepOperator):
+    """Check the gate metric, log the run to MLflow and register the challenger.
+
+    XCom: ``version``, ``run_id``, ``gate_metric``, ``val_metric``.
+
+    :param fit: the training step's result (``train.output``).
+    :param reason: why this run happened (e.g. the drift verdict); logged as a tag.
+    """
+
+    step = "evaluate_and_register"
+    template_fields: Sequence[str] = ("fit", "reason")
+
+    def __init__(self, *, fit: Any, reason: Any = "", **kwargs: Any):
+        super().__init__(**kwargs)
+        self.fit, self.reason = fit, reason
+
+
+class BuildIndexOperator(RtrecStepOperator):
+    """Rebuild the FAISS item index from the bundle; XCom: ``kind``, ``ntotal``, ``recall``.
+
+    :param bundle_dir: the model bundle (``train.output["bundle_dir"]``).
+    :param k: depth at which recall against exact search is measured.
+    """
+
+    step = "build_index"
+    template_fields: Sequence[str] = ("bundle_dir", "k")
+
+    def __init__(self, *, bundle_dir: Any, k: Any = 100, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.bundle_dir, self.k = bundle_dir, k
+
+
+class PromoteOperator(RtrecStepOperator):
+    """The promotion gate; XCom: ``promoted`` (bool), ``reason``, ``champion_version``.
+
+    :param version: the registered challenger (``register.output["version"]``).
+    :param fit: the training result, whose ``current_champion`` metrics set the bar.
+    """
+
+    step = "promote"
+    template_fields: Sequence[str] = ("version", "fit")
+
+    def __init__(self, *, version: Any, fit: Any = None, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.version, self.fit = version, fit
+
+
+class TellServingOperator(RtrecStepOperator):
+    """Confirm the service swapped to the new champion (it watches the MLflow alias).
+
+    XCom: ``notified``, ``serving_version``, ``reason``. Never fails for a stopped service.
+    """
+
+    step = "tell_serving"
+    template_fields: Sequence[str] = ("version", "timeout_s")
+
+    def __init__(self, *, version: Any, timeout_s: Any = 30.0, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.version, self.timeout_s = version, timeout_s
+
+
+class MaterializeFeaturesOperator(RtrecStepOperator):
+    """Backfill the online store from the offline log; XCom: ``users``, ``events``.
+
+    :param end_ms: end of the backfill window (ms); default the newest logged event.
+    :param days: window length; the longest feature window (7 days) by default.
+    """
+
+    step = "materialize_features"
+    template_fields: Sequence[str] = ("end_ms", "days")
+
+    def __init__(self, *, end_ms: Any = None, days: Any = 7.0, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.end_ms, self.days = end_ms, days
+
+
+class DriftCheckOperator(RtrecStepOperator):
+    """One Evidently drift check; XCom: the verdict (``drifted``, ``drift_share``, ``reason``,
+    ``columns``, ``outcome``). Branch or short-circuit on ``output["drifted"]``.
+
+    :param now_ms: end of the current window (ms); default the newest logged event.
+    :param reference_days, window_days: window lengths.
+    :param scores: also score both windows with the champion (score drift columns).
+    :param alert: send an alert (Kafka alerts topic + log) when drifted.
+    """
+
+    step = "drift_check"
+    template_fields: Sequence[str] = ("now_ms", "reference_days", "window_days", "scores", "alert")
+
+    def __init__(
+        self,
+        *,
+        now_ms: Any = None,
+        reference_days: Any = 7.0,
+        window_days: Any = 1.0,
+        scores: Any = True,
+        alert: Any = True,
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        self.now_ms, self.reference_days, self.window_days = now_ms, reference_days, window_days
+        self.scores, self.alert = scores, alert
+
+
+def is_drifted(verdict: dict[str, Any] | None) -> bool:
+    """Short-circuit callable: continue downstream only on a drifted verdict."""
+    return bool(verdict and verdict.get("drifted"))
+
+
+def is_promoted(decision: dict[str, Any] | None) -> bool:
+    """Short-circuit callable: tell serving only when the gate promoted the challenger."""
+    return bool(decision and decision.get("promoted"))

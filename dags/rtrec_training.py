@@ -1,0 +1,61 @@
+"""``rtrec_training``: training set -> train -> register -> index -> gate -> tell serving.
+
+Triggered by hand, by ``rtrec_drift_monitor`` (``reason`` in the run conf) or on a schedule
+you add. Params: ``data`` (a data set instead of the stream's offline log), ``protocol``,
+``epochs``, ``reason``. The gate promotes the challenger only when it beats the champion
+on the same validation split; serving is told only when it did.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from airflow.providers.standard.operators.python import ShortCircuitOperator
+from airflow.sdk import DAG, Param
+
+from dags.operators import (
+    BuildIndexOperator,
+    BuildTrainingSetOperator,
+    EvaluateAndRegisterOperator,
+    PromoteOperator,
+    TellServingOperator,
+    TrainTwoTowerOperator,
+    is_promoted,
+)
+
+with DAG(
+    dag_id="rtrec_training",
+    description="Spark training set, two-tower, MLflow challenger, FAISS index, promotion gate",
+    schedule=None,
+    start_date=datetime(2026, 1, 1, tzinfo=UTC),
+    catchup=False,
+    max_active_runs=1,
+    render_template_as_native_obj=True,
+    tags=["rtrec", "training"],
+    doc_md=__doc__,
+    params={
+        "data": Param(None, type=["null", "string"], description="data set; default offline log"),
+        "protocol": Param("temporal", enum=["temporal", "random"]),
+        "epochs": Param(None, type=["null", "integer"], minimum=1),
+        "reason": Param("manual", type="string", description="why this run (drift verdict)"),
+    },
+) as dag:
+    build = BuildTrainingSetOperator(
+        task_id="build_training_set", data="{{ params.data }}", protocol="{{ params.protocol }}"
+    )
+    train = TrainTwoTowerOperator(
+        task_id="train_two_tower", training_sets=build.output["root"], epochs="{{ params.epochs }}"
+    )
+    register = EvaluateAndRegisterOperator(
+        task_id="evaluate_and_register", fit=train.output, reason="{{ params.reason }}"
+    )
+    index = BuildIndexOperator(task_id="build_index", bundle_dir=train.output["bundle_dir"])
+    promote = PromoteOperator(
+        task_id="promote", version=register.output["version"], fit=train.output
+    )
+    gate = ShortCircuitOperator(
+        task_id="gate_passed", python_callable=is_promoted, op_args=[promote.output]
+    )
+    tell = TellServingOperator(task_id="tell_serving", version=register.output["version"])
+
+    register >> index >> promote >> gate >> tell

@@ -1,0 +1,324 @@
+"""The pipeline steps the operators run, as plain functions of (settings, JSON arguments).
+
+Each step calls one stage's public API and returns a JSON-ready dict (the operator's XCom
+value). Keeping them free of Airflow means the same step runs in the scheduler's worker
+(``in_process``), as a command in a container or under ``spark-submit`` on a cluster
+(``python -m dags.steps STEP JSON``, see :func:`main`), and in unit tests.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rtrec.config import Settings, load_settings
+from rtrec.errors import InvalidInput, NotFound
+
+logger = logging.getLogger(__name__)
+
+DAY_MS = 86_400_000
+StepFn = Callable[..., dict[str, Any]]
+
+
+def build_training_set(
+    settings: Settings, *, data: str | None = None, protocol: str = "temporal"
+) -> dict[str, Any]:
+    """Spark point-in-time training sets from the offline log (or ``data``, a data set)."""
+    from training.dataset import build_training_sets
+    from training.pipeline import event_log_for, split_config
+
+    source = event_log_for(settings, data or None)
+    sets = build_training_sets(settings, source=source, config=split_config(settings, protocol))  # type: ignore[arg-type]
+    return {
+        "root": str(sets.root),
+        "protocol": sets.protocol,
+        "counts": sets.counts,
+        "history_len": sets.history_len,
+        "cut_ts": sets.cut_ts,
+        "data": data or "offline-event-log",
+    }
+
+
+def train_two_tower(
+    settings: Settings, *, training_sets: str, epochs: int | None = None
+) -> dict[str, Any]:
+    """Fit the two-tower model beside the baselines; evaluated on validation and test."""
+    from training.dataset import TrainingSets
+    from training.pipeline import fit_and_evaluate
+
+    sets = TrainingSets.load(training_sets)
+    run = f"{time.strftime('%Y%m%dT%H%M%S')}-airflow"
+    out = fit_and_evaluate(
+        settings,
+        sets,
+        out_dir=settings.work_dir / "training" / "runs" / run,
+        epochs=epochs,
+        progress=False,
+    )
+    return {
+        "bundle_dir": str(out.bundle_dir),
+        "val_metrics": out.val_metrics,
+        "test_metrics": out.test_metrics,
+        "params": {k: v for k, v in out.params.items() if isinstance(v, str | int | float | bool)},
+        "reports": [str(p) for p in (out.report_md, out.report_png) if p is not None],
+        "protocol": sets.protocol,
+        "counts": sets.counts,
+    }
+
+
+def flat_metrics(fit: dict[str, Any]) -> dict[str, float]:
+    """MLflow metric names as the pipeline logs them: ``val_ndcg_at_10`` for the model,
+    ``<baseline>.test_ndcg_at_10`` for the others."""
+    from training.pipeline import MODEL_NAME
+    from training.registry import metric_key
+
+    out: dict[str, float] = {}
+    for prefix, table in (("val", fit["val_metrics"]), ("test", fit["test_metrics"])):
+        for model, metrics in table.items():
+            head = f"{prefix}_" if model == MODEL_NAME else f"{model}.{prefix}_"
+            out |= {head + metric_key(k): float(v) for k, v in metrics.items()}
+    return out
+
+
+def evaluate_and_register(
+    settings: Settings, *, fit: dict[str, Any], reason: str = ""
+) -> dict[str, Any]:
+    """Check the fit reported the gate's metric, log the run and register a challenger."""
+    from training.registry import GATE_METRIC, ModelRegistry
+
+    metrics = flat_metrics(fit)
+    if GATE_METRIC not in metrics:
+        raise InvalidInput(
+            f"the fit reported no {GATE_METRIC}; got {sorted(metrics)}", field=GATE_METRIC
+        )
+    params = {
+        **fit.get("params", {}),
+        "protocol": fit.get("protocol", ""),
+        "trigger_reason": reason[:250],
+        **{f"n_{k}": v for k, v in fit.get("counts", {}).items()},
+    }
+    run_id, version = ModelRegistry(settings).log_and_register(
+        fit["bundle_dir"],
+        params=params,
+        metrics=metrics,
+        report_files=[p for p in fit.get("reports", []) if Path(p).is_file()],
+        tags={"trigger.reason": reason[:500]} if reason else None,
+        run_name=f"two-tower-{fit.get('protocol', 'temporal')}-airflow",
+    )
+    return {
+        "run_id": run_id,
+        "version": version,
+        "gate_metric": GATE_METRIC,
+        "val_metric": metrics[GATE_METRIC],
+    }
+
+
+def build_index(settings: Settings, *, bundle_dir: str, k: int = 100) -> dict[str, Any]:
+    """Rebuild the item index from the bundle's embeddings and measure its recall.
+
+    Serving loads the index saved inside the bundle; this step builds it afresh with the
+    index factory (so a change of index settings shows up here first) and reports kind and
+    recall against exact search, so a bad index stops the run before promotion.
+    """
+    from training.artifacts import load_bundle
+    from training.index import build_index as make_index
+
+    bundle = load_bundle(bundle_dir, use_gpu=False)
+    index = make_index(bundle.item_embeddings, k=k, use_gpu=False, seed=settings.seed)
+    out = Path(bundle_dir).parent / "index"
+    out.mkdir(parents=True, exist_ok=True)
+    index.save(out / "items.faiss")
+    return {
+        "path": str(out / "items.faiss"),
+        "kind": index.kind,
+        "ntotal": int(index.ntotal),
+        "recall": float(index.recall or 0.0),
+        "bundle_index_kind": bundle.index.kind,
+    }
+
+
+def promote(
+    settings: Settings, *, version: str, fit: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The promotion gate: champion only if the challenger beats it on validation.
+
+    When the fit evaluated the current champion on the same split (``current_champion``),
+    that value is the bar, as in ``training.train``.
+    """
+    from training.pipeline import CHAMPION_KEY
+    from training.registry import ModelRegistry
+
+    champ = (fit or {}).get("val_metrics", {}).get(CHAMPION_KEY, {}).get("ndcg@10")
+    registry = ModelRegistry(settings)
+    d = registry.promote_if_better(str(version), champion_value=champ)
+    return {
+        "version": d.version,
+        "promoted": d.promoted,
+        "reason": d.reason,
+        "metric": d.metric,
+        "value": d.value,
+        "champion_version": registry.champion_version(),
+    }
+
+
+def tell_serving(settings: Settings, *, version: str, timeout_s: float = 30.0) -> dict[str, Any]:
+    """Wait until the service reports ``version`` as champion (it watches the alias).
+
+    Moving the ``champion`` alias is the signal; this step only confirms the swap. A
+    service that is not running is not a failure: it loads the champion when it starts.
+    """
+    import httpx
+
+    url = f"http://{settings.serving.host}:{settings.serving.port}/status"
+    deadline = time.monotonic() + timeout_s
+    seen: str | None = None
+    while True:
+        try:
+            models = httpx.get(url, timeout=2).json().get("models", {})
+            seen = (models.get("champion") or {}).get("version")
+        except httpx.HTTPError as exc:
+            logger.info(
+                "serving not reachable at %s (%s): it loads v%s on start", url, exc, version
+            )
+            return {"notified": False, "serving_version": None, "reason": f"unreachable: {exc}"}
+        if seen == str(version):
+            return {"notified": True, "serving_version": seen, "reason": "swapped"}
+        if time.monotonic() > deadline:
+            return {
+                "notified": False,
+                "serving_version": seen,
+                "reason": f"still serving v{seen} after {timeout_s:.0f} s",
+            }
+        time.sleep(0.5)
+
+
+def materialize_features(
+    settings: Settings, *, end_ms: int | None = None, days: float = 7.0
+) -> dict[str, Any]:
+    """Backfill the online store from the offline event log (a fresh Redis, a new view).
+
+    User stream features are recomputed by folding each user's events in
+    ``[end - days, end)`` through the stream processor's own aggregate, so the values are
+    the ones the live stream would have written; batch views are loaded by Feast.
+    """
+    import pandas as pd
+
+    from features import write_user_features
+    from streaming import read_events
+    from streaming.aggregates import UserState
+
+    events = read_events(settings.offline_dir / "events")
+    if not len(events):
+        raise NotFound(f"no events in the offline log at {settings.offline_dir / 'events'}")
+    end = int(end_ms) if end_ms else int(events["ts"].max()) + 1
+    window = events[(events["ts"] >= end - int(days * DAY_MS)) & (events["ts"] < end)]
+    rows = []
+    for user, frame in window.sort_values("ts", kind="stable").groupby("user_id", sort=False):
+        state = UserState()
+        for item, etype, ts in zip(frame["item_id"], frame["event_type"], frame["ts"], strict=True):
+            state.apply(str(item), str(etype), int(ts))
+        rows.append(
+            {
+                "user_id": user,
+                **state.features(),
+                "written_ms": int(time.time() * 1000),
+                "event_timestamp": pd.to_datetime(state.last_ts, unit="ms", utc=True),
+            }
+        )
+    frame = pd.DataFrame(rows)
+    for start in range(0, len(frame), 1000):
+        write_user_features(settings, frame.iloc[start : start + 1000])
+    batch_views = _materialize_batch_views(settings, end)
+    return {"users": len(frame), "events": len(window), "end_ms": end, "batch_views": batch_views}
+
+
+def _materialize_batch_views(settings: Settings, end_ms: int) -> list[str]:
+    """Feast ``materialize`` of the catalog and profile views whose parquet exists."""
+    from datetime import UTC, datetime
+
+    from features import get_store
+    from features.definitions import ITEM_META_VIEW, USER_PROFILE_VIEW, offline_paths
+
+    paths = offline_paths(settings.offline_dir)
+    views = [v for v in (ITEM_META_VIEW, USER_PROFILE_VIEW) if paths[v].is_file()]
+    if views:
+        get_store(settings).materialize(
+            start_date=datetime(1970, 1, 2, tzinfo=UTC),
+            end_date=datetime.fromtimestamp(end_ms / 1000, tz=UTC),
+            feature_views=views,
+        )
+    return views
+
+
+def drift_check(
+    settings: Settings,
+    *,
+    now_ms: int | None = None,
+    reference_days: float = 7.0,
+    window_days: float = 1.0,
+    scores: bool = True,
+    alert: bool = True,
+) -> dict[str, Any]:
+    """One monitor run over the offline log: verdict recorded in Evidently, alert sent."""
+    from monitoring import monitor_offline_log
+
+    verdict = monitor_offline_log(
+        settings,
+        now_ms=now_ms,
+        reference_days=reference_days,
+        window_days=window_days,
+        scores=scores,
+        alert=alert,
+    )
+    return verdict.to_dict()
+
+
+STEPS: dict[str, StepFn] = {
+    "build_training_set": build_training_set,
+    "train_two_tower": train_two_tower,
+    "evaluate_and_register": evaluate_and_register,
+    "build_index": build_index,
+    "promote": promote,
+    "tell_serving": tell_serving,
+    "materialize_features": materialize_features,
+    "drift_check": drift_check,
+}
+
+
+def run_step(
+    name: str, arguments: dict[str, Any], *, settings: Settings | None = None
+) -> dict[str, Any]:
+    """Run one step by name (what every operator and the command entry point call)."""
+    if name not in STEPS:
+        raise InvalidInput(f"unknown step {name!r}; expected one of {sorted(STEPS)}", field="step")
+    started = time.perf_counter()
+    result = STEPS[name](settings or load_settings(), **arguments)
+    logger.info("step %s done in %.1f s", name, time.perf_counter() - started)
+    return result
+
+
+RESULT_PREFIX = "RTREC_STEP_RESULT "
+"""Marks the result line of ``python -m dags.steps`` among a job's other output."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m dags.steps STEP 'JSON ARGS'``: one step in a container or Spark job."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2:
+        sys.stderr.write(f"usage: python -m dags.steps STEP JSON_ARGS (steps: {sorted(STEPS)})\n")
+        return 2
+    from rtrec.logging import configure_logging
+
+    configure_logging("INFO")
+    result = run_step(args[0], json.loads(args[1]))
+    sys.stdout.write(RESULT_PREFIX + json.dumps(result, default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

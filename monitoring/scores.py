@@ -1,0 +1,90 @@
+"""Model-side monitoring features: what the champion would serve each window's users.
+
+Served scores move when users' histories move away from what the model learned, before
+clicks say so. For a sample of the window's users the champion builds a user vector from
+their history in the window and retrieves the top ``k``; per user we keep
+
+- ``score_top1``, ``score_mean``: the best and mean top-``k`` retrieval scores;
+- ``score_centroid_sim``: cosine between the user vector and the reference window's mean
+  user vector (an embedding statistic: it falls when the user population's taste moves).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+logger = logging.getLogger(__name__)
+
+SCORE_COLUMNS = ("score_top1", "score_mean", "score_centroid_sim")
+
+
+def _histories(events: pd.DataFrame, users: list[str], history_len: int) -> list[list[str]]:
+    recent = events[events["user_id"].isin(users)].sort_values("ts", ascending=False)
+    grouped = recent.groupby("user_id", sort=False)["item_id"].agg(
+        lambda s: [str(i) for i in s.head(history_len)]
+    )
+    return [grouped.get(u, []) for u in users]
+
+
+def user_vectors(
+    bundle: Any, events: pd.DataFrame, *, sample: int = 400, seed: int = 0
+) -> tuple[list[str], np.ndarray]:
+    """Vectors of up to ``sample`` users of the window (sampled with a fixed seed)."""
+    users = events["user_id"].drop_duplicates()
+    if len(users) > sample:
+        users = users.sample(n=sample, random_state=seed)
+    ids = [str(u) for u in users]
+    if not ids:
+        return [], np.zeros((0, 0), dtype=np.float32)
+    return ids, bundle.user_vectors(ids, _histories(events, ids, bundle.history_len))
+
+
+def score_features(
+    bundle: Any,
+    events: pd.DataFrame,
+    *,
+    centroid: np.ndarray | None = None,
+    k: int = 10,
+    sample: int = 400,
+    seed: int = 0,
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """Per-user score columns of one window, and the window's mean user vector.
+
+    Pass the reference window's centroid when scoring the current window, so both are
+    measured against the same direction.
+    """
+    _, vecs = user_vectors(bundle, events, sample=sample, seed=seed)
+    if not len(vecs):
+        return pd.DataFrame(columns=list(SCORE_COLUMNS)), np.zeros(0, dtype=np.float32)
+    scores, _ = bundle.search(vecs, k)
+    scores = np.where(np.isfinite(scores), scores, np.nan)
+    mean = vecs.mean(axis=0)
+    ref = mean if centroid is None or not len(centroid) else centroid
+    ref = ref / max(float(np.linalg.norm(ref)), 1e-12)
+    norms = np.maximum(np.linalg.norm(vecs, axis=1), 1e-12)
+    frame = pd.DataFrame(
+        {
+            "score_top1": np.nanmax(scores, axis=1),
+            "score_mean": np.nanmean(scores, axis=1),
+            "score_centroid_sim": (vecs @ ref) / norms,
+        }
+    )
+    return frame, mean
+
+
+def champion_bundle(settings: Any) -> Any | None:
+    """The registered champion's bundle, or None when there is none yet (not an error)."""
+    try:
+        from training.artifacts import load_bundle
+        from training.registry import ModelRegistry, download_bundle
+
+        if ModelRegistry(settings).champion_version() is None:
+            return None
+        return load_bundle(download_bundle(settings, "champion"), use_gpu=False)
+    except Exception as exc:  # no registry, no champion: features-only monitoring
+        logger.info("no champion to score with: %s", exc)
+        return None
