@@ -14,6 +14,7 @@ process, no HTTP); offer fixed rates of /recommend over keep-alive connections
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import shutil
@@ -213,6 +214,8 @@ def main() -> None:
         print(f"  {out}", flush=True)
         gpu_p99 = gpu_retrieval_p99_ms(bundle.item_embeddings, gpus=gpu_count())
         del bundle
+        gc.collect()  # then keep the client's own collector off the big heap it left
+        gc.freeze()
         start_managed(
             settings, "stream-bench", [sys.executable, "-m", "rtrec.cli", "stream", "run"]
         )

@@ -170,3 +170,15 @@ def test_broken_bundle_is_refused_by_load(bundles) -> None:
 
     with pytest.raises(InvalidInput, match="checksum"):
         load_dir(bundles["3"], "3", "test")
+
+
+def test_loaded_bundles_are_frozen_out_of_the_collector(bundles) -> None:
+    import gc
+
+    from serving.lifecycle import load_dir
+
+    gc.unfreeze()
+    loaded = load_dir(bundles["1"], "1", "test")
+    assert gc.get_freeze_count() > 0  # full collections no longer walk the bundle
+    assert loaded.version == "1"
+    gc.unfreeze()
