@@ -16,6 +16,19 @@ def serve_command(host: str, port: int) -> list[str]:
     return [str(exe), "serve", "serving.service:Recommender", "--host", host, "--port", str(port)]
 
 
+def serve_env(work_dir: Path | str, port: int) -> dict[str, str]:
+    """Environment one server needs of its own: a BentoML home per work dir and port.
+
+    BentoML keeps its Prometheus files under ``$BENTOML_HOME/prometheus_multiproc_dir``
+    and wipes that folder whenever a server starts, so two servers sharing the default
+    home (tests, benchmarks, a second ``rtrec serve``) silently erase each other's
+    ``/metrics``. A home per server keeps every server's metrics its own.
+    """
+    home = Path(work_dir) / "serving" / f"bentoml-{port}"
+    home.mkdir(parents=True, exist_ok=True)
+    return {"BENTOML_HOME": str(home)}
+
+
 def start_detached(settings, *, timeout: float = 120.0) -> int:
     """Start the service as a managed process and wait until /readyz answers 200."""
     import httpx
@@ -34,6 +47,7 @@ def start_detached(settings, *, timeout: float = 120.0) -> int:
         settings,
         "serving",
         serve_command(host, port),
+        env=serve_env(settings.work_dir, port),
         port=(host, port),
         ready=ready,
         timeout=timeout,
@@ -67,7 +81,6 @@ def serve(host: str | None, port: int | None, bundle: str | None, detach: bool) 
         pid = start_detached(settings)
         click.echo(f"serving on http://{settings.serving.host}:{settings.serving.port} (pid {pid})")
         return
-    os.execv(
-        serve_command(settings.serving.host, settings.serving.port)[0],
-        serve_command(settings.serving.host, settings.serving.port),
-    )
+    os.environ.update(serve_env(settings.work_dir, settings.serving.port))
+    cmd = serve_command(settings.serving.host, settings.serving.port)
+    os.execv(cmd[0], cmd)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rtrec.errors import Unavailable
-from serving.cli import serve_command
+from serving.cli import serve_command, serve_env
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +84,15 @@ def stop(proc: subprocess.Popen, *, timeout: float = 15.0) -> None:
             child.kill()
 
 
+def _work_dir(env: dict[str, str]) -> Path:
+    """The work dir the server will use (its settings read the same environment)."""
+    if env.get("RTREC_WORK_DIR"):
+        return Path(env["RTREC_WORK_DIR"])
+    from rtrec.config import Settings
+
+    return Settings.model_fields["work_dir"].get_default(call_default_factory=True)
+
+
 @contextlib.contextmanager
 def running_server(
     port: int,
@@ -97,6 +106,8 @@ def running_server(
     """Start the service on ``host:port`` with ``env`` added to this process's environment."""
     full = {**os.environ, **(env or {}), "RTREC_SERVING__HOST": host}
     full["RTREC_SERVING__PORT"] = str(port)
+    if "BENTOML_HOME" not in (env or {}):
+        full.update(serve_env(_work_dir(full), port))
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
         proc = subprocess.Popen(

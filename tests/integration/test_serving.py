@@ -213,6 +213,13 @@ def test_invalid_json_oversized_body_and_bad_events(client: httpx.Client) -> Non
         "/recommend", content=b"{not json", headers={"content-type": "application/json"}
     )
     assert resp.status_code == 422 and resp.json()["field"].startswith("body")
+    undecodable = client.post(
+        "/recommend", content=b"\x80", headers={"content-type": "application/json"}
+    )  # not UTF-8: FastAPI's own 400, answered in the service's shape as a 422
+    assert undecodable.status_code == 422 and undecodable.json()["field"] == "body"
+    for body in ({"user_id": "u1", "exclude_seen": 0}, {"user_id": "u1", "k": "10"}):
+        assert client.post("/recommend", json=body).status_code == 422, body  # no coercion
+    assert recommend(client, "u1", k=5.0)["items"]  # JSON Schema's integer includes 5.0
     big = client.post("/recommend", json={"user_id": "u1", "context": {"x": "y" * 200_000}})
     assert big.status_code == 413 and big.json()["field"] == "body"
     bad = client.post("/feedback", json={"events": [{"user_id": "u1", "item_id": "i1"}]})
@@ -238,6 +245,14 @@ def test_openapi_describes_the_api(server) -> None:
     assert {"/recommend", "/similar/{item_id}", "/feedback"} <= set(spec["paths"])
     assert "RecommendRequest" in spec["components"]["schemas"]
     assert httpx.get(f"{server.url}/docs").status_code == 200
+    # The error bodies the service really sends are the documented ones.
+    responses = spec["paths"]["/recommend"]["post"]["responses"]
+    for code in ("401", "413", "422", "429"):
+        ref = responses[code]["content"]["application/json"]["schema"]["$ref"]
+        assert ref.endswith("/ErrorResponse"), code
+    assert "503" in spec["paths"]["/feedback"]["post"]["responses"]
+    wrong = httpx.request("TRACE", f"{server.url}/recommend", headers=HEADERS)
+    assert wrong.status_code == 405 and "POST" in wrong.headers["allow"]
 
 
 def test_logs_never_carry_raw_user_ids(server, client: httpx.Client) -> None:
@@ -247,10 +262,14 @@ def test_logs_never_carry_raw_user_ids(server, client: httpx.Client) -> None:
     assert "secret-user-4711" not in server.log_text()
 
 
-def test_rtrec_serve_detach_starts_a_tracked_service(stack: Settings, bundle_dir: Path) -> None:
+def test_rtrec_serve_detach_starts_a_tracked_service(
+    stack: Settings, bundle_dir: Path, server, client: httpx.Client
+) -> None:
     import subprocess
 
     from rtrec.stack import managed_pid, stop_managed
+
+    recommend(client, "u1")
 
     port = free_port()
     cmd = [sys.executable, "-m", "rtrec.cli", "serve", "--detach", "--bundle", str(bundle_dir)]
@@ -262,6 +281,9 @@ def test_rtrec_serve_detach_starts_a_tracked_service(stack: Settings, bundle_dir
             f"http://127.0.0.1:{port}/recommend", json={"user_id": "u1"}, headers=HEADERS
         )
         assert out.status_code == 200 and out.json()["fallback"] is False
+        # A second server must not wipe the first one's metrics (BentoML clears its
+        # Prometheus folder at start; each server has a BentoML home of its own).
+        assert 'stage="user_tower"' in httpx.get(f"{server.url}/metrics").text
     finally:
         assert stop_managed(stack, "serving")
     with pytest.raises(httpx.HTTPError):
