@@ -4,13 +4,27 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+from rtrec.events import Interaction
 
 Id = Annotated[str, Field(min_length=1, max_length=128)]
+ITEM_ID_PATTERN = r"^[^\x00-\x1f/]+$"
+"""Item ids in paths: no control characters (the event contract forbids them too)."""
+
+
+def _whole_number(v: Any) -> Any:
+    """JSON Schema counts 5.0 as an integer; strict models would refuse it, so take it."""
+    return int(v) if isinstance(v, float) and v.is_integer() else v
+
+
+WholeInt = Annotated[int, BeforeValidator(_whole_number)]
+"""An integer, strictly (no strings, no booleans), that also accepts 5.0."""
+STRICT = ConfigDict(extra="forbid", strict=True, use_attribute_docstrings=True)
 
 
 class Filters(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     include_categories: list[Annotated[str, Field(max_length=64)]] | None = Field(
         None, max_length=50
@@ -23,10 +37,10 @@ class Filters(BaseModel):
 
 
 class RecommendRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     user_id: Id
-    k: int = Field(10, ge=1, le=1000)
+    k: WholeInt = Field(10, ge=1, le=1000)
     """How many items; clamped to the service's max_k and the catalog size."""
     exclude_seen: bool = True
     filters: Filters | None = None
@@ -57,14 +71,56 @@ class SimilarResponse(BaseModel):
 
 
 class FeedbackRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
-    events: list[dict[str, Any]] = Field(min_length=1, max_length=100)
-    """Interaction events in the platform's contract (rtrec.events.Interaction)."""
+    events: list[Interaction] = Field(min_length=1, max_length=100)
+    """Interaction events in the platform's contract (its schema is the documented one;
+    the service re-checks each with :func:`rtrec.events.parse_event`, as the processor will)."""
 
 
 class FeedbackResponse(BaseModel):
     accepted: int
+
+
+class ErrorDetail(BaseModel):
+    field: str
+    msg: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """Every 4xx/503 body: a message and the offending field (``user_id``, ``X-API-Key``)."""
+
+    error: str
+    field: str | None = None
+    detail: list[ErrorDetail] | None = None
+    """All validation errors (first ten), on 422 only."""
+
+
+class LoadedModel(BaseModel):
+    version: str | None
+    source: str
+
+
+class StatusResponse(BaseModel):
+    ready: bool
+    models: dict[str, LoadedModel]
+    last_error: str | None
+    online_store_down: str | None
+    event_broker_down: str | None
+    fallback_source: str
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for the errors a route can answer (the guard's always)."""
+    why = {
+        401: "Missing or invalid X-API-Key",
+        404: "Unknown id",
+        413: "Body too large",
+        422: "Invalid request (names the field)",
+        429: "Rate limit exceeded for this API key",
+        503: "Dependency unavailable",
+    }
+    return {c: {"model": ErrorResponse, "description": why[c]} for c in (401, 413, 429, *codes)}
 
 
 EXAMPLE_RECOMMEND: dict[str, Any] = {

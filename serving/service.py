@@ -17,18 +17,22 @@ import logging
 from typing import Any
 
 import bentoml
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving.auth import BodyTooLarge, Guard
 from serving.schemas import (
+    ITEM_ID_PATTERN,
     FeedbackRequest,
     FeedbackResponse,
     RecommendRequest,
     RecommendResponse,
     SimilarResponse,
+    StatusResponse,
+    error_responses,
 )
 
 logger = logging.getLogger(__name__)
@@ -68,24 +72,38 @@ async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
     return JSONResponse({"error": message, "field": field, "detail": detail}, status_code=422)
 
 
+@app.exception_handler(StarletteHTTPException)
+async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
+    """Framework errors in the service's error shape; an undecodable body is a 422."""
+    if exc.status_code == 400:  # FastAPI: "There was an error parsing the body"
+        return _error(422, f"invalid request: body: {exc.detail}", "body")
+    out = _error(exc.status_code, str(exc.detail))
+    out.headers.update(exc.headers or {})  # e.g. Allow on 405
+    return out
+
+
 @app.exception_handler(BodyTooLarge)
 async def too_large(_: Request, exc: BodyTooLarge) -> Response:
     return _error(413, str(exc), "body")
 
 
-@app.post("/recommend", response_model=RecommendResponse)
+@app.post("/recommend", response_model=RecommendResponse, responses=error_responses(422))
 async def recommend(body: RecommendRequest, request: Request) -> Response:
     """Top-k items for a user; unknown users and outages get a flagged fallback, never a 500."""
     return _json(request.app.state.engine.recommend_or_fallback(body))
 
 
-@app.get("/similar/{item_id}", response_model=SimilarResponse)
-async def similar(item_id: str, request: Request, k: int = Query(10, ge=1, le=1000)) -> Response:
+@app.get(
+    "/similar/{item_id}", response_model=SimilarResponse, responses=error_responses(404, 422, 503)
+)
+async def similar(
+    request: Request,
+    item_id: str = Path(min_length=1, max_length=128, pattern=ITEM_ID_PATTERN),
+    k: int = Query(10, ge=1, le=1000),
+) -> Response:
     """Items closest to ``item_id`` in the item embedding space."""
     from rtrec.errors import NotFound, Unavailable
 
-    if not item_id or len(item_id) > 128:
-        return _error(422, "item_id must have 1 to 128 characters", "item_id")
     try:
         return _json(request.app.state.engine.similar(item_id, k))
     except NotFound as exc:
@@ -94,16 +112,23 @@ async def similar(item_id: str, request: Request, k: int = Query(10, ge=1, le=10
         return _error(503, str(exc))
 
 
-@app.post("/feedback", response_model=FeedbackResponse, status_code=202)
+@app.post(
+    "/feedback",
+    response_model=FeedbackResponse,
+    status_code=202,
+    responses=error_responses(422, 503),
+)
 async def feedback(body: FeedbackRequest, request: Request) -> Response:
     """Interaction events onto Kafka (the stream processor turns them into features)."""
     from rtrec.errors import InvalidInput, Unavailable
     from rtrec.events import parse_event
 
-    try:
-        events = [parse_event(e) for e in body.events]
-    except InvalidInput as exc:
-        return _error(422, str(exc), f"events.{exc.field}")
+    events = []
+    for n, event in enumerate(body.events):
+        try:  # the contract's own checks too (ts in the future, rating without a value)
+            events.append(parse_event(event.model_dump(mode="json", exclude_none=True)))
+        except InvalidInput as exc:
+            return _error(422, f"events.{n}: {exc}", f"events.{n}.{exc.field}")
     try:
         await run_in_threadpool(request.app.state.publish, events)
     except Unavailable as exc:
@@ -111,7 +136,7 @@ async def feedback(body: FeedbackRequest, request: Request) -> Response:
     return _json({"accepted": len(events)}, 202)
 
 
-@app.get("/status")
+@app.get("/status", response_model=StatusResponse, responses=error_responses())
 async def status(request: Request) -> Response:
     """Loaded versions, readiness and the last lifecycle error (no user data)."""
     st = request.app.state
@@ -123,6 +148,7 @@ async def status(request: Request) -> Response:
             },
             "last_error": st.watcher.last_error,
             "online_store_down": st.engine.online.down_reason,
+            "event_broker_down": st.publish.down_reason,
             "fallback_source": st.engine.popular.items()[1],
         }
     )
@@ -159,6 +185,7 @@ class Recommender:
         state.limiter = RateLimiter(settings.serving.rate_limit_per_s)
         state.max_body = settings.serving.max_body_bytes
         state.publish = Publisher(settings)
+        state.publish.start()
         state.keys = ApiKeys([k.get_secret_value() for k in settings.serving.api_keys])
         self.engine.popular.start()
         self.engine.online.warm()
