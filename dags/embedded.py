@@ -1,0 +1,136 @@
+"""Embedded Airflow: ``airflow standalone`` on this machine, with rtrec's DAGs.
+
+``up`` migrates the metadata DB (SQLite under ``settings.airflow.home``), reserializes the
+DAGs (they list only after that, see STACK_NOTES) and starts the standalone with small
+parallelism under :func:`rtrec.stack.start_managed`; ``down`` stops it with SIGINT, which
+lets it stop its own workers (SIGTERM orphans them). The DAG folder is this package's
+directory; ``.airflowignore`` keeps the library modules out of DAG parsing.
+
+Named ``embedded`` rather than ``airflow`` so no import can mistake it for the package.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from rtrec.config import Settings
+from rtrec.errors import Unavailable
+
+logger = logging.getLogger(__name__)
+
+NAME = "airflow"
+"""Managed-process name (``<work_dir>/run/airflow.json``, ``logs/airflow.log``)."""
+DAG_IDS = ("rtrec_training", "rtrec_drift_monitor", "rtrec_feature_backfill")
+
+
+def dags_folder() -> Path:
+    return Path(__file__).resolve().parent
+
+
+def airflow_exe() -> str:
+    """The ``airflow`` script of the venv running rtrec."""
+    local = Path(sys.executable).parent / "airflow"
+    return str(local) if local.exists() else "airflow"
+
+
+def airflow_env(settings: Settings) -> dict[str, str]:
+    """Environment for every Airflow process: home, DAG folder, port, parallelism.
+
+    ``RTREC_*`` variables pass through unchanged, so tasks see the same settings.
+    """
+    home = Path(str(settings.airflow.home))
+    par = str(settings.airflow.parallelism)
+    return {
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(dags_folder()),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__PARALLELISM": par,
+        "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": par,
+        "AIRFLOW__SCHEDULER__PARSING_PROCESSES": "1",
+        "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__API__PORT": str(settings.airflow.port),
+        "AIRFLOW__API__WORKERS": "1",
+        # Embedded only (binds loopback): no login page between the user and the UI.
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": os.environ.get(
+            "AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING"
+        ),
+        "DO_NOT_TRACK": "1",
+        # The standalone starts its components as `airflow ...` found on PATH.
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+    }
+
+
+def airflow_cli(settings: Settings, *args: str, timeout_s: float = 300) -> str:
+    """Run one ``airflow`` command with the embedded environment; stdout on success."""
+    env = {**os.environ, **airflow_env(settings)}
+    Path(env["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(
+        [airflow_exe(), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise Unavailable(
+            f"`airflow {' '.join(args)}` exited {proc.returncode}: {proc.stderr[-1500:]}"
+        )
+    return proc.stdout
+
+
+def prepare(settings: Settings) -> None:
+    """``db migrate`` then ``dags reserialize``: the DB and DAG list a standalone needs."""
+    airflow_cli(settings, "db", "migrate")
+    airflow_cli(settings, "dags", "reserialize")
+
+
+def health_url(settings: Settings) -> str:
+    return f"http://127.0.0.1:{settings.airflow.port}/api/v2/monitor/health"
+
+
+def healthy(settings: Settings) -> bool:
+    """The API server answers and reports the scheduler and DAG processor healthy."""
+    import httpx
+
+    try:
+        body = httpx.get(health_url(settings), timeout=2).json()
+    except (httpx.HTTPError, ValueError):
+        return False
+    parts = ("metadatabase", "scheduler", "dag_processor")
+    return all((body.get(p) or {}).get("status") == "healthy" for p in parts)
+
+
+def up(settings: Settings, *, timeout_s: float = 180) -> int:
+    """Start the embedded standalone (idempotent); returns its pid once healthy."""
+    from rtrec import stack
+
+    pid = stack.managed_pid(settings, NAME)
+    if pid is not None:
+        return pid
+    prepare(settings)
+    return stack.start_managed(
+        settings,
+        NAME,
+        [airflow_exe(), "standalone"],
+        port=("127.0.0.1", settings.airflow.port),
+        env=airflow_env(settings),
+        cwd=Path(str(settings.airflow.home)),
+        ready=lambda: healthy(settings),
+        timeout=timeout_s,
+        stop_signal=signal.SIGINT,
+    )
+
+
+def down(settings: Settings) -> bool:
+    """Stop the standalone with SIGINT (SIGKILL for stragglers); True if one ran."""
+    from rtrec import stack
+
+    return stack.stop_managed(settings, NAME, timeout=30)
