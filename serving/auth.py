@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
 import threading
 import time
 from typing import Any
+
+from starlette.exceptions import HTTPException
 
 
 class RateLimiter:
@@ -55,7 +58,8 @@ class ApiKeys:
 
 
 class Guard:
-    """Pure ASGI middleware: body size (413), API key (401), per-key rate (429), in order.
+    """Pure ASGI middleware: body size (413), API key (401), per-key rate (429), in order,
+    then a body that is too large (413) or too slow (408) while it is being read.
 
     Pure ASGI rather than ``@app.middleware("http")``: Starlette's BaseHTTPMiddleware
     runs every request through an extra task and memory streams, which costs more than
@@ -63,9 +67,12 @@ class Guard:
     service at start); with no state yet (start-up), requests pass through.
     """
 
-    def __init__(self, app: Any, *, open_paths: frozenset[str] = frozenset()) -> None:
+    def __init__(
+        self, app: Any, *, open_paths: frozenset[str] = frozenset(), body_timeout_s: float = 5.0
+    ) -> None:
         self.app = app
         self.open_paths = open_paths
+        self.body_timeout_s = body_timeout_s
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         state = getattr(scope.get("app"), "state", None)
@@ -86,27 +93,48 @@ class Guard:
         if not state.limiter.allow(bucket):
             await _reject(send, 429, "rate limit exceeded for this API key", "X-API-Key")
             return
-        await self.app(scope, _bounded(receive, max_body), send)
+        await self.app(scope, _bounded(receive, max_body, self.body_timeout_s), send)
 
 
-def _bounded(receive: Any, limit: int) -> Any:
-    """Bodies without a Content-Length (chunked) are cut off at ``limit`` too."""
+def _bounded(receive: Any, limit: int, timeout_s: float) -> Any:
+    """The body, cut off past ``limit`` bytes (chunked bodies have no Content-Length to
+    check up front) or ``timeout_s`` seconds (a slow client must not hold a slot until
+    BentoML's own timeout answers 504). Once the body is complete, receive() passes
+    through untimed: waiting for a disconnect is not reading a body."""
     seen = 0
+    deadline = time.monotonic() + timeout_s
+    done = False
 
     async def wrapped() -> dict[str, Any]:
-        nonlocal seen
-        message = await receive()
+        nonlocal seen, done
+        if done:
+            return await receive()
+        try:
+            message = await asyncio.wait_for(receive(), max(deadline - time.monotonic(), 0.0))
+        except TimeoutError:
+            raise BodyTooSlow(timeout_s) from None
         if message["type"] == "http.request":
             seen += len(message.get("body", b""))
             if seen > limit:
-                raise BodyTooLarge(f"body exceeds {limit} bytes")
+                raise BodyTooLarge(limit)
+            done = not message.get("more_body", False)
         return message
 
     return wrapped
 
 
-class BodyTooLarge(Exception):
-    """Raised while reading a chunked body past the limit; the service answers 413."""
+class BodyTooLarge(HTTPException):
+    """A chunked body ran past the limit while being read: 413."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"body exceeds {limit} bytes")
+
+
+class BodyTooSlow(HTTPException):
+    """The body did not arrive in time: 408 (FastAPI re-raises HTTPExceptions as they are)."""
+
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__(408, f"body not received within {timeout_s:g} s")
 
 
 async def _reject(send: Any, status: int, message: str, field: str) -> None:

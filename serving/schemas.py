@@ -114,13 +114,16 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` for the errors a route can answer (the guard's always)."""
     why = {
         401: "Missing or invalid X-API-Key",
+        408: "Body not received in time",
         404: "Unknown id",
         413: "Body too large",
         422: "Invalid request (names the field)",
         429: "Rate limit exceeded for this API key",
         503: "Dependency unavailable",
     }
-    return {c: {"model": ErrorResponse, "description": why[c]} for c in (401, 413, 429, *codes)}
+    return {
+        c: {"model": ErrorResponse, "description": why[c]} for c in (401, 408, 413, 429, *codes)
+    }
 
 
 EXAMPLE_RECOMMEND: dict[str, Any] = {

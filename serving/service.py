@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serving.auth import BodyTooLarge, Guard
+from serving.auth import Guard
 from serving.schemas import (
     ITEM_ID_PATTERN,
     FeedbackRequest,
@@ -77,14 +77,11 @@ async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
     """Framework errors in the service's error shape; an undecodable body is a 422."""
     if exc.status_code == 400:  # FastAPI: "There was an error parsing the body"
         return _error(422, f"invalid request: body: {exc.detail}", "body")
-    out = _error(exc.status_code, str(exc.detail))
+    out = _error(
+        exc.status_code, str(exc.detail), "body" if exc.status_code in (408, 413) else None
+    )
     out.headers.update(exc.headers or {})  # e.g. Allow on 405
     return out
-
-
-@app.exception_handler(BodyTooLarge)
-async def too_large(_: Request, exc: BodyTooLarge) -> Response:
-    return _error(413, str(exc), "body")
 
 
 @app.post("/recommend", response_model=RecommendResponse, responses=error_responses(422))

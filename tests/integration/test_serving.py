@@ -222,6 +222,15 @@ def test_invalid_json_oversized_body_and_bad_events(client: httpx.Client) -> Non
     assert recommend(client, "u1", k=5.0)["items"]  # JSON Schema's integer includes 5.0
     big = client.post("/recommend", json={"user_id": "u1", "context": {"x": "y" * 200_000}})
     assert big.status_code == 413 and big.json()["field"] == "body"
+
+    def chunks():  # no Content-Length: cut off while the body is read
+        yield b'{"user_id": "u1", "context": {"x": "'
+        for _ in range(100):
+            yield b"y" * 1000
+        yield b'"}}'
+
+    chunked = client.post("/recommend", content=chunks())
+    assert chunked.status_code == 413 and chunked.json()["field"] == "body"
     bad = client.post("/feedback", json={"events": [{"user_id": "u1", "item_id": "i1"}]})
     assert bad.status_code == 422 and "event_type" in bad.json()["error"]
     empty = client.post("/feedback", json={"events": []})

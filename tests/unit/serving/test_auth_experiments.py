@@ -44,14 +44,16 @@ def test_api_keys_accept_only_configured_keys() -> None:
     assert not off.enabled and off.check(None) == "anonymous"
 
 
-def _app(keys: list[str], rate: float, max_body: int = 100) -> TestClient:
+def _app(
+    keys: list[str], rate: float, max_body: int = 100, body_timeout_s: float = 5.0
+) -> TestClient:
     async def echo(request):
         return JSONResponse({"n": len(await request.body())})
 
     app = Starlette(
         routes=[Route("/x", echo, methods=["POST"]), Route("/open", echo, methods=["POST"])]
     )
-    app.add_middleware(Guard, open_paths=frozenset({"/open"}))
+    app.add_middleware(Guard, open_paths=frozenset({"/open"}), body_timeout_s=body_timeout_s)
     app.state.keys, app.state.limiter, app.state.max_body = (
         ApiKeys(keys),
         RateLimiter(rate),
@@ -81,8 +83,46 @@ def test_guard_cuts_chunked_bodies_at_the_limit() -> None:
         yield b"a" * 8
         yield b"b" * 8
 
-    with pytest.raises(auth.BodyTooLarge):  # the service maps this to 413
-        client.post("/x", content=chunks())
+    resp = client.post("/x", content=chunks())  # no Content-Length: cut while reading
+    assert resp.status_code == 413
+
+
+def test_guard_answers_408_to_a_body_that_stalls() -> None:
+    """A client that stops sending mid-body gets 408 after the body deadline, not a
+    worker slot held until BentoML's own timeout answers 504."""
+    import asyncio
+    import time
+
+    app = _app(["k"], rate=100, body_timeout_s=0.2).app
+    parts = [{"type": "http.request", "body": b'{"user', "more_body": True}]
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        if parts:
+            return parts.pop(0)
+        await asyncio.sleep(30)  # the rest of the body never comes
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/x",
+        "raw_path": b"/x",
+        "query_string": b"",
+        "headers": [(b"x-api-key", b"k"), (b"transfer-encoding", b"chunked")],
+        "http_version": "1.1",
+        "scheme": "http",
+        "server": ("testserver", 80),
+        "client": ("testclient", 5000),
+        "root_path": "",
+    }
+    t = time.perf_counter()
+    asyncio.run(app(scope, receive, send))
+    assert time.perf_counter() - t < 2
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 408
 
 
 def test_variant_is_sticky_and_follows_the_share() -> None:
