@@ -1,0 +1,199 @@
+"""The DAGs run for real: ``dag.test()`` against the embedded stack and a fresh Airflow DB.
+
+Each ``dag.test()`` runs in a subprocess whose Airflow environment (home, DAG folder) is
+set before Airflow is imported, so the pytest process's own imports stay untouched. The
+runner prints one JSON line: the run's state, each task's state and XCom, and the
+``rtrec_training`` runs that exist afterwards (a trigger only queues them in a test run).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dags import embedded
+from rtrec.config import Settings, load_settings
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
+
+DAY = 86_400_000
+
+RUNNER = r"""
+import json, sys
+from airflow.dag_processing.dagbag import DagBag
+from airflow.models.dagrun import DagRun
+from airflow.models.xcom import XComModel
+from airflow.utils.session import create_session
+
+dag_id, conf = sys.argv[1], json.loads(sys.argv[2])
+bag = DagBag(dag_folder=sys.argv[3])
+run = bag.dags[dag_id].test(run_conf=conf)
+out = {"state": str(run.state), "tasks": {}, "training_runs": []}
+with create_session() as session:
+    for ti in run.get_task_instances(session=session):
+        query = XComModel.get_many(
+            run_id=run.run_id, dag_ids=dag_id, task_ids=ti.task_id, key="return_value"
+        )
+        row = session.scalars(query).first()
+        value = XComModel.deserialize_value(row) if row is not None else None
+        out["tasks"][ti.task_id] = {"state": str(ti.state), "xcom": value}
+    for dr in DagRun.find(dag_id="rtrec_training", session=session):
+        out["training_runs"].append({"run_id": dr.run_id, "conf": dr.conf})
+print("RESULT " + json.dumps(out, default=str))
+"""
+
+
+@pytest.fixture(scope="module")
+def airflow_settings(stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """The stack's settings with a fresh Airflow home whose DB is migrated."""
+    settings = load_settings()
+    settings.airflow.home = tmp_path_factory.mktemp("airflow-home")
+    os.environ["RTREC_AIRFLOW__HOME"] = str(settings.airflow.home)
+    embedded.airflow_cli(settings, "db", "migrate")
+    return settings
+
+
+def run_dag(settings: Settings, dag_id: str, conf: dict) -> dict:
+    env = {**os.environ, **embedded.airflow_env(settings)}
+    proc = subprocess.run(
+        [sys.executable, "-c", RUNNER, dag_id, json.dumps(conf), str(embedded.dags_folder())],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=800,
+        check=False,
+    )
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, (proc.stdout[-3000:], proc.stderr[-5000:])
+    return json.loads(lines[-1].removeprefix("RESULT "))
+
+
+def _write_offline_log(settings: Settings, events, items, users) -> None:
+    """The stream processor's offline log and catalog, as if the events had streamed."""
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from features import write_offline_metadata
+    from streaming.offline import SCHEMA
+
+    out = settings.offline_dir / "events"
+    out.mkdir(parents=True, exist_ok=True)
+    for f in out.glob("*.parquet"):
+        f.unlink()
+    frame = pd.DataFrame(
+        {
+            "user_id": events["user_id"].astype(str),
+            "item_id": events["item_id"].astype(str),
+            "event_type": events["event_type"].astype(str),
+            "ts": events["ts"].astype("int64"),
+            "event_time": pd.to_datetime(events["ts"], unit="ms", utc=True),
+            "value": events.get("value", pd.Series(1.0, index=events.index)).astype(float),
+            "partition": 0,
+            "offset": range(len(events)),
+        }
+    )
+    table = pa.Table.from_pandas(frame, schema=SCHEMA, preserve_index=False)
+    pq.write_table(
+        table, out / "part-0.parquet", coerce_timestamps="us", allow_truncated_timestamps=True
+    )
+    write_offline_metadata(settings, items, users)
+
+
+@pytest.fixture(scope="module")
+def shifted():
+    from rtrec.data import ShiftConfig, SyntheticConfig, generate
+
+    cfg = SyntheticConfig.small(n_users=1_000, n_items=500, n_events=60_000, days=21)
+    return generate(cfg.model_copy(update={"shift": ShiftConfig(at_fraction=0.7)}))
+
+
+def _alerts(settings: Settings) -> list[dict]:
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(
+        settings.kafka.alerts_topic,
+        bootstrap_servers=settings.kafka.bootstrap_servers,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        consumer_timeout_ms=3000,
+    )
+    try:
+        return [json.loads(m.value) for m in consumer]
+    finally:
+        consumer.close()
+
+
+def test_drift_monitor_stationary_then_shift_alerts_and_triggers_training(
+    airflow_settings: Settings, shifted
+) -> None:
+    settings = airflow_settings
+    _write_offline_log(settings, shifted.events, shifted.items, shifted.users)
+    shift = int(shifted.meta["shift_ts"])
+    conf = {"scores": False, "window_days": 1.0, "reference_days": 7.0}
+
+    calm = run_dag(settings, "rtrec_drift_monitor", {**conf, "now_ms": shift - DAY})
+    verdict = calm["tasks"]["drift_check"]["xcom"]
+    assert calm["state"] == "success"
+    assert verdict["drifted"] is False, verdict["reason"]
+    assert calm["tasks"]["trigger_training"]["state"] == "skipped"
+    assert calm["training_runs"] == []
+
+    started = time.time()
+    hot = run_dag(settings, "rtrec_drift_monitor", {**conf, "now_ms": shift + DAY})
+    verdict = hot["tasks"]["drift_check"]["xcom"]
+    assert verdict["drifted"] is True, verdict["reason"]
+    assert hot["tasks"]["trigger_training"]["state"] == "success"
+    (queued,) = hot["training_runs"]
+    assert queued["conf"]["reason"].startswith("drift: ")
+    assert verdict["reason"] in queued["conf"]["reason"]
+
+    alerts = [a for a in _alerts(settings) if a["ts"] >= started * 1000 - 1000]
+    assert [a["kind"] for a in alerts] == ["drift"]
+    assert alerts[0]["verdict"]["drifted"] is True
+
+    from monitoring import panel_titles
+    from monitoring.dashboards import PANEL_TITLES
+
+    assert panel_titles(settings) == list(PANEL_TITLES)
+    snapshots = list(Path(str(settings.monitoring.workspace)).rglob("snapshots/*.json"))
+    assert len(snapshots) == 2  # one per monitor run
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    from rtrec.data import SyntheticConfig, generate
+
+    cfg = SyntheticConfig.small(n_users=500, n_items=250, n_events=20_000, days=14)
+    yield generate(cfg).save(tmp_path_factory.mktemp("dag-data") / "synthetic")
+
+
+def test_training_dag_registers_and_promotes(airflow_settings: Settings, small_data: Path) -> None:
+    from training.registry import ModelRegistry
+
+    out = run_dag(
+        airflow_settings,
+        "rtrec_training",
+        {"data": str(small_data), "epochs": 1, "reason": "test: drift share 0.67"},
+    )
+    tasks = out["tasks"]
+    assert out["state"] == "success", tasks
+    assert tasks["build_training_set"]["xcom"]["counts"]["train"] > 10_000
+    version = tasks["evaluate_and_register"]["xcom"]["version"]
+    assert tasks["train_two_tower"]["xcom"]["val_metrics"]["two_tower"]["ndcg@10"] > 0
+    assert tasks["build_index"]["xcom"]["recall"] >= 0.9
+    assert tasks["build_index"]["xcom"]["ntotal"] >= 200
+    decision = tasks["promote"]["xcom"]
+    assert decision["promoted"] is True  # the first model has no champion to beat
+    assert tasks["tell_serving"]["state"] == "success"  # no service running: not a failure
+    assert tasks["tell_serving"]["xcom"]["notified"] is False
+
+    registry = ModelRegistry(airflow_settings)
+    assert registry.champion_version() == version
