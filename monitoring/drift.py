@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -145,6 +146,7 @@ def _evidently(
     *,
     threshold: float,
     outcome_rates: tuple[float, float] | None,
+    timestamp: datetime | None = None,
 ) -> tuple[list[ColumnDrift], Any]:
     from evidently import DataDefinition, Dataset, Report
     from evidently.metrics import MeanValue
@@ -173,6 +175,7 @@ def _evidently(
     snapshot = Report(metrics).run(
         reference_data=Dataset.from_pandas(ref, data_definition=definition),
         current_data=Dataset.from_pandas(cur, data_definition=definition),
+        timestamp=timestamp,
     )
     drifts: list[ColumnDrift] = []
     for metric in snapshot.dict()["metrics"]:
@@ -206,12 +209,15 @@ def drift_report(
     column_threshold: float = 0.1,
     outcome: tuple[tuple[int, int], tuple[int, int]] | None = None,
     outcome_z: float = 4.0,
+    timestamp: datetime | None = None,
 ) -> DriftVerdict:
     """Compare two windows of monitoring features; see the module docstring.
 
     ``reference`` and ``current`` are frames of features (e.g. from :func:`window_features`,
     optionally with score columns); column roles default to the stream-feature columns
     present. ``outcome`` is ``((clicks, recs) reference, (clicks, recs) current)``.
+    ``timestamp`` (the current window's end) places the snapshot on the dashboard's time
+    axis; default now.
     """
     numerical = list(numerical or [c for c in FEATURE_NUMERICAL if c in reference.columns])
     numerical += [c for c in reference.columns if c.startswith("score_") and c not in numerical]
@@ -233,6 +239,7 @@ def drift_report(
         categorical,
         threshold=column_threshold,
         outcome_rates=rates,
+        timestamp=timestamp,
     )
     share = sum(c.drifted for c in columns) / max(len(columns), 1)
     reasons = []

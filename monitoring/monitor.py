@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -121,6 +122,8 @@ def check(
         column_threshold=cfg.column_threshold,
         outcome=outcome,
         outcome_z=cfg.outcome_z,
+        # Naive UTC: the dashboard's time axis is the data's time, not the check's.
+        timestamp=datetime.fromtimestamp(now_ms / 1000, tz=UTC).replace(tzinfo=None),
     )
     if record and verdict.snapshot is not None:
         record_snapshot(settings, verdict.snapshot)
