@@ -1,0 +1,159 @@
+"""Score drift, outcome counts and the scheduled check over an offline log."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from monitoring import (
+    SCORE_COLUMNS,
+    drift_report,
+    monitor_offline_log,
+    outcome_counts,
+    score_features,
+)
+from rtrec.config import get_settings, load_settings
+from rtrec.data import ShiftConfig, SyntheticConfig, generate
+
+DAY = 86_400_000
+
+
+class FakeBundle:
+    """The two calls score_features makes: a user vector from history, top-k search."""
+
+    history_len = 5
+
+    def __init__(self, n_items: int = 200, dim: int = 8, seed: int = 0) -> None:
+        rng = np.random.default_rng(seed)
+        self.items = [f"item-{i}" for i in range(n_items)]
+        emb = rng.normal(size=(n_items, dim)).astype(np.float32)
+        self.emb = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+        self.row = {item: i for i, item in enumerate(self.items)}
+
+    def user_vectors(self, users: list[str], histories: list[list[str]]) -> np.ndarray:
+        out = np.stack(
+            [self.emb[[self.row[i] for i in h if i in self.row] or [0]].mean(0) for h in histories]
+        )
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+    def search(self, vecs: np.ndarray, k: int):
+        scores = vecs @ self.emb.T
+        return -np.sort(-scores, axis=1)[:, :k], None
+
+
+def _events(items: list[str], n: int, seed: int, start: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame(
+        {
+            "user_id": [f"u{u}" for u in rng.integers(0, 300, n)],
+            "item_id": rng.choice(items, n),
+            "event_type": rng.choice(["view", "click"], n, p=[0.8, 0.2]),
+            "ts": start + np.sort(rng.integers(0, DAY, n)),
+        }
+    )
+
+
+def test_score_features_shape_and_centroid() -> None:
+    bundle = FakeBundle()
+    ref, centroid = score_features(bundle, _events(bundle.items, 3000, 1, 0), sample=100)
+    assert list(ref.columns) == list(SCORE_COLUMNS) and len(ref) == 100
+    assert (ref["score_top1"] >= ref["score_mean"]).all()
+    assert centroid.shape == (8,)
+    cur, _ = score_features(bundle, _events(bundle.items, 3000, 2, DAY), centroid=centroid)
+    assert cur["score_centroid_sim"].between(-1.0001, 1.0001).all()
+
+
+def test_score_drift_alone_makes_a_verdict() -> None:
+    """A model-side shift with stable stream features is not diluted by them."""
+    bundle = FakeBundle()
+    head, tail = bundle.items[:20], bundle.items[100:]
+    ref_s, centroid = score_features(bundle, _events(head, 4000, 1, 0), sample=300)
+    stable, _ = score_features(bundle, _events(head, 4000, 2, DAY), centroid=centroid, sample=300)
+    moved, _ = score_features(bundle, _events(tail, 4000, 3, DAY), centroid=centroid, sample=300)
+    features = pd.DataFrame({"event_type": ["view", "click"] * 200, "item_pop_rank": 1.0})
+    quiet = drift_report(
+        pd.concat([features, ref_s], axis=1), pd.concat([features, stable], axis=1)
+    )
+    loud = drift_report(pd.concat([features, ref_s], axis=1), pd.concat([features, moved], axis=1))
+    assert not quiet.drifted, quiet.reason
+    assert loud.drifted and loud.reason.startswith("score drift"), loud.reason
+    assert "score_centroid_sim" in loud.drifted_columns
+    assert not {"event_type", "item_pop_rank"} & set(loud.drifted_columns)
+
+
+def test_outcome_counts_clicks_per_view_or_served() -> None:
+    ref = pd.DataFrame({"event_type": ["view"] * 90 + ["click"] * 10})
+    cur = pd.DataFrame({"event_type": ["view"] * 50 + ["click"] * 25})
+    assert outcome_counts(ref, cur) == ((10, 90), (25, 50))
+    assert outcome_counts(ref, cur, served=(1000, 500)) == ((10, 1000), (25, 500))
+    assert outcome_counts(ref.iloc[90:], cur) is None  # no views: no rate
+
+
+@pytest.fixture(scope="module")
+def shifted_log(tmp_path_factory: pytest.TempPathFactory):
+    from features import write_offline_metadata
+    from streaming.offline import SCHEMA
+
+    cfg = SyntheticConfig.small(n_users=1_000, n_items=500, n_events=60_000, days=21)
+    ds = generate(cfg.model_copy(update={"shift": ShiftConfig(at_fraction=0.7)}))
+    work = tmp_path_factory.mktemp("monitor-work")
+    settings = load_settings(work_dir=work)
+    ev = ds.events
+    frame = pd.DataFrame(
+        {
+            "user_id": ev["user_id"].astype(str),
+            "item_id": ev["item_id"].astype(str),
+            "event_type": ev["event_type"].astype(str),
+            "ts": ev["ts"].astype("int64"),
+            "event_time": pd.to_datetime(ev["ts"], unit="ms", utc=True),
+            "value": 1.0,
+            "partition": 0,
+            "offset": np.arange(len(ev)),
+        }
+    )
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = settings.offline_dir / "events"
+    out.mkdir(parents=True)
+    pq.write_table(
+        pa.Table.from_pandas(frame, schema=SCHEMA, preserve_index=False),
+        out / "part-0.parquet",
+        coerce_timestamps="us",
+        allow_truncated_timestamps=True,
+    )
+    write_offline_metadata(settings, ds.items, ds.users)
+    return settings, int(ds.meta["shift_ts"])
+
+
+def test_monitor_offline_log_reads_log_and_catalog(shifted_log) -> None:
+    settings, shift = shifted_log
+    calm = monitor_offline_log(settings, now_ms=shift - DAY, scores=False, alert=False)
+    hot = monitor_offline_log(settings, now_ms=shift + DAY, scores=False, alert=False)
+    assert not calm.drifted, calm.reason
+    assert hot.drifted, hot.reason
+    assert "category" in {c.column for c in hot.columns}  # the catalog was read
+    assert hot.outcome is not None and hot.outcome.reference_rate > 0
+
+
+def test_cli_check_exit_codes(shifted_log, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rtrec.cli import main
+
+    settings, shift = shifted_log
+    monkeypatch.setenv("RTREC_WORK_DIR", str(settings.work_dir))
+    get_settings.cache_clear()
+    try:
+        runner = CliRunner()
+        base = ["monitor", "check", "--no-scores", "--no-alert", "--json"]
+        calm = runner.invoke(main, [*base, "--now-ms", str(shift - DAY)])
+        hot = runner.invoke(main, [*base, "--now-ms", str(shift + DAY)])
+    finally:
+        get_settings.cache_clear()
+    assert calm.exit_code == 0, calm.output
+    assert hot.exit_code == 10, hot.output
+    assert '"drifted": true' in hot.output
+    assert len(list(Path(str(settings.monitoring.workspace)).rglob("snapshots/*.json"))) >= 2
