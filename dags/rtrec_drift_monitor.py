@@ -1,4 +1,4 @@
-"""``rtrec_drift_monitor``: hourly Evidently drift check; on drift, alert and retrain.
+"""``rtrec_drift_monitor``: Evidently drift check every 6 hours; on drift, alert and retrain.
 
 The check compares the latest window of the stream's offline log with the reference
 window before it, on stream features, champion scores / embedding statistics and the
@@ -20,7 +20,7 @@ from dags.operators import DriftCheckOperator, is_drifted
 with DAG(
     dag_id="rtrec_drift_monitor",
     description="Evidently drift on features, scores and outcomes; retrain on drift",
-    schedule=timedelta(hours=1),
+    schedule=timedelta(hours=6),
     start_date=datetime(2026, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,
