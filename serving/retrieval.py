@@ -79,7 +79,9 @@ class Engine:
         try:
             return self.recommend(req)
         except Exception as exc:  # last line of defence: degrade, log the reason, stay up
-            logger.exception("recommend failed; serving the fallback")
+            logger.error(
+                "recommend failed; serving the fallback\n%s", _scrubbed_traceback(req.user_id)
+            )
             out = {"user_id_hash": redact_id(req.user_id), "variant": CHAMPION}
             k = min(req.k, self.settings.serving.max_k)
             reason = f"internal error: {type(exc).__name__}"
@@ -229,6 +231,14 @@ class Engine:
             "items": [{"item_id": i, "score": s} for i, s in pairs],
             "model_version": loaded.version,
         }
+
+
+def _scrubbed_traceback(user_id: str) -> str:
+    """The current exception's traceback with the raw user id replaced by its token
+    (an error message such as ``KeyError('u42')`` must not put the id in the logs)."""
+    import traceback
+
+    return traceback.format_exc().replace(user_id, redact_id(user_id))
 
 
 def _as_number(version: str | None) -> float:

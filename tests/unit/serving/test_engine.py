@@ -12,6 +12,7 @@ import pytest
 
 from rtrec.config import Settings, load_settings
 from rtrec.errors import NotFound, Unavailable
+from rtrec.logging import redact_id
 from serving.lifecycle import Loaded, load_dir
 from serving.retrieval import SECS_CAP, Engine, dense_row
 from serving.schemas import EXAMPLE_RECOMMEND, Filters, RecommendRequest
@@ -121,6 +122,25 @@ def test_unexpected_errors_become_fallbacks(
     out = engine.recommend_or_fallback(RecommendRequest(**{**EXAMPLE_RECOMMEND, "user_id": "u1"}))
     assert out["fallback"] is True and "RuntimeError" in out["fallback_reason"]
     assert len(out["items"]) == EXAMPLE_RECOMMEND["k"]
+
+
+def test_internal_error_log_has_the_traceback_but_not_the_user_id(
+    engine: Engine,
+    store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def boom(_: Any, req: RecommendRequest, *__: Any) -> Any:
+        raise KeyError(req.user_id)  # a message that carries the raw id
+
+    store.rows["u1-secret"] = {"recent_items": ["i3"]}  # has history: reaches retrieval
+    monkeypatch.setattr(engine, "_retrieve", boom)
+    with caplog.at_level("ERROR", logger="serving.retrieval"):
+        out = engine.recommend_or_fallback(RecommendRequest(user_id="u1-secret", k=3))
+    assert out["fallback"] is True and len(out["items"]) == 3
+    text = caplog.text
+    assert "KeyError" in text and "Traceback" in text and "boom" in text
+    assert "u1-secret" not in text and redact_id("u1-secret") in text
 
 
 def test_no_model_yet_is_a_fallback_and_not_ready(tmp_path: Path, store: Store) -> None:
