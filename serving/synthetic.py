@@ -111,6 +111,12 @@ def _item_embeddings(net: Any, table: np.ndarray, *, chunk: int = 65_536) -> np.
     return out
 
 
+def clustered_vectors(n: int, dim: int, *, seed: int = 0) -> np.ndarray:
+    """``n`` clustered unit vectors (an item catalog's shape without a model), e.g. the
+    10M-item GPU retrieval figure."""
+    return _clustered(np.random.default_rng(seed), n, dim)
+
+
 def _clustered(rng: np.random.Generator, n: int, dim: int, *, clusters: int = 1024) -> np.ndarray:
     """Unit vectors around ``clusters`` random centres (noise 0.35 per dimension)."""
     centres = rng.standard_normal((clusters, dim)).astype(np.float32)

@@ -55,3 +55,16 @@ def test_gpu_retrieval_is_measured_on_a_gpu(bench) -> None:
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
     p99 = bench.gpu_retrieval_p99_ms(emb, gpus=gpu_count())
     assert p99 is not None and p99 < 5.0
+
+
+def test_clustered_vectors_for_the_large_gpu_figure() -> None:
+    from serving.synthetic import clustered_vectors
+
+    a = clustered_vectors(5000, 32, seed=3)
+    assert a.shape == (5000, 32) and a.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(a, clustered_vectors(5000, 32, seed=3))
+    # Clustered, not isotropic: each vector has a much closer neighbour than chance.
+    sims = a[:200] @ a.T
+    np.fill_diagonal(sims[:, :200], -1)
+    assert np.median(sims.max(axis=1)) > 0.5
