@@ -58,8 +58,11 @@ def one_check(settings, ds, now: int, bundle, cfg) -> Any:
     )
     scores = None
     if bundle is not None:
-        ref_s, centroid = score_features(bundle, ref, sample=cfg.score_sample)
-        cur_s, _ = score_features(bundle, cur, centroid=centroid, sample=cfg.score_sample)
+        past = ds.events[ds.events["ts"] < now]
+        ref_s, centroid = score_features(bundle, ref, history=past, sample=cfg.score_sample)
+        cur_s, _ = score_features(
+            bundle, cur, history=past, centroid=centroid, sample=cfg.score_sample
+        )
         scores = (ref_s, cur_s)
     return check(
         settings,

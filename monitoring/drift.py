@@ -147,6 +147,7 @@ def _evidently(
     threshold: float,
     outcome_rates: tuple[float, float] | None,
     timestamp: datetime | None = None,
+    per_column_threshold: dict[str, float] | None = None,
 ) -> tuple[list[ColumnDrift], Any]:
     from evidently import DataDefinition, Dataset, Report
     from evidently.metrics import MeanValue
@@ -162,6 +163,7 @@ def _evidently(
             num_method="wasserstein",
             cat_method="jensenshannon",
             threshold=threshold,
+            per_column_threshold=per_column_threshold or None,
         )
     ]
     extra_num: list[str] = []
@@ -207,6 +209,7 @@ def drift_report(
     categorical: list[str] | None = None,
     drift_share_threshold: float = 0.5,
     column_threshold: float = 0.1,
+    score_threshold: float | None = None,
     outcome: tuple[tuple[int, int], tuple[int, int]] | None = None,
     outcome_z: float = 4.0,
     timestamp: datetime | None = None,
@@ -216,8 +219,9 @@ def drift_report(
     ``reference`` and ``current`` are frames of features (e.g. from :func:`window_features`,
     optionally with score columns); column roles default to the stream-feature columns
     present. ``outcome`` is ``((clicks, recs) reference, (clicks, recs) current)``.
-    ``timestamp`` (the current window's end) places the snapshot on the dashboard's time
-    axis; default now.
+    ``score_threshold`` replaces ``column_threshold`` for the ``score_*`` columns (a
+    sample of users is noisier than every event). ``timestamp`` (the current window's
+    end) places the snapshot on the dashboard's time axis; default now.
     """
     numerical = list(numerical or [c for c in FEATURE_NUMERICAL if c in reference.columns])
     numerical += [c for c in reference.columns if c.startswith("score_") and c not in numerical]
@@ -240,6 +244,9 @@ def drift_report(
         threshold=column_threshold,
         outcome_rates=rates,
         timestamp=timestamp,
+        per_column_threshold={c: score_threshold for c in numerical if c.startswith("score_")}
+        if score_threshold is not None
+        else None,
     )
     share = sum(c.drifted for c in columns) / max(len(columns), 1)
     reasons = []

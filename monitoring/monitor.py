@@ -40,10 +40,14 @@ class MonitorConfig(BaseModel):
     """Length of the current (latest) window."""
     column_threshold: float = Field(0.1, gt=0)
     """Distance (Wasserstein in std units / Jensen-Shannon) above which a column drifts."""
+    score_threshold: float = Field(0.3, gt=0)
+    """Distance above which a ``score_*`` column drifts: a sample of users scored by the
+    champion is noisier than the per-event features (stationary synthetic windows reach
+    about 0.21; see bench/drift.py)."""
     outcome_z: float = Field(4.0, gt=0)
     """|z| of the two-proportion test above which the outcome rate drifted."""
-    score_sample: int = Field(400, ge=10)
-    """Users per window the champion scores for the score-drift columns."""
+    score_sample: int = Field(1000, ge=10)
+    """Events per window whose users the champion scores for the score-drift columns."""
 
 
 def split_windows(
@@ -120,6 +124,7 @@ def check(
         cur_f,
         drift_share_threshold=settings.monitoring.drift_share_threshold,
         column_threshold=cfg.column_threshold,
+        score_threshold=cfg.score_threshold,
         outcome=outcome,
         outcome_z=cfg.outcome_z,
         # Naive UTC: the dashboard's time axis is the data's time, not the check's.
@@ -200,8 +205,12 @@ def monitor_offline_log(
     if scores:
         model = bundle if bundle is not None else champion_bundle(settings)
         if model is not None and len(reference) and len(current):
-            ref_s, centroid = score_features(model, reference, sample=cfg.score_sample)
-            cur_s, _ = score_features(model, current, centroid=centroid, sample=cfg.score_sample)
+            ref_s, centroid = score_features(
+                model, reference, history=events, sample=cfg.score_sample
+            )
+            cur_s, _ = score_features(
+                model, current, history=events, centroid=centroid, sample=cfg.score_sample
+            )
             score_frames = (ref_s, cur_s)
     return check(
         settings,

@@ -1,12 +1,16 @@
 """Model-side monitoring features: what the champion would serve each window's users.
 
 Served scores move when users' histories move away from what the model learned, before
-clicks say so. For a sample of the window's users the champion builds a user vector from
-their history in the window and retrieves the top ``k``; per user we keep
+clicks say so. For the users behind a sample of the window's events the champion builds
+a user vector from their latest ``history_len`` items as of the window's end (from the
+whole log, as the online features would hold them, so a short window does not mean short
+histories) and retrieves the top ``k``; per user we keep
 
 - ``score_top1``, ``score_mean``: the best and mean top-``k`` retrieval scores;
 - ``score_centroid_sim``: cosine between the user vector and the reference window's mean
   user vector (an embedding statistic: it falls when the user population's taste moves).
+  Reference users are compared with the mean of the *other* reference users, so their
+  own vector does not pull the statistic up.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ SCORE_COLUMNS = ("score_top1", "score_mean", "score_centroid_sim")
 
 
 def _histories(events: pd.DataFrame, users: list[str], history_len: int) -> list[list[str]]:
-    recent = events[events["user_id"].isin(users)].sort_values("ts", ascending=False)
+    recent = events[events["user_id"].isin(set(users))].sort_values("ts", ascending=False)
     grouped = recent.groupby("user_id", sort=False)["item_id"].agg(
         lambda s: [str(i) for i in s.head(history_len)]
     )
@@ -31,46 +35,66 @@ def _histories(events: pd.DataFrame, users: list[str], history_len: int) -> list
 
 
 def user_vectors(
-    bundle: Any, events: pd.DataFrame, *, sample: int = 400, seed: int = 0
+    bundle: Any,
+    events: pd.DataFrame,
+    *,
+    history: pd.DataFrame | None = None,
+    sample: int = 1000,
+    seed: int = 0,
 ) -> tuple[list[str], np.ndarray]:
-    """Vectors of up to ``sample`` users of the window (sampled with a fixed seed)."""
-    users = events["user_id"].drop_duplicates()
-    if len(users) > sample:
-        users = users.sample(n=sample, random_state=seed)
+    """Vectors of the users behind ``sample`` events of the window (fixed seed).
+
+    Sampling events, not distinct users, weighs users by activity in windows of any
+    length alike: the distinct users of one day are heavier users than those of a week,
+    which would read as score drift between a 1-day and a 7-day window.
+    ``history``: events to take histories from (default ``events``); only those up to
+    the window's end are used.
+    """
+    if len(events) > sample:
+        users = events["user_id"].sample(n=sample, random_state=seed)
+    else:
+        users = events["user_id"]
     ids = [str(u) for u in users]
     if not ids:
         return [], np.zeros((0, 0), dtype=np.float32)
-    return ids, bundle.user_vectors(ids, _histories(events, ids, bundle.history_len))
+    past = events if history is None else history[history["ts"] <= events["ts"].max()]
+    return ids, bundle.user_vectors(ids, _histories(past, ids, bundle.history_len))
 
 
 def score_features(
     bundle: Any,
     events: pd.DataFrame,
     *,
+    history: pd.DataFrame | None = None,
     centroid: np.ndarray | None = None,
     k: int = 10,
-    sample: int = 400,
+    sample: int = 1000,
     seed: int = 0,
 ) -> tuple[pd.DataFrame, np.ndarray]:
     """Per-user score columns of one window, and the window's mean user vector.
 
-    Pass the reference window's centroid when scoring the current window, so both are
-    measured against the same direction.
+    Score the reference window first (no ``centroid``), then pass its centroid when
+    scoring the current window, so both are measured against the same direction.
     """
-    _, vecs = user_vectors(bundle, events, sample=sample, seed=seed)
+    _, vecs = user_vectors(bundle, events, history=history, sample=sample, seed=seed)
     if not len(vecs):
         return pd.DataFrame(columns=list(SCORE_COLUMNS)), np.zeros(0, dtype=np.float32)
     scores, _ = bundle.search(vecs, k)
     scores = np.where(np.isfinite(scores), scores, np.nan)
     mean = vecs.mean(axis=0)
-    ref = mean if centroid is None or not len(centroid) else centroid
-    ref = ref / max(float(np.linalg.norm(ref)), 1e-12)
-    norms = np.maximum(np.linalg.norm(vecs, axis=1), 1e-12)
+    if centroid is None or not len(centroid):
+        # Leave-one-out: each reference user against the mean of the others.
+        refs = (mean * len(vecs) - vecs) / max(len(vecs) - 1, 1)
+    else:
+        refs = np.broadcast_to(centroid, vecs.shape)
+    cos = (vecs * refs).sum(axis=1) / np.maximum(
+        np.linalg.norm(vecs, axis=1) * np.linalg.norm(refs, axis=1), 1e-12
+    )
     frame = pd.DataFrame(
         {
             "score_top1": np.nanmax(scores, axis=1),
             "score_mean": np.nanmean(scores, axis=1),
-            "score_centroid_sim": (vecs @ ref) / norms,
+            "score_centroid_sim": cos,
         }
     )
     return frame, mean

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from monitoring import (
     SCORE_COLUMNS,
+    MonitorConfig,
     drift_report,
     monitor_offline_log,
     outcome_counts,
@@ -60,7 +61,8 @@ def _events(items: list[str], n: int, seed: int, start: int) -> pd.DataFrame:
 def test_score_features_shape_and_centroid() -> None:
     bundle = FakeBundle()
     ref, centroid = score_features(bundle, _events(bundle.items, 3000, 1, 0), sample=100)
-    assert list(ref.columns) == list(SCORE_COLUMNS) and len(ref) == 100
+    assert list(ref.columns) == list(SCORE_COLUMNS)
+    assert len(ref) == 100  # the users behind 100 sampled events
     assert (ref["score_top1"] >= ref["score_mean"]).all()
     assert centroid.shape == (8,)
     cur, _ = score_features(bundle, _events(bundle.items, 3000, 2, DAY), centroid=centroid)
@@ -71,14 +73,18 @@ def test_score_drift_alone_makes_a_verdict() -> None:
     """A model-side shift with stable stream features is not diluted by them."""
     bundle = FakeBundle()
     head, tail = bundle.items[:20], bundle.items[100:]
-    ref_s, centroid = score_features(bundle, _events(head, 4000, 1, 0), sample=300)
-    stable, _ = score_features(bundle, _events(head, 4000, 2, DAY), centroid=centroid, sample=300)
-    moved, _ = score_features(bundle, _events(tail, 4000, 3, DAY), centroid=centroid, sample=300)
-    features = pd.DataFrame({"event_type": ["view", "click"] * 200, "item_pop_rank": 1.0})
-    quiet = drift_report(
-        pd.concat([features, ref_s], axis=1), pd.concat([features, stable], axis=1)
-    )
-    loud = drift_report(pd.concat([features, ref_s], axis=1), pd.concat([features, moved], axis=1))
+    ref_s, centroid = score_features(bundle, _events(head, 4000, 1, 0))
+    stable, _ = score_features(bundle, _events(head, 4000, 2, DAY), centroid=centroid)
+    # New users with one unfamiliar item each: sharper, different top-k scores.
+    moved, _ = score_features(bundle, _events(tail, 250, 3, DAY), centroid=centroid)
+    features = pd.DataFrame({"event_type": ["view", "click"] * 500, "item_pop_rank": 1.0})
+    ref_f = pd.concat([features, ref_s], axis=1)
+    threshold = MonitorConfig().score_threshold
+
+    def judge(cur: pd.DataFrame):
+        return drift_report(ref_f, pd.concat([features, cur], axis=1), score_threshold=threshold)
+
+    quiet, loud = judge(stable), judge(moved)
     assert not quiet.drifted, quiet.reason
     assert loud.drifted and loud.reason.startswith("score drift"), loud.reason
     assert "score_centroid_sim" in loud.drifted_columns
