@@ -6,7 +6,8 @@ Public API::
     online_features(settings, user_ids)      # serving: stream features per user
     item_features(settings, item_ids)
     trending_items(settings, k)              # cold-user fallback
-    write_user_features / write_item_features  # the stream processor's sink
+    write_rows(settings, view, rows)         # the stream processor's sink
+    write_user_features / write_item_features  # the same from DataFrames
     historical_features(settings, entity_df, features)
 """
 
@@ -23,6 +24,7 @@ from features.store import (
     trending_weight,
     write_item_features,
     write_offline_metadata,
+    write_rows,
     write_user_features,
 )
 
@@ -41,5 +43,6 @@ __all__ = [
     "trending_weight",
     "write_item_features",
     "write_offline_metadata",
+    "write_rows",
     "write_user_features",
 ]

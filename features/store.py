@@ -18,7 +18,7 @@ import yaml
 
 from features import definitions as defs
 from rtrec.config import Settings
-from rtrec.errors import Unavailable
+from rtrec.errors import InvalidInput, Unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +131,9 @@ def apply(settings: Settings) -> Path:
     store.apply(defs.build(settings.offline_dir))
     with _lock:
         _stores.pop(str(repo), None)
+        _writers.clear()
+        _views.clear()
+        _keepalive.clear()
     logger.info(
         "feature repository applied",
         extra={"repo": str(repo), "online": config["online_store"]["type"]},
@@ -159,54 +162,89 @@ def get_store(settings: Settings) -> Any:
 
 def write_user_features(settings: Settings, frame: pd.DataFrame) -> None:
     """Upsert user stream features (one row per user; ``event_timestamp`` required)."""
-    _write(settings, defs.USER_STREAM_VIEW, "user_id", frame, defs.user_stream_fields())
+    write_rows(settings, defs.USER_STREAM_VIEW, _frame_rows(frame, "user_id"))
 
 
 def write_item_features(settings: Settings, frame: pd.DataFrame) -> None:
-    _write(settings, defs.ITEM_STREAM_VIEW, "item_id", frame, defs.item_stream_fields())
+    write_rows(settings, defs.ITEM_STREAM_VIEW, _frame_rows(frame, "item_id"))
 
 
-def _write(
-    settings: Settings, view: str, key: str, frame: pd.DataFrame, fields: dict[str, str]
-) -> None:
-    """Feast's online write with the protos built directly from the columns.
-
-    ``FeatureStore.write_to_online_store`` converts DataFrame -> Arrow -> protos value by
-    value (about 1 s per 5,000 rows here, the stream processor's bottleneck); this builds
-    the same ``EntityKey``/``Value`` protos straight from the columns and hands them to
-    the provider, so the stored bytes are exactly what Feast writes and reads.
-    """
+def _frame_rows(frame: pd.DataFrame, key: str) -> list[tuple[str, dict[str, Any], int]]:
     if not len(frame):
-        return
-    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
-    from feast.protos.feast.types.Value_pb2 import FloatList, StringList, Value
+        return []
+    stamps = pd.to_datetime(frame["event_timestamp"], utc=True)
+    ms = (stamps.astype("int64") // 1_000_000).tolist()
+    records = frame.drop(columns=["event_timestamp"]).to_dict("records")
+    return [(str(r[key]), r, t) for r, t in zip(records, ms, strict=True)]
 
+
+_VIEWS = {
+    defs.USER_STREAM_VIEW: ("user_id", defs.user_stream_fields),
+    defs.ITEM_STREAM_VIEW: ("item_id", defs.item_stream_fields),
+}
+_writers: dict[tuple[int, str], Any] = {}
+_keepalive: dict[int, Any] = {}
+
+
+def write_rows(settings: Settings, view: str, rows: list[tuple[str, dict[str, Any], int]]) -> None:
+    """Upsert ``(entity id, {feature: value}, event time ms)`` rows of a stream view.
+
+    The stream processor's sink. On Redis the rows go through
+    :class:`features.online_writer.RedisViewWriter` (Feast's layout, encoded directly);
+    on SQLite through the provider's ``online_write_batch`` with protos.
+    """
+    if not rows:
+        return
+    if view not in _VIEWS:
+        raise InvalidInput(f"view {view!r} is not a stream view", field="view")
+    key, spec = _VIEWS[view]
     store = get_store(settings)
-    fv = _feature_view(store, view)
-    columns = {}
-    for name, kind in fields.items():
-        values = frame[name].tolist()
+    if store.config.online_store.type == "redis":
+        writer = _writers.get((id(store), view))
+        if writer is None:
+            from features.online_writer import RedisViewWriter
+
+            with _lock:
+                writer = _writers.setdefault(
+                    (id(store), view), RedisViewWriter(store, view, key, spec())
+                )
+                _keepalive[id(store)] = store  # ids stay unique while the key is cached
+        writer.write(rows)
+        return
+    _write_protos(store, view, key, rows, spec())
+
+
+def _write_protos(
+    store: Any,
+    view: str,
+    key: str,
+    rows: list[tuple[str, dict[str, Any], int]],
+    fields: dict[str, str],
+) -> None:
+    """Provider write with protos built from the values (skips Feast's Arrow conversion)."""
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+    from feast.protos.feast.types.Value_pb2 import StringList, Value
+
+    def value(kind: str, v: Any) -> Any:
         if kind == "Int64":
-            columns[name] = [Value(int64_val=int(v)) for v in values]
-        elif kind == "Float64":
-            columns[name] = [Value(double_val=float(v)) for v in values]
-        elif kind == "Array(String)":
-            columns[name] = [Value(string_list_val=StringList(val=list(v))) for v in values]
-        elif kind == "Array(Float)":
-            columns[name] = [Value(float_list_val=FloatList(val=list(v))) for v in values]
-        else:
-            columns[name] = [Value(string_val=str(v)) for v in values]
-    stamps = pd.to_datetime(frame["event_timestamp"], utc=True).tolist()
-    rows = [
+            return Value(int64_val=int(v))
+        if kind == "Float64":
+            return Value(double_val=float(v))
+        if kind == "Array(String)":
+            return Value(string_list_val=StringList(val=list(v)))
+        return Value(string_val=str(v))
+
+    data = [
         (
-            EntityKey(join_keys=[key], entity_values=[Value(string_val=str(ident))]),
-            {name: col[i] for name, col in columns.items()},
-            stamps[i],
+            EntityKey(join_keys=[key], entity_values=[Value(string_val=ident)]),
+            {name: value(kind, values[name]) for name, kind in fields.items()},
+            pd.Timestamp(ts_ms, unit="ms", tz="UTC").to_pydatetime(),
             None,
         )
-        for i, ident in enumerate(frame[key].tolist())
+        for ident, values, ts_ms in rows
     ]
-    store._get_provider().online_write_batch(store.config, fv, rows, progress=None)
+    fv = _feature_view(store, view)
+    store._get_provider().online_write_batch(store.config, fv, data, progress=None)
 
 
 _views: dict[tuple[int, str], Any] = {}

@@ -1,23 +1,30 @@
 """Per-user windowed aggregates: the state behind the user stream features.
 
 A user's state is small (the last items, the event times per type within the longest
-window) and lives in Redis as JSON, written in the same transaction as the Kafka offsets
-it reflects, so a restart resumes exactly where the last committed batch ended.
-Item aggregates are Redis hour buckets incremented inside that same transaction.
+window) and lives in Redis as JSON, written in the same atomic commit as the Kafka offsets
+it reflects (``streaming.state``), so a restart resumes exactly where the last committed
+batch ended. Item aggregates are Redis hour buckets updated by that same commit.
 """
 
 from __future__ import annotations
 
 import bisect
-import json
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from features.definitions import RECENT_ITEMS, WINDOWS
 from rtrec.events import EVENT_TYPES
 
 LONGEST_MS = max(WINDOWS.values())
 HOUR_MS = 3_600_000
+WINDOW_HOURS = [max(span // HOUR_MS, 1) for span in WINDOWS.values()]
+"""Item windows in whole hours (item counts are kept in hour buckets), in WINDOWS order."""
+
+_COUNT_KEYS = [
+    (t, name, f"cnt_{t}_{name}", span) for t in EVENT_TYPES for name, span in WINDOWS.items()
+]
 
 
 @dataclass
@@ -25,51 +32,48 @@ class UserState:
     recent: list[str] = field(default_factory=list)
     """Item ids, newest first, at most RECENT_ITEMS."""
     times: dict[str, list[int]] = field(default_factory=dict)
-    """Event type -> ascending event times within the longest window."""
+    """Event type -> ascending event times (trimmed to the longest window when saved)."""
     last_ts: int = 0
 
     def apply(self, item_id: str, event_type: str, ts: int) -> None:
         """Fold one event in; out-of-order events keep counts right and history by time."""
         if ts >= self.last_ts:
             self.recent.insert(0, item_id)
-            del self.recent[RECENT_ITEMS:]
+            if len(self.recent) > RECENT_ITEMS:
+                del self.recent[RECENT_ITEMS:]
             self.last_ts = ts
-        times = self.times.setdefault(event_type, [])
-        bisect.insort(times, ts)
-        horizon = self.last_ts - LONGEST_MS
-        for key, values in self.times.items():
-            cut = bisect.bisect_right(values, horizon)
-            if cut:
-                del values[:cut]
-            self.times[key] = values
+        times = self.times.get(event_type)
+        if times is None:
+            self.times[event_type] = [ts]
+        elif not times or ts >= times[-1]:
+            times.append(ts)
+        else:
+            bisect.insort(times, ts)
 
     def features(self) -> dict[str, Any]:
         """Counts per type over each window ending at the user's latest event."""
         out: dict[str, Any] = {"recent_items": list(self.recent), "last_event_ms": self.last_ts}
-        for etype in EVENT_TYPES:
-            values = self.times.get(etype, [])
-            for name, span in WINDOWS.items():
-                out[f"cnt_{etype}_{name}"] = len(values) - bisect.bisect_right(
-                    values, self.last_ts - span
-                )
+        last, times = self.last_ts, self.times
+        for etype, _, name, span in _COUNT_KEYS:
+            values = times.get(etype)
+            out[name] = len(values) - bisect.bisect_right(values, last - span) if values else 0
         return out
 
-    def dumps(self) -> str:
-        return json.dumps({"r": self.recent, "t": self.times, "l": self.last_ts})
+    def trim(self) -> None:
+        """Drop event times older than the longest window (they count in no window)."""
+        horizon = self.last_ts - LONGEST_MS
+        for values in self.times.values():
+            cut = bisect.bisect_right(values, horizon)
+            if cut:
+                del values[:cut]
+
+    def dumps(self) -> bytes:
+        self.trim()
+        return orjson.dumps({"r": self.recent, "t": self.times, "l": self.last_ts})
 
     @classmethod
     def loads(cls, raw: bytes | str | None) -> UserState:
         if not raw:
             return cls()
-        data = json.loads(raw)
+        data = orjson.loads(raw)
         return cls(list(data["r"]), {k: list(v) for k, v in data["t"].items()}, int(data["l"]))
-
-
-def item_window_counts(buckets: dict[bytes, bytes], now_ms: int) -> dict[str, int]:
-    """Window counts from an item's hour buckets (hour index -> count) as of ``now_ms``."""
-    hour_now = now_ms // HOUR_MS
-    parsed = [(int(h), int(c)) for h, c in buckets.items()]
-    return {
-        f"item_cnt_{name}": sum(c for h, c in parsed if hour_now - h < max(span // HOUR_MS, 1))
-        for name, span in WINDOWS.items()
-    }

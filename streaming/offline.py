@@ -1,9 +1,10 @@
 """The append-only offline event log: what training reads (``training.dataset``).
 
-One parquet file per processed batch under ``<offline_dir>/events``, columns
-``user_id, item_id, event_type, ts (ms), event_time (µs UTC), value, partition, offset``.
-Written before the batch's state is committed, so a crash can only duplicate rows
-(training drops duplicates by content), never lose them.
+Parquet files under ``<offline_dir>/events``, columns ``user_id, item_id, event_type,
+ts (ms), event_time (µs UTC), value, partition, offset``. Kafka offsets are committed only
+up to what has been written here, so a crash never loses a row; a crash between a file
+write and the recorded progress can repeat rows (same partition and offset, which
+:func:`read_events` and training drop).
 """
 
 from __future__ import annotations
@@ -31,41 +32,85 @@ SCHEMA = pa.schema(
 
 
 class OfflineLog:
+    """Buffers validated events and writes them as one parquet file per flush.
+
+    The processor flushes every couple of seconds (not every batch: thousands of tiny
+    files would slow every reader) and commits Kafka offsets only up to what a flush
+    wrote, so events still in the buffer at a crash are redelivered and logged then.
+    """
+
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
+        self._cols: tuple[list[Any], ...] = tuple([] for _ in SCHEMA.names)
+        self.first_added: float | None = None
 
-    def append(self, batch: list[tuple[Any, Any]]) -> Path:
-        """Write one batch of ``(kafka record, Interaction)`` pairs as one file."""
-        ts = [e.ts for _, e in batch]
+    def __len__(self) -> int:
+        return len(self._cols[0])
+
+    def add(self, partition: int, offset: int, event: Any) -> None:
+        """Buffer one validated event (``user_id, item_id, event_type, ts, value``)."""
+        u, i, t, ts, _event_time, v, p, o = self._cols
+        u.append(event.user_id)
+        i.append(event.item_id)
+        t.append(event.event_type)
+        ts.append(event.ts)
+        v.append(event.value)
+        p.append(partition)
+        o.append(offset)
+        if self.first_added is None:
+            self.first_added = time.monotonic()
+
+    def truncate(self, n: int) -> None:
+        """Forget everything added after the first ``n`` rows (a batch that was undone)."""
+        for col in self._cols:
+            del col[n:]
+        if not n:
+            self.first_added = None
+
+    def flush(self) -> dict[int, int]:
+        """Write the buffer as one file; returns the highest offset written per partition."""
+        if not len(self):
+            return {}
+        u, i, t, ts, _, v, p, o = self._cols
+        stamps = pa.array(ts, pa.int64())
         table = pa.table(
             [
-                pa.array([e.user_id for _, e in batch], pa.string()),
-                pa.array([e.item_id for _, e in batch], pa.string()),
-                pa.array([e.event_type.value for _, e in batch], pa.string()),
-                pa.array(ts, pa.int64()),
-                pa.array(ts, pa.int64()).cast(pa.timestamp("ms", tz="UTC")),
-                pa.array([e.value for _, e in batch], pa.float64()),
-                pa.array([r.partition for r, _ in batch], pa.int32()),
-                pa.array([r.offset for r, _ in batch], pa.int64()),
+                pa.array(u, pa.string()),
+                pa.array(i, pa.string()),
+                pa.array(t, pa.string()),
+                stamps,
+                stamps.cast(pa.timestamp("ms", tz="UTC")),
+                pa.array(v, pa.float64()),
+                pa.array(p, pa.int32()),
+                pa.array(o, pa.int64()),
             ],
             schema=SCHEMA,
         )
+        high: dict[int, int] = {}
+        for part, off in zip(p, o, strict=True):
+            if off > high.get(part, -1):
+                high[part] = off
         path = self.directory / f"part-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
         tmp = path.with_suffix(".tmp")
         pq.write_table(table, tmp, coerce_timestamps="us", allow_truncated_timestamps=True)
         tmp.rename(path)  # readers never see a half-written file
-        return path
-
-    def flush(self) -> None:
-        """Files are written per batch; nothing is buffered."""
+        self.truncate(0)
+        return high
 
 
 def read_events(directory: Path) -> Any:
-    """The whole log as pandas (monitoring and tests; training reads it with Spark)."""
+    """The whole log as pandas (monitoring and tests; training reads it with Spark).
+
+    Rows repeated by a crash (same Kafka partition and offset) appear once; rows that
+    never went through Kafka (``partition`` -1) are kept as they are.
+    """
     import pandas as pd
 
     files = sorted(directory.glob("*.parquet"))
     if not files:
         return pd.DataFrame(columns=SCHEMA.names)
-    return pq.read_table(files).to_pandas()
+    frame = pq.read_table(files).to_pandas()
+    from_kafka = frame["partition"] >= 0
+    repeated = from_kafka & frame.duplicated(["partition", "offset"])
+    return frame[~repeated].reset_index(drop=True) if repeated.any() else frame

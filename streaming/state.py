@@ -1,0 +1,165 @@
+"""The processor's durable state in Redis, committed with the offsets it reflects.
+
+One Lua script per batch (atomic, one round trip) checks that the batch's partitions still
+have the applied offsets this processor read (a fence: a member that lost its partitions
+to a rebalance cannot overwrite the new owner's work), then writes the user states,
+the applied offsets, the item hour buckets and trending scores, and returns each touched
+item's window counts and score for the feature write. Redelivered events (offset at or
+below the applied offset) are never folded in twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from rtrec.config import Settings
+
+logger = logging.getLogger(__name__)
+
+STATE_PREFIX = "rtrec:state:user:"
+ITEM_PREFIX = "rtrec:item:"
+ITEM_CLOCK_KEY = "rtrec:item:clock"
+"""Latest event hour seen by any processor: item windows end there (event time)."""
+ITEM_TTL_S = 8 * 86_400
+
+_COMMIT = """
+local offsets, trending, clock_key = KEYS[1], KEYS[2], KEYS[3]
+local i = 1
+local np = tonumber(ARGV[i]); i = i + 1
+local first = i
+for _ = 1, np do
+  if (redis.call('HGET', offsets, ARGV[i]) or '-1') ~= ARGV[i + 1] then return {0} end
+  i = i + 3
+end
+i = first
+for _ = 1, np do
+  if tonumber(ARGV[i + 2]) > tonumber(ARGV[i + 1]) then
+    redis.call('HSET', offsets, ARGV[i], ARGV[i + 2])
+  end
+  i = i + 3
+end
+local nu = tonumber(ARGV[i]); i = i + 1
+for _ = 1, nu do redis.call('SET', ARGV[i], ARGV[i + 1]); i = i + 2 end
+local clock = tonumber(redis.call('GET', clock_key) or '0')
+local batch_hour = tonumber(ARGV[i]); local ttl = ARGV[i + 1]; i = i + 2
+if batch_hour > clock then clock = batch_hour; redis.call('SET', clock_key, clock) end
+local nw = tonumber(ARGV[i]); i = i + 1
+local spans = {}
+for w = 1, nw do spans[w] = tonumber(ARGV[i]); i = i + 1 end
+local longest = spans[nw]
+local out = {1}
+local ni = tonumber(ARGV[i]); i = i + 1
+for _ = 1, ni do
+  local key, member, incr, nb = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
+  i = i + 4
+  for _ = 1, nb do redis.call('HINCRBY', key, ARGV[i], ARGV[i + 1]); i = i + 2 end
+  if nb > 0 then redis.call('EXPIRE', key, ttl) end
+  local score
+  if incr ~= '0' then score = redis.call('ZINCRBY', trending, incr, member)
+  else score = redis.call('ZSCORE', trending, member) or '0' end
+  local counts = {}
+  for w = 1, nw do counts[w] = 0 end
+  local flat = redis.call('HGETALL', key)
+  for j = 1, #flat, 2 do
+    local age = clock - tonumber(flat[j])
+    if age >= longest then redis.call('HDEL', key, flat[j])
+    else
+      local n = tonumber(flat[j + 1])
+      for w = 1, nw do if age < spans[w] then counts[w] = counts[w] + n end end
+    end
+  end
+  for w = 1, nw do out[#out + 1] = counts[w] end
+  out[#out + 1] = score
+end
+return out
+"""
+
+
+@dataclass
+class ItemDelta:
+    """What one batch adds to an item: hour bucket counts and trending weight."""
+
+    buckets: dict[int, int] = field(default_factory=dict)
+    weight: float = 0.0
+
+
+class RedisState:
+    """Applied offsets, user states and item aggregates of one consumer group."""
+
+    def __init__(self, settings: Settings, client: Any, window_hours: list[int]) -> None:
+        self.client = client
+        group, topic = settings.kafka.consumer_group, settings.kafka.events_topic
+        self.offsets_key = f"rtrec:offsets:{group}:{topic}"
+        self.offline_key = f"rtrec:offline:{group}:{topic}"
+        self.window_hours = sorted(window_hours)
+        self._script = client.register_script(_COMMIT)
+
+    def read(self, users: list[str]) -> tuple[dict[int, int], list[bytes | None]]:
+        """Applied offsets per partition and the stored states of ``users``, one round trip."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hgetall(self.offsets_key)
+        if users:
+            pipe.mget([STATE_PREFIX + u for u in users])
+        res = pipe.execute()
+        applied = {int(p): int(o) for p, o in res[0].items()}
+        return applied, (res[1] if users else [])
+
+    def commit(
+        self,
+        *,
+        offsets: dict[int, tuple[int, int]],
+        states: dict[str, str | bytes],
+        batch_hour: int,
+        items: dict[str, ItemDelta],
+    ) -> dict[str, tuple[list[int], float]] | None:
+        """Write a batch atomically; ``offsets``: partition -> (applied read, new applied).
+
+        Returns item -> (window counts, trending score), or ``None`` when the fence
+        failed (another member applied these partitions meanwhile; nothing was written).
+        """
+        args: list[Any] = [len(offsets)]
+        for p, (seen, new) in offsets.items():
+            args += [p, seen, max(new, seen)]
+        args.append(len(states))
+        for user, raw in states.items():
+            args += [STATE_PREFIX + user, raw]
+        args += [batch_hour, ITEM_TTL_S, len(self.window_hours), *self.window_hours]
+        names = list(items)
+        args.append(len(names))
+        for name in names:
+            d = items[name]
+            args += [ITEM_PREFIX + name, name, repr(d.weight) if d.weight else "0"]
+            args.append(len(d.buckets))
+            for hour, n in d.buckets.items():
+                args += [hour, n]
+        keys = [self.offsets_key, _trending_key(), ITEM_CLOCK_KEY]
+        out = self._script(keys=keys, args=args)
+        if not out or int(out[0]) == 0:
+            return None
+        step = len(self.window_hours) + 1
+        return {
+            name: (
+                [int(c) for c in out[1 + k * step : k * step + step]],
+                float(out[k * step + step]),
+            )
+            for k, name in enumerate(names)
+        }
+
+    def offline_offsets(self, partitions: list[int]) -> dict[int, int]:
+        """Last offset per partition already in the offline event log (-1: none)."""
+        if not partitions:
+            return {}
+        raw = self.client.hmget(self.offline_key, [str(p) for p in partitions])
+        return {p: int(v) if v is not None else -1 for p, v in zip(partitions, raw, strict=True)}
+
+    def set_offline_offsets(self, offsets: dict[int, int]) -> None:
+        if offsets:
+            self.client.hset(self.offline_key, mapping={str(p): o for p, o in offsets.items()})
+
+
+def _trending_key() -> str:
+    from features import TRENDING_KEY
+
+    return TRENDING_KEY
