@@ -1,0 +1,41 @@
+"""The buffered offline event log: schema training reads, offsets it reports, no repeats."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from streaming.offline import SCHEMA, OfflineLog, read_events
+from streaming.validate import Event
+
+
+def test_flush_writes_the_training_schema_and_reports_offsets(tmp_path: Path) -> None:
+    log = OfflineLog(tmp_path)
+    log.add(0, 10, Event("u1", "i1", "view", 1_700_000_000_123, None))
+    log.add(1, 4, Event("u2", "i2", "rating", 1_700_000_000_456, 4.0))
+    log.add(0, 11, Event("u1", "i3", "click", 1_700_000_001_000, None))
+    assert log.flush() == {0: 11, 1: 4}
+    assert len(log) == 0 and log.first_added is None
+    files = list(tmp_path.glob("*.parquet"))
+    assert len(files) == 1 and not list(tmp_path.glob("*.tmp"))
+    table = pq.read_table(files[0])
+    assert table.schema.names == SCHEMA.names
+    assert str(table.schema.field("event_time").type) == "timestamp[us, tz=UTC]"
+    frame = table.to_pandas()
+    assert frame["ts"].tolist() == [1_700_000_000_123, 1_700_000_000_456, 1_700_000_001_000]
+    assert frame["value"].isna().tolist() == [True, False, True]
+
+
+def test_truncate_undoes_a_batch_and_read_events_drops_repeats(tmp_path: Path) -> None:
+    log = OfflineLog(tmp_path)
+    log.add(0, 1, Event("u1", "i1", "view", 1, None))
+    log.add(0, 2, Event("u1", "i2", "view", 2, None))
+    log.truncate(1)
+    assert log.flush() == {0: 1}
+    log.add(0, 1, Event("u1", "i1", "view", 1, None))  # redelivered after a crash
+    log.add(0, 2, Event("u1", "i2", "view", 2, None))
+    log.flush()
+    frame = read_events(tmp_path)
+    assert sorted(frame["offset"].tolist()) == [1, 2]
+    assert read_events(tmp_path / "missing").empty
