@@ -50,7 +50,14 @@ def run(metrics_port: int | None, detach: bool) -> None:
         pid = start_managed(settings, name, cmd, timeout=30, ready=lambda: True)
         click.echo(f"{name} running as pid {pid}")
         return
+    import signal
+    import threading
+
+    # Handlers first: a SIGTERM while Feast is still importing must stop cleanly too.
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
     from streaming.processor import run_forever
 
-    total = run_forever(settings, metrics_port=metrics_port)
+    total = run_forever(settings, metrics_port=metrics_port, stop=stop)
     click.echo(json.dumps({"applied": total.applied, "dead_lettered": total.dead}))

@@ -14,7 +14,7 @@ Each polled batch:
    the Kafka offsets it covers. Kafka offsets never pass what is durable in both stores.
 
 Several processors may run in one consumer group; events are keyed by user id, so a
-user's state has one writer at a time. Revoked partitions flush the log and commit first.
+user's state has one writer at a time. Revoked partitions flush the log first.
 """
 
 from __future__ import annotations
@@ -72,14 +72,21 @@ class BatchResult:
 class StreamProcessor:
     """One consumer-group member; ``run()`` until ``stop()`` (or SIGTERM via ``run_forever``)."""
 
-    def __init__(self, settings: Settings, *, max_records: int = 10_000, poll_ms: int = 50) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        max_records: int = 10_000,
+        poll_ms: int = 50,
+        stop: threading.Event | None = None,
+    ) -> None:
         import redis
         from kafka import KafkaConsumer, KafkaProducer
 
         self.settings = settings
         self.max_records = max_records
         self.poll_ms = poll_ms
-        self._stop = threading.Event()
+        self._stop = stop or threading.Event()
         self.redis = redis.Redis.from_url(settings.redis.url)
         self.state = RedisState(settings, self.redis, WINDOW_HOURS)
         get_store(settings)  # registers the feature repo on first use
@@ -239,8 +246,13 @@ class StreamProcessor:
             item_rows.append((item, row, now_ms))
         write_rows(self.settings, ITEM_STREAM_VIEW, item_rows)
 
-    def maybe_flush(self, *, force: bool = False) -> None:
-        """Write the offline buffer when due, then commit the Kafka offsets it covers."""
+    def maybe_flush(self, *, force: bool = False, commit: bool = True) -> None:
+        """Write the offline buffer when due, then commit the Kafka offsets it covers.
+
+        ``commit=False`` inside rebalance callbacks: kafka-python 3 runs them on its IO
+        thread, where a blocking commit raises. Nothing is lost: the next owner reads the
+        offline progress from Redis and skips what is already logged and applied.
+        """
         started = self.offline.first_added
         if started is None:
             return
@@ -250,6 +262,8 @@ class StreamProcessor:
         high = self.offline.flush()
         self.state.set_offline_offsets(high)
         self.offline_done.update(high)
+        if not commit:
+            return
         topic = self.settings.kafka.events_topic
         offsets = {
             TopicPartition(topic, p): OffsetAndMetadata(o + 1, "", -1) for p, o in high.items()
@@ -290,7 +304,7 @@ class StreamProcessor:
     def on_revoked(self) -> None:
         """Another member may own these users next: make our work durable, drop caches."""
         try:
-            self.maybe_flush(force=True)
+            self.maybe_flush(force=True, commit=False)
         except (RedisError, OSError) as exc:
             logger.warning("flush on revoke failed (%s); the next owner redelivers", exc)
             self.offline.truncate(0)
@@ -320,11 +334,24 @@ class _Rebalance(ConsumerRebalanceListener):
         self.processor.on_assigned([tp.partition for tp in assigned])
 
 
-def run_forever(settings: Settings, *, metrics_port: int | None = None) -> BatchResult:
-    """Entry point of ``rtrec stream run``: process until SIGTERM/SIGINT, then stop cleanly."""
+def run_forever(
+    settings: Settings,
+    *,
+    metrics_port: int | None = None,
+    stop: threading.Event | None = None,
+) -> BatchResult:
+    """Entry point of ``rtrec stream run``: process until SIGTERM/SIGINT, then stop cleanly.
+
+    ``stop``: an event the caller's signal handlers already set (so a signal during
+    start-up is not lost); without one, handlers are installed here.
+    """
+    if stop is None:
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
     if metrics_port:
         metrics.serve(metrics_port)
-    processor = StreamProcessor(settings)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: processor.stop())
+    if stop.is_set():
+        return BatchResult()
+    processor = StreamProcessor(settings, stop=stop)
     return processor.run()
