@@ -115,19 +115,58 @@ class RedisViewWriter:
             self._keys[ident] = key
         return key
 
-    def write(self, rows: Sequence[tuple[str, dict[str, Any], int]]) -> None:
-        """Upsert ``(entity id, feature values, event time ms)`` rows in one pipeline."""
-        if not rows:
-            return
-        pipe = self.client.pipeline(transaction=False)
-        columns = self.columns
+    def prepare(self, rows: Sequence[tuple[str, dict[str, Any], int]]) -> tuple[bytes, int]:
+        """``(entity id, feature values, event time ms)`` rows as packed HSET commands.
+
+        Packing here (hiredis) and sending with :func:`send_packed` skips redis-py's
+        per-command pipeline bookkeeping, and lets a caller encode while Redis is busy.
+        """
+        from hiredis import pack_command
+
+        small, ts_field, columns = _SMALL_INTS, self.ts_field, self.columns
+        out: list[bytes] = []
         for ident, values, ts_ms in rows:
-            args: list[bytes] = [self.ts_field, encode_timestamp_ms(ts_ms)]
-            for name, field, encode in columns:
-                args.append(field)
-                args.append(encode(values[name]))
             key = self.redis_key(ident)
-            pipe.execute_command("HSET", key, *args)
+            args: list[Any] = ["HSET", key, ts_field, encode_timestamp_ms(ts_ms)]
+            for name, field, encode in columns:
+                v = values[name]
+                args.append(field)
+                if encode is encode_int64 and type(v) is int and 0 <= v < 4096:
+                    args.append(small[v])
+                else:
+                    args.append(encode(v))
+            out.append(pack_command(tuple(args)))
             if self.ttl:
-                pipe.expire(key, self.ttl)
-        pipe.execute()
+                out.append(pack_command(("EXPIRE", key, self.ttl)))
+        return b"".join(out), len(out)
+
+    def write(self, rows: Sequence[tuple[str, dict[str, Any], int]]) -> None:
+        """Upsert rows in one round trip."""
+        if rows:
+            send_packed(self.client, [self.prepare(rows)])
+
+
+def send_packed(client: Any, writes: Sequence[tuple[bytes, int]]) -> None:
+    """Send packed commands on one connection and read (and check) every reply."""
+    from redis.exceptions import ResponseError
+
+    total = sum(n for _, n in writes)
+    if not total:
+        return
+    pool = client.connection_pool
+    conn = pool.get_connection()
+    try:
+        conn.send_packed_command([data for data, n in writes if n], check_health=True)
+        errors = []
+        for _ in range(total):
+            try:
+                conn.read_response()
+            except ResponseError as exc:  # keep reading: the replies must be drained
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+    except BaseException:
+        conn.disconnect()  # unread replies would poison the next user of the connection
+        raise
+    finally:
+        pool.release(conn)

@@ -215,18 +215,48 @@ def write_rows(settings: Settings, view: str, rows: list[tuple[str, dict[str, An
     key, spec = _VIEWS[view]
     store = get_store(settings)
     if store.config.online_store.type == "redis":
-        writer = _writers.get((id(store), view))
-        if writer is None:
-            from features.online_writer import RedisViewWriter
-
-            with _lock:
-                writer = _writers.setdefault(
-                    (id(store), view), RedisViewWriter(store, view, key, spec())
-                )
-                _keepalive[id(store)] = store  # ids stay unique while the key is cached
-        writer.write(rows)
+        _redis_writer(store, view).write(rows)
         return
     _write_protos(store, view, key, rows, spec())
+
+
+def _redis_writer(store: Any, view: str) -> Any:
+    writer = _writers.get((id(store), view))
+    if writer is None:
+        from features.online_writer import RedisViewWriter
+
+        key, spec = _VIEWS[view]
+        with _lock:
+            writer = _writers.setdefault(
+                (id(store), view), RedisViewWriter(store, view, key, spec())
+            )
+            _keepalive[id(store)] = store  # ids stay unique while the key is cached
+    return writer
+
+
+def prepare_rows(
+    settings: Settings, view: str, rows: list[tuple[str, dict[str, Any], int]]
+) -> tuple[str, Any]:
+    """Encode rows for :func:`write_prepared` ahead of time (e.g. while Redis is busy)."""
+    if view not in _VIEWS:
+        raise InvalidInput(f"view {view!r} is not a stream view", field="view")
+    store = get_store(settings)
+    if rows and store.config.online_store.type == "redis":
+        return view, _redis_writer(store, view).prepare(rows)
+    return view, rows
+
+
+def write_prepared(settings: Settings, prepared: list[tuple[str, Any]]) -> None:
+    """Write what :func:`prepare_rows` encoded, every view in one round trip on Redis."""
+    packed = [p for _, p in prepared if isinstance(p, tuple)]
+    if packed:
+        from features.online_writer import send_packed
+
+        view = next(v for v, p in prepared if isinstance(p, tuple))
+        send_packed(_redis_writer(get_store(settings), view).client, packed)
+    for view, rows in prepared:
+        if isinstance(rows, list) and rows:
+            write_rows(settings, view, rows)
 
 
 def _write_protos(

@@ -30,7 +30,13 @@ from kafka import ConsumerRebalanceListener, OffsetAndMetadata, TopicPartition
 from kafka.errors import KafkaError
 from redis.exceptions import RedisError
 
-from features import TRENDING_EPOCH_KEY, get_store, trending_weight, write_rows
+from features import (
+    TRENDING_EPOCH_KEY,
+    get_store,
+    prepare_rows,
+    trending_weight,
+    write_prepared,
+)
 from features.definitions import ITEM_STREAM_VIEW, USER_STREAM_VIEW, WINDOWS
 from rtrec.config import Settings
 from rtrec.errors import InvalidInput
@@ -195,20 +201,28 @@ class StreamProcessor:
             send(self.producer, self.settings.kafka.dlq_topic, dead)
         valid = [e for e in events if not isinstance(e, InvalidInput)]
         batch_hour = max((e.ts for e in valid), default=0) // HOUR_MS
-        item_out = self.state.commit(
+        pending = self.state.commit_send(
             offsets={p: (applied.get(p, -1), high[p]) for p in high},
             states={u: cache[u].dumps() for u in changed},
             batch_hour=batch_hour,
             items=items,
         )
+        try:  # encode the user rows while Redis runs the commit script
+            user_rows = prepare_rows(
+                self.settings, USER_STREAM_VIEW, self._user_rows(users, now_ms)
+            )
+        finally:
+            item_out = self.state.commit_receive(pending)
         if item_out is None:  # fenced: another member owns these partitions now
             logger.warning("batch fenced off (partitions %s moved); re-reading", sorted(first))
             self.cache.clear()
             self.offline.truncate(mark)
+            topic = self.settings.kafka.events_topic
             for p, off in first.items():
-                self.consumer.seek(TopicPartition(self.settings.kafka.events_topic, p), off)
+                self.consumer.seek(TopicPartition(topic, p), off)
             return out
-        self._write_features(users, item_out, now_ms)
+        item_rows = prepare_rows(self.settings, ITEM_STREAM_VIEW, _item_rows(item_out, now_ms))
+        write_prepared(self.settings, [user_rows, item_rows])
         done_ms = time.time() * 1000
         out.dead, out.users = len(dead), len(users)
         out.freshness_ms = [done_ms - r.timestamp for r in records if r.timestamp > 0]
@@ -228,23 +242,14 @@ class StreamProcessor:
             self._epoch = int(raw)
         return self._epoch
 
-    def _write_features(
-        self, users: set[str], items: dict[str, tuple[list[int], float]], now_ms: int
-    ) -> None:
+    def _user_rows(self, users: set[str], now_ms: int) -> list[tuple[str, dict[str, Any], int]]:
         rows = []
         for u in users:
             state = self.cache[u]
             row = state.features()
             row["written_ms"] = now_ms
             rows.append((u, row, state.last_ts))
-        write_rows(self.settings, USER_STREAM_VIEW, rows)
-        item_rows = []
-        for item, (counts, score) in items.items():
-            row = dict(zip(_ITEM_NAMES, counts, strict=True))
-            row["trending_score"] = score
-            row["written_ms"] = now_ms
-            item_rows.append((item, row, now_ms))
-        write_rows(self.settings, ITEM_STREAM_VIEW, item_rows)
+        return rows
 
     def maybe_flush(self, *, force: bool = False, commit: bool = True) -> None:
         """Write the offline buffer when due, then commit the Kafka offsets it covers.
@@ -321,6 +326,18 @@ class StreamProcessor:
                 closer()
             except Exception as exc:  # closing must not mask the reason we stop
                 logger.warning("close failed: %s", exc)
+
+
+def _item_rows(
+    items: dict[str, tuple[list[int], float]], now_ms: int
+) -> list[tuple[str, dict[str, Any], int]]:
+    rows = []
+    for item, (counts, score) in items.items():
+        row: dict[str, Any] = dict(zip(_ITEM_NAMES, counts, strict=True))
+        row["trending_score"] = score
+        row["written_ms"] = now_ms
+        rows.append((item, row, now_ms))
+    return rows
 
 
 class _Rebalance(ConsumerRebalanceListener):

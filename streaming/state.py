@@ -85,6 +85,14 @@ class ItemDelta:
     weight: float = 0.0
 
 
+@dataclass
+class _Pending:
+    conn: Any
+    keys: list[str]
+    args: list[Any]
+    names: list[str]
+
+
 class RedisState:
     """Applied offsets, user states and item aggregates of one consumer group."""
 
@@ -95,6 +103,7 @@ class RedisState:
         self.offline_key = f"rtrec:offline:{group}:{topic}"
         self.window_hours = sorted(window_hours)
         self._script = client.register_script(_COMMIT)
+        self._script.sha = client.script_load(_COMMIT)
 
     def read(self, users: list[str]) -> tuple[dict[int, int], list[bytes | None]]:
         """Applied offsets per partition and the stored states of ``users``, one round trip."""
@@ -106,18 +115,22 @@ class RedisState:
         applied = {int(p): int(o) for p, o in res[0].items()}
         return applied, (res[1] if users else [])
 
-    def commit(
+    def commit(self, **batch: Any) -> dict[str, tuple[list[int], float]] | None:
+        """Write a batch atomically (see :meth:`commit_send` for the arguments)."""
+        return self.commit_receive(self.commit_send(**batch))
+
+    def commit_send(
         self,
         *,
         offsets: dict[int, tuple[int, int]],
         states: dict[str, str | bytes],
         batch_hour: int,
         items: dict[str, ItemDelta],
-    ) -> dict[str, tuple[list[int], float]] | None:
-        """Write a batch atomically; ``offsets``: partition -> (applied read, new applied).
+    ) -> _Pending:
+        """Start the atomic batch write; ``offsets``: partition -> (applied read, new).
 
-        Returns item -> (window counts, trending score), or ``None`` when the fence
-        failed (another member applied these partitions meanwhile; nothing was written).
+        Only sends: the caller encodes its feature rows while Redis runs the script,
+        then calls :meth:`commit_receive`.
         """
         args: list[Any] = [len(offsets)]
         for p, (seen, new) in offsets.items():
@@ -135,7 +148,31 @@ class RedisState:
             for hour, n in d.buckets.items():
                 args += [hour, n]
         keys = [self.offsets_key, _trending_key(), ITEM_CLOCK_KEY]
-        out = self._script(keys=keys, args=args)
+        pool = self.client.connection_pool
+        conn = pool.get_connection()
+        try:
+            conn.send_command("EVALSHA", self._script.sha, len(keys), *keys, *args)
+        except BaseException:
+            conn.disconnect()
+            pool.release(conn)
+            raise
+        return _Pending(conn, keys, args, names)
+
+    def commit_receive(self, pending: _Pending) -> dict[str, tuple[list[int], float]] | None:
+        """The script's answer: item -> (window counts, trending score), or ``None`` when
+        the fence failed (another member applied these partitions; nothing was written)."""
+        from redis.exceptions import NoScriptError
+
+        pool = self.client.connection_pool
+        try:
+            out = pending.conn.read_response()
+        except NoScriptError:  # Redis restarted and lost its script cache: load and run
+            out = self._script(keys=pending.keys, args=pending.args)
+        except BaseException:
+            pending.conn.disconnect()
+            raise
+        finally:
+            pool.release(pending.conn)
         if not out or int(out[0]) == 0:
             return None
         step = len(self.window_hours) + 1
@@ -144,7 +181,7 @@ class RedisState:
                 [int(c) for c in out[1 + k * step : k * step + step]],
                 float(out[k * step + step]),
             )
-            for k, name in enumerate(names)
+            for k, name in enumerate(pending.names)
         }
 
     def offline_offsets(self, partitions: list[int]) -> dict[int, int]:

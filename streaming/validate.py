@@ -38,7 +38,7 @@ def _fast(raw: bytes, limit_ms: int) -> Event | None:
         d = orjson.loads(raw)
     except orjson.JSONDecodeError:
         return None
-    if type(d) is not dict or not d.keys() <= _ALLOWED_KEYS or d.get("context") is not None:
+    if type(d) is not dict or not _ALLOWED_KEYS.issuperset(d) or d.get("context") is not None:
         return None
     user, item, etype, ts = d.get("user_id"), d.get("item_id"), d.get("event_type"), d.get("ts")
     if type(user) is not str or type(item) is not str or type(ts) is not int:
