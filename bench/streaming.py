@@ -6,8 +6,13 @@ Starts its own embedded stack (Tansu + Redis) in a temporary work dir. Measures,
 - ``ceiling_events_per_s``: a bare kafka-python consumer reading the same topic;
 - ``events_per_s``: the stream processor (validate, aggregate, Redis state + offsets,
   Feast online write, offline log, commit) draining the pre-loaded topic;
-- ``freshness_p50_ms`` / ``freshness_p99_ms``: produce time -> features readable in the
-  online store, with a producer process offering ``--rate`` events/s.
+- ``freshness_p50_ms`` / ``freshness_p99_ms``: produce time (the Kafka record timestamp)
+  -> the batch's features written to the online store (Redis acked: readable), with a
+  producer process offering ``--rate`` events/s;
+- ``online_read_p50_ms`` / ``online_read_p99_ms``: ``features.online_features`` for one
+  user, as serving calls it.
+The processor runs in this process (one member, as ``rtrec stream run``); two members on
+these two cores were no faster (the broker and Redis need the second core).
 The last line of output is one JSON object.
 """
 
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -41,7 +47,7 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=200_000)
     ap.add_argument("--rate", type=float, default=5000.0, help="offered rate for freshness")
     ap.add_argument("--freshness-seconds", type=float, default=15.0)
-    ap.add_argument("--max-records", type=int, default=10_000)
+    ap.add_argument("--max-records", type=int, default=20_000)
     args = ap.parse_args()
 
     from kafka import KafkaConsumer
@@ -52,6 +58,7 @@ def main() -> None:
     from streaming import publish
     from streaming.processor import StreamProcessor
 
+    load_before = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="rtrec-bench-stream-"))
     settings = load_settings(
         work_dir=work,
@@ -98,6 +105,8 @@ def main() -> None:
             if records:
                 t0 = t0 or time.perf_counter()
                 done += proc.process(records).polled
+            proc.maybe_flush()  # the offline log and Kafka commits are part of the work
+        proc.maybe_flush(force=True)
         events_per_s = done / (time.perf_counter() - t0)
         print(f"processor {events_per_s:.0f}/s", file=sys.stderr)
 
@@ -111,6 +120,7 @@ def main() -> None:
                 records = [r for rs in polled.values() for r in rs]
                 if records:
                     fresh.extend(proc.process(records).freshness_ms)
+                proc.maybe_flush()
 
         worker = threading.Thread(target=consume)
         worker.start()
@@ -135,6 +145,17 @@ def main() -> None:
         stop.set()
         worker.join()
         proc.close()
+        # Serving's read: one user's stream features through Feast (cached FeatureStore).
+        from features import online_features
+
+        users = ds.events["user_id"].unique().tolist()
+        rng = np.random.default_rng(0)
+        reads = []
+        for u in rng.choice(users, size=3000):
+            t = time.perf_counter()
+            online_features(settings, [str(u)])
+            reads.append((time.perf_counter() - t) * 1000)
+        reads_ms = np.array(reads[500:])  # first reads warm Feast's caches
         arr = np.array(fresh) if fresh else np.array([float("nan")])
         out = {
             "events": len(pairs),
@@ -145,6 +166,11 @@ def main() -> None:
             "freshness_p99_ms": round(float(np.percentile(arr, 99)), 1),
             "ceiling_events_per_s": round(ceiling),
             "max_records": args.max_records,
+            "online_read_p50_ms": round(float(np.percentile(reads_ms, 50)), 3),
+            "online_read_p99_ms": round(float(np.percentile(reads_ms, 99)), 3),
+            # Other work on the same cores lowers every figure: the 1-minute load average.
+            "load_avg_before": round(load_before, 2),
+            "load_avg_after": round(os.getloadavg()[0], 2),
         }
     finally:
         stack.down(settings)

@@ -82,7 +82,7 @@ class StreamProcessor:
         self,
         settings: Settings,
         *,
-        max_records: int = 10_000,
+        max_records: int = 20_000,
         poll_ms: int = 50,
         stop: threading.Event | None = None,
     ) -> None:
