@@ -1,4 +1,9 @@
-"""Dead letters: the original bytes of a rejected event plus why it was rejected."""
+"""Dead letters: the original bytes of a rejected event plus why it was rejected.
+
+Sent (and acknowledged) before the batch's state commit, so a rejected event is never
+lost; a batch that fails after the send and is replayed sends its letters again
+(at least once: ``rtrec-source`` names topic/partition/offset, so consumers can dedupe).
+"""
 
 from __future__ import annotations
 

@@ -20,10 +20,14 @@ FRESHNESS = Histogram(
 LAG = Gauge("rtrec_stream_consumer_lag", "Events behind the end of the topic", ["partition"])
 
 
+def count_events(applied: int, redelivered: int, dead_lettered: int) -> None:
+    """Outcomes of a committed batch (counted at the commit, even if a later step fails)."""
+    EVENTS.labels("applied").inc(applied)
+    EVENTS.labels("redelivered").inc(redelivered)
+    EVENTS.labels("dead_lettered").inc(dead_lettered)
+
+
 def observe_batch(result: Any, consumer: Any) -> None:
-    EVENTS.labels("applied").inc(result.applied)
-    EVENTS.labels("redelivered").inc(result.skipped)
-    EVENTS.labels("dead_lettered").inc(result.dead)
     BATCH.observe(result.seconds)
     for ms in result.freshness_ms[:: max(1, len(result.freshness_ms) // 100)]:
         FRESHNESS.observe(ms / 1000)

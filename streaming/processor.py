@@ -221,14 +221,15 @@ class StreamProcessor:
             for p, off in first.items():
                 self.consumer.seek(TopicPartition(topic, p), off)
             return out
+        out.dead, out.users = len(dead), len(users)
+        self._count_committed(out)
         item_rows = prepare_rows(self.settings, ITEM_STREAM_VIEW, _item_rows(item_out, now_ms))
         write_prepared(self.settings, [user_rows, item_rows])
         done_ms = time.time() * 1000
-        out.dead, out.users = len(dead), len(users)
         out.freshness_ms = [done_ms - r.timestamp for r in records if r.timestamp > 0]
         out.seconds = time.perf_counter() - start
         metrics.observe_batch(out, self.consumer)
-        self._accumulate(out)
+        self.total.seconds += out.seconds
         return out
 
     def _trending_epoch(self, events: list[Any]) -> int:
@@ -278,13 +279,15 @@ class StreamProcessor:
         except KafkaError as exc:  # a rebalance in between: the next owner redelivers
             logger.warning("offset commit failed (%s); redelivery is idempotent", exc)
 
-    def _accumulate(self, out: BatchResult) -> None:
+    def _count_committed(self, out: BatchResult) -> None:
+        """Totals and counters move when the state commit lands, not when the batch ends:
+        a failure after the commit leaves these events applied (and skipped on replay)."""
         t = self.total
         t.polled += out.polled
         t.applied += out.applied
         t.skipped += out.skipped
         t.dead += out.dead
-        t.seconds += out.seconds
+        metrics.count_events(out.applied, out.skipped, out.dead)
 
     def _rewind(self) -> None:
         """After a failed batch: forget in-memory work, resume from durable positions."""

@@ -326,3 +326,39 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_redis_connections_dropped_mid_stream_change_nothing(
+    stack: Settings, tmp_path: Path, data
+) -> None:
+    """Redis connections killed under the processor: batches fail, rewind, and the end
+    state is still exact (the recovery path of ``StreamProcessor.run``)."""
+    import threading
+
+    import redis
+
+    s = isolated(stack, tmp_path)
+    replay_dataset(s, data, progress=False)
+    proc = StreamProcessor(s, max_records=500)  # many batches, so kills land mid-stream
+    admin = redis.Redis.from_url(s.redis.url)
+    stop = threading.Event()
+    kills = []
+
+    def killer() -> None:
+        while not stop.wait(0.15):
+            kills.append(admin.client_kill_filter(_type="normal", skipme=True))
+
+    thread = threading.Thread(target=killer)
+    thread.start()
+    try:
+        time.sleep(0.5)
+        total = proc.run(max_idle_s=3)
+    finally:
+        stop.set()
+        thread.join()
+    assert sum(kills) > 0
+    assert total.applied == len(data.events)  # each event applied once, failures or not
+    assert_online_equals(s, reference(data.events))
+    assert_items_exact(s, data.events)
+    assert len(read_events(s.offline_dir / "events")) == len(data.events)
