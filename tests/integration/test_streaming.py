@@ -235,11 +235,12 @@ def test_sigkill_mid_stream_loses_and_doubles_nothing(
     from streaming.processor import offsets_key
 
     proc = _processor(s, _env(s))
+    _wait_applied(s, half, timeout=60)  # the backlog is in: now a live stream
     rest = threading.Thread(
-        target=publish, args=(s, pairs[half:]), kwargs={"progress": False, "rate": 4000}
+        target=publish, args=(s, pairs[half:]), kwargs={"progress": False, "rate": 2000}
     )
     rest.start()
-    _wait_applied(s, half // 2, timeout=60)
+    _wait_applied(s, half + 1500, timeout=60)
     proc.send_signal(signal.SIGKILL)  # mid-stream: some batches done, more arriving
     proc.wait()
     rest.join()
