@@ -15,6 +15,7 @@ from features.definitions import RECENT_ITEMS, WINDOWS, count_names
 from features.store import (
     TRENDING_EPOCH_KEY,
     TRENDING_KEY,
+    append_offline_rows,
     apply,
     get_store,
     historical_features,
@@ -35,6 +36,7 @@ __all__ = [
     "TRENDING_EPOCH_KEY",
     "TRENDING_KEY",
     "WINDOWS",
+    "append_offline_rows",
     "apply",
     "count_names",
     "get_store",

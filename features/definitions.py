@@ -52,8 +52,9 @@ def offline_paths(offline_dir: Path) -> dict[str, Path]:
     """Parquet behind each source (stream views' sinks and the batch views' data)."""
     base = offline_dir / "feast"
     return {
-        USER_STREAM_VIEW: base / "user_stream.parquet",
-        ITEM_STREAM_VIEW: base / "item_stream.parquet",
+        # Stream views: one file per processor flush, read as a glob by duckdb.
+        USER_STREAM_VIEW: base / "user_stream" / "*.parquet",
+        ITEM_STREAM_VIEW: base / "item_stream" / "*.parquet",
         ITEM_META_VIEW: base / "items.parquet",
         USER_PROFILE_VIEW: base / "users.parquet",
     }

@@ -109,6 +109,10 @@ def _empty_sources(settings: Settings) -> None:
         "list<string>": pa.list_(pa.string()),
     }
     for view, path in defs.offline_paths(settings.offline_dir).items():
+        if "*" in path.name:  # a directory of flushes: one empty part gives the schema
+            if any(path.parent.glob(path.name)):
+                continue
+            path = path.parent / "part-0-empty.parquet"
         if path.exists():
             continue
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -290,6 +294,42 @@ def _write_protos(
     ]
     fv = _feature_view(store, view)
     store._get_provider().online_write_batch(store.config, fv, data, progress=None)
+
+
+def append_offline_rows(
+    settings: Settings, view: str, rows: list[tuple[str, dict[str, Any], int]]
+) -> Path | None:
+    """Append stream-view rows (entity id, values, event time ms) to the view's offline
+    source, one parquet file per call, so ``historical_features`` sees them point in time.
+
+    The stream processor calls this at each offline flush with each entity's latest row.
+    """
+    if not rows:
+        return None
+    import time
+    import uuid
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if view not in _VIEWS:
+        raise InvalidInput(f"view {view!r} is not a stream view", field="view")
+    key, spec = _VIEWS[view]
+    fields = spec()
+    kinds = {"Array(String)": pa.list_(pa.string()), "Int64": pa.int64(), "Float64": pa.float64()}
+    columns = {key: pa.array([ident for ident, _, _ in rows], pa.string())}
+    for name, kind in fields.items():
+        columns[name] = pa.array([v[name] for _, v, _ in rows], kinds.get(kind, pa.string()))
+    columns["event_timestamp"] = pa.array([t for _, _, t in rows], pa.int64()).cast(
+        pa.timestamp("ms", tz="UTC")
+    )
+    directory = defs.offline_paths(settings.offline_dir)[view].parent
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"part-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
+    tmp = path.with_suffix(".tmp")
+    pq.write_table(pa.table(columns), tmp, coerce_timestamps="us", allow_truncated_timestamps=True)
+    tmp.rename(path)
+    return path
 
 
 _views: dict[tuple[int, str], Any] = {}

@@ -10,8 +10,10 @@ Each polled batch:
    offsets, fenced on the offsets read in step 1 (``streaming.state``);
 4. write the touched users' and items' features into Feast's online store (an upsert
    recomputed from state, so a crash between 3 and 4 is repaired on redelivery);
-5. buffer the events for the offline log; every couple of seconds write it and commit
-   the Kafka offsets it covers. Kafka offsets never pass what is durable in both stores.
+5. buffer the events for the offline log; every couple of seconds write it (and each
+   touched entity's latest feature row for Feast's offline store, so historical
+   retrieval is point in time) and commit the Kafka offsets it covers. Kafka offsets
+   never pass what is durable in both stores.
 
 Several processors may run in one consumer group; events are keyed by user id, so a
 user's state has one writer at a time. Revoked partitions flush the log first.
@@ -32,6 +34,7 @@ from redis.exceptions import RedisError
 
 from features import (
     TRENDING_EPOCH_KEY,
+    append_offline_rows,
     get_store,
     prepare_rows,
     trending_weight,
@@ -113,6 +116,11 @@ class StreamProcessor:
         self.producer = KafkaProducer(bootstrap_servers=k.bootstrap_servers, linger_ms=5)
         self.offline = OfflineLog(settings.offline_dir / "events")
         self.offline_done: dict[int, int] = {}
+        self.snapshots: dict[str, dict[str, tuple[str, dict[str, Any], int]]] = {
+            USER_STREAM_VIEW: {},
+            ITEM_STREAM_VIEW: {},
+        }
+        """Latest feature row per entity since the last flush, for Feast's offline store."""
         self.cache: dict[str, UserState] = {}
         self._epoch: int | None = None
         self.total = BatchResult()
@@ -208,9 +216,8 @@ class StreamProcessor:
             items=items,
         )
         try:  # encode the user rows while Redis runs the commit script
-            user_rows = prepare_rows(
-                self.settings, USER_STREAM_VIEW, self._user_rows(users, now_ms)
-            )
+            user_list = self._user_rows(users, now_ms)
+            user_rows = prepare_rows(self.settings, USER_STREAM_VIEW, user_list)
         finally:
             item_out = self.state.commit_receive(pending)
         if item_out is None:  # fenced: another member owns these partitions now
@@ -223,8 +230,13 @@ class StreamProcessor:
             return out
         out.dead, out.users = len(dead), len(users)
         self._count_committed(out)
-        item_rows = prepare_rows(self.settings, ITEM_STREAM_VIEW, _item_rows(item_out, now_ms))
+        item_list = _item_rows(item_out, now_ms)
+        item_rows = prepare_rows(self.settings, ITEM_STREAM_VIEW, item_list)
         write_prepared(self.settings, [user_rows, item_rows])
+        for view, rows in ((USER_STREAM_VIEW, user_list), (ITEM_STREAM_VIEW, item_list)):
+            latest = self.snapshots[view]
+            for row in rows:
+                latest[row[0]] = row
         done_ms = time.time() * 1000
         out.freshness_ms = [done_ms - r.timestamp for r in records if r.timestamp > 0]
         out.seconds = time.perf_counter() - start
@@ -265,6 +277,9 @@ class StreamProcessor:
         due = len(self.offline) >= OFFLINE_FLUSH_ROWS
         if not (force or due or time.monotonic() - started >= OFFLINE_FLUSH_S):
             return
+        for view, latest in self.snapshots.items():  # Feast's offline side of the views
+            append_offline_rows(self.settings, view, list(latest.values()))
+            latest.clear()
         high = self.offline.flush()
         self.state.set_offline_offsets(high)
         self.offline_done.update(high)
