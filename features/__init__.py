@@ -12,23 +12,25 @@ Public API::
 """
 
 from features.definitions import RECENT_ITEMS, WINDOWS, count_names
+from features.sink import (
+    append_offline_rows,
+    prepare_rows,
+    write_item_features,
+    write_prepared,
+    write_rows,
+    write_user_features,
+)
 from features.store import (
     TRENDING_EPOCH_KEY,
     TRENDING_KEY,
-    append_offline_rows,
     apply,
     get_store,
     historical_features,
     item_features,
     online_features,
-    prepare_rows,
     trending_items,
     trending_weight,
-    write_item_features,
     write_offline_metadata,
-    write_prepared,
-    write_rows,
-    write_user_features,
 )
 
 __all__ = [

@@ -114,3 +114,66 @@ def read_events(directory: Path) -> Any:
     from_kafka = frame["partition"] >= 0
     repeated = from_kafka & frame.duplicated(["partition", "offset"])
     return frame[~repeated].reset_index(drop=True) if repeated.any() else frame
+
+
+class OfflineSink:
+    """The processor's offline side between flushes: the event log buffer, each entity's
+    latest stream-feature row (Feast's offline store), and what is already logged per
+    partition (kept in Redis, so a new owner of a partition skips it)."""
+
+    def __init__(self, settings: Any, state: Any, *, flush_s: float, flush_rows: int) -> None:
+        self.settings = settings
+        self.state = state
+        self.flush_s = flush_s
+        self.flush_rows = flush_rows
+        self.log = OfflineLog(settings.offline_dir / "events")
+        self.done: dict[int, int] = {}
+        self.latest: dict[str, dict[str, Any]] = {}
+
+    def add(self, partition: int, offset: int, event: Any) -> None:
+        """Buffer an event unless an earlier run already logged its offset."""
+        if offset > self.done.get(partition, -1):
+            self.log.add(partition, offset, event)
+
+    def remember(self, view: str, rows: list[Any]) -> None:
+        """The feature rows just written online: the newest per entity is kept."""
+        latest = self.latest.setdefault(view, {})
+        for row in rows:
+            latest[row[0]] = row
+
+    def mark(self) -> int:
+        return len(self.log)
+
+    def undo(self, mark: int) -> None:
+        self.log.truncate(mark)
+
+    def pending(self) -> bool:
+        return bool(len(self.log) or any(self.latest.values()))
+
+    def due(self) -> bool:
+        started = self.log.first_added
+        if started is None:
+            return False
+        return len(self.log) >= self.flush_rows or time.monotonic() - started >= self.flush_s
+
+    def flush(self) -> dict[int, int]:
+        """Write rows and log, record the logged offsets; returns them per partition."""
+        from features import append_offline_rows
+
+        for view, latest in self.latest.items():
+            append_offline_rows(self.settings, view, list(latest.values()))
+            latest.clear()
+        high = self.log.flush()
+        self.state.set_offline_offsets(high)
+        self.done.update(high)
+        return high
+
+    def load(self, partitions: list[int]) -> None:
+        self.done.update(self.state.offline_offsets(partitions))
+
+    def forget(self, partitions: list[int] | None = None) -> None:
+        """Drop the buffer; with ``partitions``, reload their progress from Redis."""
+        self.log.truncate(0)
+        self.done.clear()
+        if partitions:
+            self.load(partitions)

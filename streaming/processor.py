@@ -34,7 +34,6 @@ from redis.exceptions import RedisError
 
 from features import (
     TRENDING_EPOCH_KEY,
-    append_offline_rows,
     get_store,
     prepare_rows,
     trending_weight,
@@ -46,7 +45,7 @@ from rtrec.errors import InvalidInput
 from streaming import metrics
 from streaming.aggregates import HOUR_MS, WINDOW_HOURS, UserState
 from streaming.dlq import DeadLetter, send
-from streaming.offline import OfflineLog
+from streaming.offline import OfflineSink
 from streaming.state import ItemDelta, RedisState
 from streaming.validate import validate
 
@@ -114,13 +113,9 @@ class StreamProcessor:
         )
         self.consumer.subscribe([k.events_topic], listener=_Rebalance(self))
         self.producer = KafkaProducer(bootstrap_servers=k.bootstrap_servers, linger_ms=5)
-        self.offline = OfflineLog(settings.offline_dir / "events")
-        self.offline_done: dict[int, int] = {}
-        self.snapshots: dict[str, dict[str, tuple[str, dict[str, Any], int]]] = {
-            USER_STREAM_VIEW: {},
-            ITEM_STREAM_VIEW: {},
-        }
-        """Latest feature row per entity since the last flush, for Feast's offline store."""
+        self.sink = OfflineSink(
+            settings, self.state, flush_s=OFFLINE_FLUSH_S, flush_rows=OFFLINE_FLUSH_ROWS
+        )
         self.cache: dict[str, UserState] = {}
         self._epoch: int | None = None
         self.total = BatchResult()
@@ -173,13 +168,13 @@ class StreamProcessor:
         applied, raws = self.state.read(missing)
         for u, raw in zip(missing, raws, strict=True):
             self.cache[u] = UserState.loads(raw)
-        mark = len(self.offline)
+        mark = self.sink.mark()
         dead: list[DeadLetter] = []
         changed: set[str] = set()
         items: dict[str, ItemDelta] = {}
         first: dict[int, int] = {}
         high: dict[int, int] = {}
-        cache, offline, done = self.cache, self.offline, self.offline_done
+        cache, sink = self.cache, self.sink
         epoch = self._trending_epoch(events)
         for r, e in zip(records, events, strict=True):
             p, off = r.partition, r.offset
@@ -194,8 +189,7 @@ class StreamProcessor:
             delta = items.get(e.item_id)
             if delta is None:
                 delta = items[e.item_id] = ItemDelta()
-            if off > done.get(p, -1):
-                offline.add(p, off, e)
+            sink.add(p, off, e)
             if not is_new:
                 out.skipped += 1
                 continue
@@ -223,7 +217,7 @@ class StreamProcessor:
         if item_out is None:  # fenced: another member owns these partitions now
             logger.warning("batch fenced off (partitions %s moved); re-reading", sorted(first))
             self.cache.clear()
-            self.offline.truncate(mark)
+            self.sink.undo(mark)
             topic = self.settings.kafka.events_topic
             for p, off in first.items():
                 self.consumer.seek(TopicPartition(topic, p), off)
@@ -233,10 +227,8 @@ class StreamProcessor:
         item_list = _item_rows(item_out, now_ms)
         item_rows = prepare_rows(self.settings, ITEM_STREAM_VIEW, item_list)
         write_prepared(self.settings, [user_rows, item_rows])
-        for view, rows in ((USER_STREAM_VIEW, user_list), (ITEM_STREAM_VIEW, item_list)):
-            latest = self.snapshots[view]
-            for row in rows:
-                latest[row[0]] = row
+        sink.remember(USER_STREAM_VIEW, user_list)
+        sink.remember(ITEM_STREAM_VIEW, item_list)
         done_ms = time.time() * 1000
         out.freshness_ms = [done_ms - r.timestamp for r in records if r.timestamp > 0]
         out.seconds = time.perf_counter() - start
@@ -271,18 +263,9 @@ class StreamProcessor:
         thread, where a blocking commit raises. Nothing is lost: the next owner reads the
         offline progress from Redis and skips what is already logged and applied.
         """
-        started = self.offline.first_added
-        if started is None:
+        if not (self.sink.due() or (force and self.sink.pending())):
             return
-        due = len(self.offline) >= OFFLINE_FLUSH_ROWS
-        if not (force or due or time.monotonic() - started >= OFFLINE_FLUSH_S):
-            return
-        for view, latest in self.snapshots.items():  # Feast's offline side of the views
-            append_offline_rows(self.settings, view, list(latest.values()))
-            latest.clear()
-        high = self.offline.flush()
-        self.state.set_offline_offsets(high)
-        self.offline_done.update(high)
+        high = self.sink.flush()
         if not commit:
             return
         topic = self.settings.kafka.events_topic
@@ -307,10 +290,9 @@ class StreamProcessor:
     def _rewind(self) -> None:
         """After a failed batch: forget in-memory work, resume from durable positions."""
         self.cache.clear()
-        self.offline.truncate(0)
         try:
             parts = list(self.consumer.assignment())
-            self.offline_done = self.state.offline_offsets([tp.partition for tp in parts])
+            self.sink.forget([tp.partition for tp in parts])
             for tp in parts:
                 committed = self.consumer.committed(tp)
                 if committed is None:
@@ -321,7 +303,7 @@ class StreamProcessor:
             logger.warning("rewind incomplete (%s); retrying after the next failure", exc)
 
     def on_assigned(self, partitions: list[int]) -> None:
-        self.offline_done.update(self.state.offline_offsets(partitions))
+        self.sink.load(partitions)
         logger.info("partitions assigned", extra={"partitions": sorted(partitions)})
 
     def on_revoked(self) -> None:
@@ -330,9 +312,8 @@ class StreamProcessor:
             self.maybe_flush(force=True, commit=False)
         except (RedisError, OSError) as exc:
             logger.warning("flush on revoke failed (%s); the next owner redelivers", exc)
-            self.offline.truncate(0)
+        self.sink.forget()
         self.cache.clear()
-        self.offline_done.clear()
 
     def close(self) -> None:
         for closer in (
