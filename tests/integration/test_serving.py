@@ -12,12 +12,12 @@ import time
 from pathlib import Path
 
 import httpx
-import pandas as pd
 import pytest
 
 from rtrec.config import Settings
 from serving.schemas import EXAMPLE_FEEDBACK, EXAMPLE_RECOMMEND
 from tests.conftest import free_port
+from tests.serving_support import recommend, write_history
 
 pytestmark = pytest.mark.integration
 
@@ -62,23 +62,6 @@ def server(stack: Settings, bundle_dir: Path):
 def client(server) -> httpx.Client:
     with httpx.Client(base_url=server.url, headers=HEADERS, timeout=10) as c:
         yield c
-
-
-def recommend(client: httpx.Client, user_id: str, **body) -> dict:
-    resp = client.post("/recommend", json={"user_id": user_id, **body})
-    assert resp.status_code == 200, resp.text
-    return resp.json()
-
-
-def write_history(settings: Settings, user_id: str, items: list[str]) -> None:
-    """Put a user's recent items (newest first) into the online store, as the processor does."""
-    from features import count_names, write_user_features
-
-    now = int(time.time() * 1000)
-    row = {"user_id": user_id, "recent_items": items, "last_event_ms": now, "written_ms": now}
-    frame = pd.DataFrame([{**row, **dict.fromkeys(count_names(), 1)}])
-    frame["event_timestamp"] = pd.to_datetime(frame["last_event_ms"], unit="ms", utc=True)
-    write_user_features(settings, frame)
 
 
 def test_known_user_gets_model_recommendations(client: httpx.Client, bundle) -> None:

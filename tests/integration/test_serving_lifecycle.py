@@ -9,7 +9,6 @@ last-good cache when MLflow is unreachable (or stays not-ready, saying why).
 from __future__ import annotations
 
 import shutil
-import threading
 import time
 from pathlib import Path
 
@@ -18,15 +17,11 @@ import pytest
 
 from rtrec.config import Settings
 from tests.conftest import free_port
+from tests.serving_support import UNREACHABLE, SteadyClient, register, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
 
 MODEL = "serving-lifecycle"
-UNREACHABLE = {
-    "RTREC_MLFLOW__TRACKING_URI": "http://127.0.0.1:9",
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "2",
-}
 
 
 @pytest.fixture(scope="module")
@@ -64,13 +59,6 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return out
 
 
-def register(registry, bundle: Path) -> str:
-    _, version = registry.log_and_register(
-        bundle, params={"synthetic": 1}, metrics={"val_ndcg@10": 0.1}
-    )
-    return version
-
-
 def base_env(**extra: str) -> dict[str, str]:
     return {
         "RTREC_MLFLOW__MODEL_NAME": MODEL,
@@ -78,50 +66,6 @@ def base_env(**extra: str) -> dict[str, str]:
         "RTREC_SERVING__API_KEYS": "[]",
         **extra,
     }
-
-
-class SteadyClient(threading.Thread):
-    """Sends /recommend at a steady pace, recording status, latency and model version."""
-
-    def __init__(self, url: str, rate: float = 50.0) -> None:
-        super().__init__(daemon=True)
-        self.url, self.period = url, 1.0 / rate
-        self.results: list[tuple[float, int, float, str | None, str]] = []
-        """(sent, status, seconds, model version, fallback reason or \"\")."""
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        with httpx.Client(base_url=self.url, timeout=10) as c:
-            n = 0
-            while not self.stop.is_set():
-                t = time.perf_counter()
-                try:
-                    r = c.post("/recommend", json={"user_id": f"u{n % 40}", "k": 10})
-                    body = r.json() if r.status_code == 200 else {}
-                    row = (
-                        t,
-                        r.status_code,
-                        time.perf_counter() - t,
-                        body.get("model_version"),
-                        body.get("fallback_reason") or "" if body else "no answer",
-                    )
-                except httpx.HTTPError:
-                    row = (t, 0, time.perf_counter() - t, None, "no answer")
-                self.results.append(row)
-                n += 1
-                time.sleep(max(0.0, self.period - (time.perf_counter() - t)))
-
-    def versions(self) -> list[str | None]:
-        return [r[3] for r in self.results]
-
-
-def wait_for(pred, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def test_swap_under_load_refuse_broken_and_ab_split(settings, registry, bundles) -> None:
