@@ -22,6 +22,7 @@ import numpy as np
 
 from rtrec.config import Settings
 from rtrec.errors import RtrecError, Unavailable
+from serving import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -64,9 +65,16 @@ class ModelWatcher:
         self._stop = threading.Event()
         self._registry: Any = None
         self.cache_dir = settings.work_dir / "serving" / "last_good"
+        self._alias_missing = False
 
     # -- start-up ---------------------------------------------------------------------
     def initial_load(self) -> None:
+        """Load the champion before the service reports ready.
+
+        Without a champion from the registry (unreachable, or reachable but with no
+        ``champion`` alias, e.g. a registry restored empty) the last good copy is served;
+        without one of those either the service stays not ready and ``last_error`` says why.
+        """
         s = self.settings.serving
         if s.bundle_path is not None:
             self.on_load("champion", load_dir(Path(s.bundle_path), "local", "bundle_path"))
@@ -74,22 +82,34 @@ class ModelWatcher:
             return
         try:
             self.poll_once(raise_errors=True)
-        except Exception as exc:  # registry down: serve the last good copy if there is one
-            self.last_error = f"registry unreachable at start: {exc}"
-            logger.error("%s", self.last_error)
-            cached = self._cached()
-            if cached is not None:
-                self.on_load("champion", cached)
-                self.current["champion"] = cached.version
+        except Exception as exc:  # registry down (or champion refused): try the last good copy
+            self._start_from_cache(self.last_error or f"registry unreachable at start: {exc}")
+            return
+        if self.current["champion"] is None:
+            name = self.settings.mlflow.model_name
+            self._start_from_cache(f"registry has no champion alias for model {name!r} at start")
+
+    def _start_from_cache(self, reason: str) -> None:
+        self.last_error = reason[:300]  # room for the cache's own verdict after it
+        metrics.LIFECYCLE_ERRORS.labels("no_champion_at_start").inc()
+        logger.error("%s", self.last_error)
+        cached = self._cached()
+        if cached is not None:
+            self.on_load("champion", cached)
+            self.current["champion"] = cached.version
 
     def _cached(self) -> Loaded | None:
         meta = self.cache_dir / "version.json"
         if not meta.exists():
             return None
-        version = json.loads(meta.read_text())["version"]
         try:
+            version = json.loads(meta.read_text())["version"]
             return load_dir(self.cache_dir / "bundle", version, "last_good_cache")
-        except RtrecError as exc:
+        except (RtrecError, ValueError, KeyError) as exc:
+            # Say so where operators look (/status), not only in the log: without it a
+            # not-ready service would blame the registry alone.
+            self.last_error = f"{self.last_error}; last-good cache refused: {exc}"[:500]
+            metrics.LIFECYCLE_ERRORS.labels("cache_refused").inc()
             logger.error("cached bundle unusable: %s", exc)
             return None
 
@@ -133,13 +153,18 @@ class ModelWatcher:
             wanted["challenger"] = registry.challenger_version()
         for variant, version in wanted.items():
             if version == self.current.get(variant):
+                if variant == "champion" and self._alias_missing:
+                    self._alias_back()
                 continue
             if version is None:
                 # Challenger alias removed: stop splitting traffic. A missing champion
-                # alias keeps the loaded champion serving (never go unready on a typo).
+                # alias keeps the loaded champion serving (never go unready on a typo or
+                # a deleted version) but is flagged: /status says what is being served.
                 if variant == "challenger":
                     self.on_load(variant, None)
                     self.current[variant] = None
+                elif self.current.get(variant) is not None:
+                    self._flag_alias_missing()
                 continue
             try:
                 path = registry.download_bundle(version)
@@ -149,6 +174,7 @@ class ModelWatcher:
             except Exception as exc:
                 # A broken artifact is refused; the previous model keeps serving.
                 self.last_error = f"{variant} version {version} refused: {exc}"[:500]
+                metrics.LIFECYCLE_ERRORS.labels("refused").inc()
                 logger.error("%s", self.last_error)
                 self.current[variant] = version  # do not retry the same broken version
                 if raise_errors and variant == "champion":
@@ -158,5 +184,24 @@ class ModelWatcher:
             self.current[variant] = version
             self.last_error = None
             if variant == "champion":
+                self._alias_missing = False
                 self._remember(Path(path), str(version))
             logger.info("model swapped", extra={"variant": variant, "model_version": version})
+
+    def _flag_alias_missing(self) -> None:
+        name = self.settings.mlflow.model_name
+        served = self.current["champion"]
+        self.last_error = (
+            f"champion alias of model {name!r} points at no version (deleted?); "
+            f"still serving version {served}"
+        )
+        if not self._alias_missing:
+            self._alias_missing = True
+            metrics.LIFECYCLE_ERRORS.labels("champion_alias_missing").inc()
+            logger.error("%s", self.last_error)
+
+    def _alias_back(self) -> None:
+        self._alias_missing = False
+        if self.last_error and self.last_error.startswith("champion alias of model"):
+            self.last_error = None
+        logger.info("champion alias points at the served version again")

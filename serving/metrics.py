@@ -28,3 +28,9 @@ SHADOW_OVERLAP = metrics.Histogram(
     documentation="Share of champion items the shadow challenger also returned",
     buckets=(0.1, 0.2, 0.4, 0.6, 0.8, 0.9, 1.0),
 )
+LIFECYCLE_ERRORS = metrics.Counter(
+    name="rtrec_serving_lifecycle_errors_total",
+    documentation="Model lifecycle problems: a version refused (broken artifact), the "
+    "champion alias gone, no champion at start, an unusable last-good cache",
+    labelnames=["kind"],
+)

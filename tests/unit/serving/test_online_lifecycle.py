@@ -182,3 +182,50 @@ def test_loaded_bundles_are_frozen_out_of_the_collector(bundles) -> None:
     assert gc.get_freeze_count() > 0  # full collections no longer walk the bundle
     assert loaded.version == "1"
     gc.unfreeze()
+
+
+def test_champion_alias_gone_keeps_serving_and_is_flagged(settings: Settings, bundles) -> None:
+    registry = FakeRegistry(bundles)
+    watcher, served = make_watcher(settings, registry)
+    registry.champion = "1"
+    watcher.initial_load()
+    registry.champion = None  # the champion's version was deleted: MLflow drops its alias
+    watcher.poll_once()
+    assert served["champion"].version == "1"
+    assert (
+        "points at no version" in watcher.last_error and "serving version 1" in watcher.last_error
+    )
+    registry.champion = "1"  # alias restored on the served version: the flag clears
+    watcher.poll_once()
+    assert watcher.last_error is None and served["champion"].version == "1"
+
+
+def test_empty_registry_at_start_serves_the_cache_or_says_why(settings: Settings, bundles) -> None:
+    registry = FakeRegistry(bundles)
+    registry.champion = "2"
+    make_watcher(settings, registry)[0].initial_load()  # leaves a last-good copy
+    registry.champion = None
+    restarted, served = make_watcher(settings, registry)
+    restarted.initial_load()
+    assert served["champion"].source == "last_good_cache" and served["champion"].version == "2"
+    assert "no champion alias" in restarted.last_error
+    fresh = load_settings(work_dir=settings.work_dir / "empty")
+    empty, none_served = make_watcher(fresh, registry)
+    empty.initial_load()
+    assert none_served == {} and "no champion alias" in empty.last_error
+
+
+def test_corrupt_cache_is_named_in_the_error(settings: Settings, bundles) -> None:
+    registry = FakeRegistry(bundles)
+    work = load_settings(work_dir=settings.work_dir / "corrupt-cache")
+    registry.champion = "1"
+    first, _ = make_watcher(work, registry)
+    first.initial_load()
+    index = first.cache_dir / "bundle" / "index.faiss"
+    index.write_bytes(bytes(b ^ 0xFF for b in index.read_bytes()[:32]) + index.read_bytes()[32:])
+    registry.down = True
+    restarted, served = make_watcher(work, registry)
+    restarted.initial_load()
+    assert served == {}
+    assert "unreachable" in restarted.last_error and "cache refused" in restarted.last_error
+    assert "index.faiss" in restarted.last_error
