@@ -9,6 +9,8 @@ write and the recorded progress can repeat rows (same partition and offset, whic
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -16,6 +18,8 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+logger = logging.getLogger(__name__)
 
 SCHEMA = pa.schema(
     [
@@ -68,11 +72,22 @@ class OfflineLog:
         if not n:
             self.first_added = None
 
+    def take(self) -> tuple[list[Any], ...]:
+        """Hand the buffered columns over (for :meth:`write`) and start a fresh buffer."""
+        cols = self._cols
+        self._cols = tuple([] for _ in SCHEMA.names)
+        self.first_added = None
+        return cols
+
     def flush(self) -> dict[int, int]:
         """Write the buffer as one file; returns the highest offset written per partition."""
-        if not len(self):
+        return self.write(self.take())
+
+    def write(self, cols: tuple[list[Any], ...]) -> dict[int, int]:
+        """Write taken columns as one file (safe off the processing thread)."""
+        if not cols[0]:
             return {}
-        u, i, t, ts, _, v, p, o = self._cols
+        u, i, t, ts, _, v, p, o = cols
         stamps = pa.array(ts, pa.int64())
         table = pa.table(
             [
@@ -95,7 +110,6 @@ class OfflineLog:
         tmp = path.with_suffix(".tmp")
         pq.write_table(table, tmp, coerce_timestamps="us", allow_truncated_timestamps=True)
         tmp.rename(path)  # readers never see a half-written file
-        self.truncate(0)
         return high
 
 
@@ -119,7 +133,12 @@ def read_events(directory: Path) -> Any:
 class OfflineSink:
     """The processor's offline side between flushes: the event log buffer, each entity's
     latest stream-feature row (Feast's offline store), and what is already logged per
-    partition (kept in Redis, so a new owner of a partition skips it)."""
+    partition (kept in Redis, so a new owner of a partition skips it).
+
+    Files are written on a background thread (a flush took 40-100 ms, a pause every
+    processed batch behind it waited out); one flush is in flight at a time and its
+    offsets count as logged only once :meth:`collect` has seen it finish.
+    """
 
     def __init__(self, settings: Any, state: Any, *, flush_s: float, flush_rows: int) -> None:
         self.settings = settings
@@ -129,6 +148,8 @@ class OfflineSink:
         self.log = OfflineLog(settings.offline_dir / "events")
         self.done: dict[int, int] = {}
         self.latest: dict[str, dict[str, Any]] = {}
+        self._job: threading.Thread | None = None
+        self._result: dict[int, int] | BaseException = {}
 
     def add(self, partition: int, offset: int, event: Any) -> None:
         """Buffer an event unless an earlier run already logged its offset."""
@@ -156,16 +177,49 @@ class OfflineSink:
             return False
         return len(self.log) >= self.flush_rows or time.monotonic() - started >= self.flush_s
 
-    def flush(self) -> dict[int, int]:
-        """Write rows and log, record the logged offsets; returns them per partition."""
+    def start(self) -> bool:
+        """Start writing what is buffered; False while the previous flush still runs."""
+        if self._job is not None:
+            return False
+        cols, latest = self.log.take(), self.latest
+        self.latest = {}
+        self._job = threading.Thread(
+            target=self._write, args=(cols, latest), name="offline-flush", daemon=True
+        )
+        self._job.start()
+        return True
+
+    def _write(self, cols: tuple[list[Any], ...], latest: dict[str, dict[str, Any]]) -> None:
         from features import append_offline_rows
 
-        for view, latest in self.latest.items():
-            append_offline_rows(self.settings, view, list(latest.values()))
-            latest.clear()
-        high = self.log.flush()
-        self.state.set_offline_offsets(high)
-        self.done.update(high)
+        try:
+            for view, rows in latest.items():
+                append_offline_rows(self.settings, view, list(rows.values()))
+            high = self.log.write(cols)
+            self.state.set_offline_offsets(high)
+            self._result = high
+        except BaseException as exc:  # re-raised on the processing thread by collect()
+            self._result = exc
+
+    def collect(self, *, wait: bool = False) -> dict[int, int]:
+        """Offsets logged by a finished flush ({} if none finished); raises its error."""
+        job = self._job
+        if job is None or (job.is_alive() and not wait):
+            return {}
+        job.join()
+        self._job = None
+        result, self._result = self._result, {}
+        if isinstance(result, BaseException):
+            raise result
+        self.done.update(result)
+        return result
+
+    def flush(self) -> dict[int, int]:
+        """Write everything buffered now and wait for it (stop, revocation)."""
+        high = self.collect(wait=True)
+        if self.pending() and self.start():
+            for p, o in self.collect(wait=True).items():
+                high[p] = max(o, high.get(p, -1))
         return high
 
     def load(self, partitions: list[int]) -> None:
@@ -173,7 +227,12 @@ class OfflineSink:
 
     def forget(self, partitions: list[int] | None = None) -> None:
         """Drop the buffer; with ``partitions``, reload their progress from Redis."""
+        try:
+            self.collect(wait=True)
+        except Exception as exc:  # its rows are redelivered: nothing was committed
+            logger.warning("offline flush failed (%s); its events will be redelivered", exc)
         self.log.truncate(0)
+        self.latest = {}
         self.done.clear()
         if partitions:
             self.load(partitions)

@@ -257,16 +257,20 @@ class StreamProcessor:
         return rows
 
     def maybe_flush(self, *, force: bool = False, commit: bool = True) -> None:
-        """Write the offline buffer when due, then commit the Kafka offsets it covers.
+        """Start an offline flush when due; commit the Kafka offsets a finished one covers.
 
-        ``commit=False`` inside rebalance callbacks: kafka-python 3 runs them on its IO
-        thread, where a blocking commit raises. Nothing is lost: the next owner reads the
-        offline progress from Redis and skips what is already logged and applied.
+        ``force`` writes everything now and waits (stop, revocation). ``commit=False``
+        inside rebalance callbacks: kafka-python 3 runs them on its IO thread, where a
+        blocking commit raises. Nothing is lost: the next owner reads the offline
+        progress from Redis and skips what is already logged and applied.
         """
-        if not (self.sink.due() or (force and self.sink.pending())):
-            return
-        high = self.sink.flush()
-        if not commit:
+        if force:
+            high = self.sink.flush()
+        else:
+            high = self.sink.collect()
+            if self.sink.due():
+                self.sink.start()
+        if not high or not commit:
             return
         topic = self.settings.kafka.events_topic
         offsets = {
