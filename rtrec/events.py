@@ -53,8 +53,10 @@ class Interaction(BaseModel):
     event_type: EventType
     ts: int = Field(ge=MIN_TS_MS)
     """Event time, ms since the epoch (UTC)."""
-    value: float | None = Field(default=None, allow_inf_nan=False)
-    """Rating (1–5) for ``rating`` events, amount for purchases; else null."""
+    value: float | None = Field(default=None, allow_inf_nan=False, strict=True)
+    """Rating (1–5) for ``rating`` events, amount for purchases; else null. Strict: a JSON
+    number only (``true``/``false`` or ``"3"`` would otherwise be coerced to 1.0/0.0/3.0
+    and a boolean rating would silently count as a real one)."""
     context: dict[Annotated[str, Field(max_length=64)], ContextValue] | None = Field(
         default=None, max_length=32
     )
