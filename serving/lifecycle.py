@@ -113,7 +113,8 @@ class ModelWatcher:
             logger.error("cached bundle unusable: %s", exc)
             return None
 
-    def _remember(self, path: Path, version: str) -> None:
+    def remember(self, path: Path, version: str) -> None:
+        """Keep ``path`` as the last good bundle (swapped in whole, never half-written)."""
         tmp = self.cache_dir.with_name("last_good.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(path, tmp / "bundle")
@@ -185,14 +186,14 @@ class ModelWatcher:
             self.last_error = None
             if variant == "champion":
                 self._alias_missing = False
-                self._remember(Path(path), str(version))
+                self.remember(Path(path), str(version))
             logger.info("model swapped", extra={"variant": variant, "model_version": version})
 
     def _flag_alias_missing(self) -> None:
         name = self.settings.mlflow.model_name
         served = self.current["champion"]
         self.last_error = (
-            f"champion alias of model {name!r} points at no version (deleted?); "
+            f"registry has no champion alias for model {name!r} (its version deleted?); "
             f"still serving version {served}"
         )
         if not self._alias_missing:
@@ -202,6 +203,6 @@ class ModelWatcher:
 
     def _alias_back(self) -> None:
         self._alias_missing = False
-        if self.last_error and self.last_error.startswith("champion alias of model"):
+        if self.last_error and self.last_error.startswith("registry has no champion alias"):
             self.last_error = None
         logger.info("champion alias points at the served version again")
