@@ -149,6 +149,8 @@ def parse_event(
             data = json.loads(raw)
         except ValueError as exc:
             raise InvalidInput(f"invalid JSON: {exc}", field="<json>") from exc
+        except RecursionError:  # e.g. 16 KiB of '[': a poison pill that crashed the processor
+            raise InvalidInput("invalid JSON: nested too deeply", field="<json>") from None
     else:
         data = raw
     if not isinstance(data, dict):

@@ -32,6 +32,7 @@ def test_iso_timestamp_accepted() -> None:
         (b"{not json", "<json>", "invalid JSON"),
         (b"\xff\xfe\x00garbage", "<payload>", "UTF-8"),
         (b"[1, 2]", "<json>", "JSON object"),
+        (b"[" * 5000, "<json>", "nested too deeply"),
         (raw(item_id=...), "item_id", "missing"),
         (raw(user_id=""), "user_id", "at least 1"),
         (raw(user_id=123), "user_id", "string"),
