@@ -45,7 +45,9 @@ def _fast(raw: bytes, limit_ms: int) -> Event | None:
         return None
     if not (0 < len(user) <= 128 and 0 < len(item) <= 128):
         return None
-    if min(user) < " " or min(item) < " " or etype not in _KNOWN_TYPES:
+    if min(user) < " " or min(item) < " " or type(etype) is not str:
+        return None
+    if etype not in _KNOWN_TYPES:  # after the type check: a list or object is unhashable
         return None
     if not 0 <= ts <= limit_ms:
         return None

@@ -79,6 +79,8 @@ def test_fast_path_agrees_with_the_contract(payload: dict) -> None:
         (json.dumps({k: v for k, v in GOOD.items() if k != "item_id"}).encode(), "item_id"),
         (json.dumps({**GOOD, "ts": "soon"}).encode(), "ts"),
         (json.dumps({**GOOD, "event_type": "like"}).encode(), "event_type"),
+        (json.dumps({**GOOD, "event_type": []}).encode(), "event_type"),
+        (json.dumps({**GOOD, "event_type": {}}).encode(), "event_type"),
         (json.dumps({**GOOD, "ts": NOW + 10 * 86_400_000}).encode(), "ts"),
         (json.dumps({**GOOD, "event_type": "rating"}).encode(), "value"),
         (b"[1, 2]", "<json>"),
