@@ -12,7 +12,7 @@ from rtrec.config import Settings
 from rtrec.data import SyntheticConfig, generate
 from streaming import publish
 from streaming.processor import StreamProcessor
-from tests.integration.test_streaming import isolated, reference
+from tests.stream_helpers import isolated, reference
 
 pytestmark = pytest.mark.integration
 

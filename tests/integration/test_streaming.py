@@ -5,94 +5,28 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
-import uuid
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
-from features import count_names, item_features, online_features
-from features.definitions import RECENT_ITEMS, WINDOWS
-from rtrec import stack as stack_mod
-from rtrec.config import Settings, load_settings
+from features import item_features, online_features
+from rtrec.config import Settings
 from rtrec.data import SyntheticConfig, generate
 from streaming import read_events, replay_dataset
 from streaming.processor import StreamProcessor
+from tests.stream_helpers import (
+    assert_items_exact,
+    assert_online_equals,
+    env,
+    free_port,
+    isolated,
+    reference,
+    start_processor,
+    wait_applied,
+)
 
 pytestmark = pytest.mark.integration
-_db = iter(range(1, 16))
-
-
-def isolated(stack: Settings, tmp_path: Path) -> Settings:
-    """Own topics, consumer group, Redis DB and Feast repo on the shared broker/Redis."""
-    tag = uuid.uuid4().hex[:6]
-    base = stack.redis.url.rsplit("/", 1)[0]
-    s = load_settings(
-        work_dir=tmp_path,
-        kafka={
-            "bootstrap_servers": stack.kafka.bootstrap_servers,
-            "events_topic": f"ev-{tag}",
-            "dlq_topic": f"dlq-{tag}",
-            "alerts_topic": f"al-{tag}",
-            "consumer_group": f"g-{tag}",
-            "session_timeout_ms": 2000,
-            "partitions": 3,
-        },
-        redis={"url": f"{base}/{next(_db)}"},
-    )
-    stack_mod.ensure_topics(s)
-    return s
-
-
-def reference(events: pd.DataFrame) -> dict[str, dict]:
-    """User features computed straight from the events (independent of the processor)."""
-    out = {}
-    for user, g in events.sort_values("ts", kind="stable").groupby("user_id"):
-        last = int(g["ts"].max())
-        row = {"recent_items": g["item_id"].tolist()[::-1][:RECENT_ITEMS], "last_event_ms": last}
-        for t in ("view", "click", "add_to_cart", "purchase", "rating"):
-            for name, span in WINDOWS.items():
-                row[f"cnt_{t}_{name}"] = int(
-                    ((g["event_type"] == t) & (g["ts"] > last - span)).sum()
-                )
-        out[str(user)] = row
-    return out
-
-
-def assert_online_equals(settings: Settings, ref: dict[str, dict]) -> None:
-    users = sorted(ref)
-    got = online_features(settings, users)
-    keys = ["recent_items", "last_event_ms", *count_names()]
-    bad = [u for u, g in zip(users, got, strict=True) if {k: g[k] for k in keys} != ref[u]]
-    assert not bad, (
-        f"{len(bad)} users differ, e.g. {bad[0]}: {got[users.index(bad[0])]} vs {ref[bad[0]]}"
-    )
-
-
-def assert_items_exact(settings: Settings, events: pd.DataFrame) -> None:
-    """Trending scores and item hour buckets count every event exactly once."""
-    import redis
-
-    from features import TRENDING_EPOCH_KEY, TRENDING_KEY, trending_items, trending_weight
-    from streaming.aggregates import HOUR_MS, WINDOW_HOURS
-    from streaming.state import ITEM_CLOCK_KEY, ITEM_PREFIX
-
-    client = redis.Redis.from_url(settings.redis.url)
-    epoch, clock = int(client.get(TRENDING_EPOCH_KEY)), int(client.get(ITEM_CLOCK_KEY))
-    assert clock == int(events["ts"].max()) // HOUR_MS
-    longest = max(WINDOW_HOURS)
-    ref_scores = {}
-    for item, g in events.groupby("item_id"):
-        ref_scores[item] = sum(trending_weight(int(t), epoch) for t in g["ts"])
-        assert client.zscore(TRENDING_KEY, item) == pytest.approx(ref_scores[item], rel=1e-9)
-        buckets = client.hgetall(ITEM_PREFIX + item)
-        got = sum(int(n) for h, n in buckets.items() if clock - int(h) < longest)
-        assert got == int(((clock - g["ts"] // HOUR_MS) < longest).sum()), item
-    top = sorted(ref_scores, key=ref_scores.__getitem__, reverse=True)[:5]
-    assert trending_items(settings, 5) == top
 
 
 @pytest.fixture(scope="module")
@@ -178,45 +112,6 @@ def test_malformed_events_are_dead_lettered_and_processing_goes_on(
     assert {"<json>", "item_id", "ts", "event_type"} <= fields
 
 
-def _processor(s: Settings, env_extra: dict[str, str], *args: str) -> subprocess.Popen:
-    env = {**os.environ, **env_extra}
-    log = open(s.work_dir / f"processor-{time.monotonic_ns()}.log", "wb")  # noqa: SIM115
-    return subprocess.Popen(
-        [sys.executable, "-m", "rtrec.cli", "--log-level", "INFO", "stream", "run", *args],
-        env=env,
-        stdout=log,
-        stderr=log,
-    )
-
-
-def _env(s: Settings) -> dict[str, str]:
-    k = s.kafka
-    return {
-        "RTREC_WORK_DIR": str(s.work_dir),
-        "RTREC_REDIS__URL": s.redis.url,
-        "RTREC_KAFKA__BOOTSTRAP_SERVERS": k.bootstrap_servers,
-        "RTREC_KAFKA__EVENTS_TOPIC": k.events_topic,
-        "RTREC_KAFKA__DLQ_TOPIC": k.dlq_topic,
-        "RTREC_KAFKA__CONSUMER_GROUP": k.consumer_group,
-        "RTREC_KAFKA__SESSION_TIMEOUT_MS": "2000",
-    }
-
-
-def _wait_applied(s: Settings, n: int, timeout: float) -> None:
-    import redis
-
-    from streaming.processor import offsets_key
-
-    client = redis.Redis.from_url(s.redis.url)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        applied = client.hgetall(offsets_key(s))
-        if sum(int(v) + 1 for v in applied.values()) >= n:
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"processor did not reach {n} events in {timeout} s")
-
-
 @pytest.mark.slow
 def test_sigkill_mid_stream_loses_and_doubles_nothing(
     stack: Settings, tmp_path: Path, data
@@ -234,13 +129,13 @@ def test_sigkill_mid_stream_loses_and_doubles_nothing(
 
     from streaming.processor import offsets_key
 
-    proc = _processor(s, _env(s))
-    _wait_applied(s, half, timeout=60)  # the backlog is in: now a live stream
+    proc = start_processor(s, env(s))
+    wait_applied(s, half, timeout=60)  # the backlog is in: now a live stream
     rest = threading.Thread(
         target=publish, args=(s, pairs[half:]), kwargs={"progress": False, "rate": 2000}
     )
     rest.start()
-    _wait_applied(s, half + 1500, timeout=60)
+    wait_applied(s, half + 1500, timeout=60)
     proc.send_signal(signal.SIGKILL)  # mid-stream: some batches done, more arriving
     proc.wait()
     rest.join()
@@ -248,9 +143,9 @@ def test_sigkill_mid_stream_loses_and_doubles_nothing(
         int(v) + 1 for v in redis.Redis.from_url(s.redis.url).hgetall(offsets_key(s)).values()
     )
     assert 0 < applied < len(pairs), applied
-    proc = _processor(s, _env(s))
+    proc = start_processor(s, env(s))
     try:
-        _wait_applied(s, len(pairs), timeout=90)
+        wait_applied(s, len(pairs), timeout=90)
         time.sleep(1.0)
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -275,7 +170,7 @@ def test_two_processors_share_the_stream_through_a_rebalance(
     s = isolated(stack, tmp_path)
     publish_catalog(s, data)
     pairs = list(data.iter_keyed_event_json())
-    ports = [_free_port(), _free_port()]
+    ports = [free_port(), free_port()]
 
     def applied(port: int) -> float:
         try:
@@ -284,7 +179,7 @@ def test_two_processors_share_the_stream_through_a_rebalance(
             return -1.0  # not serving yet
         return _metric(text, 'rtrec_stream_events_total{outcome="applied"}')
 
-    first = _processor(s, _env(s), "--metrics-port", str(ports[0]))
+    first = start_processor(s, env(s), "--metrics-port", str(ports[0]))
     second = None
     producer = make_producer(s)
     try:
@@ -296,10 +191,10 @@ def test_two_processors_share_the_stream_through_a_rebalance(
             publish(s, pairs[sent : sent + 250], rate=1000, progress=False, producer=producer)
             sent += 250
             if second is None and applied(ports[0]) >= 0:
-                second = _processor(s, _env(s), "--metrics-port", str(ports[1]))
+                second = start_processor(s, env(s), "--metrics-port", str(ports[1]))
         assert sent < len(pairs), "the second processor never got partitions"
         publish(s, pairs[sent:], progress=False, producer=producer)
-        _wait_applied(s, len(pairs), timeout=90)
+        wait_applied(s, len(pairs), timeout=90)
         counts = [applied(p) for p in ports]
         assert all(n > 0 for n in counts) and sum(counts) >= len(pairs), counts
         text = httpx.get(f"http://127.0.0.1:{ports[0]}/metrics", timeout=5).text
@@ -319,14 +214,6 @@ def test_two_processors_share_the_stream_through_a_rebalance(
 
 def _metric(text: str, name: str) -> float:
     return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.mark.slow
