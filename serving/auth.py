@@ -86,12 +86,18 @@ class Guard:
         if length.isdigit() and int(length) > max_body:
             await _reject(send, 413, f"body of {int(length)} bytes exceeds {max_body}", "body")
             return
-        bucket = keys.check(headers.get(b"x-api-key", b"").decode("latin-1") or None)
+        presented = headers.get(b"x-api-key", b"").decode("latin-1") or None
+        bucket = keys.check(presented)
         if bucket is None:
-            await _reject(send, 401, "missing or invalid X-API-Key header", "X-API-Key")
+            # Say which problem it is (a client with no key and one with a stale key need
+            # different fixes); never echo the presented value.
+            problem = "missing X-API-Key header" if presented is None else "invalid X-API-Key"
+            await _reject(send, 401, problem, "X-API-Key")
             return
         if not state.limiter.allow(bucket):
-            await _reject(send, 429, "rate limit exceeded for this API key", "X-API-Key")
+            await _reject(
+                send, 429, "rate limit exceeded for this API key", "X-API-Key", retry_after=1
+            )
             return
         await self.app(scope, _bounded(receive, max_body, self.body_timeout_s), send)
 
@@ -137,16 +143,15 @@ class BodyTooSlow(HTTPException):
         super().__init__(408, f"body not received within {timeout_s:g} s")
 
 
-async def _reject(send: Any, status: int, message: str, field: str) -> None:
+async def _reject(
+    send: Any, status: int, message: str, field: str, *, retry_after: int | None = None
+) -> None:
     body = json.dumps({"error": message, "field": field}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-    )
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    if retry_after is not None:  # a well-behaved client backs off instead of hammering
+        headers.append((b"retry-after", str(retry_after).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

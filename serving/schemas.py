@@ -74,8 +74,9 @@ class FeedbackRequest(BaseModel):
     model_config = STRICT
 
     events: list[Interaction] = Field(min_length=1, max_length=100)
-    """Interaction events in the platform's contract (its schema is the documented one;
-    the service re-checks each with :func:`rtrec.events.parse_event`, as the processor will)."""
+    """Interaction events in the platform's contract. Two of its rules are beyond this
+    schema: ``ts`` at most 24 h in the future, and ``rating`` events carry a ``value``;
+    breaking either answers 422 naming the field (:func:`rtrec.events.parse_event`)."""
 
 
 class FeedbackResponse(BaseModel):

@@ -24,6 +24,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving.auth import Guard
+from serving.edge import RejectControlPaths
 from serving.schemas import (
     ITEM_ID_PATTERN,
     FeedbackRequest,
@@ -37,6 +38,10 @@ from serving.schemas import (
 
 logger = logging.getLogger(__name__)
 
+HEADER_TIMEOUT_S = 10.0
+"""A request whose headers are not complete this long after its first byte (or after the
+connection opened) gets 408 and is closed: see :mod:`serving.edge`."""
+PROBES = frozenset({"/healthz", "/livez", "/readyz", "/metrics"})
 OPEN_PATHS = frozenset({"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
 
 app = FastAPI(
@@ -95,8 +100,8 @@ async def recommend(body: RecommendRequest, request: Request) -> Response:
 )
 async def similar(
     request: Request,
-    item_id: str = Path(min_length=1, max_length=128, pattern=ITEM_ID_PATTERN),
-    k: int = Query(10, ge=1, le=1000),
+    item_id: str = Path(min_length=1, max_length=128, pattern=ITEM_ID_PATTERN, examples=["i7"]),
+    k: int = Query(10, ge=1, le=1000, examples=[5]),
 ) -> Response:
     """Items closest to ``item_id`` in the item embedding space."""
     from rtrec.errors import NotFound, Unavailable
@@ -167,6 +172,7 @@ class Recommender:
         from rtrec.config import get_settings
         from rtrec.logging import configure_logging
         from serving.auth import ApiKeys, RateLimiter
+        from serving.edge import bound_header_time, template_metric_paths
         from serving.feedback import Publisher
         from serving.lifecycle import ModelWatcher
         from serving.retrieval import Engine
@@ -175,6 +181,8 @@ class Recommender:
         configure_logging("INFO")
         logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
         torch.set_num_threads(settings.serving.threads)
+        bound_header_time(HEADER_TIMEOUT_S)
+        template_metric_paths(app, keep=PROBES)
         self.engine = Engine(settings)
         self.watcher = ModelWatcher(settings, self.engine.swap)
         state = app.state
@@ -195,6 +203,9 @@ class Recommender:
 
     def __is_ready__(self) -> bool:
         return self.engine.ready
+
+
+Recommender.add_asgi_middleware(RejectControlPaths)
 
 
 def openapi_json() -> str:
