@@ -29,6 +29,9 @@ class RateResult:
     errors: int
     statuses: dict[int, int] = field(default_factory=dict)
     achieved_rps: float = 0.0
+    samples: list[tuple[float, float]] = field(default_factory=list, repr=False)
+    """(due time in s from the start, latency in s) per request: windows of a long run
+    (the first and last minute of a soak) are cut from these."""
 
     def row(self) -> dict[str, float | int]:
         return {
@@ -106,6 +109,7 @@ async def _run(
     await pool.open()
     n = max(1, int(rate * duration_s))
     latencies: list[float] = []
+    samples: list[tuple[float, float]] = []
     statuses: Counter[int] = Counter()
 
     async def one(i: int, due: float) -> None:
@@ -122,7 +126,9 @@ async def _run(
             conn = await asyncio.open_connection(host, port)
         pool.free.put_nowait(conn)
         statuses[status] += 1
-        latencies.append(time.perf_counter() - due)
+        latency = time.perf_counter() - due
+        latencies.append(latency)
+        samples.append((due - start, latency))
 
     tasks = []
     start = time.perf_counter()
@@ -137,7 +143,9 @@ async def _run(
     await pool.close()
     p50, p95, p99, worst = percentiles_ms(latencies)
     errors = sum(c for s, c in statuses.items() if s != 200)
-    return RateResult(rate, n, p50, p95, p99, worst, errors, dict(statuses), n / elapsed)
+    return RateResult(
+        rate, n, p50, p95, p99, worst, errors, dict(statuses), n / elapsed, samples=samples
+    )
 
 
 def run_rate(
