@@ -293,13 +293,17 @@ STEPS: dict[str, StepFn] = {
 def run_step(
     name: str, arguments: dict[str, Any], *, settings: Settings | None = None
 ) -> dict[str, Any]:
-    """Run one step by name (what every operator and the command entry point call)."""
+    """Run one step by name (what every operator and the command entry point call).
+
+    The result is made JSON-native (numpy scalars become floats): XComs then read the
+    same in every run mode and in every consumer, not as Airflow's tagged numpy objects.
+    """
     if name not in STEPS:
         raise InvalidInput(f"unknown step {name!r}; expected one of {sorted(STEPS)}", field="step")
     started = time.perf_counter()
     result = STEPS[name](settings or load_settings(), **arguments)
     logger.info("step %s done in %.1f s", name, time.perf_counter() - started)
-    return result
+    return json.loads(json.dumps(result, default=str))
 
 
 RESULT_PREFIX = "RTREC_STEP_RESULT "

@@ -1,9 +1,12 @@
 """``rtrec demo``: the main job, the whole loop on the embedded default.
 
 stack up -> data (synthetic with a shift, or MovieLens) -> replay through Kafka into the
-feature store -> training (Spark training set, two-tower, evaluation, MLflow, FAISS,
-promotion) -> BentoML service -> a burst of HTTP requests with feedback -> the shifted
-part of the stream -> drift check (alert) -> retraining -> hot swap -> report -> stop.
+feature store -> the Airflow ``rtrec_training`` DAG (Spark training set, two-tower,
+evaluation, MLflow, FAISS, promotion) -> BentoML service -> a burst of HTTP requests with
+feedback -> the shifted part of the stream -> the ``rtrec_drift_monitor`` DAG (Evidently
+verdict, alert, triggers training) -> the triggered training run -> hot swap -> report
+-> stop. DAG runs go through :mod:`dags.runs` (Airflow's in-process runner on the
+embedded metadata DB); ``--keep-running`` also starts the Airflow UI to browse them.
 Each step calls one stage's public API; the demo adds progress, timing and the report.
 """
 
@@ -120,8 +123,20 @@ def _burst(
     }
 
 
-def _metrics_row(result: Any) -> dict[str, Any]:
-    test = result.test_metrics
+def _dag(settings: Settings, dag_id: str, conf: dict[str, Any], **kw: Any) -> Any:
+    """One DAG run through Airflow (``dags.runs``); a failed run stops the demo."""
+    from dags.runs import run_dag
+
+    run = run_dag(settings, dag_id, conf, **kw)
+    if not run.ok:
+        failed = [t for t, v in run.tasks.items() if v["state"] not in ("success", "skipped")]
+        raise click.ClickException(f"{dag_id} run {run.state}: tasks {failed}; log {run.log}")
+    return run
+
+
+def _metrics_row(fit: dict[str, Any]) -> dict[str, Any]:
+    """Test-split metrics per model from the train task's XCom."""
+    test = fit["test_metrics"]
     return {
         name: {k: round(v, 4) for k, v in m.items() if k in ("ndcg@10", "recall@10", "map@10")}
         for name, m in test.items()
@@ -239,21 +254,25 @@ def demo(quick: bool, data: str, keep_running: bool, epochs: int | None) -> None
         report.step("replay through Kafka into the feature store", stream_before)
 
         def train_first() -> dict[str, Any]:
-            from training.pipeline import train
+            from dags.runs import migrate
 
-            res = train(settings, epochs=epochs, progress=True)
-            holder["first"] = res
-            extras["quality_before_shift"] = _metrics_row(res)
+            migrate(settings)
+            run = _dag(settings, "rtrec_training", {"epochs": epochs, "reason": "demo: first"})
+            holder["first"] = run
+            extras["quality_before_shift"] = _metrics_row(run.xcom("train_two_tower"))
             return {
-                "version": res.version,
-                "promoted": res.decision.promoted if res.decision else None,
+                "airflow_run": run.run_id,
+                "version": run.xcom("evaluate_and_register")["version"],
+                "promoted": run.xcom("promote")["promoted"],
                 **{
                     f"two_tower_{k}": v
                     for k, v in extras["quality_before_shift"]["two_tower"].items()
                 },
             }
 
-        report.step("train: Spark training set, two-tower, MLflow, FAISS, gate", train_first)
+        report.step(
+            "Airflow rtrec_training: Spark set, two-tower, MLflow, FAISS, gate", train_first
+        )
 
         def serve() -> dict[str, Any]:
             from serving.cli import start_detached
@@ -287,55 +306,59 @@ def demo(quick: bool, data: str, keep_running: bool, epochs: int | None) -> None
         report.step("distribution shift arrives on the stream", stream_after)
 
         def drift() -> dict[str, Any]:
-            from monitoring import check
-            from streaming import read_events
-
-            events = read_events(settings.offline_dir / "events")
-            events = events[events["ts"] <= int(holder["ds"].events["ts"].max())]
             # The monitor's run one day after the shift: the latest day against the week
             # before it (the window the champion was trained on).
-            now_ms = holder["cut"] + 86_400_000
-            verdict = check(
-                settings, events=events, items=holder["ds"].items, now_ms=now_ms, window_days=1.0
-            )
-            extras["drift"] = verdict.to_dict()
-            holder["verdict"] = verdict
+            conf = {"now_ms": holder["cut"] + 86_400_000, "window_days": 1.0}
+            run = _dag(settings, "rtrec_drift_monitor", conf)
+            verdict = run.xcom("drift_check")
+            extras["drift"] = verdict
+            holder["retrain_queued"] = bool(run.queued.get("rtrec_training"))
             return {
-                "drifted": verdict.drifted,
-                "drift_share": round(verdict.drift_share, 2),
-                "reason": verdict.reason[:120],
+                "airflow_run": run.run_id,
+                "drifted": verdict["drifted"],
+                "drift_share": round(verdict["drift_share"], 2),
+                "retraining_triggered": holder["retrain_queued"],
+                "reason": verdict["reason"][:120],
             }
 
-        report.step("drift monitor (Evidently)", drift)
+        report.step("Airflow rtrec_drift_monitor (Evidently): alert, trigger", drift)
 
         def retrain() -> dict[str, Any]:
-            from training.pipeline import train
-
-            if not holder["verdict"].drifted:
-                return {"skipped": "no drift detected"}
-            res = train(settings, epochs=epochs, progress=True)
-            holder["second"] = res
-            extras["quality_after_shift"] = _metrics_row(res)
+            if not holder["retrain_queued"]:
+                return {"skipped": "no drift detected, nothing triggered"}
+            # The run the drift monitor queued, with its reason in the conf; its last
+            # task waits until the live service reports the new champion.
+            run = _dag(settings, "rtrec_training", {"epochs": epochs}, queued=True)
+            holder["second"] = run
+            extras["quality_after_shift"] = _metrics_row(run.xcom("train_two_tower"))
+            decision = run.xcom("promote")
             return {
-                "version": res.version,
-                "promoted": res.decision.promoted if res.decision else None,
-                "reason": res.decision.reason[:120] if res.decision else None,
+                "airflow_run": run.run_id,
+                "trigger": str(run.conf.get("reason", ""))[:80],
+                "version": decision["version"],
+                "promoted": decision["promoted"],
+                "reason": decision["reason"][:120],
             }
 
-        report.step("retrain on drift", retrain)
+        report.step("Airflow rtrec_training (triggered by the drift)", retrain)
 
         def swap() -> dict[str, Any]:
             import httpx
 
             second = holder.get("second")
-            if second is None or not (second.decision and second.decision.promoted):
+            decision = second.xcom("promote") if second is not None else None
+            if not (decision and decision["promoted"]):
                 return {"skipped": "no new champion"}
+            told = second.xcom("tell_serving") or {}
             base = f"http://{settings.serving.host}:{settings.serving.port}"
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
                 models = httpx.get(f"{base}/status", timeout=5).json()["models"]
-                if models.get("champion", {}).get("version") == second.version:
-                    return {"serving_version": second.version}
+                if models.get("champion", {}).get("version") == decision["version"]:
+                    return {
+                        "serving_version": decision["version"],
+                        "told_by_dag": told.get("notified"),
+                    }
                 time.sleep(0.5)
             raise click.ClickException("the service did not pick up the new champion within 60 s")
 
@@ -351,6 +374,10 @@ def demo(quick: bool, data: str, keep_running: bool, epochs: int | None) -> None
             click.echo(f"report not written: {exc}", err=True)
         if not keep_running:
             report.step("stop everything", lambda: {"stopped": stack.down(settings)})
+        elif ok:
+            from dags import embedded
+
+            report.step("Airflow UI up (the demo's runs)", lambda: {"pid": embedded.up(settings)})
     _summary(settings, report, extras, keep_running)
     if not ok:
         raise click.ClickException("demo failed")
@@ -375,6 +402,8 @@ def _summary(
         click.echo(f"  latency: {json.dumps(extras['latency_summary'])}", err=True)
     click.echo(f"  report: {extras.get('report')}", err=True)
     where = {
+        "airflow": f"http://127.0.0.1:{settings.airflow.port}"
+        + ("" if keep_running else " (rtrec airflow up)"),
         "mlflow": f"mlflow ui --backend-store-uri {settings.mlflow.tracking_uri}",
         "evidently": "rtrec monitor ui (workspace " + str(settings.monitoring.workspace) + ")",
         "api": f"http://{settings.serving.host}:{settings.serving.port}/docs"

@@ -1,17 +1,15 @@
 """The DAGs run for real: ``dag.test()`` against the embedded stack and a fresh Airflow DB.
 
-Each ``dag.test()`` runs in a subprocess whose Airflow environment (home, DAG folder) is
-set before Airflow is imported, so the pytest process's own imports stay untouched. The
-runner prints one JSON line: the run's state, each task's state and XCom, and the
-``rtrec_training`` runs that exist afterwards (a trigger only queues them in a test run).
+Each ``dag.test()`` runs through :mod:`dags.runs` in a subprocess whose Airflow
+environment (home, DAG folder) is set before Airflow is imported, so the pytest process's
+own imports stay untouched. A trigger only queues the triggered run; ``queued=True`` then
+executes that very run.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,54 +23,39 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900
 
 DAY = 86_400_000
 
-RUNNER = r"""
-import json, sys
-from airflow.dag_processing.dagbag import DagBag
-from airflow.models.dagrun import DagRun
-from airflow.models.xcom import XComModel
-from airflow.utils.session import create_session
-
-dag_id, conf = sys.argv[1], json.loads(sys.argv[2])
-bag = DagBag(dag_folder=sys.argv[3])
-run = bag.dags[dag_id].test(run_conf=conf)
-out = {"state": str(run.state), "tasks": {}, "training_runs": []}
-with create_session() as session:
-    for ti in run.get_task_instances(session=session):
-        query = XComModel.get_many(
-            run_id=run.run_id, dag_ids=dag_id, task_ids=ti.task_id, key="return_value"
-        )
-        row = session.scalars(query).first()
-        value = XComModel.deserialize_value(row) if row is not None else None
-        out["tasks"][ti.task_id] = {"state": str(ti.state), "xcom": value}
-    for dr in DagRun.find(dag_id="rtrec_training", session=session):
-        out["training_runs"].append({"run_id": dr.run_id, "conf": dr.conf})
-print("RESULT " + json.dumps(out, default=str))
-"""
-
 
 @pytest.fixture(scope="module")
-def airflow_settings(stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    """The stack's settings with a fresh Airflow home whose DB is migrated."""
+def airflow_settings(
+    stack: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Settings]:
+    """The stack's settings with a fresh Airflow home whose DB is migrated (the variable
+    is exported for the DAG runs' subprocesses and restored afterwards)."""
     settings = load_settings()
     settings.airflow.home = tmp_path_factory.mktemp("airflow-home")
+    old = os.environ.get("RTREC_AIRFLOW__HOME")
     os.environ["RTREC_AIRFLOW__HOME"] = str(settings.airflow.home)
-    embedded.airflow_cli(settings, "db", "migrate")
-    return settings
+    try:
+        embedded.airflow_cli(settings, "db", "migrate")
+        yield settings
+    finally:
+        if old is None:
+            os.environ.pop("RTREC_AIRFLOW__HOME", None)
+        else:
+            os.environ["RTREC_AIRFLOW__HOME"] = old
 
 
-def run_dag(settings: Settings, dag_id: str, conf: dict) -> dict:
-    env = {**os.environ, **embedded.airflow_env(settings)}
-    proc = subprocess.run(
-        [sys.executable, "-c", RUNNER, dag_id, json.dumps(conf), str(embedded.dags_folder())],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=800,
-        check=False,
-    )
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, (proc.stdout[-3000:], proc.stderr[-5000:])
-    return json.loads(lines[-1].removeprefix("RESULT "))
+def run_dag(settings: Settings, dag_id: str, conf: dict, **kw) -> dict:
+    """One run through :func:`dags.runs.run_dag`, as a plain dict for the assertions."""
+    from dags.runs import run_dag as run
+
+    out = run(settings, dag_id, conf, timeout_s=800, **kw)
+    return {
+        "run_id": out.run_id,
+        "state": out.state,
+        "tasks": out.tasks,
+        "queued": out.queued,
+        "conf": out.conf,
+    }
 
 
 def _write_offline_log(settings: Settings, events, items, users) -> None:
@@ -144,14 +127,14 @@ def test_drift_monitor_stationary_then_shift_alerts_and_triggers_training(
     assert calm["state"] == "success"
     assert verdict["drifted"] is False, verdict["reason"]
     assert calm["tasks"]["trigger_training"]["state"] == "skipped"
-    assert calm["training_runs"] == []
+    assert calm["queued"] == {}
 
     started = time.time()
     hot = run_dag(settings, "rtrec_drift_monitor", {**conf, "now_ms": shift + DAY})
     verdict = hot["tasks"]["drift_check"]["xcom"]
     assert verdict["drifted"] is True, verdict["reason"]
     assert hot["tasks"]["trigger_training"]["state"] == "success"
-    (queued,) = hot["training_runs"]
+    (queued,) = hot["queued"]["rtrec_training"]
     assert queued["conf"]["reason"].startswith("drift: ")
     assert verdict["reason"] in queued["conf"]["reason"]
 
@@ -178,11 +161,25 @@ def small_data(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 def test_training_dag_registers_and_promotes(airflow_settings: Settings, small_data: Path) -> None:
     from training.registry import ModelRegistry
 
-    out = run_dag(
+    # Queued the way a trigger queues it (the drift monitor's TriggerDagRunOperator, the
+    # UI, the REST API); run_dag(queued=True) then executes that very run.
+    conf = {"data": str(small_data), "epochs": 1, "reason": "test: drift share 0.67"}
+    embedded.airflow_cli(airflow_settings, "dags", "reserialize")
+    embedded.airflow_cli(
         airflow_settings,
+        "dags",
+        "trigger",
         "rtrec_training",
-        {"data": str(small_data), "epochs": 1, "reason": "test: drift share 0.67"},
+        "-r",
+        "queued-by-test",
+        "-c",
+        json.dumps(conf),
     )
+    out = run_dag(airflow_settings, "rtrec_training", {}, queued="queued-by-test")
+    assert out["conf"] == conf
+    assert out["run_id"] == "queued-by-test"
+    queued_ids = [r["run_id"] for r in out["queued"].get("rtrec_training", [])]
+    assert "queued-by-test" not in queued_ids  # that queued run is the one that ran
     tasks = out["tasks"]
     assert out["state"] == "success", tasks
     assert tasks["build_training_set"]["xcom"]["counts"]["train"] > 10_000

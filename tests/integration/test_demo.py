@@ -34,13 +34,14 @@ def test_demo_quick_runs_the_loop_and_stops_everything(tmp_path: Path) -> None:
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     steps = {s["step"]: s for s in summary["steps"]}
     assert steps["replay through Kafka into the feature store"]["published"] > 10_000
-    first = steps["train: Spark training set, two-tower, MLflow, FAISS, gate"]
+    first = steps["Airflow rtrec_training: Spark set, two-tower, MLflow, FAISS, gate"]
     assert first["version"] == "1" and first["promoted"] is True
     burst = steps["burst of HTTP recommendations with feedback"]
     assert burst["statuses"] == {"200": burst["requests"]} and burst["clicks_posted"] > 0
-    assert steps["drift monitor (Evidently)"]["drifted"] is True
-    retrain = steps["retrain on drift"]
-    assert retrain["version"] == "2"
+    drift = steps["Airflow rtrec_drift_monitor (Evidently): alert, trigger"]
+    assert drift["drifted"] is True and drift["retraining_triggered"] is True
+    retrain = steps["Airflow rtrec_training (triggered by the drift)"]
+    assert retrain["version"] == "2" and retrain["trigger"].startswith("drift: ")
     if retrain["promoted"]:
         assert steps["hot swap of the new champion"]["serving_version"] == "2"
     report = Path(summary["report"])
