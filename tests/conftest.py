@@ -82,6 +82,15 @@ def stack(stack_env: dict[str, str]) -> Iterator[Settings]:
 
 
 @pytest.fixture
+def clean_rtrec_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No RTREC_* variables for this test: the session's stack fixture exports its own,
+    and tests of defaults or config files must not see them."""
+    for key in [k for k in os.environ if k.startswith("RTREC_")]:
+        monkeypatch.delenv(key)
+    get_settings.cache_clear()
+
+
+@pytest.fixture
 def work_settings(tmp_path: Path) -> Settings:
     """Settings rooted in a fresh temporary work dir (no services)."""
     return load_settings(work_dir=tmp_path)

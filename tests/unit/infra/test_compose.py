@@ -12,6 +12,8 @@ from rtrec.config import load_settings
 
 INFRA = Path(__file__).resolve().parents[3] / "infra"
 
+pytestmark = pytest.mark.usefixtures("clean_rtrec_env")
+
 
 def _hosts(settings) -> dict[str, str]:
     hosts = {

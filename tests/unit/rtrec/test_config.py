@@ -6,6 +6,8 @@ from pydantic import ValidationError
 from rtrec.config import load_settings
 from rtrec.errors import ConfigError
 
+pytestmark = pytest.mark.usefixtures("clean_rtrec_env")
+
 
 def test_defaults_point_at_embedded_stack(tmp_path: Path) -> None:
     s = load_settings(work_dir=tmp_path)
