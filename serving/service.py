@@ -50,6 +50,26 @@ app = FastAPI(
     description="Real-time recommendations: online features -> two-tower -> FAISS.",
 )
 app.add_middleware(Guard, open_paths=OPEN_PATHS)
+API_KEY_SCHEME = {"ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}}
+
+
+def _openapi() -> dict[str, Any]:
+    """FastAPI's description plus the ``X-API-Key`` scheme the guard enforces on every
+    operation (the guard is middleware, which FastAPI cannot see), so clients and
+    generated SDKs know a key is expected."""
+    if app.openapi_schema is None:
+        from fastapi.openapi.utils import get_openapi
+
+        schema = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        schema.setdefault("components", {})["securitySchemes"] = API_KEY_SCHEME
+        schema["security"] = [{"ApiKey": []}]
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
+app.openapi = _openapi  # type: ignore[method-assign]
 
 
 def _json(payload: Any, status: int = 200) -> Response:

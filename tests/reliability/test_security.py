@@ -20,7 +20,12 @@ import pytest
 from rtrec.config import Settings
 from tests.conftest import free_port
 
-pytestmark = [pytest.mark.reliability, pytest.mark.integration, pytest.mark.timeout(600)]
+pytestmark = [
+    pytest.mark.reliability,
+    pytest.mark.integration,
+    pytest.mark.slow,
+    pytest.mark.timeout(600),
+]
 
 KEY, OTHER, LIMITED = "sec-key-main", "sec-key-other", "sec-key-limited"
 RATE = 20.0
