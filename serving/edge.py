@@ -40,8 +40,9 @@ _RESPONSE = (
 def _expire(protocol: Any, timeout_s: float) -> None:
     protocol._rtrec_header_timer = None
     transport = protocol.transport
-    if transport.is_closing():
-        return
+    cycle = getattr(protocol, "cycle", None)
+    if transport.is_closing() or (cycle is not None and not cycle.response_complete):
+        return  # a request is being answered: never cut into its response
     body = b'{"error": "request headers not received within %g s", "field": "headers"}' % timeout_s
     transport.write(_RESPONSE % (len(body), body))
     transport.close()
@@ -87,8 +88,9 @@ def bound_header_time(timeout_s: float = 10.0) -> bool:
         headers_done(self)
 
     def on_response_complete(self: Any) -> None:
+        pipelined = bool(self.pipeline)  # a queued request already has its headers
         response_done(self)
-        if not self.transport.is_closing():
+        if not self.transport.is_closing() and not pipelined:
             _arm(self, HttpToolsProtocol._rtrec_header_deadline)
 
     def connection_lost(self: Any, exc: Exception | None) -> None:
