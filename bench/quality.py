@@ -4,10 +4,13 @@
     python bench/quality.py --data synthetic --protocol temporal
 
 published: random 75/25 split within each user (every rating a positive), all items
-ranked, training items masked — the protocol of the published ML-100K table. Epochs and
-EASE's L2 are chosen on a validation split carved from the training part; the test part
-is touched once. temporal: train on the past, test on the future (global time cut).
-The last line of output is one JSON object of figures.
+ranked, training items masked — the protocol of the published ML-100K table. The model
+uses TrainConfig.published() (one example per user: the bag of its training items,
+denoised, every one of them a positive, full softmax). Epochs and EASE's L2 are chosen on
+a validation split carved from the training part; the test part is touched once.
+temporal: train on the past, test on the future (global time cut), TrainConfig()
+defaults. Model flags left unset keep the protocol's defaults. The last line of output is
+one JSON object of figures.
 """
 
 from __future__ import annotations
@@ -46,17 +49,30 @@ def main() -> None:
     ap.add_argument(
         "--epochs", type=int, default=None, help="fixed epochs (default: chosen on validation)"
     )
-    ap.add_argument("--max-epochs", type=int, default=30)
+    ap.add_argument(
+        "--max-epochs", type=int, default=None, help="default: 200 (published), 30 (temporal)"
+    )
     ap.add_argument("--seed", type=int, default=42)
-    ap.add_argument("--dim", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--batch-size", type=int, default=1024)
-    ap.add_argument("--history", type=int, default=50, help="history items (published protocol)")
-    ap.add_argument("--copies", type=int, default=2, help="history resamples (published protocol)")
+    ap.add_argument(
+        "--objective",
+        choices=("next_item", "multinomial"),
+        default=None,
+        help="default: multinomial (published), next_item (temporal)",
+    )
+    ap.add_argument("--dim", type=int, default=None)
+    ap.add_argument("--hidden", type=int, default=None)
+    ap.add_argument("--lr", type=float, default=None)
+    ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument("--history", type=int, default=None, help="history items (published)")
+    ap.add_argument(
+        "--copies", type=int, default=2, help="history resamples (published, next_item)"
+    )
     ap.add_argument("--no-log-q", action="store_true", help="disable the log-Q correction")
-    ap.add_argument("--user-id-dropout", type=float, default=0.1)
-    ap.add_argument("--weight-decay", type=float, default=1e-5)
-    ap.add_argument("--dropout", type=float, default=0.1)
+    ap.add_argument("--uniform-negatives", type=int, default=None, help="-1 = whole catalog")
+    ap.add_argument("--history-dropout", type=float, default=None)
+    ap.add_argument("--user-id-dropout", type=float, default=None)
+    ap.add_argument("--weight-decay", type=float, default=None)
+    ap.add_argument("--dropout", type=float, default=None)
     args = ap.parse_args()
 
     from rtrec.config import load_settings
@@ -80,14 +96,45 @@ def main() -> None:
     sets = build_training_sets(settings, source=log, config=split)
     stop_spark()
     train, test = sets.read("train"), sets.read("test")
+    flags = {
+        "dim": args.dim,
+        "hidden": args.hidden,
+        "lr": args.lr,
+        "batch_size": args.batch_size,
+        "history_len": args.history,
+        "uniform_negatives": args.uniform_negatives,
+        "history_dropout": args.history_dropout,
+        "user_id_dropout": args.user_id_dropout,
+        "weight_decay": args.weight_decay,
+        "dropout": args.dropout,
+    }
+    overrides = {k: v for k, v in flags.items() if v is not None} | {"seed": args.seed}
+    if args.no_log_q:
+        overrides["log_q"] = False
+    if args.objective:
+        overrides["objective"] = args.objective
+    if args.epochs or args.max_epochs:
+        overrides["epochs"] = args.epochs or args.max_epochs
+    elif args.protocol == "temporal":
+        overrides["epochs"] = 30
     if args.protocol == "published":
-        # Histories from training rows only: held-out ratings never feed a model input.
-        # Time order carries no signal under a random split: histories are bags of the
-        # user's other training items (held-out ratings never feed a model input).
+        objective = overrides.get("objective", "multinomial")
+        if objective == "multinomial":
+            cfg = TrainConfig.published(**overrides)
+        else:
+            cfg = TrainConfig(**{"history_len": 50, **overrides})
+    else:
+        cfg = TrainConfig(**{"history_len": split.history_len, **overrides})
+    if args.protocol == "published":
+        # Held-out ratings never feed a model input: histories come from training rows.
         fit_part, val = _inner_split(train, 0.1, args.seed)
-        fit_part = histories_bag(fit_part, args.history, seed=args.seed, copies=args.copies)
         seen_for_test = train
-        train = histories_bag(train, args.history, seed=args.seed + 1, copies=args.copies)
+        if cfg.objective == "next_item":
+            # Time order carries no signal under a random split: histories are bags of
+            # the user's other training items, resampled ``copies`` times.
+            h = cfg.history_len
+            fit_part = histories_bag(fit_part, h, seed=args.seed, copies=args.copies)
+            train = histories_bag(train, h, seed=args.seed + 1, copies=args.copies)
     else:
         val = sets.read("validation")
         fit_part = train
@@ -98,22 +145,10 @@ def main() -> None:
         file=sys.stderr,
     )
 
-    cfg = TrainConfig(
-        seed=args.seed,
-        dim=args.dim,
-        lr=args.lr,
-        batch_size=args.batch_size,
-        epochs=args.epochs or args.max_epochs,
-        history_len=args.history if args.protocol == "published" else split.history_len,
-        log_q=not args.no_log_q,
-        user_id_dropout=args.user_id_dropout,
-        weight_decay=args.weight_decay,
-        dropout=args.dropout,
-    )
     if args.epochs is None:
         tuned = fit(fit_part, cfg, validation=val, progress=False)
         best = max(tuned.history, key=lambda h: h.get("val_ndcg@10", -1))
-        cfg = replace(cfg, epochs=int(best["epoch"]))
+        cfg = replace(cfg, epochs=int(best["epoch"]), schedule_epochs=cfg.epochs)
         print(
             f"epochs chosen on validation: {cfg.epochs} (val ndcg@10 {best['val_ndcg@10']:.4f})",
             file=sys.stderr,
@@ -137,6 +172,7 @@ def main() -> None:
         "coverage@10": round(results["two_tower"]["coverage@10"], 4),
         "baselines": {n: {k: round(results[n][k], 4) for k in KEYS} for n in finals},
         "epochs": cfg.epochs,
+        "config": {k: v for k, v in cfg.to_dict().items() if k not in ("device", "threads")},
         "ease_l2": ease_l2,
         "train_seconds": round(train_s, 1),
         "total_seconds": round(time.perf_counter() - t0, 1),

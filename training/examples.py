@@ -70,7 +70,9 @@ class Encoders:
         history_len: int = 20,
         max_item_categories: int = 4,
         items: pd.DataFrame | None = None,
+        dense: bool = True,
     ) -> Encoders:
+        """``dense=False`` leaves the stream features out (the user tower gets none)."""
         users = Vocab.build(train["user_id"].astype(str))
         item_vocab = Vocab.build(train["item_id"].astype(str))
         cats_by_item = _categories_by_item(train, items)
@@ -81,7 +83,8 @@ class Encoders:
             if i:
                 row = categories.encode(cats[:max_item_categories])
                 table[i, : len(row)] = row
-        return cls(users, item_vocab, categories, dense_names(train), history_len, table)
+        names = dense_names(train) if dense else []
+        return cls(users, item_vocab, categories, names, history_len, table)
 
     def encode(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
         """Model inputs of every row of a training-set frame."""

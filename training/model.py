@@ -31,7 +31,10 @@ class TwoTowerConfig:
     init_temperature: float = 0.05
     user_id_dropout: float = 0.1
     """Share of training rows whose user id is hidden, so cold users still get a good
-    vector from their history alone."""
+    vector from their history alone; 1 = ids never used (the history alone)."""
+    position_weights: bool = True
+    """Learned recency weights over history positions; off when the history is a bag
+    (the published random split, where order carries no signal)."""
 
     def to_dict(self) -> dict[str, float | int]:
         return asdict(self)
@@ -74,22 +77,29 @@ class TwoTower(nn.Module):
     def _pool(
         self, table: nn.Embedding, idx: torch.Tensor, weights: torch.Tensor | None
     ) -> torch.Tensor:
+        """Weighted mean of the rows of ``idx`` (0 = padding), without a [B, L, dim] copy."""
         mask = (idx > 0).to(table.weight.dtype)
         if weights is not None:
             mask = mask * weights
-        summed = (table(idx) * mask.unsqueeze(-1)).sum(1)
+        summed = F.embedding_bag(
+            idx, table.weight, mode="sum", per_sample_weights=mask.expand_as(idx).contiguous()
+        )
         return summed / mask.sum(1, keepdim=True).clamp(min=1e-6)
 
     def user_tower(
         self, user: torch.Tensor, history: torch.Tensor, dense: torch.Tensor
     ) -> torch.Tensor:
         """``user`` [B], ``history`` [B, L] newest first (0 = padding), ``dense`` [B, F]."""
-        if self.training and self.cfg.user_id_dropout > 0:
+        if self.cfg.user_id_dropout >= 1:  # ids never seen in training: never used
+            user = torch.zeros_like(user)
+        elif self.training and self.cfg.user_id_dropout > 0:
             keep = torch.rand(user.shape, device=user.device) >= self.cfg.user_id_dropout
             user = user * keep
-        length = history.shape[1]
-        w = torch.softmax(self.pos_weight[:length], 0) * length
-        parts = [self.user_emb(user), self._pool(self.hist_emb, history, w.unsqueeze(0))]
+        w = None
+        if self.cfg.position_weights:
+            length = history.shape[1]
+            w = (torch.softmax(self.pos_weight[:length], 0) * length).unsqueeze(0)
+        parts = [self.user_emb(user), self._pool(self.hist_emb, history, w)]
         if self.dense_norm is not None:
             parts.append(self.dense_norm(dense))
         return F.normalize(self.user_mlp(torch.cat(parts, -1)), dim=-1)

@@ -11,7 +11,7 @@ import copy
 import logging
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -19,10 +19,13 @@ import torch
 from tqdm.auto import tqdm
 
 from training.examples import Encoders
-from training.loss import sampled_softmax_loss
 from training.model import TwoTower, TwoTowerConfig
+from training.steps import make_steps
 
 logger = logging.getLogger(__name__)
+
+
+Objective = Literal["next_item", "multinomial"]
 
 
 @dataclass
@@ -30,6 +33,7 @@ class TrainConfig:
     seed: int = 42
     epochs: int = 10
     batch_size: int = 1024
+    """Rows a step (next_item) or users a step (multinomial)."""
     lr: float = 3e-3
     weight_decay: float = 1e-5
     dim: int = 64
@@ -37,17 +41,62 @@ class TrainConfig:
     history_len: int = 20
     dropout: float = 0.1
     log_q: bool = True
+    """log-Q correction of the in-batch negatives (the uniform ones get the uniform q)."""
     uniform_negatives: int = 0
-    """Extra uniformly sampled negatives per batch (0 = in-batch only)."""
+    """Extra uniformly sampled negatives per step (0 = in-batch only; -1 or at least the
+    catalog size = every item, a full softmax)."""
     user_id_dropout: float = 0.1
+    objective: Objective = "next_item"
+    """next_item: one example per training row, its history as of the row (the temporal
+    protocol, as serving sees it). multinomial: one example per user, its history the
+    bag of all the user's training items (denoised by ``history_dropout``), its
+    positives every one of those items (Mult-DAE's likelihood; the random split)."""
+    history_dropout: float = 0.0
+    """Share of history items hidden from the user tower at training (denoising)."""
+    position_weights: bool = True
+    """Learned recency weights over history positions (off for bags)."""
+    stream_features: bool = True
+    """Feed the dense stream features (windowed counts, recency) to the user tower. Off for
+    the random split: there they are as of the user's last training row, a per-user
+    fingerprint that overfits like an id (measured on ML-100K validation)."""
+    init_temperature: float = 0.05
     device: str = "auto"
     """"auto" (cuda when available), "cpu", "cuda", "cuda:1", ..."""
     select_best: bool = True
     """With a validation frame: keep the epoch with the best validation NDCG@10."""
+    schedule_epochs: int | None = None
+    """Length of the one-cycle learning-rate schedule (None = ``epochs``); a refit that
+    stops at the epoch chosen on validation keeps the tuning run's schedule."""
+    eval_every: int = 1
+    """Epochs between validation checks (with a validation frame)."""
+    patience: int | None = None
+    """Stop after this many validation checks without improvement (None = never)."""
     threads: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def published(cls, **overrides: Any) -> TrainConfig:
+        """Defaults for the random per-user split of the published ML-100K tables.
+
+        Chosen on a validation cut of the training part (bench/quality.py), never on test.
+        """
+        base: dict[str, Any] = {
+            "objective": "multinomial",
+            "history_len": 1000,
+            "position_weights": False,
+            "uniform_negatives": -1,
+            "history_dropout": 0.75,
+            "lr": 1e-3,
+            "user_id_dropout": 1.0,
+            "stream_features": False,
+            "batch_size": 64,
+            "epochs": 200,
+            "eval_every": 5,
+            "patience": 10,
+        }
+        return cls(**{**base, **overrides})
 
 
 def select_device(requested: str = "auto") -> torch.device:
@@ -101,9 +150,16 @@ class TrainedModel:
         return vecs @ self.item_embeddings().T
 
 
-def _item_log_q(items: np.ndarray, size: int) -> np.ndarray:
-    counts = np.bincount(items, minlength=size).astype(np.float64) + 1.0
-    return np.log(counts / counts.sum()).astype(np.float32)
+def _param_groups(net: TwoTower, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on embeddings and weight matrices only: decaying the temperature,
+    recency weights, biases or norms would pull them toward zero, not regularise."""
+    decay, keep = [], []
+    for p in net.parameters():
+        (decay if p.ndim >= 2 else keep).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": keep, "weight_decay": 0.0},
+    ]
 
 
 def fit(
@@ -121,8 +177,7 @@ def fit(
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = select_device(cfg.device)
-    enc = Encoders.fit(train, history_len=cfg.history_len, items=items)
-    data = enc.encode(train)
+    enc = Encoders.fit(train, history_len=cfg.history_len, items=items, dense=cfg.stream_features)
     net = TwoTower(
         TwoTowerConfig(
             n_users=enc.users.size,
@@ -134,71 +189,61 @@ def fit(
             history_len=cfg.history_len,
             max_item_categories=enc.item_categories.shape[1],
             dropout=cfg.dropout,
+            init_temperature=cfg.init_temperature,
             user_id_dropout=cfg.user_id_dropout,
+            position_weights=cfg.position_weights,
         )
     ).to(device)
     on_gpu = device.type == "cuda"
-    tensors = {k: torch.as_tensor(v) for k, v in data.items()}
-    if on_gpu:
-        tensors = {k: v.pin_memory().to(device, non_blocking=True) for k, v in tensors.items()}
-    item_cats = torch.as_tensor(enc.item_categories, device=device)
-    log_q = torch.as_tensor(_item_log_q(data["item"], enc.items.size), device=device)
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    n = len(train)
-    steps = max(1, (n + cfg.batch_size - 1) // cfg.batch_size)
+    steps = make_steps(train, enc, cfg, device)
+    opt = torch.optim.AdamW(_param_groups(net, cfg.weight_decay), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=cfg.lr, total_steps=steps * cfg.epochs, pct_start=0.1
+        opt,
+        max_lr=cfg.lr,
+        total_steps=steps.steps * max(cfg.epochs, cfg.schedule_epochs or 0),
+        pct_start=0.1,
     )
     gen = torch.Generator().manual_seed(cfg.seed)
     model = TrainedModel(net, enc, cfg)
     best: tuple[float, dict[str, Any]] | None = None
+    stale = 0
     for epoch in range(cfg.epochs):
         net.train()
         start, total = time.perf_counter(), 0.0
-        perm = torch.randperm(n, generator=gen).to(device)
         bar = tqdm(
-            range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False
+            steps.batches(gen),
+            total=steps.steps,
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            disable=not progress,
+            leave=False,
         )
-        for s in bar:
-            idx = perm[s * cfg.batch_size : (s + 1) * cfg.batch_size]
-            item = tensors["item"][idx]
+        for idx in bar:
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=on_gpu):
-                users = net.user_tower(
-                    tensors["user"][idx], tensors["history"][idx], tensors["dense"][idx]
-                )
-                items_v = net.item_tower(item, item_cats[item])
-                extra = extra_q = None
-                if cfg.uniform_negatives:
-                    neg = torch.randint(
-                        1, enc.items.size, (cfg.uniform_negatives,), generator=gen
-                    ).to(device)
-                    extra = net.item_tower(neg, item_cats[neg])
-                    extra_q = torch.full(
-                        (len(neg),), -float(np.log(enc.items.size - 1)), device=device
-                    )
-                loss = sampled_softmax_loss(
-                    users,
-                    items_v,
-                    item,
-                    net.inv_temperature,
-                    log_q=log_q[item] if cfg.log_q else None,
-                    extra_item_vecs=extra,
-                    extra_log_q=extra_q if cfg.log_q else None,
-                )
+                loss = steps.loss(net, idx, gen)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
             total += float(loss.detach())
-        record = {"epoch": epoch + 1, "loss": total / steps, "seconds": time.perf_counter() - start}
-        if validation is not None and cfg.select_best:
+        record = {
+            "epoch": epoch + 1,
+            "loss": total / steps.steps,
+            "seconds": time.perf_counter() - start,
+        }
+        last = epoch + 1 == cfg.epochs
+        check = (epoch + 1) % max(1, cfg.eval_every) == 0 or last
+        if validation is not None and cfg.select_best and check:
             from training.evaluate import evaluate
 
             record["val_ndcg@10"] = evaluate(model, train, validation)["ndcg@10"]
             if best is None or record["val_ndcg@10"] > best[0]:
-                best = (record["val_ndcg@10"], copy.deepcopy(net.state_dict()))
+                best, stale = (record["val_ndcg@10"], copy.deepcopy(net.state_dict())), 0
+            else:
+                stale += 1
         model.history.append(record)
         logger.info("epoch done", extra=record)
+        if cfg.patience is not None and stale >= cfg.patience:
+            break
     if best is not None:
         net.load_state_dict(best[1])
     net.eval()

@@ -1,0 +1,125 @@
+"""The multinomial objective (published preset), full-catalog negatives and their bundle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from tests.unit.training.test_model import clustered_frame
+from training.artifacts import load_bundle, save_bundle
+from training.baselines import MostPopular
+from training.evaluate import evaluate
+from training.index import build_index
+from training.loss import multinomial_loss, sampled_softmax_loss
+from training.trainer import TrainConfig, fit
+
+
+def random_split(frame: pd.DataFrame, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    held = np.random.default_rng(seed).random(len(frame)) < 0.25
+    return frame[~held].reset_index(drop=True), frame[held].reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def split() -> tuple[pd.DataFrame, pd.DataFrame]:
+    return random_split(clustered_frame())
+
+
+def small_published(**overrides: object) -> TrainConfig:
+    return TrainConfig.published(**{"epochs": 15, "dim": 16, "select_best": False, **overrides})
+
+
+@pytest.fixture(scope="module")
+def model(split):
+    return fit(split[0], small_published(), progress=False)
+
+
+def test_multinomial_loss_counts_each_positive_once() -> None:
+    torch.manual_seed(0)
+    u = torch.nn.functional.normalize(torch.randn(3, 4), dim=-1)
+    v = torch.nn.functional.normalize(torch.randn(5, 4), dim=-1)
+    pos = torch.zeros(3, 5)
+    pos[0, 0] = pos[1, 1] = pos[2, 2] = 1.0
+    # One positive a row over the same candidates: the single-positive softmax.
+    one = multinomial_loss(u, v, pos, torch.tensor(5.0))
+    logp = torch.log_softmax(u @ v.T * 5.0, 1)
+    assert one.item() == pytest.approx(-(logp[0, 0] + logp[1, 1] + logp[2, 2]).item() / 3)
+    pos[0, 3] = 1.0
+    two = multinomial_loss(u, v, pos, torch.tensor(5.0))
+    assert two.item() == pytest.approx(-(logp[[0, 0, 1, 2], [0, 3, 1, 2]]).sum().item() / 4)
+    # A uniform negative that is a row's positive is masked, not a negative.
+    extra = v[3:4]
+    hits = torch.tensor([[True], [False], [False]])
+    masked = multinomial_loss(u, v, pos, torch.tensor(5.0), extra_item_vecs=extra, extra_hits=hits)
+    unmasked = multinomial_loss(u, v, pos, torch.tensor(5.0), extra_item_vecs=extra)
+    assert masked.item() < unmasked.item()
+
+
+def test_uniform_negative_equal_to_the_positive_is_masked() -> None:
+    torch.manual_seed(0)
+    u = torch.nn.functional.normalize(torch.randn(4, 4), dim=-1)
+    v = torch.nn.functional.normalize(torch.randn(4, 4), dim=-1)
+    ids = torch.arange(4)
+    args = (u, v, ids, torch.tensor(5.0))
+    with_hits = sampled_softmax_loss(*args, extra_item_vecs=v, extra_item_ids=ids)
+    without = sampled_softmax_loss(*args, extra_item_vecs=v)
+    assert with_hits.item() < without.item()
+
+
+def test_multinomial_model_beats_most_popular(model, split) -> None:
+    train, test = split
+    ours = evaluate(model, train, test)
+    pop = evaluate(MostPopular(train), train, test)
+    assert ours["recall@10"] > 1.5 * pop["recall@10"], (ours, pop)
+    assert model.encoders.dense == [] and model.net.cfg.n_dense == 0
+
+
+@pytest.mark.parametrize("negatives", [0, 16])
+def test_multinomial_with_sampled_negatives_trains(split, negatives: int) -> None:
+    train, test = split
+    cfg = small_published(uniform_negatives=negatives, epochs=5, stream_features=True)
+    m = fit(train, cfg, progress=False)
+    assert np.isfinite(m.history[-1]["loss"])
+    pop = evaluate(MostPopular(train), train, test)
+    assert evaluate(m, train, test)["recall@10"] > pop["recall@10"]
+
+
+def test_next_item_with_the_whole_catalog_as_negatives(split) -> None:
+    cfg = TrainConfig(epochs=2, dim=16, history_len=10, uniform_negatives=-1, select_best=False)
+    m = fit(split[0], cfg, progress=False)
+    assert np.isfinite(m.history[-1]["loss"])
+
+
+def test_multinomial_is_deterministic_and_stops_early(split) -> None:
+    train, val = split
+    cfg = small_published(epochs=6, seed=3)
+    a = fit(train, cfg, progress=False).item_embeddings()
+    b = fit(train, cfg, progress=False).item_embeddings()
+    np.testing.assert_array_equal(a, b)
+    stopped = fit(
+        train,
+        small_published(epochs=40, eval_every=1, patience=2, select_best=True, lr=0.5),
+        validation=val,
+        progress=False,
+    )
+    assert len(stopped.history) < 40
+    assert all("val_ndcg@10" in h for h in stopped.history)
+
+
+def test_bundle_without_stream_features_serves(tmp_path: Path, model, split) -> None:
+    path = save_bundle(tmp_path / "b", model=model, index=build_index(model.item_embeddings()))
+    bundle = load_bundle(path)
+    assert bundle.dense_names == []
+    users, hist = ["u1", "nobody"], [["i1", "i2"], ["i3"]]
+    vecs = bundle.user_vectors(users, hist, [{"cnt_view_1h": 3.0}, {}])
+    assert vecs.shape == (2, 16)
+    np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+    # The id is never used: the same history gives the same vector for any user.
+    same = bundle.user_vectors(["u1", "u2"], [["i1"], ["i1"]])
+    np.testing.assert_allclose(same[0], same[1], atol=1e-6)
+    train, test = split
+    direct = evaluate(model, train, test)["ndcg@10"]
+    assert evaluate(bundle, train, test)["ndcg@10"] == pytest.approx(direct, abs=1e-4)
