@@ -5,7 +5,7 @@ in-process runner: a real DAG run with task instances, XComs and logs recorded i
 metadata DB, visible in the UI once ``rtrec airflow up`` runs) in a subprocess whose
 Airflow environment is set before Airflow is imported. ``queued=True`` executes the
 oldest run a trigger queued (``rtrec_drift_monitor`` queues ``rtrec_training``) under
-its own run id and conf, instead of starting a new one.
+its run id and conf, instead of starting an unrelated one.
 
 Why not the standalone: on one small machine a scheduler plus a fresh interpreter per
 task (torch, Spark) costs minutes a run; ``rtrec demo`` and the tests want the same DAGs
@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 from rtrec.config import Settings
 from rtrec.errors import Unavailable
@@ -111,8 +112,9 @@ def _execute(dag_id: str, conf: dict[str, Any], folder: str, queued: str | None)
     from airflow.utils.state import DagRunState
 
     dag = DagBag(dag_folder=folder).dags[dag_id]
-    kwargs: dict[str, Any] = {"run_conf": conf}
-    if queued:
+    if not queued:
+        run = dag.test(run_conf=conf)
+    else:
         with create_session() as session:
             waiting = DagRun.find(dag_id=dag_id, state=DagRunState.QUEUED, session=session)
             if queued != "True":
@@ -120,15 +122,12 @@ def _execute(dag_id: str, conf: dict[str, Any], folder: str, queued: str | None)
             if not waiting:
                 raise SystemExit(f"no queued run of {dag_id} ({queued})")
             first = min(waiting, key=lambda r: r.run_after)
-            # dag.test() finds an existing run by the id it derives from these two dates
-            # and runs it only while it is RUNNING.
-            first.state = DagRunState.RUNNING
-            kwargs = {
-                "run_conf": {**(first.conf or {}), **conf},
-                "logical_date": first.logical_date,
-                "run_after": first.run_after,
-            }
-    run = dag.test(**kwargs)
+            run_id, run_conf = first.run_id, {**(first.conf or {}), **conf}
+            # dag.test() only runs a run it creates: the queued record makes way for one
+            # with the same id and conf (links from the trigger keep pointing at it).
+            session.delete(first)
+        with mock.patch.object(DagRun, "generate_run_id", return_value=run_id):
+            run = dag.test(run_conf=run_conf)
     out: dict[str, Any] = {
         "dag_id": dag_id,
         "run_id": run.run_id,
