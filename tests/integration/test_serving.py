@@ -104,7 +104,8 @@ def test_unknown_user_gets_flagged_fallback(client: httpx.Client, bundle) -> Non
 
 
 def test_k_above_catalog_is_clamped(client: httpx.Client, bundle) -> None:
-    out = recommend(client, "u1", k=1000)
+    # exclude_seen off: u1's history (other tests click for it) must not shorten the list.
+    out = recommend(client, "u1", k=1000, exclude_seen=False)
     assert len(out["items"]) == len(bundle.item_ids)
 
 
@@ -153,21 +154,6 @@ def test_missing_or_wrong_api_key_is_401(server) -> None:
     # Probes, metrics and the API description stay open.
     for path in ("/healthz", "/readyz", "/metrics", "/openapi.json"):
         assert httpx.get(f"{server.url}{path}").status_code == 200, path
-
-
-def test_rate_limit_per_key_answers_429(server) -> None:
-    codes: list[int] = []
-    with httpx.Client(base_url=server.url, headers={"X-API-Key": OTHER_KEY}) as c:
-        start = time.monotonic()
-        for _ in range(3 * RATE):
-            codes.append(c.post("/recommend", json={"user_id": "u2"}).status_code)
-        elapsed = time.monotonic() - start
-    assert set(codes) == {200, 429}
-    # Burst of one second's worth, then RATE per second (plus rounding).
-    assert codes.count(200) <= RATE + RATE * elapsed + 2
-    # The limit is per key: the other key still gets through.
-    resp = httpx.post(f"{server.url}/recommend", json={"user_id": "u2"}, headers=HEADERS)
-    assert resp.status_code == 200
 
 
 @pytest.mark.parametrize(
