@@ -1,10 +1,10 @@
 """The append-only offline event log: what training reads (``training.dataset``).
 
 Parquet files under ``<offline_dir>/events``, columns ``user_id, item_id, event_type,
-ts (ms), event_time (µs UTC), value, partition, offset``. Kafka offsets are committed only
-up to what has been written here, so a crash never loses a row; a crash between a file
-write and the recorded progress can repeat rows (same partition and offset, which
-:func:`read_events` and training drop).
+ts (ms), event_time (µs UTC), value, partition, offset`` and, where the broker reports
+topic ids, ``log_id``. Kafka offsets are committed only up to what has been written here,
+so a crash never loses a row; a crash between a file write and the recorded progress can
+repeat rows (same log, partition and offset, which :func:`read_events` and training drop).
 """
 
 from __future__ import annotations
@@ -33,6 +33,11 @@ SCHEMA = pa.schema(
         ("offset", pa.int64()),
     ]
 )
+LOG_ID = "log_id"
+"""Extra column: the topic incarnation (broker topic id) ``partition``/``offset`` refer to.
+A topic created again (the embedded broker restarted) numbers its offsets from 0 once
+more; without this, :func:`read_events` would drop its events as repeats of the old ones.
+Absent from files written without a known topic id (read as "")."""
 
 
 class OfflineLog:
@@ -79,11 +84,11 @@ class OfflineLog:
         self.first_added = None
         return cols
 
-    def flush(self) -> dict[int, int]:
+    def flush(self, *, log_id: str = "") -> dict[int, int]:
         """Write the buffer as one file; returns the highest offset written per partition."""
-        return self.write(self.take())
+        return self.write(self.take(), log_id=log_id)
 
-    def write(self, cols: tuple[list[Any], ...]) -> dict[int, int]:
+    def write(self, cols: tuple[list[Any], ...], *, log_id: str = "") -> dict[int, int]:
         """Write taken columns as one file (safe off the processing thread)."""
         if not cols[0]:
             return {}
@@ -102,6 +107,8 @@ class OfflineLog:
             ],
             schema=SCHEMA,
         )
+        if log_id:
+            table = table.append_column(LOG_ID, pa.array([log_id] * len(u), pa.string()))
         high: dict[int, int] = {}
         for part, off in zip(p, o, strict=True):
             if off > high.get(part, -1):
@@ -116,17 +123,23 @@ class OfflineLog:
 def read_events(directory: Path) -> Any:
     """The whole log as pandas (monitoring and tests; training reads it with Spark).
 
-    Rows repeated by a crash (same Kafka partition and offset) appear once; rows that
+    Rows repeated by a crash (same log, Kafka partition and offset) appear once; rows that
     never went through Kafka (``partition`` -1) are kept as they are.
     """
     import pandas as pd
+    import pyarrow.dataset as pads
 
     files = sorted(directory.glob("*.parquet"))
     if not files:
         return pd.DataFrame(columns=SCHEMA.names)
-    frame = pq.read_table(files).to_pandas()
+    # One schema for all files: with or without ``log_id`` (read_table would take the first's).
+    schema = pa.unify_schemas([pq.read_schema(f) for f in files])
+    frame = pads.dataset([str(f) for f in files], schema=schema).to_table().to_pandas()
+    if LOG_ID in frame.columns:
+        frame[LOG_ID] = frame[LOG_ID].fillna("")
+    key = [c for c in (LOG_ID, "partition", "offset") if c in frame.columns]
     from_kafka = frame["partition"] >= 0
-    repeated = from_kafka & frame.duplicated(["partition", "offset"])
+    repeated = from_kafka & frame.duplicated(key)
     return frame[~repeated].reset_index(drop=True) if repeated.any() else frame
 
 
@@ -149,7 +162,11 @@ class OfflineSink:
         self.done: dict[int, int] = {}
         self.latest: dict[str, dict[str, Any]] = {}
         self._job: threading.Thread | None = None
+        self._job_log = ""
         self._result: dict[int, int] | BaseException = {}
+        self.log_id = ""
+        """The topic incarnation buffered rows belong to (the processor flushes before it
+        changes this, so a buffer never mixes two)."""
 
     def add(self, partition: int, offset: int, event: Any) -> None:
         """Buffer an event unless an earlier run already logged its offset."""
@@ -183,19 +200,22 @@ class OfflineSink:
             return False
         cols, latest = self.log.take(), self.latest
         self.latest = {}
+        self._job_log = self.log_id
         self._job = threading.Thread(
-            target=self._write, args=(cols, latest), name="offline-flush", daemon=True
+            target=self._write, args=(cols, latest, self.log_id), name="offline-flush", daemon=True
         )
         self._job.start()
         return True
 
-    def _write(self, cols: tuple[list[Any], ...], latest: dict[str, dict[str, Any]]) -> None:
+    def _write(
+        self, cols: tuple[list[Any], ...], latest: dict[str, dict[str, Any]], log_id: str
+    ) -> None:
         from features import append_offline_rows
 
         try:
             for view, rows in latest.items():
                 append_offline_rows(self.settings, view, list(rows.values()))
-            high = self.log.write(cols)
+            high = self.log.write(cols, log_id=log_id)
             self.state.set_offline_offsets(high)
             self._result = high
         except BaseException as exc:  # re-raised on the processing thread by collect()
@@ -211,6 +231,8 @@ class OfflineSink:
         result, self._result = self._result, {}
         if isinstance(result, BaseException):
             raise result
+        if self._job_log != self.log_id:  # offsets of the topic's previous log: not ours
+            return {}
         self.done.update(result)
         return result
 

@@ -17,6 +17,11 @@ Each polled batch:
 
 Several processors may run in one consumer group; events are keyed by user id, so a
 user's state has one writer at a time. Revoked partitions flush the log first.
+
+Outages (``tests/reliability``): a Redis or broker that goes away makes batches fail; the
+processor backs off, rewinds to the committed offsets and carries on when it is back.
+Redis that lost writes or all its data, and a topic created again by a broker that
+restarted empty, are handled in ``streaming.recovery``.
 """
 
 from __future__ import annotations
@@ -46,7 +51,8 @@ from streaming import metrics
 from streaming.aggregates import HOUR_MS, WINDOW_HOURS, UserState
 from streaming.dlq import DeadLetter, send
 from streaming.offline import OfflineSink
-from streaming.state import ItemDelta, RedisState
+from streaming.recovery import Recovery
+from streaming.state import LOST, ItemDelta, RedisState
 from streaming.validate import validate
 
 logger = logging.getLogger(__name__)
@@ -77,7 +83,7 @@ class BatchResult:
     freshness_ms: list[float] = field(default_factory=list)
 
 
-class StreamProcessor:
+class StreamProcessor(Recovery):
     """One consumer-group member; ``run()`` until ``stop()`` (or SIGTERM via ``run_forever``)."""
 
     def __init__(
@@ -112,12 +118,22 @@ class StreamProcessor:
             reconnect_backoff_max_ms=2000,
         )
         self.consumer.subscribe([k.events_topic], listener=_Rebalance(self))
-        self.producer = KafkaProducer(bootstrap_servers=k.bootstrap_servers, linger_ms=5)
+        # Not idempotent: an idempotent producer fails fatally for good when the broker
+        # forgets its producer id (an embedded broker restart), and dead letters are at
+        # least once anyway (``streaming.dlq``).
+        self.producer = KafkaProducer(
+            bootstrap_servers=k.bootstrap_servers, linger_ms=5, enable_idempotence=False
+        )
         self.sink = OfflineSink(
             settings, self.state, flush_s=OFFLINE_FLUSH_S, flush_rows=OFFLINE_FLUSH_ROWS
         )
         self.cache: dict[str, UserState] = {}
         self._epoch: int | None = None
+        self._log_id: str | None = None
+        """Topic incarnation the cached state belongs to (None: not checked yet)."""
+        self._check_gap: set[int] = set()
+        self._assigned = False
+        """Partitions just positioned at a committed offset: compare with Redis's progress."""
         self.total = BatchResult()
 
     def stop(self) -> None:
@@ -134,6 +150,11 @@ class StreamProcessor:
                         timeout_ms=self.poll_ms, max_records=self.max_records
                     )
                     records = [r for rs in polled.values() for r in rs]
+                    if self._assigned:  # fresh metadata: a recreated topic shows its new id
+                        self.consumer.topics()
+                        self._assigned = False
+                    if self._check_gap and self._behind(records):
+                        continue  # positions moved back: these records come again
                     if records:
                         idle_since = time.monotonic()
                         self.process(records)
@@ -156,6 +177,8 @@ class StreamProcessor:
         """One batch through steps 1–4 of the module docstring (5 is ``maybe_flush``)."""
         start = time.perf_counter()
         out = BatchResult(polled=len(records))
+        if self._log_changed():
+            return out
         now_ms = int(time.time() * 1000)
         events: list[Any] = []
         for r in records:
@@ -208,16 +231,22 @@ class StreamProcessor:
             states={u: cache[u].dumps() for u in changed},
             batch_hour=batch_hour,
             items=items,
+            log_id=self._log_id or "",
         )
         try:  # encode the user rows while Redis runs the commit script
             user_list = self._user_rows(users, now_ms)
             user_rows = prepare_rows(self.settings, USER_STREAM_VIEW, user_list)
         finally:
             item_out = self.state.commit_receive(pending)
-        if item_out is None:  # fenced: another member owns these partitions now
+        if isinstance(item_out, str):  # nothing was written
+            self.sink.undo(mark)
+            if item_out == LOST:
+                self._state_lost()
+                return out
+            # FENCED: another member owns these partitions, or the topic's log changed
             logger.warning("batch fenced off (partitions %s moved); re-reading", sorted(first))
             self.cache.clear()
-            self.sink.undo(mark)
+            self._log_id = None  # re-read which log the state belongs to
             topic = self.settings.kafka.events_topic
             for p, off in first.items():
                 self.consumer.seek(TopicPartition(topic, p), off)
@@ -291,23 +320,10 @@ class StreamProcessor:
         t.dead += out.dead
         metrics.count_events(out.applied, out.skipped, out.dead)
 
-    def _rewind(self) -> None:
-        """After a failed batch: forget in-memory work, resume from durable positions."""
-        self.cache.clear()
-        try:
-            parts = list(self.consumer.assignment())
-            self.sink.forget([tp.partition for tp in parts])
-            for tp in parts:
-                committed = self.consumer.committed(tp)
-                if committed is None:
-                    self.consumer.seek_to_beginning(tp)
-                else:
-                    self.consumer.seek(tp, committed)
-        except (RedisError, KafkaError, OSError) as exc:
-            logger.warning("rewind incomplete (%s); retrying after the next failure", exc)
-
     def on_assigned(self, partitions: list[int]) -> None:
         self.sink.load(partitions)
+        self._check_gap = set(partitions)
+        self._assigned = True
         logger.info("partitions assigned", extra={"partitions": sorted(partitions)})
 
     def on_revoked(self) -> None:

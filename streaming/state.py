@@ -6,6 +6,14 @@ to a rebalance cannot overwrite the new owner's work), then writes the user stat
 the applied offsets, the item hour buckets and trending scores, and returns each touched
 item's window counts and score for the feature write. Redelivered events (offset at or
 below the applied offset) are never folded in twice.
+
+The offsets only mean something for one incarnation of the topic's log, so the state also
+records which one: the topic id the broker reports (``log_key``). The commit is fenced on it
+as well. A topic that was deleted and created again (the embedded Tansu broker keeps
+nothing across a restart) has a new id and offsets from 0: :meth:`RedisState.reset_log`
+forgets the old offsets while the aggregates carry on. A marker that vanished means Redis
+lost the state (a restart without persistence, a flush): the commit answers "lost" and
+the processor rebuilds from the start of the retained log.
 """
 
 from __future__ import annotations
@@ -24,9 +32,16 @@ ITEM_CLOCK_KEY = "rtrec:item:clock"
 """Latest event hour seen by any processor: item windows end there (event time)."""
 ITEM_TTL_S = 8 * 86_400
 
+FENCED = "fenced"
+LOST = "lost"
+
 _COMMIT = """
-local offsets, trending, clock_key = KEYS[1], KEYS[2], KEYS[3]
-local i = 1
+local offsets, trending, clock_key, log_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+if ARGV[1] ~= '' and redis.call('GET', log_key) ~= ARGV[1] then
+  if redis.call('EXISTS', log_key) == 0 then return {-1} end
+  return {0}
+end
+local i = 2
 local np = tonumber(ARGV[i]); i = i + 1
 local first = i
 for _ = 1, np do
@@ -76,6 +91,13 @@ end
 return out
 """
 
+_RESET_LOG = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('DEL', KEYS[2], KEYS[3])
+return 1
+"""
+
 
 @dataclass
 class ItemDelta:
@@ -101,6 +123,8 @@ class RedisState:
         group, topic = settings.kafka.consumer_group, settings.kafka.events_topic
         self.offsets_key = f"rtrec:offsets:{group}:{topic}"
         self.offline_key = f"rtrec:offline:{group}:{topic}"
+        self.log_key = f"rtrec:log:{group}:{topic}"
+        """The topic incarnation (broker topic id) the offsets above belong to."""
         self.window_hours = sorted(window_hours)
         self._script = client.register_script(_COMMIT)
         self._script.sha = client.script_load(_COMMIT)
@@ -115,7 +139,23 @@ class RedisState:
         applied = {int(p): int(o) for p, o in res[0].items()}
         return applied, (res[1] if users else [])
 
-    def commit(self, **batch: Any) -> dict[str, tuple[list[int], float]] | None:
+    def adopt_log(self, log_id: str) -> str:
+        """Record ``log_id`` as the log the offsets belong to, unless one is recorded;
+        returns the recorded one (compare it with ``log_id`` to see a recreated topic)."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.setnx(self.log_key, log_id)
+        pipe.get(self.log_key)
+        stored = pipe.execute()[1]
+        return stored.decode() if isinstance(stored, bytes) else str(stored)
+
+    def reset_log(self, old: str, new: str) -> bool:
+        """The topic was recreated (``old`` -> ``new``): its offsets start again at 0, so
+        forget the applied and logged offsets of ``old`` (user states, item buckets and
+        trending stay). False when another member already did it."""
+        keys = [self.log_key, self.offsets_key, self.offline_key]
+        return bool(self.client.eval(_RESET_LOG, len(keys), *keys, old, new))
+
+    def commit(self, **batch: Any) -> dict[str, tuple[list[int], float]] | str:
         """Write a batch atomically (see :meth:`commit_send` for the arguments)."""
         return self.commit_receive(self.commit_send(**batch))
 
@@ -126,13 +166,15 @@ class RedisState:
         states: dict[str, str | bytes],
         batch_hour: int,
         items: dict[str, ItemDelta],
+        log_id: str = "",
     ) -> _Pending:
-        """Start the atomic batch write; ``offsets``: partition -> (applied read, new).
+        """Start the atomic batch write; ``offsets``: partition -> (applied read, new);
+        ``log_id``: the topic incarnation the offsets belong to ("" checks nothing).
 
         Only sends: the caller encodes its feature rows while Redis runs the script,
         then calls :meth:`commit_receive`.
         """
-        args: list[Any] = [len(offsets)]
+        args: list[Any] = [log_id, len(offsets)]
         for p, (seen, new) in offsets.items():
             args += [p, seen, max(new, seen)]
         args.append(len(states))
@@ -147,7 +189,7 @@ class RedisState:
             args.append(len(d.buckets))
             for hour, n in d.buckets.items():
                 args += [hour, n]
-        keys = [self.offsets_key, _trending_key(), ITEM_CLOCK_KEY]
+        keys = [self.offsets_key, _trending_key(), ITEM_CLOCK_KEY, self.log_key]
         pool = self.client.connection_pool
         conn = pool.get_connection()
         try:
@@ -158,9 +200,10 @@ class RedisState:
             raise
         return _Pending(conn, keys, args, names)
 
-    def commit_receive(self, pending: _Pending) -> dict[str, tuple[list[int], float]] | None:
-        """The script's answer: item -> (window counts, trending score), or ``None`` when
-        the fence failed (another member applied these partitions; nothing was written)."""
+    def commit_receive(self, pending: _Pending) -> dict[str, tuple[list[int], float]] | str:
+        """The script's answer: item -> (window counts, trending score); or, with nothing
+        written, :data:`FENCED` (another member applied these partitions, or the topic's
+        log changed) or :data:`LOST` (the log marker is gone: Redis lost the state)."""
         from redis.exceptions import NoScriptError
 
         pool = self.client.connection_pool
@@ -173,8 +216,8 @@ class RedisState:
             raise
         finally:
             pool.release(pending.conn)
-        if not out or int(out[0]) == 0:
-            return None
+        if not out or int(out[0]) <= 0:
+            return LOST if out and int(out[0]) < 0 else FENCED
         step = len(self.window_hours) + 1
         return {
             name: (

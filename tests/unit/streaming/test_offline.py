@@ -39,3 +39,18 @@ def test_truncate_undoes_a_batch_and_read_events_drops_repeats(tmp_path: Path) -
     frame = read_events(tmp_path)
     assert sorted(frame["offset"].tolist()) == [1, 2]
     assert read_events(tmp_path / "missing").empty
+
+
+def test_a_recreated_topic_keeps_its_rows_apart_from_the_old_log(tmp_path: Path) -> None:
+    log = OfflineLog(tmp_path)
+    log.add(0, 0, Event("u1", "i1", "view", 1, None))
+    log.flush()  # a file from before log ids (no log_id column)
+    log.add(0, 0, Event("u1", "i2", "view", 2, None))
+    log.flush(log_id="old")
+    log.add(0, 0, Event("u1", "i2", "view", 2, None))  # repeated by a crash
+    log.flush(log_id="old")
+    log.add(0, 0, Event("u2", "i3", "view", 3, None))  # the topic created again: offset 0
+    log.flush(log_id="new")
+    frame = read_events(tmp_path)
+    assert sorted(frame["item_id"]) == ["i1", "i2", "i3"]
+    assert sorted(frame["log_id"]) == ["", "new", "old"]

@@ -1,0 +1,149 @@
+"""The stream processor's way back from outages (mixed into ``StreamProcessor``).
+
+A failed batch rewinds to the committed Kafka offsets (:meth:`Recovery._rewind`). After
+every such positioning, Redis's progress must reach the committed offset, else Redis lost
+its last writes and the partition is re-read from Redis's progress (``_behind``). The
+state records which incarnation of the topic its offsets belong to (the broker's topic
+id): a topic created again — the embedded broker keeps nothing across a restart — is read
+from its start with the old offsets forgotten and the aggregates kept (``_log_changed``);
+a marker that vanished means Redis lost the state, which is rebuilt from the start of the
+retained log (``_state_lost``).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from kafka import TopicPartition
+from kafka.errors import KafkaError
+from redis.exceptions import RedisError
+
+logger = logging.getLogger(__name__)
+
+
+class Recovery:
+    """Outage handling over the processor's consumer, Redis state, caches and sink."""
+
+    settings: Any
+    consumer: Any
+    state: Any
+    sink: Any
+    cache: dict[str, Any]
+    _epoch: int | None
+    _log_id: str | None
+    _check_gap: set[int]
+
+    def maybe_flush(self, *, force: bool = False, commit: bool = True) -> None:
+        """Provided by ``StreamProcessor``: write out the offline buffer."""
+        raise NotImplementedError
+
+    def _topic_id(self) -> str | None:
+        """The broker's id of the events topic (from the consumer's cached metadata; a
+        new id means the topic was created again). None where the broker reports none."""
+        cluster = getattr(getattr(self.consumer, "_client", None), "cluster", None)
+        topic_id = cluster.topic_id(self.settings.kafka.events_topic) if cluster else None
+        if topic_id is None or getattr(topic_id, "int", 1) == 0:
+            return None  # unknown, or the nil id of a topic missing from the metadata
+        return str(topic_id)
+
+    def _log_changed(self) -> bool:
+        """Check (once per topic incarnation) that the Redis state belongs to the log
+        being read. On a recreated topic (offsets from 0 again): write out what is
+        buffered, forget the old offsets, read the new log from its start. True when the
+        batch in hand must be dropped (positions moved)."""
+        now = self._topic_id()
+        if now is None or now == self._log_id:
+            return False
+        stored = self.state.adopt_log(now)
+        if stored != now:
+            logger.warning(
+                "topic %s was created again (id %s, was %s): its offsets restart at 0; "
+                "forgetting the applied offsets, keeping the aggregates",
+                self.settings.kafka.events_topic,
+                now,
+                stored,
+            )
+            self.maybe_flush(force=True, commit=False)  # the old log's rows, under its id
+            self.state.reset_log(stored, now)
+        had = self._log_id
+        self._log_id = self.sink.log_id = now
+        if had is None and stored == now:
+            return False  # first look: nothing cached from another log
+        self.maybe_flush(force=True, commit=False)
+        self._rewind()
+        return True
+
+    def _behind(self, records: list[Any]) -> bool:
+        """After positioning at a committed Kafka offset: does Redis's progress reach it?
+
+        Kafka offsets are committed only after the state and the offline log hold the
+        events, so a position past them means Redis lost its last writes (a crash with
+        ``appendfsync everysec``, a restart without persistence). Those partitions are
+        re-read from Redis's progress, once per positioning (a log that no longer holds
+        those offsets, or a control record there, must not loop). True: positions moved.
+        """
+        topic = self.settings.kafka.events_topic
+        first: dict[int, int] = {}
+        for r in records:
+            first.setdefault(r.partition, r.offset)
+        assigned = {tp.partition for tp in self.consumer.assignment()}
+        applied, _ = self.state.read([])
+        back = {}
+        for p in self._check_gap & assigned:
+            at = first.get(p)
+            if at is None:  # nothing new polled: where the consumer stands
+                at = self.consumer.position(TopicPartition(topic, p))
+            durable = min(applied.get(p, -1), self.sink.done.get(p, -1))
+            if at is not None and at > durable + 1:
+                back[p] = durable + 1
+        self._check_gap.clear()
+        if not back:
+            return False
+        logger.warning(
+            "Redis progress is behind the committed Kafka offsets (partition: next -> "
+            "re-read from) %s: Redis lost its last writes",
+            {p: f"{first.get(p, '?')} -> {o}" for p, o in back.items()},
+        )
+        self.cache.clear()
+        self._epoch = None
+        for p, off in first.items():
+            self.consumer.seek(TopicPartition(topic, p), back.get(p, off))
+        for p, off in back.items():
+            self.consumer.seek(TopicPartition(topic, p), off)
+        return True
+
+    def _state_lost(self) -> None:
+        """The log marker vanished from Redis: it lost the processor's state (restarted
+        without persistence, flushed). Rebuild it from the start of the retained log
+        (complete while the broker still holds every event; the offline log drops the
+        rows read twice)."""
+        logger.error(
+            "Redis lost the stream state (log marker %s missing): rebuilding from the start "
+            "of the retained log",
+            self.state.log_key,
+        )
+        self.cache.clear()
+        self._epoch = None
+        self._log_id = None
+        parts = list(self.consumer.assignment())
+        self.sink.forget([tp.partition for tp in parts])
+        if parts:
+            self.consumer.seek_to_beginning(*parts)
+
+    def _rewind(self) -> None:
+        """After a failed batch: forget in-memory work, resume from durable positions."""
+        self.cache.clear()
+        self._epoch = None
+        try:
+            parts = list(self.consumer.assignment())
+            self._check_gap.update(tp.partition for tp in parts)
+            self.sink.forget([tp.partition for tp in parts])
+            for tp in parts:
+                committed = self.consumer.committed(tp)
+                if committed is None:
+                    self.consumer.seek_to_beginning(tp)
+                else:
+                    self.consumer.seek(tp, committed)
+        except (RedisError, KafkaError, OSError) as exc:
+            logger.warning("rewind incomplete (%s); retrying after the next failure", exc)
