@@ -182,6 +182,15 @@ def start_processor(s: Settings, env_extra: dict[str, str], *args: str) -> subpr
     )
 
 
+def processor_log(s: Settings, lines: int = 25) -> str:
+    """The newest processor log's last lines from rtrec's own loggers (for failures)."""
+    logs = sorted(s.work_dir.glob("processor-*.log"))
+    if not logs:
+        return "(no processor log)"
+    text = logs[-1].read_text(errors="replace").splitlines()
+    return "\n".join([t for t in text if "streaming." in t or t.startswith("{")][-lines:])
+
+
 def applied_count(s: Settings) -> int:
     """Events the processor has applied (from its offsets in Redis)."""
     import redis

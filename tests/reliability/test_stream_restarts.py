@@ -41,6 +41,7 @@ from tests.stream_helpers import (
     logged_count,
     online_differences,
     own_stack,
+    processor_log,
     reference,
     start_processor,
     wait_applied,
@@ -151,7 +152,10 @@ def test_broker_restarted_empty_the_processor_carries_on(tmp_path: Path) -> None
             wait_for(lambda: _partitions(s) > 0, 60, "the events topic back")
             _publish_acked(s, pairs[cut:])  # offsets start at 0 again
             ref = reference(data.events)
-            wait_for(lambda: not online_differences(s, ref), 90, "new events online")
+            try:
+                wait_for(lambda: not online_differences(s, ref), 90, "new events online")
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}; processor log:\n{processor_log(s)}") from None
             wait_for(lambda: logged_count(s) >= len(pairs) - cut, 30, "offline log complete")
         finally:
             proc.send_signal(signal.SIGTERM)
