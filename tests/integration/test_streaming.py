@@ -246,7 +246,11 @@ def test_redis_connections_dropped_mid_stream_change_nothing(
         stop.set()
         thread.join()
     assert sum(kills) > 0
-    assert total.applied == len(data.events)  # each event applied once, failures or not
+    # Never applied twice. Not "== len": a connection killed after Redis ran the commit
+    # but before its reply arrived leaves that batch applied yet uncounted by this
+    # process (it is skipped as already applied on the re-read). The exact end state
+    # below is the guarantee.
+    assert 0 < total.applied <= len(data.events)
     assert_online_equals(s, reference(data.events))
     assert_items_exact(s, data.events)
     assert len(read_events(s.offline_dir / "events")) == len(data.events)
