@@ -204,6 +204,11 @@ class StreamProcessor(Recovery):
                 events.append(validate(r.value, now_ms))
             except InvalidInput as exc:
                 events.append(exc)
+            except Exception as exc:  # a record no rule foresaw must not crash-loop us
+                logger.exception(
+                    "validation raised on partition %s offset %s", r.partition, r.offset
+                )
+                events.append(InvalidInput(f"unvalidatable record ({type(exc).__name__}: {exc})"))
         users = {e.user_id for e in events if not isinstance(e, InvalidInput)}
         missing = [u for u in users if u not in self.cache]
         applied, raws = self.state.read(missing)

@@ -243,3 +243,42 @@ def test_fuzzed_stream_dead_letters_bad_events_and_goes_on(stack: Settings, tmp_
     got = {d["value"] if d["value"] is None else bytes(d["value"]) for d in letters}
     assert got == set(bad.values())  # every bad event, with its original bytes
     assert len(letters) >= len(bad)  # at least once
+
+
+def test_a_record_validation_did_not_foresee_is_dead_lettered_not_a_crash(
+    stack: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Any exception out of validation (a bug, a library surprise) dead-letters that one
+    record with the exception named; a crash would repeat on the same record forever."""
+    from kafka import KafkaConsumer
+
+    import streaming.processor as processor_mod
+    from streaming import publish
+    from streaming.dlq import decode
+
+    s = isolated(stack, tmp_path)
+    poison = json.dumps({**GOOD, "user_id": "poison"}).encode()
+    real = processor_mod.validate
+
+    def flaky(raw: bytes, now_ms: int, **kw: object) -> Event:
+        if raw == poison:
+            raise RuntimeError("surprise")
+        return real(raw, now_ms, **kw)
+
+    monkeypatch.setattr(processor_mod, "validate", flaky)
+    good = [{**GOOD, "user_id": f"u{k}", "ts": NOW - 10 + k} for k in range(3)]
+    pairs = [(e["user_id"].encode(), json.dumps(e).encode()) for e in good]
+    publish(s, [*pairs[:2], (b"poison", poison), pairs[2]], progress=False)
+    total = processor_mod.StreamProcessor(s).run(max_idle_s=2)
+    assert (total.applied, total.dead) == (3, 1)
+    assert_online_equals(s, reference(pd.DataFrame(good)))
+    consumer = KafkaConsumer(
+        s.kafka.dlq_topic,
+        bootstrap_servers=s.kafka.bootstrap_servers,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=3000,
+    )
+    letters = [decode(r) for r in consumer]
+    consumer.close()
+    assert [bytes(d["value"]) for d in letters] == [poison]
+    assert "RuntimeError: surprise" in letters[0]["reason"]
