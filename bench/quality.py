@@ -148,7 +148,10 @@ def main() -> None:
     if args.epochs is None:
         tuned = fit(fit_part, cfg, validation=val, progress=False)
         best = max(tuned.history, key=lambda h: h.get("val_ndcg@10", -1))
-        cfg = replace(cfg, epochs=int(best["epoch"]), schedule_epochs=cfg.epochs)
+        # multinomial: the refit follows the tuning run's long schedule up to the chosen
+        # epoch; next_item (a few epochs): a full one-cycle over the chosen epochs.
+        keep = cfg.epochs if cfg.objective == "multinomial" else None
+        cfg = replace(cfg, epochs=int(best["epoch"]), schedule_epochs=keep)
         print(
             f"epochs chosen on validation: {cfg.epochs} (val ndcg@10 {best['val_ndcg@10']:.4f})",
             file=sys.stderr,
