@@ -47,13 +47,28 @@ class Recovery:
             return None  # unknown, or the nil id of a topic missing from the metadata
         return str(topic_id)
 
-    def _log_changed(self) -> bool:
+    def _log_changed(self, records: list[Any] | None = None) -> bool:
         """Check (once per topic incarnation) that the Redis state belongs to the log
         being read. On a recreated topic (offsets from 0 again): write out what is
         buffered, forget the old offsets, read the new log from its start. True when the
-        batch in hand must be dropped (positions moved)."""
+        batch in hand must be dropped (positions moved).
+
+        Checked on every batch and right after every assignment: after an embedded
+        broker restart the consumer may hold (or have committed to the new broker) the
+        old log's positions, beyond the new log's end, and then polls nothing at all —
+        waiting for a batch to notice would wait forever. While the id is unknown again
+        (the topic is being created), the batch waits for it rather than be judged
+        against the old log.
+        """
         now = self._topic_id()
-        if now is None or now == self._log_id:
+        if now is None:
+            if self._log_id is None:
+                return False  # a broker without topic ids: nothing to compare
+            self.consumer.topics()  # refresh; until then, read nothing of this log
+            for r in records or []:
+                self.consumer.seek(TopicPartition(r.topic, r.partition), r.offset)
+            return bool(records)
+        if now == self._log_id:
             return False
         stored = self.state.adopt_log(now)
         if stored != now:
@@ -71,7 +86,7 @@ class Recovery:
         if had is None and stored == now:
             return False  # first look: nothing cached from another log
         self.maybe_flush(force=True, commit=False)
-        self._rewind()
+        self._rewind(from_start=stored != now)
         return True
 
     def _behind(self, records: list[Any]) -> bool:
@@ -131,8 +146,13 @@ class Recovery:
         if parts:
             self.consumer.seek_to_beginning(*parts)
 
-    def _rewind(self) -> None:
-        """After a failed batch: forget in-memory work, resume from durable positions."""
+    def _rewind(self, *, from_start: bool = False) -> None:
+        """After a failed batch: forget in-memory work, resume from durable positions.
+
+        ``from_start``: a new incarnation of the topic; offsets committed to the broker
+        so far may be the old log's (committed before the change was seen), so read it
+        from its beginning (its events were applied to nothing yet).
+        """
         self.cache.clear()
         self._epoch = None
         try:
@@ -140,7 +160,7 @@ class Recovery:
             self._check_gap.update(tp.partition for tp in parts)
             self.sink.forget([tp.partition for tp in parts])
             for tp in parts:
-                committed = self.consumer.committed(tp)
+                committed = None if from_start else self.consumer.committed(tp)
                 if committed is None:
                     self.consumer.seek_to_beginning(tp)
                 else:

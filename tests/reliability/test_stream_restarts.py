@@ -116,6 +116,27 @@ def _partitions(s: Settings) -> int:
         consumer.close()
 
 
+def _positions(s: Settings) -> str:
+    """The topic's partitions with their end offsets, and the processor's applied
+    offsets in Redis (what a failure message needs to tell a stall from a loss)."""
+    import redis
+    from kafka import KafkaConsumer, TopicPartition
+
+    from streaming.processor import offsets_key
+
+    consumer = KafkaConsumer(
+        bootstrap_servers=s.kafka.bootstrap_servers, allow_auto_create_topics=False
+    )
+    try:
+        parts = sorted(consumer.partitions_for_topic(s.kafka.events_topic) or ())
+        tps = [TopicPartition(s.kafka.events_topic, p) for p in parts]
+        ends = {tp.partition: off for tp, off in consumer.end_offsets(tps).items()}
+    finally:
+        consumer.close()
+    applied = redis.Redis.from_url(s.redis.url).hgetall(offsets_key(s))
+    return f"end offsets {ends}, applied { ({int(k): int(v) for k, v in applied.items()}) }"
+
+
 def _publish_acked(s: Settings, pairs: list[tuple[bytes, bytes]]) -> None:
     """Publish and wait for every acknowledgement (``publish`` does not check them, and
     a broker that just came back may refuse some): the test must know what was sent."""
@@ -155,7 +176,9 @@ def test_broker_restarted_empty_the_processor_carries_on(tmp_path: Path) -> None
             try:
                 wait_for(lambda: not online_differences(s, ref), 90, "new events online")
             except AssertionError as exc:
-                raise AssertionError(f"{exc}; processor log:\n{processor_log(s)}") from None
+                raise AssertionError(
+                    f"{exc}; {_positions(s)}; processor log:\n{processor_log(s)}"
+                ) from None
             wait_for(lambda: logged_count(s) >= len(pairs) - cut, 30, "offline log complete")
         finally:
             proc.send_signal(signal.SIGTERM)
