@@ -191,6 +191,24 @@ def processor_log(s: Settings, lines: int = 25) -> str:
     return "\n".join([t for t in text if "streaming." in t or t.startswith("{")][-lines:])
 
 
+def dead_letters(s: Settings) -> list[dict[str, Any]]:
+    """Every record on the dead-letter topic, decoded (reason, source, original bytes)."""
+    from kafka import KafkaConsumer
+
+    from streaming.dlq import decode
+
+    consumer = KafkaConsumer(
+        s.kafka.dlq_topic,
+        bootstrap_servers=s.kafka.bootstrap_servers,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=3000,
+    )
+    try:
+        return [decode(r) for r in consumer]
+    finally:
+        consumer.close()
+
+
 def applied_count(s: Settings) -> int:
     """Events the processor has applied (from its offsets in Redis)."""
     import redis

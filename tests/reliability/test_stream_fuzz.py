@@ -30,6 +30,7 @@ from rtrec.events import EVENT_TYPES, MAX_FUTURE_MS
 from streaming.validate import Event, validate
 from tests.stream_helpers import (
     assert_online_equals,
+    dead_letters,
     env,
     isolated,
     reference,
@@ -192,10 +193,9 @@ def _bad_payloads(seed: int) -> dict[str, bytes | None]:
 
 
 def test_fuzzed_stream_dead_letters_bad_events_and_goes_on(stack: Settings, tmp_path: Path) -> None:
-    from kafka import KafkaConsumer, KafkaProducer
+    from kafka import KafkaProducer
 
     from features import online_features
-    from streaming.dlq import decode
 
     s = isolated(stack, tmp_path)
     bad = _bad_payloads(seed=8)
@@ -231,14 +231,7 @@ def test_fuzzed_stream_dead_letters_bad_events_and_goes_on(stack: Settings, tmp_
         code = proc.wait(timeout=30)
     assert code == 0
     assert_online_equals(s, reference(pd.DataFrame([*good, late])))
-    consumer = KafkaConsumer(
-        s.kafka.dlq_topic,
-        bootstrap_servers=s.kafka.bootstrap_servers,
-        auto_offset_reset="earliest",
-        consumer_timeout_ms=3000,
-    )
-    letters = [decode(r) for r in consumer]
-    consumer.close()
+    letters = dead_letters(s)
     assert all(d["reason"] and d["source"].startswith(s.kafka.events_topic) for d in letters)
     got = {d["value"] if d["value"] is None else bytes(d["value"]) for d in letters}
     assert got == set(bad.values())  # every bad event, with its original bytes
@@ -250,11 +243,9 @@ def test_a_record_validation_did_not_foresee_is_dead_lettered_not_a_crash(
 ) -> None:
     """Any exception out of validation (a bug, a library surprise) dead-letters that one
     record with the exception named; a crash would repeat on the same record forever."""
-    from kafka import KafkaConsumer
 
     import streaming.processor as processor_mod
     from streaming import publish
-    from streaming.dlq import decode
 
     s = isolated(stack, tmp_path)
     poison = json.dumps({**GOOD, "user_id": "poison"}).encode()
@@ -272,13 +263,6 @@ def test_a_record_validation_did_not_foresee_is_dead_lettered_not_a_crash(
     total = processor_mod.StreamProcessor(s).run(max_idle_s=2)
     assert (total.applied, total.dead) == (3, 1)
     assert_online_equals(s, reference(pd.DataFrame(good)))
-    consumer = KafkaConsumer(
-        s.kafka.dlq_topic,
-        bootstrap_servers=s.kafka.bootstrap_servers,
-        auto_offset_reset="earliest",
-        consumer_timeout_ms=3000,
-    )
-    letters = [decode(r) for r in consumer]
-    consumer.close()
+    letters = dead_letters(s)
     assert [bytes(d["value"]) for d in letters] == [poison]
     assert "RuntimeError: surprise" in letters[0]["reason"]
