@@ -45,6 +45,28 @@ class Tally:
             self.fallbacks += bool(out["fallback"])
 
 
+def fresh_stack_settings(work: Path):
+    """Settings for an embedded stack of this run's own: an emptied work dir and free
+    ports, exported as RTREC_* so the processes the bench starts see them too.
+
+    Fresh every run: the embedded broker keeps no data, so consumer offsets kept in an
+    old Redis would point past the new topic's end and the processor would skip events.
+    """
+    from rtrec.config import get_settings
+
+    shutil.rmtree(work, ignore_errors=True)
+    os.environ.update(
+        {
+            "RTREC_WORK_DIR": str(work),
+            "RTREC_KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",
+            "RTREC_KAFKA__SESSION_TIMEOUT_MS": "2000",
+            "RTREC_REDIS__URL": f"redis://127.0.0.1:{free_port()}/0",
+        }
+    )
+    get_settings.cache_clear()
+    return get_settings()
+
+
 def free_port() -> int:
     import socket
 
@@ -180,7 +202,6 @@ def main() -> None:
     )
     args = ap.parse_args()
 
-    from rtrec.config import get_settings
     from rtrec.logging import configure_logging
     from rtrec.stack import down, start_managed, up
     from serving.loadgen import run_rate
@@ -190,20 +211,7 @@ def main() -> None:
 
     configure_logging("WARNING", json_lines=False)
     bundle_dir = get_bundle(args)
-    work = Path(args.workdir) / "work"
-    # Fresh every run: the embedded broker keeps no data, so consumer offsets kept in the
-    # old Redis would point past the new topic's end and the processor would skip events.
-    shutil.rmtree(work, ignore_errors=True)
-    os.environ.update(
-        {
-            "RTREC_WORK_DIR": str(work),
-            "RTREC_KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",
-            "RTREC_KAFKA__SESSION_TIMEOUT_MS": "2000",
-            "RTREC_REDIS__URL": f"redis://127.0.0.1:{free_port()}/0",
-        }
-    )
-    get_settings.cache_clear()
-    settings = get_settings()
+    settings = fresh_stack_settings(Path(args.workdir) / "work")
     bundle = load_bundle(bundle_dir, use_gpu=False)
     items, users = bundle.item_ids, bundle.encoders.users.ids
     click_users = users[-args.click_users :]

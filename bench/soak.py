@@ -23,7 +23,6 @@ import argparse
 import contextlib
 import json
 import os
-import shutil
 import sys
 import threading
 import time
@@ -33,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 
-from bench.serving import free_port, seed_histories
+from bench.serving import free_port, fresh_stack_settings, seed_histories
 
 KEY = "soak-key"
 
@@ -142,7 +141,6 @@ def main() -> None:
     ap.add_argument("--workdir", default="/tmp/rtrec-bench-soak")
     args = ap.parse_args()
 
-    from rtrec.config import get_settings
     from rtrec.logging import configure_logging
     from rtrec.stack import down, start_managed, up
     from serving.loadgen import run_rate
@@ -155,18 +153,7 @@ def main() -> None:
     if not (bundle_dir / "metadata.json").exists():
         print(f"building a {args.items}-item bundle in {bundle_dir} (one-off)...", flush=True)
         synthetic_bundle(bundle_dir, n_items=args.items, n_users=args.users, dim=args.dim, seed=7)
-    work = Path(args.workdir) / "work"
-    shutil.rmtree(work, ignore_errors=True)  # the broker keeps no data: no stale offsets
-    os.environ.update(
-        {
-            "RTREC_WORK_DIR": str(work),
-            "RTREC_KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",
-            "RTREC_KAFKA__SESSION_TIMEOUT_MS": "2000",
-            "RTREC_REDIS__URL": f"redis://127.0.0.1:{free_port()}/0",
-        }
-    )
-    get_settings.cache_clear()
-    settings = get_settings()
+    settings = fresh_stack_settings(Path(args.workdir) / "work")
     bundle = load_bundle(bundle_dir, use_gpu=False)
     items, users = list(bundle.item_ids), list(bundle.encoders.users.ids)
     del bundle
