@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kafka import ConsumerRebalanceListener, OffsetAndMetadata, TopicPartition
+from kafka.coordinator.assignors.range import RangePartitionAssignor
 from kafka.errors import KafkaError
 from redis.exceptions import RedisError
 
@@ -108,6 +109,9 @@ class StreamProcessor(Recovery):
         self.state = RedisState(settings, self.redis, WINDOW_HOURS)
         get_store(settings)  # registers the feature repo on first use
         k = settings.kafka
+        self._assignor = _RecordingRange()
+        self._stale_assignment = False
+        """The broker answered the leader with an assignment other than the one it sent."""
         self.consumer = KafkaConsumer(
             bootstrap_servers=k.bootstrap_servers,
             group_id=k.consumer_group,
@@ -123,6 +127,7 @@ class StreamProcessor(Recovery):
             # as the embedded broker does after a restart) are only noticed at a metadata
             # refresh; the 5-minute default left new partitions unread that long.
             metadata_max_age_ms=METADATA_MAX_AGE_MS,
+            partition_assignment_strategy=[self._assignor],
         )
         self.consumer.subscribe([k.events_topic], listener=_Rebalance(self))
         # Not idempotent: an idempotent producer fails fatally for good when the broker
@@ -167,6 +172,9 @@ class StreamProcessor(Recovery):
                         timeout_ms=self.poll_ms, max_records=self.max_records
                     )
                     records = [r for rs in polled.values() for r in rs]
+                    if self._stale_assignment:
+                        self._rejoin_as_new_member()
+                        continue  # these records belong to the stale assignment
                     self._rejoin_if_partitions_changed()
                     if self._assigned:  # fresh metadata: a recreated topic shows its new id
                         self.consumer.topics()
@@ -387,7 +395,42 @@ class StreamProcessor(Recovery):
                 coordinator._assignment_snapshot = None  # judged: rejoin once
             coordinator.request_rejoin()
 
+    def _assignment_is_stale(self, partitions: list[int]) -> bool:
+        """As the group's leader: did the broker hand back the assignment we computed?
+
+        The embedded broker (Tansu) keeps a group's generation when its only member
+        rejoins, and answers every later SyncGroup of that generation with the first
+        assignment it stored: after a topic came back with more partitions, the leader
+        sends all of them and is given the old ones, and the rest are never read.
+        """
+        computed, self._assignor.computed = self._assignor.computed, None
+        coordinator = getattr(self.consumer, "_coordinator", None)
+        generation = getattr(coordinator, "_generation", None)
+        member = getattr(generation, "member_id", None)
+        if computed is None or member not in computed:
+            return False  # not the leader this round: nothing to compare with
+        if computed[member] == set(partitions):
+            return False
+        logger.warning(
+            "the broker assigned partitions %s, the leader computed %s (a stale group "
+            "generation): rejoining the group as a new member",
+            sorted(partitions),
+            sorted(computed[member]),
+        )
+        return True
+
+    def _rejoin_as_new_member(self) -> None:
+        """Leave the group and subscribe again: a new member id makes the broker start
+        a new generation, which takes the leader's assignment."""
+        self._stale_assignment = False
+        self.on_revoked()  # unsubscribing revokes without calling the listener
+        self.consumer.unsubscribe()
+        self.consumer.subscribe([self.settings.kafka.events_topic], listener=_Rebalance(self))
+
     def on_assigned(self, partitions: list[int]) -> None:
+        if self._assignment_is_stale(partitions):
+            self._stale_assignment = True
+            return
         self.sink.load(partitions)
         self._check_gap = set(partitions)
         self._assigned = True
@@ -427,6 +470,22 @@ def _item_rows(
         row["written_ms"] = now_ms
         rows.append((item, row, now_ms))
     return rows
+
+
+class _RecordingRange(RangePartitionAssignor):
+    """The range assignor, remembering what it computed (per member: this topic's
+    partitions) so that the leader can check what the broker hands back."""
+
+    def __init__(self) -> None:
+        self.computed: dict[str, set[int]] | None = None
+
+    def assign(self, cluster: Any, members: Any) -> Any:  # type: ignore[override]
+        out = RangePartitionAssignor.assign(cluster, members)
+        self.computed = {
+            member: {p for _topic, parts in a.assigned_partitions for p in parts}
+            for member, a in out.items()
+        }
+        return out
 
 
 class _Rebalance(ConsumerRebalanceListener):
