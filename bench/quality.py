@@ -63,7 +63,7 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=None)
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--batch-size", type=int, default=None)
-    ap.add_argument("--history", type=int, default=None, help="history items (published)")
+    ap.add_argument("--history", type=int, default=None, help="history items (temporal: also the training set's)")
     ap.add_argument(
         "--copies", type=int, default=2, help="history resamples (published, next_item)"
     )
@@ -91,7 +91,7 @@ def main() -> None:
     split = (
         SplitConfig.published(seed=args.seed)
         if args.protocol == "published"
-        else SplitConfig(seed=args.seed)
+        else SplitConfig(seed=args.seed, **({"history_len": args.history} if args.history else {}))
     )
     sets = build_training_sets(settings, source=log, config=split)
     stop_spark()
