@@ -63,7 +63,12 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=None)
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--batch-size", type=int, default=None)
-    ap.add_argument("--history", type=int, default=None, help="history items (temporal: also the training set's)")
+    ap.add_argument(
+        "--history",
+        type=int,
+        default=None,
+        help="history items (temporal: also the training set's)",
+    )
     ap.add_argument(
         "--copies", type=int, default=2, help="history resamples (published, next_item)"
     )
