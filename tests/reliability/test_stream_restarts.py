@@ -19,6 +19,7 @@ events before the restart.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -215,3 +216,48 @@ def test_redis_that_lost_its_last_writes_is_caught_up(stack: Settings, tmp_path:
     assert_online_equals(s, reference(data.events))
     assert_items_exact(s, data.events)
     assert_offline_exact(s, data.events)
+
+
+def test_topic_recreated_with_more_partitions_all_are_read(tmp_path: Path) -> None:
+    """The embedded broker keeps a group's generation when its only member rejoins and
+    hands back the first assignment it stored: after the topic comes back with 4
+    partitions the leader computes [0, 1, 2, 3] and is given [0, 1, 2]. The processor
+    must notice, rejoin as a new member, and read every partition."""
+    from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    from streaming.processor import StreamProcessor
+
+    data = generate(SyntheticConfig.small(seed=11, n_users=120, n_items=80, n_events=2000))
+    with own_stack(tmp_path) as s:
+        processor = StreamProcessor(s)
+        assigned: list[list[int]] = []
+        on_assigned = processor.on_assigned
+
+        def record(partitions: list[int]) -> None:
+            assigned.append(sorted(partitions))
+            on_assigned(partitions)
+
+        processor.on_assigned = record  # type: ignore[method-assign]
+        worker = threading.Thread(target=processor.run, kwargs={"max_idle_s": 120})
+        worker.start()
+        try:
+            wait_for(lambda: assigned[-1:] == [[0, 1, 2]], 60, "the first assignment")
+            admin = KafkaAdminClient(bootstrap_servers=s.kafka.bootstrap_servers)
+            try:
+                admin.delete_topics([s.kafka.events_topic])
+                # the processor's metadata request may have created it first
+                with contextlib.suppress(TopicAlreadyExistsError):
+                    admin.create_topics([NewTopic(s.kafka.events_topic, 4, 1)])
+            finally:
+                admin.close()
+            assert _partitions(s) == 4  # ours, or auto-created with the broker's default
+            wait_for(lambda: assigned[-1:] == [[0, 1, 2, 3]], 60, "all four partitions assigned")
+            _publish_acked(s, list(data.iter_keyed_event_json()))
+            ref = reference(data.events)
+            wait_for(lambda: not online_differences(s, ref), 90, "every event online")
+        finally:
+            processor.stop()
+            worker.join(timeout=60)
+        assert not worker.is_alive()
+        assert_online_equals(s, ref)
