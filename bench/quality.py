@@ -96,7 +96,7 @@ def main() -> None:
     split = (
         SplitConfig.published(seed=args.seed)
         if args.protocol == "published"
-        else SplitConfig(seed=args.seed, **({"history_len": args.history} if args.history else {}))
+        else SplitConfig(seed=args.seed, history_len=args.history or SplitConfig.history_len)
     )
     sets = build_training_sets(settings, source=log, config=split)
     stop_spark()
