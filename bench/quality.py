@@ -6,8 +6,9 @@
 published: random 75/25 split within each user (every rating a positive), all items
 ranked, training items masked — the protocol of the published ML-100K table. The model
 uses TrainConfig.published() (one example per user: the bag of its training items,
-denoised, every one of them a positive, full softmax). Epochs and EASE's L2 are chosen on
-a validation split carved from the training part; the test part is touched once.
+denoised, every one of them a positive, full softmax). Epochs, the popularity prior's
+weight and EASE's L2 are chosen on a validation split carved from the training part; the
+test part is touched once.
 temporal: train on the past, test on the future (global time cut), TrainConfig()
 defaults. Model flags left unset keep the protocol's defaults. The last line of output is
 one JSON object of figures.
@@ -78,6 +79,13 @@ def main() -> None:
     ap.add_argument("--user-id-dropout", type=float, default=None)
     ap.add_argument("--weight-decay", type=float, default=None)
     ap.add_argument("--dropout", type=float, default=None)
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="any other TrainConfig field (JSON value), repeatable",
+    )
     args = ap.parse_args()
 
     from rtrec.config import load_settings
@@ -114,6 +122,9 @@ def main() -> None:
         "dropout": args.dropout,
     }
     overrides = {k: v for k, v in flags.items() if v is not None} | {"seed": args.seed}
+    for item in args.set:
+        name, _, value = item.partition("=")
+        overrides[name] = json.loads(value)
     if args.no_log_q:
         overrides["log_q"] = False
     if args.objective:
@@ -156,9 +167,11 @@ def main() -> None:
         # multinomial: the refit follows the tuning run's long schedule up to the chosen
         # epoch; next_item (a few epochs): a full one-cycle over the chosen epochs.
         keep = cfg.epochs if cfg.objective == "multinomial" else None
-        cfg = replace(cfg, epochs=int(best["epoch"]), schedule_epochs=keep)
+        prior = round(float(tuned.net.pop_prior), 6)
+        cfg = replace(cfg, epochs=int(best["epoch"]), schedule_epochs=keep, popularity_prior=prior)
         print(
-            f"epochs chosen on validation: {cfg.epochs} (val ndcg@10 {best['val_ndcg@10']:.4f})",
+            f"epochs chosen on validation: {cfg.epochs} (val ndcg@10 {best['val_ndcg@10']:.4f}); "
+            f"popularity prior {prior} (val ndcg@10 by weight: {tuned.prior_scores})",
             file=sys.stderr,
         )
     baselines = fit_baselines(fit_part, val)

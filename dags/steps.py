@@ -119,7 +119,7 @@ def evaluate_and_register(
 
 
 def build_index(settings: Settings, *, bundle_dir: str, k: int = 100) -> dict[str, Any]:
-    """Rebuild the item index from the bundle's embeddings and measure its recall.
+    """Rebuild the item index from the bundle's retrieval keys and measure its recall.
 
     Serving loads the index saved inside the bundle; this step builds it afresh with the
     index factory (so a change of index settings shows up here first) and reports kind and
@@ -129,7 +129,7 @@ def build_index(settings: Settings, *, bundle_dir: str, k: int = 100) -> dict[st
     from training.index import build_index as make_index
 
     bundle = load_bundle(bundle_dir, use_gpu=False)
-    index = make_index(bundle.item_embeddings, k=k, use_gpu=False, seed=settings.seed)
+    index = make_index(bundle.item_keys, k=k, use_gpu=False, seed=settings.seed)
     out = Path(bundle_dir).parent / "index"
     out.mkdir(parents=True, exist_ok=True)
     index.save(out / "items.faiss")

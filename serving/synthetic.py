@@ -87,12 +87,13 @@ def synthetic_bundle(
             emb.weight[0].zero_()
     model = TrainedModel(net, encoders, TrainConfig(dim=dim, hidden=hidden, seed=seed))
     embeddings = _clustered(rng, n_items, dim) if clustered else _item_embeddings(net, table)
-    index = build_index(embeddings, kind=index_kind, use_gpu=False, k=100, seed=seed)  # type: ignore[arg-type]
+    model.item_embeddings = lambda: embeddings  # type: ignore[method-assign]
+    keys = model.item_keys()  # no popularity prior: its column is zeros
+    index = build_index(keys, kind=index_kind, use_gpu=False, k=100, seed=seed)  # type: ignore[arg-type]
     popular = [items.ids[j] for j in rng.permutation(n_items)[: min(n_items, 500)]]
     extra: dict[str, Any] = {"synthetic": True}
     if version_tag is not None:
         extra["version_tag"] = version_tag
-    model.item_embeddings = lambda: embeddings  # type: ignore[method-assign]
     out = save_bundle(Path(directory), model=model, index=index, popular_items=popular, extra=extra)
     logger.info("synthetic bundle written", extra={"items": n_items, "path": str(out)})
     return out

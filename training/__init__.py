@@ -6,7 +6,7 @@ Public API (imports are lazy: the torch side runs on a GPU host without pyspark/
     build_training_sets(settings, ...)           # Spark, point-in-time (training.dataset)
     fit(frame, TrainConfig(...)) -> TrainedModel # two-tower (training.trainer)
     evaluate(model, seen, target) -> metrics     # full ranking (training.evaluate)
-    build_index(embeddings) -> ItemIndex         # FAISS (training.index)
+    build_index(model.item_keys()) -> ItemIndex  # FAISS (training.index)
     save_bundle / load_bundle -> ModelBundle     # what serving loads (training.artifacts)
     ModelRegistry(settings)                      # MLflow (training.registry)
 """

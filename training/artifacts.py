@@ -90,6 +90,11 @@ class ModelBundle:
         self.net = net.eval()
         self.encoders = encoders
         self.item_embeddings = item_embeddings
+        with torch.inference_mode():
+            self.item_keys: np.ndarray = net.keys(
+                torch.as_tensor(item_embeddings), torch.arange(1, len(item_embeddings) + 1)
+            ).numpy()
+        """What the index holds: each embedding plus its log popularity (TwoTower.keys)."""
         self.index = index
         self.metadata = metadata
         self.version: str | None = metadata.get("version")
@@ -122,7 +127,8 @@ class ModelBundle:
         histories: Sequence[Sequence[str]],
         dense: np.ndarray | Sequence[dict[str, Any]] | None = None,
     ) -> np.ndarray:
-        """One L2-normalised vector per user; unknown users get one from their history."""
+        """One retrieval query per user (TwoTower.query: the L2-normalised user vector and
+        the popularity prior's weight); unknown users get one from their history."""
         enc = self.encoders
         if dense is None:
             dense_arr = dense_matrix(_frame([{} for _ in user_ids]), enc.dense)
@@ -141,7 +147,7 @@ class ModelBundle:
             torch.as_tensor(enc.items.encode_lists(histories, enc.history_len)),
             torch.as_tensor(dense_arr),
         )
-        return out.numpy()
+        return self.net.query(out).numpy()
 
     def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, list[list[str | None]]]:
         """Top-``k`` (scores, item ids) per vector; ``None`` where the index had no result."""
@@ -153,7 +159,9 @@ class ModelBundle:
         j = self.encoders.items.index(item_id)
         if not j:
             raise NotFound(f"item {item_id!r} is not in the model's catalog")
-        scores, ids = self.search(self.item_embeddings[j - 1 : j], k + 1)
+        # Cosine between the items: the key's popularity column is met with a zero.
+        query = np.append(self.item_embeddings[j - 1], 0.0).astype(np.float32)[None, :]
+        scores, ids = self.search(query, k + 1)
         return [
             (i, float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i and i != item_id
         ][:k]
@@ -162,10 +170,12 @@ class ModelBundle:
         """Evaluator interface: scores of every catalog item from each user's ``seen`` rows."""
         user, history, dense = self.encoders.user_state(seen, user_ids)
         with torch.inference_mode():
-            vecs = self.net.user_tower(
-                torch.as_tensor(user), torch.as_tensor(history), torch.as_tensor(dense)
+            vecs = self.net.query(
+                self.net.user_tower(
+                    torch.as_tensor(user), torch.as_tensor(history), torch.as_tensor(dense)
+                )
             ).numpy()
-        return vecs @ self.item_embeddings.T
+        return vecs @ self.item_keys.T
 
     def recommend(self, user_ids: Sequence[str], k: int = 10) -> list[list[str]]:
         """Ids only, no online features (for batch scoring through the MLflow pyfunc)."""
@@ -211,10 +221,11 @@ def load_bundle(directory: Path | str, *, use_gpu: bool | str = "auto") -> Model
             f"model bundle {directory} cannot be loaded: {exc}", field="bundle"
         ) from None
     n = len(encoders.items)
-    if emb.shape != (n, cfg.dim) or index.ntotal != n or cfg.n_items != encoders.items.size:
+    consistent = emb.shape == (n, cfg.dim) and cfg.n_items == encoders.items.size
+    if not consistent or index.ntotal != n or index.dim != cfg.dim + 1:
         raise InvalidInput(
             f"model bundle {directory} is inconsistent: {n} items, embeddings {emb.shape}, "
-            f"index {index.ntotal}",
+            f"index {index.ntotal} x {index.dim} (expected dim {cfg.dim + 1})",
             field="bundle",
         )
     return ModelBundle(directory, net, encoders, emb, index, metadata)

@@ -65,6 +65,13 @@ class TwoTower(nn.Module):
             nn.Linear(cfg.hidden, d),
         )
         self.log_inv_temp = nn.Parameter(torch.tensor(math.log(1.0 / cfg.init_temperature)))
+        # Ranking prior (set after training, never trained): score = inv_temp * cos(u, v)
+        # + pop_prior * log(1 + count). Retrieval folds it into one extra dimension; the
+        # keys hold log(1 + count) / log_pop_scale in [0, 1], so the extra dimension weighs
+        # no more than an embedding one in an IVF index's clustering.
+        self.register_buffer("item_log_pop", torch.zeros(cfg.n_items))
+        self.register_buffer("log_pop_scale", torch.ones(()))
+        self.register_buffer("pop_prior", torch.zeros(()))
         for emb in (self.user_emb, self.item_emb, self.hist_emb, self.cat_emb):
             nn.init.normal_(emb.weight, std=0.05)
             with torch.no_grad():
@@ -108,3 +115,17 @@ class TwoTower(nn.Module):
         """``item`` [N], ``categories`` [N, C] (0 = padding)."""
         cats = self._pool(self.cat_emb, categories, None)
         return F.normalize(self.item_mlp(torch.cat([self.item_emb(item), cats], -1)), dim=-1)
+
+    def query(self, user_vecs: torch.Tensor) -> torch.Tensor:
+        """Retrieval query ``[u, prior / inv_temp]`` (``[B, dim + 1]``).
+
+        With :meth:`keys` its inner product is the model's score divided by the
+        temperature: the same ranking, in one FAISS search.
+        """
+        col = (self.pop_prior * self.log_pop_scale / self.inv_temperature).to(user_vecs.dtype)
+        return torch.cat([user_vecs, col.expand(user_vecs.shape[0], 1)], -1)
+
+    def keys(self, item_vecs: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
+        """Retrieval keys ``[v, scaled log popularity]`` (``[N, dim + 1]``) of ``item``."""
+        pop = self.item_log_pop[item].to(item_vecs.dtype).unsqueeze(-1)
+        return torch.cat([item_vecs, pop], -1)

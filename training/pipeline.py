@@ -260,7 +260,7 @@ def fit_and_evaluate(
     test_metrics = {name: evaluate(m, seen, test_df) for name, m in models.items()}
     out_dir.mkdir(parents=True, exist_ok=True)
     report_md, report_png = write_report(test_metrics, out_dir / "report", title=sets.protocol)
-    index = build_index(model.item_embeddings())
+    index = build_index(model.item_keys())
     popular = baselines["MostPopular"].top(200)
     bundle_dir = save_bundle(
         out_dir / "bundle",

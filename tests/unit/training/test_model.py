@@ -177,7 +177,7 @@ def test_trains_on_gpu_with_amp(split) -> None:
 
 
 def test_bundle_round_trip(tmp_path: Path, model) -> None:
-    index = build_index(model.item_embeddings())
+    index = build_index(model.item_keys())
     path = save_bundle(tmp_path / "b", model=model, index=index, popular_items=["i1", "i2"])
     bundle = load_bundle(path)
     users, hist = ["u1", "unknown-user"], [["i1", "i2"], ["i3"]]
@@ -197,7 +197,7 @@ def test_bundle_round_trip(tmp_path: Path, model) -> None:
 
 @pytest.mark.parametrize("damage", ["delete", "corrupt", "truncate-embeddings"])
 def test_broken_bundles_are_refused(tmp_path: Path, model, damage: str) -> None:
-    path = save_bundle(tmp_path / "b", model=model, index=build_index(model.item_embeddings()))
+    path = save_bundle(tmp_path / "b", model=model, index=build_index(model.item_keys()))
     if damage == "delete":
         (path / WEIGHTS).unlink()
     elif damage == "corrupt":

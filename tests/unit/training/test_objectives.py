@@ -15,7 +15,7 @@ from training.baselines import MostPopular
 from training.evaluate import evaluate
 from training.index import build_index
 from training.loss import multinomial_loss, sampled_softmax_loss
-from training.trainer import TrainConfig, fit
+from training.trainer import PRIOR_GRID, TrainConfig, fit
 
 
 def random_split(frame: pd.DataFrame, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -110,16 +110,44 @@ def test_multinomial_is_deterministic_and_stops_early(split) -> None:
 
 
 def test_bundle_without_stream_features_serves(tmp_path: Path, model, split) -> None:
-    path = save_bundle(tmp_path / "b", model=model, index=build_index(model.item_embeddings()))
+    path = save_bundle(tmp_path / "b", model=model, index=build_index(model.item_keys()))
     bundle = load_bundle(path)
     assert bundle.dense_names == []
     users, hist = ["u1", "nobody"], [["i1", "i2"], ["i3"]]
     vecs = bundle.user_vectors(users, hist, [{"cnt_view_1h": 3.0}, {}])
-    assert vecs.shape == (2, 16)
-    np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+    assert vecs.shape == (2, 17)  # the user vector and the popularity prior's weight
+    np.testing.assert_allclose(np.linalg.norm(vecs[:, :16], axis=1), 1.0, atol=1e-5)
     # The id is never used: the same history gives the same vector for any user.
     same = bundle.user_vectors(["u1", "u2"], [["i1"], ["i1"]])
     np.testing.assert_allclose(same[0], same[1], atol=1e-6)
     train, test = split
     direct = evaluate(model, train, test)["ndcg@10"]
     assert evaluate(bundle, train, test)["ndcg@10"] == pytest.approx(direct, abs=1e-4)
+
+
+def test_popularity_prior_is_tuned_on_validation_and_served_exactly(tmp_path: Path, split) -> None:
+    train, test = split
+    fit_part, val = random_split(train, seed=1)
+    tuned = fit(fit_part, small_published(), validation=val, progress=False)
+    assert set(tuned.prior_scores) == set(PRIOR_GRID)
+    chosen = float(tuned.net.pop_prior)
+    assert tuned.prior_scores[chosen] == max(tuned.prior_scores.values())
+    # A fixed weight is used as given: the model's score is T * cos + w * log(1 + count).
+    model = fit(train, small_published(popularity_prior=0.4), progress=False)
+    users = sorted(test["user_id"].unique())[:5]
+    state = model.encoders.user_state(train, users)
+    plain = model.user_vectors(*state)[:, :16] @ model.item_embeddings().T
+    counts = train["item_id"].value_counts().reindex(model.item_ids).fillna(0).to_numpy()
+    expected = model.net.inv_temperature.item() * plain + 0.4 * np.log1p(counts)
+    got = model.score(train, users) * model.net.inv_temperature.item()
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+    # The bundle's one FAISS search ranks exactly as the model scores.
+    path = save_bundle(tmp_path / "b", model=model, index=build_index(model.item_keys()))
+    bundle = load_bundle(path)
+    queries = bundle.user_vectors(users, [[] for _ in users])
+    _, ids = bundle.search(queries, 10)
+    best = np.argsort(-(queries @ bundle.item_keys.T), axis=1, kind="stable")[:, :10]
+    assert [row[:5] for row in ids] == [[bundle.item_ids[j] for j in r[:5]] for r in best]
+    assert evaluate(bundle, train, test)["ndcg@10"] == pytest.approx(
+        evaluate(model, train, test)["ndcg@10"], abs=1e-4
+    )
