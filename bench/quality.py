@@ -55,6 +55,12 @@ def main() -> None:
     )
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument(
+        "--valid-frac",
+        type=float,
+        default=0.1,
+        help="published: share of each user's training rows held out for tuning",
+    )
+    ap.add_argument(
         "--objective",
         choices=("next_item", "multinomial"),
         default=None,
@@ -143,7 +149,7 @@ def main() -> None:
         cfg = TrainConfig(**{"history_len": split.history_len, **overrides})
     if args.protocol == "published":
         # Held-out ratings never feed a model input: histories come from training rows.
-        fit_part, val = _inner_split(train, 0.1, args.seed)
+        fit_part, val = _inner_split(train, args.valid_frac, args.seed)
         seen_for_test = train
         if cfg.objective == "next_item":
             # Time order carries no signal under a random split: histories are bags of

@@ -31,6 +31,8 @@ ITEM_EMBEDDINGS = "item_embeddings.npy"
 INDEX = "index.faiss"
 INDEX_META = "index.json"
 METADATA = "metadata.json"
+PRIOR_BUFFERS = ("item_log_pop", "log_pop_scale", "pop_prior")
+"""Weights a bundle saved before the popularity prior lacks (loaded as a zero prior)."""
 FILES = (WEIGHTS, MODEL_CONFIG, ITEM_EMBEDDINGS, INDEX, INDEX_META, *ENCODER_FILES)
 
 
@@ -151,6 +153,8 @@ class ModelBundle:
 
     def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, list[list[str | None]]]:
         """Top-``k`` (scores, item ids) per vector; ``None`` where the index had no result."""
+        if self.index.dim == vectors.shape[1] - 1:  # a pre-prior bundle: its prior is 0
+            vectors = vectors[:, :-1]
         scores, rows = self.index.search(vectors, k)
         ids = self.encoders.items.ids
         return scores, [[ids[r] if r >= 0 else None for r in row] for row in rows]
@@ -212,7 +216,10 @@ def load_bundle(directory: Path | str, *, use_gpu: bool | str = "auto") -> Model
     try:
         cfg = TwoTowerConfig(**json.loads((directory / MODEL_CONFIG).read_text()))
         net = TwoTower(cfg)
-        net.load_state_dict(torch.load(directory / WEIGHTS, map_location="cpu", weights_only=True))
+        state = torch.load(directory / WEIGHTS, map_location="cpu", weights_only=True)
+        missing, unexpected = net.load_state_dict(state, strict=False)
+        if unexpected or set(missing) - set(PRIOR_BUFFERS):
+            raise RuntimeError(f"weights do not fit: missing {missing}, unexpected {unexpected}")
         encoders = Encoders.load(directory)
         emb = np.load(directory / ITEM_EMBEDDINGS)
         index = ItemIndex.load(directory / INDEX, use_gpu=use_gpu)  # type: ignore[arg-type]
@@ -222,7 +229,10 @@ def load_bundle(directory: Path | str, *, use_gpu: bool | str = "auto") -> Model
         ) from None
     n = len(encoders.items)
     consistent = emb.shape == (n, cfg.dim) and cfg.n_items == encoders.items.size
-    if not consistent or index.ntotal != n or index.dim != cfg.dim + 1:
+    # A bundle from before the popularity prior has no prior buffers (so a zero prior) and
+    # an index over the bare embeddings; ModelBundle.search drops the zero column for it.
+    legacy = bool(missing) and index.dim == cfg.dim
+    if not consistent or index.ntotal != n or (index.dim != cfg.dim + 1 and not legacy):
         raise InvalidInput(
             f"model bundle {directory} is inconsistent: {n} items, embeddings {emb.shape}, "
             f"index {index.ntotal} x {index.dim} (expected dim {cfg.dim + 1})",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -12,7 +13,14 @@ import pytest
 import torch
 
 from rtrec.errors import InvalidInput, NotFound
-from training.artifacts import ITEM_EMBEDDINGS, METADATA, WEIGHTS, load_bundle, save_bundle
+from training.artifacts import (
+    ITEM_EMBEDDINGS,
+    METADATA,
+    PRIOR_BUFFERS,
+    WEIGHTS,
+    load_bundle,
+    save_bundle,
+)
 from training.baselines import EASE, MostPopular, fit_baselines
 from training.evaluate import evaluate, write_report
 from training.examples import Encoders, histories_within
@@ -193,6 +201,23 @@ def test_bundle_round_trip(tmp_path: Path, model) -> None:
     assert bundle.similar_items(bundle.item_ids[0], 3)[0][0] != bundle.item_ids[0]
     with pytest.raises(NotFound):
         bundle.similar_items("nope", 3)
+
+
+def test_bundle_saved_before_the_popularity_prior_still_loads(tmp_path: Path, model) -> None:
+    """A champion registered by an older release keeps serving after an upgrade."""
+    path = save_bundle(tmp_path / "b", model=model, index=build_index(model.item_embeddings()))
+    state = torch.load(path / WEIGHTS, weights_only=True)
+    torch.save({k: v for k, v in state.items() if k not in PRIOR_BUFFERS}, path / WEIGHTS)
+    meta = json.loads((path / METADATA).read_text())
+    meta["sha256"][WEIGHTS] = hashlib.sha256((path / WEIGHTS).read_bytes()).hexdigest()
+    (path / METADATA).write_text(json.dumps(meta))
+    bundle = load_bundle(path)
+    assert float(bundle.net.pop_prior) == 0.0 and bundle.index.dim == model.net.cfg.dim
+    users, hist = ["u1", "unknown-user"], [["i1", "i2"], ["i3"]]
+    queries = bundle.user_vectors(users, hist)
+    _, ids = bundle.search(queries, 5)
+    plain = queries[:, :-1] @ bundle.item_embeddings.T
+    assert [row[0] for row in ids] == [bundle.item_ids[j] for j in plain.argmax(1)]
 
 
 @pytest.mark.parametrize("damage", ["delete", "corrupt", "truncate-embeddings"])
