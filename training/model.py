@@ -2,7 +2,9 @@
 
 User tower: user id embedding + pooled embeddings of the recent item sequence + dense
 stream features. Item tower: item id embedding + pooled category embeddings. Both end
-in an MLP and are L2-normalised; a learned temperature scales their dot product.
+in an MLP and are L2-normalised; a learned temperature scales their dot product. A
+popularity prior set after training adds ``w * log(1 + count)`` at ranking; :meth:`query`
+and :meth:`keys` fold it into one inner product, so FAISS ranks as the model scores.
 Imports only torch, so it runs on a GPU host without the service packages.
 """
 
@@ -117,7 +119,7 @@ class TwoTower(nn.Module):
         return F.normalize(self.item_mlp(torch.cat([self.item_emb(item), cats], -1)), dim=-1)
 
     def query(self, user_vecs: torch.Tensor) -> torch.Tensor:
-        """Retrieval query ``[u, prior / inv_temp]`` (``[B, dim + 1]``).
+        """Retrieval query ``[u, prior * log_pop_scale / inv_temp]`` (``[B, dim + 1]``).
 
         With :meth:`keys` its inner product is the model's score divided by the
         temperature: the same ranking, in one FAISS search.
