@@ -86,14 +86,9 @@ class EASE:
 
     def tune(self, train: pd.DataFrame, validation: pd.DataFrame, grid: tuple[float, ...]) -> float:
         """Pick the L2 strength with the best validation NDCG@10 (never the test set)."""
-        from training.evaluate import evaluate
+        from training.evaluate import choose_on_validation
 
-        scores = {}
-        for l2 in grid:
-            self._fit(l2)
-            scores[l2] = evaluate(self, train, validation)["ndcg@10"]
-        best = max(scores, key=scores.__getitem__)
-        self._fit(best)
+        best, scores = choose_on_validation(self, self._fit, grid, train, validation)
         logger.info("EASE l2 tuned", extra={"l2": best, "val_ndcg@10": scores[best]})
         return best
 

@@ -10,7 +10,7 @@ Catalog coverage = distinct items in anyone's top 10 / catalog size.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -85,6 +85,24 @@ def evaluate(
     out["coverage@10"] = len(recommended) / max(len(catalog), 1)
     out["users"] = float(len(users))
     return out
+
+
+def choose_on_validation(
+    model: Scorer,
+    apply: Callable[[float], object],
+    grid: Sequence[float],
+    seen: pd.DataFrame,
+    target: pd.DataFrame,
+) -> tuple[float, dict[float, float]]:
+    """Set each ``grid`` value with ``apply``, keep the best NDCG@10 on ``target`` (the
+    first on ties) and leave it applied; returns it and the score of every value."""
+    scores = {}
+    for value in grid:
+        apply(value)
+        scores[value] = evaluate(model, seen, target)["ndcg@10"]
+    best = max(scores, key=scores.__getitem__)
+    apply(best)
+    return best, scores
 
 
 METRIC_ORDER = (

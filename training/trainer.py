@@ -289,13 +289,11 @@ def _set_item_log_pop(net: TwoTower, train: pd.DataFrame, enc: Encoders) -> None
 
 def _tune_prior(model: TrainedModel, train: pd.DataFrame, validation: pd.DataFrame) -> float:
     """The ``PRIOR_GRID`` weight with the best validation NDCG@10 (the smallest on ties)."""
-    from training.evaluate import evaluate
+    from training.evaluate import choose_on_validation
 
-    scores = {}
-    for weight in PRIOR_GRID:
-        model.net.pop_prior.fill_(weight)
-        scores[weight] = evaluate(model, train, validation)["ndcg@10"]
-    best = max(scores, key=scores.__getitem__)
+    best, scores = choose_on_validation(
+        model, model.net.pop_prior.fill_, PRIOR_GRID, train, validation
+    )
     logger.info("popularity prior chosen", extra={"prior": best, "val_ndcg@10": scores})
     model.prior_scores = scores
     return best
