@@ -274,7 +274,12 @@ def fit_and_evaluate(
         bundle_dir=Path(bundle_dir),
         val_metrics=val_metrics,
         test_metrics=test_metrics,
-        params={**config.__dict__, "index": type(index).__name__},
+        # The prior's weight as used (None in the config means "chosen on validation").
+        params={
+            **config.__dict__,
+            "popularity_prior": round(float(model.net.pop_prior), 6),
+            "index": type(index).__name__,
+        },
         report_md=report_md,
         report_png=report_png,
     )
