@@ -9,9 +9,12 @@ uses TrainConfig.published() (one example per user: the bag of its training item
 denoised, every one of them a positive, full softmax). Epochs, the popularity prior's
 weight and EASE's L2 are chosen on a validation split carved from the training part; the
 test part is touched once.
-temporal: train on the past, test on the future (global time cut), TrainConfig()
-defaults. Model flags left unset keep the protocol's defaults. The last line of output is
-one JSON object of figures.
+temporal: train on the past, test on the future (global time cut). As in the product
+(training.trainer.candidates / fit_best), both objectives are fitted, next_item with
+TrainConfig() defaults and the user bag (TrainConfig.user_bag()), and the better on the
+validation period is refitted on train + validation; ``--objective`` forces one. Model
+flags left unset keep the protocol's defaults. The last line of output is one JSON object
+of figures.
 """
 
 from __future__ import annotations
@@ -100,7 +103,7 @@ def main() -> None:
     from training.dataset import SplitConfig, build_training_sets, stop_spark, write_event_log
     from training.evaluate import evaluate, metrics_table
     from training.examples import histories_bag
-    from training.trainer import TrainConfig, fit
+    from training.trainer import TrainConfig, candidates, fit, fit_best
 
     t0 = time.perf_counter()
     ds = load_dataset(args.data)
@@ -137,16 +140,25 @@ def main() -> None:
         overrides["objective"] = args.objective
     if args.epochs or args.max_epochs:
         overrides["epochs"] = args.epochs or args.max_epochs
-    elif args.protocol == "temporal":
-        overrides["epochs"] = 30
+    forced = overrides.get("objective")
     if args.protocol == "published":
-        objective = overrides.get("objective", "multinomial")
-        if objective == "multinomial":
+        if forced in (None, "multinomial"):
             cfg = TrainConfig.published(**overrides)
         else:
             cfg = TrainConfig(**{"history_len": 50, **overrides})
+        configs = {cfg.objective: cfg}
     else:
-        cfg = TrainConfig(**{"history_len": split.history_len, **overrides})
+        # next_item's tuning run is longer than its product default (validation picks the
+        # epoch); the user bag keeps its preset's schedule. --objective forces one.
+        next_item = TrainConfig(**{"history_len": split.history_len, "epochs": 30, **overrides})
+        configs = {
+            name: c
+            for name, c in candidates("temporal", **overrides).items()
+            if forced is None or c.objective == forced
+        }
+        if "next_item" in configs:
+            configs["next_item"] = next_item
+        cfg = next(iter(configs.values()))
     if args.protocol == "published":
         # Held-out ratings never feed a model input: histories come from training rows.
         fit_part, val = _inner_split(train, args.valid_frac, args.seed)
@@ -167,8 +179,10 @@ def main() -> None:
         file=sys.stderr,
     )
 
+    chosen, scores = cfg.objective, {}
     if args.epochs is None:
-        tuned = fit(fit_part, cfg, validation=val, progress=False)
+        chosen, tuned, scores = fit_best(fit_part, configs, validation=val, progress=False)
+        cfg = tuned.config
         best = max(tuned.history, key=lambda h: h.get("val_ndcg@10", -1))
         # multinomial: the refit follows the tuning run's long schedule up to the chosen
         # epoch; next_item (a few epochs): a full one-cycle over the chosen epochs.
@@ -176,6 +190,7 @@ def main() -> None:
         prior = round(float(tuned.net.pop_prior), 6)
         cfg = replace(cfg, epochs=int(best["epoch"]), schedule_epochs=keep, popularity_prior=prior)
         print(
+            f"candidate chosen on validation: {chosen} (val ndcg@10 by candidate: {scores}); "
             f"epochs chosen on validation: {cfg.epochs} (val ndcg@10 {best['val_ndcg@10']:.4f}); "
             f"popularity prior {prior} (val ndcg@10 by weight: {tuned.prior_scores})",
             file=sys.stderr,
@@ -199,6 +214,8 @@ def main() -> None:
         "coverage@10": round(results["two_tower"]["coverage@10"], 4),
         "baselines": {n: {k: round(results[n][k], 4) for k in KEYS} for n in finals},
         "epochs": cfg.epochs,
+        "candidate": chosen,
+        "candidate_val_ndcg@10": {k: round(v, 4) for k, v in scores.items()},
         "config": {k: v for k, v in cfg.to_dict().items() if k not in ("device", "threads")},
         "ease_l2": ease_l2,
         "train_seconds": round(train_s, 1),

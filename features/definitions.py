@@ -16,8 +16,9 @@ from rtrec.events import EVENT_TYPES
 
 WINDOWS = {"1h": 3_600_000, "24h": 86_400_000, "7d": 7 * 86_400_000}
 """Sliding windows of the count features (name -> ms), as in the training sets."""
-RECENT_ITEMS = 20
-"""Items kept in ``recent_items`` (newest first); the user tower's history length."""
+RECENT_ITEMS = 200
+"""Items kept in ``recent_items`` (newest first): the user tower's history, as long as the
+longest a model reads (the user-bag preset, ``training.trainer.BAG_HISTORY``)."""
 
 USER_STREAM_VIEW = "user_stream"
 ITEM_STREAM_VIEW = "item_stream"

@@ -193,7 +193,10 @@ def _report(path: Path, report: DemoReport, extras: dict[str, Any]) -> Path:
 )
 @click.option("--keep-running", is_flag=True, help="Leave the stack and the service up at the end.")
 @click.option(
-    "--epochs", type=int, default=None, help="Training epochs (default: 3 quick, 6 full)."
+    "--epochs",
+    type=int,
+    default=None,
+    help="Cap on training epochs (default: each candidate objective's own schedule).",
 )
 def demo(quick: bool, data: str, keep_running: bool, epochs: int | None) -> None:
     """Run the whole loop on the embedded default and write an HTML report."""
@@ -203,7 +206,6 @@ def demo(quick: bool, data: str, keep_running: bool, epochs: int | None) -> None
     settings = get_settings()
     report = DemoReport()
     extras: dict[str, Any] = {}
-    epochs = epochs or (3 if quick else 6)
     ok = True
     try:
         report.step(

@@ -5,6 +5,7 @@ Public API (imports are lazy: the torch side runs on a GPU host without pyspark/
     train(settings, ...) -> TrainResult          # the whole pipeline (training.pipeline)
     build_training_sets(settings, ...)           # Spark, point-in-time (training.dataset)
     fit(frame, TrainConfig(...)) -> TrainedModel # two-tower (training.trainer)
+    fit_best(frame, candidates(), validation=...) # both objectives, validation keeps one
     evaluate(model, seen, target) -> metrics     # full ranking (training.evaluate)
     build_index(model.item_keys()) -> ItemIndex  # FAISS (training.index)
     save_bundle / load_bundle -> ModelBundle     # what serving loads (training.artifacts)
@@ -21,6 +22,8 @@ _EXPORTS = {
     "SplitConfig": "training.dataset",
     "fit": "training.trainer",
     "TrainConfig": "training.trainer",
+    "fit_best": "training.trainer",
+    "candidates": "training.trainer",
     "evaluate": "training.evaluate",
     "build_index": "training.index",
     "save_bundle": "training.artifacts",

@@ -4,7 +4,8 @@ One function per step, each a library call the CLI, the Airflow DAG and the benc
 
 1. :func:`event_log_for` — the stream's offline log, or one written from ``--data``;
 2. :func:`training.dataset.build_training_sets` (Spark, point-in-time features);
-3. :func:`fit_and_evaluate` — the two-tower model, evaluated beside the baselines on
+3. :func:`fit_and_evaluate` — the two-tower model (both objectives fitted, the better
+   on validation kept), evaluated beside the baselines on
    validation (the gate's metric) and test (the report), saved as a bundle with its index;
 4. :meth:`training.registry.ModelRegistry.log_and_register` as ``challenger`` and the
    promotion gate.
@@ -186,7 +187,7 @@ def _register(settings: Settings, result: TrainResult, *, data: str | Path | Non
         **result.fit.params,
         "protocol": result.protocol,
         "data": str(data) if data is not None else "offline-event-log",
-        "history_len": result.sets.history_len,
+        "sets_history_len": result.sets.history_len,
         **{f"n_{k}": v for k, v in result.sets.counts.items()},
     }
     reports = [p for p in (result.fit.report_md, result.fit.report_png) if p is not None]
@@ -230,6 +231,9 @@ def fit_and_evaluate(
 ) -> FitOutput:
     """Default fitter: the two-tower model beside the baselines, saved as one bundle.
 
+    ``epochs`` caps every candidate objective (``trainer.candidates``); None keeps each
+    preset's own schedule.
+
     Composes the model side's public calls (``training.trainer``, ``training.baselines``,
     ``training.evaluate``, ``training.index``, ``training.artifacts``); the metrics are
     full-ranking with each user's training items masked, on validation and on test.
@@ -239,7 +243,7 @@ def fit_and_evaluate(
         from training.baselines import fit_baselines
         from training.evaluate import evaluate, write_report
         from training.index import build_index
-        from training.trainer import TrainConfig, fit
+        from training.trainer import candidates, fit_best
     except ImportError as exc:  # a partial checkout: say which piece is missing
         raise Unavailable(f"the model side is incomplete: {exc}") from exc
 
@@ -247,8 +251,11 @@ def fit_and_evaluate(
     overrides: dict[str, Any] = {"seed": settings.seed}
     if epochs is not None:
         overrides["epochs"] = epochs
-    config = TrainConfig(**overrides)
-    model = fit(train_df, config, validation=val_df, progress=progress)
+    # Both objectives are fitted; validation NDCG@10 keeps one (trainer.fit_best).
+    chosen, model, candidate_scores = fit_best(
+        train_df, candidates(sets.protocol, **overrides), validation=val_df, progress=progress
+    )
+    config = model.config
     baselines = fit_baselines(train_df, val_df)
     models = {MODEL_NAME: model, **baselines}
     val_metrics = {name: evaluate(m, train_df, val_df) for name, m in models.items()}
@@ -278,6 +285,8 @@ def fit_and_evaluate(
         params={
             **config.__dict__,
             "popularity_prior": round(float(model.net.pop_prior), 6),
+            "candidate": chosen,
+            **{f"candidate.{n}.val_ndcg_at_10": round(v, 6) for n, v in candidate_scores.items()},
             "index": type(index).__name__,
         },
         report_md=report_md,

@@ -103,6 +103,14 @@ def test_pipeline_registers_a_champion_whose_bundle_loads(
     assert registry.champion_version() == "1"
     info = registry.versions()[0]
     assert info.tags[TAG_DECISION] == "promoted" and info.metrics["val_ndcg_at_10"] > 0
+    # Both objectives were fitted; the one kept is the better on validation, and says so.
+    params = registry.client.get_run(result.run_id).data.params
+    scores = {n: float(params[f"candidate.{n}.val_ndcg_at_10"]) for n in ("next_item", "user_bag")}
+    assert params["candidate"] == max(scores, key=scores.__getitem__)
+    assert (
+        params["objective"]
+        == {"next_item": "next_item", "user_bag": "multinomial"}[params["candidate"]]
+    )
     bundle = load_bundle(registry.download_bundle(CHAMPION))
     assert bundle is not None
 

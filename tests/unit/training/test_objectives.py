@@ -15,7 +15,7 @@ from training.baselines import MostPopular
 from training.evaluate import evaluate
 from training.index import build_index
 from training.loss import multinomial_loss, sampled_softmax_loss
-from training.trainer import PRIOR_GRID, TrainConfig, fit
+from training.trainer import BAG_HISTORY, PRIOR_GRID, TrainConfig, candidates, fit, fit_best
 
 
 def random_split(frame: pd.DataFrame, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -151,3 +151,33 @@ def test_popularity_prior_is_tuned_on_validation_and_served_exactly(tmp_path: Pa
     assert evaluate(bundle, train, test)["ndcg@10"] == pytest.approx(
         evaluate(model, train, test)["ndcg@10"], abs=1e-4
     )
+
+
+def test_fit_best_keeps_the_candidate_validation_prefers(split) -> None:
+    train, test = random_split(split[0], seed=1)
+    weak = TrainConfig(epochs=1, dim=8, history_len=10, select_best=False, lr=1e-5)
+    strong = small_published(epochs=10)
+    for order in (("weak", "strong"), ("strong", "weak")):
+        configs = {name: {"weak": weak, "strong": strong}[name] for name in order}
+        name, model, scores = fit_best(train, configs, validation=test, progress=False)
+        assert set(scores) == {"weak", "strong"}
+        assert name == "strong" and scores["strong"] > scores["weak"], scores
+        assert model.config == strong
+        assert evaluate(model, train, test)["ndcg@10"] == pytest.approx(scores["strong"])
+    # Without a validation frame nothing can be compared: the first is fitted alone.
+    name, model, scores = fit_best(train, {"weak": weak, "strong": strong}, validation=None)
+    assert (name, model.config, scores) == ("weak", weak, {})
+
+
+def test_candidates_cover_both_objectives_and_fit_the_online_history() -> None:
+    from features.definitions import RECENT_ITEMS
+
+    for protocol in ("temporal", "random"):
+        configs = candidates(protocol, seed=3, epochs=2)
+        assert {c.objective for c in configs.values()} == {"next_item", "multinomial"}
+        assert all(c.seed == 3 and c.epochs == 2 for c in configs.values())
+    temporal = candidates("temporal")
+    # Serving feeds the tower the online recent_items: they must reach what training read.
+    assert all(c.history_len <= RECENT_ITEMS for c in temporal.values())
+    assert temporal["user_bag"].history_len == BAG_HISTORY == RECENT_ITEMS
+    assert candidates("random")["user_bag"] == TrainConfig.published()
