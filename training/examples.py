@@ -102,19 +102,24 @@ class Encoders:
         """(user, history, dense) inputs as of each user's latest ``seen`` row.
 
         History is the user's most recent seen items, newest first (what the online store
-        holds); dense features are those of the latest row.
+        holds); dense features are those of the latest row. Vectorised (no per-user Python):
+        the evaluator calls this once per chunk of users over the whole ``seen`` frame.
         """
-        ordered = seen.sort_values(["user_id", "ts"], ascending=[True, False], kind="stable")
-        grouped = ordered.groupby("user_id", sort=False)
-        recent = grouped["item_id"].agg(lambda s: list(s.astype(str)[: self.history_len]))
-        latest = grouped.head(1).set_index("user_id")
-        hist = [recent.get(u, []) for u in user_ids]
-        rows = latest.reindex(user_ids)
-        return (
-            self.users.encode(user_ids),
-            self.items.encode_lists(hist, self.history_len),
-            dense_matrix(rows.reset_index(), self.dense),
-        )
+        uniq, inverse = np.unique(np.asarray([str(u) for u in user_ids]), return_inverse=True)
+        if not len(uniq):
+            empty = np.zeros((0, self.history_len), dtype=np.int64)
+            return self.users.encode([]), empty, np.zeros((0, len(self.dense)), np.float32)
+        users = seen["user_id"].astype(str)
+        mine = seen[users.isin(set(uniq)).to_numpy()].assign(user_id=users)
+        ordered = mine.sort_values(["user_id", "ts"], ascending=[True, False], kind="stable")
+        rank = ordered.groupby("user_id", sort=False).cumcount().to_numpy()
+        row = np.searchsorted(uniq, ordered["user_id"].to_numpy())
+        keep = rank < self.history_len
+        history = np.zeros((len(uniq), self.history_len), dtype=np.int64)
+        history[row[keep], rank[keep]] = self.items.encode(ordered["item_id"].astype(str)[keep])
+        latest = ordered[rank == 0].set_index("user_id").reindex(uniq)
+        dense = dense_matrix(latest.reset_index(), self.dense)
+        return self.users.encode(user_ids), history[inverse], dense[inverse]
 
     def save(self, directory: Path) -> None:
         self.users.save(directory / "users.json")

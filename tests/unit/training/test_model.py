@@ -238,3 +238,25 @@ def test_broken_bundles_are_refused(tmp_path: Path, model, damage: str) -> None:
         load_bundle(path)
     with pytest.raises(NotFound):
         load_bundle(tmp_path / "missing")
+
+
+def test_user_state_is_each_users_latest_history_newest_first() -> None:
+    frame = pd.DataFrame(
+        {
+            "user_id": ["a", "b", "a", "a", "b", "a"],
+            "item_id": ["i1", "i2", "i3", "i1", "i4", "i2"],
+            "ts": [1, 2, 5, 3, 1, 4],
+            "cnt_view_1h": [0, 7, 3, 1, 2, 9],
+        }
+    )
+    enc = Encoders.fit(frame, history_len=3)
+    ids = lambda *xs: list(enc.items.encode(xs))  # noqa: E731
+    users, history, dense = enc.user_state(frame, ["b", "nobody", "a", "b"])
+    assert list(users) == list(enc.users.encode(["b", "nobody", "a", "b"]))
+    # a: i3 (ts 5), i2 (4), i1 (3) — the oldest, i1 at ts 1, falls off; repeats stay.
+    b = [*ids("i2", "i4"), 0]
+    assert history.tolist() == [b, [0, 0, 0], ids("i3", "i2", "i1"), b]
+    assert dense[:, enc.dense.index("cnt_view_1h")].tolist() == pytest.approx(
+        np.log1p([7, 0, 3, 7]).tolist()
+    )
+    assert enc.user_state(frame, [])[1].shape == (0, 3)
