@@ -248,12 +248,10 @@ def fit_and_evaluate(
         raise Unavailable(f"the model side is incomplete: {exc}") from exc
 
     train_df, val_df, test_df = (sets.read(s) for s in ("train", "validation", "test"))
-    overrides: dict[str, Any] = {"seed": settings.seed}
-    if epochs is not None:
-        overrides["epochs"] = epochs
     # Both objectives are fitted; validation NDCG@10 keeps one (trainer.fit_best).
+    configs = candidates(sets.protocol, max_epochs=epochs, seed=settings.seed)
     chosen, model, candidate_scores = fit_best(
-        train_df, candidates(sets.protocol, **overrides), validation=val_df, progress=progress
+        train_df, configs, validation=val_df, progress=progress
     )
     config = model.config
     baselines = fit_baselines(train_df, val_df)

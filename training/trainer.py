@@ -11,7 +11,7 @@ import copy
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -75,8 +75,10 @@ class TrainConfig:
     stops at the epoch chosen on validation keeps the tuning run's schedule."""
     eval_every: int = 1
     """Epochs between validation checks (with a validation frame)."""
-    patience: int | None = None
-    """Stop after this many validation checks without improvement (None = never)."""
+    patience: int | None = 2
+    """Stop after this many validation checks without improvement (None = never). Two
+    leave every chosen epoch unchanged on ML-100K and the synthetic data (measured) and
+    save the demo's training run the epochs after next-item's early peak."""
     threads: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -100,10 +102,12 @@ class TrainConfig:
             "history_dropout": 0.75,
             "lr": 1e-3,
             "user_id_dropout": 1.0,
-            "batch_size": 64,
+            # 256 users a step: validation level with 64 on the synthetic and demo data
+            # (0.218 vs 0.220, 0.154 vs 0.153), half the demo's training time.
+            "batch_size": 256,
             "epochs": 40,
             "eval_every": 5,
-            "patience": 3,
+            "patience": 2,
             "popularity_prior": None,
         }
         return cls(**{**base, **overrides})
@@ -118,6 +122,7 @@ class TrainConfig:
         base: dict[str, Any] = {
             "history_len": 1000,
             "stream_features": False,
+            "batch_size": 64,
             "epochs": 200,
             "patience": 10,
         }
@@ -300,11 +305,17 @@ def fit(
     return model
 
 
-def candidates(protocol: str = "temporal", **overrides: Any) -> dict[str, TrainConfig]:
-    """The product's candidate configurations, ``overrides`` (seed, epochs, ...) applied to
-    each: ``next_item`` and the user bag (its published preset under the random split)."""
+def candidates(
+    protocol: str = "temporal", *, max_epochs: int | None = None, **overrides: Any
+) -> dict[str, TrainConfig]:
+    """The product's candidate configurations, ``overrides`` (seed, ...) applied to each:
+    ``next_item`` and the user bag (its published preset under the random split).
+    ``max_epochs`` caps each preset's own epoch count (a quick run, a test)."""
     bag = TrainConfig.published if protocol == "random" else TrainConfig.user_bag
-    return {"next_item": TrainConfig(**overrides), "user_bag": bag(**overrides)}
+    out = {"next_item": TrainConfig(**overrides), "user_bag": bag(**overrides)}
+    if max_epochs is not None:
+        out = {n: replace(c, epochs=min(c.epochs, max_epochs)) for n, c in out.items()}
+    return out
 
 
 def fit_best(

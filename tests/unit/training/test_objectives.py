@@ -173,9 +173,13 @@ def test_candidates_cover_both_objectives_and_fit_the_online_history() -> None:
     from features.definitions import RECENT_ITEMS
 
     for protocol in ("temporal", "random"):
-        configs = candidates(protocol, seed=3, epochs=2)
+        configs = candidates(protocol, seed=3, max_epochs=2)
         assert {c.objective for c in configs.values()} == {"next_item", "multinomial"}
         assert all(c.seed == 3 and c.epochs == 2 for c in configs.values())
+    # A cap above a preset's own count leaves it: each keeps its schedule.
+    capped = candidates("temporal", max_epochs=15)
+    assert capped["next_item"].epochs == TrainConfig().epochs == 10
+    assert capped["user_bag"].epochs == 15 < TrainConfig.user_bag().epochs
     temporal = candidates("temporal")
     # Serving feeds the tower the online recent_items: they must reach what training read.
     assert all(c.history_len <= RECENT_ITEMS for c in temporal.values())
