@@ -345,7 +345,12 @@ def fit_best(
     best: tuple[str, TrainedModel] | None = None
     for name, cfg in configs.items():
         model = fit(train, cfg, validation=validation, items=items, progress=progress)
-        scores[name] = evaluate(model, train, validation)["ndcg@10"]
+        # A tuned prior already scored the final model on validation: reuse, not re-rank.
+        scores[name] = (
+            max(model.prior_scores.values())
+            if model.prior_scores
+            else evaluate(model, train, validation)["ndcg@10"]
+        )
         logger.info("candidate fitted", extra={"candidate": name, "val_ndcg@10": scores[name]})
         if best is None or scores[name] > scores[best[0]]:
             best = (name, model)
