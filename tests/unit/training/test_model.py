@@ -141,6 +141,27 @@ def test_ease_learns_co_occurrence(split) -> None:
     assert set(fit_baselines(train)) == {"MostPopular", "EASE"}
 
 
+def test_ease_closed_form_and_tuning_keep_the_validation_best(split) -> None:
+    """The Cholesky path gives Steck's closed form; tune() keeps the best grid value's fit."""
+    train, test = split
+    ease = EASE(train, l2=25.0)
+    g = ease._gram.astype(np.float64) + 25.0 * np.eye(len(ease._gram))
+    p = np.linalg.inv(g)
+    expected = -p / np.diag(p)
+    np.fill_diagonal(expected, 0.0)
+    np.testing.assert_allclose(ease._b, expected, rtol=1e-3, atol=1e-6)
+
+    grid = (1.0, 25.0, 400.0)
+    scores = {}
+    for l2 in grid:
+        scores[l2] = evaluate(EASE(train, l2=l2), train, test)["ndcg@10"]
+    tuned = EASE(train, l2=None)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        tuned.score(train, ["u0"])
+    assert tuned.tune(train, test, grid) == max(grid, key=scores.__getitem__)
+    assert evaluate(tuned, train, test)["ndcg@10"] == pytest.approx(max(scores.values()))
+
+
 def test_report_files(tmp_path: Path, model, split) -> None:
     train, test = split
     md, png = write_report({"two_tower": evaluate(model, train, test)}, tmp_path / "r", title="t")
