@@ -10,18 +10,28 @@ its run id and conf, instead of starting an unrelated one.
 Why not the standalone: on one small machine a scheduler plus a fresh interpreter per
 task (torch, Spark) costs minutes a run; ``rtrec demo`` and the tests want the same DAGs
 in seconds. On real infrastructure the scheduler runs them; nothing here is needed.
+
+:class:`DagRunner` keeps that subprocess alive for several runs (``rtrec demo``): Airflow,
+torch, Evidently and the Spark JVM are loaded once and stay warm, which on two cores is
+half a minute a run. Each run's output still goes to its DAG's own log.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import queue
 import subprocess
 import sys
+import threading
 import time
+import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import IO, Any
 from unittest import mock
 
 from rtrec.config import Settings
@@ -68,39 +78,125 @@ def run_dag(
     queued: bool | str = False,
     timeout_s: float = 1800,
 ) -> DagRunResult:
-    """Run ``dag_id`` once and return its recorded outcome.
+    """Run ``dag_id`` once, in a runner process of its own, and return its recorded outcome.
 
     ``queued=True`` runs the oldest queued run of ``dag_id`` instead, ``queued="<run id>"``
     that queued run; ``conf`` then adds to the conf it was queued with.
     Task output goes to ``<work_dir>/logs/dag-<dag_id>.log``; a failed run is returned
     (``ok`` False, task states say which), a runner that could not run raises.
     """
-    from dags.embedded import airflow_env, dags_folder
+    with DagRunner(settings) as runner:
+        return runner.run(dag_id, conf, queued=queued, timeout_s=timeout_s)
 
-    env = {**os.environ, **airflow_env(settings)}
-    log = Path(settings.work_dir) / "logs" / f"dag-{dag_id}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    args = [sys.executable, "-m", "dags.runs", dag_id, json.dumps(conf or {}), str(dags_folder())]
-    started = time.perf_counter()
-    with log.open("a") as out:
-        proc = subprocess.run(
-            [*args, *([f"--queued={queued}"] if queued else [])],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=out,
-            text=True,
-            timeout=timeout_s,
-            check=False,
-        )
-        out.write(proc.stdout)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT)]
-    if proc.returncode != 0 or not lines:
-        raise Unavailable(
-            f"running DAG {dag_id} failed (exit {proc.returncode}); see {log}: "
-            + proc.stdout[-800:]
-        )
-    body = json.loads(lines[-1].removeprefix(RESULT))
-    return DagRunResult(**body, seconds=time.perf_counter() - started, log=str(log))
+
+class DagRunner:
+    """One warm runner subprocess for many DAG runs; ``run`` is :func:`run_dag`.
+
+    ``warm=True`` also loads the tasks' heavy dependencies and starts the Spark session
+    as soon as the process is up, so that work overlaps whatever the caller does before
+    the first run. A runner that died (or a run past its timeout, which kills it) is
+    replaced by a fresh one on the next ``run``.
+    """
+
+    def __init__(self, settings: Settings, *, warm: bool = False) -> None:
+        self.settings = settings
+        self.warm = warm
+        self._proc: subprocess.Popen[str] | None = None
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        self._logs = Path(settings.work_dir) / "logs"
+
+    @property
+    def pid(self) -> int | None:
+        """The runner process's pid while it runs (None before the first run)."""
+        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
+
+    def start(self) -> DagRunner:
+        """Start the process now (``run`` does it on first use)."""
+        if self._proc is not None and self._proc.poll() is None:
+            return self
+        from dags.embedded import airflow_env, dags_folder
+
+        self._logs.mkdir(parents=True, exist_ok=True)
+        self._lines = queue.Queue()
+        args = [sys.executable, "-m", "dags.runs", "--serve", str(dags_folder())]
+        with (self._logs / "dag-runner.log").open("a") as boot_log:
+            self._proc = subprocess.Popen(
+                [*args, *(["--warm"] if self.warm else [])],
+                env={**os.environ, **airflow_env(self.settings)},
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=boot_log,
+                text=True,
+                bufsize=1,
+            )
+        threading.Thread(target=self._pump, args=(self._proc.stdout,), daemon=True).start()
+        return self
+
+    def _pump(self, stream: IO[str] | None) -> None:
+        assert stream is not None
+        for line in stream:
+            if line.startswith(RESULT):
+                self._lines.put(line)
+        self._lines.put(None)  # the process is gone
+
+    def run(
+        self,
+        dag_id: str,
+        conf: dict[str, Any] | None = None,
+        *,
+        queued: bool | str = False,
+        timeout_s: float = 1800,
+    ) -> DagRunResult:
+        """Run ``dag_id`` once in this runner; see :func:`run_dag`."""
+        self.start()
+        assert self._proc is not None and self._proc.stdin is not None
+        log = self._logs / f"dag-{dag_id}.log"
+        request = {"dag_id": dag_id, "conf": conf or {}, "queued": queued or None, "log": str(log)}
+        started = time.perf_counter()
+        try:
+            self._proc.stdin.write(json.dumps(request, default=str) + "\n")
+            self._proc.stdin.flush()
+            line = self._lines.get(timeout=timeout_s)
+        except queue.Empty:
+            self.close(kill=True)
+            raise Unavailable(f"DAG {dag_id} ran past {timeout_s:.0f} s; see {log}") from None
+        except BrokenPipeError:
+            line = None
+        if line is None:
+            code = self._proc.wait()
+            self._proc = None
+            raise Unavailable(f"the DAG runner exited ({code}) running {dag_id}; see {log}")
+        body = json.loads(line.removeprefix(RESULT))
+        if "error" in body:
+            raise Unavailable(f"running DAG {dag_id} failed: {body['error']}; see {log}")
+        return DagRunResult(**body["run"], seconds=time.perf_counter() - started, log=str(log))
+
+    def close(self, *, kill: bool = False) -> None:
+        """Let the process finish (end of input), or kill it."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        with contextlib.suppress(OSError):
+            if proc.stdin is not None:
+                proc.stdin.close()
+        try:
+            if kill:
+                raise subprocess.TimeoutExpired(proc.args, 0)
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def __enter__(self) -> DagRunner:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close(kill=exc_type is not None)
 
 
 def _execute(dag_id: str, conf: dict[str, Any], folder: str, queued: str | None) -> dict[str, Any]:
@@ -149,15 +245,74 @@ def _execute(dag_id: str, conf: dict[str, Any], folder: str, queued: str | None)
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m dags.runs DAG_ID CONF_JSON DAGS_FOLDER [--queued=True|RUN_ID]``."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    flags = [a for a in args if a.startswith("--queued=")]
-    queued = flags[0].removeprefix("--queued=") if flags else None
-    dag_id, conf, folder = [a for a in args if a not in flags]
-    result = _execute(dag_id, json.loads(conf), folder, queued)
-    print(RESULT + json.dumps(result, default=str), flush=True)
+@contextlib.contextmanager
+def _output_to(path: str) -> Iterator[None]:
+    """Send file descriptors 1 and 2 (Python, Airflow, the JVM) to ``path`` for a while."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for f in (fd, *saved):
+            os.close(f)
+
+
+def _warm_up() -> None:
+    """Load what the tasks load (seconds each on two cores) and start the Spark session."""
+    import torch  # noqa: F401
+
+    import training.pipeline  # noqa: F401
+    from rtrec.config import get_settings
+    from training.dataset import spark_session
+
+    spark_session(get_settings())
+    import mlflow  # noqa: F401
+
+    import monitoring.drift  # noqa: F401
+
+
+def serve(folder: str, *, warm: bool = False) -> int:
+    """Answer one JSON request a line on stdin (``dag_id``, ``conf``, ``queued``, ``log``)
+    with one result line on stdout, until stdin closes."""
+    channel = os.fdopen(os.dup(1), "w", buffering=1)
+    import airflow  # noqa: F401  (loaded before the first request, not during it)
+
+    if warm:
+        try:
+            _warm_up()
+        except Exception:  # a run will load (and report) whatever failed here
+            traceback.print_exc()
+    for line in sys.stdin:
+        req = json.loads(line)
+        with _output_to(req["log"]):
+            try:
+                queued = req.get("queued")
+                run = _execute(
+                    req["dag_id"], req["conf"], folder, None if queued is None else str(queued)
+                )
+                answer: dict[str, Any] = {"run": run}
+            except (Exception, SystemExit) as exc:
+                traceback.print_exc()
+                answer = {"error": f"{type(exc).__name__}: {exc}"}
+        channel.write(RESULT + json.dumps(answer, default=str) + "\n")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m dags.runs --serve DAGS_FOLDER [--warm]`` (see :class:`DagRunner`)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) < 2 or args[0] != "--serve":
+        raise SystemExit("usage: python -m dags.runs --serve DAGS_FOLDER [--warm]")
+    return serve(args[1], warm="--warm" in args[2:])
 
 
 if __name__ == "__main__":

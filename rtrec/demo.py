@@ -5,8 +5,8 @@ feature store -> the Airflow ``rtrec_training`` DAG (Spark training set, two-tow
 evaluation, MLflow, FAISS, promotion) -> BentoML service -> a burst of HTTP requests with
 feedback -> the shifted part of the stream -> the ``rtrec_drift_monitor`` DAG (Evidently
 verdict, alert, triggers training) -> the triggered training run -> hot swap -> report
--> stop. DAG runs go through :mod:`dags.runs` (Airflow's in-process runner on the
-embedded metadata DB); ``--keep-running`` also starts the Airflow UI to browse them.
+-> stop. DAG runs go through one warm :class:`dags.runs.DagRunner` (Airflow's in-process
+runner on the embedded metadata DB); ``--keep-running`` also starts the Airflow UI to browse them.
 Each step calls one stage's public API; the demo adds progress, timing and the report.
 """
 
@@ -123,11 +123,10 @@ def _burst(
     }
 
 
-def _dag(settings: Settings, dag_id: str, conf: dict[str, Any], **kw: Any) -> Any:
-    """One DAG run through Airflow (``dags.runs``); a failed run stops the demo."""
-    from dags.runs import run_dag
-
-    run = run_dag(settings, dag_id, conf, **kw)
+def _dag(runner: Any, dag_id: str, conf: dict[str, Any], **kw: Any) -> Any:
+    """One DAG run through Airflow (a warm ``dags.runs.DagRunner``); a failed run stops
+    the demo."""
+    run = runner.run(dag_id, conf, **kw)
     if not run.ok:
         failed = [t for t, v in run.tasks.items() if v["state"] not in ("success", "skipped")]
         raise click.ClickException(f"{dag_id} run {run.state}: tasks {failed}; log {run.log}")
@@ -200,6 +199,7 @@ def _report(path: Path, report: DemoReport, extras: dict[str, Any]) -> Path:
 )
 def demo(quick: bool, data: str, keep_running: bool, epochs: int | None) -> None:
     """Run the whole loop on the embedded default and write an HTML report."""
+    from dags.runs import DagRunner, migrate
     from rtrec import stack
     from rtrec.data import ShiftConfig, SyntheticConfig, generate, load_dataset
 
@@ -207,6 +207,9 @@ def demo(quick: bool, data: str, keep_running: bool, epochs: int | None) -> None
     report = DemoReport()
     extras: dict[str, Any] = {}
     ok = True
+    # All DAG runs go through one warm runner (Airflow, torch, the Spark JVM loaded once).
+    runner = DagRunner(settings, warm=True)
+    background = ThreadPoolExecutor(1)
     try:
         report.step(
             "embedded stack up", lambda: {"healthy": all(r.healthy for r in stack.up(settings))}
@@ -241,6 +244,8 @@ def demo(quick: bool, data: str, keep_running: bool, epochs: int | None) -> None
             from streaming import replay_dataset
 
             apply(settings)
+            # The Airflow DB and the warm runner get ready while the events stream.
+            holder["runner_ready"] = background.submit(lambda: (migrate(settings), runner.start()))
             pid = stack.start_managed(
                 settings, "stream-0", [*_rtrec(), "stream", "run"], ready=lambda: True
             )
@@ -256,10 +261,8 @@ def demo(quick: bool, data: str, keep_running: bool, epochs: int | None) -> None
         report.step("replay through Kafka into the feature store", stream_before)
 
         def train_first() -> dict[str, Any]:
-            from dags.runs import migrate
-
-            migrate(settings)
-            run = _dag(settings, "rtrec_training", {"epochs": epochs, "reason": "demo: first"})
+            holder["runner_ready"].result()
+            run = _dag(runner, "rtrec_training", {"epochs": epochs, "reason": "demo: first"})
             holder["first"] = run
             extras["quality_before_shift"] = _metrics_row(run.xcom("train_two_tower"))
             return {
@@ -311,7 +314,7 @@ def demo(quick: bool, data: str, keep_running: bool, epochs: int | None) -> None
             # The monitor's run one day after the shift: the latest day against the week
             # before it (the window the champion was trained on).
             conf = {"now_ms": holder["cut"] + 86_400_000, "window_days": 1.0}
-            run = _dag(settings, "rtrec_drift_monitor", conf)
+            run = _dag(runner, "rtrec_drift_monitor", conf)
             verdict = run.xcom("drift_check")
             extras["drift"] = verdict
             holder["retrain_queued"] = bool(run.queued.get("rtrec_training"))
@@ -330,7 +333,7 @@ def demo(quick: bool, data: str, keep_running: bool, epochs: int | None) -> None
                 return {"skipped": "no drift detected, nothing triggered"}
             # The run the drift monitor queued, with its reason in the conf; its last
             # task waits until the live service reports the new champion.
-            run = _dag(settings, "rtrec_training", {"epochs": epochs}, queued=True)
+            run = _dag(runner, "rtrec_training", {"epochs": epochs}, queued=True)
             holder["second"] = run
             extras["quality_after_shift"] = _metrics_row(run.xcom("train_two_tower"))
             decision = run.xcom("promote")
@@ -369,6 +372,8 @@ def demo(quick: bool, data: str, keep_running: bool, epochs: int | None) -> None
         ok = False
         raise
     finally:
+        background.shutdown(wait=True)
+        runner.close(kill=not ok)
         path = settings.work_dir / "reports" / f"demo-{time.strftime('%Y%m%dT%H%M%S')}.html"
         try:
             extras["report"] = str(_report(path, report, extras))

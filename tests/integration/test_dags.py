@@ -44,11 +44,15 @@ def airflow_settings(
             os.environ["RTREC_AIRFLOW__HOME"] = old
 
 
-def run_dag(settings: Settings, dag_id: str, conf: dict, **kw) -> dict:
-    """One run through :func:`dags.runs.run_dag`, as a plain dict for the assertions."""
+def run_dag(settings: Settings, dag_id: str, conf: dict, *, runner=None, **kw) -> dict:
+    """One run through :func:`dags.runs.run_dag` (or ``runner``, a warm
+    :class:`dags.runs.DagRunner`), as a plain dict for the assertions."""
     from dags.runs import run_dag as run
 
-    out = run(settings, dag_id, conf, timeout_s=800, **kw)
+    if runner is not None:
+        out = runner.run(dag_id, conf, timeout_s=800, **kw)
+    else:
+        out = run(settings, dag_id, conf, timeout_s=800, **kw)
     return {
         "run_id": out.run_id,
         "state": out.state,
@@ -117,20 +121,38 @@ def _alerts(settings: Settings) -> list[dict]:
 def test_drift_monitor_stationary_then_shift_alerts_and_triggers_training(
     airflow_settings: Settings, shifted
 ) -> None:
+    from dags.runs import DagRunner
+    from rtrec.errors import Unavailable
+
     settings = airflow_settings
     _write_offline_log(settings, shifted.events, shifted.items, shifted.users)
     shift = int(shifted.meta["shift_ts"])
     conf = {"scores": False, "window_days": 1.0, "reference_days": 7.0}
 
-    calm = run_dag(settings, "rtrec_drift_monitor", {**conf, "now_ms": shift - DAY})
+    # Both monitor runs in one warm runner, as `rtrec demo` runs its DAGs.
+    with DagRunner(settings) as runner:
+        calm = run_dag(
+            settings, "rtrec_drift_monitor", {**conf, "now_ms": shift - DAY}, runner=runner
+        )
+        pid = runner.pid
+        # A request the runner cannot carry out is an error for that run, not its end.
+        with pytest.raises(Unavailable, match="no queued run"):
+            runner.run("rtrec_training", {}, queued="no-such-run")
+        started = time.time()
+        hot = run_dag(
+            settings, "rtrec_drift_monitor", {**conf, "now_ms": shift + DAY}, runner=runner
+        )
+        assert pid is not None and runner.pid == pid
+    assert runner.pid is None
+    log = Path(settings.work_dir) / "logs" / "dag-rtrec_drift_monitor.log"
+    assert log.stat().st_size > 0  # each run's task output lands in its DAG's log
+
     verdict = calm["tasks"]["drift_check"]["xcom"]
     assert calm["state"] == "success"
     assert verdict["drifted"] is False, verdict["reason"]
     assert calm["tasks"]["trigger_training"]["state"] == "skipped"
     assert calm["queued"] == {}
 
-    started = time.time()
-    hot = run_dag(settings, "rtrec_drift_monitor", {**conf, "now_ms": shift + DAY})
     verdict = hot["tasks"]["drift_check"]["xcom"]
     assert verdict["drifted"] is True, verdict["reason"]
     assert hot["tasks"]["trigger_training"]["state"] == "success"
