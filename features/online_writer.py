@@ -56,10 +56,24 @@ def encode_string(v: str) -> bytes:
     return _len_field(b"\x12", str(v).encode())
 
 
+_ELEMENTS: dict[str, bytes] = {}
+"""Encoded list elements by value: a user's ``recent_items`` (up to 200 item ids) is
+rewritten on every event, and the same ids recur across users and batches."""
+
+
 def encode_string_list(values: Iterable[str]) -> bytes:
     """``Value(string_list_val=StringList(val=values))``."""
-    inner = b"".join(_len_field(b"\x0a", str(s).encode()) for s in values)
-    return _len_field(b"\x62", inner)
+    cache = _ELEMENTS
+    parts = []
+    for s in values:
+        enc = cache.get(s)
+        if enc is None:
+            enc = _len_field(b"\x0a", str(s).encode())
+            if len(cache) >= _KEY_CACHE_MAX:
+                cache.clear()
+            cache[s] = enc
+        parts.append(enc)
+    return _len_field(b"\x62", b"".join(parts))
 
 
 def encode_timestamp_ms(ms: int) -> bytes:
