@@ -201,8 +201,7 @@ def main() -> None:
     t1 = time.perf_counter()
     model = fit(final_train, replace(cfg, select_best=False), progress=False)
     train_s = time.perf_counter() - t1
-    finals = fit_baselines(final_train, None)
-    finals["EASE"]._fit(ease_l2)
+    finals = fit_baselines(final_train, None, ease_l2=ease_l2)
     results = {"two_tower": evaluate(model, seen_for_test, test)}
     results |= {name: evaluate(m, seen_for_test, test) for name, m in finals.items()}
     print(metrics_table(results))

@@ -129,15 +129,10 @@ class DagRunner:
                 text=True,
                 bufsize=1,
             )
-        threading.Thread(target=self._pump, args=(self._proc.stdout,), daemon=True).start()
+        # The pump gets this process's queue: a killed predecessor's pump must not post
+        # its end-of-process marker into the queue of the process that replaced it.
+        threading.Thread(target=_pump, args=(self._proc.stdout, self._lines), daemon=True).start()
         return self
-
-    def _pump(self, stream: IO[str] | None) -> None:
-        assert stream is not None
-        for line in stream:
-            if line.startswith(RESULT):
-                self._lines.put(line)
-        self._lines.put(None)  # the process is gone
 
     def run(
         self,
@@ -243,6 +238,15 @@ def _execute(dag_id: str, conf: dict[str, Any], folder: str, queued: str | None)
         for dr in DagRun.find(state=DagRunState.QUEUED, session=session):
             out["queued"].setdefault(dr.dag_id, []).append({"run_id": dr.run_id, "conf": dr.conf})
     return out
+
+
+def _pump(stream: IO[str] | None, lines: queue.Queue[str | None]) -> None:
+    """Result lines from the runner's stdout into ``lines``; None once it has exited."""
+    assert stream is not None
+    for line in stream:
+        if line.startswith(RESULT):
+            lines.put(line)
+    lines.put(None)
 
 
 @contextlib.contextmanager

@@ -19,12 +19,15 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import numpy as np
 
 from rtrec.config import Settings, get_settings
+
+if TYPE_CHECKING:
+    from dags.runs import DagRunner, DagRunResult
 
 
 @dataclass
@@ -123,7 +126,7 @@ def _burst(
     }
 
 
-def _dag(runner: Any, dag_id: str, conf: dict[str, Any], **kw: Any) -> Any:
+def _dag(runner: DagRunner, dag_id: str, conf: dict[str, Any], **kw: Any) -> DagRunResult:
     """One DAG run through Airflow (a warm ``dags.runs.DagRunner``); a failed run stops
     the demo."""
     run = runner.run(dag_id, conf, **kw)

@@ -106,22 +106,12 @@ class EASE:
         return out
 
     def tune(self, train: pd.DataFrame, validation: pd.DataFrame, grid: tuple[float, ...]) -> float:
-        """Pick the L2 strength with the best validation NDCG@10 (never the test set; the
-        first on ties). The best fit is kept as it goes rather than inverted again."""
-        from training.evaluate import evaluate
+        """Pick the L2 strength with the best validation NDCG@10 (never the test set)."""
+        from training.evaluate import choose_on_validation
 
-        scores: dict[float, float] = {}
-        kept: tuple[float, np.ndarray] | None = None
-        for l2 in grid:
-            self._fit(l2)
-            scores[l2] = evaluate(self, train, validation)["ndcg@10"]
-            if kept is None or scores[l2] > scores[kept[0]]:
-                kept = (l2, self._b)
-        if kept is None:
-            raise ValueError("EASE.tune needs a non-empty grid")
-        self.l2, self._b = kept
-        logger.info("EASE l2 tuned", extra={"l2": self.l2, "val_ndcg@10": scores[self.l2]})
-        return self.l2
+        best, scores = choose_on_validation(self, self._fit, grid, train, validation)
+        logger.info("EASE l2 tuned", extra={"l2": best, "val_ndcg@10": scores[best]})
+        return best
 
 
 def fit_baselines(
@@ -129,10 +119,11 @@ def fit_baselines(
     validation: pd.DataFrame | None = None,
     *,
     ease_grid: tuple[float, ...] = (50.0, 200.0, 500.0, 1000.0),
+    ease_l2: float = 500.0,
 ) -> dict[str, MostPopular | EASE]:
-    """Both baselines, EASE tuned on ``validation`` when given."""
+    """Both baselines, EASE tuned on ``validation`` when given (else at ``ease_l2``)."""
     tuned = validation is not None and len(validation) > 0
-    ease = EASE(train, l2=None if tuned else 500.0)
+    ease = EASE(train, l2=None if tuned else ease_l2)
     if tuned:
         ease.tune(train, validation, ease_grid)
     return {MostPopular.name: MostPopular(train), EASE.name: ease}

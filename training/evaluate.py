@@ -95,13 +95,16 @@ def choose_on_validation(
     target: pd.DataFrame,
 ) -> tuple[float, dict[float, float]]:
     """Set each ``grid`` value with ``apply``, keep the best NDCG@10 on ``target`` (the
-    first on ties) and leave it applied; returns it and the score of every value."""
+    first on ties) and leave it applied; returns it and the score of every value.
+    ``apply`` runs again only when the best is not the value applied last (an apply can
+    be a matrix inversion)."""
     scores = {}
     for value in grid:
         apply(value)
         scores[value] = evaluate(model, seen, target)["ndcg@10"]
     best = max(scores, key=scores.__getitem__)
-    apply(best)
+    if best != grid[-1]:
+        apply(best)
     return best, scores
 
 
