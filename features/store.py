@@ -8,18 +8,21 @@ imports Feast.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
 import threading
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pandas as pd
 import yaml
 
 from features import definitions as defs
 from rtrec.config import Settings
-from rtrec.errors import Unavailable
+from rtrec.errors import ConfigError, Unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -48,30 +51,109 @@ _stores: dict[str, Any] = {}
 _lock = threading.RLock()
 
 
-def _redis_available(settings: Settings) -> bool:
-    try:
-        import redis
+def redacted_url(url: str) -> str:
+    """``url`` with its password replaced by ``***`` (for messages and logs)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    _, _, hostport = parts.netloc.rpartition("@")
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{hostport}"))
 
-        redis.Redis.from_url(settings.redis.url, socket_timeout=1).ping()
-        return True
-    except Exception:
-        return False
+
+def redis_connection_string(url: str) -> str:
+    """``redis.url`` in the format of Feast's Redis online store.
+
+    Feast splits ``connection_string`` on commas into ``host:port`` and ``key=value``
+    items, JSON-decodes each value and passes them to ``redis.Redis``; so username,
+    password, db, TLS (``rediss://``) and the URL's query options all travel, string
+    values JSON-quoted (a password ``123`` or ``null`` must stay a string). What that
+    format cannot carry (a comma in a value, a Unix socket, an IPv6 host) is a
+    :class:`ConfigError` naming the setting, never a connection without the password.
+    """
+    from redis.connection import SSLConnection, UnixDomainSocketConnection, parse_url
+
+    shown = redacted_url(url)
+    try:
+        parts = parse_url(url)
+    except ValueError as exc:
+        raise ConfigError(f"redis.url {shown!r} is not a Redis URL: {exc}") from None
+    cls = parts.pop("connection_class", None)
+    if cls is UnixDomainSocketConnection:
+        raise ConfigError(
+            f"redis.url {shown!r}: Feast's Redis online store needs host:port, not a Unix socket"
+        )
+    path = urlsplit(url).path.strip("/")
+    if path and "db" not in parts:
+        raise ConfigError(f"redis.url {shown!r}: database {path!r} is not a number")
+    host = str(parts.pop("host", "localhost"))
+    port = int(parts.pop("port", 6379))
+    if ":" in host:
+        raise ConfigError(
+            f"redis.url {shown!r}: Feast's connection string cannot carry the IPv6 host "
+            f"{host}; use a host name"
+        )
+    items = [f"{host}:{port}", f"db={int(parts.pop('db', 0))}"]
+    if cls is SSLConnection:
+        items.append("ssl=true")
+    for key, value in parts.items():
+        if not isinstance(value, str | int | float | bool):
+            raise ConfigError(
+                f"redis.url {shown!r}: option {key!r} cannot be passed to Feast's Redis store"
+            )
+        text = json.dumps(value)
+        if "," in text:
+            what = "the password" if key == "password" else f"{key!r}"
+            raise ConfigError(
+                f"redis.url {shown!r}: {what} contains ',', which Feast's Redis "
+                "connection string cannot carry"
+            )
+        items.append(f"{key}={text}")
+    return ",".join(items)
+
+
+def check_redis(settings: Settings, *, timeout_s: float = 2.0) -> None:
+    """Raise :class:`Unavailable` (URL without its password) unless Redis answers a PING."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    shown = redacted_url(settings.redis.url)
+    client = redis.Redis.from_url(
+        settings.redis.url,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        retry=Retry(NoBackoff(), 0),
+    )
+    try:
+        client.ping()
+    except (redis.RedisError, OSError) as exc:
+        raise Unavailable(
+            f"Redis for the online store at {shown} is not usable "
+            f"({type(exc).__name__}: {exc}); feast.online_store is 'redis': start Redis "
+            "or fix redis.url"
+        ) from exc
+    finally:
+        client.close()
 
 
 def repo_config_dict(settings: Settings) -> dict[str, Any]:
-    """feature_store.yaml as a dict: Redis online store (SQLite without Redis), duckdb offline."""
+    """feature_store.yaml as a dict: the configured online store, duckdb offline.
+
+    Pure: reads settings only. Redis is the online store unless ``feast.online_store``
+    says ``sqlite``; nothing here switches store because Redis is down.
+    """
     repo = Path(str(settings.feast.repo_path))
-    use_redis = settings.feast.online_store == "redis" and _redis_available(settings)
-    host, port = settings.redis.host_port
-    db = settings.redis.url.rsplit("/", 1)[-1] if settings.redis.url.count("/") >= 3 else "0"
-    # skip_dedup: one write per row without reading the stored timestamp first; safe
-    # because each user's features have one writer (the partition owner) whose
-    # event timestamps only move forward.
-    online = (
-        {"type": "redis", "connection_string": f"{host}:{port},db={db or 0}", "skip_dedup": True}
-        if use_redis
-        else {"type": "sqlite", "path": str(repo / "online.db")}
-    )
+    if settings.feast.online_store == "redis":
+        # skip_dedup: one write per row without reading the stored timestamp first; safe
+        # because each user's features have one writer (the partition owner) whose
+        # event timestamps only move forward.
+        online: dict[str, Any] = {
+            "type": "redis",
+            "connection_string": redis_connection_string(settings.redis.url),
+            "skip_dedup": True,
+        }
+    else:
+        online = {"type": "sqlite", "path": str(repo / "online.db")}
     return {
         "project": settings.feast.project,
         "provider": "local",
@@ -137,17 +219,24 @@ def _arrow(spec: dict[str, str]) -> dict[str, str]:
 
 
 def apply(settings: Settings) -> Path:
-    """Write feature_store.yaml into the repo dir and register every definition."""
+    """Write feature_store.yaml into the repo dir and register every definition.
+
+    With Redis as the online store, Redis must answer first: :class:`Unavailable`
+    (naming the URL without its password) before anything is written, never a
+    different store.
+    """
     from feast import FeatureStore, RepoConfig
 
+    config = repo_config_dict(settings)
+    if config["online_store"]["type"] == "redis":
+        check_redis(settings)
     repo = Path(str(settings.feast.repo_path))
     repo.mkdir(parents=True, exist_ok=True)
-    config = repo_config_dict(settings)
-    (repo / "feature_store.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    _write_private(repo / "feature_store.yaml", yaml.safe_dump(config, sort_keys=False))
     (repo / REPO_MODULE).write_text(_REPO_SOURCE.format(offline=str(settings.offline_dir)))
     (repo / ".feastignore").write_text(_FEASTIGNORE)
     _empty_sources(settings)
-    store = FeatureStore(config=RepoConfig(repo_path=repo, **config))
+    store = FeatureStore(repo_path=str(repo), config=RepoConfig(repo_path=repo, **config))
     store.apply(defs.build(settings.offline_dir))
     from features import sink
 
@@ -161,8 +250,20 @@ def apply(settings: Settings) -> Path:
     return repo
 
 
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` readable by the owner only: the file may hold the Redis password."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(path, 0o600)  # an older file keeps its mode through O_TRUNC
+
+
 def get_store(settings: Settings) -> Any:
-    """The process's FeatureStore for these settings (built once; applied if needed)."""
+    """The process's FeatureStore for these settings (built once; applied if needed).
+
+    Built from the settings, not from feature_store.yaml: a file written under other
+    settings (another Redis, another store type) never decides where features go.
+    """
     repo = Path(str(settings.feast.repo_path))
     key = str(repo)
     store = _stores.get(key)
@@ -171,11 +272,12 @@ def get_store(settings: Settings) -> Any:
     with _lock:
         store = _stores.get(key)
         if store is None:
-            from feast import FeatureStore
+            from feast import FeatureStore, RepoConfig
 
             if not (repo / "registry.db").exists():
                 apply(settings)
-            store = FeatureStore(repo_path=str(repo))
+            config = repo_config_dict(settings)
+            store = FeatureStore(repo_path=str(repo), config=RepoConfig(repo_path=repo, **config))
             _stores[key] = store
     return store
 

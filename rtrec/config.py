@@ -42,6 +42,11 @@ class KafkaSettings(BaseModel):
     """Consumer group of the stream processors."""
     session_timeout_ms: int = Field(6000, ge=1000)
     """Group session timeout; Tansu holds a join for about half of it (STACK_NOTES)."""
+    broker_kind: Literal["auto", "tansu", "kafka"] = "auto"
+    """What the brokers are: ``tansu`` turns on the stream processor's workaround for
+    Tansu's group coordinator (it can hand the leader a stale assignment); ``auto``
+    asks the cluster at start (Tansu answers with its default cluster id
+    ``tansu_cluster``; set ``tansu`` for a Tansu started with another id)."""
 
 
 class RedisSettings(BaseModel):
@@ -65,7 +70,9 @@ class FeastSettings(BaseModel):
     repo_path: Path | None = None
     """Where the generated feature_store.yaml lives; default ``<work_dir>/feature_repo``."""
     online_store: Literal["redis", "sqlite"] = "redis"
-    """Online store backend; sqlite only when no Redis is available."""
+    """Online store backend. ``sqlite`` (a file in the repo dir) is for Redis-less uses such
+    as offline-only tools and tests, and only when set here: a Redis that does not answer
+    is an error, never a reason to switch."""
 
 
 class MlflowSettings(BaseModel):

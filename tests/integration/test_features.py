@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from features import count_names, historical_features
-from rtrec.config import Settings
+from rtrec.config import Settings, load_settings
 from rtrec.data import SyntheticConfig, generate
 from streaming import publish
 from streaming.processor import StreamProcessor
@@ -58,3 +58,81 @@ def test_historical_stream_features_are_point_in_time(stack: Settings, tmp_path:
         have["recent_items"] = list(have["recent_items"])
         have = {k: v if k == "recent_items" else int(v) for k, v in have.items()}
         assert have == want, (user, at)
+
+
+def test_apply_against_a_dead_redis_fails_loudly_and_writes_nothing(tmp_path: Path) -> None:
+    from features import apply
+    from rtrec.errors import Unavailable
+    from tests.stream_helpers import free_port
+
+    dead = free_port()  # bound and released: nothing listens there
+    s = load_settings(work_dir=tmp_path, redis={"url": f"redis://:hunter2@127.0.0.1:{dead}/0"})
+    with pytest.raises(Unavailable) as info:
+        apply(s)
+    message = str(info.value)
+    assert f"redis://:***@127.0.0.1:{dead}/0" in message and "ConnectionError" in message
+    assert "hunter2" not in message
+    repo = Path(str(s.feast.repo_path))
+    assert not (repo / "online.db").exists() and not (repo / "feature_store.yaml").exists()
+    assert not (repo / "registry.db").exists()
+
+
+def test_password_protected_redis_serves_features(tmp_path: Path) -> None:
+    """The password in ``redis.url`` reaches Feast: write and read back through it."""
+    import shutil
+    import subprocess
+
+    import redis
+
+    from features import apply, online_features, write_user_features
+    from rtrec.errors import Unavailable
+    from tests.stream_helpers import free_port, wait_for
+
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            shutil.which("redis-server") or "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--requirepass",
+            "s3cr@t",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        url = f"redis://:s3cr%40t@127.0.0.1:{port}/5"
+
+        def answers() -> bool:
+            try:
+                return bool(redis.Redis.from_url(url).ping())
+            except redis.RedisError:
+                return False
+
+        wait_for(answers, 10, "the password-protected redis-server")
+        s = load_settings(work_dir=tmp_path / "w", redis={"url": url})
+        apply(s)
+        stamp = pd.Timestamp("2025-01-01", tz="UTC")
+        row = {"user_id": "u1", "recent_items": [["i3", "i2"]], "last_event_ms": [7]}
+        row |= {n: [1] for n in count_names()} | {"written_ms": [7], "event_timestamp": [stamp]}
+        write_user_features(s, pd.DataFrame(row))
+        got = online_features(s, ["u1"])[0]
+        assert got["recent_items"] == ["i3", "i2"] and got["last_event_ms"] == 7
+        assert got["cnt_click_1h"] == 1
+        assert redis.Redis.from_url(url).dbsize() > 0  # in db 5 of the protected server
+        no_password = load_settings(
+            work_dir=tmp_path / "w2", redis={"url": f"redis://127.0.0.1:{port}/5"}
+        )
+        with pytest.raises(Unavailable, match=r"(?i)authentication"):
+            apply(no_password)
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

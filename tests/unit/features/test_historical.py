@@ -13,8 +13,8 @@ DAY = 86_400_000
 
 
 def test_historical_features_are_point_in_time(tmp_path: Path) -> None:
-    # Redis URL pointing nowhere: the store falls back to SQLite online, duckdb offline.
-    settings = load_settings(work_dir=tmp_path, redis={"url": "redis://127.0.0.1:1/0"})
+    # Offline retrieval needs no Redis: an explicit SQLite online store, duckdb offline.
+    settings = load_settings(work_dir=tmp_path, feast={"online_store": "sqlite"})
     t0 = 1_750_000_000_000
     items = pd.DataFrame(
         {
