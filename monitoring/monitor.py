@@ -202,8 +202,9 @@ def monitor_offline_log(
         events, now_ms=now, reference_days=cfg.reference_days, window_days=cfg.window_days
     )
     score_frames = None
+    not_judged: str | None = None  # why score drift could not be judged
     if scores:
-        model = bundle if bundle is not None else champion_bundle(settings)
+        model, not_judged = (bundle, None) if bundle is not None else champion_bundle(settings)
         if model is not None and len(reference) and len(current):
             ref_s, centroid = score_features(
                 model, reference, history=events, sample=cfg.score_sample
@@ -212,7 +213,7 @@ def monitor_offline_log(
                 model, current, history=events, centroid=centroid, sample=cfg.score_sample
             )
             score_frames = (ref_s, cur_s)
-    return check(
+    verdict = check(
         settings,
         events=events,
         items=items,
@@ -223,3 +224,6 @@ def monitor_offline_log(
         alert=alert,
         config=cfg,
     )
+    if not_judged:  # the champion is registered but unusable: say so in the result
+        verdict.reason = f"{verdict.reason}; score drift not judged: {not_judged}"
+    return verdict

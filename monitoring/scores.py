@@ -20,9 +20,15 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from prometheus_client import Counter
 
 logger = logging.getLogger(__name__)
 
+SCORE_DRIFT_SKIPPED = Counter(
+    "rtrec_monitor_score_drift_skipped_total",
+    "Monitor runs that could not judge score drift although a champion is registered",
+    ["reason"],
+)
 SCORE_COLUMNS = ("score_top1", "score_mean", "score_centroid_sim")
 
 
@@ -100,15 +106,34 @@ def score_features(
     return frame, mean
 
 
-def champion_bundle(settings: Any) -> Any | None:
-    """The registered champion's bundle, or None when there is none yet (not an error)."""
-    try:
-        from training.artifacts import load_bundle
-        from training.registry import ModelRegistry, download_bundle
+def champion_bundle(settings: Any) -> tuple[Any | None, str | None]:
+    """``(bundle, None)`` for the registered champion; ``(None, None)`` when there is
+    genuinely none (no registered model, no ``champion`` alias): nothing to score with.
 
-        if ModelRegistry(settings).champion_version() is None:
-            return None
-        return load_bundle(download_bundle(settings, "champion"), use_gpu=False)
-    except Exception as exc:  # no registry, no champion: features-only monitoring
-        logger.info("no champion to score with: %s", exc)
-        return None
+    Any other failure (registry unreachable, a bundle that does not download or load) is
+    a degradation by design: the monitor still judges feature and outcome drift, and
+    gets ``(None, reason)`` to report "score drift not judged: <reason>". The reason is
+    logged at WARNING and counted in ``rtrec_monitor_score_drift_skipped_total``.
+    """
+    from rtrec.errors import RtrecError
+    from training.artifacts import load_bundle
+    from training.registry import ModelRegistry, download_bundle
+
+    try:
+        version = ModelRegistry(settings).champion_version()
+    except RtrecError as exc:
+        return None, _skipped("registry_unavailable", "model registry unavailable", exc)
+    if version is None:
+        logger.info("no champion registered: score drift is not judged")
+        return None, None
+    try:
+        return load_bundle(download_bundle(settings, "champion"), use_gpu=False), None
+    except Exception as exc:  # any download or load failure: a broken champion
+        return None, _skipped("champion_unusable", f"champion version {version} unusable", exc)
+
+
+def _skipped(label: str, what: str, exc: Exception) -> str:
+    reason = f"{what}: {type(exc).__name__}: {exc}"[:500]
+    SCORE_DRIFT_SKIPPED.labels(label).inc()
+    logger.warning("score drift not judged: %s", reason)
+    return reason
