@@ -6,21 +6,37 @@ Public API::
     publish(settings, pairs, ...)
     StreamProcessor(settings).run()                            # consumer-group member
     read_events(dir)                                            # the offline event log
+    offline_coverage(settings, until_ms=...) -> OfflineCoverage  # does the log hold it all?
+    wait_for_offline_log(settings, until_ms=..., timeout_s=...)  # ... wait until it does
+    covered_rows(events, coverage)                              # rows the watermark vouches for
 
 Offline event log (``<offline_dir>/events/*.parquet``, read by ``training.dataset``):
 user_id, item_id, event_type, ts (ms), event_time (UTC), value, partition, offset.
+It is written a couple of seconds behind the online store; its watermark in Redis says
+how far it covers the topic (offsets, event time), so readers judge complete data.
 """
 
-from streaming.offline import OfflineLog, read_events
+from streaming.offline import (
+    OfflineCoverage,
+    OfflineLog,
+    covered_rows,
+    offline_coverage,
+    read_events,
+    wait_for_offline_log,
+)
 from streaming.producer import publish, publish_catalog, replay_dataset
 
 __all__ = [
+    "OfflineCoverage",
     "OfflineLog",
     "StreamProcessor",
+    "covered_rows",
+    "offline_coverage",
     "publish",
     "publish_catalog",
     "read_events",
     "replay_dataset",
+    "wait_for_offline_log",
 ]
 
 

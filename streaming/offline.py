@@ -5,6 +5,14 @@ ts (ms), event_time (µs UTC), value, partition, offset`` and, where the broker 
 topic ids, ``log_id``. Kafka offsets are committed only up to what has been written here,
 so a crash never loses a row; a crash between a file write and the recorded progress can
 repeat rows (same log, partition and offset, which :func:`read_events` and training drop).
+
+Files are written a couple of seconds after their events were applied to the online
+store, so "the processor has applied everything" does not mean "the log holds it". Each
+flush therefore records a watermark in Redis (``streaming.state``): per partition the
+highest offset the log covers and the newest event time written. Readers that must judge
+complete data ask :func:`offline_coverage` ("does the log cover everything published /
+event time T?") or wait with :func:`wait_for_offline_log`, and judge only the rows the
+watermark vouches for (:func:`covered_rows`).
 """
 
 from __future__ import annotations
@@ -13,11 +21,16 @@ import logging
 import threading
 import time
 import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from rtrec.errors import InvalidInput, Unavailable
+from streaming.state import Watermark, read_watermark
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +102,15 @@ class OfflineLog:
         return self.write(self.take(), log_id=log_id)
 
     def write(self, cols: tuple[list[Any], ...], *, log_id: str = "") -> dict[int, int]:
-        """Write taken columns as one file (safe off the processing thread)."""
+        """Write taken columns as one file (safe off the processing thread); returns the
+        highest offset written per partition."""
+        return {p: off for p, (off, _) in self.write_marks(cols, log_id=log_id).items()}
+
+    def write_marks(
+        self, cols: tuple[list[Any], ...], *, log_id: str = ""
+    ) -> dict[int, tuple[int, int]]:
+        """:meth:`write`, returning per partition (highest offset, newest event ``ts``):
+        the flush's contribution to the watermark."""
         if not cols[0]:
             return {}
         u, i, t, ts, _, v, p, o = cols
@@ -109,15 +130,21 @@ class OfflineLog:
         )
         if log_id:
             table = table.append_column(LOG_ID, pa.array([log_id] * len(u), pa.string()))
-        high: dict[int, int] = {}
-        for part, off in zip(p, o, strict=True):
-            if off > high.get(part, -1):
-                high[part] = off
+        grouped = table.group_by("partition").aggregate([("offset", "max"), ("ts", "max")])
+        marks = {
+            int(part): (int(off), int(newest))
+            for part, off, newest in zip(
+                grouped["partition"].to_pylist(),
+                grouped["offset_max"].to_pylist(),
+                grouped["ts_max"].to_pylist(),
+                strict=True,
+            )
+        }
         path = self.directory / f"part-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
         tmp = path.with_suffix(".tmp")
         pq.write_table(table, tmp, coerce_timestamps="us", allow_truncated_timestamps=True)
         tmp.rename(path)  # readers never see a half-written file
-        return high
+        return marks
 
 
 def read_events(directory: Path) -> Any:
@@ -151,6 +178,12 @@ class OfflineSink:
     Files are written on a background thread (a flush took 40-100 ms, a pause every
     processed batch behind it waited out); one flush is in flight at a time and its
     offsets count as logged only once :meth:`collect` has seen it finish.
+
+    Each flush also records the watermark (``RedisState.record_offline``): the offsets
+    of the batches committed before it started (``RedisState.committed``: their valid
+    events are all in this flush or an earlier one; their invalid ones went to the
+    dead-letter topic) and the newest event time written. A batch of dead letters alone
+    adds no row but still moves the watermark, by a flush without a file.
     """
 
     def __init__(self, settings: Any, state: Any, *, flush_s: float, flush_rows: int) -> None:
@@ -167,6 +200,10 @@ class OfflineSink:
         self.log_id = ""
         """The topic incarnation buffered rows belong to (the processor flushes before it
         changes this, so a buffer never mixes two)."""
+        self._through: dict[int, int] = {}
+        """Committed offsets handed to the last flush started (its watermark)."""
+        self._uncovered_since: float | None = None
+        """When committed offsets first went beyond ``_through`` with no row buffered."""
 
     def add(self, partition: int, offset: int, event: Any) -> None:
         """Buffer an event unless an earlier run already logged its offset."""
@@ -186,12 +223,22 @@ class OfflineSink:
         self.log.truncate(mark)
 
     def pending(self) -> bool:
-        return bool(len(self.log) or any(self.latest.values()))
+        return bool(len(self.log) or any(self.latest.values()) or self._uncovered())
+
+    def _uncovered(self) -> bool:
+        """Batches were committed since the last flush started (the watermark lags)."""
+        through = self._through
+        return any(off > through.get(p, -1) for p, off in self.state.committed.items())
 
     def due(self) -> bool:
         started = self.log.first_added
         if started is None:
-            return False
+            if not self._uncovered():
+                self._uncovered_since = None
+                return False
+            if self._uncovered_since is None:
+                self._uncovered_since = time.monotonic()
+            started = self._uncovered_since
         return len(self.log) >= self.flush_rows or time.monotonic() - started >= self.flush_s
 
     def start(self) -> bool:
@@ -200,24 +247,39 @@ class OfflineSink:
             return False
         cols, latest = self.log.take(), self.latest
         self.latest = {}
+        # Every batch committed so far has its valid events in ``cols`` or in the log.
+        through = self._through = dict(self.state.committed)
+        self._uncovered_since = None
         self._job_log = self.log_id
         self._job = threading.Thread(
-            target=self._write, args=(cols, latest, self.log_id), name="offline-flush", daemon=True
+            target=self._write,
+            args=(cols, latest, self.log_id, through),
+            name="offline-flush",
+            daemon=True,
         )
         self._job.start()
         return True
 
     def _write(
-        self, cols: tuple[list[Any], ...], latest: dict[str, dict[str, Any]], log_id: str
+        self,
+        cols: tuple[list[Any], ...],
+        latest: dict[str, dict[str, Any]],
+        log_id: str,
+        through: dict[int, int],
     ) -> None:
         from features import append_offline_rows
 
         try:
             for view, rows in latest.items():
                 append_offline_rows(self.settings, view, list(rows.values()))
-            high = self.log.write(cols, log_id=log_id)
-            self.state.set_offline_offsets(high)
-            self._result = high
+            marks = self.log.write_marks(cols, log_id=log_id)
+            if not self.state.record_offline(marks, through, log_id=log_id):
+                logger.warning(
+                    "offline flush of topic log %s not recorded: the stream state now "
+                    "belongs to another incarnation of the topic (its rows stay, marked)",
+                    log_id,
+                )
+            self._result = {p: off for p, (off, _) in marks.items()}
         except BaseException as exc:  # re-raised on the processing thread by collect()
             self._result = exc
 
@@ -256,5 +318,248 @@ class OfflineSink:
         self.log.truncate(0)
         self.latest = {}
         self.done.clear()
+        # What was committed but not flushed is read again (or by another member).
+        self.state.forget_committed()
+        self._through = {}
+        self._uncovered_since = None
         if partitions:
             self.load(partitions)
+
+
+@dataclass(frozen=True)
+class OfflineCoverage:
+    """How much of the events topic the offline log holds, as of one moment.
+
+    ``end_offsets`` are the topic's end offsets when the question was asked: the log is
+    **complete** when every partition is covered up to them (everything published by
+    then is logged or was rejected). Its **event time** is the newest event time logged,
+    taken at the partition that is furthest behind: with events arriving in about their
+    time order per partition (a user's events are keyed to one partition), the log holds
+    every event before it.
+    """
+
+    topic: str
+    topic_id: str
+    """The broker's id of the topic when asked ("" where the broker reports none)."""
+    watermark: Watermark
+    end_offsets: dict[int, int]
+    asked_ms: int
+    until_ms: int | None = None
+    """The event time the caller needs covered (None: only completeness counts)."""
+    waited_s: float = 0.0
+
+    @property
+    def same_log(self) -> bool:
+        """The watermark belongs to the topic the broker has now (not to an earlier
+        incarnation of it, which the processor has not noticed being replaced yet)."""
+        mine, now = self.watermark.log_id, self.topic_id
+        return not mine or not now or mine == now
+
+    @property
+    def through(self) -> dict[int, int]:
+        """Per partition, the highest offset the log covers (-1: none)."""
+        if not self.same_log:
+            return {}
+        return {p: self.watermark.through.get(p, -1) for p in self.end_offsets}
+
+    @property
+    def behind(self) -> dict[int, tuple[int, int]]:
+        """Partitions not yet covered: partition -> (offsets covered, end offset)."""
+        through = self.through
+        return {
+            p: (through.get(p, -1) + 1, end)
+            for p, end in sorted(self.end_offsets.items())
+            if through.get(p, -1) + 1 < end
+        }
+
+    @property
+    def complete(self) -> bool:
+        return not self.behind
+
+    @property
+    def event_time_ms(self) -> int | None:
+        """Event time covered on every partition holding data (None: one of them has
+        no event logged yet, or the topic is empty)."""
+        parts = [p for p, end in self.end_offsets.items() if end > 0]
+        marks = self.watermark.partitions if self.same_log else {}
+        newest = [marks[p].newest_ms if p in marks else -1 for p in parts]
+        if not newest or min(newest) < 0:
+            return None
+        return min(newest)
+
+    def covers(self, until_ms: int | None = None) -> bool:
+        """True when the log holds everything published when asked, or (with an event
+        time, default ``self.until_ms``) every event before ``until_ms``."""
+        until = self.until_ms if until_ms is None else until_ms
+        if self.complete:
+            return True
+        reached = self.event_time_ms
+        return until is not None and reached is not None and reached >= until
+
+    def describe(self) -> str:
+        """One line for logs and errors: what is missing, what was reached."""
+        parts = []
+        if not self.same_log:
+            parts.append(
+                f"the topic was created again (id {self.topic_id}); the stream has logged "
+                f"nothing of it yet (watermark of id {self.watermark.log_id})"
+            )
+        behind = self.behind
+        if behind:
+            parts.append(
+                "partitions behind (offsets logged/published): "
+                + ", ".join(f"{p}: {got}/{end}" for p, (got, end) in behind.items())
+            )
+        else:
+            parts.append(f"all {len(self.end_offsets)} partitions logged to their end offsets")
+        parts.append(f"event time reached {_iso(self.event_time_ms)}")
+        if self.until_ms is not None:
+            parts.append(f"needed {_iso(self.until_ms)}")
+        return "; ".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-native summary (partition keys as strings), e.g. a verdict's ``as_of``."""
+        return {
+            "topic": self.topic,
+            "log_id": self.watermark.log_id or self.topic_id,
+            "complete": self.complete,
+            "covered": self.covers(),
+            "until_ms": self.until_ms,
+            "event_time_ms": self.event_time_ms,
+            "through": {str(p): o for p, o in self.through.items()},
+            "end_offsets": {str(p): o for p, o in sorted(self.end_offsets.items())},
+            "behind": {str(p): list(v) for p, v in self.behind.items()},
+            "flushed_ms": self.watermark.updated_ms,
+            "asked_ms": self.asked_ms,
+            "waited_s": round(self.waited_s, 3),
+        }
+
+
+def _iso(ms: int | None) -> str:
+    if ms is None:
+        return "none"
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"
+
+
+def _topic_ends(settings: Any) -> tuple[dict[int, int], str]:
+    """The events topic's end offsets and broker id (one short-lived consumer)."""
+    from kafka import KafkaConsumer, TopicPartition
+    from kafka.errors import KafkaError
+
+    topic = settings.kafka.events_topic
+    try:
+        consumer = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers)
+    except KafkaError as exc:
+        raise Unavailable(
+            f"broker {settings.kafka.bootstrap_servers} unreachable: cannot tell how much of "
+            f"topic {topic} the offline log holds ({type(exc).__name__}: {exc})"
+        ) from exc
+    try:
+        parts = sorted(consumer.partitions_for_topic(topic) or ())
+        ends = consumer.end_offsets([TopicPartition(topic, p) for p in parts]) if parts else {}
+        cluster = getattr(getattr(consumer, "_client", None), "cluster", None)
+        found = cluster.topic_id(topic) if cluster is not None else None
+    except KafkaError as exc:
+        raise Unavailable(f"end offsets of topic {topic}: {type(exc).__name__}: {exc}") from exc
+    finally:
+        consumer.close()
+    topic_id = "" if found is None or getattr(found, "int", 1) == 0 else str(found)
+    return {tp.partition: int(off) for tp, off in ends.items()}, topic_id
+
+
+def _watermark(settings: Any, client: Any) -> Watermark:
+    from redis.exceptions import RedisError
+
+    try:
+        return read_watermark(client, settings)
+    except RedisError as exc:
+        raise Unavailable(
+            f"Redis {settings.redis.url} unreachable: cannot read the offline log's "
+            f"watermark ({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+def offline_coverage(settings: Any, *, until_ms: int | None = None) -> OfflineCoverage:
+    """Does the offline log cover the events topic up to its current end offsets (and,
+    with ``until_ms``, up to that event time)? See :class:`OfflineCoverage`.
+
+    Raises :class:`rtrec.errors.Unavailable` when the broker or Redis cannot be reached.
+    """
+    import redis
+
+    ends, topic_id = _topic_ends(settings)
+    asked = int(time.time() * 1000)
+    client = redis.Redis.from_url(settings.redis.url)
+    try:
+        mark = _watermark(settings, client)
+    finally:
+        client.close()
+    return OfflineCoverage(
+        settings.kafka.events_topic, topic_id, mark, ends, asked, until_ms=until_ms
+    )
+
+
+def wait_for_offline_log(
+    settings: Any,
+    *,
+    until_ms: int | None = None,
+    timeout_s: float = 300.0,
+    poll_s: float = 0.1,
+) -> OfflineCoverage:
+    """Block until the offline log covers the events topic up to its end offsets as of
+    this call (or, with ``until_ms``, every event before that time); returns the
+    coverage reached, with ``waited_s``.
+
+    Raises :class:`rtrec.errors.Unavailable` after ``timeout_s`` naming the partitions,
+    offsets and event time still missing — a stream processor that is not running, is
+    stuck, or is far behind must not make a reader judge partial data.
+    """
+    import redis
+
+    if timeout_s < 0:
+        raise InvalidInput(f"timeout_s must be >= 0, got {timeout_s}", field="timeout_s")
+    ends, topic_id = _topic_ends(settings)
+    asked = int(time.time() * 1000)
+    started = time.monotonic()
+    client = redis.Redis.from_url(settings.redis.url)
+    try:
+        while True:
+            mark = _watermark(settings, client)
+            waited = time.monotonic() - started
+            cov = OfflineCoverage(
+                settings.kafka.events_topic, topic_id, mark, ends, asked, until_ms, waited
+            )
+            if cov.covers():
+                return cov
+            if waited >= timeout_s:
+                raise Unavailable(
+                    f"the offline event log ({settings.offline_dir / 'events'}) did not cover "
+                    f"topic {cov.topic} within {timeout_s:g} s: {cov.describe()}. Is a "
+                    f"stream processor of group {settings.kafka.consumer_group} running "
+                    "(rtrec stream run)?"
+                )
+            time.sleep(min(poll_s, max(timeout_s - waited, 0.0)))
+    finally:
+        client.close()
+
+
+def covered_rows(events: Any, coverage: OfflineCoverage) -> Any:
+    """The rows of ``events`` (from :func:`read_events`) the watermark vouches for.
+
+    Files written after the watermark was read may hold newer rows of the topic's current
+    log; dropping them makes a judgement reproducible "as of" the watermark. Rows of
+    earlier incarnations of the topic, of partitions without data on the broker, and
+    rows that never went through Kafka (partition -1) are kept as they are.
+    """
+    if not len(events):
+        return events
+    log_id = coverage.topic_id or coverage.watermark.log_id  # the topic's current log
+    logs = events[LOG_ID] if LOG_ID in events.columns else None
+    mine = (logs == log_id) if logs is not None else (log_id == "")
+    limit = events["partition"].map(
+        {p: coverage.through.get(p, -1) for p, end in coverage.end_offsets.items() if end > 0}
+    )
+    beyond = mine & limit.notna() & (events["offset"] > limit)
+    if not beyond.any():
+        return events
+    return events[~beyond].reset_index(drop=True)

@@ -14,11 +14,18 @@ nothing across a restart) has a new id and offsets from 0: :meth:`RedisState.res
 forgets the old offsets while the aggregates carry on. A marker that vanished means Redis
 lost the state (a restart without persistence, a flush): the commit answers "lost" and
 the processor rebuilds from the start of the retained log.
+
+The offline event log's progress lives here too (:meth:`RedisState.record_offline`): per
+partition the highest offset written (what a new owner skips) and a **watermark** — the
+highest offset the log covers (written, or rejected to the dead-letter topic) and the
+newest event time written — which readers such as the drift monitor use to know whether
+the log holds what was published (:func:`streaming.offline.offline_coverage`).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,9 +101,108 @@ return out
 _RESET_LOG = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[2])
-redis.call('DEL', KEYS[2], KEYS[3])
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
 return 1
 """
+
+_RECORD_OFFLINE = """
+local offline, mark, log_key = KEYS[1], KEYS[2], KEYS[3]
+if ARGV[1] ~= '' and redis.call('GET', log_key) ~= ARGV[1] then return 0 end
+redis.call('HSET', mark, 'log', ARGV[1], 'at', ARGV[2])
+local n = tonumber(ARGV[3])
+local i = 4
+for _ = 1, n do
+  local p, written, through, newest = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  i = i + 4
+  if tonumber(written) > tonumber(redis.call('HGET', offline, p) or '-1') then
+    redis.call('HSET', offline, p, written)
+  end
+  if tonumber(through) > tonumber(redis.call('HGET', mark, 'o:' .. p) or '-1') then
+    redis.call('HSET', mark, 'o:' .. p, through)
+  end
+  if tonumber(newest) > tonumber(redis.call('HGET', mark, 't:' .. p) or '-1') then
+    redis.call('HSET', mark, 't:' .. p, newest)
+  end
+end
+return 1
+"""
+
+
+def state_keys(settings: Settings) -> dict[str, str]:
+    """The Redis keys of one consumer group's state of one topic (one place spells them:
+    the processor writes them, the offline log's readers read them)."""
+    group, topic = settings.kafka.consumer_group, settings.kafka.events_topic
+    return {
+        "offsets": f"rtrec:offsets:{group}:{topic}",
+        "offline": f"rtrec:offline:{group}:{topic}",
+        "watermark": f"rtrec:watermark:{group}:{topic}",
+        "log": f"rtrec:log:{group}:{topic}",
+    }
+
+
+@dataclass(frozen=True)
+class PartitionMark:
+    """One partition's offline progress: what a reader may rely on."""
+
+    written: int
+    """Highest offset whose event is in the offline log (-1: none yet)."""
+    through: int
+    """Highest offset the log covers: every offset up to it is written or was rejected
+    (dead letter). At least ``written``."""
+    newest_ms: int
+    """Newest event time (``ts``, ms) written for this partition (-1: none yet)."""
+
+
+@dataclass(frozen=True)
+class Watermark:
+    """What the offline event log holds of one topic incarnation, as one consumer group
+    recorded it (read in one round trip, so its fields agree with each other)."""
+
+    log_id: str
+    """The topic incarnation (broker topic id) the offsets belong to ("" unknown)."""
+    partitions: dict[int, PartitionMark]
+    updated_ms: int
+    """Wall-clock time of the last recorded flush (0: none)."""
+
+    @property
+    def through(self) -> dict[int, int]:
+        return {p: m.through for p, m in self.partitions.items()}
+
+
+def read_watermark(client: Any, settings: Settings) -> Watermark:
+    """The offline log's watermark and the log id the state belongs to, atomically.
+
+    The watermark is only returned for the log the state currently belongs to: one left
+    by a previous incarnation of the topic counts as nothing logged.
+    """
+    keys = state_keys(settings)
+    pipe = client.pipeline(transaction=True)
+    pipe.hgetall(keys["watermark"])
+    pipe.hgetall(keys["offline"])
+    pipe.get(keys["log"])
+    raw_mark, raw_offline, raw_log = pipe.execute()
+    mark = {_text(k): _text(v) for k, v in raw_mark.items()}
+    state_log = _text(raw_log) if raw_log is not None else ""
+    if mark.get("log", state_log) != state_log:
+        return Watermark(state_log, {}, 0)
+    written = {int(_text(p)): int(_text(o)) for p, o in raw_offline.items()}
+    parts: set[int] = set(written)
+    for name in mark:
+        if name[:2] in ("o:", "t:"):
+            parts.add(int(name[2:]))
+    partitions = {
+        p: PartitionMark(
+            written=written.get(p, -1),
+            through=max(int(mark.get(f"o:{p}", -1)), written.get(p, -1)),
+            newest_ms=int(mark.get(f"t:{p}", -1)),
+        )
+        for p in sorted(parts)
+    }
+    return Watermark(state_log, partitions, int(mark.get("at", 0)))
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 @dataclass
@@ -113,6 +219,7 @@ class _Pending:
     keys: list[str]
     args: list[Any]
     names: list[str]
+    offsets: dict[int, int]
 
 
 class RedisState:
@@ -120,14 +227,21 @@ class RedisState:
 
     def __init__(self, settings: Settings, client: Any, window_hours: list[int]) -> None:
         self.client = client
-        group, topic = settings.kafka.consumer_group, settings.kafka.events_topic
-        self.offsets_key = f"rtrec:offsets:{group}:{topic}"
-        self.offline_key = f"rtrec:offline:{group}:{topic}"
-        self.log_key = f"rtrec:log:{group}:{topic}"
+        keys = state_keys(settings)
+        self.offsets_key = keys["offsets"]
+        self.offline_key = keys["offline"]
+        self.watermark_key = keys["watermark"]
+        """The offline log's watermark (see :meth:`record_offline`)."""
+        self.log_key = keys["log"]
         """The topic incarnation (broker topic id) the offsets above belong to."""
         self.window_hours = sorted(window_hours)
         self._script = client.register_script(_COMMIT)
         self._script.sha = client.script_load(_COMMIT)
+        self._record = client.register_script(_RECORD_OFFLINE)
+        self.committed: dict[int, int] = {}
+        """Per partition, the highest offset a batch of this member committed (valid or
+        dead-lettered events alike) since :meth:`forget_committed`: what the offline
+        buffer covers once it holds every valid event of those batches."""
 
     def read(self, users: list[str]) -> tuple[dict[int, int], list[bytes | None]]:
         """Applied offsets per partition and the stored states of ``users``, one round trip."""
@@ -152,7 +266,7 @@ class RedisState:
         """The topic was recreated (``old`` -> ``new``): its offsets start again at 0, so
         forget the applied and logged offsets of ``old`` (user states, item buckets and
         trending stay). False when another member already did it."""
-        keys = [self.log_key, self.offsets_key, self.offline_key]
+        keys = [self.log_key, self.offsets_key, self.offline_key, self.watermark_key]
         return bool(self.client.eval(_RESET_LOG, len(keys), *keys, old, new))
 
     def commit(self, **batch: Any) -> dict[str, tuple[list[int], float]] | str:
@@ -198,7 +312,7 @@ class RedisState:
             conn.disconnect()
             pool.release(conn)
             raise
-        return _Pending(conn, keys, args, names)
+        return _Pending(conn, keys, args, names, {p: new for p, (_, new) in offsets.items()})
 
     def commit_receive(self, pending: _Pending) -> dict[str, tuple[list[int], float]] | str:
         """The script's answer: item -> (window counts, trending score); or, with nothing
@@ -218,6 +332,9 @@ class RedisState:
             pool.release(pending.conn)
         if not out or int(out[0]) <= 0:
             return LOST if out and int(out[0]) < 0 else FENCED
+        for p, off in pending.offsets.items():
+            if off > self.committed.get(p, -1):
+                self.committed[p] = off
         step = len(self.window_hours) + 1
         return {
             name: (
@@ -234,9 +351,37 @@ class RedisState:
         raw = self.client.hmget(self.offline_key, [str(p) for p in partitions])
         return {p: int(v) if v is not None else -1 for p, v in zip(partitions, raw, strict=True)}
 
-    def set_offline_offsets(self, offsets: dict[int, int]) -> None:
-        if offsets:
-            self.client.hset(self.offline_key, mapping={str(p): o for p, o in offsets.items()})
+    def forget_committed(self) -> None:
+        """The offline buffer was dropped: batches committed so far no longer count as
+        buffered (their events come again, or another member logs them)."""
+        self.committed.clear()
+
+    def record_offline(
+        self,
+        written: dict[int, tuple[int, int]],
+        through: dict[int, int],
+        *,
+        log_id: str = "",
+    ) -> bool:
+        """Record a finished flush in one atomic script: per partition the highest offset
+        written and the watermark (``through``: offset covered; newest event time).
+
+        ``written``: partition -> (highest offset, newest event ``ts``) of the flushed
+        rows; ``through``: partition -> highest offset the log now covers (the batches
+        committed before the flush started). Values only ever move forward (a stale
+        member's late flush cannot move them back). Fenced on ``log_id`` like the batch
+        commit: False (nothing recorded) when the state now belongs to another
+        incarnation of the topic, whose offsets these are not.
+        """
+        parts = sorted(set(written) | set(through))
+        if not parts:
+            return True
+        args: list[Any] = [log_id, int(time.time() * 1000), len(parts)]
+        for p in parts:
+            off, newest = written.get(p, (-1, -1))
+            args += [p, off, max(through.get(p, -1), off), newest]
+        keys = [self.offline_key, self.watermark_key, self.log_key]
+        return bool(self._record(keys=keys, args=args))
 
 
 def _trending_key() -> str:
