@@ -23,23 +23,28 @@ from serving.fallback import PopularCache
 from serving.lifecycle import Loaded
 from serving.online import GuardedFeatures
 from serving.schemas import RecommendRequest
+from training import dense_transform
 
 logger = logging.getLogger(__name__)
 
-SECS_CAP = 30 * 86_400.0
-
 
 def dense_row(features: dict[str, Any], names: list[str], now_ms: int) -> np.ndarray:
-    """Online features -> the user tower's dense input (same transforms as training)."""
-    out = np.zeros((1, len(names)), dtype=np.float32)
+    """Online features -> the user tower's dense input, through training's own transform.
+
+    The online store holds counts and ``last_event_ms``; training's ``secs_since_prev``
+    is the time since the user's previous event, here the time since the last one. A
+    missing value (unknown user, a feature never written) is NaN, which the transform
+    treats as training treats a null.
+    """
+    raw = np.empty((1, len(names)), dtype=np.float64)
     for j, name in enumerate(names):
         if name == "secs_since_prev":
             last = features.get("last_event_ms")
-            secs = SECS_CAP if not last else min(max((now_ms - last) / 1000, 0.0), SECS_CAP)
-            out[0, j] = math.log1p(secs)
+            raw[0, j] = (now_ms - last) / 1000 if last else math.nan
         else:
-            out[0, j] = math.log1p(max(float(features.get(name) or 0), 0.0))
-    return out
+            value = features.get(name)
+            raw[0, j] = math.nan if value is None else float(value)
+    return dense_transform(raw, names)
 
 
 class Engine:

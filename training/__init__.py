@@ -9,6 +9,7 @@ Public API (imports are lazy: the torch side runs on a GPU host without pyspark/
     evaluate(model, seen, target) -> metrics     # full ranking (training.evaluate)
     build_index(model.item_keys()) -> ItemIndex  # FAISS (training.index)
     save_bundle / load_bundle -> ModelBundle     # what serving loads (training.artifacts)
+    dense_transform(raw, names)                  # the dense-feature transform serving reuses
     ModelRegistry(settings)                      # MLflow (training.registry)
 """
 
@@ -31,6 +32,8 @@ _EXPORTS = {
     "ModelBundle": "training.artifacts",
     "ModelRegistry": "training.registry",
     "fit_baselines": "training.baselines",
+    "dense_transform": "training.examples",
+    "SECS_CAP": "training.examples",
 }
 __all__ = sorted(_EXPORTS)
 

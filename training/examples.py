@@ -30,19 +30,28 @@ def dense_names(frame: pd.DataFrame) -> list[str]:
 
 
 def dense_matrix(frame: pd.DataFrame, names: list[str]) -> np.ndarray:
-    """log1p of counts and capped recency; missing columns or nulls become their neutral value."""
-    out = np.zeros((len(frame), len(names)), dtype=np.float32)
+    """A training frame's dense columns through :func:`dense_transform` (missing columns
+    and nulls count as missing)."""
+    raw = np.full((len(frame), len(names)), np.nan)
     for j, name in enumerate(names):
-        if name not in frame.columns:
-            col = np.full(len(frame), SECS_CAP if name == "secs_since_prev" else 0.0)
-        else:
-            col = pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype="float64")
-        if name == "secs_since_prev":
-            col = np.where(np.isnan(col), SECS_CAP, np.clip(col, 0, SECS_CAP))
-        else:
-            col = np.clip(np.nan_to_num(col, nan=0.0), 0, None)
-        out[:, j] = np.log1p(col)
-    return out
+        if name in frame.columns:
+            raw[:, j] = pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype="float64")
+    return dense_transform(raw, names)
+
+
+def dense_transform(raw: np.ndarray, names: list[str]) -> np.ndarray:
+    """Raw dense features (rows x ``names``, float64, NaN = missing) -> the user tower's
+    input: log1p of counts clipped at 0 (missing: 0) and of ``secs_since_prev`` clipped
+    to ``[0, SECS_CAP]`` (missing: ``SECS_CAP``, as for a first event).
+
+    The one transform of these features: training calls it through :func:`dense_matrix`
+    and serving on each request's online features, so the two cannot drift apart.
+    """
+    secs = np.array([name == "secs_since_prev" for name in names], dtype=bool)
+    values = np.atleast_2d(np.asarray(raw, dtype=np.float64))
+    values = np.where(np.isnan(values), np.where(secs, SECS_CAP, 0.0), values)
+    values = np.clip(np.nan_to_num(values), 0.0, np.where(secs, SECS_CAP, np.inf))
+    return np.log1p(values).astype(np.float32)
 
 
 def dense_vector(features: dict[str, float | None], names: list[str]) -> np.ndarray:

@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
-import math
 import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
+from features.definitions import count_names
 from rtrec.config import Settings, load_settings
 from rtrec.errors import NotFound, Unavailable
 from rtrec.logging import redact_id
 from serving.lifecycle import Loaded, load_dir
-from serving.retrieval import SECS_CAP, Engine, dense_row
+from serving.retrieval import Engine, dense_row
 from serving.schemas import EXAMPLE_RECOMMEND, Filters, RecommendRequest
+from training.examples import dense_matrix
 
 
 @pytest.fixture(scope="module")
@@ -61,14 +66,44 @@ def ids(out: dict[str, Any]) -> list[str]:
     return [i["item_id"] for i in out["items"]]
 
 
-def test_dense_row_matches_training_transforms() -> None:
-    names = ["cnt_click_1h", "cnt_view_7d", "secs_since_prev"]
-    row = dense_row({"cnt_click_1h": 3, "cnt_view_7d": None, "last_event_ms": 1_000}, names, 61_000)
-    assert row.shape == (1, 3)
-    assert row[0, 0] == pytest.approx(math.log1p(3)) and row[0, 1] == 0.0
-    assert row[0, 2] == pytest.approx(math.log1p(60.0))
-    cold = dense_row({}, names, 61_000)
-    assert cold[0, 2] == pytest.approx(math.log1p(SECS_CAP))
+DENSE = [*sorted(count_names()), "secs_since_prev"]
+"""The dense inputs a bundle trained on the stream's features carries."""
+counts = st.one_of(st.none(), st.integers(-3, 10**9))
+last_ms = st.one_of(st.none(), st.integers(0, 2 * 10**12))
+
+
+@hypothesis_settings(max_examples=300, deadline=None)
+@given(
+    st.fixed_dictionaries({}, optional={n: counts for n in count_names()}),
+    last_ms,
+    st.integers(10**12, 2 * 10**12),
+)
+def test_dense_row_matches_training_transforms(
+    online: dict[str, int | None], last: int | None, now_ms: int
+) -> None:
+    """Serving's row for a user's online features equals training's row for the same
+    state (the frame ``training.dataset`` writes: counts, seconds since the previous
+    event, nulls where unknown), computed by training's own ``dense_matrix``."""
+    row = dense_row({**online, "last_event_ms": last}, DENSE, now_ms)
+    frame = pd.DataFrame(
+        [
+            {
+                **{n: online.get(n) for n in count_names()},
+                "secs_since_prev": None if not last else (now_ms - last) / 1000,
+            }
+        ]
+    )
+    assert row.shape == (1, len(DENSE)) and row.dtype == np.float32
+    np.testing.assert_array_equal(row, dense_matrix(frame, DENSE))
+
+
+def test_dense_row_of_an_unknown_user_is_trainings_first_event() -> None:
+    """No online features at all: training's row for a user's first event (no counts,
+    no previous event), i.e. the neutral values, not zeros everywhere."""
+    row = dense_row({"recent_items": None}, DENSE, 1_750_000_000_000)
+    first = dense_matrix(pd.DataFrame([{"secs_since_prev": None}]), DENSE)
+    np.testing.assert_array_equal(row, first)
+    assert row[0, -1] > 0 and not row[0, :-1].any()
 
 
 def test_known_user_top_k_excludes_seen_and_filtered(engine: Engine, store: Store, loaded) -> None:
