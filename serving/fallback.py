@@ -11,13 +11,23 @@ import threading
 import time
 
 from rtrec.config import Settings
+from serving import metrics
+from serving.degradation import Degradations
 
 logger = logging.getLogger(__name__)
 
 
 class PopularCache:
-    def __init__(self, settings: Settings, *, size: int = 500, refresh_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        size: int = 500,
+        refresh_s: float = 5.0,
+        degradations: Degradations | None = None,
+    ) -> None:
         self.settings = settings
+        self.degradations = degradations or Degradations()
         self.size = size
         self.refresh_s = refresh_s
         self.trending: list[str] = []
@@ -44,7 +54,11 @@ class PopularCache:
         try:
             items = trending_items(self.settings, self.size)
         except Unavailable as exc:
-            logger.warning("trending refresh failed; keeping the cached list: %s", exc)
+            self.degradations.record(
+                "trending refresh failed",
+                f"keeping the cached list ({len(self.trending)} items): {exc}",
+                metric=metrics.DEGRADATIONS,
+            )
             return
         if items:
             self.trending, self.trending_at = items, time.time()

@@ -23,6 +23,7 @@ import numpy as np
 from rtrec.config import Settings
 from rtrec.errors import RtrecError, Unavailable
 from serving import metrics
+from serving.degradation import Degradations
 
 logger = logging.getLogger(__name__)
 
@@ -57,9 +58,12 @@ def load_dir(path: Path, version: str | None, source: str) -> Loaded:
 class ModelWatcher:
     """Polls the registry aliases; calls ``on_load(variant, Loaded)`` for each new version."""
 
-    def __init__(self, settings: Settings, on_load: Any) -> None:
+    def __init__(
+        self, settings: Settings, on_load: Any, *, degradations: Degradations | None = None
+    ) -> None:
         self.settings = settings
         self.on_load = on_load
+        self.degradations = degradations or Degradations()
         self.current: dict[str, str | None] = {"champion": None, "challenger": None}
         self.last_error: str | None = None
         self._stop = threading.Event()
@@ -136,7 +140,11 @@ class ModelWatcher:
                 self.poll_once()
             except Exception as exc:  # keep serving what we have; report why
                 self.last_error = str(exc)
-                logger.warning("model watch failed: %s", exc)
+                self.degradations.record(
+                    "model watch failed",
+                    f"still serving {self.current}: {exc}",
+                    metric=metrics.DEGRADATIONS,
+                )
 
     def poll_once(self, *, raise_errors: bool = False) -> None:
         """Load each alias whose version changed; refuse (and remember) broken versions.

@@ -16,7 +16,15 @@ REQUESTS = metrics.Counter(
     labelnames=["variant", "fallback"],
 )
 FALLBACKS = metrics.Counter(
-    name="rtrec_serving_fallbacks_total", documentation="Fallbacks by reason", labelnames=["reason"]
+    name="rtrec_serving_fallbacks_total",
+    documentation="Answers served from the fallback list, by reason",
+    labelnames=["reason"],
+)
+DEGRADATIONS = metrics.Counter(
+    name="rtrec_serving_degradations_total",
+    documentation="Other by-design degradations (a list topped up from the fallback, a "
+    "trending refresh that kept the cached list, a registry watch that failed), by reason",
+    labelnames=["reason"],
 )
 MODEL_VERSION = metrics.Gauge(
     name="rtrec_serving_model_version",

@@ -18,6 +18,7 @@ from rtrec.config import Settings
 from rtrec.errors import Unavailable
 from rtrec.logging import redact_id
 from serving import metrics
+from serving.degradation import Degradations
 from serving.experiments import CHALLENGER, CHAMPION, variant_for
 from serving.fallback import PopularCache
 from serving.lifecycle import Loaded
@@ -56,7 +57,8 @@ class Engine:
     ) -> None:
         self.settings = settings
         self.models: dict[str, Loaded] = {}
-        self.popular = PopularCache(settings)
+        self.degradations = Degradations()
+        self.popular = PopularCache(settings, degradations=self.degradations)
         self.online = GuardedFeatures(settings, features)
         self._features = self.online
 
@@ -123,6 +125,11 @@ class Engine:
             metrics.SHADOW_OVERLAP.observe(overlap)
             metrics.STAGE.labels("shadow").observe(time.perf_counter() - t)
         if len(items) < k:  # filters left too few: top up from the fallback list
+            self.degradations.record(
+                "topped up from fallback",
+                f"{len(items)} of {k} items left after filters",
+                metric=metrics.DEGRADATIONS,
+            )
             extra = self._fallback_items(k - len(items), req, history, {i for i, _ in items})
             items += extra
         out.update(
@@ -210,7 +217,11 @@ class Engine:
         history: list[str] = []
         items = self._fallback_items(k, req, history, set())
         _, source = self.popular.items()
-        metrics.FALLBACKS.labels(reason.split(":")[0]).inc()
+        label = reason.split(":")[0]
+        # An internal error is logged at ERROR with its traceback by the caller.
+        self.degradations.record(
+            label, reason, metric=metrics.FALLBACKS, log=label != "internal error"
+        )
         out.update(
             items=[{"item_id": i, "score": s} for i, s in items],
             model_version=loaded.version if loaded else None,

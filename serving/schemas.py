@@ -102,6 +102,22 @@ class LoadedModel(BaseModel):
     source: str
 
 
+class LastDegradation(BaseModel):
+    reason: str
+    detail: str
+    at: str
+    """ISO 8601, UTC."""
+
+
+class Degradations(BaseModel):
+    """By-design degradations since the service started (fallback answers, a list topped
+    up from the fallback, a failed trending refresh or registry watch)."""
+
+    counts: dict[str, int]
+    """Occurrences per reason (the ``reason`` label of the Prometheus counters)."""
+    last: LastDegradation | None
+
+
 class StatusResponse(BaseModel):
     ready: bool
     models: dict[str, LoadedModel]
@@ -109,6 +125,7 @@ class StatusResponse(BaseModel):
     online_store_down: str | None
     event_broker_down: str | None
     fallback_source: str
+    degradations: Degradations
 
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:

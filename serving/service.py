@@ -160,7 +160,8 @@ async def feedback(body: FeedbackRequest, request: Request) -> Response:
 
 @app.get("/status", response_model=StatusResponse, responses=error_responses())
 async def status(request: Request) -> Response:
-    """Loaded versions, readiness and the last lifecycle error (no user data)."""
+    """Loaded versions, readiness, the last lifecycle error and the degradations since
+    start: counts per reason and the last one (no user data)."""
     st = request.app.state
     return _json(
         {
@@ -172,6 +173,7 @@ async def status(request: Request) -> Response:
             "online_store_down": st.engine.online.down_reason,
             "event_broker_down": st.publish.down_reason,
             "fallback_source": st.engine.popular.items()[1],
+            "degradations": st.engine.degradations.status(),
         }
     )
 
@@ -204,7 +206,9 @@ class Recommender:
         bound_header_time(HEADER_TIMEOUT_S)
         template_metric_paths(app, keep=PROBES)
         self.engine = Engine(settings)
-        self.watcher = ModelWatcher(settings, self.engine.swap)
+        self.watcher = ModelWatcher(
+            settings, self.engine.swap, degradations=self.engine.degradations
+        )
         state = app.state
         state.engine, state.watcher = self.engine, self.watcher
         state.limiter = RateLimiter(settings.serving.rate_limit_per_s)

@@ -101,6 +101,9 @@ def test_unknown_user_gets_flagged_fallback(client: httpx.Client, bundle) -> Non
     assert out["fallback"] is True and "cold user" in out["fallback_reason"]
     ids = [i["item_id"] for i in out["items"]]
     assert len(ids) == 10 and set(ids) <= set(bundle.item_ids)
+    degraded = client.get("/status").json()["degradations"]
+    assert degraded["counts"]["cold user"] >= 1  # counted since start, by reason
+    assert degraded["last"]["at"] and degraded["last"]["reason"]
 
 
 def test_k_above_catalog_is_clamped(client: httpx.Client, bundle) -> None:
@@ -284,6 +287,8 @@ def test_redis_down_gives_flagged_fallback_never_5xx(
             assert len(out["items"]) == 10
         ready = httpx.get(f"{server.url}/readyz")
         assert ready.status_code == 200  # still serving (degraded), not taken out of rotation
+        counts = client.get("/status").json()["degradations"]["counts"]
+        assert counts["feature store unavailable"] >= 3  # each fallback counted by reason
     finally:
         start_redis(stack)
     deadline = time.monotonic() + 10
