@@ -171,6 +171,7 @@ def main() -> None:
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="rtrec-bench-drift-"))
     settings = load_settings(work_dir=work)
     settings.spark.master, settings.spark.driver_memory = "local[2]", "1g"
+    settings.monitoring.offline_coverage = "unchecked"  # the log is written here, not streamed
     cfg = MonitorConfig(reference_days=args.reference_days, window_days=args.window_days)
     interval = int(args.interval_hours * HOUR)
     rng = np.random.default_rng(0)

@@ -5,6 +5,14 @@ window before it, on stream features, champion scores / embedding statistics and
 outcome rate; every run lands in the Evidently project's dashboard. A drifted verdict
 has already been sent to the Kafka alerts topic and the log by the check; the DAG then
 triggers ``rtrec_training`` with the verdict's reason in the run conf.
+
+The check judges the offline log only once the log's watermark covers the windows it
+cuts (the log is flushed a couple of seconds behind the stream): it waits up to
+``monitoring.offline_wait_s`` (setting; ``RTREC_MONITORING__OFFLINE_WAIT_S``) and fails
+the task naming the partitions, offsets and event time missing, unless
+``monitoring.offline_coverage`` says to judge as of the watermark. Windows too small to
+judge are an outcome, not a failure: the ``drift_check`` XComs say ``status`` "not
+judged", ``judged`` false and why in ``summary``, and nothing is triggered.
 """
 
 from __future__ import annotations

@@ -263,8 +263,17 @@ def drift_check(
     window_days: float = 1.0,
     scores: bool = True,
     alert: bool = True,
+    coverage: str | None = None,
+    wait_s: float | None = None,
 ) -> dict[str, Any]:
-    """One monitor run over the offline log: verdict recorded in Evidently, alert sent."""
+    """One monitor run over the offline log: verdict recorded in Evidently, alert sent.
+
+    The log is judged only once its watermark covers the windows (``coverage`` /
+    ``wait_s``, default the ``monitoring`` settings): a check scheduled right after events
+    arrived must not judge the few seconds of them still buffered by the processor. The
+    result is the verdict's dict: ``status`` ("drifted", "stable", "not judged"),
+    ``summary``, ``reason``, the window sizes and ``as_of`` (the watermark judged).
+    """
     from monitoring import monitor_offline_log
 
     verdict = monitor_offline_log(
@@ -274,7 +283,11 @@ def drift_check(
         window_days=window_days,
         scores=scores,
         alert=alert,
+        coverage=coverage,  # type: ignore[arg-type]  # validated by the monitor
+        wait_s=wait_s,
     )
+    if not verdict.judged:
+        logger.warning("drift check: %s", verdict.summary)
     return verdict.to_dict()
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from monitoring.monitor import COVERAGE_MODES
 from rtrec.cli import handle_errors
 from rtrec.config import Settings, get_settings
 
@@ -26,6 +27,19 @@ def monitor() -> None:
 @click.option("--window-days", type=float, default=1.0, show_default=True)
 @click.option("--scores/--no-scores", default=True, help="Score windows with the champion.")
 @click.option("--alert/--no-alert", default=True, help="Publish an alert on drift.")
+@click.option(
+    "--coverage",
+    type=click.Choice(COVERAGE_MODES),
+    default=None,
+    help="wait: until the offline log's watermark covers the windows; as_of: judge as of "
+    "the watermark now; unchecked: the log as it is. Default: monitoring.offline_coverage.",
+)
+@click.option(
+    "--wait-s",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Longest wait for the watermark (default: monitoring.offline_wait_s).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the verdict as JSON.")
 @handle_errors
 def check(
@@ -34,9 +48,12 @@ def check(
     window_days: float,
     scores: bool,
     alert: bool,
+    coverage: str | None,
+    wait_s: float | None,
     as_json: bool,
 ) -> None:
-    """Check the offline event log for drift; exit 0 stable, 10 drifted."""
+    """Check the offline event log for drift; exit 0 stable, 10 drifted, 11 not judged
+    (a window too small); 4 when the log did not cover the windows in time."""
     from monitoring.monitor import monitor_offline_log
 
     verdict = monitor_offline_log(
@@ -46,19 +63,39 @@ def check(
         window_days=window_days,
         scores=scores,
         alert=alert,
+        coverage=coverage,  # type: ignore[arg-type]  # one of COVERAGE_MODES (click)
+        wait_s=wait_s,
     )
     if as_json:
         click.echo(json.dumps(verdict.to_dict(), default=str))
     else:
-        mark = (
-            click.style("DRIFT", fg="red") if verdict.drifted else click.style("stable", fg="green")
+        color = {"drifted": "red", "stable": "green"}.get(verdict.status, "yellow")
+        mark = click.style(verdict.status.upper(), fg=color)
+        click.echo(f"[{mark}] drift share {verdict.drift_share:.2f} — {verdict.summary}")
+        windows = verdict.windows or {}
+        click.echo(
+            f"  windows: reference {verdict.reference_rows} rows "
+            f"{_span(windows.get('reference'))}, current {verdict.current_rows} rows "
+            f"{_span(windows.get('current'))}"
         )
-        click.echo(f"[{mark}] drift share {verdict.drift_share:.2f} — {verdict.reason}")
+        as_of = verdict.as_of or {}
+        click.echo(f"  offline log ({as_of.get('mode', '?')}): {as_of.get('note', '')}")
         for c in verdict.columns:
             click.echo(
                 f"  {c.column:<20} {c.method:<28} {c.score:.3f}{'  drifted' if c.drifted else ''}"
             )
-    sys.exit(10 if verdict.drifted else 0)
+    sys.exit(10 if verdict.drifted else 0 if verdict.judged else 11)
+
+
+def _span(bounds: list[int] | None) -> str:
+    if not bounds:
+        return ""
+    from datetime import UTC, datetime
+
+    start, end = (
+        datetime.fromtimestamp(b / 1000, tz=UTC).isoformat(timespec="minutes") for b in bounds
+    )
+    return f"[{start}, {end})"
 
 
 def ui_command(workspace: Path, port: int) -> list[str]:

@@ -67,15 +67,47 @@ class DriftVerdict:
     outcome: OutcomeDrift | None = None
     snapshot: Any = field(default=None, repr=False, compare=False)
     """The Evidently snapshot, for dashboards; not serialised."""
+    judged: bool = True
+    """False when a window was too small to judge: neither stable nor drifted, and
+    ``reason`` starts with "not judged:"."""
+    as_of: dict[str, Any] | None = None
+    """What the windows were cut from (set by :func:`monitoring.monitor_offline_log`):
+    ``mode`` ("wait": the offline log covered the window before it was read; "as_of":
+    judged as of the log's watermark, ``covered`` says whether that held the window;
+    "unchecked"; "given": the caller passed the events) and the watermark's fields
+    (``event_time_ms``, per partition ``through`` and ``end_offsets``, ``behind``)."""
+    windows: dict[str, list[int]] | None = None
+    """``{"reference": [start_ms, end_ms), "current": [start_ms, end_ms)}``."""
 
     @property
     def drifted_columns(self) -> list[str]:
         return [c.column for c in self.columns if c.drifted]
 
+    @property
+    def status(self) -> str:
+        """ "drifted", "stable" or "not judged"."""
+        if not self.judged:
+            return "not judged"
+        return "drifted" if self.drifted else "stable"
+
+    @property
+    def summary(self) -> str:
+        """One line: the status and its reason, and what the windows were judged as of
+        when that was not a log known to cover them."""
+        text = (
+            self.reason if self.reason.startswith(self.status) else f"{self.status}: {self.reason}"
+        )
+        as_of = self.as_of or {}
+        if as_of.get("mode") in ("as_of", "unchecked") and not as_of.get("covered"):
+            text += f" [judged as of the offline log's watermark: {as_of.get('note', '')}]"
+        return text
+
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out.pop("snapshot", None)
         out["drifted_columns"] = self.drifted_columns
+        out["status"] = self.status
+        out["summary"] = self.summary
         return out
 
 
@@ -234,7 +266,8 @@ def drift_report(
         reason = (
             f"not judged: windows have {len(reference)} and {len(current)} rows (need {MIN_ROWS})"
         )
-        return DriftVerdict(False, 0.0, [], reason, len(reference), len(current), out)
+        logger.warning("drift %s", reason)
+        return DriftVerdict(False, 0.0, [], reason, len(reference), len(current), out, judged=False)
     rates = (out.reference_rate, out.current_rate) if out is not None else None
     columns, snapshot = _evidently(
         reference,

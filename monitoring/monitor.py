@@ -5,6 +5,12 @@ ranks come from the reference, so the latest window is judged by what was popula
 :func:`monitor_offline_log` is what the Airflow DAG, ``rtrec monitor check`` and the
 benchmark call: it reads the stream's offline event log, scores both windows with the
 champion when there is one, and measures the outcome rate.
+
+The offline log is written a couple of seconds behind the stream, so a check started
+right after events were published could judge a window with part of its events missing.
+Before reading the log the check makes sure its watermark covers the window (see
+``monitoring.offline_coverage`` in the settings): it waits for it (``wait``), or judges as
+of the watermark and says so (``as_of``); the verdict's ``as_of`` records which.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import logging
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, Literal
 
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
@@ -27,6 +34,8 @@ logger = logging.getLogger(__name__)
 
 DAY_MS = 86_400_000
 Outcome = tuple[tuple[int, int], tuple[int, int]]
+CoverageMode = Literal["wait", "as_of", "unchecked"]
+COVERAGE_MODES: tuple[str, ...] = ("wait", "as_of", "unchecked")
 
 
 class MonitorConfig(BaseModel):
@@ -101,11 +110,14 @@ def check(
     record: bool = True,
     alert: bool = True,
     config: MonitorConfig | None = None,
+    as_of: dict[str, Any] | None = None,
 ) -> DriftVerdict:
     """Run one drift check over an events frame (columns user_id, item_id, event_type, ts).
 
     ``now_ms`` defaults to the newest event's time (replays run in the past).
     ``scores`` optionally adds served-score columns (``score_*``) for both windows.
+    ``as_of`` (what the events were read as of) is set on the verdict before it is
+    alerted, default ``{"mode": "given"}``.
     """
     cfg = config or MonitorConfig(reference_days=reference_days, window_days=window_days)
     if now_ms is None:
@@ -113,6 +125,7 @@ def check(
     reference, current = split_windows(
         events, now_ms=now_ms, reference_days=cfg.reference_days, window_days=cfg.window_days
     )
+    cut = now_ms - int(cfg.window_days * DAY_MS)
     ranks = popularity_ranks(reference)
     ref_f = window_features(reference, items, popularity_rank=ranks)
     cur_f = window_features(current, items, popularity_rank=ranks)
@@ -130,6 +143,11 @@ def check(
         # Naive UTC: the dashboard's time axis is the data's time, not the check's.
         timestamp=datetime.fromtimestamp(now_ms / 1000, tz=UTC).replace(tzinfo=None),
     )
+    verdict.as_of = as_of or {"mode": "given", "note": "events given by the caller"}
+    verdict.windows = {
+        "reference": [cut - int(cfg.reference_days * DAY_MS), cut],
+        "current": [cut, now_ms],
+    }
     if record and verdict.snapshot is not None:
         record_snapshot(settings, verdict.snapshot)
     if alert and verdict.drifted:
@@ -171,12 +189,17 @@ def monitor_offline_log(
     alert: bool = True,
     record: bool = True,
     config: MonitorConfig | None = None,
+    coverage: CoverageMode | None = None,
+    wait_s: float | None = None,
 ) -> DriftVerdict:
     """The scheduled check: offline event log -> features, champion scores, outcome rate.
 
     ``events`` / ``items`` default to the offline log and catalog under
     ``settings.offline_dir``; ``bundle`` to the registered champion (none: feature and
-    outcome drift only).
+    outcome drift only). Reading the log, ``coverage`` / ``wait_s`` (default
+    ``settings.monitoring.offline_coverage`` / ``offline_wait_s``) say how the check makes
+    sure it holds the windows (module docstring); waiting in vain raises
+    :class:`rtrec.errors.Unavailable` naming what is missing.
     """
     from monitoring.scores import champion_bundle, score_features
 
@@ -187,10 +210,11 @@ def monitor_offline_log(
             if v is not None
         }
     )
+    as_of: dict[str, Any] | None = None
     if events is None:
-        from streaming import read_events
-
-        events = read_events(Path(settings.offline_dir) / "events")
+        events, as_of = read_covered(
+            settings, until_ms=int(now_ms) if now_ms else None, coverage=coverage, wait_s=wait_s
+        )
     if items is None:
         items = _items(settings)
     if not len(events):
@@ -223,7 +247,61 @@ def monitor_offline_log(
         record=record,
         alert=alert,
         config=cfg,
+        as_of=as_of,
     )
     if not_judged:  # the champion is registered but unusable: say so in the result
         verdict.reason = f"{verdict.reason}; score drift not judged: {not_judged}"
     return verdict
+
+
+def read_covered(
+    settings: Settings,
+    *,
+    until_ms: int | None = None,
+    coverage: CoverageMode | None = None,
+    wait_s: float | None = None,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The offline event log as of a watermark that covers the windows ending at
+    ``until_ms`` (default: everything published by now), and what it was read as of.
+
+    ``wait``: block until the watermark covers them (``Unavailable`` after ``wait_s``);
+    ``as_of``: take the watermark as it is and say whether it covers them; either way,
+    rows flushed after the watermark was read are left out, so the judgement is
+    reproducible. ``unchecked`` reads every file as it is (a log written by something
+    other than the stream processor: a backfill, a test).
+    """
+    from streaming import covered_rows, offline_coverage, read_events, wait_for_offline_log
+
+    mode = coverage or settings.monitoring.offline_coverage
+    if mode not in COVERAGE_MODES:
+        raise InvalidInput(
+            f"coverage {mode!r} is not one of {COVERAGE_MODES}", field="offline_coverage"
+        )
+    directory = Path(settings.offline_dir) / "events"
+    if mode == "unchecked":
+        logger.warning(
+            "drift check reads the offline log without checking that it covers the windows "
+            "(offline_coverage=unchecked)"
+        )
+        note = "coverage not checked (offline_coverage=unchecked): the log as it was read"
+        return read_events(directory), {"mode": mode, "covered": None, "note": note}
+    timeout = settings.monitoring.offline_wait_s if wait_s is None else float(wait_s)
+    if mode == "wait":
+        cov = wait_for_offline_log(settings, until_ms=until_ms, timeout_s=timeout)
+    else:
+        cov = offline_coverage(settings, until_ms=until_ms)
+    read = read_events(directory)
+    events = covered_rows(read, cov)
+    as_of = {
+        "mode": mode,
+        **cov.to_dict(),
+        "rows_after_watermark": len(read) - len(events),
+        "note": cov.describe(),
+    }
+    if not cov.covers():
+        logger.warning("drift check judges the offline log as of its watermark: %s", cov.describe())
+    else:
+        logger.info(
+            "offline log covers the windows (waited %.1f s): %s", cov.waited_s, cov.describe()
+        )
+    return events, as_of

@@ -146,6 +146,15 @@ class MonitoringSettings(BaseModel):
     """Port of ``rtrec monitor ui``."""
     drift_share_threshold: float = 0.5
     """Share of drifted columns above which a window counts as drifted."""
+    offline_coverage: Literal["wait", "as_of", "unchecked"] = "wait"
+    """How a drift check makes sure the stream's offline log holds the windows it judges:
+    ``wait`` until the log's watermark covers them (an error after ``offline_wait_s``);
+    ``as_of``: judge at once, as of the watermark, and say so in the verdict;
+    ``unchecked``: read the log as it is (a log not written by the stream processor)."""
+    offline_wait_s: float = Field(300.0, ge=0.0)
+    """How long a drift check waits for the offline log to cover its windows. The log is
+    flushed every couple of seconds behind the stream, so only a stopped, stuck or far
+    behind processor reaches this."""
 
 
 class Settings(BaseSettings):

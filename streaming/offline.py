@@ -359,7 +359,7 @@ class OfflineCoverage:
     def through(self) -> dict[int, int]:
         """Per partition, the highest offset the log covers (-1: none)."""
         if not self.same_log:
-            return {}
+            return {p: -1 for p in self.end_offsets}
         return {p: self.watermark.through.get(p, -1) for p in self.end_offsets}
 
     @property
@@ -435,6 +435,10 @@ class OfflineCoverage:
         }
 
 
+BROKER_TIMEOUT_MS = 10_000
+"""How long a coverage question waits for the broker to answer at all."""
+
+
 def _iso(ms: int | None) -> str:
     if ms is None:
         return "none"
@@ -448,7 +452,10 @@ def _topic_ends(settings: Any) -> tuple[dict[int, int], str]:
 
     topic = settings.kafka.events_topic
     try:
-        consumer = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers)
+        consumer = KafkaConsumer(
+            bootstrap_servers=settings.kafka.bootstrap_servers,
+            bootstrap_timeout_ms=BROKER_TIMEOUT_MS,
+        )
     except KafkaError as exc:
         raise Unavailable(
             f"broker {settings.kafka.bootstrap_servers} unreachable: cannot tell how much of "

@@ -99,6 +99,8 @@ def small_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         pa.Table.from_pandas(frame, schema=SCHEMA, preserve_index=False), out / "p.parquet"
     )
     monkeypatch.setenv("RTREC_WORK_DIR", str(tmp_path))
+    # Written here, not by a stream processor: no watermark to wait for.
+    monkeypatch.setenv("RTREC_MONITORING__OFFLINE_COVERAGE", "unchecked")
     return tmp_path
 
 

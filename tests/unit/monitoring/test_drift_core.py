@@ -60,6 +60,10 @@ def test_small_windows_are_not_judged(stationary) -> None:
     f = window_features(ev.head(50), stationary.items)
     v = drift_report(f, f)
     assert not v.drifted and "not judged" in v.reason
+    assert not v.judged and v.status == "not judged"
+    out = v.to_dict()  # what the DAG's XCom carries
+    assert out["status"] == "not judged" and out["judged"] is False
+    assert out["summary"] == "not judged: windows have 50 and 50 rows (need 200)"
 
 
 def test_outcome_rate_test() -> None:

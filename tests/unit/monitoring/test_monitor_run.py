@@ -138,12 +138,72 @@ def shifted_log(tmp_path_factory: pytest.TempPathFactory):
 
 def test_monitor_offline_log_reads_log_and_catalog(shifted_log) -> None:
     settings, shift = shifted_log
-    calm = monitor_offline_log(settings, now_ms=shift - DAY, scores=False, alert=False)
-    hot = monitor_offline_log(settings, now_ms=shift + DAY, scores=False, alert=False)
+
+    def run(now_ms: int):
+        # The log was written here, not by a stream processor: no watermark to check.
+        return monitor_offline_log(
+            settings, now_ms=now_ms, scores=False, alert=False, coverage="unchecked"
+        )
+
+    calm, hot = run(shift - DAY), run(shift + DAY)
     assert not calm.drifted, calm.reason
     assert hot.drifted, hot.reason
     assert "category" in {c.column for c in hot.columns}  # the catalog was read
     assert hot.outcome is not None and hot.outcome.reference_rate > 0
+    assert hot.as_of is not None and hot.as_of["mode"] == "unchecked"
+    assert hot.summary.startswith("drifted: ") and "as of the offline log's watermark" in (
+        hot.summary
+    )
+    assert hot.windows == {
+        "reference": [shift - 7 * DAY, shift],
+        "current": [shift, shift + DAY],
+    }
+
+
+def test_monitor_offline_log_window_too_small_is_not_judged(shifted_log) -> None:
+    settings, shift = shifted_log
+    verdict = monitor_offline_log(
+        settings,
+        now_ms=shift + DAY,
+        window_days=0.001,  # ~86 s: a handful of events
+        scores=False,
+        alert=False,
+        record=False,
+        coverage="unchecked",
+    )
+    assert verdict.status == "not judged" and not verdict.drifted
+    assert verdict.summary.startswith("not judged: windows have ")
+    assert verdict.current_rows < 200
+
+
+def test_monitor_offline_log_rejects_an_unknown_coverage_mode(shifted_log) -> None:
+    from rtrec.errors import InvalidInput
+
+    settings, _ = shifted_log
+    with pytest.raises(InvalidInput, match="coverage 'soon' is not one of"):
+        monitor_offline_log(settings, scores=False, alert=False, coverage="soon")  # type: ignore[arg-type]
+
+
+def test_monitor_offline_log_waiting_without_a_broker_fails_loudly(
+    shifted_log, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Default coverage is "wait": with no broker to ask for the end offsets, the check
+    says it cannot tell whether the log is complete rather than judge it anyway."""
+    import streaming.offline
+    from rtrec.errors import Unavailable
+    from tests.conftest import free_port
+
+    monkeypatch.setattr(streaming.offline, "BROKER_TIMEOUT_MS", 1000)
+    settings, shift = shifted_log
+    nowhere = settings.model_copy(
+        update={
+            "kafka": settings.kafka.model_copy(
+                update={"bootstrap_servers": f"127.0.0.1:{free_port()}"}
+            )
+        }
+    )
+    with pytest.raises(Unavailable, match="cannot tell how much of topic"):
+        monitor_offline_log(nowhere, now_ms=shift, scores=False, alert=False, wait_s=1)
 
 
 def test_cli_check_exit_codes(shifted_log, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -154,12 +214,16 @@ def test_cli_check_exit_codes(shifted_log, monkeypatch: pytest.MonkeyPatch) -> N
     get_settings.cache_clear()
     try:
         runner = CliRunner()
-        base = ["monitor", "check", "--no-scores", "--no-alert", "--json"]
-        calm = runner.invoke(main, [*base, "--now-ms", str(shift - DAY)])
-        hot = runner.invoke(main, [*base, "--now-ms", str(shift + DAY)])
+        base = ["monitor", "check", "--no-scores", "--no-alert", "--coverage", "unchecked"]
+        calm = runner.invoke(main, [*base, "--json", "--now-ms", str(shift - DAY)])
+        hot = runner.invoke(main, [*base, "--json", "--now-ms", str(shift + DAY)])
+        small = runner.invoke(main, [*base, "--window-days", "0.001", "--now-ms", str(shift)])
     finally:
         get_settings.cache_clear()
     assert calm.exit_code == 0, calm.output
     assert hot.exit_code == 10, hot.output
-    assert '"drifted": true' in hot.output
+    assert '"drifted": true' in hot.output and '"status": "drifted"' in hot.output
+    assert small.exit_code == 11, small.output  # neither stable nor drifted
+    assert "[NOT JUDGED]" in small.output and "not judged: windows have" in small.output
+    assert "offline log (unchecked)" in small.output
     assert len(list(Path(str(settings.monitoring.workspace)).rglob("snapshots/*.json"))) >= 2
