@@ -446,7 +446,13 @@ def _iso(ms: int | None) -> str:
 
 
 def _topic_ends(settings: Any) -> tuple[dict[int, int], str]:
-    """The events topic's end offsets and broker id (one short-lived consumer)."""
+    """The events topic's end offsets and broker id (one short-lived consumer).
+
+    The end offsets come from a fetch's high watermark, not from ListOffsets alone: the
+    embedded Tansu broker answers ListOffsets "latest" with the first offset of the
+    partition's last record batch (measured: 256 for a partition holding offsets 0-269),
+    which would call the log complete with that batch still unlogged.
+    """
     from kafka import KafkaConsumer, TopicPartition
     from kafka.errors import KafkaError
 
@@ -454,6 +460,8 @@ def _topic_ends(settings: Any) -> tuple[dict[int, int], str]:
     try:
         consumer = KafkaConsumer(
             bootstrap_servers=settings.kafka.bootstrap_servers,
+            enable_auto_commit=False,
+            fetch_max_wait_ms=20,
             bootstrap_timeout_ms=BROKER_TIMEOUT_MS,
         )
     except KafkaError as exc:
@@ -462,8 +470,22 @@ def _topic_ends(settings: Any) -> tuple[dict[int, int], str]:
             f"topic {topic} the offline log holds ({type(exc).__name__}: {exc})"
         ) from exc
     try:
-        parts = sorted(consumer.partitions_for_topic(topic) or ())
-        ends = consumer.end_offsets([TopicPartition(topic, p) for p in parts]) if parts else {}
+        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
+        listed = consumer.end_offsets(parts) if parts else {}
+        ends = {tp.partition: int(off) for tp, off in listed.items()}
+        consumer.assign(parts)
+        for tp in parts:  # from there on a fetch returns at most the last batch
+            consumer.seek(tp, listed[tp])
+        deadline = time.monotonic() + BROKER_TIMEOUT_MS / 1000
+        while any(consumer.highwater(tp) is None for tp in parts):
+            if time.monotonic() > deadline:
+                unknown = [tp.partition for tp in parts if consumer.highwater(tp) is None]
+                raise Unavailable(
+                    f"topic {topic}: no high watermark from the broker for partitions {unknown}"
+                )
+            consumer.poll(timeout_ms=50)
+        for tp in parts:
+            ends[tp.partition] = max(ends[tp.partition], int(consumer.highwater(tp)))
         cluster = getattr(getattr(consumer, "_client", None), "cluster", None)
         found = cluster.topic_id(topic) if cluster is not None else None
     except KafkaError as exc:
@@ -471,7 +493,7 @@ def _topic_ends(settings: Any) -> tuple[dict[int, int], str]:
     finally:
         consumer.close()
     topic_id = "" if found is None or getattr(found, "int", 1) == 0 else str(found)
-    return {tp.partition: int(off) for tp, off in ends.items()}, topic_id
+    return ends, topic_id
 
 
 def _watermark(settings: Any, client: Any) -> Watermark:
