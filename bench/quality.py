@@ -103,7 +103,7 @@ def main() -> None:
     from training.dataset import SplitConfig, build_training_sets, stop_spark, write_event_log
     from training.evaluate import evaluate, metrics_table
     from training.examples import histories_bag
-    from training.trainer import TrainConfig, candidates, fit, fit_best
+    from training.trainer import TrainConfig, candidates, fit, fit_best, refit_config
 
     t0 = time.perf_counter()
     ds = load_dataset(args.data)
@@ -182,24 +182,19 @@ def main() -> None:
     chosen, scores = cfg.objective, {}
     if args.epochs is None:
         chosen, tuned, scores = fit_best(fit_part, configs, validation=val, progress=False)
-        cfg = tuned.config
-        best = max(tuned.history, key=lambda h: h.get("val_ndcg@10", -1))
-        # multinomial: the refit follows the tuning run's long schedule up to the chosen
-        # epoch; next_item (a few epochs): a full one-cycle over the chosen epochs.
-        keep = cfg.epochs if cfg.objective == "multinomial" else None
-        prior = round(float(tuned.net.pop_prior), 6)
-        cfg = replace(cfg, epochs=int(best["epoch"]), schedule_epochs=keep, popularity_prior=prior)
+        # The product's refit (training.pipeline): the chosen epoch and prior, no selection.
+        cfg = refit_config(tuned)
         print(
             f"candidate chosen on validation: {chosen} (val ndcg@10 by candidate: {scores}); "
-            f"epochs chosen on validation: {cfg.epochs} (val ndcg@10 {best['val_ndcg@10']:.4f}); "
-            f"popularity prior {prior} (val ndcg@10 by weight: {tuned.prior_scores})",
+            f"epochs chosen on validation: {cfg.epochs}; popularity prior "
+            f"{cfg.popularity_prior} (val ndcg@10 by weight: {tuned.prior_scores})",
             file=sys.stderr,
         )
     baselines = fit_baselines(fit_part, val)
     ease_l2 = baselines["EASE"].l2
     final_train = train if args.protocol == "published" else seen_for_test
     t1 = time.perf_counter()
-    model = fit(final_train, replace(cfg, select_best=False), progress=False)
+    model = fit(final_train, replace(cfg, select_best=False, patience=None), progress=False)
     train_s = time.perf_counter() - t1
     finals = fit_baselines(final_train, None, ease_l2=ease_l2)
     results = {"two_tower": evaluate(model, seen_for_test, test)}

@@ -1,9 +1,12 @@
-"""``rtrec_training``: training set -> train -> register -> index -> gate -> tell serving.
+"""``rtrec_training``: training set -> train -> register -> gate -> tell serving.
 
 Triggered by hand, by ``rtrec_drift_monitor`` (``reason`` in the run conf) or on a schedule
 you add. Params: ``data`` (a data set instead of the stream's offline log), ``protocol``,
-``epochs``, ``reason``. The gate promotes the challenger only when it beats the champion
-on the same validation split; serving is told only when it did.
+``epochs``, ``reason``. ``train_two_tower`` selects on validation, refits on train +
+validation, scores the challenger and the champion on the gate slice (the most recent
+period, untouched by selection) and builds the served index, failing when its recall is
+below the bar; the gate promotes on that evidence (``training.gate``); serving is told
+only when it did.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ from airflow.providers.standard.operators.python import ShortCircuitOperator
 from airflow.sdk import DAG, Param
 
 from dags.operators import (
-    BuildIndexOperator,
     BuildTrainingSetOperator,
     EvaluateAndRegisterOperator,
     PromoteOperator,
@@ -25,7 +27,7 @@ from dags.operators import (
 
 with DAG(
     dag_id="rtrec_training",
-    description="Spark training set, two-tower, MLflow challenger, FAISS index, promotion gate",
+    description="Spark training set, two-tower with its FAISS index, MLflow challenger, gate",
     schedule=None,
     start_date=datetime(2026, 1, 1, tzinfo=UTC),
     catchup=False,
@@ -49,7 +51,6 @@ with DAG(
     register = EvaluateAndRegisterOperator(
         task_id="evaluate_and_register", fit=train.output, reason="{{ params.reason }}"
     )
-    index = BuildIndexOperator(task_id="build_index", bundle_dir=train.output["bundle_dir"])
     promote = PromoteOperator(
         task_id="promote", version=register.output["version"], fit=train.output
     )
@@ -58,4 +59,4 @@ with DAG(
     )
     tell = TellServingOperator(task_id="tell_serving", version=register.output["version"])
 
-    register >> index >> promote >> gate >> tell
+    register >> promote >> gate >> tell

@@ -47,7 +47,8 @@ def build_training_set(
 def train_two_tower(
     settings: Settings, *, training_sets: str, epochs: int | None = None
 ) -> dict[str, Any]:
-    """Fit the two-tower model beside the baselines; evaluated on validation and test."""
+    """Select on validation, refit, judge on the gate slice beside the baselines and the
+    champion, build and measure the served index, save the bundle (``fit_and_evaluate``)."""
     from training.dataset import TrainingSets
     from training.pipeline import fit_and_evaluate
 
@@ -60,38 +61,34 @@ def train_two_tower(
         epochs=epochs,
         progress=False,
     )
+    split, table = out.heldout
     return {
         "bundle_dir": str(out.bundle_dir),
         "val_metrics": out.val_metrics,
+        "gate_metrics": out.gate_metrics,
         "test_metrics": out.test_metrics,
+        "heldout_split": split,
+        "heldout_metrics": table,
+        "evidence": out.evidence,
+        "index": out.index,
         "params": {k: v for k, v in out.params.items() if isinstance(v, str | int | float | bool)},
         "reports": [str(p) for p in (out.report_md, out.report_png) if p is not None],
         "protocol": sets.protocol,
         "counts": sets.counts,
+        "ts_range": sets.ts_range,
     }
-
-
-def flat_metrics(fit: dict[str, Any]) -> dict[str, float]:
-    """MLflow metric names as the pipeline logs them: ``val_ndcg_at_10`` for the model,
-    ``<baseline>.test_ndcg_at_10`` for the others."""
-    from training.pipeline import MODEL_NAME
-    from training.registry import metric_key
-
-    out: dict[str, float] = {}
-    for prefix, table in (("val", fit["val_metrics"]), ("test", fit["test_metrics"])):
-        for model, metrics in table.items():
-            head = f"{prefix}_" if model == MODEL_NAME else f"{model}.{prefix}_"
-            out |= {head + metric_key(k): float(v) for k, v in metrics.items()}
-    return out
 
 
 def evaluate_and_register(
     settings: Settings, *, fit: dict[str, Any], reason: str = ""
 ) -> dict[str, Any]:
     """Check the fit reported the gate's metric, log the run and register a challenger."""
+    from training.pipeline import flat_metrics
     from training.registry import GATE_METRIC, ModelRegistry
 
-    metrics = flat_metrics(fit)
+    metrics = flat_metrics(
+        fit.get("val_metrics", {}), fit.get("gate_metrics", {}), fit.get("test_metrics", {})
+    )
     if GATE_METRIC not in metrics:
         raise InvalidInput(
             f"the fit reported no {GATE_METRIC}; got {sorted(metrics)}", field=GATE_METRIC
@@ -101,6 +98,7 @@ def evaluate_and_register(
         "protocol": fit.get("protocol", ""),
         "trigger_reason": reason[:250],
         **{f"n_{k}": v for k, v in fit.get("counts", {}).items()},
+        **{f"index.{k}": v for k, v in fit.get("index", {}).items()},
     }
     run_id, version = ModelRegistry(settings).log_and_register(
         fit["bundle_dir"],
@@ -114,56 +112,21 @@ def evaluate_and_register(
         "run_id": run_id,
         "version": version,
         "gate_metric": GATE_METRIC,
-        "val_metric": metrics[GATE_METRIC],
+        "gate_value": metrics[GATE_METRIC],
     }
 
 
-def build_index(settings: Settings, *, bundle_dir: str, k: int = 100) -> dict[str, Any]:
-    """Rebuild the item index from the bundle's retrieval keys and measure its recall.
-
-    Serving loads the index saved inside the bundle; this step builds it afresh with the
-    index factory (so a change of index settings shows up here first) and reports kind and
-    recall against exact search, so a bad index stops the run before promotion.
-    """
-    from training.artifacts import load_bundle
-    from training.index import build_index as make_index
-
-    bundle = load_bundle(bundle_dir, use_gpu=False)
-    index = make_index(bundle.item_keys, k=k, use_gpu=False, seed=settings.seed)
-    out = Path(bundle_dir).parent / "index"
-    out.mkdir(parents=True, exist_ok=True)
-    index.save(out / "items.faiss")
-    return {
-        "path": str(out / "items.faiss"),
-        "kind": index.kind,
-        "ntotal": int(index.ntotal),
-        "recall": float(index.recall or 0.0),
-        "bundle_index_kind": bundle.index.kind,
-    }
-
-
-def promote(
-    settings: Settings, *, version: str, fit: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """The promotion gate: champion only if the challenger beats it on validation.
-
-    When the fit evaluated the current champion on the same split (``current_champion``),
-    that value is the bar, as in ``training.train``.
-    """
-    from training.pipeline import CHAMPION_KEY
+def promote(settings: Settings, *, version: str, fit: dict[str, Any]) -> dict[str, Any]:
+    """The promotion gate on the evidence the fit gathered on the gate slice (challenger
+    vs the champion it scored, per user, paired bootstrap); see ``training.gate``."""
+    from training.gate import GateEvidence
     from training.registry import ModelRegistry
 
-    champ = (fit or {}).get("val_metrics", {}).get(CHAMPION_KEY, {}).get("ndcg@10")
+    if not fit.get("evidence"):
+        raise InvalidInput("the fit carries no gate evidence to decide on", field="evidence")
     registry = ModelRegistry(settings)
-    d = registry.promote_if_better(str(version), champion_value=champ)
-    return {
-        "version": d.version,
-        "promoted": d.promoted,
-        "reason": d.reason,
-        "metric": d.metric,
-        "value": d.value,
-        "champion_version": registry.champion_version(),
-    }
+    d = registry.promote_on_evidence(str(version), GateEvidence.from_dict(fit["evidence"]))
+    return {**d.to_dict(), "champion_version": registry.champion_version()}
 
 
 def tell_serving(settings: Settings, *, version: str, timeout_s: float = 30.0) -> dict[str, Any]:
@@ -295,7 +258,6 @@ STEPS: dict[str, StepFn] = {
     "build_training_set": build_training_set,
     "train_two_tower": train_two_tower,
     "evaluate_and_register": evaluate_and_register,
-    "build_index": build_index,
     "promote": promote,
     "tell_serving": tell_serving,
     "materialize_features": materialize_features,

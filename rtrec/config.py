@@ -86,8 +86,29 @@ class MlflowSettings(BaseModel):
     """Registered model name holding champion and challenger aliases."""
     experiment: str = "rtrec"
     """Experiment that training runs are logged under."""
-    promotion_margin: float = 0.0
-    """Relative gain on the validation metric a challenger needs to become champion."""
+
+
+class TrainingSettings(BaseModel):
+    """The promotion gate and the served index's quality bar."""
+
+    model_config = _STRICT
+
+    gate_margin: float = Field(0.02, ge=0.0)
+    """Relative NDCG@10 gain on the gate slice a challenger's mean must reach to become
+    champion; its paired-bootstrap lower bound must also stay above ``-gate_margin``.
+    Large enough that a retrain with another seed does not replace the champion by chance
+    (bench/gate.py measures the false-promotion rate)."""
+    gate_confidence: float = Field(0.95, gt=0.0, lt=1.0)
+    """Coverage of the gain's bootstrap interval."""
+    gate_samples: int = Field(2000, ge=100)
+    """Bootstrap resamples over gate users."""
+    gate_frac: float = Field(0.1, gt=0.0, lt=0.5)
+    """Share of the events (the most recent, by time) in the gate slice."""
+    min_index_recall: float = Field(0.95, ge=0.0, le=1.0)
+    """recall@100 of the served ANN index against exact search of the same model, with the
+    gate users' query vectors, below which a training run fails before promotion."""
+    index_exact_max_items: int = Field(50_000, ge=1)
+    """Up to this many items the index is exact (flat); above, IVF with a tuned nprobe."""
 
 
 class AirflowSettings(BaseModel):
@@ -172,6 +193,7 @@ class Settings(BaseSettings):
     redis: RedisSettings = Field(default_factory=RedisSettings)
     feast: FeastSettings = Field(default_factory=FeastSettings)
     mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
     airflow: AirflowSettings = Field(default_factory=AirflowSettings)
     spark: SparkSettings = Field(default_factory=SparkSettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)

@@ -23,7 +23,7 @@ import torch
 from rtrec.errors import InvalidInput, NotFound
 from training.examples import ENCODER_FILES, Encoders, dense_matrix
 from training.index import ItemIndex
-from training.model import TwoTower, TwoTowerConfig
+from training.model import TwoTower, TwoTowerConfig, rank_cold_by_popularity
 
 WEIGHTS = "weights.pt"
 MODEL_CONFIG = "model_config.json"
@@ -68,7 +68,12 @@ def save_bundle(
         "metrics": metrics or {},
         "popular_items": list(popular_items),
         "train_config": model.config.to_dict(),
-        "index": {"kind": index.kind, "nprobe": index.nprobe, "recall": index.recall},
+        "index": {
+            "kind": index.kind,
+            "nprobe": index.nprobe,
+            "recall": index.recall,
+            "measured": index.measured,
+        },
         **(extra or {}),
         "sha256": {name: _sha256(directory / name) for name in FILES},
     }
@@ -171,7 +176,8 @@ class ModelBundle:
         ][:k]
 
     def score(self, seen: Any, user_ids: list[str]) -> np.ndarray:
-        """Evaluator interface: scores of every catalog item from each user's ``seen`` rows."""
+        """Evaluator interface: scores of every catalog item from each user's ``seen`` rows;
+        cold users (unknown, no history) get the popularity ranking, as serving answers them."""
         user, history, dense = self.encoders.user_state(seen, user_ids)
         with torch.inference_mode():
             vecs = self.net.query(
@@ -179,7 +185,8 @@ class ModelBundle:
                     torch.as_tensor(user), torch.as_tensor(history), torch.as_tensor(dense)
                 )
             ).numpy()
-        return vecs @ self.item_keys.T
+        scores = vecs @ self.item_keys.T
+        return rank_cold_by_popularity(scores, user, history, self.item_keys[:, -1])
 
     def recommend(self, user_ids: Sequence[str], k: int = 10) -> list[list[str]]:
         """Ids only, no online features (for batch scoring through the MLflow pyfunc)."""

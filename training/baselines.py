@@ -3,6 +3,10 @@
 EASE (Steck, WWW 2019) is a closed-form item-item model that is hard to beat on
 MovieLens-sized data; its L2 strength is chosen on validation when one is given.
 Both share the evaluator's interface: ``item_ids`` and ``score(seen, user_ids)``.
+
+Users without history are ranked by popularity by every model here (the two-tower model's
+popularity prior and serving's fallback do the same), so a comparison measures the models
+on the users they can personalise for, not how each breaks ties for cold users.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ class EASE:
         """``l2=None`` leaves the fit to :meth:`tune` (one inversion fewer)."""
         self.vocab = Vocab.build(train["item_id"].astype(str))
         counts = train["item_id"].astype(str).value_counts()
+        self._pop = counts.reindex(self.vocab.ids).fillna(0).to_numpy(dtype=np.float32)
         kept = counts.index[:EASE_MAX_ITEMS]
         self._cols = np.sort(self.vocab.encode(kept) - 1)
         x = self._matrix(train, train["user_id"].astype(str).unique().tolist())
@@ -100,9 +105,13 @@ class EASE:
         if self._b is None:
             raise RuntimeError("EASE is not fitted: pass l2 or call tune()")
         mine = seen[seen["user_id"].astype(str).isin(set(user_ids))]
-        partial = self._matrix(mine, user_ids) @ self._b
+        x = self._matrix(mine, user_ids)
         out = np.full((len(user_ids), len(self.vocab)), -1e9, dtype=np.float32)
-        out[:, self._cols] = partial
+        out[:, self._cols] = x @ self._b
+        # No history among the kept items: EASE's scores are all zero (a random order);
+        # rank such users by training popularity instead.
+        cold = ~x.any(axis=1)
+        out[cold] = self._pop
         return out
 
     def tune(self, train: pd.DataFrame, validation: pd.DataFrame, grid: tuple[float, ...]) -> float:

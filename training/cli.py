@@ -20,14 +20,18 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 
 def _print_summary(result: Any) -> None:
     """Metrics table (model vs baselines), the registered version and the gate's decision."""
-    names = list(result.test_metrics)
-    keys = sorted({k for m in result.test_metrics.values() for k in m})
-    rows = [
-        [k, *(f"{result.test_metrics[n].get(k, float('nan')):.4f}" for n in names)] for k in keys
-    ]
-    click.echo(f"\ntest metrics ({result.protocol} protocol, {result.sets.counts['test']} events):")
+    split, table = result.heldout
+    names = list(table)
+    keys = sorted({k for m in table.values() for k in m})
+    rows = [[k, *(f"{table[n].get(k, float('nan')):.4f}" for n in names)] for k in keys]
+    n = result.sets.counts[split]
+    click.echo(f"\n{split} metrics ({result.protocol} protocol, {n} events, full ranking):")
     click.echo(_table(rows, ["metric", *names]))
-    click.echo(f"\nvalidation {result.gate_metric}: {result.val_metric:.4f}")
+    click.echo(f"\n{result.gate_metric}: {result.gate_value:.4f}")
+    index = result.fit.index
+    if index:
+        recalls = ", ".join(f"{k} {v:.4f}" for k, v in index.items() if k.startswith("recall@"))
+        click.echo(f"served index: {index.get('kind')}, {recalls} ({index.get('source')})")
     for label, path in (("report", result.report_md), ("plot", result.report_png)):
         if path is not None:
             click.echo(f"{label}: {path}")
@@ -96,7 +100,8 @@ def _registry() -> Any:
 @model.command("list")
 @handle_errors
 def list_versions() -> None:
-    """Registered versions, newest first, with aliases, gate metric and decision."""
+    """Registered versions, newest first: aliases, the gate's record (slice size, both
+    scores, the gain and its interval) and the decision."""
     from training.registry import GATE_METRIC, TAG_DECISION
 
     infos = _registry().versions()
@@ -108,12 +113,38 @@ def list_versions() -> None:
             i.version,
             ",".join(i.aliases) or "-",
             f"{i.metrics[GATE_METRIC]:.4f}" if GATE_METRIC in i.metrics else "-",
+            _vs(i.tags),
+            _gain(i.tags),
+            f"{i.tags.get('gate.rows', '-')} / {i.tags.get('gate.users', '-')}",
             i.tags.get(TAG_DECISION, "-"),
             i.created.strftime("%Y-%m-%d %H:%M"),
         ]
         for i in infos
     ]
-    click.echo(_table(rows, ["version", "aliases", GATE_METRIC, "decision", "created (UTC)"]))
+    header = [
+        "version",
+        "aliases",
+        GATE_METRIC,
+        "vs champion",
+        "gain [95% CI]",
+        "gate rows / users",
+        "decision",
+        "created (UTC)",
+    ]
+    click.echo(_table(rows, header))
+
+
+def _vs(tags: dict[str, str]) -> str:
+    if "gate.champion_version" not in tags:
+        return "-"
+    return f"v{tags['gate.champion_version']} {float(tags['gate.champion']):.4f}"
+
+
+def _gain(tags: dict[str, str]) -> str:
+    if "gate.gain" not in tags:
+        return "-"
+    gain, lo, hi = (float(tags[f"gate.{k}"]) for k in ("gain", "ci_low", "ci_high"))
+    return f"{gain:+.1%} [{lo:+.1%}, {hi:+.1%}] (margin {float(tags['gate.margin']):.1%})"
 
 
 @model.command("show")

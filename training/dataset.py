@@ -13,9 +13,13 @@ Events sharing a timestamp are grouped first and the windows run over those grou
 other and nothing at or after ``ts`` can reach an example: no leakage by construction, the
 same values Feast's point-in-time join over the streaming feature views would give.
 
-Splits: ``temporal`` cuts the timeline globally (train on the past, validate and test on the
-future, as a real-time system lives) and ``random`` splits each user's events 75/25 at random
-(the protocol of the published MovieLens tables, for comparison only).
+Splits: ``temporal`` cuts the timeline globally, in time order train | validation | gate |
+test (train on the past, judge on the future, as a real-time system lives); ``random``
+splits each user's events at random (the protocol of the published MovieLens tables, for
+comparison only). Validation serves every selection step (objective, epochs, prior,
+baseline hyperparameters); the gate slice is touched by none of them and is where the
+promotion gate scores challenger and champion; test exists where a protocol asks for one.
+Empty splits are written too (with the schema), so every split can always be read.
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 Protocol = Literal["temporal", "random"]
-SPLITS = ("train", "validation", "test")
+SPLITS = ("train", "validation", "gate", "test")
 COUNT_WINDOWS_MS: dict[str, int] = {"1h": 3_600_000, "24h": 86_400_000, "7d": 604_800_000}
 """Windows of the per-type event counts; the same windows as the streaming feature views."""
 EVENTS_DIR = "events"
@@ -67,16 +71,21 @@ def count_columns() -> list[str]:
 
 @dataclass(frozen=True)
 class SplitConfig:
-    """How examples are built and split; the defaults suit the temporal protocol."""
+    """How examples are built and split; the defaults suit the temporal benchmark protocol
+    (train | validation | test, no gate slice); :func:`training.pipeline.split_config` gives
+    the product's split (train | validation | gate)."""
 
     protocol: Protocol = "temporal"
     history_len: int = 20
     """Items kept in ``hist_item_ids``."""
     valid_frac: float = 0.1
     """temporal: share of events (by time) in validation; random: share of each user's
-    non-test events held out for validation (0 keeps the published 75/25 exactly)."""
+    non-test, non-gate events held out for validation (0 keeps the published 75/25)."""
     test_frac: float = 0.1
     """temporal: share of the latest events in test; random: each user's test share."""
+    gate_frac: float = 0.0
+    """temporal: share of events (by time) in the gate slice, just before test (the most
+    recent period when there is no test); random: share of each user's non-test events."""
     seed: int = 42
 
     def __post_init__(self) -> None:
@@ -86,10 +95,17 @@ class SplitConfig:
             )
         if self.history_len < 1:
             raise InvalidInput("history_len must be >= 1", field="history_len")
-        if not (0 <= self.valid_frac < 1 and 0 < self.test_frac < 1):
-            raise InvalidInput("need 0 <= valid_frac < 1 and 0 < test_frac < 1", field="test_frac")
-        if self.valid_frac + self.test_frac >= 1:
-            raise InvalidInput("valid_frac + test_frac must be < 1", field="valid_frac")
+        fracs = {"valid_frac": self.valid_frac, "gate_frac": self.gate_frac}
+        fracs["test_frac"] = self.test_frac
+        for name, value in fracs.items():
+            if not 0 <= value < 1:
+                raise InvalidInput(f"{name} must be in [0, 1), got {value}", field=name)
+        if self.gate_frac + self.test_frac == 0:
+            raise InvalidInput(
+                "a split needs a held-out part: gate_frac or test_frac > 0", field="test_frac"
+            )
+        if sum(fracs.values()) >= 1:
+            raise InvalidInput("valid_frac + gate_frac + test_frac must be < 1", field="valid_frac")
 
     @classmethod
     def published(cls, **overrides: object) -> SplitConfig:
@@ -106,7 +122,11 @@ class TrainingSets:
     counts: dict[str, int]
     history_len: int
     cut_ts: list[int] = field(default_factory=list)
-    """temporal: [validation start, test start] in ms; random: empty."""
+    """temporal: [validation start, gate start, test start] in ms (a start equal to the
+    next one means that split is empty; the last is one past the newest event when there
+    is no test); random: empty."""
+    ts_range: dict[str, list[int]] = field(default_factory=dict)
+    """Per non-empty split: [oldest, newest] event time in ms."""
 
     def path(self, split: str) -> Path:
         if split not in SPLITS:
@@ -327,7 +347,7 @@ def _with_metadata(examples: DataFrame, items: DataFrame | None, users: DataFram
 def _temporal_split(
     examples: DataFrame, events: DataFrame, cfg: SplitConfig
 ) -> tuple[DataFrame, list[int]]:
-    """Global time cuts at the (1 - valid - test) and (1 - test) quantiles of ``ts``.
+    """Global time cuts at quantiles of ``ts``: train | validation | gate | test.
 
     The quantiles come from ``events``: every event keeps exactly one example, so the
     timestamps are the same, and the window pipeline is not run an extra time for them
@@ -335,20 +355,32 @@ def _temporal_split(
     """
     from pyspark.sql import functions as sf
 
-    q_valid, q_test = 1.0 - cfg.valid_frac - cfg.test_frac, 1.0 - cfg.test_frac
-    t_valid, t_test = (int(x) for x in events.approxQuantile("ts", [q_valid, q_test], 0.0))
-    if t_valid >= t_test and cfg.valid_frac > 0:
+    q_gate = 1.0 - cfg.gate_frac - cfg.test_frac
+    qs = [q_gate - cfg.valid_frac, q_gate]
+    cuts = [int(x) for x in events.approxQuantile("ts", qs, 0.0)]
+    if cfg.test_frac > 0:
+        cuts.append(int(events.approxQuantile("ts", [1.0 - cfg.test_frac], 0.0)[0]))
+    else:  # one past the newest event: the gate slice runs to the end of the log
+        cuts.append(int(events.agg(sf.max("ts")).first()[0]) + 1)
+    t_valid, t_gate, t_test = cuts
+    held_out = [(cfg.valid_frac, t_valid, t_gate), (cfg.gate_frac, t_gate, t_test)]
+    if any(frac > 0 and lo >= hi for frac, lo, hi in held_out):
         raise InvalidInput(
-            f"event log spans too little time for a temporal split (cuts {t_valid}, {t_test})",
-            field="ts",
+            f"event log spans too little time for a temporal split (cuts {cuts})", field="ts"
         )
     ts = sf.col("ts")
-    split = sf.when(ts < t_valid, "train").when(ts < t_test, "validation").otherwise("test")
-    return examples.withColumn("split", split), [t_valid, t_test]
+    split = (
+        sf.when(ts < t_valid, "train")
+        .when(ts < t_gate, "validation")
+        .when(ts < t_test, "gate")
+        .otherwise("test")
+    )
+    return examples.withColumn("split", split), cuts
 
 
 def _random_split(examples: DataFrame, cfg: SplitConfig) -> DataFrame:
-    """Per user: a seeded shuffle, the first ``test_frac`` to test, then validation."""
+    """Per user: a seeded shuffle, the first ``test_frac`` to test, the next ``gate_frac``
+    of the rest to the gate slice, then ``valid_frac`` of what remains to validation."""
     from pyspark.sql import Window
     from pyspark.sql import functions as sf
 
@@ -357,8 +389,13 @@ def _random_split(examples: DataFrame, cfg: SplitConfig) -> DataFrame:
     rn = sf.row_number().over(user.orderBy(key, "item_id"))
     n = sf.count(sf.lit(1)).over(user)
     n_test = sf.round(n * cfg.test_frac)
-    n_valid = sf.round((n - n_test) * cfg.valid_frac)
-    split = sf.when(rn <= n_test, "test").when(rn <= n_test + n_valid, "validation")
+    n_gate = sf.round((n - n_test) * cfg.gate_frac)
+    n_valid = sf.round((n - n_test - n_gate) * cfg.valid_frac)
+    split = (
+        sf.when(rn <= n_test, "test")
+        .when(rn <= n_test + n_gate, "gate")
+        .when(rn <= n_test + n_gate + n_valid, "validation")
+    )
     return examples.withColumn("split", split.otherwise("train"))
 
 
@@ -392,17 +429,31 @@ def build_training_sets(
     else:
         labeled, cuts = _random_split(examples, cfg), []
     labeled = labeled.cache()  # the window pipeline runs once for all three splits
+    from pyspark.sql import functions as sf
+
     counts = {name: 0 for name in SPLITS}
-    counts |= {
-        row["split"]: int(row["count"]) for row in labeled.groupBy("split").count().collect()
-    }
+    ranges: dict[str, list[int]] = {}
+    stats = labeled.groupBy("split").agg(
+        sf.count(sf.lit(1)).alias("n"), sf.min("ts").alias("lo"), sf.max("ts").alias("hi")
+    )
+    for row in stats.collect():
+        counts[row["split"]] = int(row["n"])
+        ranges[row["split"]] = [int(row["lo"]), int(row["hi"])]
     out.mkdir(parents=True, exist_ok=True)
     for name in SPLITS:
         frame = labeled.where(labeled["split"] == name).drop("split")
+        # One partition at least, so an empty split is still a readable file with the schema.
+        if counts[name] == 0:
+            frame = frame.coalesce(1)
         frame.sortWithinPartitions(*_ORDER).write.mode("overwrite").parquet(str(out / name))
     labeled.unpersist()
     sets = TrainingSets(
-        root=out, protocol=cfg.protocol, counts=counts, history_len=cfg.history_len, cut_ts=cuts
+        root=out,
+        protocol=cfg.protocol,
+        counts=counts,
+        history_len=cfg.history_len,
+        cut_ts=cuts,
+        ts_range=ranges,
     )
     meta = {k: v for k, v in asdict(sets).items() if k != "root"}
     (out / META_FILE).write_text(json.dumps(meta, indent=2))

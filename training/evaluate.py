@@ -1,7 +1,7 @@
 """Full-ranking evaluation: every catalog item ranked, each user's seen items masked.
 
 Metrics follow Microsoft Recommenders' ``python_evaluation`` with binary relevance so
-figures compare with the published ML-100K table (shared/data/README.md):
+figures compare with the published ML-100K tables:
 precision@k = hits/k; recall@k = hits/|relevant|; NDCG@k = DCG/IDCG with 1/log2(rank+1)
 gains; MAP@k = sum of precision at each hit rank / |relevant| (the definition behind the
 published MAP column). Averages are over users with at least one relevant item.
@@ -34,10 +34,39 @@ def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(part, order, 1)
 
 
+def per_user_metrics(
+    model: Scorer, seen: pd.DataFrame, target: pd.DataFrame, *, ks: Sequence[int] = KS
+) -> pd.DataFrame:
+    """One row per user with at least one relevant item in ``target`` (index: user id),
+    one column per metric, ``seen`` items masked; what the gate's paired bootstrap
+    resamples. Which users appear depends on ``seen`` and ``target`` only, in sorted
+    order, so two models' frames align row for row."""
+    return evaluate_with_users(model, seen, target, ks=ks)[1]
+
+
 def evaluate(
     model: Scorer, seen: pd.DataFrame, target: pd.DataFrame, *, ks: Sequence[int] = KS
 ) -> dict[str, float]:
     """Metrics of ``model`` on ``target`` interactions, masking each user's ``seen`` items."""
+    return evaluate_with_users(model, seen, target, ks=ks)[0]
+
+
+def evaluate_with_users(
+    model: Scorer, seen: pd.DataFrame, target: pd.DataFrame, *, ks: Sequence[int] = KS
+) -> tuple[dict[str, float], pd.DataFrame]:
+    """:func:`evaluate`'s averages and :func:`per_user_metrics`' table from one ranking."""
+    users, table, recommended = _rank(model, seen, target, ks)
+    out = {k: float(v.mean()) if len(users) else 0.0 for k, v in table.items()}
+    out["coverage@10"] = len(recommended) / max(len(model.item_ids), 1)
+    out["users"] = float(len(users))
+    return out, pd.DataFrame(table, index=pd.Index(users, name="user_id"))
+
+
+def _rank(
+    model: Scorer, seen: pd.DataFrame, target: pd.DataFrame, ks: Sequence[int]
+) -> tuple[list[str], dict[str, np.ndarray], set[int]]:
+    """Rank the catalog for every user with a relevant item: per-user metric arrays (in
+    sorted user order) and the set of items anyone got in a top 10."""
     catalog = {item: j for j, item in enumerate(model.item_ids)}
     target = target[["user_id", "item_id"]].astype(str).drop_duplicates()
     seen_pairs = seen[["user_id", "item_id"]].astype(str)
@@ -54,7 +83,8 @@ def evaluate(
         if j is not None:
             seen_idx.setdefault(u, []).append(j)
     kmax = max(ks)
-    sums: dict[str, float] = {}
+    names = [f"recall@{k}" for k in ks] + ["precision@10", "ndcg@10", "map@10"]
+    table = {name: np.zeros(len(users)) for name in names}
     recommended: set[int] = set()
     log_disc = 1.0 / np.log2(np.arange(2, kmax + 2))
     for start in range(0, len(users), CHUNK):
@@ -65,26 +95,21 @@ def evaluate(
                 scores[r, seen_idx[u]] = -np.inf
         top = _top_k(scores, kmax)
         for r, u in enumerate(chunk):
+            row = start + r
             rel = relevant[u]
             hits = np.fromiter((j in rel for j in top[r]), dtype=bool, count=top.shape[1])
             recommended.update(top[r, :10].tolist())
             n_rel = len(rel)
             for k in ks:
-                h = hits[:k]
-                sums[f"recall@{k}"] = sums.get(f"recall@{k}", 0.0) + h.sum() / n_rel
+                table[f"recall@{k}"][row] = hits[:k].sum() / n_rel
             h10 = hits[:10]
-            sums["precision@10"] = sums.get("precision@10", 0.0) + h10.sum() / 10
+            table["precision@10"][row] = h10.sum() / 10
             dcg = float((h10 * log_disc[: len(h10)]).sum())
             idcg = float(log_disc[: min(n_rel, 10)].sum())
-            sums["ndcg@10"] = sums.get("ndcg@10", 0.0) + dcg / idcg
+            table["ndcg@10"][row] = dcg / idcg
             ranks = np.flatnonzero(h10) + 1
-            ap = float((np.arange(1, len(ranks) + 1) / ranks).sum()) / n_rel
-            sums["map@10"] = sums.get("map@10", 0.0) + ap
-    n = max(len(users), 1)
-    out = {k: v / n for k, v in sums.items()}
-    out["coverage@10"] = len(recommended) / max(len(catalog), 1)
-    out["users"] = float(len(users))
-    return out
+            table["map@10"][row] = float((np.arange(1, len(ranks) + 1) / ranks).sum()) / n_rel
+    return users, table, recommended
 
 
 def choose_on_validation(

@@ -59,7 +59,11 @@ class ItemIndex:
     nprobe: int | None = None
     on_gpu: bool = False
     recall: float | None = None
-    """recall@k vs exact search measured at build time (1.0 for exact)."""
+    """recall@k vs exact search measured at build time, on the tuning queries (1.0 for
+    exact)."""
+    measured: dict[str, Any] | None = None
+    """recall@k of this very index vs exact search of the same keys, on queries that did
+    not tune it (:func:`measure_recall`), with what the queries were."""
 
     @property
     def ntotal(self) -> int:
@@ -76,7 +80,13 @@ class ItemIndex:
         faiss.write_index(cpu, str(path))
         path.with_suffix(".json").write_text(
             json.dumps(
-                {"kind": self.kind, "dim": self.dim, "nprobe": self.nprobe, "recall": self.recall}
+                {
+                    "kind": self.kind,
+                    "dim": self.dim,
+                    "nprobe": self.nprobe,
+                    "recall": self.recall,
+                    "measured": self.measured,
+                }
             )
         )
 
@@ -89,7 +99,13 @@ class ItemIndex:
         if meta.get("nprobe"):
             faiss.extract_index_ivf(index).nprobe = int(meta["nprobe"])
         out = cls(
-            index, meta["kind"], int(meta["dim"]), meta.get("nprobe"), False, meta.get("recall")
+            index,
+            meta["kind"],
+            int(meta["dim"]),
+            meta.get("nprobe"),
+            False,
+            meta.get("recall"),
+            meta.get("measured"),
         )
         return out.to_gpu() if want_gpu(use_gpu) else out
 
@@ -99,7 +115,7 @@ class ItemIndex:
         res = faiss.StandardGpuResources()
         gpu = faiss.index_cpu_to_gpu(res, 0, self.index)
         gpu.referenced_resources = res  # keep the resources alive with the index
-        return ItemIndex(gpu, self.kind, self.dim, self.nprobe, True, self.recall)
+        return ItemIndex(gpu, self.kind, self.dim, self.nprobe, True, self.recall, self.measured)
 
 
 def _exact(embeddings: np.ndarray) -> Any:
@@ -110,30 +126,76 @@ def _exact(embeddings: np.ndarray) -> Any:
     return index
 
 
-def index_recall(index: ItemIndex, embeddings: np.ndarray, queries: np.ndarray, k: int) -> float:
-    """Mean share of the exact top-k that ``index`` returns, for ``queries``."""
+def exact_top_k(embeddings: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    """Row numbers of the exact top-``k`` per query (the truth recall is measured against)."""
     _, truth = _exact(embeddings).search(np.ascontiguousarray(queries, dtype=np.float32), k)
+    return truth
+
+
+def index_recall(
+    index: ItemIndex,
+    embeddings: np.ndarray,
+    queries: np.ndarray,
+    k: int,
+    *,
+    truth: np.ndarray | None = None,
+) -> float:
+    """Mean share of the exact top-k that ``index`` returns, for ``queries`` (``truth``:
+    :func:`exact_top_k` computed once when several settings are compared)."""
+    if truth is None:
+        truth = exact_top_k(embeddings, queries, k)
     _, got = index.search(queries, k)
     hits = sum(len(set(t[t >= 0]) & set(g[g >= 0])) for t, g in zip(truth, got, strict=True))
     return hits / max(int((truth >= 0).sum()), 1)
+
+
+RECALL_KS = (10, 100)
+"""Depths at which the served index's recall is measured: serving's default k and 100."""
+
+
+def measure_recall(
+    index: ItemIndex,
+    keys: np.ndarray,
+    queries: np.ndarray,
+    *,
+    ks: tuple[int, ...] = RECALL_KS,
+    source: str = "",
+) -> dict[str, Any]:
+    """``recall@k`` of ``index`` against exact search over the same ``keys`` for each k,
+    recorded on the index (``measured``) and returned. ``source`` says what the queries
+    are (e.g. the gate slice's users), so the figure says what it measured."""
+    n = len(keys)
+    out: dict[str, Any] = {"queries": len(queries), "source": source}
+    for k in ks:
+        out[f"recall@{k}"] = (
+            index_recall(index, keys, queries, min(k, n)) if len(queries) else float("nan")
+        )
+    index.measured = out
+    return out
 
 
 def build_index(
     embeddings: np.ndarray,
     *,
     kind: Kind = "auto",
+    exact_max: int = EXACT_MAX_ITEMS,
     use_gpu: bool | Literal["auto"] = "auto",
     target_recall: float = 0.95,
     k: int = 100,
     queries: np.ndarray | None = None,
     seed: int = 0,
 ) -> ItemIndex:
-    """Build the index for ``embeddings`` (``[n, d]`` float32, L2-normalised)."""
+    """Build the index for ``embeddings`` (``[n, d]`` float32, L2-normalised).
+
+    IVF's ``nprobe`` is raised until recall@k on ``queries`` reaches ``target_recall``;
+    pass the queries the index will serve (user vectors), since item vectors as queries
+    land in their own cluster and flatter the index. Default: a sample of the items.
+    """
     import faiss
 
     emb = np.ascontiguousarray(embeddings, dtype=np.float32)
     n, d = emb.shape
-    kind = choose_kind(n) if kind == "auto" else kind
+    kind = choose_kind(n, exact_max=exact_max) if kind == "auto" else kind
     rng = np.random.default_rng(seed)
     if queries is None:
         queries = emb[rng.choice(n, size=min(n, 500), replace=False)]
@@ -153,10 +215,12 @@ def build_index(
         index.train(sample)
         index.add(emb)
         out = ItemIndex(index, "ivf", d)
-        for nprobe in (8, 16, 32, 64, 128, 256, nlist):
+        truth = exact_top_k(emb, queries, min(k, n))
+        # The smallest nprobe that reaches the target: every list probed costs latency.
+        for nprobe in (1, 2, 4, 8, 16, 32, 64, 128, 256, nlist):
             index.nprobe = min(nprobe, nlist)
             out.nprobe = index.nprobe
-            out.recall = index_recall(out, emb, queries, min(k, n))
+            out.recall = index_recall(out, emb, queries, min(k, n), truth=truth)
             if out.recall >= target_recall or index.nprobe == nlist:
                 break
     if out.recall is None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
@@ -131,3 +132,25 @@ class TwoTower(nn.Module):
         """Retrieval keys ``[v, scaled log popularity]`` (``[N, dim + 1]``) of ``item``."""
         pop = self.item_log_pop[item].to(item_vecs.dtype).unsqueeze(-1)
         return torch.cat([item_vecs, pop], -1)
+
+
+def rank_cold_by_popularity(
+    scores: np.ndarray, user: np.ndarray, history: np.ndarray, popularity: np.ndarray
+) -> np.ndarray:
+    """Give users the model cannot personalise for (unknown id, empty history) the
+    popularity ranking, in place; returns ``scores``.
+
+    Serving answers exactly those users with its popularity/trending fallback, so the
+    evaluator scores them the same way: a figure then describes what is served, and every
+    model in a comparison handles cold users alike (the baselines do the same).
+    """
+    cold = cold_users(user, history)
+    if cold.any():
+        scores[cold] = popularity
+    return scores
+
+
+def cold_users(user: np.ndarray, history: np.ndarray) -> np.ndarray:
+    """Boolean mask of users with an unknown id (0) and an empty history: the users serving
+    answers with its fallback instead of the towers."""
+    return (np.asarray(user) == 0) & ~np.asarray(history).any(axis=1)

@@ -1,14 +1,22 @@
-"""``train(settings)``: event log -> training sets -> fit -> evaluate -> bundle -> registry.
+"""``train(settings)``: event log -> training sets -> select -> refit -> judge -> registry.
 
 One function per step, each a library call the CLI, the Airflow DAG and the benchmarks share:
 
 1. :func:`event_log_for` — the stream's offline log, or one written from ``--data``;
-2. :func:`training.dataset.build_training_sets` (Spark, point-in-time features);
-3. :func:`fit_and_evaluate` — the two-tower model (both objectives fitted, the better
-   on validation kept), evaluated beside the baselines on
-   validation (the gate's metric) and test (the report), saved as a bundle with its index;
-4. :meth:`training.registry.ModelRegistry.log_and_register` as ``challenger`` and the
-   promotion gate.
+2. :func:`training.dataset.build_training_sets` (Spark, point-in-time features), split in
+   time order train | validation | gate slice (| test where the protocol has one);
+3. :func:`fit_and_evaluate`:
+   - select on validation: the objective, epochs and popularity prior (both objectives
+     fitted on train, validation keeps one) and EASE's L2;
+   - refit the chosen settings on train + validation: the model that is served learns
+     from the freshest labelled period;
+   - judge on the gate slice, touched by no selection step: the refitted model, the
+     refitted baselines and the registered champion, with the same seen-item mask, per
+     user (the gate's evidence, ``training.gate``);
+   - build the served index, measure its recall on the gate users' queries (a bar that
+     fails the run), and save the bundle that was scored;
+4. :meth:`training.registry.ModelRegistry.log_and_register` as ``challenger``, then
+   :meth:`~training.registry.ModelRegistry.promote_on_evidence`.
 """
 
 from __future__ import annotations
@@ -27,9 +35,16 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from rtrec.config import Settings
-from rtrec.errors import InvalidInput, Unavailable
+from rtrec.errors import InvalidInput, RtrecError, Unavailable
+from training.artifacts import save_bundle
+from training.baselines import fit_baselines
 from training.dataset import Protocol, SplitConfig, TrainingSets, build_training_sets
+from training.evaluate import evaluate, evaluate_with_users, write_report
+from training.gate import METRIC, GateEvidence, GateRule, SliceInfo, gather_evidence
+from training.index import RECALL_KS, build_index, measure_recall
+from training.model import cold_users
 from training.registry import GATE_METRIC, ModelRegistry, PromotionDecision, metric_key
+from training.trainer import candidates, fit, fit_best, refit_config
 
 logger = logging.getLogger(__name__)
 
@@ -39,14 +54,28 @@ MODEL_NAME = "two_tower"
 
 @dataclass
 class FitOutput:
-    """What the model side hands back: a saved bundle, metrics per model and split, report."""
+    """What the model side hands back: a saved bundle, metrics per model and split, the
+    gate's evidence, the served index's measured recall, and the report."""
 
     bundle_dir: Path
     val_metrics: dict[str, dict[str, float]]
-    test_metrics: dict[str, dict[str, float]]
+    """Selection: each model fitted on train, scored on validation."""
+    gate_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Each model refitted on train + validation (and the champion), on the gate slice."""
+    test_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    """The refitted models on test; empty where the protocol has no test split."""
+    evidence: dict[str, Any] = field(default_factory=dict)
+    """``training.gate.GateEvidence.to_dict()``: what the promotion gate decides on."""
+    index: dict[str, Any] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)
     report_md: Path | None = None
     report_png: Path | None = None
+
+    @property
+    def heldout(self) -> tuple[str, dict[str, dict[str, float]]]:
+        """The report's table: test where there is one, else the gate slice (both untouched
+        by selection)."""
+        return ("test", self.test_metrics) if self.test_metrics else ("gate", self.gate_metrics)
 
 
 Fitter = Callable[..., FitOutput]
@@ -62,7 +91,7 @@ class TrainResult:
     sets: TrainingSets
     fit: FitOutput
     gate_metric: str
-    val_metric: float
+    gate_value: float
     run_id: str | None = None
     version: str | None = None
     decision: PromotionDecision | None = None
@@ -71,6 +100,10 @@ class TrainResult:
     @property
     def test_metrics(self) -> dict[str, dict[str, float]]:
         return self.fit.test_metrics
+
+    @property
+    def heldout(self) -> tuple[str, dict[str, dict[str, float]]]:
+        return self.fit.heldout
 
     @property
     def report_md(self) -> Path | None:
@@ -83,12 +116,16 @@ class TrainResult:
     def summary(self) -> dict[str, Any]:
         """A JSON-ready digest (``rtrec train --json``, DAG XComs)."""
         d = self.decision
+        split, table = self.heldout
         return {
             "protocol": self.protocol,
             "counts": self.sets.counts,
             "gate_metric": self.gate_metric,
-            "val_metric": self.val_metric,
-            "test_metrics": self.test_metrics,
+            "gate_value": self.gate_value,
+            "heldout_split": split,
+            "heldout_metrics": table,
+            "evidence": self.fit.evidence,
+            "index": self.fit.index,
             "version": self.version,
             "run_id": self.run_id,
             "promoted": d.promoted if d else None,
@@ -124,10 +161,15 @@ def event_log_for(settings: Settings, data: str | Path | None) -> Path:
 
 
 def split_config(settings: Settings, protocol: Protocol) -> SplitConfig:
-    """temporal: 80/10/10 by time; random: per-user 25 % test, 10 % of the rest validation."""
+    """The product's splits. temporal, by time: train | validation (10 %) | gate slice (the
+    most recent ``settings.training.gate_frac``), no test: the gate slice is the held-out
+    judge. random (per user): 25 % test, then the gate share and 10 % validation."""
+    gate = settings.training.gate_frac
     if protocol == "random":
-        return SplitConfig(protocol="random", valid_frac=0.1, test_frac=0.25, seed=settings.seed)
-    return SplitConfig(protocol="temporal", seed=settings.seed)
+        return SplitConfig(
+            protocol="random", valid_frac=0.1, gate_frac=gate, test_frac=0.25, seed=settings.seed
+        )
+    return SplitConfig(protocol="temporal", gate_frac=gate, test_frac=0.0, seed=settings.seed)
 
 
 def train(
@@ -162,8 +204,9 @@ def train(
                 f"the fitter reported no {GATE_METRIC} for {MODEL_NAME!r}; got {sorted(flat)}",
                 field=GATE_METRIC,
             )
-        val_metric = flat[GATE_METRIC]
-        result = TrainResult(cfg.protocol, sets, fit, GATE_METRIC, val_metric, timings_s=timings)
+        result = TrainResult(
+            cfg.protocol, sets, fit, GATE_METRIC, flat[GATE_METRIC], timings_s=timings
+        )
         if register:
             with _step(bar, "register + gate", timings):
                 _register(settings, result, data=data)
@@ -172,9 +215,18 @@ def train(
 
 
 def _flat_metrics(fit: FitOutput) -> dict[str, float]:
-    """``val_ndcg_at_10`` for the model; ``<baseline>.test_ndcg_at_10`` for the others."""
+    return flat_metrics(fit.val_metrics, fit.gate_metrics, fit.test_metrics)
+
+
+def flat_metrics(
+    val: dict[str, dict[str, float]],
+    gate: dict[str, dict[str, float]],
+    test: dict[str, dict[str, float]],
+) -> dict[str, float]:
+    """MLflow metric names: ``gate_ndcg_at_10`` for the model, ``EASE.gate_ndcg_at_10``
+    for the others (``val_`` / ``gate_`` / ``test_`` by split)."""
     out: dict[str, float] = {}
-    for prefix, table in (("val", fit.val_metrics), ("test", fit.test_metrics)):
+    for prefix, table in (("val", val), ("gate", gate), ("test", test)):
         for model, metrics in table.items():
             head = f"{prefix}_" if model == MODEL_NAME else f"{model}.{prefix}_"
             out |= {head + metric_key(k): float(v) for k, v in metrics.items()}
@@ -198,27 +250,54 @@ def _register(settings: Settings, result: TrainResult, *, data: str | Path | Non
         report_files=reports,
         run_name=f"two-tower-{result.protocol}",
     )
-    champ = result.fit.val_metrics.get(CHAMPION_KEY, {}).get("ndcg@10")
-    result.decision = registry.promote_if_better(
-        result.version, metric=GATE_METRIC, champion_value=champ
+    result.decision = registry.promote_on_evidence(
+        result.version, GateEvidence.from_dict(result.fit.evidence)
     )
 
 
 CHAMPION_KEY = "current_champion"
+"""Key of the registered champion in the gate slice's metrics table."""
 
 
-def _current_champion(settings: Settings) -> Any:
-    """The registered champion's bundle, or None (no registry yet, none promoted)."""
+@dataclass(frozen=True)
+class Frames:
+    """The splits as pandas, and the ``seen`` frame each held-out split is judged against."""
+
+    train: pd.DataFrame
+    validation: pd.DataFrame
+    gate: pd.DataFrame
+    test: pd.DataFrame
+
+    @classmethod
+    def read(cls, sets: TrainingSets) -> Frames:
+        return cls(*(sets.read(s) for s in ("train", "validation", "gate", "test")))
+
+    @property
+    def fit_part(self) -> pd.DataFrame:
+        """What the served model is fitted on: train + validation (selection is over)."""
+        return pd.concat([self.train, self.validation], ignore_index=True)
+
+    @property
+    def before_test(self) -> pd.DataFrame:
+        return pd.concat([self.train, self.validation, self.gate], ignore_index=True)
+
+
+def current_champion(settings: Settings) -> tuple[str, Any] | None:
+    """``(version, bundle)`` of the registered champion; None only when there is none.
+
+    A champion that exists but cannot be loaded is an error: the gate would otherwise
+    compare against nothing, or against a figure from another split.
+    """
     from training.artifacts import load_bundle
 
-    try:
-        registry = ModelRegistry(settings)
-        if registry.champion_version() is None:
-            return None
-        return load_bundle(registry.download_bundle("champion"))
-    except Exception as exc:  # no champion to compare with is not an error
-        logger.info("no champion to compare with: %s", exc)
+    registry = ModelRegistry(settings)
+    version = registry.champion_version()
+    if version is None:
         return None
+    try:
+        return version, load_bundle(registry.download_bundle(version))
+    except Exception as exc:
+        raise Unavailable(f"champion v{version} exists but cannot be scored: {exc}") from exc
 
 
 def fit_and_evaluate(
@@ -229,64 +308,184 @@ def fit_and_evaluate(
     epochs: int | None = None,
     progress: bool = True,
 ) -> FitOutput:
-    """Default fitter: the two-tower model beside the baselines, saved as one bundle.
-
-    ``epochs`` caps every candidate objective (``trainer.candidates``); None keeps each
-    preset's own schedule.
-
-    Composes the model side's public calls (``training.trainer``, ``training.baselines``,
-    ``training.evaluate``, ``training.index``, ``training.artifacts``); the metrics are
-    full-ranking with each user's training items masked, on validation and on test.
+    """Default fitter: select on validation, refit on train + validation, judge on the gate
+    slice (and test where the protocol has one), build and measure the served index, save
+    the bundle. ``epochs`` caps every candidate objective; None keeps each preset's own.
     """
-    try:
-        from training.artifacts import save_bundle
-        from training.baselines import fit_baselines
-        from training.evaluate import evaluate, write_report
-        from training.index import build_index
-        from training.trainer import candidates, fit_best
-    except ImportError as exc:  # a partial checkout: say which piece is missing
-        raise Unavailable(f"the model side is incomplete: {exc}") from exc
-
-    train_df, val_df, test_df = (sets.read(s) for s in ("train", "validation", "test"))
-    # Both objectives are fitted; validation NDCG@10 keeps one (trainer.fit_best).
-    configs = candidates(sets.protocol, max_epochs=epochs, seed=settings.seed)
-    chosen, model, candidate_scores = fit_best(
-        train_df, configs, validation=val_df, progress=progress
+    frames = Frames.read(sets)
+    if frames.gate.empty and frames.test.empty:
+        raise InvalidInput("the training sets have no gate slice and no test split", field="gate")
+    # The champion is looked up first: one that exists but cannot be scored stops the run
+    # before the long fit, with the reason.
+    champion = current_champion(settings)
+    selection = _select(settings, sets.protocol, frames, epochs=epochs, progress=progress)
+    model, finals = _refit(selection, frames, progress=progress)
+    gate_metrics, evidence = _judge(settings, sets, frames, model, finals, champion)
+    seen = frames.before_test
+    test_metrics = (
+        {}
+        if frames.test.empty
+        else {n: evaluate(m, seen, frames.test) for n, m in {MODEL_NAME: model, **finals}.items()}
     )
-    config = model.config
-    baselines = fit_baselines(train_df, val_df)
-    models = {MODEL_NAME: model, **baselines}
-    val_metrics = {name: evaluate(m, train_df, val_df) for name, m in models.items()}
-    champion = _current_champion(settings)
-    if champion is not None:
-        # The gate compares both models on this run's validation split.
-        val_metrics[CHAMPION_KEY] = evaluate(champion, train_df, val_df)
-    seen = pd.concat([train_df, val_df], ignore_index=True)
-    test_metrics = {name: evaluate(m, seen, test_df) for name, m in models.items()}
+    index = _served_index(settings, model, frames)
     out_dir.mkdir(parents=True, exist_ok=True)
-    report_md, report_png = write_report(test_metrics, out_dir / "report", title=sets.protocol)
-    index = build_index(model.item_keys())
-    popular = baselines["MostPopular"].top(200)
+    held_name, held = ("test", test_metrics) if test_metrics else ("gate", gate_metrics)
+    report_md, report_png = write_report(
+        held, out_dir / "report", title=f"{sets.protocol}, {held_name} split"
+    )
     bundle_dir = save_bundle(
         out_dir / "bundle",
         model=model,
         index=index,
-        metrics={"validation": val_metrics, "test": test_metrics},
-        popular_items=popular,
-        extra={"protocol": sets.protocol},
+        metrics={"validation": selection.val_metrics, "gate": gate_metrics, "test": test_metrics},
+        popular_items=finals["MostPopular"].top(200),
+        extra={"protocol": sets.protocol, "gate": evidence.to_dict()},
     )
     return FitOutput(
         bundle_dir=Path(bundle_dir),
-        val_metrics=val_metrics,
+        val_metrics=selection.val_metrics,
+        gate_metrics=gate_metrics,
         test_metrics=test_metrics,
-        # The prior's weight as used (None in the config means "chosen on validation").
+        evidence=evidence.to_dict(),
+        index={"kind": index.kind, "nprobe": index.nprobe, **(index.measured or {})},
         params={
-            **config.__dict__,
-            "popularity_prior": round(float(model.net.pop_prior), 6),
-            "candidate": chosen,
-            **{f"candidate.{n}.val_ndcg_at_10": round(v, 6) for n, v in candidate_scores.items()},
-            "index": type(index).__name__,
+            **model.config.__dict__,
+            "candidate": selection.chosen,
+            **{f"candidate.{n}.val_ndcg_at_10": round(v, 6) for n, v in selection.scores.items()},
+            "ease_l2": selection.ease_l2,
+            "index": index.kind,
+            "fitted_on": "train+validation",
         },
         report_md=report_md,
         report_png=report_png,
     )
+
+
+@dataclass
+class Selection:
+    """What validation chose: the candidate, its tuned model (fitted on train), EASE's L2,
+    and every model's validation metrics."""
+
+    chosen: str
+    tuned: Any
+    scores: dict[str, float]
+    ease_l2: float
+    val_metrics: dict[str, dict[str, float]]
+
+
+def _select(
+    settings: Settings, protocol: str, frames: Frames, *, epochs: int | None, progress: bool
+) -> Selection:
+    """Every choice made on validation: the objective, epochs and prior (``fit_best``) and
+    EASE's L2; nothing here sees the gate slice or test."""
+    configs = candidates(protocol, max_epochs=epochs, seed=settings.seed)
+    train, validation = frames.train, frames.validation
+    chosen, tuned, scores = fit_best(train, configs, validation=validation, progress=progress)
+    baselines = fit_baselines(train, validation)
+    models = {MODEL_NAME: tuned, **baselines}
+    val_metrics = {n: evaluate(m, train, validation) for n, m in models.items()}
+    ease_l2 = baselines["EASE"].l2
+    if ease_l2 is None:
+        raise RuntimeError("fit_baselines left EASE unfitted")
+    return Selection(chosen, tuned, scores, float(ease_l2), val_metrics)
+
+
+def _refit(selection: Selection, frames: Frames, *, progress: bool) -> tuple[Any, dict[str, Any]]:
+    """The served model and the baselines, refitted on train + validation with the chosen
+    settings, so the freshest labelled period is learned from."""
+    data = frames.fit_part
+    model = fit(data, refit_config(selection.tuned), progress=progress)
+    finals = fit_baselines(data, None, ease_l2=selection.ease_l2)
+    return model, finals
+
+
+def _judge(
+    settings: Settings,
+    sets: TrainingSets,
+    frames: Frames,
+    model: Any,
+    finals: dict[str, Any],
+    champion: tuple[str, Any] | None,
+) -> tuple[dict[str, dict[str, float]], GateEvidence]:
+    """Every model on the gate slice with the same seen-item mask; the gate's evidence
+    (challenger vs champion, per user) from the same ranking."""
+    seen, gate = frames.fit_part, frames.gate
+    summary, per_user = evaluate_with_users(model, seen, gate)
+    metrics = {MODEL_NAME: summary, **{n: evaluate(m, seen, gate) for n, m in finals.items()}}
+    span = sets.ts_range.get("gate") or [None, None]
+    info = SliceInfo("gate", len(gate), len(per_user), span[0], span[1])
+    rule = GateRule(
+        margin=settings.training.gate_margin,
+        confidence=settings.training.gate_confidence,
+        samples=settings.training.gate_samples,
+        seed=settings.seed,
+    )
+    if champion is None:
+        return metrics, gather_evidence(
+            info, per_user[METRIC].to_numpy(), None, champion_version=None, rule=rule
+        )
+    if per_user.empty:
+        raise InvalidInput(
+            f"the gate slice has no user with an unseen item to judge champion v{champion[0]} "
+            "against the challenger: more events are needed",
+            field="gate",
+        )
+    version, bundle = champion
+    champ_summary, champ_per_user = evaluate_with_users(bundle, seen, gate)
+    metrics[CHAMPION_KEY] = champ_summary
+    evidence = gather_evidence(
+        info,
+        per_user[METRIC].to_numpy(),
+        champ_per_user[METRIC].reindex(per_user.index).to_numpy(),
+        champion_version=version,
+        rule=rule,
+    )
+    return metrics, evidence
+
+
+MAX_RECALL_QUERIES = 1000
+
+
+def _served_index(settings: Settings, model: Any, frames: Frames) -> Any:
+    """The index the bundle carries, tuned on validation users' queries and measured on
+    the gate users' (queries that did not tune it); below the recall bar the run fails
+    before anything is registered."""
+    keys = model.item_keys()
+    tuning = _queries(model, frames.train, frames.validation, seed=settings.seed)
+    index = build_index(
+        keys,
+        exact_max=settings.training.index_exact_max_items,
+        target_recall=settings.training.min_index_recall,
+        k=max(RECALL_KS),
+        queries=tuning if len(tuning) else None,
+        seed=settings.seed,
+    )
+    queries, source = _queries(model, frames.fit_part, frames.gate, seed=settings.seed), "gate"
+    if not len(queries):  # no warm user in the gate slice: validation's, said so
+        queries, source = tuning, "validation"
+    measured = measure_recall(
+        index, keys, queries, source=f"{len(queries)} {source}-slice users' query vectors"
+    )
+    floor = settings.training.min_index_recall
+    got = measured.get(f"recall@{max(RECALL_KS)}", float("nan"))
+    if not got >= floor:  # NaN (no queries at all) fails too
+        raise RtrecError(
+            f"the {index.kind} index reaches recall@{max(RECALL_KS)} {got:.4f} against exact "
+            f"search ({measured['source']}), below settings.training.min_index_recall "
+            f"{floor}; not registering it"
+        )
+    return index
+
+
+def _queries(model: Any, seen: pd.DataFrame, target: pd.DataFrame, *, seed: int) -> Any:
+    """Retrieval queries of ``target``'s warm users as of ``seen`` (cold users are served
+    by the fallback, never by the index); at most ``MAX_RECALL_QUERIES``, sampled."""
+    import numpy as np
+
+    users = sorted(target["user_id"].astype(str).unique())
+    if len(users) > MAX_RECALL_QUERIES:
+        rng = np.random.default_rng(seed)
+        users = sorted(rng.choice(users, size=MAX_RECALL_QUERIES, replace=False))
+    user, history, dense = model.encoders.user_state(seen, users)
+    warm = ~cold_users(user, history)
+    return model.user_vectors(user[warm], history[warm], dense[warm])

@@ -3,10 +3,12 @@
 A training run logs its params, metrics, report and the model bundle directory (both towers,
 the item embedding table and the FAISS index, written by ``training.artifacts``) as one
 ``mlflow.pyfunc`` model, registers it under ``settings.mlflow.model_name`` and points the
-``challenger`` alias at it. The promotion gate moves ``champion`` only when the challenger
-beats the current champion on the validation metric by ``settings.mlflow.promotion_margin``
-(relative); every decision and rollback is written as version tags, so the registry itself
-is the audit log. Serving fetches the champion with :func:`download_bundle`.
+``challenger`` alias at it. The promotion gate (:meth:`ModelRegistry.promote_on_evidence`)
+moves ``champion`` when the evidence the training run gathered on the gate slice
+(``training.gate``) passes the rule with ``settings.training.gate_margin``; every decision,
+with the slice, both scores and the gain's interval, and every rollback is written as
+version tags, so the registry itself is the audit log. Serving fetches the champion with
+:func:`download_bundle`.
 """
 
 from __future__ import annotations
@@ -18,20 +20,22 @@ import shutil
 import tempfile
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from rtrec.config import Settings
-from rtrec.errors import InvalidInput, NotFound, Unavailable
+from rtrec.errors import NotFound, Unavailable
+from training.gate import GateEvidence, decide, evidence_tags
 
 logger = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
-GATE_METRIC = "val_ndcg_at_10"
-"""Validation metric the gate compares (``val_`` + the evaluation key, ``@`` spelled ``_at_``)."""
+GATE_METRIC = "gate_ndcg_at_10"
+"""The metric the gate compares, as logged: NDCG@10 on the gate slice (``gate_`` + the
+evaluation key, ``@`` spelled ``_at_``)."""
 BUNDLE_KEY = "bundle"
 """Name of the bundle directory inside the pyfunc model's ``artifacts``."""
 TAG_DECISION = "promotion.decision"
@@ -58,6 +62,13 @@ class PromotionDecision:
     value: float | None = None
     champion_version: str | None = None
     champion_value: float | None = None
+    evidence: dict[str, Any] | None = None
+    """The gate's evidence (``training.gate.GateEvidence.to_dict``), when it judged."""
+    margin: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (DAG XComs, ``rtrec train --json``, the demo's report)."""
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -222,38 +233,46 @@ class ModelRegistry:
     def challenger_version(self) -> str | None:
         return self._alias_version(CHALLENGER)
 
-    def promote_if_better(
-        self,
-        version: str | int,
-        *,
-        metric: str = GATE_METRIC,
-        margin: float | None = None,
-        champion_value: float | None = None,
+    def promote_on_evidence(
+        self, version: str | int, evidence: GateEvidence, *, margin: float | None = None
     ) -> PromotionDecision:
-        """Promote ``version`` to champion only if it beats the champion by ``margin``.
+        """Promote ``version`` to champion when ``evidence`` passes the gate's rule.
 
-        ``margin`` is a relative gain (0.02 = 2 % better); default from settings. With no
-        champion the version is promoted. The decision and its reason become version tags.
+        The evidence must be about the champion serving now: if the ``champion`` alias
+        moved since the training run scored it, the challenger is kept, saying so. No
+        champion: the version is promoted. ``margin`` defaults to
+        ``settings.training.gate_margin``; the decision and the evidence become tags.
         """
         version = str(version)
-        margin = self.settings.mlflow.promotion_margin if margin is None else margin
-        value = self._metric(version, metric)
-        if value is None:
-            raise InvalidInput(
-                f"version {version} has no metric {metric!r} to gate on", field=metric
+        self._version(version)  # NotFound for an unknown version
+        margin = self.settings.training.gate_margin if margin is None else margin
+        current = self.champion_version()
+        e = evidence
+        common = {
+            "metric": e.metric,
+            "value": e.challenger,
+            "champion_version": current,
+            "champion_value": e.champion,
+            "evidence": e.to_dict(),
+            "margin": margin,
+        }
+        if current == version:
+            decision = PromotionDecision(version, False, "already champion", **common)
+        elif current != e.champion_version:
+            scored = f"v{e.champion_version}" if e.champion_version else "no champion"
+            reason = (
+                f"the challenger was scored against {scored} but the champion is now "
+                f"v{current}; not promoted (retrain, or promote by hand)"
             )
-        champion = self.champion_version()
-        if champion in (None, version):
-            best = value
-        elif champion_value is not None:
-            best = champion_value
+            decision = PromotionDecision(version, False, reason, **common)
         else:
-            best = self._metric(champion, metric)
-        decision = _gate(version, value, champion, best, metric=metric, margin=margin)
+            outcome = decide(e, margin=margin)
+            decision = PromotionDecision(version, outcome.promoted, outcome.reason, **common)
+        self._tag(version, evidence_tags(e, margin=margin))
         if decision.promoted:
             self._move_champion(version, decision.reason)
         else:
-            tags = {TAG_DECISION: "kept_challenger", TAG_REASON: decision.reason}
+            tags = {TAG_DECISION: "kept_challenger", TAG_REASON: decision.reason[:4000]}
             self._tag(version, {**tags, TAG_DECIDED_AT: _now()})
         logger.info(
             "promotion gate for v%s: promoted=%s (%s)", version, decision.promoted, decision.reason
@@ -264,7 +283,7 @@ class ModelRegistry:
         previous = self.champion_version()
         tags: dict[str, object] = {
             TAG_DECISION: "promoted",
-            TAG_REASON: reason,
+            TAG_REASON: reason[:4000],
             TAG_DECIDED_AT: _now(),
         }
         if previous is not None and previous != version:
@@ -279,7 +298,7 @@ class ModelRegistry:
         version = str(version)
         self._version(version)  # NotFound for an unknown version
         self._move_champion(version, reason)
-        return PromotionDecision(version, True, reason, GATE_METRIC)
+        return PromotionDecision(version, True, reason, GATE_METRIC, margin=None)
 
     def rollback(self, *, reason: str = "manual rollback") -> str:
         """Move ``champion`` back to the version it replaced; returns that version."""
@@ -382,34 +401,6 @@ def _quiet_mlflow() -> Iterator[None]:
             yield
     finally:
         quiet.setLevel(level)
-
-
-def _gate(
-    version: str,
-    value: float,
-    champion: str | None,
-    best: float | None,
-    *,
-    metric: str,
-    margin: float,
-) -> PromotionDecision:
-    """The decision alone (no I/O): ties never promote, the margin is relative."""
-    if champion is None:
-        return PromotionDecision(
-            version, True, f"no champion yet; {metric}={value:.4f}", metric, value
-        )
-    if champion == version:
-        return PromotionDecision(version, False, "already champion", metric, value, champion, value)
-    if best is None:
-        reason = f"champion v{champion} has no {metric}; promote by hand if intended"
-        return PromotionDecision(version, False, reason, metric, value, champion)
-    better = value > best + abs(best) * margin if best else value > 0
-    gain = f"{(value - best) / abs(best):+.2%}" if best else "n/a"
-    reason = (
-        f"{metric} {value:.4f} vs champion v{champion} {best:.4f}: {gain} "
-        f"{'beats' if better else 'does not beat'} the {margin:.2%} margin"
-    )
-    return PromotionDecision(version, better, reason, metric, value, champion, best)
 
 
 def _requirements() -> list[str]:

@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from training.examples import Encoders
-from training.model import TwoTower, TwoTowerConfig
+from training.model import TwoTower, TwoTowerConfig, rank_cold_by_popularity
 from training.steps import make_steps
 
 logger = logging.getLogger(__name__)
@@ -195,9 +195,12 @@ class TrainedModel:
         return self.net.query(out).float().cpu().numpy()
 
     def score(self, seen: pd.DataFrame, user_ids: list[str]) -> np.ndarray:
-        """``[len(user_ids), n_items]`` scores from each user's state as of ``seen``."""
-        vecs = self.user_vectors(*self.encoders.user_state(seen, user_ids))
-        return vecs @ self.item_keys().T
+        """``[len(user_ids), n_items]`` scores from each user's state as of ``seen``; cold
+        users (unknown, no history) get the popularity ranking, as serving answers them."""
+        user, history, dense = self.encoders.user_state(seen, user_ids)
+        keys = self.item_keys()
+        scores = self.user_vectors(user, history, dense) @ keys.T
+        return rank_cold_by_popularity(scores, user, history, keys[:, -1])
 
 
 def _param_groups(net: TwoTower, weight_decay: float) -> list[dict[str, Any]]:
@@ -378,3 +381,25 @@ def _tune_prior(model: TrainedModel, train: pd.DataFrame, validation: pd.DataFra
     logger.info("popularity prior chosen", extra={"prior": best, "val_ndcg@10": scores})
     model.prior_scores = scores
     return best
+
+
+def refit_config(model: TrainedModel) -> TrainConfig:
+    """The configuration to refit ``model``'s choices on more data (train + validation):
+    the epoch validation chose, the tuned popularity prior, no selection.
+
+    The user bag keeps its tuning run's long one-cycle schedule up to the chosen epoch
+    (stopping early within it, as selection did); next-item runs a full one-cycle over the
+    chosen epochs (a few). Without validation checks the configured epochs stand.
+    """
+    cfg = model.config
+    checked = [h for h in model.history if "val_ndcg@10" in h]
+    epochs = int(max(checked, key=lambda h: h["val_ndcg@10"])["epoch"]) if checked else cfg.epochs
+    keep = cfg.epochs if cfg.objective == "multinomial" else None
+    return replace(
+        cfg,
+        epochs=epochs,
+        schedule_epochs=keep,
+        popularity_prior=round(float(model.net.pop_prior), 6),
+        select_best=False,
+        patience=None,
+    )

@@ -9,11 +9,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 
 from rtrec.config import Settings, get_settings, load_settings
+from rtrec.errors import Unavailable
 from training.dataset import TrainingSets, stop_spark
+from training.gate import GateRule, SliceInfo, gather_evidence
 from training.pipeline import MODEL_NAME, FitOutput, train
 from training.registry import CHAMPION, TAG_DECISION, ModelRegistry
 
@@ -39,19 +42,42 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _popularity_fitter(boost: float = 0.0) -> Callable[..., FitOutput]:
-    """A stand-in model side (top-10 popular items): exercises the orchestration only."""
+    """A stand-in model side (top-10 popular items): exercises the orchestration only.
+
+    Its gate evidence is real: per gate user, the share of events on the model's top 10
+    (plus ``boost``), for the challenger and for the champion's own top 10 (read from the
+    registered bundle), paired over the same users."""
 
     def fitter(settings: Settings, sets: TrainingSets, *, out_dir: Path, **_: object) -> FitOutput:
-        train_df, val_df, test_df = (sets.read(s) for s in ("train", "validation", "test"))
+        train_df, val_df, gate_df = (sets.read(s) for s in ("train", "validation", "gate"))
         top = set(train_df["item_id"].value_counts().index[:10])
-        hit = lambda df: float(df["item_id"].isin(top).mean()) + boost  # noqa: E731
+
+        def per_user(items: set[str], df: pd.DataFrame, plus: float = 0.0) -> pd.Series:
+            return df["item_id"].isin(items).groupby(df["user_id"]).mean() + plus
+
+        chal = per_user(top, gate_df, boost)
+        registry = ModelRegistry(settings)
+        version = registry.champion_version()
+        champ = None
+        if version is not None:
+            champ_top = set((registry.download_bundle(version) / "top.txt").read_text().split())
+            champ = per_user(champ_top, gate_df).reindex(chal.index).to_numpy()
+        span = sets.ts_range["gate"]
+        evidence = gather_evidence(
+            SliceInfo("gate", len(gate_df), len(chal), span[0], span[1]),
+            chal.to_numpy(),
+            champ,
+            champion_version=version,
+            rule=GateRule(samples=200),
+        )
         bundle = out_dir / "bundle"
         bundle.mkdir(parents=True)
         (bundle / "top.txt").write_text("\n".join(sorted(top)))
         return FitOutput(
             bundle,
-            val_metrics={MODEL_NAME: {"ndcg@10": hit(val_df)}},
-            test_metrics={MODEL_NAME: {"ndcg@10": hit(test_df)}},
+            val_metrics={MODEL_NAME: {"ndcg@10": per_user(top, val_df).mean()}},
+            gate_metrics={MODEL_NAME: {"ndcg@10": float(chal.mean())}},
+            evidence=evidence.to_dict(),
             params={"model": "top10", "boost": boost},
         )
 
@@ -61,13 +87,14 @@ def _popularity_fitter(boost: float = 0.0) -> Callable[..., FitOutput]:
 def test_orchestration_from_data_to_gated_registry(settings: Settings, data_dir: Path) -> None:
     """Event log from --data, real Spark splits, real MLflow: champion, tie, better, download."""
     first = train(settings, data=data_dir, progress=False, fitter=_popularity_fitter())
-    assert first.sets.counts["train"] > first.sets.counts["test"] > 0
-    assert sum(first.sets.counts.values()) == 30_000
+    counts = first.sets.counts
+    assert counts["train"] > counts["validation"] > 0 and counts["gate"] > 0 == counts["test"]
+    assert sum(counts.values()) == 30_000
     assert first.version == "1" and first.decision is not None and first.decision.promoted
     tie = train(settings, data=data_dir, progress=False, fitter=_popularity_fitter())
-    assert tie.val_metric == first.val_metric
+    assert tie.gate_value == first.gate_value
     assert tie.decision is not None and not tie.decision.promoted
-    assert "does not beat" in tie.decision.reason
+    assert "keep the champion" in tie.decision.reason and "gain +0.00%" in tie.decision.reason
     better = train(settings, data=data_dir, progress=False, fitter=_popularity_fitter(0.05))
     assert better.decision is not None and better.decision.promoted
     registry = ModelRegistry(settings)
@@ -76,7 +103,9 @@ def test_orchestration_from_data_to_gated_registry(settings: Settings, data_dir:
     assert (fetched / "top.txt").read_text() == (better.fit.bundle_dir / "top.txt").read_text()
     run = registry.client.get_run(better.run_id)
     assert run.data.params["protocol"] == "temporal" and run.data.params["boost"] == "0.05"
-    assert "test_ndcg_at_10" in run.data.metrics
+    assert "gate_ndcg_at_10" in run.data.metrics
+    tags = {i.version: i.tags for i in registry.versions()}["3"]
+    assert tags["gate.champion_version"] == "1" and float(tags["gate.ci_low"]) > 0
 
 
 def test_pipeline_registers_a_champion_whose_bundle_loads(
@@ -92,17 +121,29 @@ def test_pipeline_registers_a_champion_whose_bundle_loads(
     result = train(settings, data=data_dir, epochs=2, progress=False)
     assert sum(result.sets.counts.values()) == 30_000
     assert result.version == "1" and result.decision is not None and result.decision.promoted
-    assert MODEL_NAME in result.test_metrics and len(result.test_metrics) >= 3  # + 2 baselines
+    split, heldout = result.heldout
+    assert split == "gate" and result.test_metrics == {}  # the product split has no test
+    assert MODEL_NAME in heldout and len(heldout) >= 3  # + 2 baselines
     assert result.report_md is not None and "ndcg@10" in result.report_md.read_text().lower()
     assert result.report_png is not None and result.report_png.read_bytes()[:4] == b"\x89PNG"
-    # The trained model learns the synthetic structure: it beats MostPopular on validation.
-    popular = next(v for k, v in result.fit.val_metrics.items() if "pop" in k.lower())
-    assert result.val_metric > popular["ndcg@10"]
+    # The served model learns the synthetic structure: on the gate slice it beats
+    # MostPopular, which ranks everyone alike (a floor a broken model would not clear).
+    assert heldout[MODEL_NAME]["ndcg@10"] > 1.2 * heldout["MostPopular"]["ndcg@10"]
+    # The evidence names the slice it judged: the gate split's rows and time range.
+    evidence = result.fit.evidence
+    assert evidence["slice"]["rows"] == result.sets.counts["gate"]
+    assert [evidence["slice"]["start_ms"], evidence["slice"]["end_ms"]] == (
+        result.sets.ts_range["gate"]
+    )
+    assert evidence["slice"]["users"] == heldout[MODEL_NAME]["users"]
+    # The served index's recall was measured on the gate users' queries.
+    assert result.fit.index["recall@100"] >= settings.training.min_index_recall
+    assert "gate-slice users" in result.fit.index["source"]
 
     registry = ModelRegistry(settings)
     assert registry.champion_version() == "1"
     info = registry.versions()[0]
-    assert info.tags[TAG_DECISION] == "promoted" and info.metrics["val_ndcg_at_10"] > 0
+    assert info.tags[TAG_DECISION] == "promoted" and info.metrics["gate_ndcg_at_10"] > 0
     # Both objectives were fitted; the one kept is the better on validation, and says so.
     params = registry.client.get_run(result.run_id).data.params
     scores = {n: float(params[f"candidate.{n}.val_ndcg_at_10"]) for n in ("next_item", "user_bag")}
@@ -117,8 +158,20 @@ def test_pipeline_registers_a_champion_whose_bundle_loads(
     # Same data, same seed: the retrained model ties, so the gate keeps it as challenger.
     again = train(settings, data=data_dir, epochs=2, progress=False)
     assert again.version == "2" and again.decision is not None
-    assert not again.decision.promoted and "does not beat" in again.decision.reason
+    assert not again.decision.promoted and "keep the champion" in again.decision.reason
+    assert again.fit.gate_metrics["current_champion"]["ndcg@10"] == pytest.approx(again.gate_value)
     assert registry.champion_version() == "1" and registry.challenger_version() == "2"
+
+    # A champion that exists but cannot be scored fails the run, naming it; nothing is
+    # registered and the champion stays.
+    broken = tmp_path / "broken-bundle"
+    broken.mkdir()
+    (broken / "weights.pt").write_bytes(b"not a model")
+    _, bad = registry.log_and_register(broken, params={}, metrics={})
+    registry.promote(bad, reason="an operator's mistake")
+    with pytest.raises(Unavailable, match=f"champion v{bad} exists but cannot be scored"):
+        train(settings, data=data_dir, epochs=1, progress=False)
+    assert registry.champion_version() == bad and len(registry.versions()) == 3
 
 
 def test_cli_lists_promotes_and_rolls_back(
@@ -158,6 +211,6 @@ def test_cli_train_prints_metrics_version_and_gate_decision(
     finally:
         get_settings.cache_clear()
     assert out.exit_code == 0, out.output
-    assert "test metrics (temporal protocol" in out.output and "ndcg@10" in out.output
+    assert "gate metrics (temporal protocol" in out.output and "ndcg@10" in out.output
     assert "registered version 4" in out.output
-    assert "kept as challenger" in out.output and "does not beat" in out.output
+    assert "kept as challenger" in out.output and "keep the champion" in out.output

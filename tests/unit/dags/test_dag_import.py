@@ -43,7 +43,6 @@ def test_training_dag_order(bag) -> None:
         "build_training_set",
         "train_two_tower",
         "evaluate_and_register",
-        "build_index",
         "promote",
         "gate_passed",
         "tell_serving",

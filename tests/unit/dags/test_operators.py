@@ -37,7 +37,8 @@ def test_template_fields_are_the_step_arguments() -> None:
     assert op.arguments() == {"training_sets": "{{ ti.xcom_pull('b') }}"}  # None: step default
     build = BuildTrainingSetOperator(task_id="b", data="synthetic:small")
     assert build.arguments() == {"data": "synthetic:small", "protocol": "temporal"}
-    for op in (build, PromoteOperator(task_id="p", version="3"), DriftCheckOperator(task_id="d")):
+    promote = PromoteOperator(task_id="p", version="3", fit="{{ ti.xcom_pull('t') }}")
+    for op in (build, promote, DriftCheckOperator(task_id="d")):
         assert op.step in steps.STEPS
 
 
@@ -53,15 +54,17 @@ def test_short_circuit_callables() -> None:
 
 
 def test_flat_metrics_match_the_gate_metric() -> None:
+    from training.pipeline import flat_metrics
     from training.registry import GATE_METRIC
 
-    fit = {
-        "val_metrics": {"two_tower": {"ndcg@10": 0.2}, "EASE": {"ndcg@10": 0.1}},
-        "test_metrics": {"two_tower": {"recall@20": 0.3}},
-    }
-    flat = steps.flat_metrics(fit)
-    assert flat[GATE_METRIC] == 0.2
+    flat = flat_metrics(
+        {"two_tower": {"ndcg@10": 0.2}, "EASE": {"ndcg@10": 0.1}},
+        {"two_tower": {"ndcg@10": 0.25}, "current_champion": {"ndcg@10": 0.22}},
+        {"two_tower": {"recall@20": 0.3}},
+    )
+    assert flat[GATE_METRIC] == 0.25 and flat["val_ndcg_at_10"] == 0.2
     assert flat["EASE.val_ndcg_at_10"] == 0.1
+    assert flat["current_champion.gate_ndcg_at_10"] == 0.22
     assert flat["test_recall_at_20"] == 0.3
 
 
@@ -125,6 +128,7 @@ def test_command_failure_is_reported_with_its_output(small_log: Path) -> None:
     op = PromoteOperator(
         task_id="promote",
         version="1",
+        fit={},
         run_mode="command",
         command=[sys.executable, "-c", "import sys; sys.stderr.write('boom'); sys.exit(3)"],
     )

@@ -170,7 +170,9 @@ def test_temporal_split_cuts_global_time_and_keeps_every_event(
     sets = build_training_sets(settings, source=root, out_dir=tmp_path / "sets")
     train, valid, test = (sets.read(s) for s in ("train", "validation", "test"))
     assert train["ts"].max() < valid["ts"].min() and valid["ts"].max() < test["ts"].min()
-    assert sets.cut_ts == [int(valid["ts"].min()), int(test["ts"].min())]
+    # No gate slice in the benchmark split: its cut coincides with test's.
+    assert sets.cut_ts == [int(valid["ts"].min()), int(test["ts"].min()), int(test["ts"].min())]
+    assert sets.read("gate").empty and list(sets.read("gate").columns) == list(test.columns)
     n_unique = len(events.drop_duplicates())
     assert len(train) + len(valid) + len(test) == n_unique == sum(sets.counts.values())
     assert 0.05 < len(test) / n_unique < 0.15 and 0.7 < len(train) / n_unique < 0.9
@@ -179,6 +181,28 @@ def test_temporal_split_cuts_global_time_and_keeps_every_event(
     assert str(train["event_time"].dtype) == "datetime64[us, UTC]"
     assert (train["event_time"].astype("int64") // 1000 == train["ts"]).all()
     assert TrainingSets.load(sets.root).counts == sets.counts
+
+
+def test_product_split_ends_with_the_gate_slice_and_records_its_range(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """train | validation | gate in time order, the gate slice the most recent period and
+    no test: the slice the promotion gate judges on, touched by no selection step."""
+    from training.pipeline import split_config
+
+    events = _random_events(seed=6)
+    root = write_event_log(_dataset(events), tmp_path / "log")
+    cfg = split_config(settings, "temporal")
+    sets = build_training_sets(settings, source=root, out_dir=tmp_path / "sets", config=cfg)
+    train, valid, gate, test = (sets.read(s) for s in ("train", "validation", "gate", "test"))
+    assert test.empty and not gate.empty
+    assert train["ts"].max() < valid["ts"].min() and valid["ts"].max() < gate["ts"].min()
+    assert gate["ts"].max() == events["ts"].max()
+    assert sets.cut_ts[:2] == [int(valid["ts"].min()), int(gate["ts"].min())]
+    assert sets.ts_range["gate"] == [int(gate["ts"].min()), int(gate["ts"].max())]
+    n_unique = len(events.drop_duplicates())
+    assert 0.05 < len(gate) / n_unique < 0.15
+    assert TrainingSets.load(sets.root).ts_range == sets.ts_range
 
 
 def test_random_split_is_per_user_75_25_and_disjoint(settings: Settings, tmp_path: Path) -> None:
@@ -205,3 +229,5 @@ def test_missing_event_log_and_bad_config_fail_by_name(settings: Settings, tmp_p
         SplitConfig(protocol="weekly")  # type: ignore[arg-type]
     with pytest.raises(InvalidInput):
         SplitConfig(valid_frac=0.5, test_frac=0.5)
+    with pytest.raises(InvalidInput, match="held-out"):
+        SplitConfig(test_frac=0.0, gate_frac=0.0)

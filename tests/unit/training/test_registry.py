@@ -10,10 +10,12 @@ import filecmp
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from rtrec.config import Settings, load_settings
 from rtrec.errors import InvalidInput, NotFound
+from training.gate import GateEvidence, GateRule, SliceInfo, gather_evidence
 from training.registry import (
     CHALLENGER,
     CHAMPION,
@@ -55,7 +57,7 @@ def bundle(tmp_path: Path) -> Path:
 def register(registry: ModelRegistry, bundle: Path) -> Callable[[float], str]:
     def _register(ndcg: float) -> str:
         _, version = registry.log_and_register(
-            bundle, params={"epochs": 1}, metrics={"val_ndcg@10": ndcg, "val_recall@10": ndcg / 2}
+            bundle, params={"epochs": 1}, metrics={"gate_ndcg@10": ndcg, "val_ndcg@10": ndcg}
         )
         return version
 
@@ -70,12 +72,12 @@ def test_registered_version_is_challenger_with_metrics_and_report(
     run_id, version = registry.log_and_register(
         bundle,
         params={"epochs": 3, "protocol": "temporal"},
-        metrics={"val_ndcg@10": 0.3, "test_recall@20": 0.4},
+        metrics={"gate_ndcg@10": 0.3, "test_recall@20": 0.4},
         report_files=[report],
     )
     assert registry.challenger_version() == version and registry.champion_version() is None
     run = registry.client.get_run(run_id)
-    assert run.data.metrics == {"val_ndcg_at_10": 0.3, "test_recall_at_20": 0.4}
+    assert run.data.metrics == {"gate_ndcg_at_10": 0.3, "test_recall_at_20": 0.4}
     assert run.data.params["protocol"] == "temporal"
     listed = [a.path for a in registry.client.list_artifacts(run_id, "report")]
     assert listed == ["report/report.md"]
@@ -83,12 +85,35 @@ def test_registered_version_is_challenger_with_metrics_and_report(
     assert info.aliases == [CHALLENGER] and info.metrics[GATE_METRIC] == 0.3
 
 
+SLICE = SliceInfo(
+    "gate", rows=5000, users=800, start_ms=1_750_000_000_000, end_ms=1_750_086_400_000
+)
+
+
+def evidence(
+    champion: str | None, gain: float, *, noise: float = 0.05, seed: int = 0
+) -> GateEvidence:
+    """Evidence of a challenger whose per-user NDCG is the champion's times (1 + gain),
+    plus per-user noise (800 users)."""
+    rng = np.random.default_rng(seed)
+    champ = rng.uniform(0.0, 0.6, 800)
+    chal = np.clip(champ * (1 + gain) + rng.normal(0, noise, 800), 0, 1)
+    return gather_evidence(
+        SLICE,
+        chal,
+        None if champion is None else champ,
+        champion_version=champion,
+        rule=GateRule(samples=500, seed=1),
+    )
+
+
 def test_first_version_becomes_champion_and_downloads_intact(
     registry: ModelRegistry, register: Callable[[float], str], bundle: Path, tmp_path: Path
 ) -> None:
     version = register(0.2)
-    decision = registry.promote_if_better(version)
+    decision = registry.promote_on_evidence(version, evidence(None, 0.0))
     assert decision.promoted and "no champion" in decision.reason
+    assert "gate slice, 5000 rows, 800 users" in decision.reason
     assert registry.champion_version() == version and registry.challenger_version() is None
     local = registry.download_bundle(CHAMPION, dst=tmp_path / "fetched")
     cmp = filecmp.dircmp(bundle, local)
@@ -101,36 +126,64 @@ def test_better_model_becomes_champion_and_worse_stays_challenger(
     registry: ModelRegistry, register: Callable[[float], str]
 ) -> None:
     v1 = register(0.30)
-    registry.promote_if_better(v1)
+    registry.promote_on_evidence(v1, evidence(None, 0.0))
     v2 = register(0.25)
-    worse = registry.promote_if_better(v2)
+    worse = registry.promote_on_evidence(v2, evidence(v1, -0.15), margin=0.02)
     assert not worse.promoted
     assert registry.champion_version() == v1 and registry.challenger_version() == v2
     tags = registry.versions()[0].tags
-    assert tags[TAG_DECISION] == "kept_challenger"
-    assert (
-        "0.2500 vs champion v1 0.3000" in tags[TAG_REASON] and "does not beat" in tags[TAG_REASON]
-    )
+    assert tags[TAG_DECISION] == "kept_challenger" and "keep the champion" in tags[TAG_REASON]
+    # The decision record: slice, size, time range, both scores, gain, interval, margin.
+    assert tags["gate.slice"] == "gate" and tags["gate.rows"] == "5000"
+    assert tags["gate.users"] == "800" and tags["gate.start_ms"] == str(SLICE.start_ms)
+    assert tags["gate.champion_version"] == v1 and float(tags["gate.margin"]) == 0.02
+    assert float(tags["gate.ci_low"]) < float(tags["gate.gain"]) < float(tags["gate.ci_high"])
+    assert float(tags["gate.ci_high"]) < 0  # clearly worse
     v3 = register(0.33)
-    better = registry.promote_if_better(v3)
-    assert better.promoted and better.champion_version == v1 and better.champion_value == 0.30
+    better = registry.promote_on_evidence(v3, evidence(v1, 0.15), margin=0.02)
+    assert better.promoted and better.champion_version == v1
+    assert better.evidence is not None and better.evidence["gain"] > 0.1
     assert registry.champion_version() == v3
     info = {i.version: i for i in registry.versions()}
     assert info[v3].tags[TAG_DECISION] == "promoted" and info[v3].tags[TAG_PREVIOUS] == v1
     assert info[v3].aliases == [CHAMPION] and info[v2].aliases == []
 
 
-def test_margin_is_relative_and_ties_do_not_promote(
+def test_rule_needs_the_margin_on_average_and_no_plausible_loss_beyond_it(
     registry: ModelRegistry, register: Callable[[float], str]
 ) -> None:
     champion = register(0.40)
-    registry.promote_if_better(champion)
+    registry.promote_on_evidence(champion, evidence(None, 0.0))
     tie = register(0.40)
-    assert not registry.promote_if_better(tie).promoted
-    slightly = register(0.41)  # +2.5 %
-    assert not registry.promote_if_better(slightly, margin=0.05).promoted
-    assert registry.promote_if_better(slightly, margin=0.02).promoted
+    assert not registry.promote_on_evidence(tie, evidence(champion, 0.0), margin=0.02).promoted
+    slightly = register(0.41)
+    small = evidence(champion, 0.03, noise=0.01)  # +3 %, tight interval
+    assert not registry.promote_on_evidence(slightly, small, margin=0.05).promoted
+    assert registry.promote_on_evidence(slightly, small, margin=0.02).promoted
     assert registry.champion_version() == slightly
+    # A mean gain above the margin with an interval reaching far below -margin: kept.
+    noisy = register(0.42)
+    champ = np.full(40, 0.5)
+    chal = np.tile([0.1, 0.93], 20)  # mean 0.515: +3 %, but half the users lose 80 %
+    wide = gather_evidence(
+        SLICE, chal, champ, champion_version=slightly, rule=GateRule(samples=500, seed=1)
+    )
+    assert wide.gain is not None and wide.gain > 0.02
+    assert wide.ci_low is not None and wide.ci_low < -0.02
+    assert not registry.promote_on_evidence(noisy, wide, margin=0.02).promoted
+
+
+def test_evidence_about_another_champion_never_promotes(
+    registry: ModelRegistry, register: Callable[[float], str]
+) -> None:
+    v1, v2, v3 = register(0.1), register(0.2), register(0.3)
+    registry.promote_on_evidence(v1, evidence(None, 0.0))
+    registry.promote(v2, reason="by hand")
+    d = registry.promote_on_evidence(v3, evidence(v1, 0.5))
+    assert not d.promoted and f"scored against v{v1}" in d.reason and f"now v{v2}" in d.reason
+    assert registry.champion_version() == v2
+    d = registry.promote_on_evidence(v3, evidence(None, 0.5))  # scored when there was none
+    assert not d.promoted and registry.champion_version() == v2
 
 
 def test_rollback_walks_back_the_champion_chain(
@@ -139,10 +192,10 @@ def test_rollback_walks_back_the_champion_chain(
     with pytest.raises(NotFound, match="no champion"):
         registry.rollback()
     v1, v2 = register(0.1), register(0.2)
-    registry.promote_if_better(v1)
+    registry.promote_on_evidence(v1, evidence(None, 0.0))
     with pytest.raises(NotFound, match="no previous champion"):
         registry.rollback()
-    registry.promote_if_better(v2)
+    registry.promote_on_evidence(v2, evidence(v1, 0.5))
     v3 = register(0.15)
     registry.promote(v3, reason="hotfix by hand")
     assert registry.champion_version() == v3
@@ -155,16 +208,21 @@ def test_rollback_walks_back_the_champion_chain(
     assert info[v3].tags[TAG_REASON] == "hotfix by hand"
 
 
-def test_unknown_versions_aliases_and_metrics_fail_by_name(
+def test_unknown_versions_aliases_and_evidence_fail_by_name(
     registry: ModelRegistry, register: Callable[[float], str], tmp_path: Path
 ) -> None:
     version = register(0.1)
     with pytest.raises(NotFound, match="no version 99"):
         registry.promote(99)
+    with pytest.raises(NotFound, match="no version 99"):
+        registry.promote_on_evidence(99, evidence(None, 0.0))
     with pytest.raises(NotFound, match="alias 'champion'"):
         registry.download_bundle(CHAMPION)
-    with pytest.raises(InvalidInput, match="val_map_at_10"):
-        registry.promote_if_better(version, metric="val_map_at_10")
+    registry.promote(version)
+    other = register(0.2)
+    empty = GateEvidence(SLICE, "ndcg@10", 0.2, champion_version=version)  # no scores
+    with pytest.raises(InvalidInput, match="no scores"):
+        registry.promote_on_evidence(other, empty)
     with pytest.raises(NotFound, match="bundle directory"):
         registry.log_and_register(tmp_path / "missing", params={}, metrics={})
     assert metric_key("ndcg@10") == "ndcg_at_10"
