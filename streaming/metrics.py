@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+logger = logging.getLogger(__name__)
 
 EVENTS = Counter("rtrec_stream_events_total", "Events seen by outcome", ["outcome"])
 BATCH = Histogram(
@@ -18,6 +21,21 @@ FRESHNESS = Histogram(
     buckets=(0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1, 2, 5, 10),
 )
 LAG = Gauge("rtrec_stream_consumer_lag", "Events behind the end of the topic", ["partition"])
+BROKER = Gauge(
+    "rtrec_stream_broker_info",
+    "The broker kind the processor runs against (1), and how it was decided",
+    ["kind", "how"],
+)
+GUARD_DISABLED = Gauge(
+    "rtrec_stream_guard_disabled",
+    "1 for each processor guard turned off because a kafka-python internal it reads is missing",
+    ["guard", "attribute"],
+)
+LAG_UNKNOWN = Counter(
+    "rtrec_stream_lag_unknown_total", "Batches whose consumer lag could not be read", ["error"]
+)
+_lag_errors_logged: set[str] = set()
+"""Error types already logged: each is logged once, then only counted."""
 
 
 def count_events(applied: int, redelivered: int, dead_lettered: int) -> None:
@@ -37,8 +55,12 @@ def observe_batch(result: Any, consumer: Any) -> None:
             pos = consumer.position(tp)
             if end is not None and pos is not None:
                 LAG.labels(str(tp.partition)).set(max(end - pos, 0))
-    except Exception:  # lag is best effort; never fail a batch over it
-        pass
+    except Exception as exc:  # lag is best effort: never fail a batch over it, but say so
+        name = type(exc).__name__
+        LAG_UNKNOWN.labels(name).inc()
+        if name not in _lag_errors_logged:
+            _lag_errors_logged.add(name)
+            logger.warning("consumer lag not measured (%s: %s); counted from now on", name, exc)
 
 
 def serve(port: int) -> None:

@@ -52,6 +52,16 @@ from rtrec.errors import InvalidInput
 from streaming import metrics
 from streaming.aggregates import HOUR_MS, WINDOW_HOURS, UserState
 from streaming.dlq import DeadLetter, send
+from streaming.kafka_compat import (
+    ASSIGNMENT_SNAPSHOT,
+    MEMBER_ID,
+    PARTITIONS_FOR_TOPIC,
+    REQUEST_REJOIN,
+    announce,
+    broker_kind,
+    disabled_guards,
+    internal,
+)
 from streaming.offline import OfflineSink
 from streaming.recovery import Recovery
 from streaming.state import LOST, ItemDelta, RedisState
@@ -133,6 +143,9 @@ class StreamProcessor(Recovery):
             metadata_max_age_ms=METADATA_MAX_AGE_MS,
             partition_assignment_strategy=[self._assignor],
         )
+        self.broker = broker_kind(settings)
+        """Tansu or Kafka: the stale-assignment workaround runs against Tansu only."""
+        announce(self.broker)
         self.consumer.subscribe([k.events_topic], listener=_Rebalance(self))
         # Not idempotent: an idempotent producer fails fatally for good when the broker
         # forgets its producer id (an embedded broker restart), and dead letters are at
@@ -157,6 +170,17 @@ class StreamProcessor(Recovery):
 
     def stop(self) -> None:
         self._stop.set()
+
+    def status(self) -> dict[str, Any]:
+        """The broker kind (and what it rests on), guards turned off for want of a
+        kafka-python internal, and the running totals."""
+        return {
+            "broker_kind": self.broker.kind,
+            "broker_kind_source": f"{self.broker.how}: {self.broker.source}",
+            "disabled_guards": disabled_guards(),
+            "applied": self.total.applied,
+            "dead_lettered": self.total.dead,
+        }
 
     def run(self, *, max_idle_s: float | None = None) -> BatchResult:
         """Process until stopped (or idle for ``max_idle_s``); returns running totals.
@@ -367,8 +391,8 @@ class StreamProcessor(Recovery):
 
     def _partition_count(self) -> int:
         """Partitions of the events topic in the consumer's cached metadata (0: unknown)."""
-        cluster = getattr(getattr(self.consumer, "_client", None), "cluster", None)
-        found = cluster.partitions_for_topic(self.settings.kafka.events_topic) if cluster else None
+        lookup = internal(self.consumer, PARTITIONS_FOR_TOPIC)
+        found = lookup(self.settings.kafka.events_topic) if lookup is not None else None
         return len(found or ())
 
     def _rejoin_if_partitions_changed(self) -> None:
@@ -381,8 +405,7 @@ class StreamProcessor(Recovery):
         now = self._partition_count()
         if not now:
             return
-        coordinator = getattr(self.consumer, "_coordinator", None)
-        snapshot = getattr(coordinator, "_assignment_snapshot", None) or {}
+        snapshot = internal(self.consumer, ASSIGNMENT_SNAPSHOT) or {}
         planned = snapshot.get(self.settings.kafka.events_topic)
         was = len(planned) if planned is not None else self._known_partitions
         if not was or now == was:
@@ -394,10 +417,12 @@ class StreamProcessor(Recovery):
             was,
         )
         self._known_partitions = now
-        if coordinator is not None:
-            if snapshot:
-                coordinator._assignment_snapshot = None  # judged: rejoin once
-            coordinator.request_rejoin()
+        rejoin = internal(self.consumer, REQUEST_REJOIN)
+        if rejoin is None:
+            return
+        if snapshot:
+            self.consumer._coordinator._assignment_snapshot = None  # judged: rejoin once
+        rejoin()
 
     def _assignment_is_stale(self, partitions: list[int]) -> bool:
         """As the group's leader: did the broker hand back the assignment we computed?
@@ -405,13 +430,14 @@ class StreamProcessor(Recovery):
         The embedded broker (Tansu) keeps a group's generation when its only member
         rejoins, and answers every later SyncGroup of that generation with the first
         assignment it stored: after a topic came back with more partitions, the leader
-        sends all of them and is given the old ones, and the rest are never read.
+        sends all of them and is given the old ones, and the rest are never read. A
+        Kafka broker hands back what the leader sent, so only Tansu is checked.
         """
         computed, self._assignor.computed = self._assignor.computed, None
-        coordinator = getattr(self.consumer, "_coordinator", None)
-        generation = getattr(coordinator, "_generation", None)
-        member = getattr(generation, "member_id", None)
-        if computed is None or member not in computed:
+        if self.broker.kind != "tansu" or computed is None:
+            return False
+        member = internal(self.consumer, MEMBER_ID)
+        if member not in computed:
             return False  # not the leader this round: nothing to compare with
         if computed[member] == set(partitions):
             return False

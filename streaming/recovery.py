@@ -19,6 +19,8 @@ from kafka import TopicPartition
 from kafka.errors import KafkaError
 from redis.exceptions import RedisError
 
+from streaming.kafka_compat import TOPIC_ID, internal
+
 logger = logging.getLogger(__name__)
 
 
@@ -41,8 +43,8 @@ class Recovery:
     def _topic_id(self) -> str | None:
         """The broker's id of the events topic (from the consumer's cached metadata; a
         new id means the topic was created again). None where the broker reports none."""
-        cluster = getattr(getattr(self.consumer, "_client", None), "cluster", None)
-        topic_id = cluster.topic_id(self.settings.kafka.events_topic) if cluster else None
+        lookup = internal(self.consumer, TOPIC_ID)
+        topic_id = lookup(self.settings.kafka.events_topic) if lookup is not None else None
         if topic_id is None or getattr(topic_id, "int", 1) == 0:
             return None  # unknown, or the nil id of a topic missing from the metadata
         return str(topic_id)
