@@ -10,20 +10,24 @@ from rtrec.config import get_settings
 
 @click.group("airflow")
 def airflow() -> None:
-    """Embedded Airflow (standalone, SQLite) running the rtrec DAGs."""
+    """Embedded Airflow (standalone, SQLite): its scheduler runs rtrec's DAGs and yours."""
 
 
 @airflow.command()
 @click.option("--timeout", default=180.0, show_default=True, help="Seconds to wait for health.")
 @handle_errors
 def up(timeout: float) -> None:
-    """db migrate, reserialize the DAGs, start the standalone; harmless when running."""
+    """db migrate, reserialize the DAGs, start the standalone; harmless when running.
+
+    The scheduler runs rtrec's DAGs and those in ``<airflow home>/dags``, unpaused.
+    """
     from dags import embedded
 
     settings = get_settings()
     pid = embedded.up(settings, timeout_s=timeout)
     click.echo(f"airflow standalone pid {pid}: http://127.0.0.1:{settings.airflow.port}")
     click.echo(f"DAGs: {', '.join(embedded.DAG_IDS)} (folder {embedded.dags_folder()})")
+    click.echo(f"your DAGs: {embedded.user_dags_folder(settings)} (same scheduler)")
 
 
 @airflow.command()

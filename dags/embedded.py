@@ -1,16 +1,25 @@
-"""Embedded Airflow: ``airflow standalone`` on this machine, with rtrec's DAGs.
+"""Embedded Airflow: ``airflow standalone`` on this machine, with rtrec's DAGs and yours.
 
 ``up`` migrates the metadata DB (SQLite under ``settings.airflow.home``), reserializes the
-DAGs (they list only after that, see STACK_NOTES) and starts the standalone with small
-parallelism under :func:`rtrec.stack.start_managed`; ``down`` stops it with SIGINT, which
-lets it stop its own workers (SIGTERM orphans them). The DAG folder is this package's
-directory; ``.airflowignore`` keeps the library modules out of DAG parsing.
+DAGs (they list only after that, see STACK_NOTES) and starts the standalone (scheduler,
+DAG processor, triggerer and API server, LocalExecutor) with small parallelism under
+:func:`rtrec.stack.start_managed`; ``down`` stops it with SIGINT, which lets it stop its
+own workers (SIGTERM orphans them).
+
+Two DAG bundles: ``rtrec`` (this package's directory; ``.airflowignore`` keeps the library
+modules out of DAG parsing) and ``user`` (``<airflow home>/dags``, created empty), where
+your own DAG files import :mod:`dags.operators` and run under the same scheduler.
+
+The scheduler runs the DAGs by itself: DAGs are unpaused when first registered, and the
+workers reach the execution API on the port the API server really listens on (Airflow's
+default, ``http://localhost:8080/execution/``, is not it). Task logs are kept at INFO.
 
 Named ``embedded`` rather than ``airflow`` so no import can mistake it for the package.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -29,7 +38,26 @@ DAG_IDS = ("rtrec_training", "rtrec_drift_monitor", "rtrec_feature_backfill")
 
 
 def dags_folder() -> Path:
+    """rtrec's own DAG files (the ``rtrec`` bundle)."""
     return Path(__file__).resolve().parent
+
+
+def user_dags_folder(settings: Settings) -> Path:
+    """Where your own DAG files go (the ``user`` bundle): ``<airflow home>/dags``."""
+    return Path(str(settings.airflow.home)) / "dags"
+
+
+USER_BUNDLE_REFRESH_S = 30
+"""How often the DAG processor looks for new files among your DAGs (Airflow's default for
+a bundle is 300 s, long to wait for a file you just saved)."""
+
+OVERRIDABLE = {
+    "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+    "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+}
+"""Defaults of the embedded stack that a variable of the same name in the environment
+replaces: task logs at INFO (``WARNING`` keeps them to problems), and DAGs that the
+scheduler runs as soon as they are registered (``True`` to unpause each one in the UI)."""
 
 
 def airflow_exe() -> str:
@@ -38,29 +66,54 @@ def airflow_exe() -> str:
     return str(local) if local.exists() else "airflow"
 
 
-def airflow_env(settings: Settings) -> dict[str, str]:
-    """Environment for every Airflow process: home, DAG folder, port, parallelism.
+def dag_bundles(settings: Settings) -> list[dict[str, object]]:
+    """``[dag_processor] dag_bundle_config_list``: rtrec's DAGs and the user's folder."""
+    local = "airflow.dag_processing.bundles.local.LocalDagBundle"
+    return [
+        {"name": "rtrec", "classpath": local, "kwargs": {"path": str(dags_folder())}},
+        {
+            "name": "user",
+            "classpath": local,
+            "kwargs": {
+                "path": str(user_dags_folder(settings)),
+                "refresh_interval": USER_BUNDLE_REFRESH_S,
+            },
+        },
+    ]
 
-    ``RTREC_*`` variables pass through unchanged, so tasks see the same settings.
+
+def airflow_env(settings: Settings) -> dict[str, str]:
+    """Environment for every Airflow process: home, DAG bundles, ports, parallelism, logs.
+
+    ``RTREC_*`` variables pass through unchanged, so tasks see the same settings. The
+    execution API URL must name the API server's real port: the LocalExecutor's task
+    supervisors call it for every task state change, and Airflow's default (port 8080)
+    fails every task at start with an empty task log.
     """
     home = Path(str(settings.airflow.home))
     par = str(settings.airflow.parallelism)
+    port = settings.airflow.port
     return {
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(dags_folder()),
+        "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST": json.dumps(dag_bundles(settings)),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
         "AIRFLOW__CORE__PARALLELISM": par,
         "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": par,
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+        # The standalone starts the scheduler seconds before the API server listens: a task
+        # queued then keeps retrying its start call (backoff up to 90 s) instead of failing.
+        "AIRFLOW__WORKERS__EXECUTION_API_RETRIES": "10",
         "AIRFLOW__SCHEDULER__PARSING_PROCESSES": "1",
         "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
         "AIRFLOW__API__HOST": "127.0.0.1",
-        "AIRFLOW__API__PORT": str(settings.airflow.port),
+        "AIRFLOW__API__PORT": str(port),
         "AIRFLOW__API__WORKERS": "1",
-        # Embedded only (binds loopback): no login page between the user and the UI.
+        # Embedded only (binds loopback): no login page between the user and the UI, and
+        # the REST API takes requests without a token.
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
-        "AIRFLOW__LOGGING__LOGGING_LEVEL": os.environ.get(
-            "AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING"
-        ),
+        **{key: os.environ.get(key, default) for key, default in OVERRIDABLE.items()},
         "DO_NOT_TRACK": "1",
         # The standalone starts its components as `airflow ...` found on PATH.
         "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
@@ -88,6 +141,7 @@ def airflow_cli(settings: Settings, *args: str, timeout_s: float = 300) -> str:
 
 def prepare(settings: Settings) -> None:
     """``db migrate`` then ``dags reserialize``: the DB and DAG list a standalone needs."""
+    user_dags_folder(settings).mkdir(parents=True, exist_ok=True)
     airflow_cli(settings, "db", "migrate")
     airflow_cli(settings, "dags", "reserialize")
 

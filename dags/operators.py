@@ -16,6 +16,16 @@ Where a step runs is a setting, not a code change:
 
 Per operator with ``run_mode=`` / ``command=``, or for every task through the Airflow
 Variables ``rtrec_run_mode`` and ``rtrec_step_command`` (a JSON list).
+
+Steps that talk to services (MLflow, Redis, Kafka, the serving API) retry with exponential
+backoff by default (:data:`SERVICE_RETRIES`), so a service restart does not fail a run;
+pure compute steps do not, since a retry would only repeat a deterministic failure. An
+argument, DAG ``default_args`` or task ``retries=`` set by you wins. Errors that no retry
+can fix (bad input, a missing file or version) fail the task at once either way.
+
+Each task logs its arguments, our loggers at INFO (extras folded into the message) and,
+when the step finishes, its result; raw stderr lines of the step (the Spark JVM's) get
+the level they state instead of Airflow's error level (:func:`rtrec.logging.route_stderr`).
 """
 
 from __future__ import annotations
@@ -25,28 +35,46 @@ import logging
 import subprocess
 import sys
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any, ClassVar, Literal
 
-from airflow.sdk import BaseOperator
+from airflow.sdk import BaseOperator, Variable
+from airflow.sdk.exceptions import AirflowFailException
 
 from dags.steps import RESULT_PREFIX, run_step
-from rtrec.errors import InvalidInput, RtrecError
+from rtrec.errors import ConfigError, InvalidInput, NotFound, RtrecError
+from rtrec.logging import configure_task_logging, route_stderr, stderr_level
 
 logger = logging.getLogger(__name__)
 
 RunMode = Literal["in_process", "command"]
 RUN_MODES: tuple[str, ...] = ("in_process", "command")
-DEFAULT_COMMAND = (sys.executable, "-m", "dags.steps")
+# -P: the task's working directory (the Airflow home, whose ``dags/`` folder holds user
+# DAGs) must not shadow the installed ``dags`` package.
+DEFAULT_COMMAND = (sys.executable, "-P", "-m", "dags.steps")
+
+SERVICE_RETRIES: dict[str, Any] = {
+    "retries": 3,
+    "retry_delay": timedelta(seconds=15),
+    "retry_exponential_backoff": 2.0,
+    "max_retry_delay": timedelta(minutes=5),
+}
+"""Defaults of the steps that talk to services: 15 s, 30 s, 60 s between attempts, which
+outlasts a restart of MLflow, Redis, the broker or the service."""
+
+PERMANENT_ERRORS = (InvalidInput, NotFound, ConfigError)
+"""rtrec errors a retry cannot fix; ``Unavailable`` (a service down) is retried."""
 
 
 def _variable(key: str, default: Any) -> Any:
-    """An Airflow Variable, or ``default`` outside a task or when unset."""
-    try:
-        from airflow.sdk import Variable
+    """An Airflow Variable, or ``default`` when it is unset.
 
-        return Variable.get(key, default=default)
-    except Exception:  # no task context (unit tests, plain Python): the default applies
-        return default
+    ``Variable.get`` returns the default for an unset variable and, outside a task (unit
+    tests, plain Python), reads only ``AIRFLOW_VAR_*`` environment variables; anything
+    else it raises (access denied by the execution API, a broken secrets backend) must
+    fail the task, not quietly switch how steps run.
+    """
+    return Variable.get(key, default=default)
 
 
 class RtrecStepOperator(BaseOperator):
@@ -57,6 +85,8 @@ class RtrecStepOperator(BaseOperator):
     """
 
     step: ClassVar[str] = ""
+    talks_to_services: ClassVar[bool] = False
+    """Retry with backoff by default (:data:`SERVICE_RETRIES`)."""
     ui_color = "#e8f4ea"
 
     def __init__(
@@ -67,6 +97,11 @@ class RtrecStepOperator(BaseOperator):
         command_timeout_s: float = 6 * 3600,
         **kwargs: Any,
     ) -> None:
+        if self.talks_to_services:
+            defaults = kwargs.get("default_args") or {}
+            for key, value in SERVICE_RETRIES.items():
+                if key not in kwargs and key not in defaults:
+                    kwargs[key] = value
         super().__init__(**kwargs)
         if run_mode is not None and run_mode not in RUN_MODES:
             raise InvalidInput(
@@ -86,14 +121,27 @@ class RtrecStepOperator(BaseOperator):
         }
 
     def execute(self, context: Any) -> dict[str, Any]:
+        configure_task_logging()
         args = self.arguments()
         mode = self.run_mode or _variable("rtrec_run_mode", "in_process")
-        logger.info("rtrec step %s (%s) with %s", self.step, mode, sorted(args))
+        if mode not in RUN_MODES:
+            raise AirflowFailException(
+                f"Airflow Variable rtrec_run_mode is {mode!r}, not one of {RUN_MODES}"
+            )
+        logger.info("rtrec step %s (%s) with %s", self.step, mode, _brief(args))
         try:
-            result = run_step(self.step, args) if mode == "in_process" else self._run_command(args)
+            if mode == "in_process":
+                with route_stderr():
+                    result = run_step(self.step, args)
+            else:
+                result = self._run_command(args)
+        except PERMANENT_ERRORS as exc:
+            # The error tree's message names the offending field or id; retrying the same
+            # arguments would only fail the same way.
+            raise AirflowFailException(f"{self.step} failed: {exc}") from exc
         except RtrecError as exc:
-            # Fail the task with the error tree's message (it names the offending field/id).
             raise RuntimeError(f"{self.step} failed: {exc}") from exc
+        logger.info("rtrec step %s result: %s", self.step, json.dumps(result, default=str))
         ti = context.get("ti") if hasattr(context, "get") else None
         if ti is not None:
             # One XCom per top-level key too, so ``op.output["version"]`` works downstream.
@@ -102,7 +150,7 @@ class RtrecStepOperator(BaseOperator):
         return result
 
     def _run_command(self, args: dict[str, Any]) -> dict[str, Any]:
-        command = self.command or json.loads(_variable("rtrec_step_command", "null") or "null")
+        command = self.command or _command_variable()
         command = list(command or DEFAULT_COMMAND)
         proc = subprocess.run(
             [*command, self.step, json.dumps(args, default=str)],
@@ -112,7 +160,8 @@ class RtrecStepOperator(BaseOperator):
             check=False,
         )
         for line in proc.stderr.splitlines()[-50:]:
-            logger.info("[%s] %s", self.step, line)
+            if line.strip():
+                logger.log(stderr_level(line), "[%s] %s", self.step, line)
         results = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_PREFIX)]
         if proc.returncode != 0 or not results:
             raise RuntimeError(
@@ -120,6 +169,34 @@ class RtrecStepOperator(BaseOperator):
                 f"{(proc.stderr or proc.stdout)[-2000:]}"
             )
         return json.loads(results[-1].removeprefix(RESULT_PREFIX))
+
+
+def _command_variable() -> list[str] | None:
+    """The Airflow Variable ``rtrec_step_command`` (a JSON list of strings), if set."""
+    raw = _variable("rtrec_step_command", None)
+    if raw in (None, ""):
+        return None
+    try:
+        command = json.loads(raw) if isinstance(raw, str) else raw
+    except ValueError as exc:
+        raise AirflowFailException(
+            f"Airflow Variable rtrec_step_command is not JSON ({exc}): {raw!r}"
+        ) from exc
+    if not (isinstance(command, list) and command and all(isinstance(c, str) for c in command)):
+        raise AirflowFailException(
+            f"Airflow Variable rtrec_step_command must be a JSON list of strings, got {raw!r}"
+        )
+    return command
+
+
+def _brief(args: dict[str, Any], limit: int = 300) -> str:
+    """The step's arguments for the log, each value cut to ``limit`` characters (a fit
+    result passed downstream is kilobytes)."""
+    parts = []
+    for key, value in args.items():
+        text = json.dumps(value, default=str)
+        parts.append(f"{key}={text if len(text) <= limit else text[:limit] + '...'}")
+    return ", ".join(parts) or "no arguments"
 
 
 class BuildTrainingSetOperator(RtrecStepOperator):
@@ -165,6 +242,7 @@ class EvaluateAndRegisterOperator(RtrecStepOperator):
     """
 
     step = "evaluate_and_register"
+    talks_to_services = True
     template_fields: Sequence[str] = ("fit", "reason")
 
     def __init__(self, *, fit: Any, reason: Any = "", **kwargs: Any):
@@ -195,6 +273,7 @@ class PromoteOperator(RtrecStepOperator):
     """
 
     step = "promote"
+    talks_to_services = True
     template_fields: Sequence[str] = ("version", "fit")
 
     def __init__(self, *, version: Any, fit: Any = None, **kwargs: Any):
@@ -209,6 +288,7 @@ class TellServingOperator(RtrecStepOperator):
     """
 
     step = "tell_serving"
+    talks_to_services = True
     template_fields: Sequence[str] = ("version", "timeout_s")
 
     def __init__(self, *, version: Any, timeout_s: Any = 30.0, **kwargs: Any):
@@ -224,6 +304,7 @@ class MaterializeFeaturesOperator(RtrecStepOperator):
     """
 
     step = "materialize_features"
+    talks_to_services = True
     template_fields: Sequence[str] = ("end_ms", "days")
 
     def __init__(self, *, end_ms: Any = None, days: Any = 7.0, **kwargs: Any):
@@ -242,6 +323,7 @@ class DriftCheckOperator(RtrecStepOperator):
     """
 
     step = "drift_check"
+    talks_to_services = True
     template_fields: Sequence[str] = ("now_ms", "reference_days", "window_days", "scores", "alert")
 
     def __init__(

@@ -2,18 +2,39 @@
 
 Log records may carry ``model_version`` and ``run_id`` extras; they are written as fields.
 User ids must never be logged raw: use :func:`redact_id`.
+
+Inside an Airflow task the handlers are Airflow's (JSON lines to the task log, shown in
+the UI): :func:`configure_task_logging` only sets levels and keeps extras, and
+:func:`route_stderr` gives raw stderr lines (the Spark JVM's, third-party notices) the
+level they have instead of the error level Airflow gives all of stderr.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import os
+import re
+import stat
 import sys
+import threading
 import time
+import uuid
+from collections.abc import Iterator
 from typing import Any
 
 _STD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+OWN_LOGGERS = ("rtrec", "dags", "training", "monitoring", "features", "streaming", "serving")
+"""Top-level packages whose loggers are ours."""
+NOISY_LOGGERS = ("kafka", "py4j", "urllib3", "alembic", "feast")
+"""Third-party loggers that say too much at INFO (connection chatter, migrations)."""
+
+
+def _extras(record: logging.LogRecord) -> dict[str, Any]:
+    return {k: v for k, v in vars(record).items() if k not in _STD and not k.startswith("_")}
 
 
 class JsonFormatter(logging.Formatter):
@@ -27,9 +48,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        for key, value in vars(record).items():
-            if key not in _STD and not key.startswith("_"):
-                out[key] = value
+        out.update(_extras(record))
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         return json.dumps(out, default=str)
@@ -44,8 +63,165 @@ def configure_logging(level: str | int = "INFO", *, json_lines: bool = True) -> 
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("kafka", "py4j", "urllib3", "alembic", "feast"):
+    for noisy in NOISY_LOGGERS:
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+class ExtrasInMessage(logging.Filter):
+    """Append a record's extras to its message as JSON, for our loggers only.
+
+    Airflow's task-log formatter keeps the message, level and logger of a stdlib record
+    but drops its extras, and ours carry the figures (``epoch done`` with the loss, the
+    drift verdict's share); folded into the message they reach the task log.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.split(".", 1)[0] in OWN_LOGGERS and not getattr(record, "_folded", False):
+            extras = _extras(record)
+            if extras:
+                record.msg = f"{record.getMessage()} {json.dumps(extras, default=str)}"
+                record.args = None
+            record._folded = True
+        return True
+
+
+def configure_task_logging(level: str | int = "INFO") -> None:
+    """Inside an Airflow task: our loggers at ``level`` through Airflow's own handlers.
+
+    Airflow's handlers stay (they write the task log); its root level (``[logging]
+    logging_level``) still caps what is written. MLflow's loggers, which by default write
+    to stderr with a handler of their own (stored by Airflow as errors), propagate to
+    Airflow's handlers instead. Idempotent.
+    """
+    for name in OWN_LOGGERS:
+        logging.getLogger(name).setLevel(level)
+    for noisy in NOISY_LOGGERS:
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
+    if "mlflow" in sys.modules:  # imported (and configured) before this call
+        mlflow_logger = logging.getLogger("mlflow")
+        mlflow_logger.handlers.clear()
+        mlflow_logger.propagate = True
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, ExtrasInMessage) for f in handler.filters):
+            handler.addFilter(ExtrasInMessage())
+
+
+BENIGN_STDERR = (
+    # The JDK announces the incubator module Spark 4 loads, on every JVM start.
+    re.compile(r"^WARNING: Using incubator modules: "),
+    # Spark's notice of its console log level, printed at session start.
+    re.compile(r"^Setting default log level to "),
+    re.compile(r"^To adjust logging level use sc\.setLogLevel"),
+    # MLflow prints its registry's progress with print(), not its logger.
+    re.compile(r"^Successfully registered model '"),
+    re.compile(r"^Registered model '.*' already exists\. Creating a new version"),
+    re.compile(r"^(?:\W+ )?Created version '\d+' of model '"),
+    re.compile(r"^Copied version '\d+' of model '"),
+)
+"""Raw stderr lines that are notices, not problems: logged at INFO."""
+
+_LEVELLED = (
+    # Python logging's and MLflow's own formats: "2026/12/03 10:47:32 INFO mlflow...: ..."
+    re.compile(r"^(?:\S+ \S+ )?(?P<level>DEBUG|INFO|WARNING|ERROR|CRITICAL)[ :]"),
+    # log4j patterns (Spark's JVM): "10:47:32 WARN NativeCodeLoader: ..."
+    re.compile(r"^(?:\S+ )?(?P<level>TRACE|DEBUG|INFO|WARN|ERROR|FATAL) "),
+)
+_LEVEL_NAMES = {"TRACE": logging.DEBUG, "WARN": logging.WARNING, "FATAL": logging.CRITICAL}
+
+
+def _level(name: str) -> int | None:
+    """A level number from its name (log4j's names too); None for anything else."""
+    name = name.upper()
+    number = _LEVEL_NAMES.get(name, logging.getLevelNamesMapping().get(name))
+    return number if isinstance(number, int) and number > 0 else None
+
+
+def stderr_level(line: str) -> int:
+    """The level a raw stderr line deserves: its own when it states one (a log line of a
+    library's own handler, a JSON line of ours), INFO for a known notice, else WARNING.
+
+    Not ERROR for an unknown line: a step that fails raises, and Airflow logs that
+    exception as the error; a line printed by a step that then succeeds is worth a look,
+    not an alarm.
+    """
+    text = line.strip()
+    if text.startswith("{"):
+        with contextlib.suppress(ValueError, AttributeError):
+            stated = _level(str(json.loads(text).get("level", "")))
+            if stated is not None:
+                return stated
+    if any(p.search(text) for p in BENIGN_STDERR):
+        return logging.INFO
+    for pattern in _LEVELLED:
+        m = pattern.match(text)
+        if m and (stated := _level(m.group("level"))) is not None:
+            return stated
+    return logging.WARNING
+
+
+def _writes_to_fd(handler: logging.Handler, fd: int) -> bool:
+    stream = getattr(handler, "stream", None)
+    try:
+        return stream is not None and stream.fileno() == fd
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def _stderr_is_captured_socket() -> bool:
+    """True in an Airflow task process: fd 2 is the supervisor's socket and no logging
+    handler writes to it (which would loop lines back into the router)."""
+    try:
+        if not stat.S_ISSOCK(os.fstat(2).st_mode):
+            return False
+    except OSError:
+        return False
+    return not any(_writes_to_fd(h, 2) for h in logging.getLogger().handlers)
+
+
+@contextlib.contextmanager
+def route_stderr(logger_name: str = "dags.stderr") -> Iterator[None]:
+    """Log every line written to file descriptor 2 meanwhile at :func:`stderr_level`.
+
+    Only in an Airflow task process (elsewhere a no-op): Airflow stores all of a task's
+    stderr at level error, and a Spark session or MLflow prints notices there. Child
+    processes started meanwhile (the Spark JVM) keep writing through the router for the
+    rest of the task process's life; on exit every line written so far has been logged.
+    """
+    if not _stderr_is_captured_socket():
+        yield
+        return
+    log = logging.getLogger(logger_name)
+    sentinel = f"--rtrec-stderr-drained-{uuid.uuid4().hex}--"
+    drained = threading.Event()
+    read_fd, write_fd = os.pipe()
+
+    def pump() -> None:
+        with os.fdopen(read_fd, "r", encoding="utf-8", errors="replace") as lines:
+            for line in lines:
+                text = line.rstrip("\n")
+                if text == sentinel:
+                    drained.set()
+                    continue
+                if text.strip():
+                    log.log(stderr_level(text), "%s", text)
+        drained.set()
+
+    threading.Thread(target=pump, name="rtrec-stderr", daemon=True).start()
+    sys.stderr.flush()
+    saved = os.dup(2)
+    os.dup2(write_fd, 2)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError, OSError):
+            sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        # The pipe is FIFO: once the sentinel comes out, everything before it has too.
+        os.write(write_fd, f"\n{sentinel}\n".encode())
+        os.close(write_fd)
+        drained.wait(timeout=5)
 
 
 def redact_id(raw: str, *, salt: str = "rtrec") -> str:
