@@ -8,6 +8,13 @@ verdict, alert, triggers training) -> the triggered training run -> hot swap -> 
 -> stop. DAG runs go through one warm :class:`dags.runs.DagRunner` (Airflow's in-process
 runner on the embedded metadata DB); ``--keep-running`` also starts the Airflow UI to browse them.
 Each step calls one stage's public API; the demo adds progress, timing and the report.
+
+The demo waits on the offline event log's watermark (``streaming.wait_for_offline_log``),
+never on time: after each publish until the log holds every event published, and the
+drift check itself judges only windows the log covers. A step it promised that did not
+happen (drift not judged, retraining not triggered, no swap) is shown as skipped with its
+reason, and the demo then exits non-zero; a gate that refuses the new model is an outcome
+("not promoted: reason"), not a failure.
 """
 
 from __future__ import annotations
@@ -30,42 +37,77 @@ if TYPE_CHECKING:
     from dags.runs import DagRunner, DagRunResult
 
 
+class Missed(Exception):
+    """A step the demo promised did not happen (or not as promised): the demo goes on,
+    shows the step with ``status`` and the reason, and exits non-zero at the end."""
+
+    def __init__(self, reason: str, *, status: str = "skipped", **details: Any) -> None:
+        super().__init__(reason)
+        self.reason, self.status, self.details = reason, status, details
+
+
 @dataclass
 class DemoReport:
     steps: list[dict[str, Any]] = field(default_factory=list)
     figures: dict[str, Any] = field(default_factory=dict)
+    missed: list[str] = field(default_factory=list)
+    """"step: reason" of each promised step that did not happen."""
 
     def step(self, name: str, fn: Callable[[], dict[str, Any] | None]) -> dict[str, Any]:
+        """Run one step. ``fn`` raises :class:`Missed` for a promised step that did not
+        happen, or returns ``status`` (default "done") and ``reason`` for an outcome
+        other than done that is no failure (e.g. "not promoted"); only a done step
+        has seconds."""
         click.secho(f"==> {name}", fg="cyan", bold=True, err=True)
         start = time.perf_counter()
-        out = fn() or {}
+        try:
+            out = fn() or {}
+        except Missed as exc:
+            self.missed.append(f"{name}: {exc.status}: {exc.reason}")
+            self.steps.append(
+                {
+                    "step": name,
+                    "status": exc.status,
+                    "seconds": None,
+                    "reason": exc.reason,
+                    "missed": True,
+                }
+                | exc.details
+            )
+            click.secho(f"    {exc.status}: {exc.reason}", fg="red", err=True)
+            return dict(exc.details)
         seconds = time.perf_counter() - start
-        self.steps.append({"step": name, "seconds": round(seconds, 2), **out})
+        status = str(out.pop("status", "done"))
+        took = round(seconds, 2) if status == "done" else None
+        self.steps.append({"step": name, "status": status, "seconds": took, **out})
         detail = ", ".join(f"{k}={v}" for k, v in out.items() if not isinstance(v, list | dict))
-        click.echo(f"    done in {seconds:.1f} s{': ' + detail if detail else ''}", err=True)
+        head = f"done in {seconds:.1f} s" if status == "done" else status
+        click.echo(f"    {head}{': ' + detail if detail else ''}", err=True)
         return out
 
 
-def _wait_caught_up(settings: Settings, timeout: float = 600) -> float:
-    """Block until the stream processor has applied everything on the events topic."""
-    import redis
-    from kafka import KafkaConsumer, TopicPartition
+def _wait_logged(settings: Settings, timeout_s: float = 600) -> dict[str, Any]:
+    """Block until the offline event log holds every event published so far (its
+    watermark reaches the topic's end offsets): what the DAGs read is then complete.
+    Raises ``Unavailable`` naming what is missing after ``timeout_s``."""
+    from streaming import wait_for_offline_log
 
-    from streaming.processor import offsets_key
+    cov = wait_for_offline_log(settings, timeout_s=timeout_s)
+    return {
+        "logged_after_publish_s": round(cov.waited_s, 1),
+        "logged_event_time_ms": cov.event_time_ms,
+    }
 
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers)
-    topic = settings.kafka.events_topic
-    parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
-    ends = {tp.partition: off for tp, off in consumer.end_offsets(parts).items()}
-    consumer.close()
-    client = redis.Redis.from_url(settings.redis.url)
-    start = time.perf_counter()
-    while time.perf_counter() - start < timeout:
-        applied = {int(p): int(o) + 1 for p, o in client.hgetall(offsets_key(settings)).items()}
-        if all(applied.get(p, 0) >= end for p, end in ends.items()):
-            return time.perf_counter() - start
-        time.sleep(0.2)
-    raise click.ClickException(f"stream processor did not catch up within {timeout:.0f} s")
+
+def _in_windows(
+    ts: np.ndarray, now_ms: int, reference_days: float, window_days: float
+) -> list[int]:
+    """How many of the published events' times fall in the monitor's reference and
+    current windows (``monitoring.split_windows``'s bounds)."""
+    day = 86_400_000
+    cut = now_ms - int(window_days * day)
+    start = cut - int(reference_days * day)
+    return [int(((ts >= start) & (ts < cut)).sum()), int(((ts >= cut) & (ts < now_ms)).sum())]
 
 
 def _burst(
@@ -81,38 +123,42 @@ def _burst(
     statuses: dict[int, int] = {}
     fallbacks = 0
     clicks = 0
+    clicked_ts: list[int] = []
     rng = random.Random(settings.seed)
     with httpx.Client(base_url=base, headers=headers, timeout=10) as client:
 
-        def one(i: int) -> tuple[float, int, bool, int]:
+        def one(i: int) -> tuple[float, int, bool, int, int]:
             user = users[i % len(users)]
             t = time.perf_counter()
             r = client.post("/recommend", json={"user_id": user, "k": 10})
             ms = (time.perf_counter() - t) * 1000
-            fb, clicked = False, 0
+            fb, clicked, ts = False, 0, 0
             if r.status_code == 200:
                 body = r.json()
                 fb = body["fallback"]
                 if body["items"] and rng.random() < feedback_share:
                     item = body["items"][0]["item_id"]
+                    ts = int(time.time() * 1000) - 60_000
                     event = {
                         "user_id": user,
                         "item_id": item,
                         "event_type": "click",
-                        "ts": int(time.time() * 1000) - 60_000,
+                        "ts": ts,
                         "context": {"source": "rtrec-demo"},
                     }
                     clicked = int(
                         client.post("/feedback", json={"events": [event]}).status_code == 202
                     )
-            return ms, r.status_code, fb, clicked
+            return ms, r.status_code, fb, clicked, ts
 
         with ThreadPoolExecutor(8) as pool:
-            for ms, code, fb, clicked in pool.map(one, range(requests)):
+            for ms, code, fb, clicked, ts in pool.map(one, range(requests)):
                 latencies.append(ms)
                 statuses[code] = statuses.get(code, 0) + 1
                 fallbacks += fb
                 clicks += clicked
+                if clicked:
+                    clicked_ts.append(ts)
     lat = np.array(latencies)
     return {
         "requests": requests,
@@ -123,6 +169,7 @@ def _burst(
         "fallbacks": fallbacks,
         "clicks_posted": clicks,
         "_latencies": latencies,
+        "_clicked_ts": clicked_ts,
     }
 
 
@@ -146,15 +193,9 @@ def _metrics_row(fit: dict[str, Any]) -> dict[str, Any]:
 
 
 def _report(path: Path, report: DemoReport, extras: dict[str, Any]) -> Path:
-    from rtrec.report import Section, new_figure, write_html_report
+    from rtrec.report import Section, new_figure, steps_section, write_html_report
 
-    sections = [
-        Section(
-            "Steps",
-            "",
-            [("", ["step", "seconds"], [[s["step"], s["seconds"]] for s in report.steps])],
-        )
-    ]
+    sections = [steps_section(report.steps)]
     for label in ("before_shift", "after_shift"):
         q = extras.get(f"quality_{label}")
         if q:
@@ -168,6 +209,9 @@ def _report(path: Path, report: DemoReport, extras: dict[str, Any]) -> Path:
                     [("", ["model", "ndcg@10", "recall@10", "map@10"], rows)],
                 )
             )
+        elif extras.get(f"quality_{label}_missing"):
+            why = extras[f"quality_{label}_missing"]
+            sections.append(Section(f"Quality {label.replace('_', ' ')}", f"not measured: {why}"))
     lat = extras.get("latencies")
     if lat:
         fig, ax = new_figure()
@@ -179,12 +223,30 @@ def _report(path: Path, report: DemoReport, extras: dict[str, Any]) -> Path:
         )
     drift = extras.get("drift")
     if drift:
-        fig, ax = new_figure()
+        figures = []
         cols = drift["columns"]
-        ax.bar([c["column"] for c in cols], [c["score"] for c in cols])
-        ax.axhline(cols[0]["threshold"] if cols else 0.1, color="red", linestyle="--")
-        ax.set_title(f"Drift per column (share {drift['drift_share']:.0%})")
-        sections.append(Section("Drift check after the shift", drift["reason"], [], [fig]))
+        if cols:
+            fig, ax = new_figure()
+            ax.bar([c["column"] for c in cols], [c["score"] for c in cols])
+            ax.axhline(cols[0]["threshold"], color="red", linestyle="--")
+            ax.set_title(f"Drift per column (share {drift['drift_share']:.0%})")
+            figures.append(fig)
+        published = extras.get("drift_published", [None, None])
+        windows = [
+            ["reference", drift["reference_rows"], published[0]],
+            ["current", drift["current_rows"], published[1]],
+        ]
+        as_of = drift.get("as_of") or {}
+        sections.append(
+            Section(
+                "Drift check after the shift",
+                f"{drift.get('summary', drift['reason'])} — offline log "
+                f"({as_of.get('mode', '?')}): {as_of.get('note', '')}",
+                [("windows", ["window", "events judged", "events published"], windows)],
+                figures,
+                warnings=[] if drift.get("judged", True) else [drift["reason"]],
+            )
+        )
     return write_html_report(path, "rtrec demo", sections)
 
 
@@ -253,12 +315,11 @@ def demo(quick: bool, data: str, keep_running: bool, epochs: int | None) -> None
                 settings, "stream-0", [*_rtrec(), "stream", "run"], ready=lambda: True
             )
             sent = replay_dataset(settings, holder["before"], progress=True)
-            waited = _wait_caught_up(settings)
             return {
                 "published": int(sent["published"]),
                 "produce_events_per_s": round(sent["events_per_s"]),
                 "processor_pid": pid,
-                "drain_after_publish_s": round(waited, 1),
+                **_wait_logged(settings),
             }
 
         report.step("replay through Kafka into the feature store", stream_before)
@@ -298,6 +359,7 @@ def demo(quick: bool, data: str, keep_running: bool, epochs: int | None) -> None
         def burst() -> dict[str, Any]:
             out = _burst(settings, users, requests=400 if quick else 2000, feedback_share=0.2)
             extras["latencies"] = out.pop("_latencies")
+            holder["feedback_ts"] = out.pop("_clicked_ts")
             extras["latency_summary"] = {k: out[k] for k in ("p50_ms", "p95_ms", "p99_ms")}
             return out
 
@@ -308,32 +370,70 @@ def demo(quick: bool, data: str, keep_running: bool, epochs: int | None) -> None
 
             after = holder["after"]
             sent = publish(settings, after.iter_keyed_event_json(), total=len(after.events))
-            waited = _wait_caught_up(settings)
-            return {"published": int(sent["published"]), "drain_s": round(waited, 1)}
+            return {"published": int(sent["published"]), **_wait_logged(settings)}
 
         report.step("distribution shift arrives on the stream", stream_after)
 
         def drift() -> dict[str, Any]:
             # The monitor's run one day after the shift: the latest day against the week
             # before it (the window the champion was trained on).
-            conf = {"now_ms": holder["cut"] + 86_400_000, "window_days": 1.0}
+            conf = {"now_ms": holder["cut"] + 86_400_000, "window_days": 1.0, "reference_days": 7.0}
+            published = np.concatenate(
+                [
+                    holder["before"].events["ts"].to_numpy(np.int64),
+                    holder["after"].events["ts"].to_numpy(np.int64),
+                    np.asarray(holder.get("feedback_ts", []), np.int64),
+                ]
+            )
+            expected = _in_windows(
+                published, conf["now_ms"], conf["reference_days"], conf["window_days"]
+            )
+            extras["drift_published"] = expected
             run = _dag(runner, "rtrec_drift_monitor", conf)
             verdict = run.xcom("drift_check")
             extras["drift"] = verdict
             holder["retrain_queued"] = bool(run.queued.get("rtrec_training"))
-            return {
+            judged = [verdict["reference_rows"], verdict["current_rows"]]
+            out = {
                 "airflow_run": run.run_id,
+                "status": "done",
+                "verdict": verdict["status"],
                 "drifted": verdict["drifted"],
                 "drift_share": round(verdict["drift_share"], 2),
                 "retraining_triggered": holder["retrain_queued"],
+                "reference_rows": judged[0],
+                "current_rows": judged[1],
+                "published_reference_rows": expected[0],
+                "published_current_rows": expected[1],
+                "offline_log": (verdict.get("as_of") or {}).get("mode"),
                 "reason": verdict["reason"][:120],
             }
+            if not verdict["judged"]:
+                holder["no_retrain"] = verdict["summary"]  # "not judged: <why>"
+                raise Missed(
+                    holder["no_retrain"], **{k: v for k, v in out.items() if k != "status"}
+                )
+            if judged != expected:
+                holder["no_retrain"] = (
+                    f"the drift check judged {judged[0]} + {judged[1]} events, "
+                    f"{expected[0]} + {expected[1]} were published for its windows"
+                )
+                raise Missed(
+                    holder["no_retrain"],
+                    status="incomplete",
+                    **{k: v for k, v in out.items() if k != "status"},
+                )
+            if not holder["retrain_queued"]:
+                holder["no_retrain"] = f"no drift detected after the shift: {verdict['summary']}"
+            return out
 
         report.step("Airflow rtrec_drift_monitor (Evidently): alert, trigger", drift)
 
         def retrain() -> dict[str, Any]:
-            if not holder["retrain_queued"]:
-                return {"skipped": "no drift detected, nothing triggered"}
+            if not holder.get("retrain_queued"):
+                why = holder.get("no_retrain", "the drift monitor triggered nothing")
+                extras["quality_after_shift_missing"] = f"no retraining ran ({why})"
+                raise Missed(f"not triggered: {why}")
             # The run the drift monitor queued, with its reason in the conf; its last
             # task waits until the live service reports the new champion.
             run = _dag(runner, "rtrec_training", {"epochs": epochs}, queued=True)
@@ -354,9 +454,11 @@ def demo(quick: bool, data: str, keep_running: bool, epochs: int | None) -> None
             import httpx
 
             second = holder.get("second")
-            decision = second.xcom("promote") if second is not None else None
-            if not (decision and decision["promoted"]):
-                return {"skipped": "no new champion"}
+            if second is None:
+                raise Missed("no retraining ran, so there is no new model to swap in")
+            decision = second.xcom("promote")
+            if not decision["promoted"]:  # the gate's call: an outcome, not a failure
+                return {"status": "not promoted", "reason": decision["reason"]}
             told = second.xcom("tell_serving") or {}
             base = f"http://{settings.serving.host}:{settings.serving.port}"
             deadline = time.monotonic() + 60
@@ -391,6 +493,15 @@ def demo(quick: bool, data: str, keep_running: bool, epochs: int | None) -> None
     _summary(settings, report, extras, keep_running)
     if not ok:
         raise click.ClickException("demo failed")
+    _fail_on_missed(report)
+
+
+def _fail_on_missed(report: DemoReport) -> None:
+    """Exit non-zero, naming them, when steps the demo promised did not happen."""
+    if report.missed:
+        raise click.ClickException(
+            "the demo did not do everything it promised: " + "; ".join(report.missed)
+        )
 
 
 def _rtrec() -> list[str]:
@@ -404,10 +515,27 @@ def _summary(
 ) -> None:
     click.secho("\nsummary", bold=True, err=True)
     for s in report.steps:
-        click.echo(f"  {s['step']:<58} {s['seconds']:>7.1f} s", err=True)
+        status = s.get("status", "done")
+        if status == "done":
+            click.echo(f"  {s['step']:<58} {s['seconds']:>7.1f} s", err=True)
+        else:
+            line = f"  {s['step']:<58} {status}: {s.get('reason', '')}"
+            click.secho(line, fg="red" if s.get("missed") else "yellow", err=True)
     for label in ("before_shift", "after_shift"):
         if f"quality_{label}" in extras:
             click.echo(f"  quality {label}: {json.dumps(extras[f'quality_{label}'])}", err=True)
+        elif f"quality_{label}_missing" in extras:
+            why = extras[f"quality_{label}_missing"]
+            click.echo(f"  quality {label}: not measured: {why}", err=True)
+    drift = extras.get("drift")
+    if drift:
+        published = extras.get("drift_published", [None, None])
+        click.echo(
+            f"  drift: {drift.get('summary', drift['reason'])[:160]} (windows judged "
+            f"{drift['reference_rows']} + {drift['current_rows']} events, published "
+            f"{published[0]} + {published[1]})",
+            err=True,
+        )
     if "latency_summary" in extras:
         click.echo(f"  latency: {json.dumps(extras['latency_summary'])}", err=True)
     click.echo(f"  report: {extras.get('report')}", err=True)
@@ -427,6 +555,15 @@ def _summary(
                 "report": extras.get("report"),
                 "latency": extras.get("latency_summary"),
                 "drift": extras.get("drift", {}).get("drifted"),
+                "drift_status": extras.get("drift", {}).get("status"),
+                "drift_windows": {
+                    "judged": [
+                        extras.get("drift", {}).get("reference_rows"),
+                        extras.get("drift", {}).get("current_rows"),
+                    ],
+                    "published": extras.get("drift_published"),
+                },
+                "missed": report.missed,
             },
             default=str,
         )

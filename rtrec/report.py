@@ -20,6 +20,7 @@ h1{border-bottom:2px solid #444}h2{margin-top:1.6em;color:#234}
 table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #bbb;padding:.25em .6em}
 th{background:#eef}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .note{color:#555;font-size:.9em}img{max-width:100%;border:1px solid #ddd;margin:.4em 0}
+.warn{color:#a00;font-weight:600}
 """
 
 
@@ -31,6 +32,30 @@ class Section:
     """(caption, header, rows)."""
     figures: list[Any] = field(default_factory=list)
     """matplotlib Figures."""
+    warnings: list[str] = field(default_factory=list)
+    """Lines shown prominently above the tables (what did not happen, and why)."""
+
+
+def steps_section(steps: Sequence[dict[str, Any]], title: str = "Steps") -> Section:
+    """A run's steps as a table: each step's outcome, its seconds when it was done, and
+    the reason when it was not (a skipped step shows why, never a duration of 0).
+
+    ``steps``: dicts with ``step``, ``status`` ("done" when absent), ``seconds`` and,
+    for a step not done, ``reason``; ``missed`` true for a step that should have
+    happened (shown as a warning above the table too).
+    """
+    rows, warnings = [], []
+    for s in steps:
+        status = s.get("status", "done")
+        done = status == "done"
+        rows.append(
+            [s["step"], status, s.get("seconds") if done else None, "" if done else s.get("reason")]
+        )
+        if s.get("missed"):
+            warnings.append(f"{s['step']}: {status}: {s.get('reason') or 'no reason given'}")
+    return Section(
+        title, "", [("", ["step", "outcome", "seconds", "reason"], rows)], warnings=warnings
+    )
 
 
 def _fmt(value: Any) -> tuple[str, bool]:
@@ -73,6 +98,7 @@ def write_html_report(path: Path, title: str, sections: Sequence[Section]) -> Pa
     ]
     for s in sections:
         parts.append(f"<h2>{html.escape(s.title)}</h2>")
+        parts.extend(f'<p class="warn">{html.escape(w)}</p>' for w in s.warnings)
         if s.text:
             parts.append(f"<p>{html.escape(s.text)}</p>")
         parts.extend(_table(*t) for t in s.tables)

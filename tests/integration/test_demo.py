@@ -38,12 +38,23 @@ def test_demo_quick_runs_the_loop_and_stops_everything(tmp_path: Path) -> None:
     assert first["version"] == "1" and first["promoted"] is True
     burst = steps["burst of HTTP recommendations with feedback"]
     assert burst["statuses"] == {"200": burst["requests"]} and burst["clicks_posted"] > 0
+    assert summary["missed"] == []
+    assert all(s["status"] in ("done", "not promoted") for s in summary["steps"]), summary
     drift = steps["Airflow rtrec_drift_monitor (Evidently): alert, trigger"]
+    assert drift["status"] == "done" and drift["verdict"] == "drifted"
     assert drift["drifted"] is True and drift["retraining_triggered"] is True
+    # Both windows judged whole: exactly the events the demo published for each.
+    assert drift["reference_rows"] == drift["published_reference_rows"] > 200
+    assert drift["current_rows"] == drift["published_current_rows"] > 200
+    assert drift["offline_log"] == "wait"
+    assert summary["drift_windows"]["judged"] == summary["drift_windows"]["published"]
     retrain = steps["Airflow rtrec_training (triggered by the drift)"]
     assert retrain["version"] == "2" and retrain["trigger"].startswith("drift: ")
+    swap = steps["hot swap of the new champion"]
     if retrain["promoted"]:
-        assert steps["hot swap of the new champion"]["serving_version"] == "2"
+        assert swap["status"] == "done" and swap["serving_version"] == "2"
+    else:  # the gate refused the challenger: an outcome, shown with the gate's reason
+        assert swap["status"] == "not promoted" and swap["reason"] and swap["seconds"] is None
     report = Path(summary["report"])
     assert report.exists() and "data:image/png;base64" in report.read_text()
     settings = load_settings(work_dir=tmp_path / "w")
