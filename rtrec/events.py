@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -27,6 +27,7 @@ MAX_FUTURE_MS = 24 * 3600 * 1000
 """Events stamped further than this in the future are rejected (clock bugs, forgeries)."""
 MIN_TS_MS = 0
 """Timestamps before the epoch are rejected."""
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 Id = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f]+$")]
 ContextValue = str | int | float | bool | None
@@ -62,14 +63,40 @@ class Interaction(BaseModel):
     )
     """Free-form request context (device, page, experiment arm), bounded in size."""
 
+    @field_validator("context")
+    @classmethod
+    def _encodable(cls, v: Any) -> Any:
+        """Lone surrogates (JSON's ``"\\ud800"``) decode to a Python string that cannot be
+        written back as UTF-8: such an event would fail later, when serving forwards it to
+        Kafka, instead of here where it can be dead-lettered with a reason. (The id fields
+        are plain strings, which pydantic already refuses them in.)"""
+        for text in [*(v or {}), *(x for x in (v or {}).values() if isinstance(x, str))]:
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("contains a lone surrogate (not valid UTF-8)") from None
+        return v
+
     @field_validator("ts", mode="before")
     @classmethod
     def _parse_ts(cls, v: Any) -> Any:
+        """An integer (ms since the epoch) or an ISO 8601 string with a time zone.
+
+        Integer arithmetic on the parsed time: ``timestamp() * 1000`` is a float product
+        that truncates to one millisecond low for some values. A string without a zone
+        would mean the parsing machine's local time, and a numeric string is more likely
+        a bug upstream than a timestamp: both are refused, naming the problem.
+        """
         if isinstance(v, str):
             try:
-                return int(datetime.fromisoformat(v.replace("Z", "+00:00")).timestamp() * 1000)
+                parsed = datetime.fromisoformat(v.replace("Z", "+00:00"))
             except ValueError:
-                return v  # let the int validator name the problem
+                raise ValueError(
+                    "ts must be an integer (ms since epoch) or an ISO 8601 time with a zone"
+                ) from None
+            if parsed.tzinfo is None:
+                raise ValueError("ts as ISO 8601 must carry a time zone (Z or +hh:mm)")
+            return (parsed - _EPOCH) // timedelta(milliseconds=1)
         if isinstance(v, bool):
             raise ValueError("ts must be an integer (ms since epoch), not a boolean")
         return v

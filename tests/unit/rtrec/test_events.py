@@ -38,6 +38,8 @@ def test_iso_timestamp_accepted() -> None:
         (raw(user_id=123), "user_id", "string"),
         (raw(event_type="like"), "event_type", "unknown event type"),
         (raw(ts="yesterday"), "ts", "integer"),
+        (raw(ts="1700000000000"), "ts", "ISO 8601"),
+        (raw(ts="2024-11-22T12:00:00"), "ts", "time zone"),
         (raw(ts=-5), "ts", "greater than or equal"),
         (raw(ts=True), "ts", "boolean"),
         (raw(ts=NOW + 10 * 86_400_000), "ts", "future"),
@@ -63,3 +65,28 @@ def test_models_are_frozen_and_strict() -> None:
         event.user_id = "other"  # type: ignore[misc]
     item = ItemRecord(item_id="i1", categories=["drama", "comedy"])
     assert item.categories == ["drama", "comedy"]
+
+
+def test_iso_times_convert_to_the_exact_millisecond() -> None:
+    """Float arithmetic (``timestamp() * 1000``) lands one millisecond low for some
+    values; every millisecond of a second must round-trip."""
+    from datetime import UTC, datetime, timedelta
+
+    base = datetime(2024, 11, 22, 12, 0, 0, tzinfo=UTC)
+    for ms in range(1000):
+        t = base + timedelta(milliseconds=ms)
+        text = t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        event = parse_event(raw(ts=text), now_ms=NOW)
+        assert event.ts == int(base.timestamp()) * 1000 + ms, text
+    offset = parse_event(raw(ts="2024-11-22T13:00:00.001+01:00"), now_ms=NOW)
+    assert offset.ts == int(base.timestamp()) * 1000 + 1
+
+
+@pytest.mark.parametrize("field", ["user_id", "item_id", "context"])
+def test_lone_surrogates_are_refused_where_they_arrive(field: str) -> None:
+    payload = raw()
+    text = json.loads(payload)
+    text[field] = {"device": "\ud800"} if field == "context" else "a\udc00"
+    with pytest.raises(InvalidInput, match=r"surrogate|unicode") as info:
+        parse_event(json.dumps(text).encode(), now_ms=NOW)
+    assert info.value.field == field
