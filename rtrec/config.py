@@ -13,6 +13,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import (
@@ -57,9 +58,9 @@ class RedisSettings(BaseModel):
 
     @property
     def host_port(self) -> tuple[str, int]:
-        rest = self.url.split("://", 1)[-1].split("/", 1)[0].rsplit("@", 1)[-1]
-        host, _, port = rest.partition(":")
-        return host or "127.0.0.1", int(port or 6379)
+        """Host and port of ``url`` (``urllib.parse``: credentials, IPv6 brackets, db)."""
+        parsed = urlsplit(self.url)
+        return parsed.hostname or "127.0.0.1", parsed.port or 6379
 
 
 class FeastSettings(BaseModel):

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from rtrec.config import Settings
 from rtrec.errors import NotFound, Unavailable
@@ -43,9 +44,9 @@ class ComponentStatus:
 
 
 def _host_port(address: str, default_port: int) -> tuple[str, int]:
-    address = address.split("://", 1)[-1].split("/", 1)[0].rsplit("@", 1)[-1]
-    host, _, port = address.rpartition(":") if ":" in address else (address, "", "")
-    return host or "127.0.0.1", int(port or default_port)
+    """``host:port`` or a URL -> (host, port), by ``urllib.parse`` (IPv6 brackets too)."""
+    parsed = urlsplit(address if "://" in address else f"//{address}")
+    return parsed.hostname or "127.0.0.1", parsed.port or default_port
 
 
 def kafka_address(settings: Settings) -> tuple[str, int]:
@@ -252,8 +253,10 @@ def start_redis(settings: Settings) -> None:
         return
     exe = shutil.which("redis-server")
     if exe is None:
-        logger.warning("redis-server not on PATH: the online store falls back to SQLite")
-        return
+        raise Unavailable(
+            "redis-server is not on PATH: the embedded online store needs it (apt-get "
+            "install redis-server), or point redis.url at a running Redis"
+        )
     data = settings.work_dir / "redis"
     data.mkdir(parents=True, exist_ok=True)
     # Append-only file so a Redis restart keeps the online features (reliability tests).
