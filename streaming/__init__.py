@@ -16,14 +16,13 @@ It is written a couple of seconds behind the online store; its watermark in Redi
 how far it covers the topic (offsets, event time), so readers judge complete data.
 """
 
-from streaming.offline import (
+from streaming.coverage import (
     OfflineCoverage,
-    OfflineLog,
     covered_rows,
     offline_coverage,
-    read_events,
     wait_for_offline_log,
 )
+from streaming.offline import OfflineLog, read_events
 from streaming.producer import publish, publish_catalog, replay_dataset
 
 __all__ = [

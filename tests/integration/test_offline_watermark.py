@@ -179,7 +179,8 @@ def test_the_watermark_only_moves_forward_and_belongs_to_one_topic_log(
     import redis
 
     from streaming.aggregates import WINDOW_HOURS
-    from streaming.state import RedisState, read_watermark
+    from streaming.coverage import read_watermark
+    from streaming.state import RedisState
 
     s = isolated(stack, tmp_path)
     client = redis.Redis.from_url(s.redis.url)

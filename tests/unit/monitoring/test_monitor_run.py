@@ -189,11 +189,11 @@ def test_monitor_offline_log_waiting_without_a_broker_fails_loudly(
 ) -> None:
     """Default coverage is "wait": with no broker to ask for the end offsets, the check
     says it cannot tell whether the log is complete rather than judge it anyway."""
-    import streaming.offline
+    import streaming.coverage
     from rtrec.errors import Unavailable
     from tests.conftest import free_port
 
-    monkeypatch.setattr(streaming.offline, "BROKER_TIMEOUT_MS", 1000)
+    monkeypatch.setattr(streaming.coverage, "BROKER_TIMEOUT_MS", 1000)
     settings, shift = shifted_log
     nowhere = settings.model_copy(
         update={

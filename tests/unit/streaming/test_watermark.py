@@ -12,8 +12,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from streaming.offline import LOG_ID, OfflineCoverage, OfflineLog, covered_rows
-from streaming.state import PartitionMark, Watermark
+from streaming.coverage import OfflineCoverage, PartitionMark, Watermark, covered_rows
+from streaming.offline import LOG_ID, OfflineLog
 from streaming.validate import Event
 
 
