@@ -53,11 +53,13 @@ a bundle is 300 s, long to wait for a file you just saved)."""
 
 OVERRIDABLE = {
     "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+    "AIRFLOW__LOGGING__NAMESPACE_LEVELS": "http.access=WARNING",
     "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
 }
 """Defaults of the embedded stack that a variable of the same name in the environment
-replaces: task logs at INFO (``WARNING`` keeps them to problems), and DAGs that the
-scheduler runs as soon as they are registered (``True`` to unpause each one in the UI)."""
+replaces: task logs at INFO (``WARNING`` keeps them to problems) without a line per UI
+request in ``logs/airflow.log``, and DAGs that the scheduler runs as soon as they are
+registered (``True`` to unpause each one in the UI)."""
 
 
 def airflow_exe() -> str:

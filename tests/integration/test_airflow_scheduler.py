@@ -36,6 +36,16 @@ DAY = 86_400_000
 USER_DAG = Path(__file__).parent / "user_dags" / "my_refresh_and_retrain.py"
 USER_DAG_ID = "my_refresh_and_retrain"
 DONE = ("success", "failed")
+LATE_DAG = """
+from datetime import UTC, datetime
+
+from airflow.sdk import DAG
+
+from dags.operators import DriftCheckOperator
+
+with DAG("saved_later", schedule=None, start_date=datetime(2026, 1, 1, tzinfo=UTC)):
+    DriftCheckOperator(task_id="drift_check", scores=False, alert=False)
+"""
 
 
 @dataclass
@@ -83,6 +93,19 @@ class Airflow:
                 return runs
             assert time.monotonic() < deadline, f"{dag_id} runs still going: {runs}"
             time.sleep(2)
+
+    def failures(self, dag_id: str, run_id: str) -> str:
+        """The error lines of the run's failed tasks (the work dir may be gone when a
+        failure is read, so the assertion message carries them)."""
+        out = []
+        for ti in self.get(f"/dags/{dag_id}/dagRuns/{_q(run_id)}/taskInstances")["task_instances"]:
+            if ti["state"] != "failed":
+                continue
+            for line in self.task_log(dag_id, run_id, ti["task_id"], ti["try_number"]):
+                if line.get("level") in ("error", "critical"):
+                    detail = json.dumps(line.get("error_detail", ""))[-3000:]
+                    out.append(f"{ti['task_id']}: {line['event']} {detail}")
+        return "\n".join(out) or "no failed task"
 
     def task_states(self, dag_id: str, run_id: str) -> dict[str, str]:
         tis = self.get(f"/dags/{dag_id}/dagRuns/{_q(run_id)}/taskInstances")["task_instances"]
@@ -158,6 +181,9 @@ def airflow(stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     try:
         up = runner.invoke(main, ["airflow", "up", "--timeout", "300"])
         assert up.exit_code == 0, up.output
+        # A DAG saved while Airflow runs (checked last: the scheduler had minutes to see it).
+        late = embedded.user_dags_folder(settings) / "saved_later.py"
+        late.write_text(LATE_DAG)
         yield Airflow(settings, api, shift)
     finally:
         api.close()
@@ -198,6 +224,7 @@ def _registry_versions(settings: Settings) -> dict[str, dict[str, str]]:
 
 def test_dags_come_up_unpaused_in_their_bundles(airflow: Airflow) -> None:
     dags = {d["dag_id"]: d for d in airflow.get("/dags")["dags"]}
+    dags.pop("saved_later", None)  # saved after start: the last test's
     assert set(dags) == {*embedded.DAG_IDS, USER_DAG_ID}
     assert {d["dag_id"]: d["is_paused"] for d in dags.values()} == dict.fromkeys(dags, False)
     assert dags[USER_DAG_ID]["bundle_name"] == "user"
@@ -215,7 +242,7 @@ def test_drift_monitor_triggered_over_rest_retrains_under_the_scheduler(airflow:
 
     done = airflow.wait_run("rtrec_drift_monitor", "drift-over-rest", timeout_s=300)
     states = airflow.task_states("rtrec_drift_monitor", "drift-over-rest")
-    assert done["state"] == "success", states
+    assert done["state"] == "success", airflow.failures("rtrec_drift_monitor", "drift-over-rest")
     assert states == {"drift_check": "success", "drifted": "success", "trigger_training": "success"}
     verdict = airflow.xcom("rtrec_drift_monitor", "drift-over-rest", "drift_check")
     assert verdict["drifted"] is True, verdict["reason"]
@@ -233,7 +260,7 @@ def test_drift_monitor_triggered_over_rest_retrains_under_the_scheduler(airflow:
     trained = airflow.wait_run("rtrec_training", training["dag_run_id"], timeout_s=900)
     run_id = trained["dag_run_id"]
     states = airflow.task_states("rtrec_training", run_id)
-    assert trained["state"] == "success", states
+    assert trained["state"] == "success", airflow.failures("rtrec_training", run_id)
     assert all(s in ("success", "skipped") for s in states.values()), states
 
     version = str(airflow.xcom("rtrec_training", run_id, "evaluate_and_register")["version"])
@@ -273,7 +300,7 @@ def test_user_dag_from_the_operators_runs_under_the_scheduler(airflow: Airflow) 
 
     done = airflow.wait_run(USER_DAG_ID, "user-dag-over-rest", timeout_s=900)
     states = airflow.task_states(USER_DAG_ID, "user-dag-over-rest")
-    assert done["state"] == "success", states
+    assert done["state"] == "success", airflow.failures(USER_DAG_ID, "user-dag-over-rest")
     assert set(states.values()) == {"success"}, states
 
     def xcom(task_id: str) -> Any:
@@ -292,3 +319,15 @@ def test_user_dag_from_the_operators_runs_under_the_scheduler(airflow: Airflow) 
     )
     for task_id in states:
         _assert_clean_log(airflow.task_log(USER_DAG_ID, "user-dag-over-rest", task_id), task_id)
+
+
+def test_a_dag_saved_while_airflow_runs_is_picked_up(airflow: Airflow) -> None:
+    deadline = time.monotonic() + embedded.USER_BUNDLE_REFRESH_S + 60
+    while True:
+        dags = {d["dag_id"]: d for d in airflow.get("/dags")["dags"]}
+        if "saved_later" in dags or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert "saved_later" in dags, sorted(dags)
+    assert dags["saved_later"]["bundle_name"] == "user"
+    assert dags["saved_later"]["is_paused"] is False
