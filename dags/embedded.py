@@ -152,12 +152,16 @@ def health_url(settings: Settings) -> str:
     return f"http://127.0.0.1:{settings.airflow.port}/api/v2/monitor/health"
 
 
-def healthy(settings: Settings) -> bool:
-    """The API server answers and reports the scheduler and DAG processor healthy."""
+def healthy(settings: Settings, *, timeout_s: float = 10.0) -> bool:
+    """The API server answers and reports the scheduler and DAG processor healthy.
+
+    The timeout is generous: on two busy cores (a task starting, the DAG processor
+    parsing) the one API worker can take seconds to answer while all is well.
+    """
     import httpx
 
     try:
-        body = httpx.get(health_url(settings), timeout=2).json()
+        body = httpx.get(health_url(settings), timeout=timeout_s).json()
     except (httpx.HTTPError, ValueError):
         return False
     parts = ("metadatabase", "scheduler", "dag_processor")
