@@ -216,9 +216,12 @@ class BuildTrainingSetOperator(RtrecStepOperator):
 
 
 class TrainTwoTowerOperator(RtrecStepOperator):
-    """Fit the two-tower model and the baselines, evaluate on validation and test.
+    """Select on validation, refit on train + validation, judge on the gate slice beside
+    the baselines and the champion, build the served index and measure its recall (a run
+    whose index misses ``settings.training.min_index_recall`` fails here).
 
-    XCom: ``bundle_dir``, ``val_metrics``, ``test_metrics``, ``params``.
+    XCom: ``bundle_dir``, ``val_metrics``, ``gate_metrics``, ``test_metrics``,
+    ``heldout_split``, ``heldout_metrics``, ``evidence`` (the gate's), ``index``, ``params``.
 
     :param training_sets: the training-set root (``build.output["root"]``).
     :param epochs: training epochs; ``None`` for the trainer's default.
@@ -235,7 +238,7 @@ class TrainTwoTowerOperator(RtrecStepOperator):
 class EvaluateAndRegisterOperator(RtrecStepOperator):
     """Check the gate metric, log the run to MLflow and register the challenger.
 
-    XCom: ``version``, ``run_id``, ``gate_metric``, ``val_metric``.
+    XCom: ``version``, ``run_id``, ``gate_metric``, ``gate_value``.
 
     :param fit: the training step's result (``train.output``).
     :param reason: why this run happened (e.g. the drift verdict); logged as a tag.
@@ -250,33 +253,22 @@ class EvaluateAndRegisterOperator(RtrecStepOperator):
         self.fit, self.reason = fit, reason
 
 
-class BuildIndexOperator(RtrecStepOperator):
-    """Rebuild the FAISS item index from the bundle; XCom: ``kind``, ``ntotal``, ``recall``.
-
-    :param bundle_dir: the model bundle (``train.output["bundle_dir"]``).
-    :param k: depth at which recall against exact search is measured.
-    """
-
-    step = "build_index"
-    template_fields: Sequence[str] = ("bundle_dir", "k")
-
-    def __init__(self, *, bundle_dir: Any, k: Any = 100, **kwargs: Any):
-        super().__init__(**kwargs)
-        self.bundle_dir, self.k = bundle_dir, k
-
-
 class PromoteOperator(RtrecStepOperator):
-    """The promotion gate; XCom: ``promoted`` (bool), ``reason``, ``champion_version``.
+    """The promotion gate on the fit's evidence (challenger vs the champion it scored on
+    the gate slice, paired bootstrap over users; rule and margin in ``settings.training``).
+
+    XCom: ``promoted`` (bool), ``reason``, ``evidence`` (slice, size, time range, both
+    scores, gain and its interval), ``margin``, ``champion_version``.
 
     :param version: the registered challenger (``register.output["version"]``).
-    :param fit: the training result, whose ``current_champion`` metrics set the bar.
+    :param fit: the training step's result (``train.output``), which carries the evidence.
     """
 
     step = "promote"
     talks_to_services = True
     template_fields: Sequence[str] = ("version", "fit")
 
-    def __init__(self, *, version: Any, fit: Any = None, **kwargs: Any):
+    def __init__(self, *, version: Any, fit: Any, **kwargs: Any):
         super().__init__(**kwargs)
         self.version, self.fit = version, fit
 

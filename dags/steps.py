@@ -84,7 +84,7 @@ def evaluate_and_register(
 ) -> dict[str, Any]:
     """Check the fit reported the gate's metric, log the run and register a challenger."""
     from training.pipeline import flat_metrics
-    from training.registry import GATE_METRIC, ModelRegistry
+    from training.registry import GATE_METRIC, ModelRegistry, metric_key
 
     metrics = flat_metrics(
         fit.get("val_metrics", {}), fit.get("gate_metrics", {}), fit.get("test_metrics", {})
@@ -98,7 +98,7 @@ def evaluate_and_register(
         "protocol": fit.get("protocol", ""),
         "trigger_reason": reason[:250],
         **{f"n_{k}": v for k, v in fit.get("counts", {}).items()},
-        **{f"index.{k}": v for k, v in fit.get("index", {}).items()},
+        **{f"index.{metric_key(k)}": v for k, v in fit.get("index", {}).items()},
     }
     run_id, version = ModelRegistry(settings).log_and_register(
         fit["bundle_dir"],

@@ -184,11 +184,12 @@ def _dag(runner: DagRunner, dag_id: str, conf: dict[str, Any], **kw: Any) -> Dag
 
 
 def _metrics_row(fit: dict[str, Any]) -> dict[str, Any]:
-    """Test-split metrics per model from the train task's XCom."""
-    test = fit["test_metrics"]
+    """Held-out metrics per model from the train task's XCom (the gate slice: the most
+    recent period, untouched by selection; every model refitted on train + validation)."""
+    heldout = fit["heldout_metrics"]
     return {
         name: {k: round(v, 4) for k, v in m.items() if k in ("ndcg@10", "recall@10", "map@10")}
-        for name, m in test.items()
+        for name, m in heldout.items()
     }
 
 
@@ -204,7 +205,7 @@ def _report(path: Path, report: DemoReport, extras: dict[str, Any]) -> Path:
             ]
             sections.append(
                 Section(
-                    f"Quality {label.replace('_', ' ')} (test split, full ranking)",
+                    f"Quality {label.replace('_', ' ')} (gate slice, full ranking)",
                     "",
                     [("", ["model", "ndcg@10", "recall@10", "map@10"], rows)],
                 )

@@ -11,6 +11,7 @@ Catalog coverage = distinct items in anyone's top 10 / catalog size.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -34,39 +35,53 @@ def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(part, order, 1)
 
 
+@dataclass(frozen=True)
+class Ranking:
+    """One full ranking of ``target``'s users: the averages, one row per user, and every
+    hit in a top 10 with its share of that user's NDCG@10."""
+
+    summary: dict[str, float]
+    per_user: pd.DataFrame
+    """Index: user id (users with at least one relevant item, sorted: which users appear
+    depends on ``seen`` and ``target`` only, so two models' frames align row for row);
+    one column per metric."""
+    hits: pd.DataFrame
+    """``user_id``, ``item_id``, ``ndcg``: a user's NDCG@10 is the sum of its rows. What
+    the gate's two-way bootstrap reweights by item."""
+
+
 def per_user_metrics(
     model: Scorer, seen: pd.DataFrame, target: pd.DataFrame, *, ks: Sequence[int] = KS
 ) -> pd.DataFrame:
-    """One row per user with at least one relevant item in ``target`` (index: user id),
-    one column per metric, ``seen`` items masked; what the gate's paired bootstrap
-    resamples. Which users appear depends on ``seen`` and ``target`` only, in sorted
-    order, so two models' frames align row for row."""
-    return evaluate_with_users(model, seen, target, ks=ks)[1]
+    """:attr:`Ranking.per_user` alone."""
+    return rank(model, seen, target, ks=ks).per_user
 
 
 def evaluate(
     model: Scorer, seen: pd.DataFrame, target: pd.DataFrame, *, ks: Sequence[int] = KS
 ) -> dict[str, float]:
     """Metrics of ``model`` on ``target`` interactions, masking each user's ``seen`` items."""
-    return evaluate_with_users(model, seen, target, ks=ks)[0]
+    return rank(model, seen, target, ks=ks).summary
 
 
-def evaluate_with_users(
+def rank(
     model: Scorer, seen: pd.DataFrame, target: pd.DataFrame, *, ks: Sequence[int] = KS
-) -> tuple[dict[str, float], pd.DataFrame]:
-    """:func:`evaluate`'s averages and :func:`per_user_metrics`' table from one ranking."""
-    users, table, recommended = _rank(model, seen, target, ks)
+) -> Ranking:
+    """Averages, per-user metrics and hits from one ranking of the catalog."""
+    users, table, recommended, hits = _rank(model, seen, target, ks)
     out = {k: float(v.mean()) if len(users) else 0.0 for k, v in table.items()}
     out["coverage@10"] = len(recommended) / max(len(model.item_ids), 1)
     out["users"] = float(len(users))
-    return out, pd.DataFrame(table, index=pd.Index(users, name="user_id"))
+    per_user = pd.DataFrame(table, index=pd.Index(users, name="user_id"))
+    hit_frame = pd.DataFrame(hits, columns=["user_id", "item_id", "ndcg"])
+    return Ranking(out, per_user, hit_frame)
 
 
 def _rank(
     model: Scorer, seen: pd.DataFrame, target: pd.DataFrame, ks: Sequence[int]
-) -> tuple[list[str], dict[str, np.ndarray], set[int]]:
+) -> tuple[list[str], dict[str, np.ndarray], set[int], list[tuple[str, str, float]]]:
     """Rank the catalog for every user with a relevant item: per-user metric arrays (in
-    sorted user order) and the set of items anyone got in a top 10."""
+    sorted user order), the set of items anyone got in a top 10, and the top-10 hits."""
     catalog = {item: j for j, item in enumerate(model.item_ids)}
     target = target[["user_id", "item_id"]].astype(str).drop_duplicates()
     seen_pairs = seen[["user_id", "item_id"]].astype(str)
@@ -86,6 +101,8 @@ def _rank(
     names = [f"recall@{k}" for k in ks] + ["precision@10", "ndcg@10", "map@10"]
     table = {name: np.zeros(len(users)) for name in names}
     recommended: set[int] = set()
+    hit_rows: list[tuple[str, str, float]] = []
+    ids = model.item_ids
     log_disc = 1.0 / np.log2(np.arange(2, kmax + 2))
     for start in range(0, len(users), CHUNK):
         chunk = users[start : start + CHUNK]
@@ -108,8 +125,9 @@ def _rank(
             idcg = float(log_disc[: min(n_rel, 10)].sum())
             table["ndcg@10"][row] = dcg / idcg
             ranks = np.flatnonzero(h10) + 1
+            hit_rows.extend((u, ids[top[r, p - 1]], log_disc[p - 1] / idcg) for p in ranks)
             table["map@10"][row] = float((np.arange(1, len(ranks) + 1) / ranks).sum()) / n_rel
-    return users, table, recommended
+    return users, table, recommended, hit_rows
 
 
 def choose_on_validation(

@@ -39,8 +39,8 @@ from rtrec.errors import InvalidInput, RtrecError, Unavailable
 from training.artifacts import save_bundle
 from training.baselines import fit_baselines
 from training.dataset import Protocol, SplitConfig, TrainingSets, build_training_sets
-from training.evaluate import evaluate, evaluate_with_users, write_report
-from training.gate import METRIC, GateEvidence, GateRule, SliceInfo, gather_evidence
+from training.evaluate import evaluate, rank, write_report
+from training.gate import GateEvidence, GateRule, SliceInfo, UserScores, gather_evidence
 from training.index import RECALL_KS, build_index, measure_recall
 from training.model import cold_users
 from training.registry import GATE_METRIC, ModelRegistry, PromotionDecision, metric_key
@@ -410,33 +410,35 @@ def _judge(
     """Every model on the gate slice with the same seen-item mask; the gate's evidence
     (challenger vs champion, per user) from the same ranking."""
     seen, gate = frames.fit_part, frames.gate
-    summary, per_user = evaluate_with_users(model, seen, gate)
-    metrics = {MODEL_NAME: summary, **{n: evaluate(m, seen, gate) for n, m in finals.items()}}
+    ranking = rank(model, seen, gate)
+    metrics = {
+        MODEL_NAME: ranking.summary,
+        **{n: evaluate(m, seen, gate) for n, m in finals.items()},
+    }
     span = sets.ts_range.get("gate") or [None, None]
-    info = SliceInfo("gate", len(gate), len(per_user), span[0], span[1])
+    info = SliceInfo("gate", len(gate), len(ranking.per_user), span[0], span[1])
     rule = GateRule(
         margin=settings.training.gate_margin,
         confidence=settings.training.gate_confidence,
         samples=settings.training.gate_samples,
         seed=settings.seed,
     )
+    challenger = UserScores.from_ranking(ranking)
     if champion is None:
-        return metrics, gather_evidence(
-            info, per_user[METRIC].to_numpy(), None, champion_version=None, rule=rule
-        )
-    if per_user.empty:
+        return metrics, gather_evidence(info, challenger, None, champion_version=None, rule=rule)
+    if ranking.per_user.empty:
         raise InvalidInput(
             f"the gate slice has no user with an unseen item to judge champion v{champion[0]} "
             "against the challenger: more events are needed",
             field="gate",
         )
     version, bundle = champion
-    champ_summary, champ_per_user = evaluate_with_users(bundle, seen, gate)
-    metrics[CHAMPION_KEY] = champ_summary
+    champ_ranking = rank(bundle, seen, gate)
+    metrics[CHAMPION_KEY] = champ_ranking.summary
     evidence = gather_evidence(
         info,
-        per_user[METRIC].to_numpy(),
-        champ_per_user[METRIC].reindex(per_user.index).to_numpy(),
+        challenger,
+        UserScores.from_ranking(champ_ranking),
         champion_version=version,
         rule=rule,
     )

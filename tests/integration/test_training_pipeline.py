@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
@@ -16,7 +17,7 @@ from click.testing import CliRunner
 from rtrec.config import Settings, get_settings, load_settings
 from rtrec.errors import Unavailable
 from training.dataset import TrainingSets, stop_spark
-from training.gate import GateRule, SliceInfo, gather_evidence
+from training.gate import GateRule, SliceInfo, UserScores, gather_evidence
 from training.pipeline import MODEL_NAME, FitOutput, train
 from training.registry import CHAMPION, TAG_DECISION, ModelRegistry
 
@@ -45,27 +46,38 @@ def _popularity_fitter(boost: float = 0.0) -> Callable[..., FitOutput]:
     """A stand-in model side (top-10 popular items): exercises the orchestration only.
 
     Its gate evidence is real: per gate user, the share of events on the model's top 10
-    (plus ``boost``), for the challenger and for the champion's own top 10 (read from the
+    (plus ``boost``, spread as one hit of the user's own so the item reweighting sees it
+    everywhere), for the challenger and for the champion's own top 10 (read from the
     registered bundle), paired over the same users."""
+
+    def scores(items: set[str], df: pd.DataFrame, plus: float = 0.0) -> UserScores:
+        per_event = df["item_id"].isin(items) / df.groupby("user_id")["item_id"].transform("size")
+        hits = (
+            pd.DataFrame({"user_id": df["user_id"], "item_id": df["item_id"], "ndcg": per_event})
+            .groupby(["user_id", "item_id"], as_index=False)["ndcg"]
+            .sum()
+        )
+        users = np.array(sorted(df["user_id"].unique()))
+        if plus:
+            extra = pd.DataFrame({"user_id": users, "item_id": [f"+{u}" for u in users]})
+            hits = pd.concat([hits, extra.assign(ndcg=plus)], ignore_index=True)
+        values = hits.groupby("user_id")["ndcg"].sum().reindex(users).fillna(0.0)
+        return UserScores(users, values.to_numpy(), hits)
 
     def fitter(settings: Settings, sets: TrainingSets, *, out_dir: Path, **_: object) -> FitOutput:
         train_df, val_df, gate_df = (sets.read(s) for s in ("train", "validation", "gate"))
         top = set(train_df["item_id"].value_counts().index[:10])
-
-        def per_user(items: set[str], df: pd.DataFrame, plus: float = 0.0) -> pd.Series:
-            return df["item_id"].isin(items).groupby(df["user_id"]).mean() + plus
-
-        chal = per_user(top, gate_df, boost)
+        chal = scores(top, gate_df, boost)
         registry = ModelRegistry(settings)
         version = registry.champion_version()
         champ = None
         if version is not None:
             champ_top = set((registry.download_bundle(version) / "top.txt").read_text().split())
-            champ = per_user(champ_top, gate_df).reindex(chal.index).to_numpy()
+            champ = scores(champ_top, gate_df)
         span = sets.ts_range["gate"]
         evidence = gather_evidence(
-            SliceInfo("gate", len(gate_df), len(chal), span[0], span[1]),
-            chal.to_numpy(),
+            SliceInfo("gate", len(gate_df), len(chal.users), span[0], span[1]),
+            chal,
             champ,
             champion_version=version,
             rule=GateRule(samples=200),
@@ -75,8 +87,8 @@ def _popularity_fitter(boost: float = 0.0) -> Callable[..., FitOutput]:
         (bundle / "top.txt").write_text("\n".join(sorted(top)))
         return FitOutput(
             bundle,
-            val_metrics={MODEL_NAME: {"ndcg@10": per_user(top, val_df).mean()}},
-            gate_metrics={MODEL_NAME: {"ndcg@10": float(chal.mean())}},
+            val_metrics={MODEL_NAME: {"ndcg@10": float(scores(top, val_df).values.mean())}},
+            gate_metrics={MODEL_NAME: {"ndcg@10": float(chal.values.mean())}},
             evidence=evidence.to_dict(),
             params={"model": "top10", "boost": boost},
         )

@@ -11,11 +11,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from rtrec.config import Settings, load_settings
 from rtrec.errors import InvalidInput, NotFound
-from training.gate import GateEvidence, GateRule, SliceInfo, gather_evidence
+from training.gate import GateEvidence, GateRule, SliceInfo, UserScores, gather_evidence
 from training.registry import (
     CHALLENGER,
     CHAMPION,
@@ -100,11 +101,18 @@ def evidence(
     chal = np.clip(champ * (1 + gain) + rng.normal(0, noise, 800), 0, 1)
     return gather_evidence(
         SLICE,
-        chal,
-        None if champion is None else champ,
+        scores(chal),
+        None if champion is None else scores(champ),
         champion_version=champion,
         rule=GateRule(samples=500, seed=1),
     )
+
+
+def scores(values: np.ndarray) -> UserScores:
+    """Per-user values, each made of one hit on an item of the user's own."""
+    users = np.array([f"u{i:04d}" for i in range(len(values))])
+    hits = pd.DataFrame({"user_id": users, "item_id": [f"i{u}" for u in users], "ndcg": values})
+    return UserScores(users, np.asarray(values, dtype=float), hits)
 
 
 def test_first_version_becomes_champion_and_downloads_intact(
@@ -166,7 +174,11 @@ def test_rule_needs_the_margin_on_average_and_no_plausible_loss_beyond_it(
     champ = np.full(40, 0.5)
     chal = np.tile([0.1, 0.93], 20)  # mean 0.515: +3 %, but half the users lose 80 %
     wide = gather_evidence(
-        SLICE, chal, champ, champion_version=slightly, rule=GateRule(samples=500, seed=1)
+        SLICE,
+        scores(chal),
+        scores(champ),
+        champion_version=slightly,
+        rule=GateRule(samples=500, seed=1),
     )
     assert wide.gain is not None and wide.gain > 0.02
     assert wide.ci_low is not None and wide.ci_low < -0.02
