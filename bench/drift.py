@@ -85,7 +85,7 @@ def train_champion(settings, ds, start: int, train_days: float, epochs: int) -> 
 
     path = ds.time_slice(None, start + int(train_days * DAY)).save(settings.work_dir / "pre")
     res = train(settings, data=path, epochs=epochs, progress=False)
-    print(f"champion v{res.version}: val ndcg@10 {res.val_metric:.4f}", flush=True)
+    print(f"champion v{res.version}: gate ndcg@10 {res.gate_value:.4f}", flush=True)
     return load_bundle(download_bundle(settings, "champion"), use_gpu=False)
 
 
@@ -136,7 +136,6 @@ def retrain_after(settings, ds, now: int, epochs: int) -> dict[str, Any]:
     sets = step("build_training_set")
     fit = step("train_two_tower", training_sets=sets["root"], epochs=epochs)
     reg = step("evaluate_and_register", fit=fit, reason=verdict["reason"])
-    step("build_index", bundle_dir=fit["bundle_dir"])
     decision = step("promote", version=reg["version"], fit=fit)
     return {
         "drifted": verdict["drifted"],
