@@ -101,7 +101,10 @@ def _registry() -> Any:
 @handle_errors
 def list_versions() -> None:
     """Registered versions, newest first: aliases, the gate's record (slice size, both
-    scores, the gain and its interval) and the decision."""
+    scores, the gain and its interval) and the decision.
+
+    ``challenger`` marks a version the gate has not decided yet or the last one it refused;
+    a promoted version drops it, so after a promotion there may be none."""
     from training.registry import GATE_METRIC, TAG_DECISION
 
     infos = _registry().versions()
@@ -132,6 +135,11 @@ def list_versions() -> None:
         "created (UTC)",
     ]
     click.echo(_table(rows, header))
+    if not any("challenger" in i.aliases for i in infos):
+        click.echo(
+            "no challenger: no version is waiting for the gate, and none was refused "
+            "since the last promotion"
+        )
 
 
 def _vs(tags: dict[str, str]) -> str:

@@ -2,13 +2,26 @@
 
 A training run logs its params, metrics, report and the model bundle directory (both towers,
 the item embedding table and the FAISS index, written by ``training.artifacts``) as one
-``mlflow.pyfunc`` model, registers it under ``settings.mlflow.model_name`` and points the
-``challenger`` alias at it. The promotion gate (:meth:`ModelRegistry.promote_on_evidence`)
-moves ``champion`` when the evidence the training run gathered on the gate slice
-(``training.gate``) passes the rule with ``settings.training.gate_margin``; every decision,
-with the slice, both scores and the gain's interval, and every rollback is written as
-version tags, so the registry itself is the audit log. Serving fetches the champion with
+``mlflow.pyfunc`` model and registers it under ``settings.mlflow.model_name``. The promotion
+gate (:meth:`ModelRegistry.promote_on_evidence`) judges the evidence the training run
+gathered on the gate slice (``training.gate``) with ``settings.training.gate_margin``; every
+decision, with the slice, both scores and the gain's interval, and every rollback is written
+as version tags, so the registry itself is the audit log. Serving fetches the champion with
 :func:`download_bundle`.
+
+Two aliases, and what each step does to them (``rtrec model list`` shows them; serving
+loads ``champion``, and ``challenger`` only for its A/B split or shadow scoring):
+
+- **registered** (:meth:`ModelRegistry.log_and_register`): ``challenger`` -> the new
+  version while the gate has not decided. A newer registration takes the alias over.
+- **promoted** (the gate passed, or :meth:`ModelRegistry.promote` by hand): ``champion``
+  -> the version, and ``challenger`` is deleted when it pointed there. A successful
+  training run therefore leaves no ``challenger``: none is waiting for a decision.
+- **refused** (the gate kept the champion): ``challenger`` stays on (or returns to) the
+  refused version, unless a newer registered version holds it, so the last model that
+  lost is there to inspect, A/B test or promote by hand. The next refused one replaces it.
+- **rolled back** (:meth:`ModelRegistry.rollback`): ``champion`` -> the previous champion;
+  the demoted version keeps no alias (its tags say why).
 """
 
 from __future__ import annotations
@@ -271,9 +284,10 @@ class ModelRegistry:
         self._tag(version, evidence_tags(e, margin=margin))
         if decision.promoted:
             self._move_champion(version, decision.reason)
-        else:
+        elif current != version:  # the champion itself keeps the record of its promotion
             tags = {TAG_DECISION: "kept_challenger", TAG_REASON: decision.reason[:4000]}
             self._tag(version, {**tags, TAG_DECIDED_AT: _now()})
+            self._keep_challenger(version)
         logger.info(
             "promotion gate for v%s: promoted=%s (%s)", version, decision.promoted, decision.reason
         )
@@ -292,6 +306,14 @@ class ModelRegistry:
         self.client.set_registered_model_alias(self.name, CHAMPION, version)
         if self.challenger_version() == version:
             self.client.delete_registered_model_alias(self.name, CHALLENGER)
+
+    def _keep_challenger(self, version: str) -> None:
+        """A refused version holds ``challenger`` unless a newer registration took it over
+        (that one is still waiting for its own decision)."""
+        holder = self.challenger_version()
+        if holder == version or (holder is not None and int(holder) > int(version)):
+            return
+        self.client.set_registered_model_alias(self.name, CHALLENGER, version)
 
     def promote(self, version: str | int, *, reason: str = "manual promotion") -> PromotionDecision:
         """Make ``version`` champion unconditionally (an operator's call, recorded as such)."""

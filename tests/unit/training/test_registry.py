@@ -238,3 +238,44 @@ def test_unknown_versions_aliases_and_evidence_fail_by_name(
     with pytest.raises(NotFound, match="bundle directory"):
         registry.log_and_register(tmp_path / "missing", params={}, metrics={})
     assert metric_key("ndcg@10") == "ndcg_at_10"
+
+
+def test_aliases_follow_the_documented_lifecycle(
+    registry: ModelRegistry, register: Callable[[float], str]
+) -> None:
+    """registered -> challenger; promoted -> champion, no challenger; refused -> challenger
+    stays; the next refused one takes it over; a refusal never steals it from a newer one."""
+
+    def aliases() -> dict[str, list[str]]:
+        return {i.version: i.aliases for i in registry.versions()}
+
+    v1 = register(0.30)
+    assert aliases() == {v1: [CHALLENGER]}  # registered, gate not yet decided
+    assert registry.promote_on_evidence(v1, evidence(None, 0.0)).promoted
+    assert aliases() == {v1: [CHAMPION]}  # promoted: no challenger left waiting
+    assert registry.challenger_version() is None
+
+    v2 = register(0.25)
+    assert aliases() == {v2: [CHALLENGER], v1: [CHAMPION]}
+    assert not registry.promote_on_evidence(v2, evidence(v1, -0.15)).promoted
+    assert aliases() == {v2: [CHALLENGER], v1: [CHAMPION]}  # refused: kept as challenger
+
+    v3 = register(0.26)
+    assert aliases() == {v3: [CHALLENGER], v2: [], v1: [CHAMPION]}
+    assert not registry.promote_on_evidence(v3, evidence(v1, -0.12, seed=1)).promoted
+    assert aliases() == {v3: [CHALLENGER], v2: [], v1: [CHAMPION]}  # replaced the refused v2
+
+    # A late decision on an older version leaves a newer challenger where it is.
+    v4 = register(0.27)
+    assert not registry.promote_on_evidence(v2, evidence(v1, -0.15)).promoted
+    assert registry.challenger_version() == v4
+    # The champion asked again (a retried gate task) keeps its alias and its record.
+    again = registry.promote_on_evidence(v1, evidence(None, 0.0))
+    assert not again.promoted and again.reason == "already champion"
+    assert aliases()[v1] == [CHAMPION]
+    assert {i.version: i for i in registry.versions()}[v1].tags[TAG_DECISION] == "promoted"
+
+    assert registry.promote_on_evidence(v4, evidence(v1, 0.2, seed=2)).promoted
+    assert aliases() == {v4: [CHAMPION], v3: [], v2: [], v1: []}
+    assert registry.rollback() == v1
+    assert aliases() == {v4: [], v3: [], v2: [], v1: [CHAMPION]}  # demoted: no alias
