@@ -1,9 +1,10 @@
 """The BentoML service: ``bentoml serve serving.service:Recommender`` (or ``rtrec serve``).
 
 A FastAPI app mounted on the service carries the REST API (``/recommend``,
-``/similar/{item_id}``, ``/feedback``, ``/status``, ``/openapi.json``, ``/docs``); BentoML
-adds ``/healthz``, ``/livez``, ``/readyz`` (ready once a champion is loaded) and
-``/metrics``. Heavy imports (torch, faiss, Feast, MLflow) happen in ``__init__`` only.
+``/similar/{item_id}``, ``/feedback``, ``/status``, ``/openapi.json``, and ``/docs`` and
+``/redoc`` from installed files, :mod:`serving.docs`); BentoML adds ``/healthz``,
+``/livez``, ``/readyz`` (ready once a champion is loaded) and ``/metrics``. Heavy imports
+(torch, faiss, Feast, MLflow) happen in ``__init__`` only.
 
 The hot path is kept lean on purpose (p99 <= 10 ms at 200 req/s on 2 cores): a pure ASGI
 guard instead of Starlette's HTTP middleware, responses serialised once with ``json``
@@ -24,6 +25,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving.auth import Guard
+from serving.docs import add_docs
 from serving.edge import RejectControlPaths
 from serving.schemas import (
     ITEM_ID_PATTERN,
@@ -42,13 +44,15 @@ HEADER_TIMEOUT_S = 10.0
 """A request whose headers are not complete this long after its first byte (or after the
 connection opened) gets 408 and is closed: see :mod:`serving.edge`."""
 PROBES = frozenset({"/healthz", "/livez", "/readyz", "/metrics"})
-OPEN_PATHS = frozenset({"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
 
 app = FastAPI(
     title="rtrec recommendations",
     version="1",
     description="Real-time recommendations: online features -> two-tower -> FAISS.",
+    docs_url=None,  # FastAPI's pages load from a CDN; serving.docs serves installed files
+    redoc_url=None,
 )
+OPEN_PATHS = frozenset({"/openapi.json"}) | add_docs(app)
 app.add_middleware(Guard, open_paths=OPEN_PATHS)
 API_KEY_SCHEME = {"ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}}
 
