@@ -25,7 +25,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from monitoring.alerts import alert_record, send_alert
-from monitoring.dashboards import record_snapshot
+from monitoring.dashboards import FEATURE_COLUMNS, SCORE_COLUMNS, record_check
 from monitoring.drift import DriftVerdict, drift_report, popularity_ranks, window_features
 from rtrec.config import Settings
 from rtrec.errors import InvalidInput, Unavailable
@@ -148,8 +148,11 @@ def check(
         "reference": [cut - int(cfg.reference_days * DAY_MS), cut],
         "current": [cut, now_ms],
     }
-    if record and verdict.snapshot is not None:
-        record_snapshot(settings, verdict.snapshot)
+    if record:  # judged or not: a check that ran must show on the dashboard
+        thresholds = {c: cfg.column_threshold for c in FEATURE_COLUMNS}
+        if scores is not None:
+            thresholds |= {c: cfg.score_threshold for c in SCORE_COLUMNS}
+        record_check(settings, verdict, thresholds=thresholds)
     if alert and verdict.drifted:
         record_ = alert_record("drift", verdict.to_dict(), window_end_ms=now_ms)
         try:
