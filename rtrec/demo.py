@@ -511,6 +511,57 @@ def _rtrec() -> list[str]:
     return [sys.executable, "-m", "rtrec.cli"]
 
 
+MLFLOW_UI_PORT = 15000
+"""Port printed for the MLflow UI: clear of the stack's (serving 13000, Evidently 18000,
+Airflow 18080) and of MLflow's 5000, which other tools often hold."""
+
+
+def _ui_commands(
+    settings: Settings, *, airflow_up: bool, serving_up: bool
+) -> list[tuple[str, str]]:
+    """Where to look after the demo: a URL for what is running, else the command that
+    starts it (the venv's scripts by full path, ``RTREC_WORK_DIR`` when the demo had it)
+    followed by the URL it serves."""
+    import os
+    import shlex
+    import sys
+
+    bin_dir = Path(sys.executable).parent
+    env = [f"RTREC_WORK_DIR={settings.work_dir}"] if os.environ.get("RTREC_WORK_DIR") else []
+
+    def cmd(script: str, *args: str, rtrec_env: bool = True) -> str:
+        exe = bin_dir / script
+        return shlex.join(
+            [*(env if rtrec_env else []), str(exe) if exe.exists() else script, *args]
+        )
+
+    airflow = f"http://127.0.0.1:{settings.airflow.port}"
+    store = str(settings.mlflow.tracking_uri)
+    mlflow_args = ["ui", "--backend-store-uri", store, "--host", "127.0.0.1"]
+    mlflow_args += ["--port", str(MLFLOW_UI_PORT)]
+    mlflow = (
+        store  # a tracking server is its own UI
+        if store.startswith(("http://", "https://"))
+        else f"{cmd('mlflow', *mlflow_args, rtrec_env=False)}  ->  "
+        f"http://127.0.0.1:{MLFLOW_UI_PORT}"
+    )
+    api = f"http://{settings.serving.host}:{settings.serving.port}"
+    return [
+        ("Airflow", airflow if airflow_up else f"{cmd('rtrec', 'airflow', 'up')}  ->  {airflow}"),
+        ("MLflow", mlflow),
+        (
+            "Evidently",
+            f"{cmd('rtrec', 'monitor', 'ui')}  ->  http://127.0.0.1:{settings.monitoring.ui_port}",
+        ),
+        (
+            "API docs",
+            f"{api}/docs"
+            if serving_up
+            else f"{cmd('rtrec', 'up')} && {cmd('rtrec', 'serve', '--detach')}  ->  {api}/docs",
+        ),
+    ]
+
+
 def _summary(
     settings: Settings, report: DemoReport, extras: dict[str, Any], keep_running: bool
 ) -> None:
@@ -540,15 +591,13 @@ def _summary(
     if "latency_summary" in extras:
         click.echo(f"  latency: {json.dumps(extras['latency_summary'])}", err=True)
     click.echo(f"  report: {extras.get('report')}", err=True)
-    where = {
-        "airflow": f"http://127.0.0.1:{settings.airflow.port}"
-        + ("" if keep_running else " (rtrec airflow up)"),
-        "mlflow": f"mlflow ui --backend-store-uri {settings.mlflow.tracking_uri}",
-        "evidently": "rtrec monitor ui (workspace " + str(settings.monitoring.workspace) + ")",
-        "api": f"http://{settings.serving.host}:{settings.serving.port}/docs"
-        + ("" if keep_running else " (stopped)"),
-    }
-    click.echo(f"  UIs: {json.dumps(where)}", err=True)
+    airflow_up = keep_running and any(
+        s["step"].startswith("Airflow UI up") and s.get("status", "done") == "done"
+        for s in report.steps
+    )
+    click.echo("  UIs:", err=True)
+    for name, how in _ui_commands(settings, airflow_up=airflow_up, serving_up=keep_running):
+        click.echo(f"    {name + ':':<10} {how}", err=True)
     click.echo(
         json.dumps(
             {
