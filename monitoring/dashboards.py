@@ -91,6 +91,7 @@ def _panels() -> list[Any]:
                 check("check_reference_rows", "reference"),
                 check("check_current_rows", "current"),
             ],
+            description="Evidently's counter shows 0 as 'no value'.",
             size="half",
         ),
         line_plot_panel(
