@@ -52,6 +52,10 @@ class DemoReport:
     figures: dict[str, Any] = field(default_factory=dict)
     missed: list[str] = field(default_factory=list)
     """"step: reason" of each promised step that did not happen."""
+    offsets: list[float] = field(default_factory=list)
+    """Each step's start, seconds after the first step started (parallel to ``steps``):
+    the report's timeline."""
+    _t0: float | None = field(default=None, repr=False)
 
     def step(self, name: str, fn: Callable[[], dict[str, Any] | None]) -> dict[str, Any]:
         """Run one step. ``fn`` raises :class:`Missed` for a promised step that did not
@@ -60,6 +64,8 @@ class DemoReport:
         has seconds."""
         click.secho(f"==> {name}", fg="cyan", bold=True, err=True)
         start = time.perf_counter()
+        self._t0 = start if self._t0 is None else self._t0
+        self.offsets.append(round(start - self._t0, 2))
         try:
             out = fn() or {}
         except Missed as exc:
@@ -111,9 +117,22 @@ def _in_windows(
 
 
 def _burst(
-    settings: Settings, users: list[str], *, requests: int, feedback_share: float
+    settings: Settings,
+    users: list[str],
+    *,
+    requests: int,
+    feedback_share: float,
+    data_now_ms: int,
 ) -> dict[str, Any]:
-    """Concurrent keep-alive clients; clicks on some recommendations go back as feedback."""
+    """Concurrent keep-alive clients; clicks on some recommendations go back as feedback.
+
+    Clicks are stamped on the data's clock, not the wall clock: ``data_now_ms`` (the
+    newest replayed event's time) plus the time since the burst began. The replayed
+    stream lives in its own time (a synthetic 2025, a MovieLens decade); wall-clock clicks
+    would land years after every window the drift monitor judges, and its outcome rate
+    would miss them all. On the data's clock they fall in the current window with the
+    events they answer.
+    """
     import httpx
 
     base = f"http://{settings.serving.host}:{settings.serving.port}"
@@ -125,6 +144,7 @@ def _burst(
     clicks = 0
     clicked_ts: list[int] = []
     rng = random.Random(settings.seed)
+    began = time.perf_counter()
     with httpx.Client(base_url=base, headers=headers, timeout=10) as client:
 
         def one(i: int) -> tuple[float, int, bool, int, int]:
@@ -138,7 +158,7 @@ def _burst(
                 fb = body["fallback"]
                 if body["items"] and rng.random() < feedback_share:
                     item = body["items"][0]["item_id"]
-                    ts = int(time.time() * 1000) - 60_000
+                    ts = data_now_ms + int((time.perf_counter() - began) * 1000)
                     event = {
                         "user_id": user,
                         "item_id": item,
@@ -193,10 +213,108 @@ def _metrics_row(fit: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _report(path: Path, report: DemoReport, extras: dict[str, Any]) -> Path:
-    from rtrec.report import Section, new_figure, steps_section, write_html_report
+def _timeline_rows(report: DemoReport) -> list[dict[str, Any]]:
+    """Each step with its start offset, duration, outcome and the model versions it
+    trained and served (the champion serves from "service up" on; a swap changes it)."""
+    rows = []
+    champion = serving = None
+    for i, s in enumerate(report.steps):
+        notes = []
+        if s.get("version") is not None:
+            promoted = s.get("promoted")
+            if promoted:
+                champion = s["version"]
+            verdict = {True: "promoted", False: "kept the champion"}.get(promoted, "")
+            notes.append(f"trained v{s['version']}" + (f", {verdict}" if verdict else ""))
+        if "url" in s and champion is not None:  # the service loads the champion
+            serving = champion
+        if s.get("serving_version") is not None:
+            serving = s["serving_version"]
+        if serving is not None:
+            notes.append(f"serving v{serving}")
+        offset = report.offsets[i] if i < len(report.offsets) else 0.0
+        rows.append(
+            {
+                "step": s["step"],
+                "start_s": offset,
+                "seconds": s.get("seconds"),
+                "status": s.get("status", "done"),
+                "model": "; ".join(notes),
+                "reason": s.get("reason") if s.get("status", "done") != "done" else "",
+            }
+        )
+    return rows
 
-    sections = [steps_section(report.steps)]
+
+SIZE_KEYS = {
+    "n_users": "users",
+    "n_items": "items",
+    "n_events": "events generated",
+    "days": "days of data",
+    "published": "events published",
+    "requests": "HTTP requests",
+    "clicks_posted": "feedback clicks posted",
+    "reference_rows": "reference window: events judged",
+    "published_reference_rows": "reference window: events published",
+    "current_rows": "current window: events judged",
+    "published_current_rows": "current window: events published",
+}
+"""Step outputs that are data sizes, and what the report calls them."""
+
+
+def _sizes_rows(report: DemoReport) -> list[list[Any]]:
+    return [
+        [s["step"], label, s[key]]
+        for s in report.steps
+        for key, label in SIZE_KEYS.items()
+        if s.get(key) is not None
+    ]
+
+
+def _report(path: Path, report: DemoReport, extras: dict[str, Any]) -> Path:
+    """The run's HTML report: timeline, steps (skipped ones with their reason), data
+    sizes, quality, the gate's decisions, latency percentiles and the drift check."""
+    from rtrec.report import (
+        Section,
+        drift_figure,
+        latency_figure,
+        steps_section,
+        timeline_figure,
+        write_html_report,
+    )
+
+    sections = []
+    timeline = _timeline_rows(report)
+    if timeline:
+        sections.append(
+            Section(
+                "Timeline",
+                "Each step from its start (seconds after the run began); versions are the "
+                "MLflow model versions trained and served.",
+                [
+                    (
+                        "",
+                        ["step", "start (s)", "seconds", "outcome", "model", "reason"],
+                        [
+                            [
+                                r["step"],
+                                r["start_s"],
+                                r["seconds"],
+                                r["status"],
+                                r["model"],
+                                r["reason"],
+                            ]
+                            for r in timeline
+                        ],
+                    )
+                ],
+                [timeline_figure(timeline)],
+            )
+        )
+    sections.append(steps_section(report.steps))
+    sizes = _sizes_rows(report)
+    if sizes:
+        sections.append(Section("Data sizes", "", [("", ["step", "what", "count"], sizes)]))
     for label in ("before_shift", "after_shift"):
         q = extras.get(f"quality_{label}")
         if q:
@@ -213,42 +331,113 @@ def _report(path: Path, report: DemoReport, extras: dict[str, Any]) -> Path:
         elif extras.get(f"quality_{label}_missing"):
             why = extras[f"quality_{label}_missing"]
             sections.append(Section(f"Quality {label.replace('_', ' ')}", f"not measured: {why}"))
+    if extras.get("gates"):
+        sections.append(_gate_section(extras["gates"]))
     lat = extras.get("latencies")
     if lat:
-        fig, ax = new_figure()
-        ax.hist(lat, bins=60)
-        ax.set_xlabel("ms")
-        ax.set_title("/recommend latency seen by the client")
+        fig, rows = latency_figure(lat, "/recommend latency seen by the client")
         sections.append(
-            Section("Serving latency", json.dumps(extras.get("latency_summary")), [], [fig])
+            Section(
+                "Serving latency",
+                f"{len(lat):,} requests from 8 concurrent keep-alive clients.",
+                [("", ["percentile", "ms"], rows)],
+                [fig],
+            )
         )
     drift = extras.get("drift")
     if drift:
         figures = []
         cols = drift["columns"]
         if cols:
-            fig, ax = new_figure()
-            ax.bar([c["column"] for c in cols], [c["score"] for c in cols])
-            ax.axhline(cols[0]["threshold"], color="red", linestyle="--")
-            ax.set_title(f"Drift per column (share {drift['drift_share']:.0%})")
-            figures.append(fig)
+            figures.append(drift_figure(cols, drift["drift_share"]))
         published = extras.get("drift_published", [None, None])
         windows = [
             ["reference", drift["reference_rows"], published[0]],
             ["current", drift["current_rows"], published[1]],
         ]
+        columns = [
+            [
+                c["column"],
+                c["method"],
+                c["score"],
+                c["threshold"],
+                "drifted" if c["drifted"] else "stable",
+            ]
+            for c in cols
+        ]
+        tables = [("windows", ["window", "events judged", "events published"], windows)]
+        if columns:
+            tables.append(
+                ("columns", ["column", "method", "distance", "threshold", "verdict"], columns)
+            )
+        outcome = drift.get("outcome")
+        if outcome:
+            tables.append(
+                (
+                    "outcome rate (clicks per view)",
+                    ["reference", "current", "z", "verdict"],
+                    [
+                        [
+                            outcome["reference_rate"],
+                            outcome["current_rate"],
+                            outcome["z"],
+                            "moved" if outcome["drifted"] else "steady",
+                        ]
+                    ],
+                )
+            )
         as_of = drift.get("as_of") or {}
         sections.append(
             Section(
                 "Drift check after the shift",
                 f"{drift.get('summary', drift['reason'])} — offline log "
                 f"({as_of.get('mode', '?')}): {as_of.get('note', '')}",
-                [("windows", ["window", "events judged", "events published"], windows)],
+                tables,
                 figures,
                 warnings=[] if drift.get("judged", True) else [drift["reason"]],
             )
         )
     return write_html_report(path, "rtrec demo", sections)
+
+
+def _gate_section(gates: list[tuple[str, dict[str, Any]]]) -> Any:
+    """Each training run's promotion decision with its evidence (training.gate)."""
+    from rtrec.report import Section
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{x:+.2%}"
+
+    rows = []
+    for label, d in gates:
+        e = d.get("evidence") or {}
+        sl = e.get("slice") or {}
+        champ = e.get("champion_version")
+        rows.append(
+            [
+                label,
+                f"v{d.get('version')}",
+                "promoted" if d.get("promoted") else "kept the champion",
+                f"{sl.get('rows', '?')} events, {sl.get('users', '?')} users",
+                f"{e.get('challenger', float('nan')):.4f}",
+                "-" if champ is None else f"v{champ} {e.get('champion', float('nan')):.4f}",
+                f"{pct(e.get('gain'))} [{pct(e.get('ci_low'))}, {pct(e.get('ci_high'))}]",
+                f"{d.get('margin') or 0:.1%}",
+            ]
+        )
+    header = [
+        "run",
+        "version",
+        "decision",
+        "gate slice",
+        "challenger ndcg@10",
+        "champion ndcg@10",
+        "gain [95% CI]",
+        "margin",
+    ]
+    text = "; ".join(f"{label}: {d.get('reason', '')}" for label, d in gates)
+    return Section(
+        "Promotion gate (gate slice, users x items bootstrap)", text, [("", header, rows)]
+    )
 
 
 @click.command()
@@ -271,7 +460,7 @@ def demo(quick: bool, data: str, keep_running: bool, epochs: int | None) -> None
 
     settings = get_settings()
     report = DemoReport()
-    extras: dict[str, Any] = {}
+    extras: dict[str, Any] = {"gates": []}
     ok = True
     # All DAG runs go through one warm runner (Airflow, torch, the Spark JVM loaded once).
     runner = DagRunner(settings, warm=True)
@@ -330,6 +519,7 @@ def demo(quick: bool, data: str, keep_running: bool, epochs: int | None) -> None
             run = _dag(runner, "rtrec_training", {"epochs": epochs, "reason": "demo: first"})
             holder["first"] = run
             extras["quality_before_shift"] = _metrics_row(run.xcom("train_two_tower"))
+            extras["gates"].append(("first training", run.xcom("promote")))
             return {
                 "airflow_run": run.run_id,
                 "version": run.xcom("evaluate_and_register")["version"],
@@ -358,7 +548,13 @@ def demo(quick: bool, data: str, keep_running: bool, epochs: int | None) -> None
         ]
 
         def burst() -> dict[str, Any]:
-            out = _burst(settings, users, requests=400 if quick else 2000, feedback_share=0.2)
+            out = _burst(
+                settings,
+                users,
+                requests=400 if quick else 2000,
+                feedback_share=0.2,
+                data_now_ms=int(holder["before"].events["ts"].max()) + 1,
+            )
             extras["latencies"] = out.pop("_latencies")
             holder["feedback_ts"] = out.pop("_clicked_ts")
             extras["latency_summary"] = {k: out[k] for k in ("p50_ms", "p95_ms", "p99_ms")}
@@ -441,6 +637,7 @@ def demo(quick: bool, data: str, keep_running: bool, epochs: int | None) -> None
             holder["second"] = run
             extras["quality_after_shift"] = _metrics_row(run.xcom("train_two_tower"))
             decision = run.xcom("promote")
+            extras["gates"].append(("retraining after the drift", decision))
             return {
                 "airflow_run": run.run_id,
                 "trigger": str(run.conf.get("reason", ""))[:80],
