@@ -1,6 +1,6 @@
 """Recommendation quality: the two-tower model vs MostPopular and EASE, full ranking.
 
-    python bench/quality.py --data ../shared/data/ml-100k --protocol published
+    python bench/quality.py --data PATH/TO/ml-100k --protocol published
     python bench/quality.py --data synthetic --protocol temporal
 
 published: random 75/25 split within each user (every rating a positive), all items

@@ -1,6 +1,6 @@
 """Training speed and index quality.
 
-    python bench/training.py [--data ../shared/data/ml-100k] [--index-items 1000000]
+    python bench/training.py [--data PATH/TO/ml-100k] [--index-items 1000000]
 
 - ``cpu_examples_per_s`` (and ``gpu_examples_per_s`` where CUDA is present, else null):
   optimizer steps of the two-tower model at batch 8192 on synthetic tensors;

@@ -1,7 +1,7 @@
 """Embedded Airflow: ``airflow standalone`` on this machine, with rtrec's DAGs and yours.
 
 ``up`` migrates the metadata DB (SQLite under ``settings.airflow.home``), reserializes the
-DAGs (they list only after that, see STACK_NOTES) and starts the standalone (scheduler,
+DAGs (they list only after that) and starts the standalone (scheduler,
 DAG processor, triggerer and API server, LocalExecutor) with small parallelism under
 :func:`rtrec.stack.start_managed`; ``down`` stops it with SIGINT, which lets it stop its
 own workers (SIGTERM orphans them).

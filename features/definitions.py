@@ -1,6 +1,6 @@
 """Feast objects of the platform: entities, sources, feature views, feature services.
 
-Built by a function of the settings (absolute paths, see STACK_NOTES: duckdb resolves
+Built by a function of the settings (absolute paths: duckdb resolves
 relative FileSource paths against the process's cwd), registered by
 :func:`features.store.apply`. Stream features are written by the stream processor
 (``streaming/``) through these views; batch views read the catalog and user profiles.

@@ -42,7 +42,7 @@ class KafkaSettings(BaseModel):
     consumer_group: str = "rtrec-stream"
     """Consumer group of the stream processors."""
     session_timeout_ms: int = Field(6000, ge=1000)
-    """Group session timeout; Tansu holds a join for about half of it (STACK_NOTES)."""
+    """Group session timeout; Tansu holds a join for about half of it."""
     broker_kind: Literal["auto", "tansu", "kafka"] = "auto"
     """What the brokers are: ``tansu`` turns on the stream processor's workaround for
     Tansu's group coordinator (it can hand the leader a stale assignment); ``auto``
