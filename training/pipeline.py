@@ -28,6 +28,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -272,12 +273,13 @@ class Frames:
     def read(cls, sets: TrainingSets) -> Frames:
         return cls(*(sets.read(s) for s in ("train", "validation", "gate", "test")))
 
-    @property
+    @cached_property
     def fit_part(self) -> pd.DataFrame:
-        """What the served model is fitted on: train + validation (selection is over)."""
+        """What the served model is fitted on: train + validation (selection is over).
+        Cached: the refit, the gate and the index all read it."""
         return pd.concat([self.train, self.validation], ignore_index=True)
 
-    @property
+    @cached_property
     def before_test(self) -> pd.DataFrame:
         return pd.concat([self.train, self.validation, self.gate], ignore_index=True)
 
