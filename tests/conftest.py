@@ -25,6 +25,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def restore_env(old: dict[str, str | None]) -> None:
+    """Put back the environment variables ``old`` recorded (None: was unset) and drop the
+    cached settings built from the changed ones."""
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    get_settings.cache_clear()
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Skip GPU tests where torch sees no CUDA device (CI never has one)."""
     try:
@@ -56,12 +67,7 @@ def stack_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, st
     os.environ.update(env)
     get_settings.cache_clear()
     yield env
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    get_settings.cache_clear()
+    restore_env(old)
 
 
 @pytest.fixture(scope="session")

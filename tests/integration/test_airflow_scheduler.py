@@ -28,7 +28,7 @@ from click.testing import CliRunner
 
 from dags import embedded
 from rtrec.config import Settings, get_settings, load_settings
-from tests.conftest import free_port
+from tests.conftest import free_port, restore_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1500)]
 
@@ -192,12 +192,7 @@ def airflow(stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         while _airflow_processes(home) and time.monotonic() < deadline:
             time.sleep(0.5)
         left = _airflow_processes(home)
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        get_settings.cache_clear()
+        restore_env(old)
     assert down.exit_code == 0 and "airflow stopped" in down.output, down.output
     assert left == [], f"processes of this Airflow still running: {left}"
 
