@@ -50,8 +50,8 @@ def dataset(seed: int, days: float, n_events: int, shift_at: int | None):
 
 
 def one_check(settings, ds, now: int, bundle, cfg) -> Any:
-    from monitoring.monitor import check, outcome_counts, split_windows
-    from monitoring.scores import score_features
+    from rtrec.monitoring.monitor import check, outcome_counts, split_windows
+    from rtrec.monitoring.scores import score_features
 
     ref, cur = split_windows(
         ds.events, now_ms=now, reference_days=cfg.reference_days, window_days=cfg.window_days
@@ -79,9 +79,9 @@ def one_check(settings, ds, now: int, bundle, cfg) -> Any:
 
 def train_champion(settings, ds, start: int, train_days: float, epochs: int) -> Any:
     """The pre-shift champion: the real pipeline on the first ``train_days``."""
-    from training.artifacts import load_bundle
-    from training.pipeline import train
-    from training.registry import download_bundle
+    from rtrec.training.artifacts import load_bundle
+    from rtrec.training.pipeline import train
+    from rtrec.training.registry import download_bundle
 
     path = ds.time_slice(None, start + int(train_days * DAY)).save(settings.work_dir / "pre")
     res = train(settings, data=path, epochs=epochs, progress=False)
@@ -93,9 +93,8 @@ def write_offline_log(settings, events: pd.DataFrame, items, users) -> None:
     """The stream processor's offline log and catalog, as if these events had streamed."""
     import pyarrow as pa
     import pyarrow.parquet as pq
-
-    from features import write_offline_metadata
-    from streaming.offline import SCHEMA
+    from rtrec.features import write_offline_metadata
+    from rtrec.streaming.offline import SCHEMA
 
     out = settings.offline_dir / "events"
     out.mkdir(parents=True, exist_ok=True)
@@ -120,7 +119,7 @@ def write_offline_log(settings, events: pd.DataFrame, items, users) -> None:
 
 def retrain_after(settings, ds, now: int, epochs: int) -> dict[str, Any]:
     """The detecting check and ``rtrec_training``'s steps, in process, timed."""
-    from dags.steps import run_step
+    from rtrec.dags.steps import run_step
 
     write_offline_log(settings, ds.events[ds.events["ts"] < now], ds.items, ds.users)
     started = time.perf_counter()
@@ -164,7 +163,8 @@ def main() -> None:
     ap.add_argument("--work-dir", type=Path, default=None)
     args = ap.parse_args()
 
-    from monitoring.monitor import MonitorConfig
+    from rtrec.monitoring.monitor import MonitorConfig
+
     from rtrec.config import load_settings
 
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="rtrec-bench-drift-"))

@@ -4,10 +4,10 @@
     python bench/gate.py --data PATH --seeds 20 --better 10 --worse 10
 
 The product's temporal split (train | validation | gate slice) and its selection
-(``training.trainer.fit_best`` on validation: objective, epochs, popularity prior) run
+(``rtrec.training.trainer.fit_best`` on validation: objective, epochs, popularity prior) run
 once; the chosen settings are refitted on train + validation, as the pipeline does, to make
 the champion. Then, each judged on the gate slice with the same seen-item mask and decided
-by the gate's own rule (``training.gate.decide``, margin ``settings.training.gate_margin``):
+by the gate's own rule (``rtrec.training.gate.decide``, margin ``settings.training.gate_margin``):
 
 (a) ``--seeds`` challengers with the champion's own settings and other seeds: any
     promotion is a false one (``false_promotion_rate``, target <= 0.05);
@@ -50,13 +50,14 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=42, help="the champion's seed")
     args = ap.parse_args()
 
+    from rtrec.training.dataset import build_training_sets, stop_spark, write_event_log
+    from rtrec.training.evaluate import rank
+    from rtrec.training.gate import METRIC, GateRule, SliceInfo, UserScores, decide, gather_evidence
+    from rtrec.training.pipeline import Frames, split_config
+    from rtrec.training.trainer import candidates, fit, fit_best, refit_config
+
     from rtrec.config import load_settings
     from rtrec.data import load_dataset
-    from training.dataset import build_training_sets, stop_spark, write_event_log
-    from training.evaluate import rank
-    from training.gate import METRIC, GateRule, SliceInfo, UserScores, decide, gather_evidence
-    from training.pipeline import Frames, split_config
-    from training.trainer import candidates, fit, fit_best, refit_config
 
     t0 = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="rtrec-gate-"))

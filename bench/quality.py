@@ -10,7 +10,7 @@ denoised, every one of them a positive, full softmax). Epochs, the popularity pr
 weight and EASE's L2 are chosen on a validation split carved from the training part; the
 test part is touched once.
 temporal: train on the past, test on the future (global time cut). As in the product
-(training.trainer.candidates / fit_best), both objectives are fitted, next_item with
+(rtrec.training.trainer.candidates / fit_best), both objectives are fitted, next_item with
 TrainConfig() defaults and the user bag (TrainConfig.user_bag()), and the better on the
 validation period is refitted on train + validation; ``--objective`` forces one. Model
 flags left unset keep the protocol's defaults. The last line of output is one JSON object
@@ -97,13 +97,14 @@ def main() -> None:
     )
     args = ap.parse_args()
 
+    from rtrec.training.baselines import fit_baselines
+    from rtrec.training.dataset import SplitConfig, build_training_sets, stop_spark, write_event_log
+    from rtrec.training.evaluate import evaluate, metrics_table
+    from rtrec.training.examples import histories_bag
+    from rtrec.training.trainer import TrainConfig, candidates, fit, fit_best, refit_config
+
     from rtrec.config import load_settings
     from rtrec.data import load_dataset
-    from training.baselines import fit_baselines
-    from training.dataset import SplitConfig, build_training_sets, stop_spark, write_event_log
-    from training.evaluate import evaluate, metrics_table
-    from training.examples import histories_bag
-    from training.trainer import TrainConfig, candidates, fit, fit_best, refit_config
 
     t0 = time.perf_counter()
     ds = load_dataset(args.data)
@@ -182,7 +183,7 @@ def main() -> None:
     chosen, scores = cfg.objective, {}
     if args.epochs is None:
         chosen, tuned, scores = fit_best(fit_part, configs, validation=val, progress=False)
-        # The product's refit (training.pipeline): the chosen epoch and prior, no selection.
+        # The product's refit (rtrec.training.pipeline): the chosen epoch and prior, no selection.
         cfg = refit_config(tuned)
         print(
             f"candidate chosen on validation: {chosen} (val ndcg@10 by candidate: {scores}); "

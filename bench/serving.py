@@ -84,7 +84,7 @@ def gpu_retrieval_p99_ms(embeddings: np.ndarray, *, gpus: int, k: int = 100) -> 
     """p99 of single-query IVF search on GPU 0; None (not measured) without a GPU."""
     if retrieval_device(gpus) != "gpu":
         return None
-    from training.index import build_index
+    from rtrec.training.index import build_index
 
     index = build_index(embeddings, kind="ivf", use_gpu=True, k=k)
     rng = np.random.default_rng(1)
@@ -100,7 +100,7 @@ def gpu_retrieval_p99_ms(embeddings: np.ndarray, *, gpus: int, k: int = 100) -> 
 def get_bundle(args: argparse.Namespace) -> Path:
     if args.bundle:
         return Path(args.bundle)
-    from serving.synthetic import synthetic_bundle
+    from rtrec.serving.synthetic import synthetic_bundle
 
     path = Path(args.workdir) / f"bundle-{args.items}x{args.dim}-u{args.users}"
     if (path / "metadata.json").exists():
@@ -139,8 +139,7 @@ def seed_histories(
     settings, item_ids: list[str], users: list[str], seed: int
 ) -> dict[str, list[str]]:
     import pandas as pd
-
-    from features import count_names, write_user_features
+    from rtrec.features import count_names, write_user_features
 
     rng = np.random.default_rng(seed)
     now = int(time.time() * 1000)
@@ -202,12 +201,13 @@ def main() -> None:
     )
     args = ap.parse_args()
 
+    from rtrec.serving.loadgen import run_rate
+    from rtrec.serving.process import running_server
+    from rtrec.training.artifacts import load_bundle
+    from rtrec.training.index import gpu_count
+
     from rtrec.logging import configure_logging
     from rtrec.stack import down, start_managed, up
-    from serving.loadgen import run_rate
-    from serving.process import running_server
-    from training.artifacts import load_bundle
-    from training.index import gpu_count
 
     configure_logging("WARNING", json_lines=False)
     bundle_dir = get_bundle(args)
@@ -219,7 +219,7 @@ def main() -> None:
     out: dict[str, object] = {"catalog_items": len(items), "index": bundle.index.kind}
     try:
         up(settings)
-        from features import apply
+        from rtrec.features import apply
 
         apply(settings)
         histories = seed_histories(settings, items, hist_users, seed=3)
@@ -230,7 +230,7 @@ def main() -> None:
         gpu_p99 = gpu_retrieval_p99_ms(bundle.item_embeddings, gpus=gpus)
         gpu_p99_large = None
         if retrieval_device(gpus) == "gpu" and args.gpu_large_items:
-            from serving.synthetic import clustered_vectors
+            from rtrec.serving.synthetic import clustered_vectors
 
             print(f"GPU retrieval over {args.gpu_large_items} items...", flush=True)
             large = clustered_vectors(args.gpu_large_items, args.dim, seed=5)

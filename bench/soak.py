@@ -6,7 +6,7 @@
 Steps: build (or reuse) a synthetic bundle; start an embedded stack (Tansu + Redis) on
 free ports, a stream processor and the service; seed online histories; warm up; then
 for ``--duration-s`` offer ``--rate`` /recommend requests per second (open loop, latency
-from each request's due time, :mod:`serving.loadgen`) while another thread posts click
+from each request's due time, :mod:`rtrec.serving.loadgen`) while another thread posts click
 events to /feedback (published to Kafka, folded into the users' online features by the
 processor) and a third samples the resident memory of the server's whole process tree.
 
@@ -116,7 +116,7 @@ def window_rss(samples: list[tuple[float, int]], lo: float, hi: float) -> float:
 
 def seen_online(settings, last_click: dict[str, str], n: int = 200) -> float | None:
     """Share of (up to ``n``) feedback users whose latest click is in their online history."""
-    from features import online_features
+    from rtrec.features import online_features
 
     users = list(last_click)[-n:]
     if not users:
@@ -141,12 +141,13 @@ def main() -> None:
     ap.add_argument("--workdir", default="/tmp/rtrec-bench-soak")
     args = ap.parse_args()
 
+    from rtrec.serving.loadgen import run_rate
+    from rtrec.serving.process import running_server
+    from rtrec.serving.synthetic import synthetic_bundle
+    from rtrec.training.artifacts import load_bundle
+
     from rtrec.logging import configure_logging
     from rtrec.stack import down, start_managed, up
-    from serving.loadgen import run_rate
-    from serving.process import running_server
-    from serving.synthetic import synthetic_bundle
-    from training.artifacts import load_bundle
 
     configure_logging("WARNING", json_lines=False)
     bundle_dir = Path(args.workdir) / f"bundle-{args.items}x{args.dim}-u{args.users}"
@@ -166,7 +167,7 @@ def main() -> None:
     }
     try:
         up(settings)
-        from features import apply
+        from rtrec.features import apply
 
         apply(settings)
         seed_histories(settings, items, users[: len(users) // 2], seed=3)

@@ -9,7 +9,7 @@ Starts its own embedded stack (Tansu + Redis) in a temporary work dir. Measures,
 - ``freshness_p50_ms`` / ``freshness_p99_ms``: produce time (the Kafka record timestamp)
   -> the batch's features written to the online store (Redis acked: readable), with a
   producer process offering ``--rate`` events/s;
-- ``online_read_p50_ms`` / ``online_read_p99_ms``: ``features.online_features`` for one
+- ``online_read_p50_ms`` / ``online_read_p99_ms``: ``rtrec.features.online_features`` for one
   user, as serving calls it.
 The processor runs in this process (one member, as ``rtrec stream run``); two members on
 these two cores were no faster (the broker and Redis need the second core).
@@ -53,12 +53,12 @@ def main() -> None:
     args = ap.parse_args()
 
     from kafka import KafkaConsumer
+    from rtrec.streaming import publish
+    from rtrec.streaming.processor import StreamProcessor, tune_gc
 
     from rtrec import stack
     from rtrec.config import load_settings
     from rtrec.data import SyntheticConfig, generate
-    from streaming import publish
-    from streaming.processor import StreamProcessor, tune_gc
 
     load_before = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="rtrec-bench-stream-"))
@@ -154,7 +154,7 @@ def main() -> None:
                 f"import sys; sys.path.insert(0, {root!r})",
                 "from rtrec.config import load_settings",
                 "from rtrec.data import generate, SyntheticConfig",
-                "from streaming import publish",
+                "from rtrec.streaming import publish",
                 f"s = load_settings(work_dir={str(work)!r}, "
                 f"kafka={{'bootstrap_servers': {settings.kafka.bootstrap_servers!r}}}, "
                 f"redis={{'url': {settings.redis.url!r}}})",
@@ -169,7 +169,7 @@ def main() -> None:
         worker.join()
         proc.close()
         # Serving's read: one user's stream features through Feast (cached FeatureStore).
-        from features import online_features
+        from rtrec.features import online_features
 
         users = ds.events["user_id"].unique().tolist()
         rng = np.random.default_rng(0)

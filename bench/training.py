@@ -26,8 +26,8 @@ import torch
 
 
 def examples_per_s(device: str, batch: int = 8192, steps: int = 20) -> float:
-    from training.loss import sampled_softmax_loss
-    from training.model import TwoTower, TwoTowerConfig
+    from rtrec.training.loss import sampled_softmax_loss
+    from rtrec.training.model import TwoTower, TwoTowerConfig
 
     dev = torch.device(device)
     n_items, n_users = 100_000, 100_000
@@ -70,9 +70,10 @@ def examples_per_s(device: str, batch: int = 8192, steps: int = 20) -> float:
 
 
 def ml100k_epoch(path: str) -> float:
+    from rtrec.training.examples import histories_within
+    from rtrec.training.trainer import TrainConfig, fit
+
     from rtrec.data import load_dataset
-    from training.examples import histories_within
-    from training.trainer import TrainConfig, fit
 
     ds = load_dataset(path)
     frame = histories_within(ds.events.assign(item_categories=None), 20)
@@ -85,8 +86,7 @@ def ml100k_epoch(path: str) -> float:
 
 def index_figures(n: int, dim: int = 64) -> dict:
     import faiss
-
-    from training.index import build_index, index_recall
+    from rtrec.training.index import build_index, index_recall
 
     rng = np.random.default_rng(0)
     centers = rng.normal(size=(1024, dim)).astype(np.float32)

@@ -2,12 +2,12 @@
 
 Public API::
 
-    dags.operators   BuildTrainingSetOperator, TrainTwoTowerOperator,
+    rtrec.dags.operators   BuildTrainingSetOperator, TrainTwoTowerOperator,
                      EvaluateAndRegisterOperator, BuildIndexOperator, PromoteOperator,
                      TellServingOperator, MaterializeFeaturesOperator, DriftCheckOperator,
                      is_drifted / is_promoted (short-circuit callables)
-    dags.steps       run_step(name, arguments) -> dict   # the same steps without Airflow
-    dags.embedded    up(settings) / down(settings)       # `rtrec airflow up|down`
+    rtrec.dags.steps       run_step(name, arguments) -> dict   # the same steps without Airflow
+    rtrec.dags.embedded    up(settings) / down(settings)       # `rtrec airflow up|down`
 
 DAG files: ``rtrec_training.py``, ``rtrec_drift_monitor.py``, ``rtrec_feature_backfill.py``.
 Importing ``dags`` itself loads nothing from Airflow.

@@ -21,7 +21,7 @@ def up(timeout: float) -> None:
 
     The scheduler runs rtrec's DAGs and those in ``<airflow home>/dags``, unpaused.
     """
-    from dags import embedded
+    from rtrec.dags import embedded
 
     settings = get_settings()
     pid = embedded.up(settings, timeout_s=timeout)
@@ -34,7 +34,7 @@ def up(timeout: float) -> None:
 @handle_errors
 def down() -> None:
     """Stop the standalone with SIGINT so it stops its own workers."""
-    from dags import embedded
+    from rtrec.dags import embedded
 
     stopped = embedded.down(get_settings())
     click.echo("airflow stopped" if stopped else "airflow was not running")
@@ -44,7 +44,7 @@ def down() -> None:
 @handle_errors
 def status() -> None:
     """Healthy or not; exit 1 when not."""
-    from dags import embedded
+    from rtrec.dags import embedded
 
     settings = get_settings()
     ok = embedded.healthy(settings)

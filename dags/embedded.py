@@ -8,7 +8,7 @@ own workers (SIGTERM orphans them).
 
 Two DAG bundles: ``rtrec`` (this package's directory; ``.airflowignore`` keeps the library
 modules out of DAG parsing) and ``user`` (``<airflow home>/dags``, created empty), where
-your own DAG files import :mod:`dags.operators` and run under the same scheduler.
+your own DAG files import :mod:`rtrec.dags.operators` and run under the same scheduler.
 
 The scheduler runs the DAGs by itself: DAGs are unpaused when first registered, and the
 workers reach the execution API on the port the API server really listens on (Airflow's

@@ -1,6 +1,6 @@
 """Reusable Airflow operators for rtrec: import them into your own DAGs.
 
-Every operator runs one step of :mod:`dags.steps` and pushes the step's JSON result as
+Every operator runs one step of :mod:`rtrec.dags.steps` and pushes the step's JSON result as
 its XCom ``return_value`` and each top-level key as an XCom of that name, so downstream
 tasks take ``op.output`` (the whole dict) or ``op.output["version"]`` (one key) as a
 templated argument. Arguments listed in ``template_fields`` accept Jinja
@@ -11,8 +11,9 @@ Where a step runs is a setting, not a code change:
 
 - ``in_process`` (default): in the task's worker, on the embedded stack;
 - ``command``: ``<command> STEP 'JSON'`` in a subprocess, where ``<command>`` is e.g.
-  ``python -m dags.steps`` (default), ``docker run --rm rtrec:latest python -m dags.steps``
-  or ``spark-submit --master spark://host:7077 /opt/rtrec/dags/steps.py``.
+  ``python -m rtrec.dags.steps`` (default),
+  ``docker run --rm rtrec:latest python -m rtrec.dags.steps`` or
+  ``spark-submit --master spark://host:7077 /opt/rtrec/dags/steps.py``.
 
 Per operator with ``run_mode=`` / ``command=``, or for every task through the Airflow
 Variables ``rtrec_run_mode`` and ``rtrec_step_command`` (a JSON list).
@@ -40,8 +41,8 @@ from typing import Any, ClassVar, Literal
 
 from airflow.sdk import BaseOperator, Variable
 from airflow.sdk.exceptions import AirflowFailException
+from rtrec.dags.steps import RESULT_PREFIX, run_step
 
-from dags.steps import RESULT_PREFIX, run_step
 from rtrec.errors import ConfigError, InvalidInput, NotFound, RtrecError
 from rtrec.logging import configure_task_logging, route_stderr, stderr_level
 
@@ -51,7 +52,7 @@ RunMode = Literal["in_process", "command"]
 RUN_MODES: tuple[str, ...] = ("in_process", "command")
 # -P: the task's working directory (the Airflow home, whose ``dags/`` folder holds user
 # DAGs) must not shadow the installed ``dags`` package.
-DEFAULT_COMMAND = (sys.executable, "-P", "-m", "dags.steps")
+DEFAULT_COMMAND = (sys.executable, "-P", "-m", "rtrec.dags.steps")
 
 SERVICE_RETRIES: dict[str, Any] = {
     "retries": 3,

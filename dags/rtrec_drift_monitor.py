@@ -22,8 +22,7 @@ from datetime import UTC, datetime, timedelta
 from airflow.providers.standard.operators.python import ShortCircuitOperator
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import DAG, Param
-
-from dags.operators import DriftCheckOperator, is_drifted
+from rtrec.dags.operators import DriftCheckOperator, is_drifted
 
 with DAG(
     dag_id="rtrec_drift_monitor",

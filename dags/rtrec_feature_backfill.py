@@ -10,8 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from airflow.sdk import DAG, Param
-
-from dags.operators import MaterializeFeaturesOperator
+from rtrec.dags.operators import MaterializeFeaturesOperator
 
 with DAG(
     dag_id="rtrec_feature_backfill",

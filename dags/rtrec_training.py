@@ -5,7 +5,7 @@ you add. Params: ``data`` (a data set instead of the stream's offline log), ``pr
 ``epochs``, ``reason``. ``train_two_tower`` selects on validation, refits on train +
 validation, scores the challenger and the champion on the gate slice (the most recent
 period, untouched by selection) and builds the served index, failing when its recall is
-below the bar; the gate promotes on that evidence (``training.gate``); serving is told
+below the bar; the gate promotes on that evidence (``rtrec.training.gate``); serving is told
 only when it did.
 """
 
@@ -15,8 +15,7 @@ from datetime import UTC, datetime
 
 from airflow.providers.standard.operators.python import ShortCircuitOperator
 from airflow.sdk import DAG, Param
-
-from dags.operators import (
+from rtrec.dags.operators import (
     BuildTrainingSetOperator,
     EvaluateAndRegisterOperator,
     PromoteOperator,

@@ -65,7 +65,7 @@ class DagRunResult:
 
 def migrate(settings: Settings) -> None:
     """Create or upgrade the metadata DB (idempotent; seconds when already current)."""
-    from dags.embedded import airflow_cli
+    from rtrec.dags.embedded import airflow_cli
 
     airflow_cli(settings, "db", "migrate")
 
@@ -114,11 +114,11 @@ class DagRunner:
         """Start the process now (``run`` does it on first use)."""
         if self._proc is not None and self._proc.poll() is None:
             return self
-        from dags.embedded import airflow_env, dags_folder
+        from rtrec.dags.embedded import airflow_env, dags_folder
 
         self._logs.mkdir(parents=True, exist_ok=True)
         self._lines = queue.Queue()
-        args = [sys.executable, "-m", "dags.runs", "--serve", str(dags_folder())]
+        args = [sys.executable, "-m", "rtrec.dags.runs", "--serve", str(dags_folder())]
         with (self._logs / "dag-runner.log").open("a") as boot_log:
             self._proc = subprocess.Popen(
                 [*args, *(["--warm"] if self.warm else [])],
@@ -272,16 +272,15 @@ def _output_to(path: str) -> Iterator[None]:
 
 def _warm_up() -> None:
     """Load what the tasks load (seconds each on two cores) and start the Spark session."""
+    import rtrec.training.pipeline
     import torch  # noqa: F401
+    from rtrec.training.dataset import spark_session
 
-    import training.pipeline  # noqa: F401
     from rtrec.config import get_settings
-    from training.dataset import spark_session
 
     spark_session(get_settings())
     import mlflow  # noqa: F401
-
-    import monitoring.drift  # noqa: F401
+    import rtrec.monitoring.drift  # noqa: F401
 
 
 def serve(folder: str, *, warm: bool = False) -> int:
@@ -312,10 +311,10 @@ def serve(folder: str, *, warm: bool = False) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m dags.runs --serve DAGS_FOLDER [--warm]`` (see :class:`DagRunner`)."""
+    """``python -m rtrec.dags.runs --serve DAGS_FOLDER [--warm]`` (see :class:`DagRunner`)."""
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) < 2 or args[0] != "--serve":
-        raise SystemExit("usage: python -m dags.runs --serve DAGS_FOLDER [--warm]")
+        raise SystemExit("usage: python -m rtrec.dags.runs --serve DAGS_FOLDER [--warm]")
     return serve(args[1], warm="--warm" in args[2:])
 
 

@@ -3,7 +3,7 @@
 Each step calls one stage's public API and returns a JSON-ready dict (the operator's XCom
 value). Keeping them free of Airflow means the same step runs in the scheduler's worker
 (``in_process``), as a command in a container or under ``spark-submit`` on a cluster
-(``python -m dags.steps STEP JSON``, see :func:`main`), and in unit tests.
+(``python -m rtrec.dags.steps STEP JSON``, see :func:`main`), and in unit tests.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ def build_training_set(
     settings: Settings, *, data: str | None = None, protocol: str = "temporal"
 ) -> dict[str, Any]:
     """Spark point-in-time training sets from the offline log (or ``data``, a data set)."""
-    from training.dataset import build_training_sets
-    from training.pipeline import event_log_for, split_config
+    from rtrec.training.dataset import build_training_sets
+    from rtrec.training.pipeline import event_log_for, split_config
 
     source = event_log_for(settings, data or None)
     sets = build_training_sets(settings, source=source, config=split_config(settings, protocol))  # type: ignore[arg-type]
@@ -49,8 +49,8 @@ def train_two_tower(
 ) -> dict[str, Any]:
     """Select on validation, refit, judge on the gate slice beside the baselines and the
     champion, build and measure the served index, save the bundle (``fit_and_evaluate``)."""
-    from training.dataset import TrainingSets
-    from training.pipeline import fit_and_evaluate
+    from rtrec.training.dataset import TrainingSets
+    from rtrec.training.pipeline import fit_and_evaluate
 
     sets = TrainingSets.load(training_sets)
     run = f"{time.strftime('%Y%m%dT%H%M%S')}-airflow"
@@ -83,8 +83,8 @@ def evaluate_and_register(
     settings: Settings, *, fit: dict[str, Any], reason: str = ""
 ) -> dict[str, Any]:
     """Check the fit reported the gate's metric, log the run and register a challenger."""
-    from training.pipeline import flat_metrics
-    from training.registry import GATE_METRIC, ModelRegistry, metric_key
+    from rtrec.training.pipeline import flat_metrics
+    from rtrec.training.registry import GATE_METRIC, ModelRegistry, metric_key
 
     metrics = flat_metrics(
         fit.get("val_metrics", {}), fit.get("gate_metrics", {}), fit.get("test_metrics", {})
@@ -118,9 +118,9 @@ def evaluate_and_register(
 
 def promote(settings: Settings, *, version: str, fit: dict[str, Any]) -> dict[str, Any]:
     """The promotion gate on the evidence the fit gathered on the gate slice (challenger
-    vs the champion it scored, per user, paired bootstrap); see ``training.gate``."""
-    from training.gate import GateEvidence
-    from training.registry import ModelRegistry
+    vs the champion it scored, per user, paired bootstrap); see ``rtrec.training.gate``."""
+    from rtrec.training.gate import GateEvidence
+    from rtrec.training.registry import ModelRegistry
 
     if not fit.get("evidence"):
         raise InvalidInput("the fit carries no gate evidence to decide on", field="evidence")
@@ -170,10 +170,9 @@ def materialize_features(
     the ones the live stream would have written; batch views are loaded by Feast.
     """
     import pandas as pd
-
-    from features import write_user_features
-    from streaming import read_events
-    from streaming.aggregates import UserState
+    from rtrec.features import write_user_features
+    from rtrec.streaming import read_events
+    from rtrec.streaming.aggregates import UserState
 
     events = read_events(settings.offline_dir / "events")
     if not len(events):
@@ -204,8 +203,8 @@ def _materialize_batch_views(settings: Settings, end_ms: int) -> list[str]:
     """Feast ``materialize`` of the catalog and profile views whose parquet exists."""
     from datetime import UTC, datetime
 
-    from features import get_store
-    from features.definitions import ITEM_META_VIEW, USER_PROFILE_VIEW, offline_paths
+    from rtrec.features import get_store
+    from rtrec.features.definitions import ITEM_META_VIEW, USER_PROFILE_VIEW, offline_paths
 
     paths = offline_paths(settings.offline_dir)
     views = [v for v in (ITEM_META_VIEW, USER_PROFILE_VIEW) if paths[v].is_file()]
@@ -237,7 +236,7 @@ def drift_check(
     result is the verdict's dict: ``status`` ("drifted", "stable", "not judged"),
     ``summary``, ``reason``, the window sizes and ``as_of`` (the watermark judged).
     """
-    from monitoring import monitor_offline_log
+    from rtrec.monitoring import monitor_offline_log
 
     verdict = monitor_offline_log(
         settings,
@@ -282,14 +281,16 @@ def run_step(
 
 
 RESULT_PREFIX = "RTREC_STEP_RESULT "
-"""Marks the result line of ``python -m dags.steps`` among a job's other output."""
+"""Marks the result line of ``python -m rtrec.dags.steps`` among a job's other output."""
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m dags.steps STEP 'JSON ARGS'``: one step in a container or Spark job."""
+    """``python -m rtrec.dags.steps STEP 'JSON ARGS'``: one step in a container or Spark job."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 2:
-        sys.stderr.write(f"usage: python -m dags.steps STEP JSON_ARGS (steps: {sorted(STEPS)})\n")
+        sys.stderr.write(
+            f"usage: python -m rtrec.dags.steps STEP JSON_ARGS (steps: {sorted(STEPS)})\n"
+        )
         return 2
     from rtrec.logging import configure_logging
 

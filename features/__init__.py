@@ -11,8 +11,8 @@ Public API::
     historical_features(settings, entity_df, features)
 """
 
-from features.definitions import RECENT_ITEMS, WINDOWS, count_names
-from features.sink import (
+from rtrec.features.definitions import RECENT_ITEMS, WINDOWS, count_names
+from rtrec.features.sink import (
     append_offline_rows,
     prepare_rows,
     write_item_features,
@@ -20,7 +20,7 @@ from features.sink import (
     write_rows,
     write_user_features,
 )
-from features.store import (
+from rtrec.features.store import (
     TRENDING_EPOCH_KEY,
     TRENDING_KEY,
     apply,

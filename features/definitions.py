@@ -2,7 +2,7 @@
 
 Built by a function of the settings (absolute paths: duckdb resolves
 relative FileSource paths against the process's cwd), registered by
-:func:`features.store.apply`. Stream features are written by the stream processor
+:func:`rtrec.features.store.apply`. Stream features are written by the stream processor
 (``streaming/``) through these views; batch views read the catalog and user profiles.
 """
 
@@ -18,7 +18,7 @@ WINDOWS = {"1h": 3_600_000, "24h": 86_400_000, "7d": 7 * 86_400_000}
 """Sliding windows of the count features (name -> ms), as in the training sets."""
 RECENT_ITEMS = 200
 """Items kept in ``recent_items`` (newest first): the user tower's history, as long as the
-longest a model reads (the user-bag preset, ``training.trainer.BAG_HISTORY``)."""
+longest a model reads (the user-bag preset, ``rtrec.training.trainer.BAG_HISTORY``)."""
 
 USER_STREAM_VIEW = "user_stream"
 ITEM_STREAM_VIEW = "item_stream"

@@ -89,7 +89,7 @@ ENCODERS = {
     "String": encode_string,
     "Array(String)": encode_string_list,
 }
-"""Feast type name (as in ``features.definitions``) -> wire encoder."""
+"""Feast type name (as in ``rtrec.features.definitions``) -> wire encoder."""
 
 
 class RedisViewWriter:

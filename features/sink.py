@@ -1,7 +1,7 @@
 """The write side of the stream views: online (Feast's Redis layout) and offline parquet.
 
 The stream processor's sink. On Redis the rows go through
-:class:`features.online_writer.RedisViewWriter` (Feast's own key and value encoding,
+:class:`rtrec.features.online_writer.RedisViewWriter` (Feast's own key and value encoding,
 without its per-value conversions); on SQLite through the provider's
 ``online_write_batch`` with protos.
 """
@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from rtrec.features import definitions as defs
+from rtrec.features.store import _lock, get_store
 
-from features import definitions as defs
-from features.store import _lock, get_store
 from rtrec.config import Settings
 from rtrec.errors import InvalidInput
 
@@ -80,7 +80,7 @@ def write_rows(settings: Settings, view: str, rows: list[Row]) -> None:
 def _redis_writer(store: Any, view: str) -> Any:
     writer = _writers.get((id(store), view))
     if writer is None:
-        from features.online_writer import RedisViewWriter
+        from rtrec.features.online_writer import RedisViewWriter
 
         key, spec = _VIEWS[view]
         with _lock:
@@ -104,7 +104,7 @@ def write_prepared(settings: Settings, prepared: list[tuple[str, Any]]) -> None:
     """Write what :func:`prepare_rows` encoded, every view in one round trip on Redis."""
     packed = [p for _, p in prepared if isinstance(p, tuple)]
     if packed:
-        from features.online_writer import send_packed
+        from rtrec.features.online_writer import send_packed
 
         view = next(v for v, p in prepared if isinstance(p, tuple))
         send_packed(_redis_writer(get_store(settings), view).client, packed)

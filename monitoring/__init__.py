@@ -11,17 +11,17 @@ Public API (what DAGs, the CLI and the demo call)::
     send_alert(settings, record)
 """
 
-from monitoring.alerts import alert_record, send_alert
-from monitoring.dashboards import PANEL_TITLES, ensure_project, panel_titles, record_snapshot
-from monitoring.drift import DriftVerdict, drift_report, popularity_ranks, window_features
-from monitoring.monitor import (
+from rtrec.monitoring.alerts import alert_record, send_alert
+from rtrec.monitoring.dashboards import PANEL_TITLES, ensure_project, panel_titles, record_snapshot
+from rtrec.monitoring.drift import DriftVerdict, drift_report, popularity_ranks, window_features
+from rtrec.monitoring.monitor import (
     MonitorConfig,
     check,
     monitor_offline_log,
     outcome_counts,
     split_windows,
 )
-from monitoring.scores import SCORE_COLUMNS, score_features
+from rtrec.monitoring.scores import SCORE_COLUMNS, score_features
 
 __all__ = [
     "PANEL_TITLES",

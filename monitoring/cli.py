@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 import click
+from rtrec.monitoring.monitor import COVERAGE_MODES
 
-from monitoring.monitor import COVERAGE_MODES
 from rtrec.cli import handle_errors
 from rtrec.config import Settings, get_settings
 
@@ -54,7 +54,7 @@ def check(
 ) -> None:
     """Check the offline event log for drift; exit 0 stable, 10 drifted, 11 not judged
     (a window too small); 4 when the log did not cover the windows in time."""
-    from monitoring.monitor import monitor_offline_log
+    from rtrec.monitoring.monitor import monitor_offline_log
 
     verdict = monitor_offline_log(
         get_settings(),
@@ -117,7 +117,8 @@ def start_ui(
     settings: Settings, *, port: int | None = None, timeout_s: float = 60
 ) -> tuple[int, str]:
     """Start the Evidently UI over the workspace (idempotent); returns (pid, url)."""
-    from monitoring.dashboards import ensure_project
+    from rtrec.monitoring.dashboards import ensure_project
+
     from rtrec import stack
 
     port = port or settings.monitoring.ui_port

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from rtrec.config import Settings
 
 if TYPE_CHECKING:
-    from monitoring.drift import DriftVerdict
+    from rtrec.monitoring.drift import DriftVerdict
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ PANEL_TITLES = (
 )
 FEATURE_COLUMNS = ("item_pop_rank", "event_type", "category")
 SCORE_COLUMNS = ("score_top1", "score_mean", "score_centroid_sim")
-"""Same names as :data:`monitoring.scores.SCORE_COLUMNS` (kept here: no numpy import)."""
+"""Same names as :data:`rtrec.monitoring.scores.SCORE_COLUMNS` (kept here: no numpy import)."""
 CHECK_TAG = "monitor check"
 """Tag on every recorded check's snapshot; panels read only those snapshots."""
 

@@ -71,7 +71,7 @@ class DriftVerdict:
     """False when a window was too small to judge: neither stable nor drifted, and
     ``reason`` starts with "not judged:"."""
     as_of: dict[str, Any] | None = None
-    """What the windows were cut from (set by :func:`monitoring.monitor_offline_log`):
+    """What the windows were cut from (set by :func:`rtrec.monitoring.monitor_offline_log`):
     ``mode`` ("wait": the offline log covered the window before it was read; "as_of":
     judged as of the log's watermark, ``covered`` says whether that held the window;
     "unchecked"; "given": the caller passed the events) and the watermark's fields

@@ -23,10 +23,10 @@ from typing import Any, Literal
 
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
+from rtrec.monitoring.alerts import alert_record, send_alert
+from rtrec.monitoring.dashboards import FEATURE_COLUMNS, SCORE_COLUMNS, record_check
+from rtrec.monitoring.drift import DriftVerdict, drift_report, popularity_ranks, window_features
 
-from monitoring.alerts import alert_record, send_alert
-from monitoring.dashboards import FEATURE_COLUMNS, SCORE_COLUMNS, record_check
-from monitoring.drift import DriftVerdict, drift_report, popularity_ranks, window_features
 from rtrec.config import Settings
 from rtrec.errors import InvalidInput, Unavailable
 
@@ -173,7 +173,7 @@ def _with_scores(features: pd.DataFrame, scores: pd.DataFrame) -> pd.DataFrame:
 
 def _items(settings: Settings) -> pd.DataFrame | None:
     """The catalog the stream wrote for Feast's item view, when there is one."""
-    from features.definitions import ITEM_META_VIEW, offline_paths
+    from rtrec.features.definitions import ITEM_META_VIEW, offline_paths
 
     path = offline_paths(settings.offline_dir)[ITEM_META_VIEW]
     return pd.read_parquet(path, columns=["item_id", "categories"]) if path.is_file() else None
@@ -204,7 +204,7 @@ def monitor_offline_log(
     sure it holds the windows (module docstring); waiting in vain raises
     :class:`rtrec.errors.Unavailable` naming what is missing.
     """
-    from monitoring.scores import champion_bundle, score_features
+    from rtrec.monitoring.scores import champion_bundle, score_features
 
     cfg = (config or MonitorConfig()).model_copy(
         update={
@@ -273,7 +273,7 @@ def read_covered(
     reproducible. ``unchecked`` reads every file as it is (a log written by something
     other than the stream processor: a backfill, a test).
     """
-    from streaming import covered_rows, offline_coverage, read_events, wait_for_offline_log
+    from rtrec.streaming import covered_rows, offline_coverage, read_events, wait_for_offline_log
 
     mode = coverage or settings.monitoring.offline_coverage
     if mode not in COVERAGE_MODES:

@@ -96,12 +96,12 @@ def _register_stage_commands() -> None:
 
     for module, attrs in (
         ("rtrec.cli_data", ("data",)),
-        ("streaming.cli", ("stream",)),
-        ("features.cli", ("features",)),
-        ("training.cli", ("train", "model")),
-        ("serving.cli", ("serve",)),
-        ("monitoring.cli", ("monitor",)),
-        ("dags.cli", ("airflow",)),
+        ("rtrec.streaming.cli", ("stream",)),
+        ("rtrec.features.cli", ("features",)),
+        ("rtrec.training.cli", ("train", "model")),
+        ("rtrec.serving.cli", ("serve",)),
+        ("rtrec.monitoring.cli", ("monitor",)),
+        ("rtrec.dags.cli", ("airflow",)),
         ("rtrec.demo", ("demo",)),
     ):
         try:

@@ -5,11 +5,11 @@ feature store -> the Airflow ``rtrec_training`` DAG (Spark training set, two-tow
 evaluation, MLflow, FAISS, promotion) -> BentoML service -> a burst of HTTP requests with
 feedback -> the shifted part of the stream -> the ``rtrec_drift_monitor`` DAG (Evidently
 verdict, alert, triggers training) -> the triggered training run -> hot swap -> report
--> stop. DAG runs go through one warm :class:`dags.runs.DagRunner` (Airflow's in-process
+-> stop. DAG runs go through one warm :class:`rtrec.dags.runs.DagRunner` (Airflow's in-process
 runner on the embedded metadata DB); ``--keep-running`` also starts the Airflow UI to browse them.
 Each step calls one stage's public API; the demo adds progress, timing and the report.
 
-The demo waits on the offline event log's watermark (``streaming.wait_for_offline_log``),
+The demo waits on the offline event log's watermark (``rtrec.streaming.wait_for_offline_log``),
 never on time: after each publish until the log holds every event published, and the
 drift check itself judges only windows the log covers. A step it promised that did not
 happen (drift not judged, retraining not triggered, no swap) is shown as skipped with its
@@ -34,7 +34,7 @@ import numpy as np
 from rtrec.config import Settings, get_settings
 
 if TYPE_CHECKING:
-    from dags.runs import DagRunner, DagRunResult
+    from rtrec.dags.runs import DagRunner, DagRunResult
 
 
 class Missed(Exception):
@@ -96,7 +96,7 @@ def _wait_logged(settings: Settings, timeout_s: float = 600) -> dict[str, Any]:
     """Block until the offline event log holds every event published so far (its
     watermark reaches the topic's end offsets): what the DAGs read is then complete.
     Raises ``Unavailable`` naming what is missing after ``timeout_s``."""
-    from streaming import wait_for_offline_log
+    from rtrec.streaming import wait_for_offline_log
 
     cov = wait_for_offline_log(settings, timeout_s=timeout_s)
     return {
@@ -109,7 +109,7 @@ def _in_windows(
     ts: np.ndarray, now_ms: int, reference_days: float, window_days: float
 ) -> list[int]:
     """How many of the published events' times fall in the monitor's reference and
-    current windows (``monitoring.split_windows``'s bounds)."""
+    current windows (``rtrec.monitoring.split_windows``'s bounds)."""
     day = 86_400_000
     cut = now_ms - int(window_days * day)
     start = cut - int(reference_days * day)
@@ -194,7 +194,7 @@ def _burst(
 
 
 def _dag(runner: DagRunner, dag_id: str, conf: dict[str, Any], **kw: Any) -> DagRunResult:
-    """One DAG run through Airflow (a warm ``dags.runs.DagRunner``); a failed run stops
+    """One DAG run through Airflow (a warm ``rtrec.dags.runs.DagRunner``); a failed run stops
     the demo."""
     run = runner.run(dag_id, conf, **kw)
     if not run.ok:
@@ -401,7 +401,7 @@ def _report(path: Path, report: DemoReport, extras: dict[str, Any]) -> Path:
 
 
 def _gate_section(gates: list[tuple[str, dict[str, Any]]]) -> Any:
-    """Each training run's promotion decision with its evidence (training.gate)."""
+    """Each training run's promotion decision with its evidence (rtrec.training.gate)."""
     from rtrec.report import Section
 
     def pct(x: float | None) -> str:
@@ -454,8 +454,8 @@ def _gate_section(gates: list[tuple[str, dict[str, Any]]]) -> Any:
 )
 def demo(quick: bool, data: str, keep_running: bool, epochs: int | None) -> None:
     """Run the whole loop on the embedded default and write an HTML report."""
-    from dags.runs import DagRunner, migrate
     from rtrec import stack
+    from rtrec.dags.runs import DagRunner, migrate
     from rtrec.data import ShiftConfig, SyntheticConfig, generate, load_dataset
 
     settings = get_settings()
@@ -495,8 +495,8 @@ def demo(quick: bool, data: str, keep_running: bool, epochs: int | None) -> None
         report.step("generate data", make_data)
 
         def stream_before() -> dict[str, Any]:
-            from features import apply
-            from streaming import replay_dataset
+            from rtrec.features import apply
+            from rtrec.streaming import replay_dataset
 
             apply(settings)
             # The Airflow DB and the warm runner get ready while the events stream.
@@ -535,7 +535,7 @@ def demo(quick: bool, data: str, keep_running: bool, epochs: int | None) -> None
         )
 
         def serve() -> dict[str, Any]:
-            from serving.cli import start_detached
+            from rtrec.serving.cli import start_detached
 
             pid = start_detached(settings)
             return {"url": f"http://{settings.serving.host}:{settings.serving.port}", "pid": pid}
@@ -563,7 +563,7 @@ def demo(quick: bool, data: str, keep_running: bool, epochs: int | None) -> None
         report.step("burst of HTTP recommendations with feedback", burst)
 
         def stream_after() -> dict[str, Any]:
-            from streaming import publish
+            from rtrec.streaming import publish
 
             after = holder["after"]
             sent = publish(settings, after.iter_keyed_event_json(), total=len(after.events))
@@ -685,7 +685,7 @@ def demo(quick: bool, data: str, keep_running: bool, epochs: int | None) -> None
         if not keep_running:
             report.step("stop everything", lambda: {"stopped": stack.down(settings)})
         elif ok:
-            from dags import embedded
+            from rtrec.dags import embedded
 
             report.step("Airflow UI up (the demo's runs)", lambda: {"pid": embedded.up(settings)})
     _summary(settings, report, extras, keep_running)

@@ -27,7 +27,7 @@ from typing import Any
 
 _STD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
-OWN_LOGGERS = ("rtrec", "dags", "training", "monitoring", "features", "streaming", "serving")
+OWN_LOGGERS = ("rtrec",)
 """Top-level packages whose loggers are ours."""
 NOISY_LOGGERS = ("kafka", "py4j", "urllib3", "alembic", "feast")
 """Third-party loggers that say too much at INFO (connection chatter, migrations)."""
@@ -180,7 +180,7 @@ def _stderr_is_captured_socket() -> bool:
 
 
 @contextlib.contextmanager
-def route_stderr(logger_name: str = "dags.stderr") -> Iterator[None]:
+def route_stderr(logger_name: str = "rtrec.dags.stderr") -> Iterator[None]:
     """Log every line written to file descriptor 2 meanwhile at :func:`stderr_level`.
 
     Only in an Airflow task process (elsewhere a no-op): Airflow stores all of a task's

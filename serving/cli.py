@@ -13,7 +13,15 @@ from rtrec.config import get_settings
 
 def serve_command(host: str, port: int) -> list[str]:
     exe = Path(sys.executable).with_name("bentoml")
-    return [str(exe), "serve", "serving.service:Recommender", "--host", host, "--port", str(port)]
+    return [
+        str(exe),
+        "serve",
+        "rtrec.serving.service:Recommender",
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
 
 
 def serve_env(work_dir: Path | str, port: int) -> dict[str, str]:

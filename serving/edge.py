@@ -4,7 +4,7 @@ paths the router cannot match, and metric labels that cannot grow without bound.
 Header deadline (slowloris). uvicorn, under BentoML, closes idle keep-alive connections
 but never a request whose headers are still arriving: its keep-alive timer is cancelled
 by every byte received, a new connection starts with no timer at all, and the
-application (and so the body deadline in :mod:`serving.auth`) only sees a request once
+application (and so the body deadline in :mod:`rtrec.serving.auth`) only sees a request once
 its headers are complete. A client that trickles one header byte a second, or connects
 and sends nothing, holds a connection and a file descriptor forever; enough of them
 exhaust the process's descriptors and nobody else gets in. BentoML exposes no uvicorn

@@ -10,9 +10,10 @@ import logging
 import threading
 import time
 
+from rtrec.serving import metrics
+from rtrec.serving.degradation import Degradations
+
 from rtrec.config import Settings
-from serving import metrics
-from serving.degradation import Degradations
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +49,8 @@ class PopularCache:
             self.refresh()
 
     def refresh(self) -> None:
-        from features import trending_items
+        from rtrec.features import trending_items
+
         from rtrec.errors import Unavailable
 
         try:

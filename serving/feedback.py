@@ -1,6 +1,6 @@
 """``POST /feedback`` -> the Kafka events topic (keyed by user id, like every producer).
 
-Publishing is bounded the way online-store reads are (see :mod:`serving.online`): a
+Publishing is bounded the way online-store reads are (see :mod:`rtrec.serving.online`): a
 dead broker must cost a feedback request a few hundred milliseconds and a 503, never a
 30-second hang (kafka-python's bootstrap against a dead broker waits that long whatever
 ``max_block_ms`` says) and never BentoML's 504. Sends run on a small pool with a

@@ -1,6 +1,6 @@
 """Model lifecycle: load the champion, watch its alias, swap atomically, keep a last-good copy.
 
-A new version is downloaded, verified (:func:`training.artifacts.load_bundle` refuses a
+A new version is downloaded, verified (:func:`rtrec.training.artifacts.load_bundle` refuses a
 broken bundle), warmed up, and only then swapped in by replacing one reference, so
 requests never see a half-loaded model. The last good bundle is copied under the work dir
 so the service can start when MLflow is unreachable.
@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rtrec.serving import metrics
+from rtrec.serving.degradation import Degradations
 
 from rtrec.config import Settings
 from rtrec.errors import RtrecError, Unavailable
-from serving import metrics
-from serving.degradation import Degradations
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def _warm(bundle: Any) -> None:
 
 
 def load_dir(path: Path, version: str | None, source: str) -> Loaded:
-    from training.artifacts import load_bundle
+    from rtrec.training.artifacts import load_bundle
 
     bundle = load_bundle(path)
     bundle.version = version
@@ -153,7 +153,7 @@ class ModelWatcher:
         whose artifact is missing or fails verification is refused once and not retried.
         """
         if self._registry is None:
-            from training.registry import ModelRegistry
+            from rtrec.training.registry import ModelRegistry
 
             self._registry = ModelRegistry(self.settings)
         registry = self._registry

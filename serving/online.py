@@ -26,7 +26,7 @@ Fetch = Callable[[list[str]], list[dict[str, Any]]]
 
 
 class GuardedFeatures:
-    """``__call__(user_ids)`` like :func:`features.online_features`, bounded and guarded."""
+    """``__call__(user_ids)`` like :func:`rtrec.features.online_features`, bounded and guarded."""
 
     def __init__(
         self,
@@ -37,7 +37,7 @@ class GuardedFeatures:
         probe_interval_s: float = 0.5,
         trip_after_timeouts: int = 3,
     ) -> None:
-        from features import online_features
+        from rtrec.features import online_features
 
         self.settings = settings
         self._fetch: Fetch = fetch or (lambda ids: online_features(settings, ids))
@@ -95,9 +95,9 @@ class GuardedFeatures:
 
         repo = Path(str(self.settings.feast.repo_path))
         if self._default_fetch and not (repo / "registry.db").exists():
-            # Register the feature repo through features.apply directly: get_store's own
+            # Register the feature repo through rtrec.features.apply directly: get_store's own
             # apply-on-first-use path deadlocks on its lock (reported to its owner).
-            from features import apply
+            from rtrec.features import apply
 
             apply(self.settings)
         self._fetch(["warmup"])

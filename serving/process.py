@@ -18,8 +18,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from rtrec.serving.cli import serve_command, serve_env
+
 from rtrec.errors import Unavailable
-from serving.cli import serve_command, serve_env
 
 logger = logging.getLogger(__name__)
 

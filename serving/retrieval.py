@@ -13,18 +13,18 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from rtrec.serving import metrics
+from rtrec.serving.degradation import Degradations
+from rtrec.serving.experiments import CHALLENGER, CHAMPION, variant_for
+from rtrec.serving.fallback import PopularCache
+from rtrec.serving.lifecycle import Loaded
+from rtrec.serving.online import GuardedFeatures
+from rtrec.serving.schemas import RecommendRequest
+from rtrec.training import dense_transform
 
 from rtrec.config import Settings
 from rtrec.errors import Unavailable
 from rtrec.logging import redact_id
-from serving import metrics
-from serving.degradation import Degradations
-from serving.experiments import CHALLENGER, CHAMPION, variant_for
-from serving.fallback import PopularCache
-from serving.lifecycle import Loaded
-from serving.online import GuardedFeatures
-from serving.schemas import RecommendRequest
-from training import dense_transform
 
 logger = logging.getLogger(__name__)
 

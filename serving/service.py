@@ -1,8 +1,8 @@
-"""The BentoML service: ``bentoml serve serving.service:Recommender`` (or ``rtrec serve``).
+"""The BentoML service: ``bentoml serve rtrec.serving.service:Recommender`` (or ``rtrec serve``).
 
 A FastAPI app mounted on the service carries the REST API (``/recommend``,
 ``/similar/{item_id}``, ``/feedback``, ``/status``, ``/openapi.json``, and ``/docs`` and
-``/redoc`` from installed files, :mod:`serving.docs`); BentoML adds ``/healthz``,
+``/redoc`` from installed files, :mod:`rtrec.serving.docs`); BentoML adds ``/healthz``,
 ``/livez``, ``/readyz`` (ready once a champion is loaded) and ``/metrics``. Heavy imports
 (torch, faiss, Feast, MLflow) happen in ``__init__`` only.
 
@@ -21,13 +21,10 @@ import bentoml
 from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from starlette.concurrency import run_in_threadpool
-from starlette.exceptions import HTTPException as StarletteHTTPException
-
-from serving.auth import Guard
-from serving.docs import add_docs
-from serving.edge import RejectControlPaths
-from serving.schemas import (
+from rtrec.serving.auth import Guard
+from rtrec.serving.docs import add_docs
+from rtrec.serving.edge import RejectControlPaths
+from rtrec.serving.schemas import (
     ITEM_ID_PATTERN,
     FeedbackRequest,
     FeedbackResponse,
@@ -37,19 +34,21 @@ from serving.schemas import (
     StatusResponse,
     error_responses,
 )
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 logger = logging.getLogger(__name__)
 
 HEADER_TIMEOUT_S = 10.0
 """A request whose headers are not complete this long after its first byte (or after the
-connection opened) gets 408 and is closed: see :mod:`serving.edge`."""
+connection opened) gets 408 and is closed: see :mod:`rtrec.serving.edge`."""
 PROBES = frozenset({"/healthz", "/livez", "/readyz", "/metrics"})
 
 app = FastAPI(
     title="rtrec recommendations",
     version="1",
     description="Real-time recommendations: online features -> two-tower -> FAISS.",
-    docs_url=None,  # FastAPI's pages load from a CDN; serving.docs serves installed files
+    docs_url=None,  # FastAPI's pages load from a CDN; rtrec.serving.docs serves installed files
     redoc_url=None,
 )
 OPEN_PATHS = frozenset({"/openapi.json"}) | add_docs(app)
@@ -194,14 +193,14 @@ class Recommender:
 
     def __init__(self) -> None:
         import torch
+        from rtrec.serving.auth import ApiKeys, RateLimiter
+        from rtrec.serving.edge import bound_header_time, template_metric_paths
+        from rtrec.serving.feedback import Publisher
+        from rtrec.serving.lifecycle import ModelWatcher
+        from rtrec.serving.retrieval import Engine
 
         from rtrec.config import get_settings
         from rtrec.logging import configure_logging
-        from serving.auth import ApiKeys, RateLimiter
-        from serving.edge import bound_header_time, template_metric_paths
-        from serving.feedback import Publisher
-        from serving.lifecycle import ModelWatcher
-        from serving.retrieval import Engine
 
         settings = get_settings()
         configure_logging("INFO")

@@ -1,7 +1,7 @@
 """Synthetic model bundles for tests and the serving benchmark.
 
 An untrained two-tower network over a generated catalog (``i0``..``iN``, each item in one
-or two of ``c0``..``cC``), saved through :func:`training.artifacts.save_bundle` so the
+or two of ``c0``..``cC``), saved through :func:`rtrec.training.artifacts.save_bundle` so the
 service loads it exactly like a trained one. Random weights still make the user vector
 depend on the user's recent items, which is what the serving tests need: a click changes
 the history, so it changes the recommendations.
@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 
 def dense_feature_names() -> list[str]:
     """The user tower's dense inputs, in the order the training sets produce them."""
-    from features import count_names
+    from rtrec.features import count_names
 
     return [*sorted(count_names()), "secs_since_prev"]
 
@@ -49,13 +49,12 @@ def synthetic_bundle(
     which would benchmark brute force rather than the index the service really runs.
     """
     import torch
-
-    from training.artifacts import save_bundle
-    from training.examples import Encoders
-    from training.index import build_index
-    from training.model import TwoTower, TwoTowerConfig
-    from training.trainer import TrainConfig, TrainedModel
-    from training.vocab import Vocab
+    from rtrec.training.artifacts import save_bundle
+    from rtrec.training.examples import Encoders
+    from rtrec.training.index import build_index
+    from rtrec.training.model import TwoTower, TwoTowerConfig
+    from rtrec.training.trainer import TrainConfig, TrainedModel
+    from rtrec.training.vocab import Vocab
 
     rng = np.random.default_rng(seed)
     clustered = n_items > 50_000 if clustered is None else clustered

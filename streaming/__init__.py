@@ -10,20 +10,20 @@ Public API::
     wait_for_offline_log(settings, until_ms=..., timeout_s=...)  # ... wait until it does
     covered_rows(events, coverage)                              # rows the watermark vouches for
 
-Offline event log (``<offline_dir>/events/*.parquet``, read by ``training.dataset``):
+Offline event log (``<offline_dir>/events/*.parquet``, read by ``rtrec.training.dataset``):
 user_id, item_id, event_type, ts (ms), event_time (UTC), value, partition, offset.
 It is written a couple of seconds behind the online store; its watermark in Redis says
 how far it covers the topic (offsets, event time), so readers judge complete data.
 """
 
-from streaming.coverage import (
+from rtrec.streaming.coverage import (
     OfflineCoverage,
     covered_rows,
     offline_coverage,
     wait_for_offline_log,
 )
-from streaming.offline import OfflineLog, read_events
-from streaming.producer import publish, publish_catalog, replay_dataset
+from rtrec.streaming.offline import OfflineLog, read_events
+from rtrec.streaming.producer import publish, publish_catalog, replay_dataset
 
 __all__ = [
     "OfflineCoverage",
@@ -41,7 +41,7 @@ __all__ = [
 
 def __getattr__(name: str):  # the processor pulls in Feast; import it only when asked
     if name == "StreamProcessor":
-        from streaming.processor import StreamProcessor
+        from rtrec.streaming.processor import StreamProcessor
 
         return StreamProcessor
     raise AttributeError(name)

@@ -2,7 +2,7 @@
 
 A user's state is small (the last items, the event times per type within the longest
 window) and lives in Redis as JSON, written in the same atomic commit as the Kafka offsets
-it reflects (``streaming.state``), so a restart resumes exactly where the last committed
+it reflects (``rtrec.streaming.state``), so a restart resumes exactly where the last committed
 batch ended. Item aggregates are Redis hour buckets updated by that same commit.
 """
 
@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+from rtrec.features.definitions import RECENT_ITEMS, WINDOWS
 
-from features.definitions import RECENT_ITEMS, WINDOWS
 from rtrec.events import EVENT_TYPES
 
 LONGEST_MS = max(WINDOWS.values())

@@ -23,8 +23,9 @@ def stream() -> None:
 @handle_errors
 def replay(data: str, rate: str, speedup: float | None) -> None:
     """Publish a data set's events keyed by user id (with a progress bar)."""
+    from rtrec.streaming.producer import replay_dataset
+
     from rtrec.data import load_dataset
-    from streaming.producer import replay_dataset
 
     ds = load_dataset(data)
     out = replay_dataset(
@@ -57,7 +58,7 @@ def run(metrics_port: int | None, detach: bool) -> None:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    from streaming.processor import run_forever
+    from rtrec.streaming.processor import run_forever
 
     total = run_forever(settings, metrics_port=metrics_port, stop=stop)
     click.echo(json.dumps({"applied": total.applied, "dead_lettered": total.dead}))

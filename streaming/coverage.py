@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from rtrec.streaming.offline import LOG_ID
+from rtrec.streaming.state import state_keys
+
 from rtrec.config import Settings
 from rtrec.errors import InvalidInput, Unavailable
-from streaming.offline import LOG_ID
-from streaming.state import state_keys
 
 
 @dataclass(frozen=True)

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import kafka
+from rtrec.streaming import metrics
 
 from rtrec.config import Settings
-from streaming import metrics
 
 logger = logging.getLogger(__name__)
 

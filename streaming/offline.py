@@ -1,4 +1,4 @@
-"""The append-only offline event log: what training reads (``training.dataset``).
+"""The append-only offline event log: what training reads (``rtrec.training.dataset``).
 
 Parquet files under ``<offline_dir>/events``, columns ``user_id, item_id, event_type,
 ts (ms), event_time (µs UTC), value, partition, offset`` and, where the broker reports
@@ -8,8 +8,8 @@ repeat rows (same log, partition and offset, which :func:`read_events` and train
 
 Files are written a couple of seconds after their events were applied to the online
 store, so "the processor has applied everything" does not mean "the log holds it". Each
-flush therefore records a watermark in Redis (``streaming.state``): per partition the
-highest offset the log covers and the newest event time written; ``streaming.coverage``
+flush therefore records a watermark in Redis (``rtrec.streaming.state``): per partition the
+highest offset the log covers and the newest event time written; ``rtrec.streaming.coverage``
 reads it back for readers that must judge complete data.
 """
 
@@ -260,7 +260,7 @@ class OfflineSink:
         log_id: str,
         through: dict[int, int],
     ) -> None:
-        from features import append_offline_rows
+        from rtrec.features import append_offline_rows
 
         try:
             for view, rows in latest.items():

@@ -2,12 +2,12 @@
 
 Each polled batch:
 
-1. validate every event (``streaming.validate``); invalid ones above the partition's
+1. validate every event (``rtrec.streaming.validate``); invalid ones above the partition's
    applied offset go to the dead-letter topic with the reason and the original bytes;
 2. fold events above the applied offset (kept in Redis) into the user states and item
    buckets; events at or below it are redeliveries and are not counted again;
 3. one atomic Redis script writes states, item buckets, trending scores and the applied
-   offsets, fenced on the offsets read in step 1 (``streaming.state``);
+   offsets, fenced on the offsets read in step 1 (``rtrec.streaming.state``);
 4. write the touched users' and items' features into Feast's online store (an upsert
    recomputed from state, so a crash between 3 and 4 is repaired on redelivery);
 5. buffer the events for the offline log; every couple of seconds write it (and each
@@ -21,7 +21,7 @@ user's state has one writer at a time. Revoked partitions flush the log first.
 Outages (``tests/reliability``): a Redis or broker that goes away makes batches fail; the
 processor backs off, rewinds to the committed offsets and carries on when it is back.
 Redis that lost writes or all its data, and a topic created again by a broker that
-restarted empty, are handled in ``streaming.recovery``.
+restarted empty, are handled in ``rtrec.streaming.recovery``.
 """
 
 from __future__ import annotations
@@ -38,21 +38,18 @@ from kafka import ConsumerRebalanceListener, OffsetAndMetadata, TopicPartition
 from kafka.coordinator.assignors.range import RangePartitionAssignor
 from kafka.errors import KafkaError
 from redis.exceptions import RedisError
-
-from features import (
+from rtrec.features import (
     TRENDING_EPOCH_KEY,
     get_store,
     prepare_rows,
     trending_weight,
     write_prepared,
 )
-from features.definitions import ITEM_STREAM_VIEW, USER_STREAM_VIEW, WINDOWS
-from rtrec.config import Settings
-from rtrec.errors import InvalidInput
-from streaming import metrics
-from streaming.aggregates import HOUR_MS, WINDOW_HOURS, UserState
-from streaming.dlq import DeadLetter, send
-from streaming.kafka_compat import (
+from rtrec.features.definitions import ITEM_STREAM_VIEW, USER_STREAM_VIEW, WINDOWS
+from rtrec.streaming import metrics
+from rtrec.streaming.aggregates import HOUR_MS, WINDOW_HOURS, UserState
+from rtrec.streaming.dlq import DeadLetter, send
+from rtrec.streaming.kafka_compat import (
     ASSIGNMENT_SNAPSHOT,
     MEMBER_ID,
     PARTITIONS_FOR_TOPIC,
@@ -62,10 +59,13 @@ from streaming.kafka_compat import (
     disabled_guards,
     internal,
 )
-from streaming.offline import OfflineSink
-from streaming.recovery import Recovery
-from streaming.state import LOST, ItemDelta, RedisState
-from streaming.validate import validate
+from rtrec.streaming.offline import OfflineSink
+from rtrec.streaming.recovery import Recovery
+from rtrec.streaming.state import LOST, ItemDelta, RedisState
+from rtrec.streaming.validate import validate
+
+from rtrec.config import Settings
+from rtrec.errors import InvalidInput
 
 logger = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ class StreamProcessor(Recovery):
         self.consumer.subscribe([k.events_topic], listener=_Rebalance(self))
         # Not idempotent: an idempotent producer fails fatally for good when the broker
         # forgets its producer id (an embedded broker restart), and dead letters are at
-        # least once anyway (``streaming.dlq``).
+        # least once anyway (``rtrec.streaming.dlq``).
         self.producer = KafkaProducer(
             bootstrap_servers=k.bootstrap_servers, linger_ms=5, enable_idempotence=False
         )

@@ -74,7 +74,7 @@ def publish(
 def publish_catalog(settings: Settings, dataset: Any) -> None:
     """Items and user profiles into the offline store (training's join tables, Feast's
     batch views); catalog data is reference data, not an event stream."""
-    from features import write_offline_metadata
+    from rtrec.features import write_offline_metadata
 
     settings.offline_dir.mkdir(parents=True, exist_ok=True)
     for name, frame in (("items", dataset.items), ("users", dataset.users)):

@@ -18,8 +18,7 @@ from typing import Any
 from kafka import TopicPartition
 from kafka.errors import KafkaError
 from redis.exceptions import RedisError
-
-from streaming.kafka_compat import TOPIC_ID, internal
+from rtrec.streaming.kafka_compat import TOPIC_ID, internal
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ The offline event log's progress lives here too (:meth:`RedisState.record_offlin
 partition the highest offset written (what a new owner skips) and a **watermark** — the
 highest offset the log covers (written, or rejected to the dead-letter topic) and the
 newest event time written — which readers such as the drift monitor use to know whether
-the log holds what was published (:func:`streaming.coverage.offline_coverage`).
+the log holds what was published (:func:`rtrec.streaming.coverage.offline_coverage`).
 """
 
 from __future__ import annotations
@@ -320,6 +320,6 @@ class RedisState:
 
 
 def _trending_key() -> str:
-    from features import TRENDING_KEY
+    from rtrec.features import TRENDING_KEY
 
     return TRENDING_KEY

@@ -37,8 +37,7 @@ def recommend(client: httpx.Client, user_id: str, **body: Any) -> dict:
 def write_history(settings: Settings, user_id: str, items: list[str]) -> None:
     """Put a user's recent items (newest first) into the online store, as the processor does."""
     import pandas as pd
-
-    from features import count_names, write_user_features
+    from rtrec.features import count_names, write_user_features
 
     now = int(time.time() * 1000)
     row = {"user_id": user_id, "recent_items": items, "last_event_ms": now, "written_ms": now}

@@ -20,12 +20,12 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from rtrec.features import count_names, online_features
+from rtrec.features.definitions import RECENT_ITEMS, WINDOWS
+from rtrec.streaming import read_events
 
-from features import count_names, online_features
-from features.definitions import RECENT_ITEMS, WINDOWS
 from rtrec import stack as stack_mod
 from rtrec.config import Settings, load_settings
-from streaming import read_events
 
 _db = itertools.cycle(range(1, 16))
 
@@ -116,10 +116,9 @@ def assert_online_equals(settings: Settings, ref: dict[str, dict]) -> None:
 def assert_items_exact(settings: Settings, events: pd.DataFrame) -> None:
     """Trending scores and item hour buckets count every event exactly once."""
     import redis
-
-    from features import TRENDING_EPOCH_KEY, TRENDING_KEY, trending_items, trending_weight
-    from streaming.aggregates import HOUR_MS, WINDOW_HOURS
-    from streaming.state import ITEM_CLOCK_KEY, ITEM_PREFIX
+    from rtrec.features import TRENDING_EPOCH_KEY, TRENDING_KEY, trending_items, trending_weight
+    from rtrec.streaming.aggregates import HOUR_MS, WINDOW_HOURS
+    from rtrec.streaming.state import ITEM_CLOCK_KEY, ITEM_PREFIX
 
     client = redis.Redis.from_url(settings.redis.url)
     epoch, clock = int(client.get(TRENDING_EPOCH_KEY)), int(client.get(ITEM_CLOCK_KEY))
@@ -194,8 +193,7 @@ def processor_log(s: Settings, lines: int = 25) -> str:
 def dead_letters(s: Settings) -> list[dict[str, Any]]:
     """Every record on the dead-letter topic, decoded (reason, source, original bytes)."""
     from kafka import KafkaConsumer
-
-    from streaming.dlq import decode
+    from rtrec.streaming.dlq import decode
 
     consumer = KafkaConsumer(
         s.kafka.dlq_topic,
@@ -212,8 +210,7 @@ def dead_letters(s: Settings) -> list[dict[str, Any]]:
 def applied_count(s: Settings) -> int:
     """Events the processor has applied (from its offsets in Redis)."""
     import redis
-
-    from streaming.processor import offsets_key
+    from rtrec.streaming.processor import offsets_key
 
     applied = redis.Redis.from_url(s.redis.url).hgetall(offsets_key(s))
     return sum(int(v) + 1 for v in applied.values())

@@ -2,38 +2,38 @@
 
 Public API (imports are lazy: the torch side runs on a GPU host without pyspark/mlflow)::
 
-    train(settings, ...) -> TrainResult          # the whole pipeline (training.pipeline)
-    build_training_sets(settings, ...)           # Spark, point-in-time (training.dataset)
-    fit(frame, TrainConfig(...)) -> TrainedModel # two-tower (training.trainer)
+    train(settings, ...) -> TrainResult          # the whole pipeline (rtrec.training.pipeline)
+    build_training_sets(settings, ...)           # Spark, point-in-time (rtrec.training.dataset)
+    fit(frame, TrainConfig(...)) -> TrainedModel # two-tower (rtrec.training.trainer)
     fit_best(frame, candidates(), validation=...) # both objectives, validation keeps one
-    evaluate(model, seen, target) -> metrics     # full ranking (training.evaluate)
-    build_index(model.item_keys()) -> ItemIndex  # FAISS (training.index)
-    save_bundle / load_bundle -> ModelBundle     # what serving loads (training.artifacts)
+    evaluate(model, seen, target) -> metrics     # full ranking (rtrec.training.evaluate)
+    build_index(model.item_keys()) -> ItemIndex  # FAISS (rtrec.training.index)
+    save_bundle / load_bundle -> ModelBundle     # what serving loads (rtrec.training.artifacts)
     dense_transform(raw, names)                  # the dense-feature transform serving reuses
-    ModelRegistry(settings)                      # MLflow (training.registry)
+    ModelRegistry(settings)                      # MLflow (rtrec.training.registry)
 """
 
 from importlib import import_module
 from typing import Any
 
 _EXPORTS = {
-    "train": "training.pipeline",
-    "TrainResult": "training.pipeline",
-    "build_training_sets": "training.dataset",
-    "SplitConfig": "training.dataset",
-    "fit": "training.trainer",
-    "TrainConfig": "training.trainer",
-    "fit_best": "training.trainer",
-    "candidates": "training.trainer",
-    "evaluate": "training.evaluate",
-    "build_index": "training.index",
-    "save_bundle": "training.artifacts",
-    "load_bundle": "training.artifacts",
-    "ModelBundle": "training.artifacts",
-    "ModelRegistry": "training.registry",
-    "fit_baselines": "training.baselines",
-    "dense_transform": "training.examples",
-    "SECS_CAP": "training.examples",
+    "train": "rtrec.training.pipeline",
+    "TrainResult": "rtrec.training.pipeline",
+    "build_training_sets": "rtrec.training.dataset",
+    "SplitConfig": "rtrec.training.dataset",
+    "fit": "rtrec.training.trainer",
+    "TrainConfig": "rtrec.training.trainer",
+    "fit_best": "rtrec.training.trainer",
+    "candidates": "rtrec.training.trainer",
+    "evaluate": "rtrec.training.evaluate",
+    "build_index": "rtrec.training.index",
+    "save_bundle": "rtrec.training.artifacts",
+    "load_bundle": "rtrec.training.artifacts",
+    "ModelBundle": "rtrec.training.artifacts",
+    "ModelRegistry": "rtrec.training.registry",
+    "fit_baselines": "rtrec.training.baselines",
+    "dense_transform": "rtrec.training.examples",
+    "SECS_CAP": "rtrec.training.examples",
 }
 __all__ = sorted(_EXPORTS)
 

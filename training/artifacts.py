@@ -19,11 +19,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from rtrec.training.examples import ENCODER_FILES, Encoders, dense_matrix
+from rtrec.training.index import ItemIndex
+from rtrec.training.model import TwoTower, TwoTowerConfig, rank_cold_by_popularity
 
 from rtrec.errors import InvalidInput, NotFound
-from training.examples import ENCODER_FILES, Encoders, dense_matrix
-from training.index import ItemIndex
-from training.model import TwoTower, TwoTowerConfig, rank_cold_by_popularity
 
 WEIGHTS = "weights.pt"
 MODEL_CONFIG = "model_config.json"
@@ -53,7 +53,8 @@ def save_bundle(
     popular_items: Sequence[str] = (),
     extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Write ``model`` (a :class:`training.trainer.TrainedModel`) and ``index`` to ``directory``."""
+    """Write ``model`` (a :class:`~rtrec.training.trainer.TrainedModel`) and ``index``
+    to ``directory``."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     torch.save(

@@ -15,8 +15,7 @@ import logging
 
 import numpy as np
 import pandas as pd
-
-from training.vocab import Vocab
+from rtrec.training.vocab import Vocab
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +115,7 @@ class EASE:
 
     def tune(self, train: pd.DataFrame, validation: pd.DataFrame, grid: tuple[float, ...]) -> float:
         """Pick the L2 strength with the best validation NDCG@10 (never the test set)."""
-        from training.evaluate import choose_on_validation
+        from rtrec.training.evaluate import choose_on_validation
 
         best, scores = choose_on_validation(self, self._fit, grid, train, validation)
         logger.info("EASE l2 tuned", extra={"l2": best, "val_ndcg@10": scores[best]})

@@ -72,7 +72,7 @@ def count_columns() -> list[str]:
 @dataclass(frozen=True)
 class SplitConfig:
     """How examples are built and split; the defaults suit the temporal benchmark protocol
-    (train | validation | test, no gate slice); :func:`training.pipeline.split_config` gives
+    (train | validation | test, no gate slice); :func:`rtrec.training.pipeline.split_config` gives
     the product's split (train | validation | gate)."""
 
     protocol: Protocol = "temporal"

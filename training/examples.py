@@ -2,7 +2,7 @@
 
 A frame row is one example: ``user_id``, ``item_id``, ``ts`` and the features as of ``ts``
 (``hist_item_ids`` newest first, ``cnt_<type>_<window>`` counts, ``secs_since_prev``,
-``item_categories``) as written by :mod:`training.dataset`. The same transforms turn the
+``item_categories``) as written by :mod:`rtrec.training.dataset`. The same transforms turn the
 online features into the user tower's input at serving time (:func:`dense_vector`).
 """
 
@@ -14,8 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-from training.vocab import Vocab
+from rtrec.training.vocab import Vocab
 
 SECS_CAP = 30 * 86_400.0
 """Seconds since the previous event are capped at 30 days (and a first event counts as that)."""

@@ -1,6 +1,6 @@
 """The promotion gate's evidence and rule: challenger vs champion on the gate slice.
 
-The gate slice is the most recent period of the training sets (``training.dataset``) that
+The gate slice is the most recent period of the training sets (``rtrec.training.dataset``) that
 no selection step touched. Both models are scored on it with the same seen-item mask, per
 user; a paired bootstrap gives an interval for the relative gain, and the rule promotes
 when the mean gain reaches the margin and the interval's lower bound stays above
@@ -108,7 +108,7 @@ class GateEvidence:
 @dataclass(frozen=True)
 class UserScores:
     """One model on the gate slice: per-user NDCG@10 (aligned on ``users``) and the hits
-    it is made of (``user_id``, ``item_id``, ``ndcg``; ``training.evaluate.Ranking``)."""
+    it is made of (``user_id``, ``item_id``, ``ndcg``; ``rtrec.training.evaluate.Ranking``)."""
 
     users: np.ndarray
     values: np.ndarray

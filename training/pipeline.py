@@ -3,7 +3,7 @@
 One function per step, each a library call the CLI, the Airflow DAG and the benchmarks share:
 
 1. :func:`event_log_for` — the stream's offline log, or one written from ``--data``;
-2. :func:`training.dataset.build_training_sets` (Spark, point-in-time features), split in
+2. :func:`rtrec.training.dataset.build_training_sets` (Spark, point-in-time features), split in
    time order train | validation | gate slice (| test where the protocol has one);
 3. :func:`fit_and_evaluate`:
    - select on validation: the objective, epochs and popularity prior (both objectives
@@ -12,11 +12,11 @@ One function per step, each a library call the CLI, the Airflow DAG and the benc
      from the freshest labelled period;
    - judge on the gate slice, touched by no selection step: the refitted model, the
      refitted baselines and the registered champion, with the same seen-item mask, per
-     user (the gate's evidence, ``training.gate``);
+     user (the gate's evidence, ``rtrec.training.gate``);
    - build the served index, measure its recall on the gate users' queries (a bar that
      fails the run), and save the bundle that was scored;
-4. :meth:`training.registry.ModelRegistry.log_and_register` as ``challenger``, then
-   :meth:`~training.registry.ModelRegistry.promote_on_evidence`.
+4. :meth:`rtrec.training.registry.ModelRegistry.log_and_register` as ``challenger``, then
+   :meth:`~rtrec.training.registry.ModelRegistry.promote_on_evidence`.
 """
 
 from __future__ import annotations
@@ -33,19 +33,19 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from rtrec.training.artifacts import save_bundle
+from rtrec.training.baselines import fit_baselines
+from rtrec.training.dataset import Protocol, SplitConfig, TrainingSets, build_training_sets
+from rtrec.training.evaluate import evaluate, rank, write_report
+from rtrec.training.gate import GateEvidence, GateRule, SliceInfo, UserScores, gather_evidence
+from rtrec.training.index import RECALL_KS, build_index, measure_recall
+from rtrec.training.model import cold_users
+from rtrec.training.registry import GATE_METRIC, ModelRegistry, PromotionDecision, metric_key
+from rtrec.training.trainer import candidates, fit, fit_best, refit_config
 from tqdm.auto import tqdm
 
 from rtrec.config import Settings
 from rtrec.errors import InvalidInput, RtrecError, Unavailable
-from training.artifacts import save_bundle
-from training.baselines import fit_baselines
-from training.dataset import Protocol, SplitConfig, TrainingSets, build_training_sets
-from training.evaluate import evaluate, rank, write_report
-from training.gate import GateEvidence, GateRule, SliceInfo, UserScores, gather_evidence
-from training.index import RECALL_KS, build_index, measure_recall
-from training.model import cold_users
-from training.registry import GATE_METRIC, ModelRegistry, PromotionDecision, metric_key
-from training.trainer import candidates, fit, fit_best, refit_config
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class FitOutput:
     test_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     """The refitted models on test; empty where the protocol has no test split."""
     evidence: dict[str, Any] = field(default_factory=dict)
-    """``training.gate.GateEvidence.to_dict()``: what the promotion gate decides on."""
+    """``rtrec.training.gate.GateEvidence.to_dict()``: what the promotion gate decides on."""
     index: dict[str, Any] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)
     report_md: Path | None = None
@@ -153,8 +153,9 @@ def event_log_for(settings: Settings, data: str | Path | None) -> Path:
     """
     if data is None:
         return settings.offline_dir
+    from rtrec.training.dataset import write_event_log
+
     from rtrec.data import load_dataset
-    from training.dataset import write_event_log
 
     slug = hashlib.sha1(str(data).encode()).hexdigest()[:10]
     root = settings.work_dir / "training" / "eventlogs" / slug
@@ -290,7 +291,7 @@ def current_champion(settings: Settings) -> tuple[str, Any] | None:
     A champion that exists but cannot be loaded is an error: the gate would otherwise
     compare against nothing, or against a figure from another split.
     """
-    from training.artifacts import load_bundle
+    from rtrec.training.artifacts import load_bundle
 
     registry = ModelRegistry(settings)
     version = registry.champion_version()

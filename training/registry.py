@@ -1,10 +1,10 @@
 """The model registry: the only module that talks to MLflow.
 
 A training run logs its params, metrics, report and the model bundle directory (both towers,
-the item embedding table and the FAISS index, written by ``training.artifacts``) as one
+the item embedding table and the FAISS index, written by ``rtrec.training.artifacts``) as one
 ``mlflow.pyfunc`` model and registers it under ``settings.mlflow.model_name``. The promotion
 gate (:meth:`ModelRegistry.promote_on_evidence`) judges the evidence the training run
-gathered on the gate slice (``training.gate``) with ``settings.training.gate_margin``; every
+gathered on the gate slice (``rtrec.training.gate``) with ``settings.training.gate_margin``; every
 decision, with the slice, both scores and the gain's interval, and every rollback is written
 as version tags, so the registry itself is the audit log. Serving fetches the champion with
 :func:`download_bundle`.
@@ -38,9 +38,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from rtrec.training.gate import GateEvidence, decide, evidence_tags
+
 from rtrec.config import Settings
 from rtrec.errors import NotFound, Unavailable
-from training.gate import GateEvidence, decide, evidence_tags
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ class PromotionDecision:
     champion_version: str | None = None
     champion_value: float | None = None
     evidence: dict[str, Any] | None = None
-    """The gate's evidence (``training.gate.GateEvidence.to_dict``), when it judged."""
+    """The gate's evidence (``rtrec.training.gate.GateEvidence.to_dict``), when it judged."""
     margin: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -108,7 +109,7 @@ def _pyfunc_model_class() -> type:
         """Loads the bundle; ``predict`` maps user ids to their top-k item ids."""
 
         def load_context(self, context):
-            from training.artifacts import load_bundle
+            from rtrec.training.artifacts import load_bundle
 
             self.bundle = load_bundle(context.artifacts[BUNDLE_KEY])
 

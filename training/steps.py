@@ -16,13 +16,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 import torch
-
-from training.examples import Encoders
-from training.loss import multinomial_loss, sampled_softmax_loss
-from training.model import TwoTower
+from rtrec.training.examples import Encoders
+from rtrec.training.loss import multinomial_loss, sampled_softmax_loss
+from rtrec.training.model import TwoTower
 
 if TYPE_CHECKING:
-    from training.trainer import TrainConfig
+    from rtrec.training.trainer import TrainConfig
 
 
 def item_log_q(items: np.ndarray, size: int) -> np.ndarray:

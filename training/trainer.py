@@ -17,11 +17,10 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 import torch
+from rtrec.training.examples import Encoders
+from rtrec.training.model import TwoTower, TwoTowerConfig, rank_cold_by_popularity
+from rtrec.training.steps import make_steps
 from tqdm.auto import tqdm
-
-from training.examples import Encoders
-from training.model import TwoTower, TwoTowerConfig, rank_cold_by_popularity
-from training.steps import make_steps
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +129,7 @@ class TrainConfig:
 
 
 BAG_HISTORY = 200
-"""History items of the user-bag preset; ``features.RECENT_ITEMS`` keeps at least as many
+"""History items of the user-bag preset; ``rtrec.features.RECENT_ITEMS`` keeps at least as many
 online (a test holds them together), so serving sees the bag that training saw."""
 
 PRIOR_GRID = (0.0, 0.1, 0.2, 0.3, 0.5)
@@ -287,7 +286,7 @@ def fit(
         last = epoch + 1 == cfg.epochs
         check = (epoch + 1) % max(1, cfg.eval_every) == 0 or last
         if validation is not None and cfg.select_best and check:
-            from training.evaluate import evaluate
+            from rtrec.training.evaluate import evaluate
 
             record["val_ndcg@10"] = evaluate(model, train, validation)["ndcg@10"]
             if best is None or record["val_ndcg@10"] > best[0]:
@@ -337,7 +336,7 @@ def fit_best(
     the winner's name, the model, and every candidate's score; without a validation frame
     the first configuration is fitted alone (score empty).
     """
-    from training.evaluate import evaluate
+    from rtrec.training.evaluate import evaluate
 
     if not configs:
         raise ValueError("fit_best needs at least one configuration")
@@ -373,7 +372,7 @@ def _set_item_log_pop(net: TwoTower, train: pd.DataFrame, enc: Encoders) -> None
 
 def _tune_prior(model: TrainedModel, train: pd.DataFrame, validation: pd.DataFrame) -> float:
     """The ``PRIOR_GRID`` weight with the best validation NDCG@10 (the smallest on ties)."""
-    from training.evaluate import choose_on_validation
+    from rtrec.training.evaluate import choose_on_validation
 
     best, scores = choose_on_validation(
         model, model.net.pop_prior.fill_, PRIOR_GRID, train, validation

@@ -1,6 +1,6 @@
 """Airflow's own scheduler runs the DAGs: ``rtrec airflow up`` (scheduler, DAG processor,
 API server, LocalExecutor on the embedded SQLite DB) against the test stack, runs
-triggered through Airflow's REST API as a user would, a user DAG from ``dags.operators``
+triggered through Airflow's REST API as a user would, a user DAG from ``rtrec.dags.operators``
 beside ours, and nothing left running after ``rtrec airflow down``.
 
 One Airflow for the module, in a work dir of its own (fresh registry, offline log and
@@ -25,8 +25,8 @@ from typing import Any
 import httpx
 import pytest
 from click.testing import CliRunner
+from rtrec.dags import embedded
 
-from dags import embedded
 from rtrec.config import Settings, get_settings, load_settings
 from tests.conftest import free_port, restore_env
 
@@ -41,7 +41,7 @@ from datetime import UTC, datetime
 
 from airflow.sdk import DAG
 
-from dags.operators import DriftCheckOperator
+from rtrec.dags.operators import DriftCheckOperator
 
 with DAG("saved_later", schedule=None, start_date=datetime(2026, 1, 1, tzinfo=UTC)):
     DriftCheckOperator(task_id="drift_check", scores=False, alert=False)
@@ -228,7 +228,7 @@ def test_dags_come_up_unpaused_in_their_bundles(airflow: Airflow) -> None:
 
 
 def test_drift_monitor_triggered_over_rest_retrains_under_the_scheduler(airflow: Airflow) -> None:
-    from training.registry import TAG_DECISION
+    from rtrec.training.registry import TAG_DECISION
 
     before = _registry_versions(airflow.settings)
     conf = {"now_ms": airflow.shift_ts + DAY, "scores": False}
@@ -281,12 +281,13 @@ def test_drift_monitor_triggered_over_rest_retrains_under_the_scheduler(airflow:
     check_log = airflow.task_log("rtrec_drift_monitor", "drift-over-rest", "drift_check")
     _assert_clean_log(check_log, "drift_check")
     assert any(
-        ln["logger"] == "monitoring.drift" and '"drift_share"' in ln["event"] for ln in check_log
+        ln["logger"] == "rtrec.monitoring.drift" and '"drift_share"' in ln["event"]
+        for ln in check_log
     ), "the verdict's figures (log extras) are missing from the drift check's log"
 
 
 def test_user_dag_from_the_operators_runs_under_the_scheduler(airflow: Airflow) -> None:
-    from training.registry import TAG_DECISION
+    from rtrec.training.registry import TAG_DECISION
 
     airflow.wait_idle("rtrec_training", timeout_s=900)  # one training at a time on 2 cores
     before = _registry_versions(airflow.settings)

@@ -6,9 +6,9 @@ import logging
 from pathlib import Path
 
 import pytest
+from rtrec.streaming.kafka_compat import broker_kind
 
 from rtrec.config import Settings
-from streaming.kafka_compat import broker_kind
 from tests.stream_helpers import isolated
 
 pytestmark = pytest.mark.integration
@@ -23,10 +23,10 @@ def test_embedded_tansu_is_detected_from_its_cluster_id(stack: Settings) -> None
 def test_processor_reports_the_broker_kind_at_start(
     stack: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from streaming.processor import StreamProcessor
+    from rtrec.streaming.processor import StreamProcessor
 
     s = isolated(stack, tmp_path)
-    with caplog.at_level(logging.INFO, logger="streaming.kafka_compat"):
+    with caplog.at_level(logging.INFO, logger="rtrec.streaming.kafka_compat"):
         proc = StreamProcessor(s)
     try:
         status = proc.status()

@@ -1,6 +1,6 @@
 """The DAGs run for real: ``dag.test()`` against the embedded stack and a fresh Airflow DB.
 
-Each ``dag.test()`` runs through :mod:`dags.runs` in a subprocess whose Airflow
+Each ``dag.test()`` runs through :mod:`rtrec.dags.runs` in a subprocess whose Airflow
 environment (home, DAG folder) is set before Airflow is imported, so the pytest process's
 own imports stay untouched. A trigger only queues the triggered run; ``queued=True`` then
 executes that very run.
@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from rtrec.dags import embedded
 
-from dags import embedded
 from rtrec.config import Settings, load_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
@@ -45,9 +45,9 @@ def airflow_settings(
 
 
 def run_dag(settings: Settings, dag_id: str, conf: dict, *, runner=None, **kw) -> dict:
-    """One run through :func:`dags.runs.run_dag` (or ``runner``, a warm
-    :class:`dags.runs.DagRunner`), as a plain dict for the assertions."""
-    from dags.runs import run_dag as run
+    """One run through :func:`rtrec.dags.runs.run_dag` (or ``runner``, a warm
+    :class:`rtrec.dags.runs.DagRunner`), as a plain dict for the assertions."""
+    from rtrec.dags.runs import run_dag as run
 
     if runner is not None:
         out = runner.run(dag_id, conf, timeout_s=800, **kw)
@@ -67,9 +67,8 @@ def _write_offline_log(settings: Settings, events, items, users) -> None:
     import pandas as pd
     import pyarrow as pa
     import pyarrow.parquet as pq
-
-    from features import write_offline_metadata
-    from streaming.offline import SCHEMA
+    from rtrec.features import write_offline_metadata
+    from rtrec.streaming.offline import SCHEMA
 
     out = settings.offline_dir / "events"
     out.mkdir(parents=True, exist_ok=True)
@@ -121,7 +120,8 @@ def _alerts(settings: Settings) -> list[dict]:
 def test_drift_monitor_stationary_then_shift_alerts_and_triggers_training(
     airflow_settings: Settings, shifted, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from dags.runs import DagRunner
+    from rtrec.dags.runs import DagRunner
+
     from rtrec.errors import Unavailable
 
     settings = airflow_settings
@@ -166,8 +166,8 @@ def test_drift_monitor_stationary_then_shift_alerts_and_triggers_training(
     assert [a["kind"] for a in alerts] == ["drift"]
     assert alerts[0]["verdict"]["drifted"] is True
 
-    from monitoring import panel_titles
-    from monitoring.dashboards import PANEL_TITLES
+    from rtrec.monitoring import panel_titles
+    from rtrec.monitoring.dashboards import PANEL_TITLES
 
     assert panel_titles(settings) == list(PANEL_TITLES)
     snapshots = list(Path(str(settings.monitoring.workspace)).rglob("snapshots/*.json"))
@@ -186,10 +186,9 @@ def test_training_dag_registers_and_promotes(
     airflow_settings: Settings, small_data: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import numpy as np
-
-    from training.artifacts import load_bundle
-    from training.index import measure_recall
-    from training.registry import ModelRegistry
+    from rtrec.training.artifacts import load_bundle
+    from rtrec.training.index import measure_recall
+    from rtrec.training.registry import ModelRegistry
 
     # An IVF index even on this small catalog, so the recall the run measures is a real
     # measurement that could fall short (an exact index is 1.0 by construction).
@@ -252,8 +251,7 @@ def test_training_dag_registers_and_promotes(
 def test_feature_backfill_fills_the_online_store(airflow_settings: Settings, shifted) -> None:
     """Redis loses the online features; the backfill DAG rebuilds them from the log."""
     import redis
-
-    from features import online_features
+    from rtrec.features import online_features
 
     settings = airflow_settings
     _write_offline_log(settings, shifted.events, shifted.items, shifted.users)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from rtrec.dags import embedded
 
-from dags import embedded
 from rtrec.config import get_settings, load_settings
 from tests.conftest import free_port
 

@@ -33,9 +33,9 @@ OPERATIONS = ("/recommend", "/similar/{item_id}", "/feedback", "/status")
 
 @pytest.fixture(scope="module")
 def server(stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    from features import apply
-    from serving.process import running_server
-    from serving.synthetic import synthetic_bundle
+    from rtrec.features import apply
+    from rtrec.serving.process import running_server
+    from rtrec.serving.synthetic import synthetic_bundle
 
     bundle = synthetic_bundle(tmp_path_factory.mktemp("bundle") / "b", n_items=200, seed=3)
     apply(stack)

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from rtrec.features import count_names, historical_features
+from rtrec.streaming import publish
+from rtrec.streaming.processor import StreamProcessor
 
-from features import count_names, historical_features
 from rtrec.config import Settings, load_settings
 from rtrec.data import SyntheticConfig, generate
-from streaming import publish
-from streaming.processor import StreamProcessor
 from tests.stream_helpers import isolated, reference
 
 pytestmark = pytest.mark.integration
@@ -61,7 +61,8 @@ def test_historical_stream_features_are_point_in_time(stack: Settings, tmp_path:
 
 
 def test_apply_against_a_dead_redis_fails_loudly_and_writes_nothing(tmp_path: Path) -> None:
-    from features import apply
+    from rtrec.features import apply
+
     from rtrec.errors import Unavailable
     from tests.stream_helpers import free_port
 
@@ -83,8 +84,8 @@ def test_password_protected_redis_serves_features(tmp_path: Path) -> None:
     import subprocess
 
     import redis
+    from rtrec.features import apply, online_features, write_user_features
 
-    from features import apply, online_features, write_user_features
     from rtrec.errors import Unavailable
     from tests.stream_helpers import free_port, wait_for
 

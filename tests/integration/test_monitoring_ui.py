@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from rtrec.monitoring.dashboards import FEATURE_COLUMNS, SCORE_COLUMNS
 
-from monitoring.dashboards import FEATURE_COLUMNS, SCORE_COLUMNS
 from rtrec.config import Settings, get_settings, load_settings
 from tests.conftest import free_port
 
@@ -61,8 +61,9 @@ def _scores(n: int, shift: float, seed: int) -> pd.DataFrame:
 def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, str, str]]:
     """Four judged checks (two before the shift, two after) and one not judged (its
     current window lies past the data), then the UI started."""
-    from monitoring import check, ensure_project
-    from monitoring.monitor import outcome_counts, split_windows
+    from rtrec.monitoring import check, ensure_project
+    from rtrec.monitoring.monitor import outcome_counts, split_windows
+
     from rtrec import stack
     from rtrec.data import ShiftConfig, SyntheticConfig, generate
 
@@ -104,8 +105,8 @@ def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, str
 
 
 def test_dashboard_project_has_its_panels(ui) -> None:
-    from monitoring import panel_titles
-    from monitoring.dashboards import PANEL_TITLES
+    from rtrec.monitoring import panel_titles
+    from rtrec.monitoring.dashboards import PANEL_TITLES
 
     settings, _, output = ui
     assert panel_titles(settings) == list(PANEL_TITLES)
@@ -139,7 +140,7 @@ def _chromium(url: str, profile: Path, *args: str) -> str:
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is not installed")
 def test_ui_renders_panels_in_headless_chromium(ui, tmp_path: Path) -> None:
-    from monitoring.dashboards import PANEL_TITLES
+    from rtrec.monitoring.dashboards import PANEL_TITLES
 
     _, url, _ = ui
     panels = _panels(_chromium(url, tmp_path / "profile", "--dump-dom"))

@@ -17,12 +17,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+from rtrec.monitoring import monitor_offline_log
+from rtrec.streaming import offline_coverage, publish, wait_for_offline_log
+from rtrec.streaming.processor import StreamProcessor
 
-from monitoring import monitor_offline_log
 from rtrec.config import Settings
 from rtrec.errors import Unavailable
-from streaming import offline_coverage, publish, wait_for_offline_log
-from streaming.processor import StreamProcessor
 from tests.stream_helpers import isolated, wait_applied
 
 pytestmark = pytest.mark.integration
@@ -177,10 +177,9 @@ def test_the_watermark_only_moves_forward_and_belongs_to_one_topic_log(
     stack: Settings, tmp_path: Path
 ) -> None:
     import redis
-
-    from streaming.aggregates import WINDOW_HOURS
-    from streaming.coverage import read_watermark
-    from streaming.state import RedisState
+    from rtrec.streaming.aggregates import WINDOW_HOURS
+    from rtrec.streaming.coverage import read_watermark
+    from rtrec.streaming.state import RedisState
 
     s = isolated(stack, tmp_path)
     client = redis.Redis.from_url(s.redis.url)

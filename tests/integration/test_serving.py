@@ -13,9 +13,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from rtrec.serving.schemas import EXAMPLE_FEEDBACK, EXAMPLE_RECOMMEND
 
 from rtrec.config import Settings
-from serving.schemas import EXAMPLE_FEEDBACK, EXAMPLE_RECOMMEND
 from tests.conftest import free_port
 from tests.serving_support import recommend, write_history
 
@@ -29,22 +29,22 @@ RATE = 100
 
 @pytest.fixture(scope="module")
 def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from serving.synthetic import synthetic_bundle
+    from rtrec.serving.synthetic import synthetic_bundle
 
     return synthetic_bundle(tmp_path_factory.mktemp("bundle") / "b", n_items=400, seed=1)
 
 
 @pytest.fixture(scope="module")
 def bundle(bundle_dir: Path):
-    from training.artifacts import load_bundle
+    from rtrec.training.artifacts import load_bundle
 
     return load_bundle(bundle_dir, use_gpu=False)
 
 
 @pytest.fixture(scope="module")
 def server(stack: Settings, bundle_dir: Path):
-    from features import apply
-    from serving.process import running_server
+    from rtrec.features import apply
+    from rtrec.serving.process import running_server
 
     apply(stack)  # register the feature repo once, before the service reads it
     env = {

@@ -26,7 +26,7 @@ MODEL = "serving-lifecycle"
 
 @pytest.fixture(scope="module")
 def settings(stack: Settings) -> Settings:
-    from features import apply
+    from rtrec.features import apply
 
     apply(stack)
     out = stack.model_copy(deep=True)
@@ -36,7 +36,7 @@ def settings(stack: Settings) -> Settings:
 
 @pytest.fixture(scope="module")
 def registry(settings: Settings):
-    from training.registry import ModelRegistry
+    from rtrec.training.registry import ModelRegistry
 
     return ModelRegistry(settings)
 
@@ -44,7 +44,7 @@ def registry(settings: Settings):
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Good bundles with different weights, and a broken one (index fails its checksum)."""
-    from serving.synthetic import synthetic_bundle
+    from rtrec.serving.synthetic import synthetic_bundle
 
     root = tmp_path_factory.mktemp("bundles")
     out = {
@@ -69,7 +69,7 @@ def base_env(**extra: str) -> dict[str, str]:
 
 
 def test_swap_under_load_refuse_broken_and_ab_split(settings, registry, bundles) -> None:
-    from serving.process import running_server
+    from rtrec.serving.process import running_server
 
     v1 = register(registry, bundles["s1"])
     registry.promote(v1)
@@ -115,7 +115,7 @@ def test_swap_under_load_refuse_broken_and_ab_split(settings, registry, bundles)
 
 
 def test_sticky_ab_split_and_shadow(settings, registry, bundles) -> None:
-    from serving.process import running_server
+    from rtrec.serving.process import running_server
 
     registry.rollback(reason="test: undo the broken promotion")
     challenger = register(registry, bundles["s3"])
@@ -140,7 +140,7 @@ def test_sticky_ab_split_and_shadow(settings, registry, bundles) -> None:
 
 
 def test_registry_unreachable_starts_from_last_good_cache(settings) -> None:
-    from serving.process import running_server
+    from rtrec.serving.process import running_server
 
     env = base_env(**UNREACHABLE)
     with running_server(free_port(), env=env, log=settings.log_dir / "serving-cache.log") as srv:
@@ -152,7 +152,7 @@ def test_registry_unreachable_starts_from_last_good_cache(settings) -> None:
 
 
 def test_no_registry_and_no_cache_is_not_ready_with_reason(settings, tmp_path: Path) -> None:
-    from serving.process import running_server
+    from rtrec.serving.process import running_server
 
     env = base_env(**UNREACHABLE, RTREC_WORK_DIR=str(tmp_path / "empty-work"))
     with running_server(free_port(), env=env, log=tmp_path / "serve.log", wait=False) as srv:

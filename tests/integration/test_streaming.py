@@ -9,12 +9,12 @@ import time
 from pathlib import Path
 
 import pytest
+from rtrec.features import item_features, online_features
+from rtrec.streaming import read_events, replay_dataset
+from rtrec.streaming.processor import StreamProcessor
 
-from features import item_features, online_features
 from rtrec.config import Settings
 from rtrec.data import SyntheticConfig, generate
-from streaming import read_events, replay_dataset
-from streaming.processor import StreamProcessor
 from tests.stream_helpers import (
     assert_items_exact,
     assert_online_equals,
@@ -109,7 +109,7 @@ def test_sigkill_mid_stream_loses_and_doubles_nothing(
     stack: Settings, tmp_path: Path, data
 ) -> None:
     s = isolated(stack, tmp_path)
-    from streaming.producer import publish, publish_catalog
+    from rtrec.streaming.producer import publish, publish_catalog
 
     publish_catalog(s, data)
     pairs = list(data.iter_keyed_event_json())
@@ -118,8 +118,7 @@ def test_sigkill_mid_stream_loses_and_doubles_nothing(
     import threading
 
     import redis
-
-    from streaming.processor import offsets_key
+    from rtrec.streaming.processor import offsets_key
 
     proc = start_processor(s, env(s))
     wait_applied(s, half, timeout=60)  # the backlog is in: now a live stream
@@ -156,8 +155,7 @@ def test_two_processors_share_the_stream_through_a_rebalance(
     stack: Settings, tmp_path: Path, data
 ) -> None:
     import httpx
-
-    from streaming.producer import make_producer, publish, publish_catalog
+    from rtrec.streaming.producer import make_producer, publish, publish_catalog
 
     s = isolated(stack, tmp_path)
     publish_catalog(s, data)

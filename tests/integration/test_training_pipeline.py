@@ -13,13 +13,13 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from rtrec.training.dataset import TrainingSets, stop_spark
+from rtrec.training.gate import GateRule, SliceInfo, UserScores, gather_evidence
+from rtrec.training.pipeline import MODEL_NAME, FitOutput, train
+from rtrec.training.registry import CHAMPION, TAG_DECISION, ModelRegistry
 
 from rtrec.config import Settings, get_settings, load_settings
 from rtrec.errors import Unavailable
-from training.dataset import TrainingSets, stop_spark
-from training.gate import GateRule, SliceInfo, UserScores, gather_evidence
-from training.pipeline import MODEL_NAME, FitOutput, train
-from training.registry import CHAMPION, TAG_DECISION, ModelRegistry
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -126,8 +126,10 @@ def test_pipeline_registers_a_champion_whose_bundle_loads(
     settings: Settings,  # settings: the shared Spark session
 ) -> None:
     """The real model side: two-tower + baselines, a bundle that loads after download."""
-    pytest.importorskip("training.trainer", reason="model side (training.trainer) not built yet")
-    from training.artifacts import load_bundle
+    pytest.importorskip(
+        "rtrec.training.trainer", reason="model side (rtrec.training.trainer) not built yet"
+    )
+    from rtrec.training.artifacts import load_bundle
 
     settings = load_settings(work_dir=tmp_path)  # a registry of its own
     result = train(settings, data=data_dir, epochs=2, progress=False)
@@ -211,10 +213,11 @@ def test_cli_lists_promotes_and_rolls_back(
 def test_cli_train_prints_metrics_version_and_gate_decision(
     settings: Settings, data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import training.pipeline
+    import rtrec.training.pipeline
+
     from rtrec.cli import main
 
-    monkeypatch.setattr(training.pipeline, "fit_and_evaluate", _popularity_fitter())
+    monkeypatch.setattr(rtrec.training.pipeline, "fit_and_evaluate", _popularity_fitter())
     monkeypatch.setenv("RTREC_WORK_DIR", str(settings.work_dir))
     monkeypatch.setenv("RTREC_SPARK__MASTER", "local[2]")
     get_settings.cache_clear()

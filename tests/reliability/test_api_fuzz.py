@@ -48,10 +48,11 @@ BUDGET = {  # examples per (operation, mode): just over MIN_CASES in all
 
 @pytest.fixture(scope="module")
 def server(stack: Settings, tmp_path_factory: pytest.TempPathFactory):
-    from features import apply
+    from rtrec.features import apply
+    from rtrec.serving.process import running_server
+    from rtrec.serving.synthetic import synthetic_bundle
+
     from rtrec.stack import ensure_topics
-    from serving.process import running_server
-    from serving.synthetic import synthetic_bundle
 
     apply(stack)
     fuzz_settings = stack.model_copy(deep=True)

@@ -53,9 +53,10 @@ def work_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(stack: Settings, work_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    from rtrec.serving.process import running_server
+    from rtrec.serving.synthetic import synthetic_bundle
+
     from rtrec.stack import ensure_topics
-    from serving.process import running_server
-    from serving.synthetic import synthetic_bundle
 
     topic_settings = stack.model_copy(deep=True)
     topic_settings.kafka.events_topic = TOPIC

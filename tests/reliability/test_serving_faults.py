@@ -43,7 +43,7 @@ ERRORS = "rtrec_serving_lifecycle_errors_total"
 
 @pytest.fixture(scope="module")
 def settings(stack: Settings) -> Settings:
-    from features import apply
+    from rtrec.features import apply
 
     apply(stack)  # register the feature repo once, before the servers read it
     out = stack.model_copy(deep=True)
@@ -54,7 +54,7 @@ def settings(stack: Settings) -> Settings:
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Two good bundles and a copy of the second with 16 bytes inverted mid-index."""
-    from serving.synthetic import synthetic_bundle
+    from rtrec.serving.synthetic import synthetic_bundle
 
     root = tmp_path_factory.mktemp("fault-bundles")
     out = {
@@ -83,8 +83,9 @@ def status(url: str) -> dict:
 def test_redis_stopped_mid_traffic_degrades_flagged_and_recovers(
     settings: Settings, bundles: dict[str, Path]
 ) -> None:
+    from rtrec.serving.process import running_server
+
     from rtrec.stack import start_redis, stop_managed
-    from serving.process import running_server
 
     env = env_for(RTREC_SERVING__BUNDLE_PATH=str(bundles["s1"]))
     log = settings.log_dir / "serving-faults-redis.log"
@@ -126,8 +127,8 @@ def test_redis_stopped_mid_traffic_degrades_flagged_and_recovers(
 def test_broken_missing_and_deleted_champions_never_fail_a_request(
     settings: Settings, bundles: dict[str, Path]
 ) -> None:
-    from serving.process import running_server
-    from training.registry import ModelRegistry
+    from rtrec.serving.process import running_server
+    from rtrec.training.registry import ModelRegistry
 
     registry = ModelRegistry(settings)
     v1 = register(registry, bundles["s1"])
@@ -184,8 +185,9 @@ def test_broken_missing_and_deleted_champions_never_fail_a_request(
 
 def _last_good(work: Path, bundle: Path, version: str) -> None:
     """Leave a last-good copy in ``work`` exactly as a serving process would."""
+    from rtrec.serving.lifecycle import ModelWatcher
+
     from rtrec.config import load_settings
-    from serving.lifecycle import ModelWatcher
 
     ModelWatcher(load_settings(work_dir=work), lambda *_: None).remember(bundle, version)
 
@@ -194,7 +196,7 @@ def test_registry_without_champion_starts_from_the_last_good_copy(
     settings: Settings, bundles: dict[str, Path], tmp_path: Path
 ) -> None:
     """The tracking URI answers but holds no model (a registry restored empty)."""
-    from serving.process import running_server
+    from rtrec.serving.process import running_server
 
     work = tmp_path / "work"
     _last_good(work, bundles["s2"], "7")
@@ -213,7 +215,7 @@ def test_registry_without_champion_starts_from_the_last_good_copy(
 def test_dead_registry_and_corrupt_cache_is_not_ready_and_says_why(
     settings: Settings, bundles: dict[str, Path], tmp_path: Path
 ) -> None:
-    from serving.process import running_server
+    from rtrec.serving.process import running_server
 
     work = tmp_path / "work"
     _last_good(work, bundles["s1"], "3")

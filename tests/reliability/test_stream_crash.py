@@ -15,10 +15,10 @@ import threading
 from pathlib import Path
 
 import pytest
+from rtrec.streaming.producer import make_producer, publish
 
 from rtrec.config import Settings
 from rtrec.data import SyntheticConfig, generate
-from streaming.producer import make_producer, publish
 from tests.stream_helpers import (
     applied_count,
     assert_items_exact,

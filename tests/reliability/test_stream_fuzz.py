@@ -28,11 +28,11 @@ import pandas as pd
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from rtrec.streaming.validate import Event, validate
 
 from rtrec.config import Settings
 from rtrec.errors import InvalidInput
 from rtrec.events import EVENT_TYPES, MAX_EVENT_BYTES, MAX_FUTURE_MS
-from streaming.validate import Event, validate
 from tests.stream_helpers import (
     assert_online_equals,
     dead_letters,
@@ -418,8 +418,8 @@ def _counted(metrics_text: str) -> dict[str, float]:
 def test_fuzzed_stream_dead_letters_bad_events_and_goes_on(stack: Settings, tmp_path: Path) -> None:
     import httpx
     from kafka import KafkaProducer
+    from rtrec.features import online_features
 
-    from features import online_features
     from tests.stream_helpers import free_port
 
     s = isolated(stack, tmp_path)
@@ -473,8 +473,8 @@ def test_a_record_validation_did_not_foresee_is_dead_lettered_not_a_crash(
     """Any exception out of validation (a bug, a library surprise) dead-letters that one
     record with the exception named; a crash would repeat on the same record forever."""
 
-    import streaming.processor as processor_mod
-    from streaming import publish
+    import rtrec.streaming.processor as processor_mod
+    from rtrec.streaming import publish
 
     s = isolated(stack, tmp_path)
     poison = json.dumps({**GOOD, "user_id": "poison"}).encode()

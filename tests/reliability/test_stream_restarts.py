@@ -29,11 +29,11 @@ from pathlib import Path
 
 import psutil
 import pytest
+from rtrec.streaming.producer import make_producer, publish
 
 from rtrec import stack as stack_mod
 from rtrec.config import Settings
 from rtrec.data import SyntheticConfig, generate
-from streaming.producer import make_producer, publish
 from tests.stream_helpers import (
     assert_items_exact,
     assert_offline_exact,
@@ -122,8 +122,7 @@ def _positions(s: Settings) -> str:
     offsets in Redis (what a failure message needs to tell a stall from a loss)."""
     import redis
     from kafka import KafkaConsumer, TopicPartition
-
-    from streaming.processor import offsets_key
+    from rtrec.streaming.processor import offsets_key
 
     consumer = KafkaConsumer(
         bootstrap_servers=s.kafka.bootstrap_servers, allow_auto_create_topics=False
@@ -196,8 +195,8 @@ def test_redis_that_lost_its_last_writes_is_caught_up(stack: Settings, tmp_path:
     goes back to an earlier snapshot while Kafka's committed offsets stay ahead. The
     processor sees Redis's progress behind the committed offset and re-reads from it."""
     import redis
+    from rtrec.streaming.processor import StreamProcessor
 
-    from streaming.processor import StreamProcessor
     from tests.stream_helpers import isolated
 
     data = generate(SyntheticConfig.small(seed=4, n_users=120, n_items=80, n_events=4000))
@@ -225,8 +224,7 @@ def test_topic_recreated_with_more_partitions_all_are_read(tmp_path: Path) -> No
     must notice, rejoin as a new member, and read every partition."""
     from kafka.admin import KafkaAdminClient, NewTopic
     from kafka.errors import TopicAlreadyExistsError
-
-    from streaming.processor import StreamProcessor
+    from rtrec.streaming.processor import StreamProcessor
 
     data = generate(SyntheticConfig.small(seed=11, n_users=120, n_items=80, n_events=2000))
     with own_stack(tmp_path) as s:

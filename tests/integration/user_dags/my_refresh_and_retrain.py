@@ -10,8 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from airflow.sdk import DAG, Param
-
-from dags.operators import (
+from rtrec.dags.operators import (
     BuildTrainingSetOperator,
     DriftCheckOperator,
     EvaluateAndRegisterOperator,

@@ -8,8 +8,7 @@ import sys
 from datetime import timedelta
 
 import pytest
-
-from dags.embedded import DAG_IDS, dags_folder
+from rtrec.dags.embedded import DAG_IDS, dags_folder
 
 
 @pytest.fixture(scope="module")

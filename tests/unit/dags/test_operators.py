@@ -8,9 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
-from dags import steps
-from dags.operators import (
+from rtrec.dags import steps
+from rtrec.dags.operators import (
     BuildTrainingSetOperator,
     DriftCheckOperator,
     PromoteOperator,
@@ -18,6 +17,7 @@ from dags.operators import (
     is_drifted,
     is_promoted,
 )
+
 from rtrec.errors import InvalidInput
 
 
@@ -54,8 +54,8 @@ def test_short_circuit_callables() -> None:
 
 
 def test_flat_metrics_match_the_gate_metric() -> None:
-    from training.pipeline import flat_metrics
-    from training.registry import GATE_METRIC
+    from rtrec.training.pipeline import flat_metrics
+    from rtrec.training.registry import GATE_METRIC
 
     flat = flat_metrics(
         {"two_tower": {"ndcg@10": 0.2}, "EASE": {"ndcg@10": 0.1}},
@@ -77,7 +77,7 @@ def test_unknown_step_is_refused() -> None:
 @pytest.fixture
 def small_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """An offline event log too small to judge: the check answers without Evidently."""
-    from streaming.offline import SCHEMA
+    from rtrec.streaming.offline import SCHEMA
 
     rng = np.random.default_rng(0)
     ts = np.sort(rng.integers(0, 9 * 86_400_000, 120)) + 1_700_000_000_000
@@ -114,7 +114,7 @@ def test_drift_check_runs_in_either_mode_and_pushes_xcoms(small_log: Path, mode:
         scores=False,
         alert=False,
         run_mode=mode,  # type: ignore[arg-type]
-        command=[sys.executable, "-m", "dags.steps"],
+        command=[sys.executable, "-m", "rtrec.dags.steps"],
     )
     ti = FakeTI()
     verdict = op.execute({"ti": ti})

@@ -15,9 +15,8 @@ from typing import Any
 import pytest
 from airflow.sdk import DAG
 from airflow.sdk.exceptions import AirflowFailException, AirflowRuntimeError, ErrorType
-
-from dags import embedded, steps
-from dags.operators import (
+from rtrec.dags import embedded, steps
+from rtrec.dags.operators import (
     SERVICE_RETRIES,
     BuildTrainingSetOperator,
     DriftCheckOperator,
@@ -28,6 +27,7 @@ from dags.operators import (
     TrainTwoTowerOperator,
     _variable,
 )
+
 from rtrec.config import load_settings
 from rtrec.errors import InvalidInput, NotFound, Unavailable
 
@@ -111,7 +111,7 @@ def test_a_bad_run_mode_variable_fails_the_task(monkeypatch: pytest.MonkeyPatch)
     with pytest.raises(AirflowFailException, match="rtrec_run_mode is 'spark'"):
         DriftCheckOperator(task_id="d").execute({})
     monkeypatch.setenv("AIRFLOW_VAR_RTREC_RUN_MODE", "command")
-    monkeypatch.setenv("AIRFLOW_VAR_RTREC_STEP_COMMAND", "python -m dags.steps")
+    monkeypatch.setenv("AIRFLOW_VAR_RTREC_STEP_COMMAND", "python -m rtrec.dags.steps")
     with pytest.raises(AirflowFailException, match="rtrec_step_command is not JSON"):
         DriftCheckOperator(task_id="d").execute({})
     monkeypatch.setenv("AIRFLOW_VAR_RTREC_STEP_COMMAND", '"python"')
@@ -149,7 +149,7 @@ def test_the_steps_result_is_logged_at_info(
     monkeypatch.setitem(steps.STEPS, "drift_check", step)
     with caplog.at_level(logging.INFO, logger="dags"):
         DriftCheckOperator(task_id="d", now_ms=5).execute({})
-    lines = [r.getMessage() for r in caplog.records if r.name == "dags.operators"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "rtrec.dags.operators"]
     assert 'rtrec step drift_check result: {"drifted": true, "drift_share": 0.67}' in lines
     assert any("now_ms=5" in line for line in lines)  # the arguments, before the run
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+from rtrec.features import apply, historical_features, write_offline_metadata
 
-from features import apply, historical_features, write_offline_metadata
 from rtrec.config import load_settings
 
 DAY = 86_400_000

@@ -7,8 +7,7 @@ from datetime import UTC, datetime
 import pytest
 from feast.protos.feast.types.Value_pb2 import StringList, Value
 from google.protobuf.timestamp_pb2 import Timestamp
-
-from features.online_writer import (
+from rtrec.features.online_writer import (
     encode_double,
     encode_int64,
     encode_string,

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rtrec.features.store import redacted_url, redis_connection_string, repo_config_dict
 
-from features.store import redacted_url, redis_connection_string, repo_config_dict
 from rtrec.config import load_settings
 from rtrec.errors import ConfigError
 

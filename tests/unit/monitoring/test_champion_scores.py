@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 from prometheus_client import REGISTRY
+from rtrec.monitoring import monitor_offline_log
+from rtrec.monitoring.scores import champion_bundle
 
-from monitoring import monitor_offline_log
-from monitoring.scores import champion_bundle
 from rtrec.config import Settings, load_settings
 from tests.stream_helpers import free_port
 
@@ -45,7 +45,7 @@ def test_unreachable_registry_is_logged_counted_and_explained(
     dead_registry: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
     before = skipped("registry_unavailable")
-    with caplog.at_level(logging.WARNING, logger="monitoring.scores"):
+    with caplog.at_level(logging.WARNING, logger="rtrec.monitoring.scores"):
         bundle, reason = champion_bundle(dead_registry)
     assert bundle is None
     assert reason is not None and reason.startswith("model registry unavailable: Unavailable")
@@ -60,7 +60,7 @@ def test_unreachable_registry_is_logged_counted_and_explained(
 def test_corrupt_champion_bundle_is_a_degradation(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import training.registry as registry
+    import rtrec.training.registry as registry
 
     broken = tmp_path / "bundle"
     broken.mkdir()

@@ -6,15 +6,15 @@ import json
 from pathlib import Path
 
 import pytest
-
-from monitoring import check, panel_titles
-from monitoring.dashboards import (
+from rtrec.monitoring import check, panel_titles
+from rtrec.monitoring.dashboards import (
     CHECK_TAG,
     LAST_CHECK,
     PANEL_TITLES,
     ensure_project,
     threshold_column,
 )
+
 from rtrec.config import load_settings
 from rtrec.data import ShiftConfig, SyntheticConfig, generate
 

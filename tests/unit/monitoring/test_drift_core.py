@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from rtrec.monitoring import check, drift_report, panel_titles, popularity_ranks, window_features
+from rtrec.monitoring.dashboards import PANEL_TITLES
+from rtrec.monitoring.drift import MIN_ROWS, outcome_drift
 
-from monitoring import check, drift_report, panel_titles, popularity_ranks, window_features
-from monitoring.dashboards import PANEL_TITLES
-from monitoring.drift import MIN_ROWS, outcome_drift
 from rtrec.config import load_settings
 from rtrec.data import ShiftConfig, SyntheticConfig, generate
 

@@ -8,8 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-
-from monitoring import (
+from rtrec.monitoring import (
     SCORE_COLUMNS,
     MonitorConfig,
     drift_report,
@@ -17,6 +16,7 @@ from monitoring import (
     outcome_counts,
     score_features,
 )
+
 from rtrec.config import get_settings, load_settings
 from rtrec.data import ShiftConfig, SyntheticConfig, generate
 
@@ -101,8 +101,8 @@ def test_outcome_counts_clicks_per_view_or_served() -> None:
 
 @pytest.fixture(scope="module")
 def shifted_log(tmp_path_factory: pytest.TempPathFactory):
-    from features import write_offline_metadata
-    from streaming.offline import SCHEMA
+    from rtrec.features import write_offline_metadata
+    from rtrec.streaming.offline import SCHEMA
 
     cfg = SyntheticConfig.small(n_users=1_000, n_items=500, n_events=60_000, days=21)
     ds = generate(cfg.model_copy(update={"shift": ShiftConfig(at_fraction=0.7)}))
@@ -189,11 +189,12 @@ def test_monitor_offline_log_waiting_without_a_broker_fails_loudly(
 ) -> None:
     """Default coverage is "wait": with no broker to ask for the end offsets, the check
     says it cannot tell whether the log is complete rather than judge it anyway."""
-    import streaming.coverage
+    import rtrec.streaming.coverage
+
     from rtrec.errors import Unavailable
     from tests.conftest import free_port
 
-    monkeypatch.setattr(streaming.coverage, "BROKER_TIMEOUT_MS", 1000)
+    monkeypatch.setattr(rtrec.streaming.coverage, "BROKER_TIMEOUT_MS", 1000)
     settings, shift = shifted_log
     nowhere = settings.model_copy(
         update={

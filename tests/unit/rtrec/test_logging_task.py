@@ -27,7 +27,7 @@ from rtrec.logging import ExtrasInMessage, configure_task_logging, route_stderr,
         ("Created version '2' of model 'rtrec-two-tower'.", logging.INFO),
         ("10:47:32 WARN NativeCodeLoader: Unable to load native-hadoop", logging.WARNING),
         ("10:47:32 ERROR Executor: Exception in task 0.0", logging.ERROR),
-        ('{"ts": "x", "level": "INFO", "logger": "training.trainer", "msg": "epoch"}', 20),
+        ('{"ts": "x", "level": "INFO", "logger": "rtrec.training.trainer", "msg": "epoch"}', 20),
         ('{"level": "nonsense"}', logging.WARNING),
         ("Traceback (most recent call last):", logging.WARNING),
         ("something nobody announced", logging.WARNING),
@@ -39,7 +39,7 @@ def test_stderr_level(line: str, level: int) -> None:
 
 def test_extras_are_folded_into_the_message_of_our_records_only() -> None:
     fold = ExtrasInMessage()
-    ours = logging.LogRecord("training.trainer", 20, "f", 1, "epoch %d", (3,), None)
+    ours = logging.LogRecord("rtrec.training.trainer", 20, "f", 1, "epoch %d", (3,), None)
     ours.loss = 0.5
     assert fold.filter(ours) and ours.getMessage() == 'epoch 3 {"loss": 0.5}'
     assert fold.filter(ours) and ours.getMessage() == 'epoch 3 {"loss": 0.5}'  # once only
@@ -57,13 +57,13 @@ def test_configure_task_logging_sets_levels_and_hands_mlflow_to_the_root(
     handler = logging.NullHandler()
     mlflow_logger = logging.getLogger("mlflow")
     saved = (mlflow_logger.handlers[:], mlflow_logger.propagate)
-    levels = {n: logging.getLogger(n).level for n in ("training", "dags", "kafka")}
+    levels = {n: logging.getLogger(n).level for n in ("rtrec", "kafka")}
     root.addHandler(handler)
     monkeypatch.delenv("MLFLOW_CONFIGURE_LOGGING", raising=False)
     try:
         configure_task_logging()
-        assert logging.getLogger("training").level == logging.INFO
-        assert logging.getLogger("dags").level == logging.INFO
+        assert logging.getLogger("rtrec").level == logging.INFO
+        assert logging.getLogger("rtrec.training").getEffectiveLevel() == logging.INFO
         assert logging.getLogger("kafka").level == logging.WARNING
         assert mlflow_logger.handlers == [] and mlflow_logger.propagate
         assert os.environ["MLFLOW_CONFIGURE_LOGGING"] == "false"
@@ -120,9 +120,9 @@ def test_route_stderr_logs_each_line_at_its_level_in_a_task_process(tmp_path: Pa
     )
     body = json.loads(out.stdout.strip().splitlines()[-1])
     assert body["records"] == [
-        ["dags.stderr", "INFO", "WARNING: Using incubator modules: jdk.incubator.vector"],
-        ["dags.stderr", "ERROR", "10:00:00 ERROR Executor: boom"],
-        ["dags.stderr", "WARNING", "something nobody announced"],
+        ["rtrec.dags.stderr", "INFO", "WARNING: Using incubator modules: jdk.incubator.vector"],
+        ["rtrec.dags.stderr", "ERROR", "10:00:00 ERROR Executor: boom"],
+        ["rtrec.dags.stderr", "WARNING", "something nobody announced"],
     ]
     # Only what came after the step reached the supervisor's socket (as Airflow's stderr).
     assert body["raw"] == "after the step\n"

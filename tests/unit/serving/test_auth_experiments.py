@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from rtrec.serving import auth
+from rtrec.serving.auth import ApiKeys, Guard, RateLimiter
+from rtrec.serving.experiments import CHALLENGER, CHAMPION, variant_for
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
-
-from serving import auth
-from serving.auth import ApiKeys, Guard, RateLimiter
-from serving.experiments import CHALLENGER, CHAMPION, variant_for
 
 
 class Clock:

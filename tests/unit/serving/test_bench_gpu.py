@@ -30,7 +30,7 @@ def test_no_gpu_means_not_measured(bench) -> None:
 
 
 def test_gpu_branch_selected_when_gpus_reported(bench, monkeypatch: pytest.MonkeyPatch) -> None:
-    import training.index as index
+    import rtrec.training.index as index
 
     calls = {}
     real_build = index.build_index
@@ -49,7 +49,7 @@ def test_gpu_branch_selected_when_gpus_reported(bench, monkeypatch: pytest.Monke
 
 @pytest.mark.gpu
 def test_gpu_retrieval_is_measured_on_a_gpu(bench) -> None:
-    from training.index import gpu_count
+    from rtrec.training.index import gpu_count
 
     emb = np.random.default_rng(0).standard_normal((100_000, 64)).astype(np.float32)
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
@@ -58,7 +58,7 @@ def test_gpu_retrieval_is_measured_on_a_gpu(bench) -> None:
 
 
 def test_clustered_vectors_for_the_large_gpu_figure() -> None:
-    from serving.synthetic import clustered_vectors
+    from rtrec.serving.synthetic import clustered_vectors
 
     a = clustered_vectors(5000, 32, seed=3)
     assert a.shape == (5000, 32) and a.dtype == np.float32

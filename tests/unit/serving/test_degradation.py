@@ -9,15 +9,15 @@ from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
+from rtrec.serving import metrics
+from rtrec.serving.degradation import Degradations
+from rtrec.serving.fallback import PopularCache
+from rtrec.serving.lifecycle import load_dir
+from rtrec.serving.retrieval import Engine
+from rtrec.serving.schemas import RecommendRequest, StatusResponse
 
 from rtrec.config import load_settings
 from rtrec.errors import Unavailable
-from serving import metrics
-from serving.degradation import Degradations
-from serving.fallback import PopularCache
-from serving.lifecycle import load_dir
-from serving.retrieval import Engine
-from serving.schemas import RecommendRequest, StatusResponse
 
 
 def sample(name: str, reason: str) -> float:
@@ -28,7 +28,7 @@ def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [
         r.getMessage()
         for r in caplog.records
-        if r.name == "serving.degradation" and r.levelno == logging.WARNING
+        if r.name == "rtrec.serving.degradation" and r.levelno == logging.WARNING
     ]
 
 
@@ -46,7 +46,7 @@ def test_an_outage_logs_first_then_once_per_interval_with_counts(
     clock = Clock()
     deg = Degradations(log_every_s=30, clock=clock)
     before = sample("rtrec_serving_degradations_total", "test outage")
-    with caplog.at_level(logging.WARNING, logger="serving.degradation"):
+    with caplog.at_level(logging.WARNING, logger="rtrec.serving.degradation"):
         for _ in range(500):
             deg.record("test outage", "redis down", metric=metrics.DEGRADATIONS)
             clock.now += 0.01  # 5 s in all
@@ -66,7 +66,7 @@ def test_an_outage_logs_first_then_once_per_interval_with_counts(
 
 def test_reasons_are_rate_limited_independently(caplog: pytest.LogCaptureFixture) -> None:
     deg = Degradations(log_every_s=30, clock=Clock())
-    with caplog.at_level(logging.WARNING, logger="serving.degradation"):
+    with caplog.at_level(logging.WARNING, logger="rtrec.serving.degradation"):
         for reason in ("a", "b", "a", "b"):
             deg.record(reason, metric=metrics.DEGRADATIONS)
         deg.record("c", metric=metrics.DEGRADATIONS, log=False)
@@ -76,7 +76,7 @@ def test_reasons_are_rate_limited_independently(caplog: pytest.LogCaptureFixture
 
 @pytest.fixture(scope="module")
 def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from serving.synthetic import synthetic_bundle
+    from rtrec.serving.synthetic import synthetic_bundle
 
     return synthetic_bundle(tmp_path_factory.mktemp("b") / "b", n_items=100, n_users=10, seed=2)
 
@@ -94,7 +94,7 @@ def test_engine_fallbacks_are_counted_and_in_status(
     engine = Engine(load_settings(work_dir=tmp_path), features=features)
     engine.swap("champion", load_dir(bundle_dir, "1", "test"))
     cold = sample("rtrec_serving_fallbacks_total", "cold user")
-    with caplog.at_level(logging.WARNING, logger="serving.degradation"):
+    with caplog.at_level(logging.WARNING, logger="rtrec.serving.degradation"):
         for n in range(3):
             out = engine.recommend(RecommendRequest(user_id=f"new-{n}", k=5))
             assert out["fallback"] is True

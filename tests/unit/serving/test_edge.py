@@ -1,4 +1,4 @@
-"""serving.edge without a server: the path guard's answers and the metric labels.
+"""rtrec.serving.edge without a server: the path guard's answers and the metric labels.
 
 The header deadline itself is exercised over real sockets in
 ``tests/reliability/test_api_fuzz.py`` (slow clients get 408 and others are served).
@@ -10,7 +10,7 @@ import asyncio
 import json
 from typing import Any
 
-from serving.edge import RejectControlPaths, bound_header_time, template_metric_paths
+from rtrec.serving.edge import RejectControlPaths, bound_header_time, template_metric_paths
 
 
 def _call(app: Any, path: str) -> tuple[int, dict | None, bool]:
@@ -42,8 +42,7 @@ def test_control_characters_in_paths_get_a_json_422_before_routing() -> None:
 
 def test_metric_labels_are_route_templates() -> None:
     from bentoml._internal.server.http.instruments import RunnerTrafficMetricsMiddleware
-
-    from serving.service import PROBES, app
+    from rtrec.serving.service import PROBES, app
 
     assert template_metric_paths(app, keep=PROBES)
     assert template_metric_paths(app, keep=PROBES)  # idempotent: wrapped once

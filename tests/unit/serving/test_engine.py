@@ -12,20 +12,20 @@ import pytest
 from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
+from rtrec.features.definitions import count_names
+from rtrec.serving.lifecycle import Loaded, load_dir
+from rtrec.serving.retrieval import Engine, dense_row
+from rtrec.serving.schemas import EXAMPLE_RECOMMEND, Filters, RecommendRequest
+from rtrec.training.examples import dense_matrix
 
-from features.definitions import count_names
 from rtrec.config import Settings, load_settings
 from rtrec.errors import NotFound, Unavailable
 from rtrec.logging import redact_id
-from serving.lifecycle import Loaded, load_dir
-from serving.retrieval import Engine, dense_row
-from serving.schemas import EXAMPLE_RECOMMEND, Filters, RecommendRequest
-from training.examples import dense_matrix
 
 
 @pytest.fixture(scope="module")
 def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from serving.synthetic import synthetic_bundle
+    from rtrec.serving.synthetic import synthetic_bundle
 
     return synthetic_bundle(tmp_path_factory.mktemp("b") / "b", n_items=200, n_users=20, seed=4)
 
@@ -82,7 +82,7 @@ def test_dense_row_matches_training_transforms(
     online: dict[str, int | None], last: int | None, now_ms: int
 ) -> None:
     """Serving's row for a user's online features equals training's row for the same
-    state (the frame ``training.dataset`` writes: counts, seconds since the previous
+    state (the frame ``rtrec.training.dataset`` writes: counts, seconds since the previous
     event, nulls where unknown), computed by training's own ``dense_matrix``."""
     row = dense_row({**online, "last_event_ms": last}, DENSE, now_ms)
     frame = pd.DataFrame(
@@ -170,7 +170,7 @@ def test_internal_error_log_has_the_traceback_but_not_the_user_id(
 
     store.rows["u1-secret"] = {"recent_items": ["i3"]}  # has history: reaches retrieval
     monkeypatch.setattr(engine, "_retrieve", boom)
-    with caplog.at_level("ERROR", logger="serving.retrieval"):
+    with caplog.at_level("ERROR", logger="rtrec.serving.retrieval"):
         out = engine.recommend_or_fallback(RecommendRequest(user_id="u1-secret", k=3))
     assert out["fallback"] is True and len(out["items"]) == 3
     text = caplog.text

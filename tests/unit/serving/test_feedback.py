@@ -6,12 +6,12 @@ import socket
 import time
 
 import pytest
+from rtrec.serving.feedback import Publisher, broker_reachable
+from rtrec.serving.schemas import EXAMPLE_FEEDBACK
 
 from rtrec.config import load_settings
 from rtrec.errors import Unavailable
 from rtrec.events import parse_event
-from serving.feedback import Publisher, broker_reachable
-from serving.schemas import EXAMPLE_FEEDBACK
 from tests.conftest import free_port
 
 

@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rtrec.serving.lifecycle import Loaded, ModelWatcher
+from rtrec.serving.online import GuardedFeatures
 
 from rtrec.config import Settings, load_settings
 from rtrec.errors import InvalidInput, NotFound, Unavailable
-from serving.lifecycle import Loaded, ModelWatcher
-from serving.online import GuardedFeatures
 
 
 @pytest.fixture
@@ -88,7 +88,7 @@ class FakeRegistry:
 
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from serving.synthetic import synthetic_bundle
+    from rtrec.serving.synthetic import synthetic_bundle
 
     root = tmp_path_factory.mktemp("bundles")
     good1 = synthetic_bundle(root / "v1", n_items=100, seed=1)
@@ -166,7 +166,7 @@ def test_challenger_follows_its_alias(settings: Settings, bundles) -> None:
 
 
 def test_broken_bundle_is_refused_by_load(bundles) -> None:
-    from serving.lifecycle import load_dir
+    from rtrec.serving.lifecycle import load_dir
 
     with pytest.raises(InvalidInput, match="checksum"):
         load_dir(bundles["3"], "3", "test")
@@ -175,7 +175,7 @@ def test_broken_bundle_is_refused_by_load(bundles) -> None:
 def test_loaded_bundles_are_frozen_out_of_the_collector(bundles) -> None:
     import gc
 
-    from serving.lifecycle import load_dir
+    from rtrec.serving.lifecycle import load_dir
 
     gc.unfreeze()
     loaded = load_dir(bundles["1"], "1", "test")

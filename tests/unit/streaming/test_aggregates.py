@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import random
 
-from features.definitions import RECENT_ITEMS, WINDOWS
+from rtrec.features.definitions import RECENT_ITEMS, WINDOWS
+from rtrec.streaming.aggregates import UserState
+
 from rtrec.events import EVENT_TYPES
-from streaming.aggregates import UserState
 
 
 def brute(events: list[tuple[str, str, int]]) -> dict:

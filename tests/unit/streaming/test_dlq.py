@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from streaming.dlq import DeadLetter, decode
+from rtrec.streaming.dlq import DeadLetter, decode
 
 
 def test_headers_round_trip() -> None:

@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pyarrow.parquet as pq
-
-from streaming.offline import SCHEMA, OfflineLog, read_events
-from streaming.validate import Event
+from rtrec.streaming.offline import SCHEMA, OfflineLog, read_events
+from rtrec.streaming.validate import Event
 
 
 def test_flush_writes_the_training_schema_and_reports_offsets(tmp_path: Path) -> None:

@@ -14,11 +14,11 @@ from typing import Any
 import kafka
 import pytest
 from prometheus_client import REGISTRY
+from rtrec.streaming import kafka_compat
+from rtrec.streaming.kafka_compat import INTERNALS, PARTITIONS_FOR_TOPIC, broker_kind, internal
+from rtrec.streaming.processor import StreamProcessor
 
 from rtrec.config import Settings, load_settings
-from streaming import kafka_compat
-from streaming.kafka_compat import INTERNALS, PARTITIONS_FOR_TOPIC, broker_kind, internal
-from streaming.processor import StreamProcessor
 
 
 @pytest.fixture(autouse=True)
@@ -36,7 +36,7 @@ def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [
         r.getMessage()
         for r in caplog.records
-        if r.name == "streaming.kafka_compat" and r.levelno == logging.WARNING
+        if r.name == "rtrec.streaming.kafka_compat" and r.levelno == logging.WARNING
     ]
 
 
@@ -49,7 +49,7 @@ def test_every_internal_the_guards_read_exists_in_the_installed_kafka_python(
     # api_version given: no bootstrap, so no broker is needed to build the consumer.
     consumer = KafkaConsumer(bootstrap_servers="127.0.0.1:9", group_id="g", api_version=(2, 5, 0))
     try:
-        with caplog.at_level(logging.WARNING, logger="streaming.kafka_compat"):
+        with caplog.at_level(logging.WARNING, logger="rtrec.streaming.kafka_compat"):
             for path in INTERNALS:
                 value = internal(consumer, path)
                 assert value is not None or path.endswith("_assignment_snapshot"), path
@@ -62,7 +62,7 @@ def test_a_missing_internal_warns_once_naming_it_and_the_version(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     moved = SimpleNamespace(_client=SimpleNamespace())  # a release without .cluster
-    with caplog.at_level(logging.WARNING, logger="streaming.kafka_compat"):
+    with caplog.at_level(logging.WARNING, logger="rtrec.streaming.kafka_compat"):
         assert internal(moved, PARTITIONS_FOR_TOPIC) is None
         assert internal(moved, PARTITIONS_FOR_TOPIC) is None
     lines = warnings_of(caplog)
@@ -89,7 +89,7 @@ def test_partition_guard_without_its_internal_is_off_and_says_so(
     settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
     proc = fake_processor(settings, SimpleNamespace(), "tansu")
-    with caplog.at_level(logging.WARNING, logger="streaming.kafka_compat"):
+    with caplog.at_level(logging.WARNING, logger="rtrec.streaming.kafka_compat"):
         assert StreamProcessor._partition_count(proc) == 0
     assert len(warnings_of(caplog)) == 1
 
@@ -119,7 +119,7 @@ def test_stale_assignment_without_the_generation_internal_warns(
     settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
     proc = fake_processor(settings, SimpleNamespace(_coordinator=SimpleNamespace()), "tansu")
-    with caplog.at_level(logging.WARNING, logger="streaming.kafka_compat"):
+    with caplog.at_level(logging.WARNING, logger="rtrec.streaming.kafka_compat"):
         assert StreamProcessor._assignment_is_stale(proc, [0]) is False
     assert "_coordinator._generation.member_id" in warnings_of(caplog)[0]
     assert "stale_assignment" in kafka_compat.disabled_guards()
@@ -151,7 +151,7 @@ def test_failed_detection_assumes_kafka_and_warns(
     def dead() -> dict[str, Any]:
         raise kafka.errors.KafkaTimeoutError("no answer")
 
-    with caplog.at_level(logging.WARNING, logger="streaming.kafka_compat"):
+    with caplog.at_level(logging.WARNING, logger="rtrec.streaming.kafka_compat"):
         got = broker_kind(settings, describe=dead)
     assert (got.kind, got.how) == ("kafka", "assumed")
     assert "KafkaTimeoutError" in got.source
@@ -160,7 +160,7 @@ def test_failed_detection_assumes_kafka_and_warns(
 
 def test_announce_logs_at_info_and_sets_the_metric(caplog: pytest.LogCaptureFixture) -> None:
     kind = kafka_compat.BrokerKind("tansu", "detected", "cluster id 'tansu_cluster'")
-    with caplog.at_level(logging.INFO, logger="streaming.kafka_compat"):
+    with caplog.at_level(logging.INFO, logger="rtrec.streaming.kafka_compat"):
         kafka_compat.announce(kind)
     assert any(
         r.levelno == logging.INFO and "broker kind: tansu" in r.getMessage() for r in caplog.records

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import time
 
+from rtrec.streaming.producer import publish
+
 from rtrec.config import load_settings
-from streaming.producer import publish
 
 
 class FakeProducer:

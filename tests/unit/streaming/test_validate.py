@@ -7,10 +7,10 @@ import json
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from rtrec.streaming.validate import Event, validate
 
 from rtrec.errors import InvalidInput
 from rtrec.events import MAX_EVENT_BYTES, parse_event
-from streaming.validate import Event, validate
 
 NOW = 1_750_000_000_000
 GOOD = {"user_id": "u1", "item_id": "i1", "event_type": "click", "ts": NOW - 5}

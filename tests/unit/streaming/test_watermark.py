@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
-from streaming.coverage import OfflineCoverage, PartitionMark, Watermark, covered_rows
-from streaming.offline import LOG_ID, OfflineLog
-from streaming.validate import Event
+from rtrec.streaming.coverage import OfflineCoverage, PartitionMark, Watermark, covered_rows
+from rtrec.streaming.offline import LOG_ID, OfflineLog
+from rtrec.streaming.validate import Event
 
 
 def coverage(

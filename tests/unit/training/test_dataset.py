@@ -11,12 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
-from rtrec.config import Settings, load_settings
-from rtrec.data import Dataset
-from rtrec.errors import InvalidInput, NotFound
-from rtrec.events import EVENT_TYPES
-from training.dataset import (
+from rtrec.training.dataset import (
     COUNT_WINDOWS_MS,
     SplitConfig,
     TrainingSets,
@@ -27,6 +22,11 @@ from training.dataset import (
     stop_spark,
     write_event_log,
 )
+
+from rtrec.config import Settings, load_settings
+from rtrec.data import Dataset
+from rtrec.errors import InvalidInput, NotFound
+from rtrec.events import EVENT_TYPES
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -188,7 +188,7 @@ def test_product_split_ends_with_the_gate_slice_and_records_its_range(
 ) -> None:
     """train | validation | gate in time order, the gate slice the most recent period and
     no test: the slice the promotion gate judges on, touched by no selection step."""
-    from training.pipeline import split_config
+    from rtrec.training.pipeline import split_config
 
     events = _random_events(seed=6)
     root = write_event_log(_dataset(events), tmp_path / "log")

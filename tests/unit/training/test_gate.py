@@ -5,10 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-
-from rtrec.errors import InvalidInput
-from training.evaluate import rank
-from training.gate import (
+from rtrec.training.evaluate import rank
+from rtrec.training.gate import (
     GateEvidence,
     GateRule,
     SliceInfo,
@@ -18,6 +16,8 @@ from training.gate import (
     gather_evidence,
     paired_bootstrap,
 )
+
+from rtrec.errors import InvalidInput
 
 SLICE = SliceInfo("gate", rows=100, users=4, start_ms=0, end_ms=86_400_000)
 

@@ -11,9 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
-from rtrec.errors import InvalidInput, NotFound
-from training.artifacts import (
+from rtrec.training.artifacts import (
     ITEM_EMBEDDINGS,
     METADATA,
     PRIOR_BUFFERS,
@@ -21,13 +19,15 @@ from training.artifacts import (
     load_bundle,
     save_bundle,
 )
-from training.baselines import EASE, MostPopular, fit_baselines
-from training.evaluate import evaluate, write_report
-from training.examples import Encoders, histories_within
-from training.index import build_index, choose_kind, index_recall, want_gpu
-from training.loss import sampled_softmax_loss
-from training.model import TwoTower, TwoTowerConfig
-from training.trainer import TrainConfig, fit, select_device
+from rtrec.training.baselines import EASE, MostPopular, fit_baselines
+from rtrec.training.evaluate import evaluate, write_report
+from rtrec.training.examples import Encoders, histories_within
+from rtrec.training.index import build_index, choose_kind, index_recall, want_gpu
+from rtrec.training.loss import sampled_softmax_loss
+from rtrec.training.model import TwoTower, TwoTowerConfig
+from rtrec.training.trainer import TrainConfig, fit, select_device
+
+from rtrec.errors import InvalidInput, NotFound
 
 
 def clustered_frame(
@@ -251,7 +251,7 @@ def test_broken_bundles_are_refused(tmp_path: Path, model, damage: str) -> None:
     else:
         np.save(path / ITEM_EMBEDDINGS, np.zeros((3, 3), np.float32))
         meta = json.loads((path / METADATA).read_text())
-        from training.artifacts import _sha256
+        from rtrec.training.artifacts import _sha256
 
         meta["sha256"][ITEM_EMBEDDINGS] = _sha256(path / ITEM_EMBEDDINGS)
         (path / METADATA).write_text(json.dumps(meta))

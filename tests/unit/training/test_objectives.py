@@ -8,14 +8,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from rtrec.training.artifacts import load_bundle, save_bundle
+from rtrec.training.baselines import MostPopular
+from rtrec.training.evaluate import evaluate
+from rtrec.training.index import build_index
+from rtrec.training.loss import multinomial_loss, sampled_softmax_loss
+from rtrec.training.trainer import BAG_HISTORY, PRIOR_GRID, TrainConfig, candidates, fit, fit_best
 
 from tests.unit.training.test_model import clustered_frame
-from training.artifacts import load_bundle, save_bundle
-from training.baselines import MostPopular
-from training.evaluate import evaluate
-from training.index import build_index
-from training.loss import multinomial_loss, sampled_softmax_loss
-from training.trainer import BAG_HISTORY, PRIOR_GRID, TrainConfig, candidates, fit, fit_best
 
 
 def random_split(frame: pd.DataFrame, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -170,7 +170,7 @@ def test_fit_best_keeps_the_candidate_validation_prefers(split) -> None:
 
 
 def test_candidates_cover_both_objectives_and_fit_the_online_history() -> None:
-    from features.definitions import RECENT_ITEMS
+    from rtrec.features.definitions import RECENT_ITEMS
 
     for protocol in ("temporal", "random"):
         configs = candidates(protocol, seed=3, max_epochs=2)

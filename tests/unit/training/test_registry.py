@@ -13,11 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
-from rtrec.config import Settings, load_settings
-from rtrec.errors import InvalidInput, NotFound
-from training.gate import GateEvidence, GateRule, SliceInfo, UserScores, gather_evidence
-from training.registry import (
+from rtrec.training.gate import GateEvidence, GateRule, SliceInfo, UserScores, gather_evidence
+from rtrec.training.registry import (
     CHALLENGER,
     CHAMPION,
     GATE_METRIC,
@@ -27,6 +24,9 @@ from training.registry import (
     ModelRegistry,
     metric_key,
 )
+
+from rtrec.config import Settings, load_settings
+from rtrec.errors import InvalidInput, NotFound
 
 pytestmark = pytest.mark.timeout(180)
 
