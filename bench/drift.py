@@ -91,29 +91,10 @@ def train_champion(settings, ds, start: int, train_days: float, epochs: int) -> 
 
 def write_offline_log(settings, events: pd.DataFrame, items, users) -> None:
     """The stream processor's offline log and catalog, as if these events had streamed."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
     from rtrec.features import write_offline_metadata
-    from rtrec.streaming.offline import SCHEMA
+    from rtrec.streaming import write_events
 
-    out = settings.offline_dir / "events"
-    out.mkdir(parents=True, exist_ok=True)
-    frame = pd.DataFrame(
-        {
-            "user_id": events["user_id"].astype(str),
-            "item_id": events["item_id"].astype(str),
-            "event_type": events["event_type"].astype(str),
-            "ts": events["ts"].astype("int64"),
-            "event_time": pd.to_datetime(events["ts"], unit="ms", utc=True),
-            "value": 1.0,
-            "partition": 0,
-            "offset": np.arange(len(events)),
-        }
-    )
-    table = pa.Table.from_pandas(frame, schema=SCHEMA, preserve_index=False)
-    pq.write_table(
-        table, out / "part-0.parquet", coerce_timestamps="us", allow_truncated_timestamps=True
-    )
+    write_events(settings.offline_dir / "events", events.assign(value=1.0), partition=0)
     write_offline_metadata(settings, items, users)
 
 

@@ -6,6 +6,7 @@ Public API::
     publish(settings, pairs, ...)
     StreamProcessor(settings).run()                            # consumer-group member
     read_events(dir)                                            # the offline event log
+    write_events(dir, frame)                                    # ... a frame that did not stream
     offline_coverage(settings, until_ms=...) -> OfflineCoverage  # does the log hold it all?
     wait_for_offline_log(settings, until_ms=..., timeout_s=...)  # ... wait until it does
     covered_rows(events, coverage)                              # rows the watermark vouches for
@@ -22,7 +23,7 @@ from rtrec.streaming.coverage import (
     offline_coverage,
     wait_for_offline_log,
 )
-from rtrec.streaming.offline import OfflineLog, read_events
+from rtrec.streaming.offline import OfflineLog, read_events, write_events
 from rtrec.streaming.producer import publish, publish_catalog, replay_dataset
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "read_events",
     "replay_dataset",
     "wait_for_offline_log",
+    "write_events",
 ]
 
 

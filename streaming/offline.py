@@ -22,8 +22,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from rtrec.errors import InvalidInput
 
 logger = logging.getLogger(__name__)
 
@@ -107,22 +110,16 @@ class OfflineLog:
         if not cols[0]:
             return {}
         u, i, t, ts, _, v, p, o = cols
-        stamps = pa.array(ts, pa.int64())
-        table = pa.table(
-            [
-                pa.array(u, pa.string()),
-                pa.array(i, pa.string()),
-                pa.array(t, pa.string()),
-                stamps,
-                stamps.cast(pa.timestamp("ms", tz="UTC")),
-                pa.array(v, pa.float64()),
-                pa.array(p, pa.int32()),
-                pa.array(o, pa.int64()),
-            ],
-            schema=SCHEMA,
+        table = _table(
+            u,
+            i,
+            t,
+            pa.array(ts, pa.int64()),
+            pa.array(v, pa.float64()),
+            pa.array(p, pa.int32()),
+            pa.array(o, pa.int64()),
+            log_id=log_id,
         )
-        if log_id:
-            table = table.append_column(LOG_ID, pa.array([log_id] * len(u), pa.string()))
         grouped = table.group_by("partition").aggregate([("offset", "max"), ("ts", "max")])
         marks = {
             int(part): (int(off), int(newest))
@@ -133,11 +130,73 @@ class OfflineLog:
                 strict=True,
             )
         }
-        path = self.directory / f"part-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
-        tmp = path.with_suffix(".tmp")
-        pq.write_table(table, tmp, coerce_timestamps="us", allow_truncated_timestamps=True)
-        tmp.rename(path)  # readers never see a half-written file
+        _write_file(self.directory, table)
         return marks
+
+
+def _table(
+    user: Any,
+    item: Any,
+    event_type: Any,
+    ts: pa.Array,
+    value: pa.Array,
+    partition: pa.Array,
+    offset: pa.Array,
+    *,
+    log_id: str = "",
+) -> pa.Table:
+    """One log file's table in :data:`SCHEMA` (``event_time`` derived from ``ts``), so the
+    processor's flushes and :func:`write_events` cannot drift apart."""
+    table = pa.table(
+        [
+            pa.array(user, pa.string()),
+            pa.array(item, pa.string()),
+            pa.array(event_type, pa.string()),
+            ts,
+            ts.cast(pa.timestamp("ms", tz="UTC")),
+            value,
+            partition,
+            offset,
+        ],
+        schema=SCHEMA,
+    )
+    if log_id:
+        table = table.append_column(LOG_ID, pa.array([log_id] * len(table), pa.string()))
+    return table
+
+
+def _write_file(directory: Path, table: pa.Table) -> Path:
+    path = directory / f"part-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
+    tmp = path.with_suffix(".tmp")
+    pq.write_table(table, tmp, coerce_timestamps="us", allow_truncated_timestamps=True)
+    tmp.rename(path)  # readers never see a half-written file
+    return path
+
+
+def write_events(directory: Path, events: Any, *, partition: int = -1) -> Path:
+    """Write a frame of events that did not stream (a data set given to ``rtrec train
+    --data``, a benchmark's or a test's history) as one file of the offline event log.
+
+    ``events`` has ``user_id, item_id, event_type, ts`` (ms) and ``value`` (NaN where an
+    event has none); offsets are the rows' positions. ``partition`` -1 marks rows that
+    never went through Kafka (:func:`read_events` keeps them as they are); a caller that
+    stands in for the processor passes a real partition. Returns the file written.
+    """
+    missing = [c for c in ("user_id", "item_id", "event_type", "ts", "value") if c not in events]
+    if missing:
+        raise InvalidInput(f"events lack column(s) {', '.join(missing)}", field=missing[0])
+    directory.mkdir(parents=True, exist_ok=True)
+    n = len(events)
+    table = _table(
+        events["user_id"].astype(str),
+        events["item_id"].astype(str),
+        events["event_type"].astype(str),
+        pa.array(events["ts"], pa.int64()),
+        pa.array(events["value"], pa.float64(), from_pandas=True),
+        pa.array(np.full(n, partition, np.int32)),
+        pa.array(np.arange(n, dtype=np.int64)),
+    )
+    return _write_file(directory, table)
 
 
 def read_events(directory: Path) -> Any:

@@ -64,32 +64,15 @@ def run_dag(settings: Settings, dag_id: str, conf: dict, *, runner=None, **kw) -
 
 def _write_offline_log(settings: Settings, events, items, users) -> None:
     """The stream processor's offline log and catalog, as if the events had streamed."""
-    import pandas as pd
-    import pyarrow as pa
-    import pyarrow.parquet as pq
     from rtrec.features import write_offline_metadata
-    from rtrec.streaming.offline import SCHEMA
+    from rtrec.streaming import write_events
 
     out = settings.offline_dir / "events"
-    out.mkdir(parents=True, exist_ok=True)
     for f in out.glob("*.parquet"):
         f.unlink()
-    frame = pd.DataFrame(
-        {
-            "user_id": events["user_id"].astype(str),
-            "item_id": events["item_id"].astype(str),
-            "event_type": events["event_type"].astype(str),
-            "ts": events["ts"].astype("int64"),
-            "event_time": pd.to_datetime(events["ts"], unit="ms", utc=True),
-            "value": events.get("value", pd.Series(1.0, index=events.index)).astype(float),
-            "partition": 0,
-            "offset": range(len(events)),
-        }
-    )
-    table = pa.Table.from_pandas(frame, schema=SCHEMA, preserve_index=False)
-    pq.write_table(
-        table, out / "part-0.parquet", coerce_timestamps="us", allow_truncated_timestamps=True
-    )
+    if "value" not in events:
+        events = events.assign(value=1.0)
+    write_events(out, events, partition=0)
     write_offline_metadata(settings, items, users)
 
 

@@ -102,36 +102,13 @@ def test_outcome_counts_clicks_per_view_or_served() -> None:
 @pytest.fixture(scope="module")
 def shifted_log(tmp_path_factory: pytest.TempPathFactory):
     from rtrec.features import write_offline_metadata
-    from rtrec.streaming.offline import SCHEMA
+    from rtrec.streaming import write_events
 
     cfg = SyntheticConfig.small(n_users=1_000, n_items=500, n_events=60_000, days=21)
     ds = generate(cfg.model_copy(update={"shift": ShiftConfig(at_fraction=0.7)}))
     work = tmp_path_factory.mktemp("monitor-work")
     settings = load_settings(work_dir=work)
-    ev = ds.events
-    frame = pd.DataFrame(
-        {
-            "user_id": ev["user_id"].astype(str),
-            "item_id": ev["item_id"].astype(str),
-            "event_type": ev["event_type"].astype(str),
-            "ts": ev["ts"].astype("int64"),
-            "event_time": pd.to_datetime(ev["ts"], unit="ms", utc=True),
-            "value": 1.0,
-            "partition": 0,
-            "offset": np.arange(len(ev)),
-        }
-    )
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    out = settings.offline_dir / "events"
-    out.mkdir(parents=True)
-    pq.write_table(
-        pa.Table.from_pandas(frame, schema=SCHEMA, preserve_index=False),
-        out / "part-0.parquet",
-        coerce_timestamps="us",
-        allow_truncated_timestamps=True,
-    )
+    write_events(settings.offline_dir / "events", ds.events.assign(value=1.0), partition=0)
     write_offline_metadata(settings, ds.items, ds.users)
     return settings, int(ds.meta["shift_ts"])
 

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pyarrow.parquet as pq
+import pytest
+from rtrec.streaming import write_events
 from rtrec.streaming.offline import SCHEMA, OfflineLog, read_events
 from rtrec.streaming.validate import Event
+
+from rtrec.errors import InvalidInput
 
 
 def test_flush_writes_the_training_schema_and_reports_offsets(tmp_path: Path) -> None:
@@ -53,3 +58,29 @@ def test_a_recreated_topic_keeps_its_rows_apart_from_the_old_log(tmp_path: Path)
     frame = read_events(tmp_path)
     assert sorted(frame["item_id"]) == ["i1", "i2", "i3"]
     assert sorted(frame["log_id"]) == ["", "new", "old"]
+
+
+def test_write_events_writes_a_frame_as_the_processor_would(tmp_path: Path) -> None:
+    frame = pd.DataFrame(
+        {
+            "user_id": ["u1", "u2", "u1"],
+            "item_id": ["i1", "i2", "i3"],
+            "event_type": ["view", "rating", "click"],
+            "ts": [1_700_000_000_123, 1_700_000_000_456, 1_700_000_001_000],
+            "value": [float("nan"), 4.0, float("nan")],
+        }
+    )
+    path = write_events(tmp_path / "from-frame", frame)
+    log = OfflineLog(tmp_path / "from-stream")
+    for offset, row in enumerate(frame.itertuples(index=False)):
+        value = None if pd.isna(row.value) else row.value
+        log.add(-1, offset, Event(row.user_id, row.item_id, row.event_type, row.ts, value))
+    log.flush()
+    written = pq.read_table(path)
+    streamed = pq.read_table(next((tmp_path / "from-stream").glob("*.parquet")))
+    assert written.schema == streamed.schema
+    assert written.equals(streamed)
+    kept = read_events(tmp_path / "from-frame")
+    assert kept["partition"].tolist() == [-1, -1, -1] and kept["offset"].tolist() == [0, 1, 2]
+    with pytest.raises(InvalidInput, match="value"):
+        write_events(tmp_path, frame.drop(columns="value"))
