@@ -50,27 +50,17 @@ def dataset(seed: int, days: float, n_events: int, shift_at: int | None):
 
 
 def one_check(settings, ds, now: int, bundle, cfg) -> Any:
-    from rtrec.monitoring.monitor import check, outcome_counts, split_windows
-    from rtrec.monitoring.scores import score_features
+    """The scheduled check as of ``now``, on the events logged by then (what the offline
+    log would hold), scored by ``bundle`` when there is one; nothing recorded or alerted."""
+    from rtrec.monitoring import monitor_offline_log
 
-    ref, cur = split_windows(
-        ds.events, now_ms=now, reference_days=cfg.reference_days, window_days=cfg.window_days
-    )
-    scores = None
-    if bundle is not None:
-        past = ds.events[ds.events["ts"] < now]
-        ref_s, centroid = score_features(bundle, ref, history=past, sample=cfg.score_sample)
-        cur_s, _ = score_features(
-            bundle, cur, history=past, centroid=centroid, sample=cfg.score_sample
-        )
-        scores = (ref_s, cur_s)
-    return check(
+    return monitor_offline_log(
         settings,
-        events=ds.events,
+        events=ds.events[ds.events["ts"] < now],
         items=ds.items,
         now_ms=now,
-        outcome=outcome_counts(ref, cur),
-        scores=scores,
+        scores=bundle is not None,
+        bundle=bundle,
         record=False,
         alert=False,
         config=cfg,
