@@ -8,13 +8,14 @@ ARGS ?=
 
 .PHONY: demo demo-quick test test-fast lint setup system-deps clean
 
-$(BIN)/rtrec: pyproject.toml
+$(BIN)/rtrec: pyproject.toml constraints.txt
 	@$(MAKE) --no-print-directory system-deps
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q -U pip
-	# CPU torch first: a range that admits newer releases pulls a multi-GB CUDA build.
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[dev]"
+	# Exact versions from constraints.txt (pyproject.toml has ranges). CPU torch first: on
+	# Linux the default torch wheel is a multi-GB CUDA build.
+	$(BIN)/pip install -q -c constraints.txt torch
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
 	@touch $(BIN)/rtrec
 
 setup: $(BIN)/rtrec
