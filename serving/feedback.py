@@ -1,11 +1,9 @@
 """``POST /feedback`` -> the Kafka events topic (keyed by user id, like every producer).
 
-Publishing is bounded the way online-store reads are (see :mod:`rtrec.serving.online`): a
-dead broker must cost a feedback request a few hundred milliseconds and a 503, never a
-30-second hang (kafka-python's bootstrap against a dead broker waits that long whatever
-``max_block_ms`` says) and never BentoML's 504. Sends run on a small pool with a
-deadline; a failure opens a breaker so later requests answer 503 at once, and a probe
-closes it as soon as a broker accepts TCP connections again.
+Publishing is bounded and guarded like online-store reads (:mod:`rtrec.serving.breaker`):
+a dead broker must cost a feedback request a few hundred milliseconds and a 503, never a
+30-second hang and never BentoML's 504. While the breaker is open requests answer 503 at
+once; a probe, running only then, closes it as soon as a broker accepts TCP connections.
 """
 
 from __future__ import annotations
@@ -13,9 +11,9 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
+
+from rtrec.serving.breaker import Breaker
 
 from rtrec.config import Settings
 from rtrec.errors import Unavailable
@@ -44,7 +42,7 @@ def broker_reachable(bootstrap: str, *, timeout_s: float = 0.2) -> str | None:
     return "no bootstrap server reachable (" + "; ".join(reasons or [bootstrap]) + ")"
 
 
-class Publisher:
+class Publisher(Breaker):
     """Sends validated interactions and waits for the broker's acknowledgement.
 
     The producer is created on first use (a dead broker must not stop the service from
@@ -54,35 +52,20 @@ class Publisher:
     def __init__(
         self, settings: Settings, *, timeout_s: float = 2.0, probe_interval_s: float = 0.5
     ) -> None:
+        super().__init__(
+            "event broker",
+            timeout_s=timeout_s,
+            probe_interval_s=probe_interval_s,
+            timeout_says="did not acknowledge within",
+            thread_name="feedback",
+        )
         self.settings = settings
-        self.timeout_s = timeout_s
-        self.probe_interval_s = probe_interval_s
-        self.down_reason: str | None = None
         self._producer: Any = None
         self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="feedback")
-        self._stop = threading.Event()
 
     def __call__(self, events: list[Any]) -> None:
         """Publish ``events``; raises Unavailable within ``timeout_s`` when it cannot."""
-        reason = self.down_reason
-        if reason is not None:
-            raise Unavailable(f"event broker marked down: {reason}")
-        future = self._pool.submit(self._send, events)
-        try:
-            future.result(timeout=self.timeout_s)
-        except FutureTimeout:
-            msg = f"event broker did not acknowledge within {self.timeout_s * 1000:.0f} ms"
-            self.trip(msg)
-            raise Unavailable(msg) from None
-        except Unavailable as exc:
-            self.trip(str(exc))
-            raise
-
-    def trip(self, reason: str) -> None:
-        if self.down_reason is None:
-            logger.warning("event broker breaker open: %s", reason[:200])
-        self.down_reason = reason[:200]
+        self.call(self._send, events)
 
     def _get(self) -> Any:
         with self._lock:
@@ -119,17 +102,5 @@ class Publisher:
                 raise
             raise Unavailable(f"event broker unavailable: {exc}") from exc
 
-    # -- probing ----------------------------------------------------------------------
-    def start(self) -> None:
-        threading.Thread(target=self._loop, name="broker-probe", daemon=True).start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.probe_interval_s):
-            if self.down_reason is None:
-                continue
-            if broker_reachable(self.settings.kafka.bootstrap_servers) is None:
-                logger.info("event broker reachable again; breaker closed")
-                self.down_reason = None
+    def probe(self) -> str | None:
+        return broker_reachable(self.settings.kafka.bootstrap_servers)

@@ -42,3 +42,14 @@ LIFECYCLE_ERRORS = metrics.Counter(
     "champion alias gone, no champion at start, an unusable last-good cache",
     labelnames=["kind"],
 )
+BREAKER_OPEN = metrics.Gauge(
+    name="rtrec_serving_breaker_open",
+    documentation="1 while the circuit breaker in front of a dependency (online store, event "
+    "broker) is open and calls to it fail at once",
+    labelnames=["dependency"],
+)
+BREAKER_TRIPS = metrics.Counter(
+    name="rtrec_serving_breaker_trips_total",
+    documentation="Times a dependency's circuit breaker opened",
+    labelnames=["dependency"],
+)

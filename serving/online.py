@@ -1,21 +1,18 @@
-"""Bounded reads of the online store, behind a circuit breaker.
+"""Bounded reads of the online store, behind a circuit breaker (``rtrec.serving.breaker``).
 
-With Redis down, one Feast read blocks for about ten seconds (redis-py retries with
-backoff). A request must never wait that long, and the event loop must never block, so
-reads run on a small thread pool with a deadline; a failure opens the breaker, and
-while it is open requests skip the store at once (the caller serves its flagged
-fallback). A background probe pings Redis with sub-second timeouts and closes the
-breaker as soon as Redis answers again.
+While the breaker is open requests skip the store at once (the caller serves its flagged
+fallback). The probe pings Redis all the time, so an outage opens the breaker before
+requests run into it, and closes it as soon as Redis answers again.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
+
+from rtrec.serving.breaker import Breaker
 
 from rtrec.config import Settings
 from rtrec.errors import Unavailable
@@ -25,7 +22,7 @@ logger = logging.getLogger(__name__)
 Fetch = Callable[[list[str]], list[dict[str, Any]]]
 
 
-class GuardedFeatures:
+class GuardedFeatures(Breaker):
     """``__call__(user_ids)`` like :func:`rtrec.features.online_features`, bounded and guarded."""
 
     def __init__(
@@ -39,40 +36,22 @@ class GuardedFeatures:
     ) -> None:
         from rtrec.features import online_features
 
+        super().__init__(
+            "online store",
+            timeout_s=timeout_s,
+            probe_interval_s=probe_interval_s,
+            timeout_says="read exceeded",
+            trip_after_timeouts=trip_after_timeouts,
+            probe_while_closed=True,
+            workers=4,
+            thread_name="online-features",
+        )
         self.settings = settings
         self._fetch: Fetch = fetch or (lambda ids: online_features(settings, ids))
         self._default_fetch = fetch is None
-        self.timeout_s = timeout_s
-        self.probe_interval_s = probe_interval_s
-        self.trip_after_timeouts = trip_after_timeouts
-        self.down_reason: str | None = None
-        self._timeouts = 0
-        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="online-features")
-        self._stop = threading.Event()
 
     def __call__(self, user_ids: list[str]) -> list[dict[str, Any]]:
-        reason = self.down_reason
-        if reason is not None:
-            raise Unavailable(f"online store marked down: {reason}")
-        future = self._pool.submit(self._fetch, user_ids)
-        try:
-            out = future.result(timeout=self.timeout_s)
-        except FutureTimeout:
-            self._timeouts += 1
-            msg = f"online store read exceeded {self.timeout_s * 1000:.0f} ms"
-            if self._timeouts >= self.trip_after_timeouts:
-                self.trip(msg)
-            raise Unavailable(msg) from None
-        except Unavailable as exc:
-            self.trip(str(exc))
-            raise
-        self._timeouts = 0
-        return out
-
-    def trip(self, reason: str) -> None:
-        if self.down_reason is None:
-            logger.warning("online store breaker open: %s", reason[:200])
-        self.down_reason = reason[:200]
+        return self.call(self._fetch, user_ids)
 
     def warm(self, *, timeout_s: float = 30.0) -> bool:
         """Build the Feast store now (seconds) rather than on the first request.
@@ -102,23 +81,9 @@ class GuardedFeatures:
             apply(self.settings)
         self._fetch(["warmup"])
 
-    # -- probing ----------------------------------------------------------------------
     def start(self) -> None:
-        if self.settings.feast.online_store == "redis":
-            threading.Thread(target=self._loop, name="online-probe", daemon=True).start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.probe_interval_s):
-            error = self.probe()
-            if error is None and self.down_reason is not None:
-                logger.info("online store reachable again; breaker closed")
-                self._timeouts = 0
-                self.down_reason = None
-            elif error is not None:
-                self.trip(error)
+        if self.settings.feast.online_store == "redis":  # the local store has nothing to ping
+            super().start()
 
     def probe(self) -> str | None:
         """None when Redis answers a PING within 200 ms, else the reason."""

@@ -122,6 +122,10 @@ def test_redis_stopped_mid_traffic_degrades_flagged_and_recovers(
     assert metric_value(
         metrics, "rtrec_serving_fallbacks_total", reason="feature store unavailable"
     )
+    # The breaker opened on the outage and is closed again, as its metrics say.
+    assert metric_value(metrics, "rtrec_serving_breaker_trips_total", dependency="online_store")
+    assert "rtrec_serving_breaker_open{" in metrics
+    assert not metric_value(metrics, "rtrec_serving_breaker_open", dependency="online_store")
 
 
 def test_broken_missing_and_deleted_champions_never_fail_a_request(
