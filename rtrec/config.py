@@ -23,7 +23,22 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from rtrec.errors import ConfigError
+
 _STRICT = ConfigDict(extra="forbid")
+
+
+def host_port(address: str, default_port: int) -> tuple[str, int]:
+    """``host:port`` or a URL -> (host, port), parsed by ``urllib.parse`` in this one place
+    for every address in the settings: credentials, IPv6 brackets and a path never end up
+    in the host; a port that is not a number is a :class:`rtrec.errors.ConfigError`."""
+    text = address.strip()
+    parsed = urlsplit(text if "://" in text else f"//{text}")
+    try:
+        port = parsed.port
+    except ValueError as exc:
+        raise ConfigError(f"address {address!r} has no valid port: {exc}") from None
+    return parsed.hostname or "127.0.0.1", port or default_port
 
 
 class KafkaSettings(BaseModel):
@@ -59,8 +74,7 @@ class RedisSettings(BaseModel):
     @property
     def host_port(self) -> tuple[str, int]:
         """Host and port of ``url`` (``urllib.parse``: credentials, IPv6 brackets, db)."""
-        parsed = urlsplit(self.url)
-        return parsed.hostname or "127.0.0.1", parsed.port or 6379
+        return host_port(self.url, 6379)
 
 
 class FeastSettings(BaseModel):

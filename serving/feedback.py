@@ -15,19 +15,14 @@ from typing import Any
 
 from rtrec.serving.breaker import Breaker
 
-from rtrec.config import Settings
+from rtrec.config import Settings, host_port
 from rtrec.errors import Unavailable
 
 logger = logging.getLogger(__name__)
 
 
 def _addresses(bootstrap: str) -> list[tuple[str, int]]:
-    out = []
-    for part in bootstrap.split(","):
-        host, _, port = part.strip().rpartition(":")
-        if host and port.isdigit():
-            out.append((host.strip("[]"), int(port)))
-    return out
+    return [host_port(part, 9092) for part in bootstrap.split(",") if part.strip()]
 
 
 def broker_reachable(bootstrap: str, *, timeout_s: float = 0.2) -> str | None:

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from rtrec.config import host_port
+
 
 @dataclass
 class RateResult:
@@ -161,12 +163,11 @@ def run_rate(
     on_response: Callable[[int, int, bytes], None] | None = None,
 ) -> RateResult:
     """Offer ``rate`` POSTs/s to ``url + path`` for ``duration_s``; every non-200 is an error."""
-    hostport = url.split("://", 1)[-1].rstrip("/")
-    host, _, port = hostport.partition(":")
+    host, port = host_port(url, 80)
     return asyncio.run(
         _run(
             host,
-            int(port or 80),
+            port,
             path,
             body_for,
             rate,

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from rtrec import stack as stack_mod
-from rtrec.config import Settings, load_settings
+from rtrec.config import Settings, host_port, load_settings
 from rtrec.errors import Unavailable
 from rtrec.events import Interaction, parse_event
 
@@ -76,7 +76,7 @@ def test_port_in_use_is_named(tmp_path: Path, stack: Settings) -> None:
     other = load_settings(
         work_dir=tmp_path, kafka={"bootstrap_servers": stack.kafka.bootstrap_servers}
     )
-    port = stack.kafka.bootstrap_servers.rsplit(":", 1)[1]
+    _, port = host_port(stack.kafka.bootstrap_servers, 9092)
     with pytest.raises(Unavailable, match=f"port {port}"):
         stack_mod.start_kafka(other)
 

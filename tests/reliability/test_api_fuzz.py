@@ -23,7 +23,7 @@ from collections import Counter
 import httpx
 import pytest
 
-from rtrec.config import Settings
+from rtrec.config import Settings, host_port
 from tests.conftest import free_port
 
 pytestmark = [
@@ -166,8 +166,7 @@ def test_generated_requests_get_documented_answers_and_never_a_5xx(server) -> No
 
 
 def _raw(url: str) -> socket.socket:
-    host, port = url.removeprefix("http://").split(":")
-    return socket.create_connection((host, int(port)), timeout=30)
+    return socket.create_connection(host_port(url, 80), timeout=30)
 
 
 def _read_status(sock: socket.socket) -> int:

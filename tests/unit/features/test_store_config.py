@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from rtrec.features.store import redacted_url, redis_connection_string, repo_config_dict
 
-from rtrec.config import load_settings
+from rtrec.config import host_port, load_settings
 from rtrec.errors import ConfigError
 
 
@@ -73,6 +73,28 @@ def test_redacted_url_hides_only_the_password() -> None:
         "rediss://svc:***@redis.prod:6380/2"
     )
     assert redacted_url("redis://127.0.0.1:16379/0") == "redis://127.0.0.1:16379/0"
+
+
+@pytest.mark.parametrize(
+    ("address", "expected"),
+    [
+        ("rediss://svc:s3cr%40t:x@redis.prod:6380/2", ("redis.prod", 6380)),
+        ("redis://:pw@127.0.0.1:9/3", ("127.0.0.1", 9)),
+        ("redis://cache.internal", ("cache.internal", 6379)),
+        ("[::1]:19092", ("::1", 19092)),
+        (" broker-1:9093", ("broker-1", 9093)),
+        ("http://127.0.0.1:3000/recommend", ("127.0.0.1", 3000)),
+    ],
+)
+def test_one_parser_reads_every_address(address: str, expected: tuple[str, int]) -> None:
+    # Credentials, IPv6 brackets and paths never leak into the host (the Redis probe and
+    # the stack's checks connect where Feast does).
+    assert host_port(address, 6379) == expected
+
+
+def test_an_address_without_a_numeric_port_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="no valid port"):
+        host_port("broker:ninety", 9092)
 
 
 def test_repo_config_uses_redis_whatever_redis_is_doing(tmp_path: Path) -> None:
