@@ -1,6 +1,6 @@
 """Soak: a real server under steady load for a long time, with feedback changing features.
 
-    python bench/soak.py                       # 10 minutes at 200 req/s (the issue's figure)
+    python bench/soak.py                       # 10 minutes at 200 req/s
     python bench/soak.py --duration-s 90       # a quick check of the same thing
 
 Steps: build (or reuse) a synthetic bundle; start an embedded stack (Tansu + Redis) on
@@ -32,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 
-from bench.serving import free_port, fresh_stack_settings, seed_histories
+from bench._common import free_port
+from bench.serving import fresh_stack_settings, seed_histories
 
 KEY = "soak-key"
 
@@ -144,10 +145,10 @@ def main() -> None:
     from rtrec.serving.loadgen import run_rate
     from rtrec.serving.process import running_server
     from rtrec.serving.synthetic import synthetic_bundle
+    from rtrec.stack import down, start_managed, up
     from rtrec.training.artifacts import load_bundle
 
     from rtrec.logging import configure_logging
-    from rtrec.stack import down, start_managed, up
 
     configure_logging("WARNING", json_lines=False)
     bundle_dir = Path(args.workdir) / f"bundle-{args.items}x{args.dim}-u{args.users}"
