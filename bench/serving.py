@@ -27,6 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 
+from bench._common import free_port
+
 KEY = "bench-key"
 TARGET_MS = 10.0
 
@@ -65,14 +67,6 @@ def fresh_stack_settings(work: Path):
     )
     get_settings.cache_clear()
     return get_settings()
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def retrieval_device(gpus: int) -> str:
@@ -203,11 +197,11 @@ def main() -> None:
 
     from rtrec.serving.loadgen import run_rate
     from rtrec.serving.process import running_server
+    from rtrec.stack import down, start_managed, up
     from rtrec.training.artifacts import load_bundle
     from rtrec.training.index import gpu_count
 
     from rtrec.logging import configure_logging
-    from rtrec.stack import down, start_managed, up
 
     configure_logging("WARNING", json_lines=False)
     bundle_dir = get_bundle(args)

@@ -34,13 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from bench._common import free_port
 
 
 def main() -> None:
@@ -54,7 +48,8 @@ def main() -> None:
 
     from kafka import KafkaConsumer
     from rtrec.streaming import publish
-    from rtrec.streaming.processor import StreamProcessor, tune_gc
+    from rtrec.streaming.processor import StreamProcessor
+    from rtrec.streaming.service import tune_gc
 
     from rtrec import stack
     from rtrec.config import load_settings

@@ -26,16 +26,9 @@ from rtrec.streaming import read_events
 
 from rtrec import stack as stack_mod
 from rtrec.config import Settings, load_settings
+from tests.conftest import free_port
 
 _db = itertools.cycle(range(1, 16))
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def isolated(stack: Settings, tmp_path: Path) -> Settings:

@@ -64,7 +64,7 @@ def test_apply_against_a_dead_redis_fails_loudly_and_writes_nothing(tmp_path: Pa
     from rtrec.features import apply
 
     from rtrec.errors import Unavailable
-    from tests.stream_helpers import free_port
+    from tests.conftest import free_port
 
     dead = free_port()  # bound and released: nothing listens there
     s = load_settings(work_dir=tmp_path, redis={"url": f"redis://:hunter2@127.0.0.1:{dead}/0"})
@@ -87,7 +87,8 @@ def test_password_protected_redis_serves_features(tmp_path: Path) -> None:
     from rtrec.features import apply, online_features, write_user_features
 
     from rtrec.errors import Unavailable
-    from tests.stream_helpers import free_port, wait_for
+    from tests.conftest import free_port
+    from tests.stream_helpers import wait_for
 
     port = free_port()
     server = subprocess.Popen(

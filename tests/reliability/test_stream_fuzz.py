@@ -420,7 +420,7 @@ def test_fuzzed_stream_dead_letters_bad_events_and_goes_on(stack: Settings, tmp_
     from kafka import KafkaProducer
     from rtrec.features import online_features
 
-    from tests.stream_helpers import free_port
+    from tests.conftest import free_port
 
     s = isolated(stack, tmp_path)
     bad = _bad_payloads(seed=8)
@@ -473,7 +473,7 @@ def test_a_record_validation_did_not_foresee_is_dead_lettered_not_a_crash(
     """Any exception out of validation (a bug, a library surprise) dead-letters that one
     record with the exception named; a crash would repeat on the same record forever."""
 
-    import rtrec.streaming.processor as processor_mod
+    import rtrec.streaming.batch as processor_mod  # where validation is called
     from rtrec.streaming import publish
 
     s = isolated(stack, tmp_path)

@@ -17,7 +17,7 @@ from rtrec.monitoring import monitor_offline_log
 from rtrec.monitoring.scores import champion_bundle
 
 from rtrec.config import Settings, load_settings
-from tests.stream_helpers import free_port
+from tests.conftest import free_port
 
 DAY = 86_400_000
 METRIC = "rtrec_monitor_score_drift_skipped_total"
