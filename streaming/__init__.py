@@ -36,6 +36,7 @@ __all__ = [
     "publish_catalog",
     "read_events",
     "replay_dataset",
+    "run_forever",
     "wait_for_offline_log",
     "write_events",
 ]
@@ -46,4 +47,8 @@ def __getattr__(name: str):  # the processor pulls in Feast; import it only when
         from rtrec.streaming.processor import StreamProcessor
 
         return StreamProcessor
+    if name == "run_forever":  # ``rtrec stream run``: the processor as a process
+        from rtrec.streaming.service import run_forever
+
+        return run_forever
     raise AttributeError(name)

@@ -11,7 +11,7 @@ def test_tune_gc_freezes_start_up_objects_and_sets_the_thresholds() -> None:
     # In a child process: the settings are process-wide and must not leak into pytest.
     code = (
         "import gc, json\n"
-        "from rtrec.streaming.processor import GC_THRESHOLDS, tune_gc\n"
+        "from rtrec.streaming.service import GC_THRESHOLDS, tune_gc\n"
         "before = gc.get_freeze_count()\n"
         "tune_gc()\n"
         "print(json.dumps([before, gc.get_freeze_count(), gc.get_threshold(),"
