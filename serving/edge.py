@@ -1,17 +1,31 @@
 """Protections in front of routing: a deadline on request headers, a JSON answer for
-paths the router cannot match, and metric labels that cannot grow without bound.
+paths the router cannot match, and route-labelled request metrics.
 
-Header deadline (slowloris). uvicorn, under BentoML, closes idle keep-alive connections
-but never a request whose headers are still arriving: its keep-alive timer is cancelled
-by every byte received, a new connection starts with no timer at all, and the
-application (and so the body deadline in :mod:`rtrec.serving.auth`) only sees a request once
-its headers are complete. A client that trickles one header byte a second, or connects
-and sends nothing, holds a connection and a file descriptor forever; enough of them
-exhaust the process's descriptors and nobody else gets in. BentoML exposes no uvicorn
-option for this, so :func:`bound_header_time` wraps three callbacks of uvicorn's
-httptools protocol (the one uvicorn picks when httptools is installed, as it is here):
-arm a timer when a connection opens and after each response, cancel it when a request's
-headers are complete, and answer 408 and close the connection if it fires first.
+What an ASGI middleware cannot see. uvicorn parses a request's line and headers before
+it calls the application: a connection that sends nothing, or trickles one header byte a
+second, never reaches any ASGI code, so no middleware can time it out. uvicorn's own
+settings do not cover that phase either: ``timeout_keep_alive`` (the only timeout BentoML
+passes to uvicorn, ``bentoml serve --timeout-keep-alive``) is armed only after a response
+and cancelled by every byte received, so a new connection has no timer at all and a
+trickling one keeps resetting it; ``limit_concurrency`` and
+``h11_max_incomplete_event_size`` are not passed by BentoML at all, and the second bounds
+header size (under h11 only), not time. Left alone, such clients hold a connection and a
+file descriptor forever, and enough of them exhaust the process's descriptors.
+
+Header deadline. :class:`HeaderDeadlineProtocol` is our own subclass of uvicorn's public
+httptools protocol (the one uvicorn picks when httptools is installed, as it is here): it
+arms a timer when a connection opens and after each response, cancels it when a
+request's headers are complete, and answers 408 and closes the connection if it fires
+first; each override calls uvicorn's method. BentoML builds uvicorn's ``Config`` itself
+with ``http="auto"`` and offers no way to pass a protocol class, so
+:func:`use_header_deadline` points uvicorn's ``"auto"`` entry of its protocol table at
+this class; it must run when the service module is imported, before the worker's uvicorn
+loads its configuration. That table entry is the one framework hook left: no public form
+exists for this phase.
+
+Body deadline and size. Once headers are complete the request is ASGI's: the size limit
+(413 naming ``serving.max_body_bytes``) and the body deadline (408) are our pure ASGI
+guard's, :class:`rtrec.serving.auth.Guard`, which wraps ``receive``.
 
 Control characters in paths. BentoML mounts the API under its own router, whose catch-
 all mount pattern does not match a path with a newline in it (``%0A`` in an item id):
@@ -19,11 +33,12 @@ the request never reaches the API and gets BentoML's plain-text 404, which no cl
 parse as the documented error. :class:`RejectControlPaths` answers those with the
 documented 422 before routing.
 
-Metric labels: see :func:`template_metric_paths`.
+Request metrics: see :class:`RouteMetrics`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -36,72 +51,81 @@ _RESPONSE = (
     b"connection: close\r\ncontent-length: %d\r\n\r\n%s"
 )
 
+try:
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+except ImportError as exc:  # uvicorn falls back to h11: use_header_deadline says so
+    HeaderDeadlineProtocol: Any = None
+    _NO_HTTPTOOLS = str(exc)
+else:
+    _NO_HTTPTOOLS = ""
 
-def _expire(protocol: Any, timeout_s: float) -> None:
-    protocol._rtrec_header_timer = None
-    transport = protocol.transport
-    cycle = getattr(protocol, "cycle", None)
-    if transport.is_closing() or (cycle is not None and not cycle.response_complete):
-        return  # a request is being answered: never cut into its response
-    body = b'{"error": "request headers not received within %g s", "field": "headers"}' % timeout_s
-    transport.write(_RESPONSE % (len(body), body))
-    transport.close()
+    class HeaderDeadlineProtocol(HttpToolsProtocol):  # type: ignore[no-redef]
+        """uvicorn's httptools protocol with a deadline on each request's headers: from
+        the connection's start, and from the end of each response on a kept-alive one."""
+
+        timeout_s: float = 10.0
+        """Set by :func:`use_header_deadline`; read when a timer is armed."""
+
+        _rtrec_header_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._arm_header_deadline()
+
+        def on_headers_complete(self) -> None:
+            self._disarm_header_deadline()
+            super().on_headers_complete()
+
+        def on_response_complete(self) -> None:
+            pipelined = bool(self.pipeline)  # a queued request already has its headers
+            super().on_response_complete()
+            if not self.transport.is_closing() and not pipelined:
+                self._arm_header_deadline()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm_header_deadline()
+            super().connection_lost(exc)
+
+        def _arm_header_deadline(self) -> None:
+            self._disarm_header_deadline()
+            self._rtrec_header_timer = self.loop.call_later(
+                self.timeout_s, self._headers_overdue, self.timeout_s
+            )
+
+        def _disarm_header_deadline(self) -> None:
+            if self._rtrec_header_timer is not None:
+                self._rtrec_header_timer.cancel()
+                self._rtrec_header_timer = None
+
+        def _headers_overdue(self, timeout_s: float) -> None:
+            self._rtrec_header_timer = None
+            cycle = self.cycle
+            if self.transport.is_closing() or (cycle is not None and not cycle.response_complete):
+                return  # a request is being answered: never cut into its response
+            body = b'{"error": "request headers not received within %g s", "field": "headers"}'
+            body %= timeout_s
+            self.transport.write(_RESPONSE % (len(body), body))
+            self.transport.close()
 
 
-def _arm(protocol: Any, timeout_s: float) -> None:
-    _disarm(protocol)
-    protocol._rtrec_header_timer = protocol.loop.call_later(timeout_s, _expire, protocol, timeout_s)
+def use_header_deadline(timeout_s: float = 10.0) -> bool:
+    """Make uvicorn's default (``"auto"``) protocol :class:`HeaderDeadlineProtocol`, so
+    every connection has ``timeout_s`` per request to finish sending its headers.
 
-
-def _disarm(protocol: Any) -> None:
-    timer = getattr(protocol, "_rtrec_header_timer", None)
-    if timer is not None:
-        timer.cancel()
-        protocol._rtrec_header_timer = None
-
-
-def bound_header_time(timeout_s: float = 10.0) -> bool:
-    """Give every new connection ``timeout_s`` per request to finish sending its headers.
-
-    Idempotent; returns False (and logs) where uvicorn's httptools protocol is not there
-    to wrap, so the service still starts, without the deadline.
+    Call it when the service module is imported: uvicorn resolves the protocol when the
+    worker's server loads its configuration, after the import and before any request.
+    Idempotent; returns False (and logs) where httptools is missing and uvicorn would
+    use h11, so the service still starts, without the deadline.
     """
-    try:
-        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-    except ImportError as exc:  # uvicorn falls back to h11: no deadline, say so
-        logger.warning("no header deadline: uvicorn's httptools protocol unavailable (%s)", exc)
+    if HeaderDeadlineProtocol is None:
+        logger.warning(
+            "no header deadline: uvicorn's httptools protocol unavailable (%s)", _NO_HTTPTOOLS
+        )
         return False
-    if getattr(HttpToolsProtocol, "_rtrec_header_deadline", None) is not None:
-        HttpToolsProtocol._rtrec_header_deadline = timeout_s
-        return True
-    made = HttpToolsProtocol.connection_made
-    headers_done = HttpToolsProtocol.on_headers_complete
-    response_done = HttpToolsProtocol.on_response_complete
-    lost = HttpToolsProtocol.connection_lost
+    from uvicorn.config import HTTP_PROTOCOLS
 
-    def connection_made(self: Any, transport: Any) -> None:
-        made(self, transport)
-        _arm(self, HttpToolsProtocol._rtrec_header_deadline)
-
-    def on_headers_complete(self: Any) -> None:
-        _disarm(self)
-        headers_done(self)
-
-    def on_response_complete(self: Any) -> None:
-        pipelined = bool(self.pipeline)  # a queued request already has its headers
-        response_done(self)
-        if not self.transport.is_closing() and not pipelined:
-            _arm(self, HttpToolsProtocol._rtrec_header_deadline)
-
-    def connection_lost(self: Any, exc: Exception | None) -> None:
-        _disarm(self)
-        lost(self, exc)
-
-    HttpToolsProtocol._rtrec_header_deadline = timeout_s
-    HttpToolsProtocol.connection_made = connection_made
-    HttpToolsProtocol.on_headers_complete = on_headers_complete
-    HttpToolsProtocol.on_response_complete = on_response_complete
-    HttpToolsProtocol.connection_lost = connection_lost
+    HeaderDeadlineProtocol.timeout_s = timeout_s
+    HTTP_PROTOCOLS["auto"] = f"{__name__}:HeaderDeadlineProtocol"
     return True
 
 

@@ -23,7 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from rtrec.serving.auth import Guard
 from rtrec.serving.docs import add_docs
-from rtrec.serving.edge import RejectControlPaths
+from rtrec.serving.edge import RejectControlPaths, use_header_deadline
 from rtrec.serving.schemas import (
     ITEM_ID_PATTERN,
     FeedbackRequest,
@@ -40,8 +40,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 logger = logging.getLogger(__name__)
 
 HEADER_TIMEOUT_S = 10.0
-"""A request whose headers are not complete this long after its first byte (or after the
-connection opened) gets 408 and is closed: see :mod:`rtrec.serving.edge`."""
+"""A request whose headers are not complete this long after the connection opened (or
+after the previous response on it) gets 408 and is closed: see :mod:`rtrec.serving.edge`."""
 PROBES = frozenset({"/healthz", "/livez", "/readyz", "/metrics"})
 
 app = FastAPI(
@@ -194,7 +194,7 @@ class Recommender:
     def __init__(self) -> None:
         import torch
         from rtrec.serving.auth import ApiKeys, RateLimiter
-        from rtrec.serving.edge import bound_header_time, template_metric_paths
+        from rtrec.serving.edge import template_metric_paths
         from rtrec.serving.feedback import Publisher
         from rtrec.serving.lifecycle import ModelWatcher
         from rtrec.serving.retrieval import Engine
@@ -206,7 +206,6 @@ class Recommender:
         configure_logging("INFO")
         logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
         torch.set_num_threads(settings.serving.threads)
-        bound_header_time(HEADER_TIMEOUT_S)
         template_metric_paths(app, keep=PROBES)
         self.engine = Engine(settings)
         self.watcher = ModelWatcher(
@@ -233,6 +232,9 @@ class Recommender:
 
 
 Recommender.add_asgi_middleware(RejectControlPaths)
+# Here, not in __init__: the worker's uvicorn picks its protocol after importing this
+# module and before the service is constructed.
+use_header_deadline(HEADER_TIMEOUT_S)
 
 
 def openapi_json() -> str:

@@ -1,16 +1,24 @@
-"""rtrec.serving.edge without a server: the path guard's answers and the metric labels.
+"""rtrec.serving.edge without BentoML: the path guard's answers, the metric labels, and the
+header deadline on a real uvicorn server over real sockets.
 
-The header deadline itself is exercised over real sockets in
-``tests/reliability/test_api_fuzz.py`` (slow clients get 408 and others are served).
+Under the full service the deadline is exercised in ``tests/reliability/test_api_fuzz.py``
+(slow clients get 408 and others are served meanwhile).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
-from rtrec.serving.edge import RejectControlPaths, bound_header_time, template_metric_paths
+import pytest
+from rtrec.serving.edge import (
+    HeaderDeadlineProtocol,
+    RejectControlPaths,
+    template_metric_paths,
+    use_header_deadline,
+)
 
 
 def _call(app: Any, path: str) -> tuple[int, dict | None, bool]:
@@ -52,10 +60,81 @@ def test_metric_labels_are_route_templates() -> None:
     assert label("/wp-admin/setup.php") == "other"
 
 
-def test_header_deadline_installs_once() -> None:
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+DEADLINE_S = 0.5
 
-    assert bound_header_time(10.0)
-    wrapped = HttpToolsProtocol.connection_made
-    assert bound_header_time(7.0) and HttpToolsProtocol.connection_made is wrapped
-    assert HttpToolsProtocol._rtrec_header_deadline == 7.0
+
+async def _hello(scope: dict, receive: Any, send: Any) -> None:
+    """A plain ASGI app; ``/slow`` takes longer than the header deadline to answer."""
+    if scope["type"] != "http":
+        return
+    if scope["path"] == "/slow":
+        await asyncio.sleep(DEADLINE_S * 3)
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"hi"})
+
+
+async def _answer(
+    reader: asyncio.StreamReader, trickle: asyncio.StreamWriter | None = None
+) -> tuple[bytes, float]:
+    """Everything the server sends until it closes (or 5 s pass), and when it closed;
+    with ``trickle``, a header line goes out every 0.1 s meanwhile (never the blank line
+    that would end the headers)."""
+    start = time.monotonic()
+    read = asyncio.ensure_future(asyncio.wait_for(reader.read(), 5))
+    while trickle is not None and not read.done():
+        trickle.write(b"X-Pad: h\r\n")
+        await asyncio.sleep(0.1)
+    data = await read
+    return data, time.monotonic() - start
+
+
+async def _scenarios() -> dict[str, tuple[bytes, float]]:
+    import uvicorn
+
+    config = uvicorn.Config(_hello, host="127.0.0.1", port=0, lifespan="off", log_level="error")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.01)
+    assert config.http_protocol_class is HeaderDeadlineProtocol
+    port = server.servers[0].sockets[0].getsockname()[1]
+    out: dict[str, tuple[bytes, float]] = {}
+    try:
+        reader, _ = await asyncio.open_connection("127.0.0.1", port)
+        out["silent"] = await _answer(reader)
+
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        out["trickle"] = await _answer(reader, trickle=writer)
+
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        out["slow answer, then idle"] = await _answer(reader)
+    finally:
+        server.should_exit = True
+        await task
+    return out
+
+
+def test_header_deadline_answers_408_and_closes_over_real_sockets(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Silent and trickling clients get 408 naming ``headers`` and are closed at the
+    deadline; a response slower than the deadline is never cut, and the kept-alive
+    connection after it gets a fresh deadline."""
+    from uvicorn.config import HTTP_PROTOCOLS
+
+    monkeypatch.setitem(HTTP_PROTOCOLS, "auto", HTTP_PROTOCOLS["auto"])  # restored after
+    monkeypatch.setattr(HeaderDeadlineProtocol, "timeout_s", HeaderDeadlineProtocol.timeout_s)
+    assert use_header_deadline(DEADLINE_S)
+    assert use_header_deadline(DEADLINE_S)  # idempotent
+    out = asyncio.run(_scenarios())
+    for name in ("silent", "trickle"):
+        data, closed_after = out[name]
+        assert data.startswith(b"HTTP/1.1 408 "), (name, data)
+        assert json.loads(data.split(b"\r\n\r\n", 1)[1])["field"] == "headers", name
+        assert DEADLINE_S * 0.8 <= closed_after < DEADLINE_S + 2, (name, closed_after)
+    data, closed_after = out["slow answer, then idle"]
+    assert data.startswith(b"HTTP/1.1 200 "), data  # answered in full, past the deadline
+    assert data.index(b"HTTP/1.1 408 ") > data.index(b"hi"), data  # then the idle one's 408
+    assert closed_after >= DEADLINE_S * 3 + DEADLINE_S * 0.8, closed_after
