@@ -95,9 +95,10 @@ def get_bundle(args: argparse.Namespace) -> Path:
     if args.bundle:
         return Path(args.bundle)
     from rtrec.serving.synthetic import synthetic_bundle
+    from rtrec.training import METADATA
 
     path = Path(args.workdir) / f"bundle-{args.items}x{args.dim}-u{args.users}"
-    if (path / "metadata.json").exists():
+    if (path / METADATA).exists():
         print(f"reusing bundle {path}", flush=True)
         return path
     print(f"building a {args.items}-item bundle in {path} (one-off)...", flush=True)

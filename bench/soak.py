@@ -146,13 +146,13 @@ def main() -> None:
     from rtrec.serving.process import running_server
     from rtrec.serving.synthetic import synthetic_bundle
     from rtrec.stack import down, start_managed, up
-    from rtrec.training.artifacts import load_bundle
+    from rtrec.training import METADATA, load_bundle
 
     from rtrec.logging import configure_logging
 
     configure_logging("WARNING", json_lines=False)
     bundle_dir = Path(args.workdir) / f"bundle-{args.items}x{args.dim}-u{args.users}"
-    if not (bundle_dir / "metadata.json").exists():
+    if not (bundle_dir / METADATA).exists():
         print(f"building a {args.items}-item bundle in {bundle_dir} (one-off)...", flush=True)
         synthetic_bundle(bundle_dir, n_items=args.items, n_users=args.users, dim=args.dim, seed=7)
     settings = fresh_stack_settings(Path(args.workdir) / "work")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from rtrec.training import INDEX
 
 from rtrec.config import Settings
 from tests.conftest import free_port
@@ -53,7 +54,7 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
     broken = root / "broken"
     shutil.copytree(out["s2"], broken)
-    index = broken / "index.faiss"
+    index = broken / INDEX
     index.write_bytes(index.read_bytes()[:-64] + b"\0" * 64)
     out["broken"] = broken
     return out

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from rtrec.training import WEIGHTS
 from rtrec.training.dataset import TrainingSets, stop_spark
 from rtrec.training.gate import GateRule, SliceInfo, UserScores, gather_evidence
 from rtrec.training.pipeline import MODEL_NAME, FitOutput, train
@@ -180,7 +181,7 @@ def test_pipeline_registers_a_champion_whose_bundle_loads(
     # registered and the champion stays.
     broken = tmp_path / "broken-bundle"
     broken.mkdir()
-    (broken / "weights.pt").write_bytes(b"not a model")
+    (broken / WEIGHTS).write_bytes(b"not a model")
     _, bad = registry.log_and_register(broken, params={}, metrics={})
     registry.promote(bad, reason="an operator's mistake")
     with pytest.raises(Unavailable, match=f"champion v{bad} exists but cannot be scored"):

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from rtrec.training import INDEX
 
 from rtrec.config import Settings
 from tests.conftest import free_port
@@ -62,7 +63,7 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
     flipped = root / "flipped"
     shutil.copytree(out["s2"], flipped)
-    flip_bytes(flipped / "index.faiss")
+    flip_bytes(flipped / INDEX)
     out["flipped"] = flipped
     return out
 
@@ -148,7 +149,7 @@ def test_broken_missing_and_deleted_champions_never_fail_a_request(
         registry.promote(flipped)
         assert wait_for(lambda: f"version {flipped} refused" in str(status(srv.url)["last_error"]))
         st = status(srv.url)
-        assert "index.faiss" in st["last_error"] and "checksum" in st["last_error"]
+        assert INDEX in st["last_error"] and "checksum" in st["last_error"]
         assert st["models"]["champion"]["version"] == v1
 
         # 2. The alias points at a version whose artifacts were deleted from the store.
@@ -223,7 +224,7 @@ def test_dead_registry_and_corrupt_cache_is_not_ready_and_says_why(
 
     work = tmp_path / "work"
     _last_good(work, bundles["s1"], "3")
-    cached_index = next((work / "serving").rglob("index.faiss"))
+    cached_index = next((work / "serving").rglob(INDEX))
     flip_bytes(cached_index, at=0.9)
     env = env_for(**UNREACHABLE, RTREC_WORK_DIR=str(work))
     with running_server(free_port(), env=env, log=tmp_path / "serve.log", wait=False) as srv:
@@ -239,7 +240,7 @@ def test_dead_registry_and_corrupt_cache_is_not_ready_and_says_why(
         st = status(srv.url)
         assert st["ready"] is False and st["models"] == {}
         assert "unreachable" in st["last_error"]
-        assert "cache refused" in st["last_error"] and "index.faiss" in st["last_error"]
+        assert "cache refused" in st["last_error"] and INDEX in st["last_error"]
         for body in ({"user_id": "u1"}, {"user_id": "u1", "k": 0}):
             resp = httpx.post(f"{srv.url}/recommend", json=body, timeout=10)
             assert resp.status_code < 500, resp.text

@@ -15,6 +15,7 @@ import pytest
 from prometheus_client import REGISTRY
 from rtrec.monitoring import monitor_offline_log
 from rtrec.monitoring.scores import champion_bundle
+from rtrec.training import WEIGHTS
 
 from rtrec.config import Settings, load_settings
 from tests.conftest import free_port
@@ -64,7 +65,7 @@ def test_corrupt_champion_bundle_is_a_degradation(
 
     broken = tmp_path / "bundle"
     broken.mkdir()
-    (broken / "model.pt").write_bytes(b"not a model")
+    (broken / WEIGHTS).write_bytes(b"not a model")
     monkeypatch.setattr(registry.ModelRegistry, "champion_version", lambda self: "3")
     monkeypatch.setattr(registry, "download_bundle", lambda settings, alias: broken)
     before = skipped("champion_unusable")

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from rtrec.serving.lifecycle import Loaded, ModelWatcher
 from rtrec.serving.online import GuardedFeatures
+from rtrec.training import INDEX, METADATA, WEIGHTS
 
 from rtrec.config import Settings, load_settings
 from rtrec.errors import InvalidInput, NotFound, Unavailable
@@ -95,9 +96,9 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     good2 = synthetic_bundle(root / "v2", n_items=100, seed=2)
     broken = root / "v3"
     shutil.copytree(good2, broken)
-    meta = json.loads((broken / "metadata.json").read_text())
-    meta["sha256"]["weights.pt"] = "0" * 64
-    (broken / "metadata.json").write_text(json.dumps(meta))
+    meta = json.loads((broken / METADATA).read_text())
+    meta["sha256"][WEIGHTS] = "0" * 64
+    (broken / METADATA).write_text(json.dumps(meta))
     return {"1": good1, "2": good2, "3": broken}
 
 
@@ -219,11 +220,11 @@ def test_corrupt_cache_is_named_in_the_error(settings: Settings, bundles) -> Non
     registry.champion = "1"
     first, _ = make_watcher(work, registry)
     first.initial_load()
-    index = first.cache_dir / "bundle" / "index.faiss"
+    index = first.cache_dir / "bundle" / INDEX
     index.write_bytes(bytes(b ^ 0xFF for b in index.read_bytes()[:32]) + index.read_bytes()[32:])
     registry.down = True
     restarted, served = make_watcher(work, registry)
     restarted.initial_load()
     assert served == {}
     assert "unreachable" in restarted.last_error and "cache refused" in restarted.last_error
-    assert "index.faiss" in restarted.last_error
+    assert INDEX in restarted.last_error
