@@ -198,10 +198,10 @@ def main() -> None:
 
     from rtrec.serving.loadgen import run_rate
     from rtrec.serving.process import running_server
-    from rtrec.stack import down, start_managed, up
     from rtrec.training.artifacts import load_bundle
     from rtrec.training.index import gpu_count
 
+    from rtrec.app.stack import down, start_managed, up
     from rtrec.logging import configure_logging
 
     configure_logging("WARNING", json_lines=False)
@@ -235,7 +235,7 @@ def main() -> None:
         gc.collect()  # then keep the client's own collector off the big heap it left
         gc.freeze()
         start_managed(
-            settings, "stream-bench", [sys.executable, "-m", "rtrec.cli", "stream", "run"]
+            settings, "stream-bench", [sys.executable, "-m", "rtrec.app.cli", "stream", "run"]
         )
         env = {
             "RTREC_SERVING__BUNDLE_PATH": str(bundle_dir),

@@ -145,9 +145,9 @@ def main() -> None:
     from rtrec.serving.loadgen import run_rate
     from rtrec.serving.process import running_server
     from rtrec.serving.synthetic import synthetic_bundle
-    from rtrec.stack import down, start_managed, up
     from rtrec.training import METADATA, load_bundle
 
+    from rtrec.app.stack import down, start_managed, up
     from rtrec.logging import configure_logging
 
     configure_logging("WARNING", json_lines=False)
@@ -172,7 +172,9 @@ def main() -> None:
 
         apply(settings)
         seed_histories(settings, items, users[: len(users) // 2], seed=3)
-        start_managed(settings, "stream-soak", [sys.executable, "-m", "rtrec.cli", "stream", "run"])
+        start_managed(
+            settings, "stream-soak", [sys.executable, "-m", "rtrec.app.cli", "stream", "run"]
+        )
         env = {
             "RTREC_SERVING__BUNDLE_PATH": str(bundle_dir),
             "RTREC_SERVING__API_KEYS": f'["{KEY}"]',

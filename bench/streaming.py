@@ -51,7 +51,7 @@ def main() -> None:
     from rtrec.streaming.processor import StreamProcessor
     from rtrec.streaming.service import tune_gc
 
-    from rtrec import stack
+    from rtrec.app import stack
     from rtrec.config import load_settings
     from rtrec.data import SyntheticConfig, generate
 

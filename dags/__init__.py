@@ -7,8 +7,10 @@ Public API::
                      TellServingOperator, MaterializeFeaturesOperator, DriftCheckOperator,
                      is_drifted / is_promoted (short-circuit callables)
     rtrec.dags.steps       run_step(name, arguments) -> dict   # the same steps without Airflow
-    rtrec.dags.embedded    up(settings) / down(settings)       # `rtrec airflow up|down`
 
 DAG files: ``rtrec_training.py``, ``rtrec_drift_monitor.py``, ``rtrec_feature_backfill.py``.
-Importing ``dags`` itself loads nothing from Airflow.
+Importing ``rtrec.dags`` itself loads nothing from Airflow. The steps call only the public
+API of the stages (``from rtrec.training import ...``); running Airflow itself (the embedded
+standalone, the in-process DAG runner, ``rtrec airflow``) is the app layer's
+(``rtrec.app.embedded_airflow``, ``rtrec.app.dag_runs``).
 """

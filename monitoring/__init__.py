@@ -9,36 +9,39 @@ Public API (what DAGs, the CLI and the demo call)::
     window_features(events, items, popularity_rank=...)      # per-event monitoring features
     ensure_project(settings), record_snapshot(settings, snapshot)
     send_alert(settings, record)
+    COVERAGE_MODES                                           # offline-log coverage modes
+
+Imports are lazy (PEP 562): ``import rtrec.monitoring`` loads neither Evidently nor pandas,
+so the CLI's ``--help`` stays fast.
 """
 
-from rtrec.monitoring.alerts import alert_record, send_alert
-from rtrec.monitoring.dashboards import PANEL_TITLES, ensure_project, panel_titles, record_snapshot
-from rtrec.monitoring.drift import DriftVerdict, drift_report, popularity_ranks, window_features
-from rtrec.monitoring.monitor import (
-    MonitorConfig,
-    check,
-    monitor_offline_log,
-    outcome_counts,
-    split_windows,
-)
-from rtrec.monitoring.scores import SCORE_COLUMNS, score_features
+from importlib import import_module
+from typing import Any
 
-__all__ = [
-    "PANEL_TITLES",
-    "SCORE_COLUMNS",
-    "DriftVerdict",
-    "MonitorConfig",
-    "alert_record",
-    "check",
-    "drift_report",
-    "ensure_project",
-    "monitor_offline_log",
-    "outcome_counts",
-    "panel_titles",
-    "popularity_ranks",
-    "record_snapshot",
-    "score_features",
-    "send_alert",
-    "split_windows",
-    "window_features",
-]
+_EXPORTS = {
+    "alert_record": "rtrec.monitoring.alerts",
+    "send_alert": "rtrec.monitoring.alerts",
+    "PANEL_TITLES": "rtrec.monitoring.dashboards",
+    "ensure_project": "rtrec.monitoring.dashboards",
+    "panel_titles": "rtrec.monitoring.dashboards",
+    "record_snapshot": "rtrec.monitoring.dashboards",
+    "DriftVerdict": "rtrec.monitoring.drift",
+    "drift_report": "rtrec.monitoring.drift",
+    "popularity_ranks": "rtrec.monitoring.drift",
+    "window_features": "rtrec.monitoring.drift",
+    "COVERAGE_MODES": "rtrec.monitoring.monitor",
+    "MonitorConfig": "rtrec.monitoring.monitor",
+    "check": "rtrec.monitoring.monitor",
+    "monitor_offline_log": "rtrec.monitoring.monitor",
+    "outcome_counts": "rtrec.monitoring.monitor",
+    "split_windows": "rtrec.monitoring.monitor",
+    "SCORE_COLUMNS": "rtrec.monitoring.scores",
+    "score_features": "rtrec.monitoring.scores",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(name)

@@ -1,13 +1,15 @@
 """Serving: the BentoML recommendation API.
 
-Public API::
+Public API (what the app layer uses)::
 
-    rtrec.serving.service:Recommender    # the BentoML service (`rtrec serve`)
+    rtrec.serving.service:Recommender    # the BentoML service (`rtrec serve`), by name
     Engine(settings)                      # the recommendation path without HTTP
-    start_detached(settings) -> pid       # `rtrec serve --detach`
-    running_server(port, env=..., log=...)  # context manager: a server subprocess (tests, bench)
-    synthetic_bundle(dir, n_items=...)    # a loadable bundle over a generated catalog
-    run_rate(url, path, body_for, rate=..., duration_s=...)  # open-loop load at a fixed rate
+    serve_command(host, port)             # the `bentoml serve` command line of one server
+    serve_env(work_dir, port)             # ... and the environment it needs of its own
+
+Test and benchmark helpers are not part of it; they import their modules directly
+(``rtrec.serving.process.running_server``, ``rtrec.serving.synthetic.synthetic_bundle``,
+``rtrec.serving.loadgen.run_rate``).
 
 Everything is imported lazily, so ``import rtrec.serving`` loads neither BentoML nor torch.
 """
@@ -15,18 +17,15 @@ Everything is imported lazily, so ``import rtrec.serving`` loads neither BentoML
 from importlib import import_module
 from typing import Any
 
-__all__ = ["Engine", "run_rate", "running_server", "start_detached", "synthetic_bundle"]
-
-_WHERE = {
+_EXPORTS = {
     "Engine": "rtrec.serving.retrieval",
-    "start_detached": "rtrec.serving.cli",
-    "running_server": "rtrec.serving.process",
-    "synthetic_bundle": "rtrec.serving.synthetic",
-    "run_rate": "rtrec.serving.loadgen",
+    "serve_command": "rtrec.serving.launch",
+    "serve_env": "rtrec.serving.launch",
 }
+__all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
-    if name in _WHERE:
-        return getattr(import_module(_WHERE[name]), name)
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
     raise AttributeError(name)

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from rtrec.serving.cli import serve_command, serve_env
+from rtrec.serving.launch import serve_command, serve_env
 
 from rtrec.errors import Unavailable
 

@@ -73,7 +73,7 @@ def stack_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, st
 @pytest.fixture(scope="session")
 def stack(stack_env: dict[str, str]) -> Iterator[Settings]:
     """A running embedded stack (real Tansu broker, real Redis), stopped after the session."""
-    from rtrec import stack as stack_mod
+    from rtrec.app import stack as stack_mod
 
     if shutil.which("redis-server") is None:
         pytest.fail("redis-server is not installed (apt-get install -y redis-server)")

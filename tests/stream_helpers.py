@@ -24,7 +24,7 @@ from rtrec.features import count_names, online_features
 from rtrec.features.definitions import RECENT_ITEMS, WINDOWS
 from rtrec.streaming import read_events
 
-from rtrec import stack as stack_mod
+from rtrec.app import stack as stack_mod
 from rtrec.config import Settings, load_settings
 from tests.conftest import free_port
 
@@ -167,7 +167,7 @@ def start_processor(s: Settings, env_extra: dict[str, str], *args: str) -> subpr
     full = {**os.environ, **env_extra}
     log = open(s.work_dir / f"processor-{time.monotonic_ns()}.log", "wb")  # noqa: SIM115
     return subprocess.Popen(
-        [sys.executable, "-m", "rtrec.cli", "--log-level", "INFO", "stream", "run", *args],
+        [sys.executable, "-m", "rtrec.app.cli", "--log-level", "INFO", "stream", "run", *args],
         env=full,
         stdout=log,
         stderr=log,

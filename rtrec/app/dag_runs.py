@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import queue
 import subprocess
@@ -29,13 +30,16 @@ import time
 import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
-from unittest import mock
+from urllib.parse import quote
 
 from rtrec.config import Settings
 from rtrec.errors import Unavailable
+
+logger = logging.getLogger(__name__)
 
 RESULT = "RTREC_DAG_RUN "
 
@@ -52,6 +56,9 @@ class DagRunResult:
     """task id -> ``{"state": ..., "xcom": return value or None}``."""
     queued: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     """dag id -> runs still queued afterwards (``run_id``, ``conf``): what triggers left."""
+    replaced: str | None = None
+    """The queued run this run replaced when it could not keep that run's id (see
+    :class:`DagRunner`); None when it ran under the queued run's own id, or none was queued."""
     seconds: float = 0.0
     log: str = ""
 
@@ -65,7 +72,7 @@ class DagRunResult:
 
 def migrate(settings: Settings) -> None:
     """Create or upgrade the metadata DB (idempotent; seconds when already current)."""
-    from rtrec.dags.embedded import airflow_cli
+    from rtrec.app.embedded_airflow import airflow_cli
 
     airflow_cli(settings, "db", "migrate")
 
@@ -114,11 +121,11 @@ class DagRunner:
         """Start the process now (``run`` does it on first use)."""
         if self._proc is not None and self._proc.poll() is None:
             return self
-        from rtrec.dags.embedded import airflow_env, dags_folder
+        from rtrec.app.embedded_airflow import airflow_env, dags_folder
 
         self._logs.mkdir(parents=True, exist_ok=True)
         self._lines = queue.Queue()
-        args = [sys.executable, "-m", "rtrec.dags.runs", "--serve", str(dags_folder())]
+        args = [sys.executable, "-m", "rtrec.app.dag_runs", "--serve", str(dags_folder())]
         with (self._logs / "dag-runner.log").open("a") as boot_log:
             self._proc = subprocess.Popen(
                 [*args, *(["--warm"] if self.warm else [])],
@@ -194,50 +201,146 @@ class DagRunner:
         self.close(kill=exc_type is not None)
 
 
-def _execute(dag_id: str, conf: dict[str, Any], folder: str, queued: str | None) -> dict[str, Any]:
+def _execute(
+    dag_id: str, conf: dict[str, Any], folder: str, queued: str | None, api: _RestApi
+) -> dict[str, Any]:
     """Inside the subprocess: run the DAG, then read back states, XComs and queued runs."""
-    from airflow.dag_processing.dagbag import DagBag
-    from airflow.models.dagrun import DagRun
-    from airflow.models.xcom import XComModel
-    from airflow.utils.session import create_session
-    from airflow.utils.state import DagRunState
-
-    dag = DagBag(dag_folder=folder).dags[dag_id]
+    dag = _load_dag(folder, dag_id)
+    replaced: str | None = None
     if not queued:
-        run = dag.test(run_conf=conf)
+        run_id = dag.test(run_conf=conf).run_id
     else:
-        with create_session() as session:
-            waiting = DagRun.find(dag_id=dag_id, state=DagRunState.QUEUED, session=session)
-            if queued != "True":
-                waiting = [r for r in waiting if r.run_id == queued]
-            if not waiting:
-                raise SystemExit(f"no queued run of {dag_id} ({queued})")
-            first = min(waiting, key=lambda r: r.run_after)
-            run_id, run_conf = first.run_id, {**(first.conf or {}), **conf}
-            # dag.test() only runs a run it creates: the queued record makes way for one
-            # with the same id and conf (links from the trigger keep pointing at it).
-            session.delete(first)
-        with mock.patch.object(DagRun, "generate_run_id", return_value=run_id):
-            run = dag.test(run_conf=run_conf)
+        waiting = api.all(f"/dags/{_q(dag_id)}/dagRuns", "dag_runs", state="queued")
+        if queued != "True":
+            waiting = [r for r in waiting if r["dag_run_id"] == queued]
+        if not waiting:
+            raise SystemExit(f"no queued run of {dag_id} ({queued})")
+        first = min(waiting, key=lambda r: _when(r["run_after"]))
+        run_conf = {**(first.get("conf") or {}), **conf}
+        run_after = _when(first["run_after"])
+        if first.get("logical_date") and first["dag_run_id"] == f"manual__{run_after.isoformat()}":
+            # A trigger's own id (``manual__<run_after>``, what TriggerDagRunOperator, the UI
+            # and the REST API give a run): dag.test() with the queued run's dates makes
+            # exactly that id and replaces the queued record, so links to it stay valid.
+            logical_date = _when(first["logical_date"])
+            run_id = dag.test(
+                logical_date=logical_date, run_after=run_after, run_conf=run_conf
+            ).run_id
+        else:
+            # dag.test() names its run itself; no public call runs a queued record under an
+            # id of the triggerer's choosing (or one without a logical date). The queued
+            # record goes, its conf and dates run under dag.test()'s id, and the result
+            # says which run it replaced.
+            replaced = first["dag_run_id"]
+            logger.warning(
+                "queued run %s of %s has an id dag.test() cannot reproduce; it runs as a new "
+                "run that replaces it",
+                replaced,
+                dag_id,
+            )
+            api.delete(f"/dags/{_q(dag_id)}/dagRuns/{_q(replaced)}")
+            # Without a logical date dag.test() takes its default (now), never None: None
+            # would make it replace whichever run of the DAG has no logical date.
+            extra = (
+                {"logical_date": _when(first["logical_date"])} if first.get("logical_date") else {}
+            )
+            run_id = dag.test(run_after=run_after, run_conf=run_conf, **extra).run_id
+    run = api.get(f"/dags/{_q(dag_id)}/dagRuns/{_q(run_id)}")
     out: dict[str, Any] = {
         "dag_id": dag_id,
-        "run_id": run.run_id,
-        "state": str(run.state),
-        "conf": run.conf or {},
+        "run_id": run_id,
+        "state": str(run["state"]),
+        "conf": run.get("conf") or {},
         "tasks": {},
         "queued": {},
+        "replaced": replaced,
     }
-    with create_session() as session:
-        for ti in run.get_task_instances(session=session):
-            query = XComModel.get_many(
-                run_id=run.run_id, dag_ids=dag_id, task_ids=ti.task_id, key="return_value"
-            )
-            row = session.scalars(query).first()
-            value = XComModel.deserialize_value(row) if row is not None else None
-            out["tasks"][ti.task_id] = {"state": str(ti.state), "xcom": value}
-        for dr in DagRun.find(state=DagRunState.QUEUED, session=session):
-            out["queued"].setdefault(dr.dag_id, []).append({"run_id": dr.run_id, "conf": dr.conf})
+    path = f"/dags/{_q(dag_id)}/dagRuns/{_q(run_id)}/taskInstances"
+    for ti in api.all(path, "task_instances"):
+        xcom = api.get(f"{path}/{_q(ti['task_id'])}/xcomEntries/return_value", missing_ok=True)
+        out["tasks"][ti["task_id"]] = {
+            "state": str(ti["state"]),
+            "xcom": xcom.get("value") if xcom else None,
+        }
+    for dr in api.all("/dags/~/dagRuns", "dag_runs", state="queued"):
+        out["queued"].setdefault(dr["dag_id"], []).append(
+            {"run_id": dr["dag_run_id"], "conf": dr.get("conf")}
+        )
     return out
+
+
+def _load_dag(folder: str, dag_id: str) -> Any:
+    """The DAG ``dag_id`` defined by ``<folder>/<dag_id>.py`` (rtrec names each DAG file after
+    its DAG), imported afresh so a run sees the file as it is now."""
+    import importlib.util
+
+    from airflow.sdk import DAG
+
+    path = Path(folder) / f"{dag_id}.py"
+    if not path.is_file():
+        raise SystemExit(f"no DAG file {path} for {dag_id}")
+    spec = importlib.util.spec_from_file_location(f"rtrec_dag_file_{dag_id}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for value in vars(module).values():
+        if isinstance(value, DAG) and value.dag_id == dag_id:
+            return value
+    raise SystemExit(f"{path} defines no DAG {dag_id}")
+
+
+def _q(part: str) -> str:
+    """One path segment of a REST URL (run ids hold ``:`` and ``+``)."""
+    return quote(part, safe="~")
+
+
+def _when(text: str) -> datetime:
+    """A timestamp of the REST API (ISO 8601, ``Z`` for UTC) as an aware datetime."""
+    return datetime.fromisoformat(text)
+
+
+class _RestApi:
+    """Airflow's stable REST API (``/api/v2``), served in this process over ASGI.
+
+    The runner has no API server to call (the standalone may not be up), so it mounts
+    Airflow's own API application in process: the same endpoints, the same metadata DB.
+    The embedded environment makes every caller an admin (loopback only), so no token.
+    """
+
+    def __init__(self) -> None:
+        import asyncio
+
+        import httpx
+        from airflow.api_fastapi.app import create_app
+
+        self._loop = asyncio.new_event_loop()
+        transport = httpx.ASGITransport(app=create_app("core"))
+        self._client = httpx.AsyncClient(transport=transport, base_url="http://airflow/api/v2")
+
+    def _call(self, method: str, path: str, params: dict[str, Any]) -> Any:
+        return self._loop.run_until_complete(self._client.request(method, path, params=params))
+
+    def get(self, path: str, *, missing_ok: bool = False, **params: Any) -> dict[str, Any]:
+        resp = self._call("GET", path, params)
+        if missing_ok and resp.status_code == 404:
+            return {}
+        if resp.status_code != 200:
+            raise RuntimeError(f"GET {path}: {resp.status_code} {resp.text[:500]}")
+        return resp.json()
+
+    def all(self, path: str, key: str, **params: Any) -> list[dict[str, Any]]:
+        """Every item of a paged list endpoint."""
+        items: list[dict[str, Any]] = []
+        while True:
+            page = self.get(path, **params, limit=100, offset=len(items))
+            items += page[key]
+            if not page[key] or len(items) >= page["total_entries"]:
+                return items
+
+    def delete(self, path: str) -> None:
+        resp = self._call("DELETE", path, {})
+        if resp.status_code not in (200, 204):
+            raise RuntimeError(f"DELETE {path}: {resp.status_code} {resp.text[:500]}")
 
 
 def _pump(stream: IO[str] | None, lines: queue.Queue[str | None]) -> None:
@@ -272,22 +375,23 @@ def _output_to(path: str) -> Iterator[None]:
 
 def _warm_up() -> None:
     """Load what the tasks load (seconds each on two cores) and start the Spark session."""
-    import rtrec.training.pipeline
     import torch  # noqa: F401
-    from rtrec.training.dataset import spark_session
 
     from rtrec.config import get_settings
+    from rtrec.training import spark_session, train  # noqa: F401  (loads the pipeline)
 
     spark_session(get_settings())
     import mlflow  # noqa: F401
-    import rtrec.monitoring.drift  # noqa: F401
+
+    from rtrec.monitoring import drift_report  # noqa: F401  (loads Evidently)
 
 
 def serve(folder: str, *, warm: bool = False) -> int:
     """Answer one JSON request a line on stdin (``dag_id``, ``conf``, ``queued``, ``log``)
     with one result line on stdout, until stdin closes."""
     channel = os.fdopen(os.dup(1), "w", buffering=1)
-    import airflow  # noqa: F401  (loaded before the first request, not during it)
+    # Airflow and its REST API are loaded before the first request, not during it.
+    api = _RestApi()
 
     if warm:
         try:
@@ -300,7 +404,11 @@ def serve(folder: str, *, warm: bool = False) -> int:
             try:
                 queued = req.get("queued")
                 run = _execute(
-                    req["dag_id"], req["conf"], folder, None if queued is None else str(queued)
+                    req["dag_id"],
+                    req["conf"],
+                    folder,
+                    None if queued is None else str(queued),
+                    api,
                 )
                 answer: dict[str, Any] = {"run": run}
             except (Exception, SystemExit) as exc:
@@ -311,10 +419,10 @@ def serve(folder: str, *, warm: bool = False) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m rtrec.dags.runs --serve DAGS_FOLDER [--warm]`` (see :class:`DagRunner`)."""
+    """``python -m rtrec.app.dag_runs --serve DAGS_FOLDER [--warm]`` (see :class:`DagRunner`)."""
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) < 2 or args[0] != "--serve":
-        raise SystemExit("usage: python -m rtrec.dags.runs --serve DAGS_FOLDER [--warm]")
+        raise SystemExit("usage: python -m rtrec.app.dag_runs --serve DAGS_FOLDER [--warm]")
     return serve(args[1], warm="--warm" in args[2:])
 
 

@@ -5,7 +5,7 @@ feature store -> the Airflow ``rtrec_training`` DAG (Spark training set, two-tow
 evaluation, MLflow, FAISS, promotion) -> BentoML service -> a burst of HTTP requests with
 feedback -> the shifted part of the stream -> the ``rtrec_drift_monitor`` DAG (Evidently
 verdict, alert, triggers training) -> the triggered training run -> hot swap -> report
--> stop. DAG runs go through one warm :class:`rtrec.dags.runs.DagRunner` (Airflow's in-process
+-> stop. DAG runs go through one warm :class:`rtrec.app.dag_runs.DagRunner` (Airflow's in-process
 runner on the embedded metadata DB); ``--keep-running`` also starts the Airflow UI to browse them.
 Each step calls one stage's public API; the demo adds progress, timing and the report.
 
@@ -34,7 +34,7 @@ import numpy as np
 from rtrec.config import Settings, get_settings
 
 if TYPE_CHECKING:
-    from rtrec.dags.runs import DagRunner, DagRunResult
+    from rtrec.app.dag_runs import DagRunner, DagRunResult
 
 
 class Missed(Exception):
@@ -194,7 +194,7 @@ def _burst(
 
 
 def _dag(runner: DagRunner, dag_id: str, conf: dict[str, Any], **kw: Any) -> DagRunResult:
-    """One DAG run through Airflow (a warm ``rtrec.dags.runs.DagRunner``); a failed run stops
+    """One DAG run through Airflow (a warm ``rtrec.app.dag_runs.DagRunner``); a failed run stops
     the demo."""
     run = runner.run(dag_id, conf, **kw)
     if not run.ok:
@@ -274,7 +274,7 @@ def _sizes_rows(report: DemoReport) -> list[list[Any]]:
 def _report(path: Path, report: DemoReport, extras: dict[str, Any]) -> Path:
     """The run's HTML report: timeline, steps (skipped ones with their reason), data
     sizes, quality, the gate's decisions, latency percentiles and the drift check."""
-    from rtrec.report import (
+    from rtrec.app.report import (
         Section,
         drift_figure,
         latency_figure,
@@ -402,7 +402,7 @@ def _report(path: Path, report: DemoReport, extras: dict[str, Any]) -> Path:
 
 def _gate_section(gates: list[tuple[str, dict[str, Any]]]) -> Any:
     """Each training run's promotion decision with its evidence (rtrec.training.gate)."""
-    from rtrec.report import Section
+    from rtrec.app.report import Section
 
     def pct(x: float | None) -> str:
         return "-" if x is None else f"{x:+.2%}"
@@ -454,8 +454,8 @@ def _gate_section(gates: list[tuple[str, dict[str, Any]]]) -> Any:
 )
 def demo(quick: bool, data: str, keep_running: bool, epochs: int | None) -> None:
     """Run the whole loop on the embedded default and write an HTML report."""
-    from rtrec import stack
-    from rtrec.dags.runs import DagRunner, migrate
+    from rtrec.app import stack
+    from rtrec.app.dag_runs import DagRunner, migrate
     from rtrec.data import ShiftConfig, SyntheticConfig, generate, load_dataset
 
     settings = get_settings()
@@ -535,7 +535,7 @@ def demo(quick: bool, data: str, keep_running: bool, epochs: int | None) -> None
         )
 
         def serve() -> dict[str, Any]:
-            from rtrec.serving.cli import start_detached
+            from rtrec.app.cli.serving import start_detached
 
             pid = start_detached(settings)
             return {"url": f"http://{settings.serving.host}:{settings.serving.port}", "pid": pid}
@@ -685,7 +685,7 @@ def demo(quick: bool, data: str, keep_running: bool, epochs: int | None) -> None
         if not keep_running:
             report.step("stop everything", lambda: {"stopped": stack.down(settings)})
         elif ok:
-            from rtrec.dags import embedded
+            from rtrec.app import embedded_airflow as embedded
 
             report.step("Airflow UI up (the demo's runs)", lambda: {"pid": embedded.up(settings)})
     _summary(settings, report, extras, keep_running)
@@ -705,7 +705,7 @@ def _fail_on_missed(report: DemoReport) -> None:
 def _rtrec() -> list[str]:
     import sys
 
-    return [sys.executable, "-m", "rtrec.cli"]
+    return [sys.executable, "-m", "rtrec.app.cli"]
 
 
 MLFLOW_UI_PORT = 15000

@@ -3,18 +3,19 @@
 ``up`` migrates the metadata DB (SQLite under ``settings.airflow.home``), reserializes the
 DAGs (they list only after that) and starts the standalone (scheduler,
 DAG processor, triggerer and API server, LocalExecutor) with small parallelism under
-:func:`rtrec.stack.start_managed`; ``down`` stops it with SIGINT, which lets it stop its
+:func:`rtrec.app.stack.start_managed`; ``down`` stops it with SIGINT, which lets it stop its
 own workers (SIGTERM orphans them).
 
-Two DAG bundles: ``rtrec`` (this package's directory; ``.airflowignore`` keeps the library
-modules out of DAG parsing) and ``user`` (``<airflow home>/dags``, created empty), where
+Two DAG bundles: ``rtrec`` (the ``rtrec.dags`` package's directory; ``.airflowignore`` keeps
+its library modules out of DAG parsing) and ``user`` (``<airflow home>/dags``, created empty), where
 your own DAG files import :mod:`rtrec.dags.operators` and run under the same scheduler.
 
 The scheduler runs the DAGs by itself: DAGs are unpaused when first registered, and the
 workers reach the execution API on the port the API server really listens on (Airflow's
 default, ``http://localhost:8080/execution/``, is not it). Task logs are kept at INFO.
 
-Named ``embedded`` rather than ``airflow`` so no import can mistake it for the package.
+Named ``embedded_airflow`` rather than ``airflow`` so no reader or import can mistake it
+for the package.
 """
 
 from __future__ import annotations
@@ -38,8 +39,10 @@ DAG_IDS = ("rtrec_training", "rtrec_drift_monitor", "rtrec_feature_backfill")
 
 
 def dags_folder() -> Path:
-    """rtrec's own DAG files (the ``rtrec`` bundle)."""
-    return Path(__file__).resolve().parent
+    """rtrec's own DAG files (the ``rtrec`` bundle): the ``rtrec.dags`` package's folder."""
+    import rtrec.dags
+
+    return Path(rtrec.dags.__file__).resolve().parent
 
 
 def user_dags_folder(settings: Settings) -> Path:
@@ -170,7 +173,7 @@ def healthy(settings: Settings, *, timeout_s: float = 10.0) -> bool:
 
 def up(settings: Settings, *, timeout_s: float = 180) -> int:
     """Start the embedded standalone (idempotent); returns its pid once healthy."""
-    from rtrec import stack
+    from rtrec.app import stack
 
     pid = stack.managed_pid(settings, NAME)
     if pid is not None:
@@ -191,6 +194,6 @@ def up(settings: Settings, *, timeout_s: float = 180) -> int:
 
 def down(settings: Settings) -> bool:
     """Stop the standalone with SIGINT (SIGKILL for stragglers); True if one ran."""
-    from rtrec import stack
+    from rtrec.app import stack
 
     return stack.stop_managed(settings, NAME, timeout=30)

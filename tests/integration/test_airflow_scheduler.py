@@ -25,8 +25,8 @@ from typing import Any
 import httpx
 import pytest
 from click.testing import CliRunner
-from rtrec.dags import embedded
 
+from rtrec.app import embedded_airflow as embedded
 from rtrec.config import Settings, get_settings, load_settings
 from tests.conftest import free_port, restore_env
 
@@ -158,7 +158,7 @@ def _write_offline_log(settings: Settings) -> int:
 
 @pytest.fixture(scope="module")
 def airflow(stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Airflow]:
-    from rtrec.cli import main
+    from rtrec.app.cli import main
 
     work = tmp_path_factory.mktemp("scheduler-work")
     env = {

@@ -1,6 +1,6 @@
 """The DAGs run for real: ``dag.test()`` against the embedded stack and a fresh Airflow DB.
 
-Each ``dag.test()`` runs through :mod:`rtrec.dags.runs` in a subprocess whose Airflow
+Each ``dag.test()`` runs through :mod:`rtrec.app.dag_runs` in a subprocess whose Airflow
 environment (home, DAG folder) is set before Airflow is imported, so the pytest process's
 own imports stay untouched. A trigger only queues the triggered run; ``queued=True`` then
 executes that very run.
@@ -12,11 +12,12 @@ import json
 import os
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from rtrec.dags import embedded
 
+from rtrec.app import embedded_airflow as embedded
 from rtrec.config import Settings, load_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
@@ -45,9 +46,9 @@ def airflow_settings(
 
 
 def run_dag(settings: Settings, dag_id: str, conf: dict, *, runner=None, **kw) -> dict:
-    """One run through :func:`rtrec.dags.runs.run_dag` (or ``runner``, a warm
-    :class:`rtrec.dags.runs.DagRunner`), as a plain dict for the assertions."""
-    from rtrec.dags.runs import run_dag as run
+    """One run through :func:`rtrec.app.dag_runs.run_dag` (or ``runner``, a warm
+    :class:`rtrec.app.dag_runs.DagRunner`), as a plain dict for the assertions."""
+    from rtrec.app.dag_runs import run_dag as run
 
     if runner is not None:
         out = runner.run(dag_id, conf, timeout_s=800, **kw)
@@ -59,6 +60,7 @@ def run_dag(settings: Settings, dag_id: str, conf: dict, *, runner=None, **kw) -
         "tasks": out.tasks,
         "queued": out.queued,
         "conf": out.conf,
+        "replaced": out.replaced,
     }
 
 
@@ -103,8 +105,7 @@ def _alerts(settings: Settings) -> list[dict]:
 def test_drift_monitor_stationary_then_shift_alerts_and_triggers_training(
     airflow_settings: Settings, shifted, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from rtrec.dags.runs import DagRunner
-
+    from rtrec.app.dag_runs import DagRunner
     from rtrec.errors import Unavailable
 
     settings = airflow_settings
@@ -177,24 +178,28 @@ def test_training_dag_registers_and_promotes(
     # measurement that could fall short (an exact index is 1.0 by construction).
     monkeypatch.setenv("RTREC_TRAINING__INDEX_EXACT_MAX_ITEMS", "100")
     # Queued the way a trigger queues it (the drift monitor's TriggerDagRunOperator, the
-    # UI, the REST API); run_dag(queued=True) then executes that very run.
+    # UI, the REST API: a logical date and Airflow's own run id); run_dag(queued=...) then
+    # executes that very run under its id.
     conf = {"data": str(small_data), "epochs": 2, "reason": "test: drift share 0.67"}
     embedded.airflow_cli(airflow_settings, "dags", "reserialize")
-    embedded.airflow_cli(
+    triggered = embedded.airflow_cli(
         airflow_settings,
         "dags",
         "trigger",
         "rtrec_training",
-        "-r",
-        "queued-by-test",
+        "-l",
+        datetime.now(UTC).isoformat(),
         "-c",
         json.dumps(conf),
+        "-o",
+        "json",
     )
-    out = run_dag(airflow_settings, "rtrec_training", {}, queued="queued-by-test")
+    queued_id = json.loads(triggered[triggered.index("[") :])[0]["dag_run_id"]
+    out = run_dag(airflow_settings, "rtrec_training", {}, queued=queued_id)
     assert out["conf"] == conf
-    assert out["run_id"] == "queued-by-test"
+    assert out["run_id"] == queued_id and out["replaced"] is None
     queued_ids = [r["run_id"] for r in out["queued"].get("rtrec_training", [])]
-    assert "queued-by-test" not in queued_ids  # that queued run is the one that ran
+    assert queued_id not in queued_ids  # that queued run is the one that ran
     tasks = out["tasks"]
     assert out["state"] == "success", tasks
     assert "build_index" not in tasks  # the served index is built, and measured, in training

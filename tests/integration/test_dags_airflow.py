@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from rtrec.dags import embedded
 
+from rtrec.app import embedded_airflow as embedded
 from rtrec.config import get_settings, load_settings
 from tests.conftest import free_port
 
@@ -37,8 +37,8 @@ def _live_group_members(pgid: int) -> list[int]:
 
 
 def test_airflow_up_lists_dags_and_down_stops_everything(tmp_path: Path) -> None:
-    from rtrec import stack
-    from rtrec.cli import main
+    from rtrec.app import stack
+    from rtrec.app.cli import main
 
     env = {
         "RTREC_WORK_DIR": str(tmp_path),

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from rtrec import stack as stack_mod
+from rtrec.app import stack as stack_mod
 from rtrec.config import load_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -64,7 +64,7 @@ def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, str
     from rtrec.monitoring import check, ensure_project
     from rtrec.monitoring.monitor import outcome_counts, split_windows
 
-    from rtrec import stack
+    from rtrec.app import stack
     from rtrec.data import ShiftConfig, SyntheticConfig, generate
 
     work = tmp_path_factory.mktemp("monitor-ui")
@@ -89,7 +89,7 @@ def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, str
     assert verdict.status == "not judged", verdict.summary
     port = free_port()
     runner = CliRunner()
-    from rtrec.cli import main
+    from rtrec.app.cli import main
 
     get_settings.cache_clear()
     result = runner.invoke(

@@ -122,10 +122,10 @@ def test_similar_items(client: httpx.Client, bundle) -> None:
 
 
 def test_click_on_feedback_changes_recommendations(client: httpx.Client, stack: Settings) -> None:
-    from rtrec.stack import start_managed, stop_managed
+    from rtrec.app.stack import start_managed, stop_managed
 
     start_managed(
-        stack, "stream-serving-test", [sys.executable, "-m", "rtrec.cli", "stream", "run"]
+        stack, "stream-serving-test", [sys.executable, "-m", "rtrec.app.cli", "stream", "run"]
     )
     try:
         user = "u11"
@@ -248,12 +248,12 @@ def test_rtrec_serve_detach_starts_a_tracked_service(
 ) -> None:
     import subprocess
 
-    from rtrec.stack import managed_pid, stop_managed
+    from rtrec.app.stack import managed_pid, stop_managed
 
     recommend(client, "u1")
 
     port = free_port()
-    cmd = [sys.executable, "-m", "rtrec.cli", "serve", "--detach", "--bundle", str(bundle_dir)]
+    cmd = [sys.executable, "-m", "rtrec.app.cli", "serve", "--detach", "--bundle", str(bundle_dir)]
     done = subprocess.run([*cmd, "--port", str(port)], capture_output=True, text=True, timeout=150)
     try:
         assert done.returncode == 0, done.stdout + done.stderr
@@ -275,7 +275,7 @@ def test_redis_down_gives_flagged_fallback_never_5xx(
     client: httpx.Client, stack: Settings, server
 ) -> None:
     """Last: stops the session's Redis, then starts it again for later modules."""
-    from rtrec.stack import start_redis, stop_managed
+    from rtrec.app.stack import start_redis, stop_managed
 
     stop_managed(stack, "redis")
     try:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from rtrec import stack as stack_mod
+from rtrec.app import stack as stack_mod
 from rtrec.config import Settings, host_port, load_settings
 from rtrec.errors import Unavailable
 from rtrec.events import Interaction, parse_event
@@ -83,7 +83,7 @@ def test_port_in_use_is_named(tmp_path: Path, stack: Settings) -> None:
 
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     exe = Path(sys.executable).with_name("rtrec")
-    cmd = [str(exe), *args] if exe.exists() else [sys.executable, "-m", "rtrec.cli", *args]
+    cmd = [str(exe), *args] if exe.exists() else [sys.executable, "-m", "rtrec.app.cli", *args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
 
 

@@ -192,7 +192,7 @@ def test_pipeline_registers_a_champion_whose_bundle_loads(
 def test_cli_lists_promotes_and_rolls_back(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from rtrec.cli import main
+    from rtrec.app.cli import main
 
     monkeypatch.setenv("RTREC_WORK_DIR", str(settings.work_dir))
     get_settings.cache_clear()
@@ -216,7 +216,7 @@ def test_cli_train_prints_metrics_version_and_gate_decision(
 ) -> None:
     import rtrec.training.pipeline
 
-    from rtrec.cli import main
+    from rtrec.app.cli import main
 
     monkeypatch.setattr(rtrec.training.pipeline, "fit_and_evaluate", _popularity_fitter())
     monkeypatch.setenv("RTREC_WORK_DIR", str(settings.work_dir))

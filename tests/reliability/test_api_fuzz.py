@@ -52,7 +52,7 @@ def server(stack: Settings, tmp_path_factory: pytest.TempPathFactory):
     from rtrec.serving.process import running_server
     from rtrec.serving.synthetic import synthetic_bundle
 
-    from rtrec.stack import ensure_topics
+    from rtrec.app.stack import ensure_topics
 
     apply(stack)
     fuzz_settings = stack.model_copy(deep=True)

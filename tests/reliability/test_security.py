@@ -56,7 +56,7 @@ def server(stack: Settings, work_dir: Path, tmp_path_factory: pytest.TempPathFac
     from rtrec.serving.process import running_server
     from rtrec.serving.synthetic import synthetic_bundle
 
-    from rtrec.stack import ensure_topics
+    from rtrec.app.stack import ensure_topics
 
     topic_settings = stack.model_copy(deep=True)
     topic_settings.kafka.events_topic = TOPIC

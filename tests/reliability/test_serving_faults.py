@@ -86,7 +86,7 @@ def test_redis_stopped_mid_traffic_degrades_flagged_and_recovers(
 ) -> None:
     from rtrec.serving.process import running_server
 
-    from rtrec.stack import start_redis, stop_managed
+    from rtrec.app.stack import start_redis, stop_managed
 
     env = env_for(RTREC_SERVING__BUNDLE_PATH=str(bundles["s1"]))
     log = settings.log_dir / "serving-faults-redis.log"

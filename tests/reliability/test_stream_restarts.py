@@ -31,7 +31,7 @@ import psutil
 import pytest
 from rtrec.streaming.producer import make_producer, publish
 
-from rtrec import stack as stack_mod
+from rtrec.app import stack as stack_mod
 from rtrec.config import Settings
 from rtrec.data import SyntheticConfig, generate
 from tests.stream_helpers import (

@@ -1,37 +1,24 @@
 """The ``rtrec`` command line: thin commands over each stage's public API.
 
+The app layer assembles it: this module holds the root group and the stack commands
+(``up``, ``status``, ``down``); each stage's command group lives beside it
+(``rtrec.app.cli.streaming`` ...), so no stage imports the CLI or the stack supervisor.
 Heavy imports (torch, feast, pyspark, mlflow, bentoml, airflow) happen inside the commands,
 so ``rtrec --help`` and ``rtrec status`` stay fast. Errors from the rtrec error tree become
-exit codes here and nowhere else.
+exit codes in :func:`rtrec.app.cli.common.handle_errors` and nowhere else.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
-from collections.abc import Callable
 from typing import Any
 
 import click
 
+from rtrec.app.cli.common import handle_errors
 from rtrec.config import get_settings
-from rtrec.errors import RtrecError
 from rtrec.logging import configure_logging
-
-
-def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn rtrec errors into a one-line message and the error's exit code."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except RtrecError as exc:
-            click.secho(f"error: {exc}", fg="red", err=True)
-            sys.exit(exc.exit_code)
-
-    return wrapper
 
 
 @click.group()
@@ -55,7 +42,7 @@ def _print_status(rows: list[Any]) -> bool:
 @handle_errors
 def up() -> None:
     """Start the embedded stack (broker, Redis, stores); harmless when already up."""
-    from rtrec import stack
+    from rtrec.app import stack
 
     rows = stack.up(get_settings())
     if not _print_status(rows):
@@ -69,7 +56,7 @@ def status(as_json: bool) -> None:
     """Report each component healthy or not; exit 1 if any is down."""
     from dataclasses import asdict
 
-    from rtrec import stack
+    from rtrec.app import stack
 
     rows = stack.status(get_settings())
     if as_json:
@@ -84,7 +71,7 @@ def status(as_json: bool) -> None:
 @handle_errors
 def down() -> None:
     """Stop exactly what `rtrec up` (and other rtrec commands) started."""
-    from rtrec import stack
+    from rtrec.app import stack
 
     stopped = stack.down(get_settings())
     click.echo(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
@@ -95,14 +82,14 @@ def _register_stage_commands() -> None:
     import importlib
 
     for module, attrs in (
-        ("rtrec.cli_data", ("data",)),
-        ("rtrec.streaming.cli", ("stream",)),
-        ("rtrec.features.cli", ("features",)),
-        ("rtrec.training.cli", ("train", "model")),
-        ("rtrec.serving.cli", ("serve",)),
-        ("rtrec.monitoring.cli", ("monitor",)),
-        ("rtrec.dags.cli", ("airflow",)),
-        ("rtrec.demo", ("demo",)),
+        ("rtrec.app.cli.data", ("data",)),
+        ("rtrec.app.cli.streaming", ("stream",)),
+        ("rtrec.app.cli.features", ("features",)),
+        ("rtrec.app.cli.training", ("train", "model")),
+        ("rtrec.app.cli.serving", ("serve",)),
+        ("rtrec.app.cli.monitoring", ("monitor",)),
+        ("rtrec.app.cli.dags", ("airflow",)),
+        ("rtrec.app.demo", ("demo",)),
     ):
         try:
             mod = importlib.import_module(module)
@@ -117,7 +104,3 @@ def _register_stage_commands() -> None:
 
 
 _register_stage_commands()
-
-
-if __name__ == "__main__":
-    main()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from rtrec.cli import handle_errors
+from rtrec.app.cli.common import handle_errors
 from rtrec.config import get_settings
 
 
@@ -21,7 +21,7 @@ def up(timeout: float) -> None:
 
     The scheduler runs rtrec's DAGs and those in ``<airflow home>/dags``, unpaused.
     """
-    from rtrec.dags import embedded
+    from rtrec.app import embedded_airflow as embedded
 
     settings = get_settings()
     pid = embedded.up(settings, timeout_s=timeout)
@@ -34,7 +34,7 @@ def up(timeout: float) -> None:
 @handle_errors
 def down() -> None:
     """Stop the standalone with SIGINT so it stops its own workers."""
-    from rtrec.dags import embedded
+    from rtrec.app import embedded_airflow as embedded
 
     stopped = embedded.down(get_settings())
     click.echo("airflow stopped" if stopped else "airflow was not running")
@@ -44,7 +44,7 @@ def down() -> None:
 @handle_errors
 def status() -> None:
     """Healthy or not; exit 1 when not."""
-    from rtrec.dags import embedded
+    from rtrec.app import embedded_airflow as embedded
 
     settings = get_settings()
     ok = embedded.healthy(settings)

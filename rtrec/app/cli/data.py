@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from rtrec.cli import handle_errors
+from rtrec.app.cli.common import handle_errors
 from rtrec.config import get_settings
 
 

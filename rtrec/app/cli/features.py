@@ -6,7 +6,7 @@ import json
 
 import click
 
-from rtrec.cli import handle_errors
+from rtrec.app.cli.common import handle_errors
 from rtrec.config import Settings, get_settings
 
 
@@ -19,7 +19,7 @@ def features() -> None:
 @handle_errors
 def apply() -> None:
     """Write feature_store.yaml (Redis online, duckdb offline) and register every object."""
-    from rtrec.features.store import apply as apply_repo
+    from rtrec.features import apply as apply_repo
 
     settings = get_settings()
     repo = apply_repo(settings)
@@ -31,7 +31,7 @@ def apply() -> None:
 @handle_errors
 def online(user_ids: tuple[str, ...]) -> None:
     """Print the online stream features of USER_IDS (one JSON line each)."""
-    from rtrec.features.store import online_features
+    from rtrec.features import online_features
 
     for user, row in zip(user_ids, online_features(get_settings(), list(user_ids)), strict=True):
         click.echo(json.dumps({"user_id": user, **row}))
@@ -42,7 +42,7 @@ def online(user_ids: tuple[str, ...]) -> None:
 @handle_errors
 def trending(k: int) -> None:
     """Print the k items with the highest time-decayed interaction score."""
-    from rtrec.features.store import trending_items
+    from rtrec.features import trending_items
 
     click.echo(json.dumps(trending_items(get_settings(), k)))
 

@@ -7,10 +7,10 @@ import sys
 from pathlib import Path
 
 import click
-from rtrec.monitoring.monitor import COVERAGE_MODES
 
-from rtrec.cli import handle_errors
+from rtrec.app.cli.common import handle_errors
 from rtrec.config import Settings, get_settings
+from rtrec.monitoring import COVERAGE_MODES
 
 UI_NAME = "evidently-ui"
 """Managed-process name of the UI (``<work_dir>/run/evidently-ui.json``)."""
@@ -54,7 +54,7 @@ def check(
 ) -> None:
     """Check the offline event log for drift; exit 0 stable, 10 drifted, 11 not judged
     (a window too small); 4 when the log did not cover the windows in time."""
-    from rtrec.monitoring.monitor import monitor_offline_log
+    from rtrec.monitoring import monitor_offline_log
 
     verdict = monitor_offline_log(
         get_settings(),
@@ -117,9 +117,8 @@ def start_ui(
     settings: Settings, *, port: int | None = None, timeout_s: float = 60
 ) -> tuple[int, str]:
     """Start the Evidently UI over the workspace (idempotent); returns (pid, url)."""
-    from rtrec.monitoring.dashboards import ensure_project
-
-    from rtrec import stack
+    from rtrec.app import stack
+    from rtrec.monitoring import ensure_project
 
     port = port or settings.monitoring.ui_port
     ensure_project(settings)  # the dashboard exists even before the first check
@@ -140,7 +139,7 @@ def start_ui(
 @handle_errors
 def ui(port: int | None, stop: bool) -> None:
     """Serve the Evidently UI (projects, drift dashboards) in the background."""
-    from rtrec import stack
+    from rtrec.app import stack
 
     settings = get_settings()
     if stop:

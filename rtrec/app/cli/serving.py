@@ -2,46 +2,20 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
 
-from rtrec.cli import handle_errors
-from rtrec.config import get_settings
+from rtrec.app.cli.common import handle_errors
+from rtrec.config import Settings, get_settings
+from rtrec.serving import serve_command, serve_env
 
 
-def serve_command(host: str, port: int) -> list[str]:
-    exe = Path(sys.executable).with_name("bentoml")
-    return [
-        str(exe),
-        "serve",
-        "rtrec.serving.service:Recommender",
-        "--host",
-        host,
-        "--port",
-        str(port),
-    ]
-
-
-def serve_env(work_dir: Path | str, port: int) -> dict[str, str]:
-    """Environment one server needs of its own: a BentoML home per work dir and port.
-
-    BentoML keeps its Prometheus files under ``$BENTOML_HOME/prometheus_multiproc_dir``
-    and wipes that folder whenever a server starts, so two servers sharing the default
-    home (tests, benchmarks, a second ``rtrec serve``) silently erase each other's
-    ``/metrics``. A home per server keeps every server's metrics its own.
-    """
-    home = Path(work_dir) / "serving" / f"bentoml-{port}"
-    home.mkdir(parents=True, exist_ok=True)
-    return {"BENTOML_HOME": str(home)}
-
-
-def start_detached(settings, *, timeout: float = 120.0) -> int:
+def start_detached(settings: Settings, *, timeout: float = 120.0) -> int:
     """Start the service as a managed process and wait until /readyz answers 200."""
     import httpx
 
-    from rtrec.stack import start_managed
+    from rtrec.app.stack import start_managed
 
     host, port = settings.serving.host, settings.serving.port
 

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from rtrec.cli import handle_errors
+from rtrec.app.cli.common import handle_errors
 from rtrec.config import get_settings
 
 
@@ -23,9 +23,8 @@ def stream() -> None:
 @handle_errors
 def replay(data: str, rate: str, speedup: float | None) -> None:
     """Publish a data set's events keyed by user id (with a progress bar)."""
-    from rtrec.streaming.producer import replay_dataset
-
     from rtrec.data import load_dataset
+    from rtrec.streaming import replay_dataset
 
     ds = load_dataset(data)
     out = replay_dataset(
@@ -42,9 +41,9 @@ def run(metrics_port: int | None, detach: bool) -> None:
     """Consume events into the feature store until SIGTERM."""
     settings = get_settings()
     if detach:
-        from rtrec.stack import start_managed
+        from rtrec.app.stack import start_managed
 
-        cmd = [sys.executable, "-m", "rtrec.cli", "stream", "run"]
+        cmd = [sys.executable, "-m", "rtrec.app.cli", "stream", "run"]
         if metrics_port:
             cmd += ["--metrics-port", str(metrics_port)]
         name = f"stream-{len(list(settings.run_dir.glob('stream-*.json')))}"
@@ -58,7 +57,7 @@ def run(metrics_port: int | None, detach: bool) -> None:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    from rtrec.streaming.processor import run_forever
+    from rtrec.streaming import run_forever
 
     total = run_forever(settings, metrics_port=metrics_port, stop=stop)
     click.echo(json.dumps({"applied": total.applied, "dead_lettered": total.dead}))

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from rtrec.cli import handle_errors
+from rtrec.app.cli.common import handle_errors
 from rtrec.config import get_settings
 
 
@@ -70,7 +70,7 @@ def train(
     data: str | None, epochs: int | None, protocol: str, no_register: bool, as_json: bool
 ) -> None:
     """Build training sets, train the two-tower model, evaluate against baselines, register."""
-    from rtrec.training.pipeline import train as run_pipeline
+    from rtrec.training import train as run_pipeline
 
     result = run_pipeline(
         get_settings(),
@@ -92,7 +92,7 @@ def model() -> None:
 
 
 def _registry() -> Any:
-    from rtrec.training.registry import ModelRegistry
+    from rtrec.training import ModelRegistry
 
     return ModelRegistry(get_settings())
 
@@ -105,7 +105,7 @@ def list_versions() -> None:
 
     ``challenger`` marks a version the gate has not decided yet or the last one it refused;
     a promoted version drops it, so after a promotion there may be none."""
-    from rtrec.training.registry import GATE_METRIC, TAG_DECISION
+    from rtrec.training import GATE_METRIC, TAG_DECISION
 
     infos = _registry().versions()
     if not infos:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 
-from rtrec.dags.embedded import dags_folder
+from rtrec.app.embedded_airflow import dags_folder
 
 os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="rtrec-airflow-unit-"))
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")

@@ -8,7 +8,8 @@ import sys
 from datetime import timedelta
 
 import pytest
-from rtrec.dags.embedded import DAG_IDS, dags_folder
+
+from rtrec.app.embedded_airflow import DAG_IDS, dags_folder
 
 
 @pytest.fixture(scope="module")

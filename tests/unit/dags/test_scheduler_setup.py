@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from airflow.sdk import DAG
 from airflow.sdk.exceptions import AirflowFailException, AirflowRuntimeError, ErrorType
-from rtrec.dags import embedded, steps
+from rtrec.dags import steps
 from rtrec.dags.operators import (
     SERVICE_RETRIES,
     BuildTrainingSetOperator,
@@ -28,6 +28,7 @@ from rtrec.dags.operators import (
     _variable,
 )
 
+from rtrec.app import embedded_airflow as embedded
 from rtrec.config import load_settings
 from rtrec.errors import InvalidInput, NotFound, Unavailable
 

@@ -185,7 +185,7 @@ def test_monitor_offline_log_waiting_without_a_broker_fails_loudly(
 
 
 def test_cli_check_exit_codes(shifted_log, monkeypatch: pytest.MonkeyPatch) -> None:
-    from rtrec.cli import main
+    from rtrec.app.cli import main
 
     settings, shift = shifted_log
     monkeypatch.setenv("RTREC_WORK_DIR", str(settings.work_dir))

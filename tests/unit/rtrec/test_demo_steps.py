@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rtrec.demo import DemoReport, Missed, _in_windows
+from rtrec.app.demo import DemoReport, Missed, _in_windows
 
 DAY = 86_400_000
 
@@ -44,7 +44,7 @@ def test_window_counts_use_the_monitors_bounds() -> None:
 def test_the_demo_exits_non_zero_when_a_promised_step_did_not_happen() -> None:
     import click
 
-    from rtrec.demo import _fail_on_missed
+    from rtrec.app.demo import _fail_on_missed
 
     report = DemoReport()
     report.step("swap", lambda: {"status": "not promoted", "reason": "gate said no"})

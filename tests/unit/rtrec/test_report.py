@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from rtrec.report import Section, new_figure, write_html_report
+from rtrec.app.report import Section, new_figure, write_html_report
 
 
 def test_report_is_self_contained(tmp_path: Path) -> None:
@@ -23,7 +23,7 @@ def test_report_is_self_contained(tmp_path: Path) -> None:
 
 
 def test_steps_show_why_a_step_did_not_happen_never_zero_seconds(tmp_path: Path) -> None:
-    from rtrec.report import steps_section
+    from rtrec.app.report import steps_section
 
     section = steps_section(
         [

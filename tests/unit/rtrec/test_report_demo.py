@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from rtrec.demo import DemoReport, _report, _timeline_rows
-from rtrec.report import drift_figure, latency_figure, timeline_figure
+from rtrec.app.demo import DemoReport, _report, _timeline_rows
+from rtrec.app.report import drift_figure, latency_figure, timeline_figure
 
 COLUMNS = [
     {
