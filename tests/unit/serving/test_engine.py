@@ -106,6 +106,49 @@ def test_dense_row_of_an_unknown_user_is_trainings_first_event() -> None:
     assert row[0, -1] > 0 and not row[0, :-1].any()
 
 
+def test_serving_gives_the_user_tower_what_training_gives_it_for_the_same_state(
+    loaded: Loaded,
+) -> None:
+    """User state -> the model's dense input, both ways: training's evaluator takes it from
+    the user's latest training-set row (``InputEncoder.user_state``: counts and seconds since
+    the previous event, null where unknown); serving from the online store at the same
+    moment (counts and ``last_event_ms``). Same state, same input, for a bundle's own
+    dense names: a regular user, a first event, counts past any cap, an old last event,
+    and a user with no state at all."""
+    now = 1_750_000_000_000
+    every = sorted(count_names())
+    states: dict[str, tuple[dict[str, int | None], int | None]] = {
+        "u1": ({n: 3 for n in every}, now - 90_000),
+        "u2": ({"cnt_view_1h": 1, "cnt_click_7d": None}, None),
+        "u3": ({"cnt_view_24h": 10**9, "cnt_purchase_7d": -2}, now - 40 * 86_400_000),
+        "u4": ({"cnt_click_1h": 7}, now - 1),
+    }
+    seen = pd.DataFrame(
+        [
+            {
+                "user_id": user,
+                "item_id": "i1",
+                "ts": now,
+                **{n: counts.get(n) for n in every},
+                "secs_since_prev": None if last is None else (now - last) / 1000,
+            }
+            for user, (counts, last) in states.items()
+        ]
+    )
+    users = [*states, "u-without-state"]
+    enc = loaded.bundle.encoders
+    assert enc.dense == DENSE
+    _, _, trained = enc.user_state(seen, users)
+    served = np.vstack(
+        [
+            dense_row({**counts, "last_event_ms": last}, enc.dense, now)
+            for counts, last in [*states.values(), ({}, None)]
+        ]
+    )
+    assert trained.dtype == served.dtype == np.float32
+    np.testing.assert_array_equal(served, trained)
+
+
 def test_known_user_top_k_excludes_seen_and_filtered(engine: Engine, store: Store, loaded) -> None:
     base = engine.recommend(RecommendRequest(user_id="u1", k=20, exclude_seen=False))
     assert base["fallback"] is False and base["model_version"] == "7" and len(base["items"]) == 20
