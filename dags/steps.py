@@ -29,8 +29,7 @@ def build_training_set(
     settings: Settings, *, data: str | None = None, protocol: str = "temporal"
 ) -> dict[str, Any]:
     """Spark point-in-time training sets from the offline log (or ``data``, a data set)."""
-    from rtrec.training.dataset import build_training_sets
-    from rtrec.training.pipeline import event_log_for, split_config
+    from rtrec.training import build_training_sets, event_log_for, split_config
 
     source = event_log_for(settings, data or None)
     sets = build_training_sets(settings, source=source, config=split_config(settings, protocol))  # type: ignore[arg-type]
@@ -49,8 +48,7 @@ def train_two_tower(
 ) -> dict[str, Any]:
     """Select on validation, refit, judge on the gate slice beside the baselines and the
     champion, build and measure the served index, save the bundle (``fit_and_evaluate``)."""
-    from rtrec.training.dataset import TrainingSets
-    from rtrec.training.pipeline import fit_and_evaluate
+    from rtrec.training import TrainingSets, fit_and_evaluate
 
     sets = TrainingSets.load(training_sets)
     run = f"{time.strftime('%Y%m%dT%H%M%S')}-airflow"
@@ -83,8 +81,7 @@ def evaluate_and_register(
     settings: Settings, *, fit: dict[str, Any], reason: str = ""
 ) -> dict[str, Any]:
     """Check the fit reported the gate's metric, log the run and register a challenger."""
-    from rtrec.training.pipeline import flat_metrics
-    from rtrec.training.registry import GATE_METRIC, ModelRegistry, metric_key
+    from rtrec.training import GATE_METRIC, ModelRegistry, flat_metrics, metric_key
 
     metrics = flat_metrics(
         fit.get("val_metrics", {}), fit.get("gate_metrics", {}), fit.get("test_metrics", {})
@@ -119,8 +116,7 @@ def evaluate_and_register(
 def promote(settings: Settings, *, version: str, fit: dict[str, Any]) -> dict[str, Any]:
     """The promotion gate on the evidence the fit gathered on the gate slice (challenger
     vs the champion it scored, per user, paired bootstrap); see ``rtrec.training.gate``."""
-    from rtrec.training.gate import GateEvidence
-    from rtrec.training.registry import ModelRegistry
+    from rtrec.training import GateEvidence, ModelRegistry
 
     if not fit.get("evidence"):
         raise InvalidInput("the fit carries no gate evidence to decide on", field="evidence")
@@ -170,9 +166,8 @@ def materialize_features(
     the ones the live stream would have written; batch views are loaded by Feast.
     """
     import pandas as pd
-    from rtrec.features import write_user_features
-    from rtrec.streaming import read_events
-    from rtrec.streaming.aggregates import UserState
+    from rtrec.features import materialize_batch_views, write_user_features
+    from rtrec.streaming import UserState, read_events
 
     events = read_events(settings.offline_dir / "events")
     if not len(events):
@@ -195,26 +190,8 @@ def materialize_features(
     frame = pd.DataFrame(rows)
     for start in range(0, len(frame), 1000):
         write_user_features(settings, frame.iloc[start : start + 1000])
-    batch_views = _materialize_batch_views(settings, end)
+    batch_views = materialize_batch_views(settings, end)
     return {"users": len(frame), "events": len(window), "end_ms": end, "batch_views": batch_views}
-
-
-def _materialize_batch_views(settings: Settings, end_ms: int) -> list[str]:
-    """Feast ``materialize`` of the catalog and profile views whose parquet exists."""
-    from datetime import UTC, datetime
-
-    from rtrec.features import get_store
-    from rtrec.features.definitions import ITEM_META_VIEW, USER_PROFILE_VIEW, offline_paths
-
-    paths = offline_paths(settings.offline_dir)
-    views = [v for v in (ITEM_META_VIEW, USER_PROFILE_VIEW) if paths[v].is_file()]
-    if views:
-        get_store(settings).materialize(
-            start_date=datetime(1970, 1, 2, tzinfo=UTC),
-            end_date=datetime.fromtimestamp(end_ms / 1000, tz=UTC),
-            feature_views=views,
-        )
-    return views
 
 
 def drift_check(

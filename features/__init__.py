@@ -9,48 +9,47 @@ Public API::
     write_rows(settings, view, rows)         # the stream processor's sink
     write_user_features / write_item_features  # the same from DataFrames
     historical_features(settings, entity_df, features)
+    materialize_batch_views(settings, end_ms)  # Feast materialize of catalog and profiles
+    WINDOWS, RECENT_ITEMS, *_VIEW, offline_paths(dir)  # the definitions writers share
+
+It sits below streaming: the stream processor computes features and writes them through
+this API. Imports are lazy (PEP 562), so reading a constant does not load Feast.
 """
 
-from rtrec.features.definitions import RECENT_ITEMS, WINDOWS, count_names
-from rtrec.features.sink import (
-    append_offline_rows,
-    prepare_rows,
-    write_item_features,
-    write_prepared,
-    write_rows,
-    write_user_features,
-)
-from rtrec.features.store import (
-    TRENDING_EPOCH_KEY,
-    TRENDING_KEY,
-    apply,
-    get_store,
-    historical_features,
-    item_features,
-    online_features,
-    trending_items,
-    trending_weight,
-    write_offline_metadata,
-)
+from importlib import import_module
+from typing import Any
 
-__all__ = [
-    "RECENT_ITEMS",
-    "TRENDING_EPOCH_KEY",
-    "TRENDING_KEY",
-    "WINDOWS",
-    "append_offline_rows",
-    "apply",
-    "count_names",
-    "get_store",
-    "historical_features",
-    "item_features",
-    "online_features",
-    "prepare_rows",
-    "trending_items",
-    "trending_weight",
-    "write_item_features",
-    "write_offline_metadata",
-    "write_prepared",
-    "write_rows",
-    "write_user_features",
-]
+_EXPORTS = {
+    "ITEM_META_VIEW": "rtrec.features.definitions",
+    "ITEM_STREAM_VIEW": "rtrec.features.definitions",
+    "RECENT_ITEMS": "rtrec.features.definitions",
+    "USER_PROFILE_VIEW": "rtrec.features.definitions",
+    "USER_STREAM_VIEW": "rtrec.features.definitions",
+    "WINDOWS": "rtrec.features.definitions",
+    "count_names": "rtrec.features.definitions",
+    "offline_paths": "rtrec.features.definitions",
+    "materialize_batch_views": "rtrec.features.materialize",
+    "append_offline_rows": "rtrec.features.sink",
+    "prepare_rows": "rtrec.features.sink",
+    "write_item_features": "rtrec.features.sink",
+    "write_prepared": "rtrec.features.sink",
+    "write_rows": "rtrec.features.sink",
+    "write_user_features": "rtrec.features.sink",
+    "TRENDING_EPOCH_KEY": "rtrec.features.store",
+    "TRENDING_KEY": "rtrec.features.store",
+    "apply": "rtrec.features.store",
+    "get_store": "rtrec.features.store",
+    "historical_features": "rtrec.features.store",
+    "item_features": "rtrec.features.store",
+    "online_features": "rtrec.features.store",
+    "trending_items": "rtrec.features.store",
+    "trending_weight": "rtrec.features.store",
+    "write_offline_metadata": "rtrec.features.store",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(name)

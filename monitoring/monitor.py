@@ -173,7 +173,7 @@ def _with_scores(features: pd.DataFrame, scores: pd.DataFrame) -> pd.DataFrame:
 
 def _items(settings: Settings) -> pd.DataFrame | None:
     """The catalog the stream wrote for Feast's item view, when there is one."""
-    from rtrec.features.definitions import ITEM_META_VIEW, offline_paths
+    from rtrec.features import ITEM_META_VIEW, offline_paths
 
     path = offline_paths(settings.offline_dir)[ITEM_META_VIEW]
     return pd.read_parquet(path, columns=["item_id", "categories"]) if path.is_file() else None

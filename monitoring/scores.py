@@ -115,8 +115,7 @@ def champion_bundle(settings: Any) -> tuple[Any | None, str | None]:
     gets ``(None, reason)`` to report "score drift not judged: <reason>". The reason is
     logged at WARNING and counted in ``rtrec_monitor_score_drift_skipped_total``.
     """
-    from rtrec.training.artifacts import load_bundle
-    from rtrec.training.registry import ModelRegistry, download_bundle
+    from rtrec.training import ModelRegistry, download_bundle, load_bundle
 
     from rtrec.errors import RtrecError
 

@@ -1,21 +1,32 @@
-"""rtrec: what every stage shares — settings, the event contract, errors, the CLI."""
+"""rtrec: what every stage shares — settings, the event contract, errors, logging, data sets.
 
-from rtrec.config import Settings, get_settings
-from rtrec.errors import ConfigError, InvalidInput, NotFound, RtrecError, Unavailable
-from rtrec.events import EventType, Interaction, ItemRecord, UserRecord
+This package is the kernel: it imports no stage and nothing of the app layer
+(``rtrec.app``). Its names are imported lazily (PEP 562), so ``import rtrec.training.model``
+on a GPU host with only torch and numpy installed loads neither pydantic nor the settings.
+"""
 
-__all__ = [
-    "ConfigError",
-    "EventType",
-    "Interaction",
-    "InvalidInput",
-    "ItemRecord",
-    "NotFound",
-    "RtrecError",
-    "Settings",
-    "Unavailable",
-    "UserRecord",
-    "get_settings",
-]
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {
+    "Settings": "rtrec.config",
+    "get_settings": "rtrec.config",
+    "ConfigError": "rtrec.errors",
+    "InvalidInput": "rtrec.errors",
+    "NotFound": "rtrec.errors",
+    "RtrecError": "rtrec.errors",
+    "Unavailable": "rtrec.errors",
+    "EventType": "rtrec.events",
+    "Interaction": "rtrec.events",
+    "ItemRecord": "rtrec.events",
+    "UserRecord": "rtrec.events",
+}
+__all__ = sorted(_EXPORTS)
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(name)

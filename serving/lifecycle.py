@@ -43,7 +43,7 @@ def _warm(bundle: Any) -> None:
 
 
 def load_dir(path: Path, version: str | None, source: str) -> Loaded:
-    from rtrec.training.artifacts import load_bundle
+    from rtrec.training import load_bundle
 
     bundle = load_bundle(path)
     bundle.version = version
@@ -153,7 +153,7 @@ class ModelWatcher:
         whose artifact is missing or fails verification is refused once and not retried.
         """
         if self._registry is None:
-            from rtrec.training.registry import ModelRegistry
+            from rtrec.training import ModelRegistry
 
             self._registry = ModelRegistry(self.settings)
         registry = self._registry

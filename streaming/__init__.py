@@ -10,6 +10,8 @@ Public API::
     offline_coverage(settings, until_ms=...) -> OfflineCoverage  # does the log hold it all?
     wait_for_offline_log(settings, until_ms=..., timeout_s=...)  # ... wait until it does
     covered_rows(events, coverage)                              # rows the watermark vouches for
+    run_forever(settings, metrics_port=..., stop=...)           # `rtrec stream run`
+    UserState()                                                 # one user's stream aggregate
 
 Offline event log (``<offline_dir>/events/*.parquet``, read by ``rtrec.training.dataset``):
 user_id, item_id, event_type, ts (ms), event_time (UTC), value, partition, offset.
@@ -17,38 +19,30 @@ It is written a couple of seconds behind the online store; its watermark in Redi
 how far it covers the topic (offsets, event time), so readers judge complete data.
 """
 
-from rtrec.streaming.coverage import (
-    OfflineCoverage,
-    covered_rows,
-    offline_coverage,
-    wait_for_offline_log,
-)
-from rtrec.streaming.offline import OfflineLog, read_events, write_events
-from rtrec.streaming.producer import publish, publish_catalog, replay_dataset
+from importlib import import_module
+from typing import Any
 
-__all__ = [
-    "OfflineCoverage",
-    "OfflineLog",
-    "StreamProcessor",
-    "covered_rows",
-    "offline_coverage",
-    "publish",
-    "publish_catalog",
-    "read_events",
-    "replay_dataset",
-    "run_forever",
-    "wait_for_offline_log",
-    "write_events",
-]
+_EXPORTS = {
+    "UserState": "rtrec.streaming.aggregates",
+    "OfflineCoverage": "rtrec.streaming.coverage",
+    "covered_rows": "rtrec.streaming.coverage",
+    "offline_coverage": "rtrec.streaming.coverage",
+    "wait_for_offline_log": "rtrec.streaming.coverage",
+    "OfflineLog": "rtrec.streaming.offline",
+    "read_events": "rtrec.streaming.offline",
+    "write_events": "rtrec.streaming.offline",
+    "StreamProcessor": "rtrec.streaming.processor",
+    "publish": "rtrec.streaming.producer",
+    "publish_catalog": "rtrec.streaming.producer",
+    "replay_dataset": "rtrec.streaming.producer",
+    "run_forever": "rtrec.streaming.service",
+}
+__all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):  # the processor pulls in Feast; import it only when asked
-    if name == "StreamProcessor":
-        from rtrec.streaming.processor import StreamProcessor
-
-        return StreamProcessor
-    if name == "run_forever":  # ``rtrec stream run``: the processor as a process
-        from rtrec.streaming.service import run_forever
-
-        return run_forever
+def __getattr__(name: str) -> Any:
+    # Lazy (PEP 562): the processor pulls in Feast and the producer Kafka; a caller that
+    # only reads the offline log loads neither.
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
     raise AttributeError(name)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from rtrec.features.definitions import RECENT_ITEMS, WINDOWS
+from rtrec.features import RECENT_ITEMS, WINDOWS
 
 from rtrec.events import EVENT_TYPES
 

@@ -21,12 +21,14 @@ from typing import Any
 
 from kafka import TopicPartition
 from rtrec.features import (
+    ITEM_STREAM_VIEW,
     TRENDING_EPOCH_KEY,
+    USER_STREAM_VIEW,
+    WINDOWS,
     prepare_rows,
     trending_weight,
     write_prepared,
 )
-from rtrec.features.definitions import ITEM_STREAM_VIEW, USER_STREAM_VIEW, WINDOWS
 from rtrec.streaming import metrics
 from rtrec.streaming.aggregates import HOUR_MS, UserState
 from rtrec.streaming.dlq import DeadLetter, send

@@ -11,6 +11,14 @@ Public API (imports are lazy: the torch side runs on a GPU host without pyspark/
     save_bundle / load_bundle -> ModelBundle     # what serving loads (rtrec.training.artifacts)
     dense_transform(raw, names)                  # the dense-feature transform serving reuses
     ModelRegistry(settings)                      # MLflow (rtrec.training.registry)
+    GATE_METRIC, TAG_DECISION, metric_key        # ... its metric and tag names
+    GateEvidence.from_dict(d)                    # the promotion gate's evidence (DAG step)
+    fit_and_evaluate / event_log_for / split_config / flat_metrics / TrainingSets
+                                                 # the pipeline's steps (rtrec.dags.steps)
+    TwoTower, TwoTowerConfig, TrainedModel, Vocab, InputEncoder
+                                                 # a bundle's parts (synthetic bundles)
+
+Other layers import only from here, never a submodule (see ``.importlinter``).
 """
 
 from importlib import import_module
@@ -19,12 +27,23 @@ from typing import Any
 _EXPORTS = {
     "train": "rtrec.training.pipeline",
     "TrainResult": "rtrec.training.pipeline",
+    "event_log_for": "rtrec.training.pipeline",
+    "split_config": "rtrec.training.pipeline",
+    "fit_and_evaluate": "rtrec.training.pipeline",
+    "flat_metrics": "rtrec.training.pipeline",
     "build_training_sets": "rtrec.training.dataset",
     "SplitConfig": "rtrec.training.dataset",
+    "TrainingSets": "rtrec.training.dataset",
+    "spark_session": "rtrec.training.dataset",
     "fit": "rtrec.training.trainer",
     "TrainConfig": "rtrec.training.trainer",
     "fit_best": "rtrec.training.trainer",
     "candidates": "rtrec.training.trainer",
+    "TrainedModel": "rtrec.training.trainer",
+    "TwoTower": "rtrec.training.model",
+    "TwoTowerConfig": "rtrec.training.model",
+    "Vocab": "rtrec.training.vocab",
+    "InputEncoder": "rtrec.training.examples",
     "evaluate": "rtrec.training.evaluate",
     "build_index": "rtrec.training.index",
     "save_bundle": "rtrec.training.artifacts",
@@ -34,6 +53,11 @@ _EXPORTS = {
     "METADATA": "rtrec.training.artifacts",
     "WEIGHTS": "rtrec.training.artifacts",
     "ModelRegistry": "rtrec.training.registry",
+    "download_bundle": "rtrec.training.registry",
+    "GATE_METRIC": "rtrec.training.registry",
+    "TAG_DECISION": "rtrec.training.registry",
+    "metric_key": "rtrec.training.registry",
+    "GateEvidence": "rtrec.training.gate",
     "fit_baselines": "rtrec.training.baselines",
     "dense_transform": "rtrec.training.examples",
     "SECS_CAP": "rtrec.training.examples",
