@@ -19,9 +19,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from rtrec.training.examples import ENCODER_FILES, Encoders, dense_matrix
+from rtrec.training.examples import InputEncoder, dense_matrix
 from rtrec.training.index import ItemIndex
 from rtrec.training.model import TwoTower, TwoTowerConfig, rank_cold_by_popularity
+from rtrec.training.vocab import Vocab
 
 from rtrec.errors import InvalidInput, NotFound
 
@@ -31,6 +32,13 @@ ITEM_EMBEDDINGS = "item_embeddings.npy"
 INDEX = "index.faiss"
 INDEX_META = "index.json"
 METADATA = "metadata.json"
+USER_VOCAB = "users.json"
+ITEM_VOCAB = "items.json"
+CATEGORY_VOCAB = "categories.json"
+ITEM_CATEGORIES = "item_categories.npy"
+ENCODER_META = "encoders.json"
+"""The input encoder's dense feature names and history length."""
+ENCODER_FILES = (USER_VOCAB, ITEM_VOCAB, CATEGORY_VOCAB, ITEM_CATEGORIES, ENCODER_META)
 PRIOR_BUFFERS = ("item_log_pop", "log_pop_scale", "pop_prior")
 """Weights a bundle saved before the popularity prior lacks (loaded as a zero prior)."""
 FILES = (WEIGHTS, MODEL_CONFIG, ITEM_EMBEDDINGS, INDEX, INDEX_META, *ENCODER_FILES)
@@ -42,6 +50,28 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def _save_encoder(enc: InputEncoder, directory: Path) -> None:
+    enc.users.save(directory / USER_VOCAB)
+    enc.items.save(directory / ITEM_VOCAB)
+    enc.categories.save(directory / CATEGORY_VOCAB)
+    np.save(directory / ITEM_CATEGORIES, enc.item_categories)
+    (directory / ENCODER_META).write_text(
+        json.dumps({"dense": enc.dense, "history_len": enc.history_len})
+    )
+
+
+def _load_encoder(directory: Path) -> InputEncoder:
+    meta = json.loads((directory / ENCODER_META).read_text())
+    return InputEncoder(
+        Vocab.load(directory / USER_VOCAB),
+        Vocab.load(directory / ITEM_VOCAB),
+        Vocab.load(directory / CATEGORY_VOCAB),
+        list(meta["dense"]),
+        int(meta["history_len"]),
+        np.load(directory / ITEM_CATEGORIES),
+    )
 
 
 def save_bundle(
@@ -61,9 +91,9 @@ def save_bundle(
         {k: v.detach().cpu() for k, v in model.net.state_dict().items()}, directory / WEIGHTS
     )
     (directory / MODEL_CONFIG).write_text(json.dumps(model.net.cfg.to_dict()))
-    model.encoders.save(directory)
+    _save_encoder(model.encoders, directory)
     np.save(directory / ITEM_EMBEDDINGS, model.item_embeddings().astype(np.float32))
-    index.save(directory / INDEX)
+    index.save(directory / INDEX, directory / INDEX_META)
     meta = {
         "created_ts": int(time.time() * 1000),
         "metrics": metrics or {},
@@ -89,7 +119,7 @@ class ModelBundle:
         self,
         directory: Path,
         net: TwoTower,
-        encoders: Encoders,
+        encoders: InputEncoder,
         item_embeddings: np.ndarray,
         index: ItemIndex,
         metadata: dict[str, Any],
@@ -228,9 +258,11 @@ def load_bundle(directory: Path | str, *, use_gpu: bool | str = "auto") -> Model
         missing, unexpected = net.load_state_dict(state, strict=False)
         if unexpected or set(missing) - set(PRIOR_BUFFERS):
             raise RuntimeError(f"weights do not fit: missing {missing}, unexpected {unexpected}")
-        encoders = Encoders.load(directory)
+        encoders = _load_encoder(directory)
         emb = np.load(directory / ITEM_EMBEDDINGS)
-        index = ItemIndex.load(directory / INDEX, use_gpu=use_gpu)  # type: ignore[arg-type]
+        index = ItemIndex.load(
+            directory / INDEX, directory / INDEX_META, use_gpu=use_gpu  # type: ignore[arg-type]
+        )
     except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
         raise InvalidInput(
             f"model bundle {directory} cannot be loaded: {exc}", field="bundle"

@@ -8,9 +8,7 @@ online features into the user tower's input at serving time (:func:`dense_vector
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -59,8 +57,10 @@ def dense_vector(features: dict[str, float | None], names: list[str]) -> np.ndar
 
 
 @dataclass
-class Encoders:
-    """Everything needed to turn ids and features into model inputs, saved with the model."""
+class InputEncoder:
+    """Turns ids and features into the towers' input arrays: the user, item and category
+    vocabularies, each item's categories, the dense feature names and the history length
+    the model was fitted with (saved with it, ``rtrec.training.artifacts``)."""
 
     users: Vocab
     items: Vocab
@@ -79,7 +79,7 @@ class Encoders:
         max_item_categories: int = 4,
         items: pd.DataFrame | None = None,
         dense: bool = True,
-    ) -> Encoders:
+    ) -> InputEncoder:
         """``dense=False`` leaves the stream features out (the user tower gets none)."""
         users = Vocab.build(train["user_id"].astype(str))
         item_vocab = Vocab.build(train["item_id"].astype(str))
@@ -128,36 +128,6 @@ class Encoders:
         latest = ordered[rank == 0].set_index("user_id").reindex(uniq)
         dense = dense_matrix(latest.reset_index(), self.dense)
         return self.users.encode(user_ids), history[inverse], dense[inverse]
-
-    def save(self, directory: Path) -> None:
-        self.users.save(directory / "users.json")
-        self.items.save(directory / "items.json")
-        self.categories.save(directory / "categories.json")
-        np.save(directory / "item_categories.npy", self.item_categories)
-        (directory / "encoders.json").write_text(
-            json.dumps({"dense": self.dense, "history_len": self.history_len})
-        )
-
-    @classmethod
-    def load(cls, directory: Path) -> Encoders:
-        meta = json.loads((directory / "encoders.json").read_text())
-        return cls(
-            Vocab.load(directory / "users.json"),
-            Vocab.load(directory / "items.json"),
-            Vocab.load(directory / "categories.json"),
-            list(meta["dense"]),
-            int(meta["history_len"]),
-            np.load(directory / "item_categories.npy"),
-        )
-
-
-ENCODER_FILES = (
-    "users.json",
-    "items.json",
-    "categories.json",
-    "item_categories.npy",
-    "encoders.json",
-)
 
 
 def _lists(column: pd.Series) -> list[list[str]]:

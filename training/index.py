@@ -73,12 +73,14 @@ class ItemIndex:
         q = np.ascontiguousarray(queries, dtype=np.float32)
         return self.index.search(q, min(k, self.ntotal))
 
-    def save(self, path: Path) -> None:
+    def save(self, path: Path, meta_path: Path) -> None:
+        """The FAISS index at ``path``, what it was built as at ``meta_path`` (the bundle
+        names both, ``rtrec.training.artifacts``)."""
         import faiss
 
         cpu = faiss.index_gpu_to_cpu(self.index) if self.on_gpu else self.index
         faiss.write_index(cpu, str(path))
-        path.with_suffix(".json").write_text(
+        meta_path.write_text(
             json.dumps(
                 {
                     "kind": self.kind,
@@ -91,10 +93,12 @@ class ItemIndex:
         )
 
     @classmethod
-    def load(cls, path: Path, *, use_gpu: bool | Literal["auto"] = "auto") -> ItemIndex:
+    def load(
+        cls, path: Path, meta_path: Path, *, use_gpu: bool | Literal["auto"] = "auto"
+    ) -> ItemIndex:
         import faiss
 
-        meta = json.loads(path.with_suffix(".json").read_text())
+        meta = json.loads(meta_path.read_text())
         index = faiss.read_index(str(path))
         if meta.get("nprobe"):
             faiss.extract_index_ivf(index).nprobe = int(meta["nprobe"])

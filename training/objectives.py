@@ -1,4 +1,4 @@
-"""Training steps per objective: which examples a step sees and the loss on them.
+"""The training objectives: which examples a step sees and the loss on them.
 
 ``NextItemSteps``: one example per training row, its history as of the row, one positive,
 in-batch softmax (log-Q) plus optional uniform negatives. ``MultinomialSteps``: one example
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 import torch
-from rtrec.training.examples import Encoders
+from rtrec.training.examples import InputEncoder
 from rtrec.training.loss import multinomial_loss, sampled_softmax_loss
 from rtrec.training.model import TwoTower
 
@@ -40,12 +40,12 @@ def _drop(history: torch.Tensor, rate: float) -> torch.Tensor:
 
 class _Steps:
     cfg: TrainConfig
-    enc: Encoders
+    enc: InputEncoder
     device: torch.device
     n: int
     """Examples an epoch."""
 
-    def _setup(self, cfg: TrainConfig, enc: Encoders, device: torch.device) -> None:
+    def _setup(self, cfg: TrainConfig, enc: InputEncoder, device: torch.device) -> None:
         self.cfg, self.enc, self.device = cfg, enc, device
         self.item_cats = torch.as_tensor(enc.item_categories, device=device)
         n_items = enc.items.size - 1
@@ -80,7 +80,7 @@ class _Steps:
 
 class NextItemSteps(_Steps):
     def __init__(
-        self, frame: pd.DataFrame, enc: Encoders, cfg: TrainConfig, device: torch.device
+        self, frame: pd.DataFrame, enc: InputEncoder, cfg: TrainConfig, device: torch.device
     ) -> None:
         self._setup(cfg, enc, device)
         data = enc.encode(frame)
@@ -112,7 +112,7 @@ class NextItemSteps(_Steps):
 
 class MultinomialSteps(_Steps):
     def __init__(
-        self, frame: pd.DataFrame, enc: Encoders, cfg: TrainConfig, device: torch.device
+        self, frame: pd.DataFrame, enc: InputEncoder, cfg: TrainConfig, device: torch.device
     ) -> None:
         self._setup(cfg, enc, device)
         users = sorted(frame["user_id"].astype(str).unique())
@@ -158,7 +158,7 @@ class MultinomialSteps(_Steps):
 
 
 def make_steps(
-    frame: pd.DataFrame, enc: Encoders, cfg: TrainConfig, device: torch.device
+    frame: pd.DataFrame, enc: InputEncoder, cfg: TrainConfig, device: torch.device
 ) -> NextItemSteps | MultinomialSteps:
     kind = MultinomialSteps if cfg.objective == "multinomial" else NextItemSteps
     return kind(frame, enc, cfg, device)

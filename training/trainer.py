@@ -17,9 +17,9 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 import torch
-from rtrec.training.examples import Encoders
+from rtrec.training.examples import InputEncoder
 from rtrec.training.model import TwoTower, TwoTowerConfig, rank_cold_by_popularity
-from rtrec.training.steps import make_steps
+from rtrec.training.objectives import make_steps
 from tqdm.auto import tqdm
 
 logger = logging.getLogger(__name__)
@@ -153,7 +153,7 @@ class TrainedModel:
     """A fitted two-tower model with its encoders; what the evaluator and bundle use."""
 
     net: TwoTower
-    encoders: Encoders
+    encoders: InputEncoder
     config: TrainConfig
     history: list[dict[str, float]] = field(default_factory=list)
     prior_scores: dict[float, float] = field(default_factory=dict)
@@ -229,7 +229,9 @@ def fit(
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = select_device(cfg.device)
-    enc = Encoders.fit(train, history_len=cfg.history_len, items=items, dense=cfg.stream_features)
+    enc = InputEncoder.fit(
+        train, history_len=cfg.history_len, items=items, dense=cfg.stream_features
+    )
     net = TwoTower(
         TwoTowerConfig(
             n_users=enc.users.size,
@@ -360,7 +362,7 @@ def fit_best(
     return best[0], best[1], scores
 
 
-def _set_item_log_pop(net: TwoTower, train: pd.DataFrame, enc: Encoders) -> None:
+def _set_item_log_pop(net: TwoTower, train: pd.DataFrame, enc: InputEncoder) -> None:
     """log(1 + training rows) per item index (0 for padding), kept scaled to [0, 1]."""
     counts = np.bincount(enc.items.encode(train["item_id"].astype(str)), minlength=enc.items.size)
     counts[0] = 0

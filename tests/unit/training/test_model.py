@@ -21,7 +21,7 @@ from rtrec.training.artifacts import (
 )
 from rtrec.training.baselines import EASE, MostPopular, fit_baselines
 from rtrec.training.evaluate import evaluate, write_report
-from rtrec.training.examples import Encoders, histories_within
+from rtrec.training.examples import InputEncoder, histories_within
 from rtrec.training.index import build_index, choose_kind, index_recall, want_gpu
 from rtrec.training.loss import sampled_softmax_loss
 from rtrec.training.model import TwoTower, TwoTowerConfig
@@ -211,7 +211,7 @@ def test_bundle_round_trip(tmp_path: Path, model) -> None:
     bundle = load_bundle(path)
     users, hist = ["u1", "unknown-user"], [["i1", "i2"], ["i3"]]
     dense = np.zeros((2, len(bundle.dense_names)), np.float32)
-    enc: Encoders = model.encoders
+    enc: InputEncoder = model.encoders
     direct = model.user_vectors(
         enc.users.encode(users), enc.items.encode_lists(hist, enc.history_len), dense
     )
@@ -270,7 +270,7 @@ def test_user_state_is_each_users_latest_history_newest_first() -> None:
             "cnt_view_1h": [0, 7, 3, 1, 2, 9],
         }
     )
-    enc = Encoders.fit(frame, history_len=3)
+    enc = InputEncoder.fit(frame, history_len=3)
     ids = lambda *xs: list(enc.items.encode(xs))  # noqa: E731
     users, history, dense = enc.user_state(frame, ["b", "nobody", "a", "b"])
     assert list(users) == list(enc.users.encode(["b", "nobody", "a", "b"]))
