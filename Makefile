@@ -41,7 +41,10 @@ demo: setup
 demo-quick: setup
 	$(BIN)/rtrec demo --quick $(ARGS)
 
+# The import contracts (.importlinter: layers, stage APIs) first: seconds, and a broken
+# architecture fails before the slow suite starts.
 test: setup
+	LINT_IMPORTS=$(BIN)/lint-imports .ci/lint-imports
 	$(BIN)/pytest -q -m "not gpu" --timeout=900 $(ARGS)
 
 test-fast: setup
