@@ -41,8 +41,22 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import re
+import time
+from collections.abc import Callable
 from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
 
 logger = logging.getLogger(__name__)
 
@@ -152,56 +166,130 @@ class RejectControlPaths:
         await send({"type": "http.response.body", "body": body})
 
 
-def template_metric_paths(app: Any, *, keep: frozenset[str] = frozenset()) -> bool:
-    """Label BentoML's per-request metrics with route templates, not raw paths.
+REQUESTS = Counter(
+    "rtrec_serving_http_requests_total",
+    "HTTP requests answered, by route template, method and status",
+    ["endpoint", "method", "status"],
+)
+LATENCY = Histogram(
+    "rtrec_serving_http_request_seconds",
+    "Time from a request reaching the service to its response's last byte, by route "
+    "template, method and status",
+    ["endpoint", "method", "status"],
+    buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0),
+)
 
-    BentoML's traffic middleware labels every request with ``scope["path"]``: each item
-    id asked of ``/similar/{item_id}`` and each path a scanner tries becomes a new time
-    series, so the metrics files, ``/metrics`` and the process's memory grow without
-    bound, and ids end up in the metrics. This wraps that middleware so it sees the
-    matching route's template (``/similar/{item_id}``), ``keep``'s paths as they are,
-    and ``other`` for anything else; the application still gets the real path.
-    Returns False (and logs) if BentoML's middleware is not where it was.
+
+def route_labeller(api: Any, *, keep: frozenset[str] = frozenset()) -> Callable[[str], str]:
+    """A path -> label function: the matching route's template (``/similar/{item_id}``),
+    ``keep``'s paths as they are, ``other`` for anything else.
+
+    Raw paths as labels would make each item id asked of ``/similar/{item_id}`` and each
+    path a scanner tries a new time series: the metrics files, ``/metrics`` and the
+    process's memory would grow without bound, and ids would end up in the metrics.
     """
-    try:
-        from bentoml._internal.server.http.instruments import RunnerTrafficMetricsMiddleware
-    except ImportError as exc:
-        logger.warning("metric paths not templated: %s", exc)
-        return False
-    routes = [r for r in app.routes if hasattr(r, "path_regex")]
+    routes = [r for r in api.routes if hasattr(r, "path_regex")]
     static = {r.path for r in routes if "{" not in r.path} | set(keep)
+    templated = [r for r in routes if "{" in r.path]
 
     def label(path: str) -> str:
         if path in static:
             return path
-        for route in routes:
+        for route in templated:
             if route.path_regex.match(path):
                 return route.path
         return "other"
 
-    cls = RunnerTrafficMetricsMiddleware
-    if getattr(cls, "_rtrec_label", None) is not None:
-        cls._rtrec_label = staticmethod(label)
-        return True
-    original = cls.__call__
+    return label
 
-    async def labelled_call(self: Any, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if not getattr(self, "_rtrec_restores", False):
-            inner = self.app
 
-            async def restore(s: dict[str, Any], r: Any, snd: Any) -> None:
-                raw = s.pop("rtrec.raw_path", None)
-                if raw is not None:
-                    s["path"] = raw
-                await inner(s, r, snd)
+def exposition() -> bytes:
+    """Every process's metrics in Prometheus' text format.
 
-            self.app, self._rtrec_restores = restore, True
-        if scope["type"] == "http":
-            name = cls._rtrec_label(scope["path"])
-            if name != scope["path"]:
-                scope = {**scope, "path": name, "rtrec.raw_path": scope["path"]}
-        await original(self, scope, receive, send)
+    Under BentoML each worker writes its metrics to files in ``PROMETHEUS_MULTIPROC_DIR``
+    (BentoML sets it for the workers it starts), so they are read back from there;
+    without it (a plain process) the default registry is the whole story.
+    """
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return generate_latest()
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return generate_latest(registry)
 
-    cls._rtrec_label = staticmethod(label)
-    cls.__call__ = labelled_call
-    return True
+
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE"})
+"""Methods labelled as they are; any other token a client sends is ``other``, so every
+label stays bounded (routes x methods x the statuses the service sends)."""
+
+
+class RouteMetrics:
+    """Pure ASGI middleware (added to the BentoML service: outside the API and the other
+    edge middleware, inside BentoML's traffic timeout): counts every request and times
+    it, labelled by route template (:func:`route_labeller`), method and status, and
+    serves ``GET /metrics``.
+
+    BentoML's own per-request metrics are off (``metrics: enabled: false`` in the service
+    config): they label requests with raw paths, and with both on /metrics would show
+    each request twice. That setting also removes BentoML's ``/metrics`` route, so this
+    middleware answers it, with every metric of the service (:func:`exposition`).
+    Probes and ``/metrics`` itself (``skip``) are not counted, as BentoML did not.
+    """
+
+    def __init__(self, app: Any, *, api: Any, skip: frozenset[str] = frozenset()) -> None:
+        self.app = app
+        self.skip = skip
+        self.label = route_labeller(api, keep=skip)
+        self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if scope["path"] == "/metrics":
+            await self._metrics(scope, receive, send)
+            return
+        if scope["path"] in self.skip:
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 0  # stays 0 where no response was sent (the client went away first)
+
+        async def send_status(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        except asyncio.CancelledError:
+            # Cancelled before answering: BentoML's traffic timeout, which then answers
+            # 504 itself, outside this middleware.
+            status = status or 504
+            raise
+        except Exception:
+            status = status or 500  # Starlette's error middleware answers 500 outside
+            raise
+        finally:
+            self._observe(scope, status, time.perf_counter() - start)
+
+    @staticmethod
+    async def _metrics(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["method"] not in ("GET", "HEAD"):  # as BentoML's route answered
+            body = json.dumps({"error": "method not allowed", "field": None})
+            await Response(body, 405, {"allow": "GET, HEAD"}, "application/json")(
+                scope, receive, send
+            )
+            return
+        body = await run_in_threadpool(exposition)  # reads files: off the event loop
+        await Response(body, media_type=CONTENT_TYPE_LATEST)(scope, receive, send)
+
+    def _observe(self, scope: dict[str, Any], status: int, seconds: float) -> None:
+        method = scope["method"] if scope["method"] in METHODS else "other"
+        key = (self.label(scope["path"]), method, status)
+        series = self._series.get(key)
+        if series is None:  # labels() per request costs a lock and a lookup: keep them
+            labels = (key[0], method, str(status))
+            series = self._series[key] = REQUESTS.labels(*labels), LATENCY.labels(*labels)
+        series[0].inc()
+        series[1].observe(seconds)

@@ -9,14 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 from rtrec.serving.edge import (
     HeaderDeadlineProtocol,
     RejectControlPaths,
-    template_metric_paths,
+    RouteMetrics,
+    route_labeller,
     use_header_deadline,
 )
 
@@ -49,15 +55,120 @@ def test_control_characters_in_paths_get_a_json_422_before_routing() -> None:
 
 
 def test_metric_labels_are_route_templates() -> None:
-    from bentoml._internal.server.http.instruments import RunnerTrafficMetricsMiddleware
     from rtrec.serving.service import PROBES, app
 
-    assert template_metric_paths(app, keep=PROBES)
-    assert template_metric_paths(app, keep=PROBES)  # idempotent: wrapped once
-    label = RunnerTrafficMetricsMiddleware._rtrec_label
+    label = route_labeller(app, keep=PROBES)
     assert label("/similar/some-user-or-item") == "/similar/{item_id}"
     assert label("/recommend") == "/recommend" and label("/metrics") == "/metrics"
     assert label("/wp-admin/setup.php") == "other"
+
+
+def _count(endpoint: str, method: str, status: str) -> float:
+    labels = {"endpoint": endpoint, "method": method, "status": status}
+    return REGISTRY.get_sample_value("rtrec_serving_http_requests_total", labels) or 0.0
+
+
+def _seconds_count(endpoint: str, method: str, status: str) -> float:
+    labels = {"endpoint": endpoint, "method": method, "status": status}
+    return REGISTRY.get_sample_value("rtrec_serving_http_request_seconds_count", labels) or 0.0
+
+
+async def _through(
+    middleware: RouteMetrics, method: str, path: str
+) -> tuple[list[dict], BaseException | None]:
+    sent: list[dict] = []
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b""}
+
+    scope = {"type": "http", "method": method, "path": path, "headers": [], "query_string": b""}
+    try:
+        await middleware(scope, receive, send)
+    except Exception as exc:
+        return sent, exc
+    return sent, None
+
+
+def test_route_metrics_count_and_time_by_template_method_and_status() -> None:
+    """Requests are counted and timed under their route template, once each; an error
+    raised inside counts as the 500 Starlette answers; probes are not counted; /metrics
+    is answered here, with the series just recorded."""
+    from rtrec.serving.service import PROBES, app
+
+    async def inner(scope: dict, receive: Any, send: Any) -> None:
+        if scope["path"] == "/feedback":
+            raise RuntimeError("boom")
+        status = 200 if scope["path"] != "/nowhere" else 404
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    mw = RouteMetrics(inner, api=app, skip=PROBES)
+    before = {
+        "similar": _count("/similar/{item_id}", "GET", "200"),
+        "other": _count("other", "GET", "404"),
+        "boom": _count("/feedback", "POST", "500"),
+        "timed": _seconds_count("/similar/{item_id}", "GET", "200"),
+        "probe": _count("/readyz", "GET", "200"),
+        "odd method": _count("/recommend", "other", "200"),
+    }
+    for item in ("i1", "i2", "i3"):
+        assert asyncio.run(_through(mw, "GET", f"/similar/{item}"))[1] is None
+    asyncio.run(_through(mw, "GET", "/nowhere"))
+    asyncio.run(_through(mw, "GET", "/readyz"))
+    asyncio.run(_through(mw, "BREW", "/recommend"))  # a method token of the client's own
+    _, raised = asyncio.run(_through(mw, "POST", "/feedback"))
+    assert isinstance(raised, RuntimeError)  # re-raised for Starlette to answer
+
+    assert _count("/similar/{item_id}", "GET", "200") == before["similar"] + 3
+    assert _seconds_count("/similar/{item_id}", "GET", "200") == before["timed"] + 3
+    assert _count("other", "GET", "404") == before["other"] + 1
+    assert _count("/feedback", "POST", "500") == before["boom"] + 1
+    assert _count("/readyz", "GET", "200") == before["probe"]  # probes are not counted
+    assert _count("/recommend", "other", "200") == before["odd method"] + 1
+
+    sent, raised = asyncio.run(_through(mw, "GET", "/metrics"))
+    assert raised is None and sent[0]["status"] == 200
+    text = b"".join(m.get("body", b"") for m in sent).decode()
+    assert 'endpoint="/similar/{item_id}"' in text and "i1" not in text
+    assert sent[1:] and _count("/metrics", "GET", "200") == 0  # scrapes are not counted
+    sent, _ = asyncio.run(_through(mw, "POST", "/metrics"))
+    assert sent[0]["status"] == 405 and (b"allow", b"GET, HEAD") in sent[0]["headers"]
+
+
+def test_exposition_reads_the_metrics_every_process_wrote(tmp_path: Path) -> None:
+    """As under BentoML (``PROMETHEUS_MULTIPROC_DIR`` set before a worker imports
+    anything): what one process recorded is in the files and in the exposition."""
+    code = (
+        "from rtrec.serving.edge import LATENCY, exposition\n"
+        "LATENCY.labels('/recommend', 'POST', '200').observe(0.003)\n"
+        "print(exposition().decode())\n"
+    )
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert list(tmp_path.glob("histogram_*.db"))  # written to the shared folder
+    series = '{endpoint="/recommend",le="0.005",method="POST",status="200"}'
+    assert f"rtrec_serving_http_request_seconds_bucket{series} 1.0" in out.stdout, out.stdout
+    count = 'rtrec_serving_http_request_seconds_count{endpoint="/recommend",method="POST"'
+    assert count + ',status="200"} 1.0' in out.stdout, out.stdout
+    # Read back from the files, not this process's registry: another reader sees it too.
+    reread = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from rtrec.serving.edge import exposition\nprint(exposition().decode())",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert f"rtrec_serving_http_request_seconds_bucket{series} 1.0" in reread.stdout
 
 
 DEADLINE_S = 0.5
