@@ -1,8 +1,10 @@
-"""Fit the two-tower model on a training-set frame.
+"""Fit the two-tower model on a training-set frame, and choose among configurations.
 
-``fit(train, config)`` returns a :class:`TrainedModel`: the network, its encoders, and the
-scoring interface the evaluator and the bundle use. Deterministic under ``config.seed``;
-on a GPU it uses bf16 autocast and pinned host memory.
+``fit(train, config)`` returns a :class:`~rtrec.training.trained_model.TrainedModel`: the
+network, its input encoder, and the scoring interface the evaluator and the bundle use.
+Deterministic under ``config.seed``; on a GPU it uses bf16 autocast and pinned host memory.
+:func:`fit_best` fits each candidate configuration and keeps the best on validation;
+:func:`refit_config` repeats its choices on more data. Imports only torch, numpy, pandas.
 """
 
 from __future__ import annotations
@@ -11,129 +13,33 @@ import copy
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Literal
+from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 from rtrec.training.examples import InputEncoder
-from rtrec.training.model import TwoTower, TwoTowerConfig, rank_cold_by_popularity
-from rtrec.training.objectives import make_steps
+from rtrec.training.model import TwoTower, TwoTowerConfig
+from rtrec.training.objectives import MultinomialSteps, NextItemSteps, make_steps
+from rtrec.training.train_config import BAG_HISTORY, PRIOR_GRID, Objective, TrainConfig
+from rtrec.training.trained_model import TrainedModel
 from tqdm.auto import tqdm
 
+__all__ = [
+    "BAG_HISTORY",
+    "PRIOR_GRID",
+    "Objective",
+    "TrainConfig",
+    "TrainedModel",
+    "candidates",
+    "fit",
+    "fit_best",
+    "refit_config",
+    "select_device",
+]
+
 logger = logging.getLogger(__name__)
-
-
-Objective = Literal["next_item", "multinomial"]
-
-
-@dataclass
-class TrainConfig:
-    seed: int = 42
-    epochs: int = 10
-    batch_size: int = 1024
-    """Rows a step (next_item) or users a step (multinomial)."""
-    lr: float = 3e-3
-    weight_decay: float = 1e-5
-    dim: int = 64
-    hidden: int = 128
-    history_len: int = 20
-    dropout: float = 0.1
-    log_q: bool = True
-    """log-Q correction of the in-batch negatives (the uniform ones get the uniform q)."""
-    uniform_negatives: int = 0
-    """Extra uniformly sampled negatives per step (0 = in-batch only; -1 or at least the
-    catalog size = every item, a full softmax)."""
-    user_id_dropout: float = 0.1
-    objective: Objective = "next_item"
-    """next_item: one example per training row, its history as of the row (the temporal
-    protocol, as serving sees it). multinomial: one example per user, its history the
-    bag of all the user's training items (denoised by ``history_dropout``), its
-    positives every one of those items (Mult-DAE's likelihood; the random split)."""
-    history_dropout: float = 0.0
-    """Share of history items hidden from the user tower at training (denoising)."""
-    position_weights: bool = True
-    """Learned recency weights over history positions (off for bags)."""
-    stream_features: bool = True
-    """Feed the dense stream features (windowed counts, recency) to the user tower. Off for
-    the random split: there they are as of the user's last training row, a per-user
-    fingerprint that overfits like an id (measured on ML-100K validation)."""
-    init_temperature: float = 0.05
-    popularity_prior: float | None = 0.0
-    """Weight of log(1 + training count) added to the item scores at ranking (not trained:
-    the softmax's maximum-likelihood fit is calibrated, while top-k ranking on MovieLens
-    rewards a little more popularity). None = chosen from ``PRIOR_GRID`` on the validation
-    frame (0 without one). Retrieval folds it into one extra dimension (TwoTower.query)."""
-    device: str = "auto"
-    """"auto" (cuda when available), "cpu", "cuda", "cuda:1", ..."""
-    select_best: bool = True
-    """With a validation frame: keep the epoch with the best validation NDCG@10."""
-    schedule_epochs: int | None = None
-    """Length of the one-cycle learning-rate schedule (None = ``epochs``); a refit that
-    stops at the epoch chosen on validation keeps the tuning run's schedule."""
-    eval_every: int = 1
-    """Epochs between validation checks (with a validation frame)."""
-    patience: int | None = 2
-    """Stop after this many validation checks without improvement (None = never). Two
-    leave every chosen epoch unchanged on ML-100K and the synthetic data (measured) and
-    save the demo's training run the epochs after next-item's early peak."""
-    threads: int | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def user_bag(cls, **overrides: Any) -> TrainConfig:
-        """Defaults for the ``multinomial`` objective on time-ordered data.
-
-        One example per user: the bag of its ``history_len`` most recent items (what the
-        online store's ``recent_items`` holds) predicts every item of the user, the whole
-        catalog as negatives. Where taste is stable and events repeat items (sessions,
-        funnels), this beats ``next_item``; where order carries the signal it loses
-        (ML-100K temporal). :func:`fit_best` picks between them on validation.
-        """
-        base: dict[str, Any] = {
-            "objective": "multinomial",
-            "history_len": BAG_HISTORY,
-            "position_weights": False,
-            "uniform_negatives": -1,
-            "history_dropout": 0.75,
-            "lr": 1e-3,
-            "user_id_dropout": 1.0,
-            # 256 users a step: validation level with 64 on the synthetic and demo data
-            # (0.218 vs 0.220, 0.154 vs 0.153), half the demo's training time.
-            "batch_size": 256,
-            "epochs": 40,
-            "eval_every": 5,
-            "patience": 2,
-            "popularity_prior": None,
-        }
-        return cls(**{**base, **overrides})
-
-    @classmethod
-    def published(cls, **overrides: Any) -> TrainConfig:
-        """Defaults for the random per-user split of the published ML-100K tables: the
-        user bag over all of a user's training items, without stream features.
-
-        Chosen on a validation cut of the training part (bench/quality.py), never on test.
-        """
-        base: dict[str, Any] = {
-            "history_len": 1000,
-            "stream_features": False,
-            "batch_size": 64,
-            "epochs": 200,
-            "patience": 10,
-        }
-        return cls.user_bag(**{**base, **overrides})
-
-
-BAG_HISTORY = 200
-"""History items of the user-bag preset; ``rtrec.features.RECENT_ITEMS`` keeps at least as many
-online (a test holds them together), so serving sees the bag that training saw."""
-
-PRIOR_GRID = (0.0, 0.1, 0.2, 0.3, 0.5)
-"""Popularity-prior weights tried on validation when ``popularity_prior`` is None."""
 
 
 def select_device(requested: str = "auto") -> torch.device:
@@ -146,60 +52,6 @@ def select_device(requested: str = "auto") -> torch.device:
 
         raise Unavailable(f"device {requested!r} requested but torch sees no CUDA device")
     return device
-
-
-@dataclass
-class TrainedModel:
-    """A fitted two-tower model with its encoders; what the evaluator and bundle use."""
-
-    net: TwoTower
-    encoders: InputEncoder
-    config: TrainConfig
-    history: list[dict[str, float]] = field(default_factory=list)
-    prior_scores: dict[float, float] = field(default_factory=dict)
-    """Validation NDCG@10 per popularity-prior weight tried (empty when not tuned)."""
-
-    @property
-    def item_ids(self) -> list[str]:
-        return self.encoders.items.ids
-
-    @torch.no_grad()
-    def item_embeddings(self) -> np.ndarray:
-        """``[n_items, dim]`` float32, row i = ``item_ids[i]``."""
-        self.net.eval()
-        dev = next(self.net.parameters()).device
-        idx = torch.arange(1, self.encoders.items.size, device=dev)
-        cats = torch.as_tensor(self.encoders.item_categories[1:], device=dev)
-        return self.net.item_tower(idx, cats).float().cpu().numpy()
-
-    @torch.no_grad()
-    def item_keys(self) -> np.ndarray:
-        """``[n_items, dim + 1]`` retrieval keys (embedding, log popularity): what the index
-        holds, searched with :meth:`user_vectors`."""
-        dev = next(self.net.parameters()).device
-        emb = torch.as_tensor(self.item_embeddings(), device=dev)
-        idx = torch.arange(1, self.encoders.items.size, device=dev)
-        return self.net.keys(emb, idx).float().cpu().numpy()
-
-    @torch.no_grad()
-    def user_vectors(self, user: np.ndarray, history: np.ndarray, dense: np.ndarray) -> np.ndarray:
-        """``[B, dim + 1]`` retrieval queries: the L2-normalised user vector and the prior."""
-        self.net.eval()
-        dev = next(self.net.parameters()).device
-        out = self.net.user_tower(
-            torch.as_tensor(user, device=dev),
-            torch.as_tensor(history, device=dev),
-            torch.as_tensor(dense, dtype=torch.float32, device=dev),
-        )
-        return self.net.query(out).float().cpu().numpy()
-
-    def score(self, seen: pd.DataFrame, user_ids: list[str]) -> np.ndarray:
-        """``[len(user_ids), n_items]`` scores from each user's state as of ``seen``; cold
-        users (unknown, no history) get the popularity ranking, as serving answers them."""
-        user, history, dense = self.encoders.user_state(seen, user_ids)
-        keys = self.item_keys()
-        scores = self.user_vectors(user, history, dense) @ keys.T
-        return rank_cold_by_popularity(scores, user, history, keys[:, -1])
 
 
 def _param_groups(net: TwoTower, weight_decay: float) -> list[dict[str, Any]]:
@@ -232,7 +84,26 @@ def fit(
     enc = InputEncoder.fit(
         train, history_len=cfg.history_len, items=items, dense=cfg.stream_features
     )
-    net = TwoTower(
+    net = _network(enc, cfg).to(device)
+    _set_item_log_pop(net, train, enc)
+    steps = make_steps(train, enc, cfg, device)
+    model = TrainedModel(net, enc, cfg)
+    best = _train_epochs(
+        model, steps, train, validation, on_gpu=device.type == "cuda", progress=progress
+    )
+    if best is not None:
+        net.load_state_dict(best)
+    net.eval()
+    prior = cfg.popularity_prior
+    if prior is None:
+        prior = _tune_prior(model, train, validation) if validation is not None else 0.0
+    net.pop_prior.fill_(prior)
+    return model
+
+
+def _network(enc: InputEncoder, cfg: TrainConfig) -> TwoTower:
+    """The towers, sized by the encoder's vocabularies and the configuration."""
+    return TwoTower(
         TwoTowerConfig(
             n_users=enc.users.size,
             n_items=enc.items.size,
@@ -247,10 +118,22 @@ def fit(
             user_id_dropout=cfg.user_id_dropout,
             position_weights=cfg.position_weights,
         )
-    ).to(device)
-    _set_item_log_pop(net, train, enc)
-    on_gpu = device.type == "cuda"
-    steps = make_steps(train, enc, cfg, device)
+    )
+
+
+def _train_epochs(
+    model: TrainedModel,
+    steps: NextItemSteps | MultinomialSteps,
+    train: pd.DataFrame,
+    validation: pd.DataFrame | None,
+    *,
+    on_gpu: bool,
+    progress: bool,
+) -> dict[str, Any] | None:
+    """The epochs, each recorded in ``model.history``; with a validation frame (and
+    ``select_best``) every ``eval_every`` epochs are scored, training stops after
+    ``patience`` checks without improvement, and the best epoch's weights are returned."""
+    cfg, net = model.config, model.net
     opt = torch.optim.AdamW(_param_groups(net, cfg.weight_decay), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt,
@@ -259,32 +142,10 @@ def fit(
         pct_start=0.1,
     )
     gen = torch.Generator().manual_seed(cfg.seed)
-    model = TrainedModel(net, enc, cfg)
     best: tuple[float, dict[str, Any]] | None = None
     stale = 0
     for epoch in range(cfg.epochs):
-        net.train()
-        start, total = time.perf_counter(), 0.0
-        bar = tqdm(
-            steps.batches(gen),
-            total=steps.steps,
-            desc=f"epoch {epoch + 1}/{cfg.epochs}",
-            disable=not progress,
-            leave=False,
-        )
-        for idx in bar:
-            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=on_gpu):
-                loss = steps.loss(net, idx, gen)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += float(loss.detach())
-        record = {
-            "epoch": epoch + 1,
-            "loss": total / steps.steps,
-            "seconds": time.perf_counter() - start,
-        }
+        record = _epoch(net, steps, opt, sched, gen, epoch=epoch, on_gpu=on_gpu, progress=progress)
         last = epoch + 1 == cfg.epochs
         check = (epoch + 1) % max(1, cfg.eval_every) == 0 or last
         if validation is not None and cfg.select_best and check:
@@ -299,14 +160,43 @@ def fit(
         logger.info("epoch done", extra=record)
         if cfg.patience is not None and stale >= cfg.patience:
             break
-    if best is not None:
-        net.load_state_dict(best[1])
-    net.eval()
-    prior = cfg.popularity_prior
-    if prior is None:
-        prior = _tune_prior(model, train, validation) if validation is not None else 0.0
-    net.pop_prior.fill_(prior)
-    return model
+    return best[1] if best is not None else None
+
+
+def _epoch(
+    net: TwoTower,
+    steps: NextItemSteps | MultinomialSteps,
+    opt: torch.optim.Optimizer,
+    sched: Any,
+    gen: torch.Generator,
+    *,
+    epoch: int,
+    on_gpu: bool,
+    progress: bool,
+) -> dict[str, float]:
+    """One pass over the objective's batches; returns the epoch's record."""
+    net.train()
+    start, total = time.perf_counter(), 0.0
+    bar = tqdm(
+        steps.batches(gen),
+        total=steps.steps,
+        desc=f"epoch {epoch + 1}/{steps.cfg.epochs}",
+        disable=not progress,
+        leave=False,
+    )
+    for idx in bar:
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=on_gpu):
+            loss = steps.loss(net, idx, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        total += float(loss.detach())
+    return {
+        "epoch": epoch + 1,
+        "loss": total / steps.steps,
+        "seconds": time.perf_counter() - start,
+    }
 
 
 def candidates(
