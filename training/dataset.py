@@ -19,23 +19,30 @@ splits each user's events at random (the protocol of the published MovieLens tab
 comparison only). Validation serves every selection step (objective, epochs, prior,
 baseline hyperparameters); the gate slice is touched by none of them and is where the
 promotion gate scores challenger and champion; test exists where a protocol asks for one.
-Empty splits are written too (with the schema), so every split can always be read.
+Empty splits are written too (with the schema), so every split can always be read. What
+the splits are and how they are read: ``rtrec.training.sets``; the Spark session:
+``rtrec.training.spark``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import sys
-import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from rtrec.training.sets import (
+    META_FILE,
+    ORDER,
+    SPLITS,
+    Protocol,
+    SplitConfig,
+    TrainingSets,
+)
+from rtrec.training.spark import spark_session, stop_spark
 
 from rtrec.config import Settings
 from rtrec.errors import InvalidInput, NotFound
@@ -46,22 +53,29 @@ if TYPE_CHECKING:
 
     from rtrec.data import Dataset
 
+__all__ = [
+    "COUNT_WINDOWS_MS",
+    "Protocol",
+    "SplitConfig",
+    "TrainingSets",
+    "build_training_sets",
+    "count_columns",
+    "point_in_time_features",
+    "spark_session",
+    "stop_spark",
+    "write_event_log",
+]
+
 logger = logging.getLogger(__name__)
 
-Protocol = Literal["temporal", "random"]
-SPLITS = ("train", "validation", "gate", "test")
 COUNT_WINDOWS_MS: dict[str, int] = {"1h": 3_600_000, "24h": 86_400_000, "7d": 604_800_000}
 """Windows of the per-type event counts; the same windows as the streaming feature views."""
 EVENTS_DIR = "events"
+DATASET_FILE = "part-dataset.parquet"
+"""The one log file written from a data set (a rewrite of the same source replaces it)."""
 ITEMS_TABLE = "items"
 USERS_TABLE = "users"
-META_FILE = "meta.json"
 _DEDUP_KEY = ("user_id", "item_id", "event_type", "ts", "value")
-_ORDER = ("ts", "user_id", "item_id", "event_type")
-"""Row order of every split: time first, then a total order so reruns are identical."""
-
-_lock = threading.Lock()
-_session: SparkSession | None = None
 
 
 def count_columns() -> list[str]:
@@ -69,182 +83,24 @@ def count_columns() -> list[str]:
     return [f"cnt_{t}_{w}" for t in EVENT_TYPES for w in COUNT_WINDOWS_MS]
 
 
-@dataclass(frozen=True)
-class SplitConfig:
-    """How examples are built and split; the defaults suit the temporal benchmark protocol
-    (train | validation | test, no gate slice); :func:`rtrec.training.pipeline.split_config` gives
-    the product's split (train | validation | gate)."""
-
-    protocol: Protocol = "temporal"
-    history_len: int = 20
-    """Items kept in ``hist_item_ids``."""
-    valid_frac: float = 0.1
-    """temporal: share of events (by time) in validation; random: share of each user's
-    non-test, non-gate events held out for validation (0 keeps the published 75/25)."""
-    test_frac: float = 0.1
-    """temporal: share of the latest events in test; random: each user's test share."""
-    gate_frac: float = 0.0
-    """temporal: share of events (by time) in the gate slice, just before test (the most
-    recent period when there is no test); random: share of each user's non-test events."""
-    seed: int = 42
-
-    def __post_init__(self) -> None:
-        if self.protocol not in ("temporal", "random"):
-            raise InvalidInput(
-                f"protocol must be 'temporal' or 'random', got {self.protocol!r}", field="protocol"
-            )
-        if self.history_len < 1:
-            raise InvalidInput("history_len must be >= 1", field="history_len")
-        fracs = {"valid_frac": self.valid_frac, "gate_frac": self.gate_frac}
-        fracs["test_frac"] = self.test_frac
-        for name, value in fracs.items():
-            if not 0 <= value < 1:
-                raise InvalidInput(f"{name} must be in [0, 1), got {value}", field=name)
-        if self.gate_frac + self.test_frac == 0:
-            raise InvalidInput(
-                "a split needs a held-out part: gate_frac or test_frac > 0", field="test_frac"
-            )
-        if sum(fracs.values()) >= 1:
-            raise InvalidInput("valid_frac + gate_frac + test_frac must be < 1", field="valid_frac")
-
-    @classmethod
-    def published(cls, **overrides: object) -> SplitConfig:
-        """Random per-user 75/25 as in the published ML-100K tables (no validation cut)."""
-        return cls(**{"protocol": "random", "valid_frac": 0.0, "test_frac": 0.25, **overrides})
-
-
-@dataclass(frozen=True)
-class TrainingSets:
-    """Where the split parquet went and what is in it (also written as ``meta.json``)."""
-
-    root: Path
-    protocol: Protocol
-    counts: dict[str, int]
-    history_len: int
-    cut_ts: list[int] = field(default_factory=list)
-    """temporal: [validation start, gate start, test start] in ms (a start equal to the
-    next one means that split is empty; the last is one past the newest event when there
-    is no test); random: empty."""
-    ts_range: dict[str, list[int]] = field(default_factory=dict)
-    """Per non-empty split: [oldest, newest] event time in ms."""
-
-    def path(self, split: str) -> Path:
-        if split not in SPLITS:
-            raise InvalidInput(f"unknown split {split!r}; expected one of {SPLITS}", field="split")
-        return self.root / split
-
-    def read(self, split: str) -> pd.DataFrame:
-        """One split as pandas (list columns as numpy arrays of str) in ``_ORDER``."""
-        table = pq.read_table(self.path(split))
-        return table.to_pandas().sort_values(list(_ORDER), kind="stable", ignore_index=True)
-
-    @classmethod
-    def load(cls, root: str | Path) -> TrainingSets:
-        meta_file = Path(root) / META_FILE
-        if not meta_file.is_file():
-            raise NotFound(f"no training sets at {root} ({META_FILE} missing)")
-        meta = json.loads(meta_file.read_text())
-        return cls(root=Path(root), **{k: v for k, v in meta.items() if k != "root"})
-
-
-# ---- Spark session ----------------------------------------------------------------------
-def spark_session(settings: Settings) -> SparkSession:
-    """The process's one SparkSession, started on first use (~6 s) and reused after."""
-    global _session
-    with _lock:
-        if _session is not None and not _session.sparkContext._jsc.sc().isStopped():
-            return _session
-        from pyspark.sql import SparkSession
-
-        master = settings.spark.master
-        if master.startswith("local"):
-            os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-        builder = (
-            SparkSession.builder.master(master)
-            .appName("rtrec-training-sets")
-            .config("spark.driver.memory", settings.spark.driver_memory)
-            .config("spark.sql.shuffle.partitions", "4")
-            .config("spark.default.parallelism", "4")
-            .config("spark.sql.session.timeZone", "UTC")
-            .config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
-            .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-            .config("spark.ui.enabled", "false")
-            .config("spark.ui.showConsoleProgress", "false")
-            .config(
-                "spark.driver.extraJavaOptions", f"-Dlog4j.configurationFile={_log4j(settings)}"
-            )
-        )
-        if master.startswith("local"):
-            builder = builder.config("spark.driver.host", "127.0.0.1")
-        _session = builder.getOrCreate()
-        _session.sparkContext.setLogLevel("ERROR")
-        logger.info("spark session started (master=%s)", master)
-        return _session
-
-
-_LOG4J = """rootLogger.level = error
-rootLogger.appenderRef.stderr.ref = console
-appender.console.type = Console
-appender.console.name = console
-appender.console.target = SYSTEM_ERR
-appender.console.layout.type = PatternLayout
-appender.console.layout.pattern = %d{HH:mm:ss} %p %c{1}: %m%n%ex
-logger.pygw.name = org.apache.spark.api.python.PythonGatewayServer
-logger.pygw.level = error
-"""
-
-
-def _log4j(settings: Settings) -> str:
-    """A log4j2 config that keeps Spark's JVM to errors, even during start-up."""
-    path = settings.work_dir / "spark" / "log4j2.properties"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(_LOG4J)
-    return path.as_uri()
-
-
-def stop_spark() -> None:
-    """Stop the shared session (tests, CLI exit); the next call starts a fresh one."""
-    global _session
-    with _lock:
-        if _session is not None:
-            _session.stop()
-            _session = None
-
-
 # ---- event log ----------------------------------------------------------------------------
 def write_event_log(dataset: Dataset, root: str | Path) -> Path:
     """Write ``dataset`` in the offline layout the stream processor produces.
 
     Lets training run from a generated or loaded data set without the stream (benchmarks,
-    ``rtrec train --data``). ``partition`` is -1 to mark rows that never went through Kafka.
+    ``rtrec train --data``). The events go through the stream's own log writer
+    (``rtrec.streaming.write_events``: same schema, ``partition`` -1 for rows that never
+    went through Kafka), under a fixed name so writing the same source again replaces
+    them instead of logging them twice.
     """
+    from rtrec.streaming import write_events
+
     out = Path(root)
-    (out / EVENTS_DIR).mkdir(parents=True, exist_ok=True)
-    ev = dataset.events
-    table = pa.table(
-        {
-            "user_id": pa.array(ev["user_id"], pa.string()),
-            "item_id": pa.array(ev["item_id"], pa.string()),
-            "event_type": pa.array(ev["event_type"], pa.string()),
-            "ts": pa.array(ev["ts"], pa.int64()),
-            "event_time": pa.array(
-                ev["ts"].to_numpy().astype("datetime64[ms]"), pa.timestamp("ms", tz="UTC")
-            ),
-            "value": pa.array(ev["value"], pa.float64(), from_pandas=True),
-            "partition": pa.array([-1] * len(ev), pa.int32()),
-            "offset": pa.array(range(len(ev)), pa.int64()),
-        }
-    )
-    pq.write_table(
-        table,
-        out / EVENTS_DIR / "part-dataset.parquet",
-        coerce_timestamps="us",
-        allow_truncated_timestamps=True,
-    )
+    events_dir = out / EVENTS_DIR
+    write_events(events_dir, dataset.events).replace(events_dir / DATASET_FILE)
     for name, frame in ((ITEMS_TABLE, dataset.items), (USERS_TABLE, dataset.users)):
         pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), out / f"{name}.parquet")
-    logger.info("wrote event log of %d events to %s", len(ev), out)
+    logger.info("wrote event log of %d events to %s", len(dataset.events), out)
     return out
 
 
@@ -410,8 +266,8 @@ def build_training_sets(
 ) -> TrainingSets:
     """Read the event log under ``source`` (default: the offline store), write the splits.
 
-    Output: ``<out_dir>/{train,validation,test}/`` parquet (one row per event, sorted by
-    time) and ``meta.json``. Default ``out_dir``: ``<work_dir>/training_sets/<protocol>``.
+    Output: ``<out_dir>/{train,validation,gate,test}/`` parquet (one row per event, sorted
+    by time) and ``meta.json``. Default ``out_dir``: ``<work_dir>/training_sets/<protocol>``.
     """
     cfg = config or SplitConfig(seed=settings.seed)
     root = Path(source) if source is not None else settings.offline_dir
@@ -430,24 +286,9 @@ def build_training_sets(
         labeled, cuts = _temporal_split(examples, events, cfg)
     else:
         labeled, cuts = _random_split(examples, cfg), []
-    labeled = labeled.cache()  # the window pipeline runs once for all three splits
-    from pyspark.sql import functions as sf
-
-    counts = {name: 0 for name in SPLITS}
-    ranges: dict[str, list[int]] = {}
-    stats = labeled.groupBy("split").agg(
-        sf.count(sf.lit(1)).alias("n"), sf.min("ts").alias("lo"), sf.max("ts").alias("hi")
-    )
-    for row in stats.collect():
-        counts[row["split"]] = int(row["n"])
-        ranges[row["split"]] = [int(row["lo"]), int(row["hi"])]
-    out.mkdir(parents=True, exist_ok=True)
-    for name in SPLITS:
-        frame = labeled.where(labeled["split"] == name).drop("split")
-        # One partition at least, so an empty split is still a readable file with the schema.
-        if counts[name] == 0:
-            frame = frame.coalesce(1)
-        frame.sortWithinPartitions(*_ORDER).write.mode("overwrite").parquet(str(out / name))
+    labeled = labeled.cache()  # the window pipeline runs once for all the splits
+    counts, ranges = _split_stats(labeled)
+    _write_splits(labeled, counts, out)
     labeled.unpersist()
     sets = TrainingSets(
         root=out,
@@ -461,3 +302,29 @@ def build_training_sets(
     (out / META_FILE).write_text(json.dumps(meta, indent=2))
     logger.info("training sets (%s) written to %s: %s", cfg.protocol, out, counts)
     return sets
+
+
+def _split_stats(labeled: DataFrame) -> tuple[dict[str, int], dict[str, list[int]]]:
+    """Rows per split (every split named, 0 when empty) and each non-empty split's
+    [oldest, newest] event time."""
+    from pyspark.sql import functions as sf
+
+    counts = {name: 0 for name in SPLITS}
+    ranges: dict[str, list[int]] = {}
+    stats = labeled.groupBy("split").agg(
+        sf.count(sf.lit(1)).alias("n"), sf.min("ts").alias("lo"), sf.max("ts").alias("hi")
+    )
+    for row in stats.collect():
+        counts[row["split"]] = int(row["n"])
+        ranges[row["split"]] = [int(row["lo"]), int(row["hi"])]
+    return counts, ranges
+
+
+def _write_splits(labeled: DataFrame, counts: dict[str, int], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    for name in SPLITS:
+        frame = labeled.where(labeled["split"] == name).drop("split")
+        # One partition at least, so an empty split is still a readable file with the schema.
+        if counts[name] == 0:
+            frame = frame.coalesce(1)
+        frame.sortWithinPartitions(*ORDER).write.mode("overwrite").parquet(str(out / name))
