@@ -31,14 +31,27 @@ import logging
 import os
 import shutil
 import tempfile
-import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from rtrec.training.gate import GateEvidence, decide, evidence_tags
+from rtrec.training.gate import GateEvidence, evidence_tags
+from rtrec.training.promotion import (
+    GATE_METRIC,
+    TAG_DECIDED_AT,
+    TAG_DECISION,
+    TAG_PREVIOUS,
+    TAG_REASON,
+    TAG_RESTORED,
+    TAG_ROLLED_BACK,
+    PromotionDecision,
+    decide_promotion,
+    metric_key,
+    now,
+)
+from rtrec.training.pyfunc import BUNDLE_KEY, pyfunc_model, quiet_mlflow, requirements
 
 from rtrec.config import Settings
 from rtrec.errors import NotFound, Unavailable
@@ -47,42 +60,6 @@ logger = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
-GATE_METRIC = "gate_ndcg_at_10"
-"""The metric the gate compares, as logged: NDCG@10 on the gate slice (``gate_`` + the
-evaluation key, ``@`` spelled ``_at_``)."""
-BUNDLE_KEY = "bundle"
-"""Name of the bundle directory inside the pyfunc model's ``artifacts``."""
-TAG_DECISION = "promotion.decision"
-TAG_REASON = "promotion.reason"
-TAG_PREVIOUS = "promotion.previous_champion"
-TAG_DECIDED_AT = "promotion.decided_at"
-TAG_ROLLED_BACK = "rollback.demoted_to"
-TAG_RESTORED = "rollback.restored_from"
-
-
-def metric_key(name: str) -> str:
-    """An MLflow-legal metric name: ``ndcg@10`` -> ``ndcg_at_10``."""
-    return name.replace("@", "_at_").replace(" ", "_")
-
-
-@dataclass(frozen=True)
-class PromotionDecision:
-    """What the gate decided and why; also written to the version's tags."""
-
-    version: str
-    promoted: bool
-    reason: str
-    metric: str
-    value: float | None = None
-    champion_version: str | None = None
-    champion_value: float | None = None
-    evidence: dict[str, Any] | None = None
-    """The gate's evidence (``rtrec.training.gate.GateEvidence.to_dict``), when it judged."""
-    margin: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready (DAG XComs, ``rtrec train --json``, the demo's report)."""
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -95,29 +72,6 @@ class VersionInfo:
     created: datetime
     metrics: dict[str, float] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def _pyfunc_model_class() -> type:
-    """The pyfunc wrapper, built lazily so importing this module never imports MLflow."""
-    import mlflow.pyfunc
-
-    class BundleModel(mlflow.pyfunc.PythonModel):
-        """Loads the bundle; ``predict`` maps user ids to their top-k item ids."""
-
-        def load_context(self, context):
-            from rtrec.training.artifacts import load_bundle
-
-            self.bundle = load_bundle(context.artifacts[BUNDLE_KEY])
-
-        def predict(self, model_input: list[str], params: dict | None = None) -> list[list[str]]:
-            k = int((params or {}).get("k", 10))
-            return self.bundle.recommend(list(model_input), k=k)
-
-    return BundleModel
 
 
 class ModelRegistry:
@@ -225,12 +179,12 @@ class ModelRegistry:
                     mlflow_mod.set_tags(dict(tags))
                 for file in report_files:
                     mlflow_mod.log_artifact(str(file), artifact_path="report")
-                with _quiet_mlflow():
+                with quiet_mlflow():
                     info = mlflow.pyfunc.log_model(
                         name="model",
-                        python_model=_pyfunc_model_class()(),
+                        python_model=pyfunc_model(),
                         artifacts={BUNDLE_KEY: str(bundle)},
-                        pip_requirements=_requirements(),
+                        pip_requirements=requirements(),
                     )
             version = mlflow_mod.register_model(info.model_uri, self.name).version
         version = str(version)
@@ -261,33 +215,13 @@ class ModelRegistry:
         self._version(version)  # NotFound for an unknown version
         margin = self.settings.training.gate_margin if margin is None else margin
         current = self.champion_version()
-        e = evidence
-        common = {
-            "metric": e.metric,
-            "value": e.challenger,
-            "champion_version": current,
-            "champion_value": e.champion,
-            "evidence": e.to_dict(),
-            "margin": margin,
-        }
-        if current == version:
-            decision = PromotionDecision(version, False, "already champion", **common)
-        elif current != e.champion_version:
-            scored = f"v{e.champion_version}" if e.champion_version else "no champion"
-            reason = (
-                f"the challenger was scored against {scored} but the champion is now "
-                f"v{current}; not promoted (retrain, or promote by hand)"
-            )
-            decision = PromotionDecision(version, False, reason, **common)
-        else:
-            outcome = decide(e, margin=margin)
-            decision = PromotionDecision(version, outcome.promoted, outcome.reason, **common)
-        self._tag(version, evidence_tags(e, margin=margin))
+        decision = decide_promotion(version, evidence, current=current, margin=margin)
+        self._tag(version, evidence_tags(evidence, margin=margin))
         if decision.promoted:
             self._move_champion(version, decision.reason)
         elif current != version:  # the champion itself keeps the record of its promotion
             tags = {TAG_DECISION: "kept_challenger", TAG_REASON: decision.reason[:4000]}
-            self._tag(version, {**tags, TAG_DECIDED_AT: _now()})
+            self._tag(version, {**tags, TAG_DECIDED_AT: now()})
             self._keep_challenger(version)
         logger.info(
             "promotion gate for v%s: promoted=%s (%s)", version, decision.promoted, decision.reason
@@ -299,7 +233,7 @@ class ModelRegistry:
         tags: dict[str, object] = {
             TAG_DECISION: "promoted",
             TAG_REASON: reason[:4000],
-            TAG_DECIDED_AT: _now(),
+            TAG_DECIDED_AT: now(),
         }
         if previous is not None and previous != version:
             tags[TAG_PREVIOUS] = previous
@@ -334,9 +268,9 @@ class ModelRegistry:
         self._version(previous)
         self.client.set_registered_model_alias(self.name, CHAMPION, previous)
         self._tag(
-            current, {TAG_ROLLED_BACK: previous, "rollback.reason": reason, "rollback.at": _now()}
+            current, {TAG_ROLLED_BACK: previous, "rollback.reason": reason, "rollback.at": now()}
         )
-        self._tag(previous, {TAG_RESTORED: current, "rollback.at": _now()})
+        self._tag(previous, {TAG_RESTORED: current, "rollback.at": now()})
         logger.warning(
             "rolled back %s champion v%s -> v%s (%s)", self.name, current, previous, reason
         )
@@ -410,33 +344,6 @@ class ModelRegistry:
             shutil.move(str(bundle), target)
         logger.info("downloaded %s v%s bundle to %s", self.name, version, target)
         return target
-
-
-@contextlib.contextmanager
-def _quiet_mlflow() -> Iterator[None]:
-    """Silence log_model's notices about cloudpickle and predict type hints (by design here)."""
-    quiet = logging.getLogger("mlflow.pyfunc")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            yield
-    finally:
-        quiet.setLevel(level)
-
-
-def _requirements() -> list[str]:
-    """Explicit pins: MLflow's inference would pin ``torch==X`` without the ``+cpu`` local tag."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    reqs = []
-    for pkg in ("torch", "numpy", "pandas", "pyarrow", "faiss-cpu", "mlflow"):
-        try:
-            reqs.append(f"{pkg}=={version(pkg).split('+')[0]}")
-        except PackageNotFoundError:
-            continue
-    return reqs
 
 
 def download_bundle(settings: Settings, alias_or_version: str | int = CHAMPION) -> Path:
