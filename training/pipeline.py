@@ -5,16 +5,18 @@ One function per step, each a library call the CLI, the Airflow DAG and the benc
 1. :func:`event_log_for` — the stream's offline log, or one written from ``--data``;
 2. :func:`rtrec.training.dataset.build_training_sets` (Spark, point-in-time features), split in
    time order train | validation | gate slice (| test where the protocol has one);
-3. :func:`fit_and_evaluate`:
+3. :func:`fit_and_evaluate`, itself named steps:
+   - load the registered champion (``rtrec.training.champion``);
    - select on validation: the objective, epochs and popularity prior (both objectives
-     fitted on train, validation keeps one) and EASE's L2;
+     fitted on train, validation keeps one) and EASE's L2 (``rtrec.training.selection``);
    - refit the chosen settings on train + validation: the model that is served learns
-     from the freshest labelled period;
+     from the freshest labelled period (ditto);
    - judge on the gate slice, touched by no selection step: the refitted model, the
      refitted baselines and the registered champion, with the same seen-item mask, per
-     user (the gate's evidence, ``rtrec.training.gate``);
+     user (the gate's evidence; ``rtrec.training.judging``);
    - build the served index, measure its recall on the gate users' queries (a bar that
-     fails the run), and save the bundle that was scored;
+     fails the run; ``rtrec.training.served_index``), write the report and save the
+     bundle that was scored;
 4. :meth:`rtrec.training.registry.ModelRegistry.log_and_register` as ``challenger``, then
    :meth:`~rtrec.training.registry.ModelRegistry.promote_on_evidence`.
 """
@@ -28,56 +30,40 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 from rtrec.training.artifacts import save_bundle
-from rtrec.training.baselines import fit_baselines
-from rtrec.training.dataset import Protocol, SplitConfig, TrainingSets, build_training_sets
-from rtrec.training.evaluate import evaluate, rank, write_report
-from rtrec.training.gate import GateEvidence, GateRule, SliceInfo, UserScores, gather_evidence
-from rtrec.training.index import RECALL_KS, build_index, measure_recall
-from rtrec.training.model import cold_users
-from rtrec.training.registry import GATE_METRIC, ModelRegistry, PromotionDecision, metric_key
-from rtrec.training.trainer import candidates, fit, fit_best, refit_config
+from rtrec.training.champion import load_champion
+from rtrec.training.dataset import build_training_sets
+from rtrec.training.evaluate import evaluate, write_report
+from rtrec.training.gate import GateEvidence
+from rtrec.training.index import ItemIndex
+from rtrec.training.judging import judge
+from rtrec.training.registry import GATE_METRIC, ModelRegistry, PromotionDecision
+from rtrec.training.results import MODEL_NAME, FitOutput, flat_metrics
+from rtrec.training.selection import Selection, refit, select_on_validation
+from rtrec.training.served_index import build_served_index
+from rtrec.training.sets import Frames, Protocol, SplitConfig, TrainingSets
 from tqdm.auto import tqdm
 
 from rtrec.config import Settings
-from rtrec.errors import InvalidInput, RtrecError, Unavailable
+from rtrec.errors import InvalidInput
+
+__all__ = [
+    "MODEL_NAME",
+    "FitOutput",
+    "Fitter",
+    "Frames",
+    "TrainResult",
+    "event_log_for",
+    "fit_and_evaluate",
+    "flat_metrics",
+    "split_config",
+    "train",
+]
 
 logger = logging.getLogger(__name__)
-
-MODEL_NAME = "two_tower"
-"""Key of the trained model in the metrics tables (the baselines use their own names)."""
-
-
-@dataclass
-class FitOutput:
-    """What the model side hands back: a saved bundle, metrics per model and split, the
-    gate's evidence, the served index's measured recall, and the report."""
-
-    bundle_dir: Path
-    val_metrics: dict[str, dict[str, float]]
-    """Selection: each model fitted on train, scored on validation."""
-    gate_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
-    """Each model refitted on train + validation (and the champion), on the gate slice."""
-    test_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
-    """The refitted models on test; empty where the protocol has no test split."""
-    evidence: dict[str, Any] = field(default_factory=dict)
-    """``rtrec.training.gate.GateEvidence.to_dict()``: what the promotion gate decides on."""
-    index: dict[str, Any] = field(default_factory=dict)
-    params: dict[str, Any] = field(default_factory=dict)
-    report_md: Path | None = None
-    report_png: Path | None = None
-
-    @property
-    def heldout(self) -> tuple[str, dict[str, dict[str, float]]]:
-        """The report's table: test where there is one, else the gate slice (both untouched
-        by selection)."""
-        return ("test", self.test_metrics) if self.test_metrics else ("gate", self.gate_metrics)
-
 
 Fitter = Callable[..., FitOutput]
 """``fitter(settings, sets, *, out_dir, epochs, progress) -> FitOutput``; default
@@ -200,7 +186,7 @@ def train(
             fit = (fitter or fit_and_evaluate)(
                 settings, sets, out_dir=out_dir, epochs=epochs, progress=progress
             )
-        flat = _flat_metrics(fit)
+        flat = flat_metrics(fit.val_metrics, fit.gate_metrics, fit.test_metrics)
         if GATE_METRIC not in flat:
             raise InvalidInput(
                 f"the fitter reported no {GATE_METRIC} for {MODEL_NAME!r}; got {sorted(flat)}",
@@ -211,31 +197,14 @@ def train(
         )
         if register:
             with _step(bar, "register + gate", timings):
-                _register(settings, result, data=data)
+                _register(settings, result, flat, data=data)
     logger.info("training finished: %s", result.summary())
     return result
 
 
-def _flat_metrics(fit: FitOutput) -> dict[str, float]:
-    return flat_metrics(fit.val_metrics, fit.gate_metrics, fit.test_metrics)
-
-
-def flat_metrics(
-    val: dict[str, dict[str, float]],
-    gate: dict[str, dict[str, float]],
-    test: dict[str, dict[str, float]],
-) -> dict[str, float]:
-    """MLflow metric names: ``gate_ndcg_at_10`` for the model, ``EASE.gate_ndcg_at_10``
-    for the others (``val_`` / ``gate_`` / ``test_`` by split)."""
-    out: dict[str, float] = {}
-    for prefix, table in (("val", val), ("gate", gate), ("test", test)):
-        for model, metrics in table.items():
-            head = f"{prefix}_" if model == MODEL_NAME else f"{model}.{prefix}_"
-            out |= {head + metric_key(k): float(v) for k, v in metrics.items()}
-    return out
-
-
-def _register(settings: Settings, result: TrainResult, *, data: str | Path | None) -> None:
+def _register(
+    settings: Settings, result: TrainResult, flat: dict[str, float], *, data: str | Path | None
+) -> None:
     registry = ModelRegistry(settings)
     params = {
         **result.fit.params,
@@ -248,59 +217,13 @@ def _register(settings: Settings, result: TrainResult, *, data: str | Path | Non
     result.run_id, result.version = registry.log_and_register(
         result.fit.bundle_dir,
         params=params,
-        metrics=_flat_metrics(result.fit),
+        metrics=flat,
         report_files=reports,
         run_name=f"two-tower-{result.protocol}",
     )
     result.decision = registry.promote_on_evidence(
         result.version, GateEvidence.from_dict(result.fit.evidence)
     )
-
-
-CHAMPION_KEY = "current_champion"
-"""Key of the registered champion in the gate slice's metrics table."""
-
-
-@dataclass(frozen=True)
-class Frames:
-    """The splits as pandas, and the ``seen`` frame each held-out split is judged against."""
-
-    train: pd.DataFrame
-    validation: pd.DataFrame
-    gate: pd.DataFrame
-    test: pd.DataFrame
-
-    @classmethod
-    def read(cls, sets: TrainingSets) -> Frames:
-        return cls(*(sets.read(s) for s in ("train", "validation", "gate", "test")))
-
-    @cached_property
-    def fit_part(self) -> pd.DataFrame:
-        """What the served model is fitted on: train + validation (selection is over).
-        Cached: the refit, the gate and the index all read it."""
-        return pd.concat([self.train, self.validation], ignore_index=True)
-
-    @cached_property
-    def before_test(self) -> pd.DataFrame:
-        return pd.concat([self.train, self.validation, self.gate], ignore_index=True)
-
-
-def current_champion(settings: Settings) -> tuple[str, Any] | None:
-    """``(version, bundle)`` of the registered champion; None only when there is none.
-
-    A champion that exists but cannot be loaded is an error: the gate would otherwise
-    compare against nothing, or against a figure from another split.
-    """
-    from rtrec.training.artifacts import load_bundle
-
-    registry = ModelRegistry(settings)
-    version = registry.champion_version()
-    if version is None:
-        return None
-    try:
-        return version, load_bundle(registry.download_bundle(version))
-    except Exception as exc:
-        raise Unavailable(f"champion v{version} exists but cannot be scored: {exc}") from exc
 
 
 def fit_and_evaluate(
@@ -320,177 +243,68 @@ def fit_and_evaluate(
         raise InvalidInput("the training sets have no gate slice and no test split", field="gate")
     # The champion is looked up first: one that exists but cannot be scored stops the run
     # before the long fit, with the reason.
-    champion = current_champion(settings)
-    selection = _select(settings, sets.protocol, frames, epochs=epochs, progress=progress)
-    model, finals = _refit(selection, frames, progress=progress)
-    gate_metrics, evidence = _judge(settings, sets, frames, model, finals, champion)
-    seen = frames.before_test
-    test_metrics = (
-        {}
-        if frames.test.empty
-        else {n: evaluate(m, seen, frames.test) for n, m in {MODEL_NAME: model, **finals}.items()}
+    champion = load_champion(settings)
+    selection = select_on_validation(
+        settings, sets.protocol, frames, epochs=epochs, progress=progress
     )
-    index = _served_index(settings, model, frames)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    held_name, held = ("test", test_metrics) if test_metrics else ("gate", gate_metrics)
-    report_md, report_png = write_report(
-        held, out_dir / "report", title=f"{sets.protocol}, {held_name} split"
-    )
-    bundle_dir = save_bundle(
-        out_dir / "bundle",
-        model=model,
-        index=index,
-        metrics={"validation": selection.val_metrics, "gate": gate_metrics, "test": test_metrics},
-        popular_items=finals["MostPopular"].top(200),
-        extra={"protocol": sets.protocol, "gate": evidence.to_dict()},
-    )
-    return FitOutput(
-        bundle_dir=Path(bundle_dir),
+    model, finals = refit(selection, frames, progress=progress)
+    gate_metrics, evidence = judge(settings, sets, frames, model, finals, champion)
+    test_metrics = _test_metrics(frames, model, finals)
+    index = build_served_index(settings, model, frames)
+    fitted = FitOutput(
+        bundle_dir=out_dir / "bundle",
         val_metrics=selection.val_metrics,
         gate_metrics=gate_metrics,
         test_metrics=test_metrics,
         evidence=evidence.to_dict(),
         index={"kind": index.kind, "nprobe": index.nprobe, **(index.measured or {})},
-        params={
-            **model.config.__dict__,
-            "candidate": selection.chosen,
-            **{f"candidate.{n}.val_ndcg_at_10": round(v, 6) for n, v in selection.scores.items()},
-            "ease_l2": selection.ease_l2,
-            "index": index.kind,
-            "fitted_on": "train+validation",
-        },
-        report_md=report_md,
-        report_png=report_png,
+        params=_params(model, selection, index),
     )
+    fitted.report_md, fitted.report_png = _write(fitted, sets, model, finals, index)
+    return fitted
 
 
-@dataclass
-class Selection:
-    """What validation chose: the candidate, its tuned model (fitted on train), EASE's L2,
-    and every model's validation metrics."""
-
-    chosen: str
-    tuned: Any
-    scores: dict[str, float]
-    ease_l2: float
-    val_metrics: dict[str, dict[str, float]]
+def _test_metrics(
+    frames: Frames, model: Any, finals: dict[str, Any]
+) -> dict[str, dict[str, float]]:
+    """The refitted models on test, seen everything before it; empty without a test split."""
+    if frames.test.empty:
+        return {}
+    seen = frames.before_test
+    return {n: evaluate(m, seen, frames.test) for n, m in {MODEL_NAME: model, **finals}.items()}
 
 
-def _select(
-    settings: Settings, protocol: str, frames: Frames, *, epochs: int | None, progress: bool
-) -> Selection:
-    """Every choice made on validation: the objective, epochs and prior (``fit_best``) and
-    EASE's L2; nothing here sees the gate slice or test."""
-    configs = candidates(protocol, max_epochs=epochs, seed=settings.seed)
-    train, validation = frames.train, frames.validation
-    chosen, tuned, scores = fit_best(train, configs, validation=validation, progress=progress)
-    baselines = fit_baselines(train, validation)
-    models = {MODEL_NAME: tuned, **baselines}
-    val_metrics = {n: evaluate(m, train, validation) for n, m in models.items()}
-    ease_l2 = baselines["EASE"].l2
-    if ease_l2 is None:
-        raise RuntimeError("fit_baselines left EASE unfitted")
-    return Selection(chosen, tuned, scores, float(ease_l2), val_metrics)
-
-
-def _refit(selection: Selection, frames: Frames, *, progress: bool) -> tuple[Any, dict[str, Any]]:
-    """The served model and the baselines, refitted on train + validation with the chosen
-    settings, so the freshest labelled period is learned from."""
-    data = frames.fit_part
-    model = fit(data, refit_config(selection.tuned), progress=progress)
-    finals = fit_baselines(data, None, ease_l2=selection.ease_l2)
-    return model, finals
-
-
-def _judge(
-    settings: Settings,
-    sets: TrainingSets,
-    frames: Frames,
-    model: Any,
-    finals: dict[str, Any],
-    champion: tuple[str, Any] | None,
-) -> tuple[dict[str, dict[str, float]], GateEvidence]:
-    """Every model on the gate slice with the same seen-item mask; the gate's evidence
-    (challenger vs champion, per user) from the same ranking."""
-    seen, gate = frames.fit_part, frames.gate
-    ranking = rank(model, seen, gate)
-    metrics = {
-        MODEL_NAME: ranking.summary,
-        **{n: evaluate(m, seen, gate) for n, m in finals.items()},
+def _params(model: Any, selection: Selection, index: ItemIndex) -> dict[str, Any]:
+    """What the run logs as parameters: the served model's configuration and choices."""
+    return {
+        **model.config.__dict__,
+        "candidate": selection.chosen,
+        **{f"candidate.{n}.val_ndcg_at_10": round(v, 6) for n, v in selection.scores.items()},
+        "ease_l2": selection.ease_l2,
+        "index": index.kind,
+        "fitted_on": "train+validation",
     }
-    span = sets.ts_range.get("gate") or [None, None]
-    info = SliceInfo("gate", len(gate), len(ranking.per_user), span[0], span[1])
-    rule = GateRule(
-        margin=settings.training.gate_margin,
-        confidence=settings.training.gate_confidence,
-        samples=settings.training.gate_samples,
-        seed=settings.seed,
+
+
+def _write(
+    fitted: FitOutput, sets: TrainingSets, model: Any, finals: dict[str, Any], index: ItemIndex
+) -> tuple[Path, Path]:
+    """The bundle that was scored (at ``fitted.bundle_dir``) and, next to it, the report on
+    the held-out split (test, else the gate slice); returns the report's files."""
+    out_dir = fitted.bundle_dir.parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    held_name, held = fitted.heldout
+    report = write_report(held, out_dir / "report", title=f"{sets.protocol}, {held_name} split")
+    save_bundle(
+        fitted.bundle_dir,
+        model=model,
+        index=index,
+        metrics={
+            "validation": fitted.val_metrics,
+            "gate": fitted.gate_metrics,
+            "test": fitted.test_metrics,
+        },
+        popular_items=finals["MostPopular"].top(200),
+        extra={"protocol": sets.protocol, "gate": fitted.evidence},
     )
-    challenger = UserScores.from_ranking(ranking)
-    if champion is None:
-        return metrics, gather_evidence(info, challenger, None, champion_version=None, rule=rule)
-    if ranking.per_user.empty:
-        raise InvalidInput(
-            f"the gate slice has no user with an unseen item to judge champion v{champion[0]} "
-            "against the challenger: more events are needed",
-            field="gate",
-        )
-    version, bundle = champion
-    champ_ranking = rank(bundle, seen, gate)
-    metrics[CHAMPION_KEY] = champ_ranking.summary
-    evidence = gather_evidence(
-        info,
-        challenger,
-        UserScores.from_ranking(champ_ranking),
-        champion_version=version,
-        rule=rule,
-    )
-    return metrics, evidence
-
-
-MAX_RECALL_QUERIES = 1000
-
-
-def _served_index(settings: Settings, model: Any, frames: Frames) -> Any:
-    """The index the bundle carries, tuned on validation users' queries and measured on
-    the gate users' (queries that did not tune it); below the recall bar the run fails
-    before anything is registered."""
-    keys = model.item_keys()
-    tuning = _queries(model, frames.train, frames.validation, seed=settings.seed)
-    index = build_index(
-        keys,
-        exact_max=settings.training.index_exact_max_items,
-        target_recall=settings.training.min_index_recall,
-        k=max(RECALL_KS),
-        queries=tuning if len(tuning) else None,
-        seed=settings.seed,
-    )
-    queries, source = _queries(model, frames.fit_part, frames.gate, seed=settings.seed), "gate"
-    if not len(queries):  # no warm user in the gate slice: validation's, said so
-        queries, source = tuning, "validation"
-    measured = measure_recall(
-        index, keys, queries, source=f"{len(queries)} {source}-slice users' query vectors"
-    )
-    floor = settings.training.min_index_recall
-    got = measured.get(f"recall@{max(RECALL_KS)}", float("nan"))
-    if not got >= floor:  # NaN (no queries at all) fails too
-        raise RtrecError(
-            f"the {index.kind} index reaches recall@{max(RECALL_KS)} {got:.4f} against exact "
-            f"search ({measured['source']}), below settings.training.min_index_recall "
-            f"{floor}; not registering it"
-        )
-    return index
-
-
-def _queries(model: Any, seen: pd.DataFrame, target: pd.DataFrame, *, seed: int) -> Any:
-    """Retrieval queries of ``target``'s warm users as of ``seen`` (cold users are served
-    by the fallback, never by the index); at most ``MAX_RECALL_QUERIES``, sampled."""
-    import numpy as np
-
-    users = sorted(target["user_id"].astype(str).unique())
-    if len(users) > MAX_RECALL_QUERIES:
-        rng = np.random.default_rng(seed)
-        users = sorted(rng.choice(users, size=MAX_RECALL_QUERIES, replace=False))
-    user, history, dense = model.encoders.user_state(seen, users)
-    warm = ~cold_users(user, history)
-    return model.user_vectors(user[warm], history[warm], dense[warm])
+    return report
