@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from rtrec.config import Settings, load_settings
-from rtrec.errors import InvalidInput, NotFound
+from rtrec.errors import InvalidInput
 
 logger = logging.getLogger(__name__)
 
@@ -161,37 +161,15 @@ def materialize_features(
 ) -> dict[str, Any]:
     """Backfill the online store from the offline event log (a fresh Redis, a new view).
 
-    User stream features are recomputed by folding each user's events in
-    ``[end - days, end)`` through the stream processor's own aggregate, so the values are
-    the ones the live stream would have written; batch views are loaded by Feast.
+    The stream features (users, item windows, trending) are replayed from the log's
+    ``[end - days, end)`` through the stream processor's own aggregation
+    (``rtrec.streaming.backfill_online_store``); the batch views are loaded by Feast.
     """
-    import pandas as pd
-    from rtrec.features import materialize_batch_views, write_user_features
-    from rtrec.streaming import UserState, read_events
+    from rtrec.features import materialize_batch_views
+    from rtrec.streaming import backfill_online_store
 
-    events = read_events(settings.offline_dir / "events")
-    if not len(events):
-        raise NotFound(f"no events in the offline log at {settings.offline_dir / 'events'}")
-    end = int(end_ms) if end_ms else int(events["ts"].max()) + 1
-    window = events[(events["ts"] >= end - int(days * DAY_MS)) & (events["ts"] < end)]
-    rows = []
-    for user, frame in window.sort_values("ts", kind="stable").groupby("user_id", sort=False):
-        state = UserState()
-        for item, etype, ts in zip(frame["item_id"], frame["event_type"], frame["ts"], strict=True):
-            state.apply(str(item), str(etype), int(ts))
-        rows.append(
-            {
-                "user_id": user,
-                **state.features(),
-                "written_ms": int(time.time() * 1000),
-                "event_timestamp": pd.to_datetime(state.last_ts, unit="ms", utc=True),
-            }
-        )
-    frame = pd.DataFrame(rows)
-    for start in range(0, len(frame), 1000):
-        write_user_features(settings, frame.iloc[start : start + 1000])
-    batch_views = materialize_batch_views(settings, end)
-    return {"users": len(frame), "events": len(window), "end_ms": end, "batch_views": batch_views}
+    out = backfill_online_store(settings, end_ms=end_ms, days=days).to_dict()
+    return {**out, "batch_views": materialize_batch_views(settings, out["end_ms"])}
 
 
 def drift_check(

@@ -12,6 +12,7 @@ Public API::
     covered_rows(events, coverage)                              # rows the watermark vouches for
     run_forever(settings, metrics_port=..., stop=...)           # `rtrec stream run`
     UserState()                                                 # one user's stream aggregate
+    backfill_online_store(settings, end_ms=..., days=...)     # the log -> online store
 
 Offline event log (``<offline_dir>/events/*.parquet``, read by ``rtrec.training.dataset``):
 user_id, item_id, event_type, ts (ms), event_time (UTC), value, partition, offset.
@@ -24,6 +25,7 @@ from typing import Any
 
 _EXPORTS = {
     "UserState": "rtrec.streaming.aggregates",
+    "backfill_online_store": "rtrec.streaming.backfill",
     "OfflineCoverage": "rtrec.streaming.coverage",
     "covered_rows": "rtrec.streaming.coverage",
     "offline_coverage": "rtrec.streaming.coverage",

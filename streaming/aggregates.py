@@ -4,6 +4,10 @@ A user's state is small (the last items, the event times per type within the lon
 window) and lives in Redis as JSON, written in the same atomic commit as the Kafka offsets
 it reflects (``rtrec.streaming.state``), so a restart resumes exactly where the last committed
 batch ended. Item aggregates are Redis hour buckets updated by that same commit.
+
+The stream processor (``rtrec.streaming.batch``) and the backfill
+(``rtrec.streaming.backfill``) fold events and shape feature rows with the code here, so
+a backfilled store holds what the stream writes.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from rtrec.features import RECENT_ITEMS, WINDOWS
+from rtrec.features import RECENT_ITEMS, WINDOWS, trending_weight
 
 from rtrec.events import EVENT_TYPES
 
@@ -25,6 +29,11 @@ WINDOW_HOURS = [max(span // HOUR_MS, 1) for span in WINDOWS.values()]
 _COUNT_KEYS = [
     (t, name, f"cnt_{t}_{name}", span) for t in EVENT_TYPES for name, span in WINDOWS.items()
 ]
+ITEM_COUNTS = [f"item_cnt_{w}" for w in WINDOWS]
+"""The item stream view's window counts, in WINDOWS order (as the commit returns them)."""
+
+Row = tuple[str, dict[str, Any], int]
+"""A feature row for ``rtrec.features.write_rows``: (entity id, features, event time ms)."""
 
 
 @dataclass
@@ -77,3 +86,36 @@ class UserState:
             return cls()
         data = orjson.loads(raw)
         return cls(list(data["r"]), {k: list(v) for k, v in data["t"].items()}, int(data["l"]))
+
+
+@dataclass
+class ItemDelta:
+    """What one batch adds to an item: hour bucket counts and trending weight."""
+
+    buckets: dict[int, int] = field(default_factory=dict)
+    weight: float = 0.0
+
+    def add(self, ts: int, epoch: int) -> None:
+        """Fold one event at ``ts`` in (trending weight relative to ``epoch``)."""
+        hour = ts // HOUR_MS
+        self.buckets[hour] = self.buckets.get(hour, 0) + 1
+        self.weight += trending_weight(ts, epoch)
+
+
+def user_feature_row(user: str, state: UserState, now_ms: int) -> Row:
+    """The user stream view's row for ``state``, written at ``now_ms``."""
+    row = state.features()
+    row["written_ms"] = now_ms
+    return user, row, state.last_ts
+
+
+def item_feature_rows(items: dict[str, tuple[list[int], float]], now_ms: int) -> list[Row]:
+    """The item stream view's rows from what the state commit returned per item (window
+    counts, trending score), written at ``now_ms``."""
+    rows = []
+    for item, (counts, score) in items.items():
+        row: dict[str, Any] = dict(zip(ITEM_COUNTS, counts, strict=True))
+        row["trending_score"] = score
+        row["written_ms"] = now_ms
+        rows.append((item, row, now_ms))
+    return rows

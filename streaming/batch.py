@@ -24,23 +24,25 @@ from rtrec.features import (
     ITEM_STREAM_VIEW,
     TRENDING_EPOCH_KEY,
     USER_STREAM_VIEW,
-    WINDOWS,
     prepare_rows,
-    trending_weight,
     write_prepared,
 )
 from rtrec.streaming import metrics
-from rtrec.streaming.aggregates import HOUR_MS, UserState
+from rtrec.streaming.aggregates import (
+    HOUR_MS,
+    ItemDelta,
+    UserState,
+    item_feature_rows,
+    user_feature_row,
+)
 from rtrec.streaming.dlq import DeadLetter, send
 from rtrec.streaming.recovery import Recovery
-from rtrec.streaming.state import LOST, ItemDelta
+from rtrec.streaming.state import LOST
 from rtrec.streaming.validate import validate
 
 from rtrec.errors import InvalidInput
 
 logger = logging.getLogger(__name__)
-
-_ITEM_NAMES = [f"item_cnt_{w}" for w in WINDOWS]
 
 
 @dataclass
@@ -100,7 +102,7 @@ class BatchSteps(Recovery):
             return out
         out.dead, out.users = len(batch.dead), len(users)
         self._count_committed(out)
-        item_list = _item_rows(item_out, now_ms)
+        item_list = item_feature_rows(item_out, now_ms)
         item_rows = prepare_rows(self.settings, ITEM_STREAM_VIEW, item_list)
         write_prepared(self.settings, [user_rows, item_rows])
         self.sink.remember(USER_STREAM_VIEW, user_list)
@@ -155,9 +157,7 @@ class BatchSteps(Recovery):
                 continue
             cache[e.user_id].apply(e.item_id, e.event_type, e.ts)
             changed.add(e.user_id)
-            hour = e.ts // HOUR_MS
-            delta.buckets[hour] = delta.buckets.get(hour, 0) + 1
-            delta.weight += trending_weight(e.ts, epoch)
+            delta.add(e.ts, epoch)
             out.applied += 1
         return batch
 
@@ -199,13 +199,7 @@ class BatchSteps(Recovery):
         return self._epoch
 
     def _user_rows(self, users: set[str], now_ms: int) -> list[tuple[str, dict[str, Any], int]]:
-        rows = []
-        for u in users:
-            state = self.cache[u]
-            row = state.features()
-            row["written_ms"] = now_ms
-            rows.append((u, row, state.last_ts))
-        return rows
+        return [user_feature_row(u, self.cache[u], now_ms) for u in users]
 
     def _count_committed(self, out: BatchResult) -> None:
         """Totals and counters move when the state commit lands, not when the batch ends:
@@ -216,18 +210,6 @@ class BatchSteps(Recovery):
         t.skipped += out.skipped
         t.dead += out.dead
         metrics.count_events(out.applied, out.skipped, out.dead)
-
-
-def _item_rows(
-    items: dict[str, tuple[list[int], float]], now_ms: int
-) -> list[tuple[str, dict[str, Any], int]]:
-    rows = []
-    for item, (counts, score) in items.items():
-        row: dict[str, Any] = dict(zip(_ITEM_NAMES, counts, strict=True))
-        row["trending_score"] = score
-        row["written_ms"] = now_ms
-        rows.append((item, row, now_ms))
-    return rows
 
 
 def _validated(records: list[Any], now_ms: int) -> list[Any]:

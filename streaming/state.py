@@ -26,10 +26,13 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from rtrec.config import Settings
+
+if TYPE_CHECKING:
+    from rtrec.streaming.aggregates import ItemDelta
 
 logger = logging.getLogger(__name__)
 
@@ -141,14 +144,6 @@ def state_keys(settings: Settings) -> dict[str, str]:
 
 
 @dataclass
-class ItemDelta:
-    """What one batch adds to an item: hour bucket counts and trending weight."""
-
-    buckets: dict[int, int] = field(default_factory=dict)
-    weight: float = 0.0
-
-
-@dataclass
 class _Pending:
     conn: Any
     keys: list[str]
@@ -160,15 +155,23 @@ class _Pending:
 class RedisState:
     """Applied offsets, user states and item aggregates of one consumer group."""
 
-    def __init__(self, settings: Settings, client: Any, window_hours: list[int]) -> None:
+    def __init__(
+        self, settings: Settings, client: Any, window_hours: list[int], *, namespace: str = ""
+    ) -> None:
         self.client = client
-        keys = state_keys(settings)
+        keys = {k: namespace + v for k, v in state_keys(settings).items()}
         self.offsets_key = keys["offsets"]
         self.offline_key = keys["offline"]
         self.watermark_key = keys["watermark"]
         """The offline log's watermark (see :meth:`record_offline`)."""
         self.log_key = keys["log"]
         """The topic incarnation (broker topic id) the offsets above belong to."""
+        self.state_prefix = namespace + STATE_PREFIX
+        self.item_prefix = namespace + ITEM_PREFIX
+        self.clock_key = namespace + ITEM_CLOCK_KEY
+        self.trending_key = namespace + _trending_key()
+        """``namespace`` prefixes every key the state writes: the backfill runs the same
+        commit on scratch keys, beside (not over) a live processor's state."""
         self.window_hours = sorted(window_hours)
         self._script = client.register_script(_COMMIT)
         self._script.sha = client.script_load(_COMMIT)
@@ -183,7 +186,7 @@ class RedisState:
         pipe = self.client.pipeline(transaction=False)
         pipe.hgetall(self.offsets_key)
         if users:
-            pipe.mget([STATE_PREFIX + u for u in users])
+            pipe.mget([self.state_prefix + u for u in users])
         res = pipe.execute()
         applied = {int(p): int(o) for p, o in res[0].items()}
         return applied, (res[1] if users else [])
@@ -228,17 +231,17 @@ class RedisState:
             args += [p, seen, max(new, seen)]
         args.append(len(states))
         for user, raw in states.items():
-            args += [STATE_PREFIX + user, raw]
+            args += [self.state_prefix + user, raw]
         args += [batch_hour, ITEM_TTL_S, len(self.window_hours), *self.window_hours]
         names = list(items)
         args.append(len(names))
         for name in names:
             d = items[name]
-            args += [ITEM_PREFIX + name, name, repr(d.weight) if d.weight else "0"]
+            args += [self.item_prefix + name, name, repr(d.weight) if d.weight else "0"]
             args.append(len(d.buckets))
             for hour, n in d.buckets.items():
                 args += [hour, n]
-        keys = [self.offsets_key, _trending_key(), ITEM_CLOCK_KEY, self.log_key]
+        keys = [self.offsets_key, self.trending_key, self.clock_key, self.log_key]
         pool = self.client.connection_pool
         conn = pool.get_connection()
         try:
