@@ -69,14 +69,15 @@ def one_check(settings, ds, now: int, bundle, cfg) -> Any:
 
 def train_champion(settings, ds, start: int, train_days: float, epochs: int) -> Any:
     """The pre-shift champion: the real pipeline on the first ``train_days``."""
-    from rtrec.training.artifacts import load_bundle
-    from rtrec.training.pipeline import train
-    from rtrec.training.registry import download_bundle
+    from rtrec.training import load_champion, train
 
     path = ds.time_slice(None, start + int(train_days * DAY)).save(settings.work_dir / "pre")
     res = train(settings, data=path, epochs=epochs, progress=False)
     print(f"champion v{res.version}: gate ndcg@10 {res.gate_value:.4f}", flush=True)
-    return load_bundle(download_bundle(settings, "champion"), use_gpu=False)
+    champion = load_champion(settings, use_gpu=False)
+    if champion is None:  # the first model has no champion to beat: train() promotes it
+        raise RuntimeError(f"training v{res.version} left no champion to monitor with")
+    return champion[1]
 
 
 def write_offline_log(settings, events: pd.DataFrame, items, users) -> None:

@@ -115,21 +115,21 @@ def champion_bundle(settings: Any) -> tuple[Any | None, str | None]:
     gets ``(None, reason)`` to report "score drift not judged: <reason>". The reason is
     logged at WARNING and counted in ``rtrec_monitor_score_drift_skipped_total``.
     """
-    from rtrec.training import ModelRegistry, download_bundle, load_bundle
+    from rtrec.training import ChampionUnusable, load_champion
 
     from rtrec.errors import RtrecError
 
     try:
-        version = ModelRegistry(settings).champion_version()
+        found = load_champion(settings, use_gpu=False)
+    except ChampionUnusable as exc:  # any download or load failure: a broken champion
+        what = f"champion version {exc.version} unusable"
+        return None, _skipped("champion_unusable", what, exc.cause)
     except RtrecError as exc:
         return None, _skipped("registry_unavailable", "model registry unavailable", exc)
-    if version is None:
+    if found is None:
         logger.info("no champion registered: score drift is not judged")
         return None, None
-    try:
-        return load_bundle(download_bundle(settings, "champion"), use_gpu=False), None
-    except Exception as exc:  # any download or load failure: a broken champion
-        return None, _skipped("champion_unusable", f"champion version {version} unusable", exc)
+    return found[1], None
 
 
 def _skipped(label: str, what: str, exc: Exception) -> str:

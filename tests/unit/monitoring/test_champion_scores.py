@@ -67,7 +67,7 @@ def test_corrupt_champion_bundle_is_a_degradation(
     broken.mkdir()
     (broken / WEIGHTS).write_bytes(b"not a model")
     monkeypatch.setattr(registry.ModelRegistry, "champion_version", lambda self: "3")
-    monkeypatch.setattr(registry, "download_bundle", lambda settings, alias: broken)
+    monkeypatch.setattr(registry.ModelRegistry, "download_bundle", lambda self, version: broken)
     before = skipped("champion_unusable")
     bundle, reason = champion_bundle(load_settings(work_dir=tmp_path))
     assert bundle is None and reason is not None
