@@ -212,9 +212,9 @@ def applied_count(s: Settings) -> int:
 def logged_count(s: Settings) -> int:
     """Events recorded as written to the offline log (the processor's progress there)."""
     import redis
+    from rtrec.streaming.state import state_keys
 
-    key = f"rtrec:offline:{s.kafka.consumer_group}:{s.kafka.events_topic}"  # RedisState's
-    done = redis.Redis.from_url(s.redis.url).hgetall(key)
+    done = redis.Redis.from_url(s.redis.url).hgetall(state_keys(s)["offline"])
     return sum(int(v) + 1 for v in done.values())
 
 
