@@ -194,7 +194,7 @@ def test_training_dag_registers_and_promotes(
         "-o",
         "json",
     )
-    queued_id = json.loads(triggered[triggered.index("[") :])[0]["dag_run_id"]
+    queued_id = json.loads(triggered.strip().splitlines()[-1])[0]["dag_run_id"]  # after warnings
     out = run_dag(airflow_settings, "rtrec_training", {}, queued=queued_id)
     assert out["conf"] == conf
     assert out["run_id"] == queued_id and out["replaced"] is None
