@@ -49,12 +49,16 @@ def synthetic_bundle(
     which would benchmark brute force rather than the index the service really runs.
     """
     import torch
-    from rtrec.training.artifacts import save_bundle
-    from rtrec.training.examples import Encoders
-    from rtrec.training.index import build_index
-    from rtrec.training.model import TwoTower, TwoTowerConfig
-    from rtrec.training.trainer import TrainConfig, TrainedModel
-    from rtrec.training.vocab import Vocab
+    from rtrec.training import (
+        InputEncoder,
+        TrainConfig,
+        TrainedModel,
+        TwoTower,
+        TwoTowerConfig,
+        Vocab,
+        build_index,
+        save_bundle,
+    )
 
     rng = np.random.default_rng(seed)
     clustered = n_items > 50_000 if clustered is None else clustered
@@ -66,7 +70,7 @@ def synthetic_bundle(
     second = rng.random(n_items) < 0.3
     table[1:, 1] = np.where(second, rng.integers(1, n_categories + 1, n_items), 0)
     dense = dense_feature_names()
-    encoders = Encoders(users, items, categories, dense, history_len, table)
+    encoders = InputEncoder(users, items, categories, dense, history_len, table)
     torch.manual_seed(seed)
     net = TwoTower(
         TwoTowerConfig(
