@@ -11,7 +11,6 @@ Public API::
     wait_for_offline_log(settings, until_ms=..., timeout_s=...)  # ... wait until it does
     covered_rows(events, coverage)                              # rows the watermark vouches for
     run_forever(settings, metrics_port=..., stop=...)           # `rtrec stream run`
-    UserState()                                                 # one user's stream aggregate
     backfill_online_store(settings, end_ms=..., days=...)     # the log -> online store
 
 Offline event log (``<offline_dir>/events/*.parquet``, read by ``rtrec.training.dataset``):
@@ -24,7 +23,6 @@ from importlib import import_module
 from typing import Any
 
 _EXPORTS = {
-    "UserState": "rtrec.streaming.aggregates",
     "backfill_online_store": "rtrec.streaming.backfill",
     "OfflineCoverage": "rtrec.streaming.coverage",
     "covered_rows": "rtrec.streaming.coverage",
