@@ -284,35 +284,34 @@ def get_store(settings: Settings) -> Any:
 
 def online_features(settings: Settings, user_ids: list[str]) -> list[dict[str, Any]]:
     """Stream features of each user (``None`` values for unknown users), in order."""
-    names = list(defs.user_stream_fields())
+    return _read_view(
+        settings, defs.USER_STREAM_VIEW, "user_id", defs.user_stream_fields(), user_ids
+    )
+
+
+def item_features(settings: Settings, item_ids: list[str]) -> list[dict[str, Any]]:
+    """Stream features of each item (``None`` values for unknown items), in order."""
+    return _read_view(
+        settings, defs.ITEM_STREAM_VIEW, "item_id", defs.item_stream_fields(), item_ids
+    )
+
+
+def _read_view(
+    settings: Settings, view: str, key: str, fields: dict[str, str], ids: list[str]
+) -> list[dict[str, Any]]:
+    names = list(fields)
     try:
         resp = (
             get_store(settings)
             .get_online_features(
-                features=[f"{defs.USER_STREAM_VIEW}:{n}" for n in names],
-                entity_rows=[{"user_id": u} for u in user_ids],
+                features=[f"{view}:{n}" for n in names],
+                entity_rows=[{key: i} for i in ids],
             )
             .to_dict()
         )
     except Exception as exc:  # Redis down, registry missing: callers degrade, not crash
         raise Unavailable(f"online store unreachable: {exc}") from exc
-    return [{n: resp[n][i] for n in names} for i in range(len(user_ids))]
-
-
-def item_features(settings: Settings, item_ids: list[str]) -> list[dict[str, Any]]:
-    names = list(defs.item_stream_fields())
-    try:
-        resp = (
-            get_store(settings)
-            .get_online_features(
-                features=[f"{defs.ITEM_STREAM_VIEW}:{n}" for n in names],
-                entity_rows=[{"item_id": i} for i in item_ids],
-            )
-            .to_dict()
-        )
-    except Exception as exc:
-        raise Unavailable(f"online store unreachable: {exc}") from exc
-    return [{n: resp[n][i] for n in names} for i in range(len(item_ids))]
+    return [{n: resp[n][i] for n in names} for i in range(len(ids))]
 
 
 _clients: dict[str, Any] = {}
