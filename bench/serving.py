@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 
-from bench._common import free_port
+from bench._common import free_port, service_env, start_stream_processor
 
 KEY = "bench-key"
 TARGET_MS = 10.0
@@ -201,7 +201,7 @@ def main() -> None:
     from rtrec.training.artifacts import load_bundle
     from rtrec.training.index import gpu_count
 
-    from rtrec.app.stack import down, start_managed, up
+    from rtrec.app.stack import down, up
     from rtrec.logging import configure_logging
 
     configure_logging("WARNING", json_lines=False)
@@ -234,14 +234,8 @@ def main() -> None:
         del bundle
         gc.collect()  # then keep the client's own collector off the big heap it left
         gc.freeze()
-        start_managed(
-            settings, "stream-bench", [sys.executable, "-m", "rtrec.app.cli", "stream", "run"]
-        )
-        env = {
-            "RTREC_SERVING__BUNDLE_PATH": str(bundle_dir),
-            "RTREC_SERVING__API_KEYS": f'["{KEY}"]',
-            "RTREC_SERVING__RATE_LIMIT_PER_S": "1000000",
-        }
+        start_stream_processor(settings, "stream-bench")
+        env = service_env(bundle_dir, KEY)
         with running_server(
             free_port(), env=env, log=settings.log_dir / "serving-bench.log", timeout=300
         ) as srv:

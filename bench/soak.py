@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 
-from bench._common import free_port
+from bench._common import free_port, service_env, start_stream_processor
 from bench.serving import fresh_stack_settings, seed_histories
 
 KEY = "soak-key"
@@ -147,7 +147,7 @@ def main() -> None:
     from rtrec.serving.synthetic import synthetic_bundle
     from rtrec.training import METADATA, load_bundle
 
-    from rtrec.app.stack import down, start_managed, up
+    from rtrec.app.stack import down, up
     from rtrec.logging import configure_logging
 
     configure_logging("WARNING", json_lines=False)
@@ -172,14 +172,8 @@ def main() -> None:
 
         apply(settings)
         seed_histories(settings, items, users[: len(users) // 2], seed=3)
-        start_managed(
-            settings, "stream-soak", [sys.executable, "-m", "rtrec.app.cli", "stream", "run"]
-        )
-        env = {
-            "RTREC_SERVING__BUNDLE_PATH": str(bundle_dir),
-            "RTREC_SERVING__API_KEYS": f'["{KEY}"]',
-            "RTREC_SERVING__RATE_LIMIT_PER_S": "1000000",
-        }
+        start_stream_processor(settings, "stream-soak")
+        env = service_env(bundle_dir, KEY)
         log = settings.log_dir / "serving-soak.log"
         with running_server(free_port(), env=env, log=log, timeout=300) as srv:
             rng = np.random.default_rng(11)
