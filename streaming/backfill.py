@@ -189,4 +189,3 @@ def _item_rows(
         for at in range(0, len(scratch_keys), 1000):
             client.delete(*scratch_keys[at : at + 1000])
     return list(latest.values()), hours
-
