@@ -269,7 +269,7 @@ def test_drift_monitor_triggered_over_rest_retrains_under_the_scheduler(airflow:
 
     # Task logs: our lines at INFO with the step's figures, nothing benign as an error.
     train_log = airflow.task_log("rtrec_training", run_id, "train_two_tower")
-    ours = [ln for ln in train_log if str(ln.get("logger", "")).startswith("training.")]
+    ours = [ln for ln in train_log if str(ln.get("logger", "")).startswith("rtrec.training.")]
     assert ours and all(ln["level"] in ("info", "warning") for ln in ours)
     result = [
         ln["event"] for ln in train_log if "rtrec step train_two_tower result:" in ln["event"]
