@@ -50,6 +50,17 @@ def user_dags_folder(settings: Settings) -> Path:
     return Path(str(settings.airflow.home)) / "dags"
 
 
+SQLITE_CONNECT_ARGS: dict[str, object] = {"timeout": 60.0}
+"""Connect arguments of every embedded Airflow process's metadata DB connection (through
+``[database] sql_alchemy_connect_args``): SQLite lets one writer at a time, and sqlite3's
+default 5 s wait for the lock is shorter than the scheduler's transactions on a loaded
+2-core machine, where a REST call (a DAG trigger's audit-log row) then failed with a 500."""
+
+EXECUTION_API_TIMEOUT_S = 60
+"""How long a task's supervisor waits for the execution API (Airflow's default 5 s): on a
+loaded machine the API server answers slower than that, and the retried start call of a
+task that had in fact started fails the task."""
+
 USER_BUNDLE_REFRESH_S = 30
 """How often the DAG processor looks for new files among your DAGs (Airflow's default for
 a bundle is 300 s, long to wait for a file you just saved)."""
@@ -110,6 +121,8 @@ def airflow_env(settings: Settings) -> dict[str, str]:
         # The standalone starts the scheduler seconds before the API server listens: a task
         # queued then keeps retrying its start call (backoff up to 90 s) instead of failing.
         "AIRFLOW__WORKERS__EXECUTION_API_RETRIES": "10",
+        "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": str(EXECUTION_API_TIMEOUT_S),
+        **_sqlite_connect_args(),
         "AIRFLOW__SCHEDULER__PARSING_PROCESSES": "1",
         "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
         "AIRFLOW__API__HOST": "127.0.0.1",
@@ -122,6 +135,19 @@ def airflow_env(settings: Settings) -> dict[str, str]:
         "DO_NOT_TRACK": "1",
         # The standalone starts its components as `airflow ...` found on PATH.
         "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+    }
+
+
+def _sqlite_connect_args() -> dict[str, str]:
+    """The busy timeout for the embedded SQLite metadata DB; nothing when the environment
+    points Airflow at another database (whose driver would reject sqlite3's arguments)."""
+    conn = os.environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "sqlite")
+    if not conn.startswith("sqlite"):
+        return {}
+    path = f"{__name__}.SQLITE_CONNECT_ARGS"
+    return {
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": path,
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS_ASYNC": path,
     }
 
 

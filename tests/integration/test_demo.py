@@ -27,9 +27,15 @@ def test_demo_quick_runs_the_loop_and_stops_everything(tmp_path: Path) -> None:
         "RTREC_SERVING__PORT": str(free_port()),
     }
     exe = Path(sys.executable).with_name("rtrec")
-    proc = subprocess.run(
-        [str(exe), "demo", "--quick"], env=env, capture_output=True, text=True, timeout=600
-    )
+    try:
+        proc = subprocess.run(
+            [str(exe), "demo", "--quick"], env=env, capture_output=True, text=True, timeout=600
+        )
+    finally:
+        # A demo killed at the timeout cannot stop what it started: its broker, Redis and
+        # stream processor would load the machine for every later test.
+        left = stack_mod.down(load_settings(work_dir=tmp_path / "w"))
+    assert left == [], f"the demo left managed processes running: {left}"
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     steps = {s["step"]: s for s in summary["steps"]}
@@ -57,5 +63,3 @@ def test_demo_quick_runs_the_loop_and_stops_everything(tmp_path: Path) -> None:
         assert swap["status"] == "not promoted" and swap["reason"] and swap["seconds"] is None
     report = Path(summary["report"])
     assert report.exists() and "data:image/png;base64" in report.read_text()
-    settings = load_settings(work_dir=tmp_path / "w")
-    assert stack_mod.managed_names(settings) == []  # nothing left running
