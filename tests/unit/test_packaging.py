@@ -71,6 +71,18 @@ def test_wheel_holds_no_top_level_package_but_rtrec(wheel: Path) -> None:
     for stage in ("features", "streaming", "training", "serving", "monitoring", "dags"):
         assert f"rtrec/{stage}/__init__.py" in names, f"rtrec.{stage} missing from the wheel"
     assert "rtrec/dags/rtrec_training.py" in names, "the DAG files ship with the operators"
+    # pyproject lists the packages one by one (package-dir cannot be searched): every
+    # package and module of the source tree must reach the wheel under its mapped name.
+    missing = [wheel_name for wheel_name in _source_modules() if wheel_name not in names]
+    assert missing == [], f"not in the wheel (add the package to pyproject.toml): {missing}"
+
+
+def _source_modules() -> list[str]:
+    """Every .py file of the kernel and the stages, as its path inside the wheel."""
+    found = [str(p.relative_to(ROOT)) for p in (ROOT / "rtrec").rglob("*.py")]
+    for stage in ("features", "streaming", "training", "serving", "monitoring", "dags"):
+        found += [f"rtrec/{p.relative_to(ROOT)}" for p in (ROOT / stage).rglob("*.py")]
+    return sorted(f for f in found if "__pycache__" not in f)
 
 
 def test_operators_import_from_an_airflow_home_with_its_own_dags_package(
