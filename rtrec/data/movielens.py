@@ -215,7 +215,27 @@ def load_movielens(path: str | Path) -> Dataset:
     items = _items_100k(folder) if fmt == "100k" else _items_dat_or_csv(folder, fmt)
     users = _users_file(folder, fmt)
 
-    events = pd.DataFrame(
+    events = _events(ratings)
+    first_user = events.groupby("user_id")["ts"].min()
+    first_item = events.groupby("item_id")["ts"].min()
+    items = _catalog(items, first_item)
+    users = _profiles(users, first_user)
+
+    meta = {"source": f"movielens-{fmt}", "path": str(folder)}
+    ds = Dataset(users, items, events, meta).validate()
+    logger.info(
+        "loaded %s: %d ratings, %d users, %d items",
+        meta["source"],
+        len(events),
+        len(ds.users),
+        len(ds.items),
+    )
+    return ds
+
+
+def _events(ratings: pd.DataFrame) -> pd.DataFrame:
+    """Every rating as a ``rating`` event: prefixed ids, ms timestamps, the stars as value."""
+    return pd.DataFrame(
         {
             "user_id": "u" + ratings["user"].astype(str),
             "item_id": "i" + ratings["item"].astype(str),
@@ -224,9 +244,11 @@ def load_movielens(path: str | Path) -> Dataset:
             "value": ratings["rating"].to_numpy(np.float64),
         }
     )
-    first_user = events.groupby("user_id")["ts"].min()
-    first_item = events.groupby("item_id")["ts"].min()
 
+
+def _catalog(items: pd.DataFrame, first_item: pd.Series) -> pd.DataFrame:
+    """Prefixed item ids, a stub for every rated item the catalog lacks (logged: the files
+    disagree), and ``created_ts``: the earlier of release and first rating."""
     items["item_id"] = "i" + items["raw"].astype(str)
     missing_items = sorted(set(first_item.index) - set(items["item_id"]))
     if missing_items:
@@ -240,7 +262,12 @@ def load_movielens(path: str | Path) -> Dataset:
     seen = items["item_id"].map(first_item)
     created = pd.concat([items["released"].astype("Float64"), seen], axis=1).min(axis=1)
     items["created_ts"] = created.fillna(0).astype(np.int64)
+    return items
 
+
+def _profiles(users: pd.DataFrame | None, first_user: pd.Series) -> pd.DataFrame:
+    """Prefixed user ids (empty profiles when the format has no users file, or for a rater
+    the file lacks, logged) and ``signup_ts``: the user's first rating."""
     if users is None:
         users = pd.DataFrame({"user_id": first_user.index, "age": pd.NA, "gender": None})
         users["occupation"] = None
@@ -253,14 +280,4 @@ def load_movielens(path: str | Path) -> Dataset:
             )
             users = pd.concat([users, pd.DataFrame({"user_id": missing_users})], ignore_index=True)
     users["signup_ts"] = users["user_id"].map(first_user).fillna(0).astype(np.int64)
-
-    meta = {"source": f"movielens-{fmt}", "path": str(folder)}
-    ds = Dataset(users, items, events, meta).validate()
-    logger.info(
-        "loaded %s: %d ratings, %d users, %d items",
-        meta["source"],
-        len(events),
-        len(ds.users),
-        len(ds.items),
-    )
-    return ds
+    return users
