@@ -16,76 +16,23 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from rtrec.streaming.offline import LOG_ID
-from rtrec.streaming.state import state_keys
+from rtrec.streaming.event_log import LOG_ID
+from rtrec.streaming.watermark import PartitionMark, Watermark, read_watermark
 
 from rtrec.config import Settings
 from rtrec.errors import InvalidInput, Unavailable
 
-
-@dataclass(frozen=True)
-class PartitionMark:
-    """One partition's offline progress: what a reader may rely on."""
-
-    written: int
-    """Highest offset whose event is in the offline log (-1: none yet)."""
-    through: int
-    """Highest offset the log covers: every offset up to it is written or was rejected
-    (dead letter). At least ``written``."""
-    newest_ms: int
-    """Newest event time (``ts``, ms) written for this partition (-1: none yet)."""
-
-
-@dataclass(frozen=True)
-class Watermark:
-    """What the offline event log holds of one topic incarnation, as one consumer group
-    recorded it (read in one round trip, so its fields agree with each other)."""
-
-    log_id: str
-    """The topic incarnation (broker topic id) the offsets belong to ("" unknown)."""
-    partitions: dict[int, PartitionMark]
-    updated_ms: int
-    """Wall-clock time of the last recorded flush (0: none)."""
-
-    @property
-    def through(self) -> dict[int, int]:
-        return {p: m.through for p, m in self.partitions.items()}
-
-
-def read_watermark(client: Any, settings: Settings) -> Watermark:
-    """The offline log's watermark and the log id the state belongs to, atomically.
-
-    The watermark is only returned for the log the state currently belongs to: one left
-    by a previous incarnation of the topic counts as nothing logged.
-    """
-    keys = state_keys(settings)
-    pipe = client.pipeline(transaction=True)
-    pipe.hgetall(keys["watermark"])
-    pipe.hgetall(keys["offline"])
-    pipe.get(keys["log"])
-    raw_mark, raw_offline, raw_log = pipe.execute()
-    mark = {_text(k): _text(v) for k, v in raw_mark.items()}
-    state_log = _text(raw_log) if raw_log is not None else ""
-    if mark.get("log", state_log) != state_log:
-        return Watermark(state_log, {}, 0)
-    written = {int(_text(p)): int(_text(o)) for p, o in raw_offline.items()}
-    parts: set[int] = set(written)
-    for name in mark:
-        if name[:2] in ("o:", "t:"):
-            parts.add(int(name[2:]))
-    partitions = {
-        p: PartitionMark(
-            written=written.get(p, -1),
-            through=max(int(mark.get(f"o:{p}", -1)), written.get(p, -1)),
-            newest_ms=int(mark.get(f"t:{p}", -1)),
-        )
-        for p in sorted(parts)
-    }
-    return Watermark(state_log, partitions, int(mark.get("at", 0)))
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+# The watermark's types live in watermark; they stay importable from here.
+__all__ = [
+    "BROKER_TIMEOUT_MS",
+    "OfflineCoverage",
+    "PartitionMark",
+    "Watermark",
+    "covered_rows",
+    "offline_coverage",
+    "read_watermark",
+    "wait_for_offline_log",
+]
 
 
 @dataclass(frozen=True)

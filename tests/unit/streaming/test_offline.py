@@ -8,7 +8,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from rtrec.streaming import write_events
-from rtrec.streaming.offline import SCHEMA, OfflineLog, read_events
+from rtrec.streaming.event_log import SCHEMA, read_events
+from rtrec.streaming.offline import OfflineLog
 from rtrec.streaming.validate import Event
 
 from rtrec.errors import InvalidInput

@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from rtrec.streaming.coverage import OfflineCoverage, PartitionMark, Watermark, covered_rows
-from rtrec.streaming.offline import LOG_ID, OfflineLog
+from rtrec.streaming.coverage import OfflineCoverage, covered_rows
+from rtrec.streaming.event_log import LOG_ID
+from rtrec.streaming.offline import OfflineLog
 from rtrec.streaming.validate import Event
+from rtrec.streaming.watermark import PartitionMark, Watermark
 
 
 def coverage(
