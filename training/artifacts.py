@@ -261,7 +261,9 @@ def load_bundle(directory: Path | str, *, use_gpu: bool | str = "auto") -> Model
         encoders = _load_encoder(directory)
         emb = np.load(directory / ITEM_EMBEDDINGS)
         index = ItemIndex.load(
-            directory / INDEX, directory / INDEX_META, use_gpu=use_gpu  # type: ignore[arg-type]
+            directory / INDEX,
+            directory / INDEX_META,
+            use_gpu=use_gpu,  # type: ignore[arg-type]
         )
     except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
         raise InvalidInput(
