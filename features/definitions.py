@@ -63,56 +63,33 @@ def offline_paths(offline_dir: Path) -> dict[str, Path]:
 
 def build(offline_dir: Path) -> list[Any]:
     """Every Feast object to register, for one offline directory."""
-    from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSource
-    from feast.types import Array, Float64, Int64, String
+    from feast import Entity, FeatureService, PushSource
     from feast.value_type import ValueType
 
-    types = {"Array(String)": Array(String), "Int64": Int64, "Float64": Float64, "String": String}
     paths = offline_paths(offline_dir)
     user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.STRING)
     item = Entity(name="item", join_keys=["item_id"], value_type=ValueType.STRING)
-
-    def file_source(name: str) -> Any:
-        return FileSource(
-            name=f"{name}_source", path=str(paths[name]), timestamp_field="event_timestamp"
-        )
-
-    def fields(spec: dict[str, str]) -> list[Any]:
-        return [Field(name=k, dtype=types[v]) for k, v in spec.items()]
-
-    user_push = PushSource(name="user_stream_push", batch_source=file_source(USER_STREAM_VIEW))
-    item_push = PushSource(name="item_stream_push", batch_source=file_source(ITEM_STREAM_VIEW))
-    user_stream = FeatureView(
-        name=USER_STREAM_VIEW,
-        entities=[user],
-        schema=fields(user_stream_fields()),
-        source=user_push,
-        ttl=timedelta(days=30),
-        online=True,
+    user_push = PushSource(
+        name="user_stream_push", batch_source=_file_source(paths, USER_STREAM_VIEW)
     )
-    item_stream = FeatureView(
-        name=ITEM_STREAM_VIEW,
-        entities=[item],
-        schema=fields(item_stream_fields()),
-        source=item_push,
-        ttl=timedelta(days=30),
-        online=True,
+    item_push = PushSource(
+        name="item_stream_push", batch_source=_file_source(paths, ITEM_STREAM_VIEW)
     )
-    item_meta = FeatureView(
-        name=ITEM_META_VIEW,
-        entities=[item],
-        schema=fields({"title": "String", "categories": "Array(String)", "created_ts": "Int64"}),
-        source=file_source(ITEM_META_VIEW),
-        ttl=timedelta(days=3650),
-        online=True,
+    user_stream = _view(USER_STREAM_VIEW, user, user_stream_fields(), user_push, ttl_days=30)
+    item_stream = _view(ITEM_STREAM_VIEW, item, item_stream_fields(), item_push, ttl_days=30)
+    item_meta = _view(
+        ITEM_META_VIEW,
+        item,
+        {"title": "String", "categories": "Array(String)", "created_ts": "Int64"},
+        _file_source(paths, ITEM_META_VIEW),
+        ttl_days=3650,
     )
-    user_profile = FeatureView(
-        name=USER_PROFILE_VIEW,
-        entities=[user],
-        schema=fields({"age": "Int64", "gender": "String", "occupation": "String"}),
-        source=file_source(USER_PROFILE_VIEW),
-        ttl=timedelta(days=3650),
-        online=True,
+    user_profile = _view(
+        USER_PROFILE_VIEW,
+        user,
+        {"age": "Int64", "gender": "String", "occupation": "String"},
+        _file_source(paths, USER_PROFILE_VIEW),
+        ttl_days=3650,
     )
     serving = FeatureService(name="serving", features=[user_stream])
     training = FeatureService(name="training", features=[user_stream, user_profile, item_meta])
@@ -128,3 +105,28 @@ def build(offline_dir: Path) -> list[Any]:
         serving,
         training,
     ]
+
+
+def _file_source(paths: dict[str, Path], name: str) -> Any:
+    """The parquet source behind view ``name`` (its rows stamped ``event_timestamp``)."""
+    from feast import FileSource
+
+    return FileSource(
+        name=f"{name}_source", path=str(paths[name]), timestamp_field="event_timestamp"
+    )
+
+
+def _view(name: str, entity: Any, spec: dict[str, str], source: Any, *, ttl_days: int) -> Any:
+    """An online feature view of ``entity`` with the fields of ``spec`` (name -> type name)."""
+    from feast import FeatureView, Field
+    from feast.types import Array, Float64, Int64, String
+
+    types = {"Array(String)": Array(String), "Int64": Int64, "Float64": Float64, "String": String}
+    return FeatureView(
+        name=name,
+        entities=[entity],
+        schema=[Field(name=k, dtype=types[v]) for k, v in spec.items()],
+        source=source,
+        ttl=timedelta(days=ttl_days),
+        online=True,
+    )

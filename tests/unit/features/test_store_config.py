@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from rtrec.features.store import redacted_url, redis_connection_string, repo_config_dict
+from rtrec.features.repo import redacted_url, redis_connection_string, repo_config_dict
 
 from rtrec.config import host_port, load_settings
 from rtrec.errors import ConfigError
