@@ -175,11 +175,14 @@ def test_two_processors_share_the_stream_through_a_rebalance(
     try:
         # Feed slowly: the second member starts once the first is up, joins the group
         # while the first is consuming, and takes partitions over; then the rest of the
-        # events at full speed.
+        # events at full speed. Once it is started the feed trickles (100 events/s), so
+        # the data lasts however long its start and the group's rebalance take on a
+        # loaded machine (tens of seconds), not a fixed 20 s.
         sent = 0
         while sent < len(pairs) and (second is None or applied(ports[1]) <= 0):
-            publish(s, pairs[sent : sent + 250], rate=1000, progress=False, producer=producer)
-            sent += 250
+            step, rate = (250, 1000) if second is None else (50, 100)
+            publish(s, pairs[sent : sent + step], rate=rate, progress=False, producer=producer)
+            sent += step
             if second is None and applied(ports[0]) >= 0:
                 second = start_processor(s, env(s), "--metrics-port", str(ports[1]))
         assert sent < len(pairs), "the second processor never got partitions"
