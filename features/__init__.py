@@ -16,8 +16,7 @@ It sits below streaming: the stream processor computes features and writes them 
 this API. Imports are lazy (PEP 562), so reading a constant does not load Feast.
 """
 
-from importlib import import_module
-from typing import Any
+from rtrec.lazy import lazy_exports
 
 _EXPORTS = {
     "ITEM_META_VIEW": "rtrec.features.definitions",
@@ -46,10 +45,4 @@ _EXPORTS = {
     "trending_weight": "rtrec.features.store",
     "write_offline_metadata": "rtrec.features.store",
 }
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(name)
+__all__, __getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -15,8 +15,7 @@ Imports are lazy (PEP 562): ``import rtrec.monitoring`` loads neither Evidently 
 so the CLI's ``--help`` stays fast.
 """
 
-from importlib import import_module
-from typing import Any
+from rtrec.lazy import lazy_exports
 
 _EXPORTS = {
     "alert_record": "rtrec.monitoring.alerts",
@@ -38,10 +37,4 @@ _EXPORTS = {
     "SCORE_COLUMNS": "rtrec.monitoring.scores",
     "score_features": "rtrec.monitoring.scores",
 }
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(name)
+__all__, __getattr__ = lazy_exports(__name__, _EXPORTS)

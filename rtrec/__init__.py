@@ -5,8 +5,7 @@ This package is the kernel: it imports no stage and nothing of the app layer
 on a GPU host with only torch and numpy installed loads neither pydantic nor the settings.
 """
 
-from importlib import import_module
-from typing import Any
+from rtrec.lazy import lazy_exports
 
 _EXPORTS = {
     "Settings": "rtrec.config",
@@ -21,12 +20,6 @@ _EXPORTS = {
     "ItemRecord": "rtrec.events",
     "UserRecord": "rtrec.events",
 }
-__all__ = sorted(_EXPORTS)
+__all__, __getattr__ = lazy_exports(__name__, _EXPORTS)
 
 __version__ = "0.1.0"
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(name)

@@ -14,18 +14,11 @@ Test and benchmark helpers are not part of it; they import their modules directl
 Everything is imported lazily, so ``import rtrec.serving`` loads neither BentoML nor torch.
 """
 
-from importlib import import_module
-from typing import Any
+from rtrec.lazy import lazy_exports
 
 _EXPORTS = {
     "Engine": "rtrec.serving.retrieval",
     "serve_command": "rtrec.serving.launch",
     "serve_env": "rtrec.serving.launch",
 }
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(name)
+__all__, __getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -19,8 +19,7 @@ It is written a couple of seconds behind the online store; its watermark in Redi
 how far it covers the topic (offsets, event time), so readers judge complete data.
 """
 
-from importlib import import_module
-from typing import Any
+from rtrec.lazy import lazy_exports
 
 _EXPORTS = {
     "backfill_online_store": "rtrec.streaming.backfill",
@@ -37,12 +36,4 @@ _EXPORTS = {
     "replay_dataset": "rtrec.streaming.producer",
     "run_forever": "rtrec.streaming.service",
 }
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    # Lazy (PEP 562): the processor pulls in Feast and the producer Kafka; a caller that
-    # only reads the offline log loads neither.
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(name)
+__all__, __getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -21,8 +21,7 @@ Public API (imports are lazy: the torch side runs on a GPU host without pyspark/
 Other layers import only from here, never a submodule (see ``.importlinter``).
 """
 
-from importlib import import_module
-from typing import Any
+from rtrec.lazy import lazy_exports
 
 _EXPORTS = {
     "train": "rtrec.training.pipeline",
@@ -64,10 +63,4 @@ _EXPORTS = {
     "dense_transform": "rtrec.training.examples",
     "SECS_CAP": "rtrec.training.examples",
 }
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(name)
+__all__, __getattr__ = lazy_exports(__name__, _EXPORTS)
