@@ -61,25 +61,35 @@ def _workspace(settings: Settings) -> Any:
     return Workspace.create(str(path))
 
 
+def _check_metric(column: str, legend: str) -> Any:
+    """A value the check recorded about itself (rows, share, thresholds), as a series."""
+    from evidently.sdk.models import PanelMetric
+
+    return PanelMetric(
+        metric="MeanValue", metric_labels={"column": column}, legend=legend, tags=[CHECK_TAG]
+    )
+
+
+def _drift_metric(column: str) -> Any:
+    """A column's drift score, as a series."""
+    from evidently.sdk.models import PanelMetric
+
+    return PanelMetric(
+        metric="ValueDrift", metric_labels={"column": column}, legend=column, tags=[CHECK_TAG]
+    )
+
+
+def _against_thresholds(columns: tuple[str, ...]) -> list[Any]:
+    """Each column's drift score, then each column's threshold (the same order)."""
+    scores = [_drift_metric(c) for c in columns]
+    return scores + [_check_metric(threshold_column(c), f"{c} threshold") for c in columns]
+
+
 def _panels() -> list[Any]:
     """The dashboard's panels, in order (titles: :data:`PANEL_TITLES`)."""
-    from evidently.sdk.models import PanelMetric
     from evidently.sdk.panels import counter_panel, line_plot_panel, text_panel
 
-    def check(column: str, legend: str) -> PanelMetric:
-        return PanelMetric(
-            metric="MeanValue", metric_labels={"column": column}, legend=legend, tags=[CHECK_TAG]
-        )
-
-    def drift(column: str) -> PanelMetric:
-        return PanelMetric(
-            metric="ValueDrift", metric_labels={"column": column}, legend=column, tags=[CHECK_TAG]
-        )
-
-    def against_thresholds(columns: tuple[str, ...]) -> list[PanelMetric]:
-        scores = [drift(c) for c in columns]
-        return scores + [check(threshold_column(c), f"{c} threshold") for c in columns]
-
+    check, against_thresholds = _check_metric, _against_thresholds
     t = PANEL_TITLES
     return [
         text_panel(t[0], "No check recorded yet.", size="half"),

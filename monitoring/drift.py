@@ -282,9 +282,26 @@ def drift_report(
         else None,
     )
     share = sum(c.drifted for c in columns) / max(len(columns), 1)
+    reasons = _drift_reasons(columns, out, drift_share_threshold)
+    drifted = bool(reasons)
+    reason = "; ".join(reasons) if drifted else f"no drift: {share:.0%} of columns drifted"
+    verdict = DriftVerdict(
+        drifted, share, columns, reason, len(reference), len(current), out, snapshot
+    )
+    logger.info("drift check", extra={"drifted": drifted, "drift_share": share, "reason": reason})
+    return verdict
+
+
+def _drift_reasons(
+    columns: list[ColumnDrift], out: OutcomeDrift | None, drift_share_threshold: float
+) -> list[str]:
+    """What drifted, one reason per group of columns over the threshold and one for the
+    outcome rate; empty when nothing did.
+
+    Feature and score columns are judged as separate groups: a model-side shift with
+    stable stream features (or the reverse) must not be diluted by the other group.
+    """
     reasons = []
-    # Feature and score columns are judged as separate groups: a model-side shift with
-    # stable stream features (or the reverse) must not be diluted by the other group.
     for group, cols in group_columns(columns).items():
         group_share = sum(c.drifted for c in cols) / len(cols)
         if group_share >= drift_share_threshold:
@@ -298,10 +315,4 @@ def drift_report(
             f"outcome rate moved from {out.reference_rate:.3f} to {out.current_rate:.3f} "
             f"(z={out.z:.1f})"
         )
-    drifted = bool(reasons)
-    reason = "; ".join(reasons) if drifted else f"no drift: {share:.0%} of columns drifted"
-    verdict = DriftVerdict(
-        drifted, share, columns, reason, len(reference), len(current), out, snapshot
-    )
-    logger.info("drift check", extra={"drifted": drifted, "drift_share": share, "reason": reason})
-    return verdict
+    return reasons

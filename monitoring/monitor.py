@@ -125,13 +125,7 @@ def check(
     reference, current = split_windows(
         events, now_ms=now_ms, reference_days=cfg.reference_days, window_days=cfg.window_days
     )
-    cut = now_ms - int(cfg.window_days * DAY_MS)
-    ranks = popularity_ranks(reference)
-    ref_f = window_features(reference, items, popularity_rank=ranks)
-    cur_f = window_features(current, items, popularity_rank=ranks)
-    if scores is not None:
-        ref_f = _with_scores(ref_f, scores[0])
-        cur_f = _with_scores(cur_f, scores[1])
+    ref_f, cur_f = _window_frames(reference, current, items, scores)
     verdict = drift_report(
         ref_f,
         cur_f,
@@ -144,6 +138,7 @@ def check(
         timestamp=datetime.fromtimestamp(now_ms / 1000, tz=UTC).replace(tzinfo=None),
     )
     verdict.as_of = as_of or {"mode": "given", "note": "events given by the caller"}
+    cut = now_ms - int(cfg.window_days * DAY_MS)
     verdict.windows = {
         "reference": [cut - int(cfg.reference_days * DAY_MS), cut],
         "current": [cut, now_ms],
@@ -154,12 +149,34 @@ def check(
             thresholds |= {c: cfg.score_threshold for c in SCORE_COLUMNS}
         record_check(settings, verdict, thresholds=thresholds)
     if alert and verdict.drifted:
-        record_ = alert_record("drift", verdict.to_dict(), window_end_ms=now_ms)
-        try:
-            send_alert(settings, record_)
-        except Unavailable as exc:
-            logger.error("%s", exc)
+        _alert(settings, verdict, now_ms)
     return verdict
+
+
+def _window_frames(
+    reference: pd.DataFrame,
+    current: pd.DataFrame,
+    items: pd.DataFrame | None,
+    scores: tuple[pd.DataFrame, pd.DataFrame] | None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Both windows' feature frames (popularity ranked by the reference), with the
+    served-score columns when there are scores."""
+    ranks = popularity_ranks(reference)
+    ref_f = window_features(reference, items, popularity_rank=ranks)
+    cur_f = window_features(current, items, popularity_rank=ranks)
+    if scores is not None:
+        ref_f = _with_scores(ref_f, scores[0])
+        cur_f = _with_scores(cur_f, scores[1])
+    return ref_f, cur_f
+
+
+def _alert(settings: Settings, verdict: DriftVerdict, now_ms: int) -> None:
+    """Send the drift alert; an unreachable alert sink is logged, the verdict stands."""
+    record_ = alert_record("drift", verdict.to_dict(), window_end_ms=now_ms)
+    try:
+        send_alert(settings, record_)
+    except Unavailable as exc:
+        logger.error("%s", exc)
 
 
 def _with_scores(features: pd.DataFrame, scores: pd.DataFrame) -> pd.DataFrame:
@@ -204,48 +221,30 @@ def monitor_offline_log(
     sure it holds the windows (module docstring); waiting in vain raises
     :class:`rtrec.errors.Unavailable` naming what is missing.
     """
-    from rtrec.monitoring.scores import champion_bundle, score_features
-
-    cfg = (config or MonitorConfig()).model_copy(
-        update={
-            k: v
-            for k, v in (("reference_days", reference_days), ("window_days", window_days))
-            if v is not None
-        }
-    )
+    cfg = _run_config(config, reference_days=reference_days, window_days=window_days)
     as_of: dict[str, Any] | None = None
     if events is None:
         events, as_of = read_covered(
             settings, until_ms=int(now_ms) if now_ms else None, coverage=coverage, wait_s=wait_s
         )
-    if items is None:
-        items = _items(settings)
+    items = _items(settings) if items is None else items
     if not len(events):
         raise InvalidInput(
             f"no events to monitor in {settings.offline_dir / 'events'}", field="events"
         )
     now = int(now_ms) if now_ms else int(events["ts"].max()) + 1
-    reference, current = split_windows(
+    windows = split_windows(
         events, now_ms=now, reference_days=cfg.reference_days, window_days=cfg.window_days
     )
-    score_frames = None
-    not_judged: str | None = None  # why score drift could not be judged
+    score_frames, not_judged = None, None  # not_judged: why score drift could not be judged
     if scores:
-        model, not_judged = (bundle, None) if bundle is not None else champion_bundle(settings)
-        if model is not None and len(reference) and len(current):
-            ref_s, centroid = score_features(
-                model, reference, history=events, sample=cfg.score_sample
-            )
-            cur_s, _ = score_features(
-                model, current, history=events, centroid=centroid, sample=cfg.score_sample
-            )
-            score_frames = (ref_s, cur_s)
+        score_frames, not_judged = _score_frames(settings, cfg, events, windows, bundle)
     verdict = check(
         settings,
         events=events,
         items=items,
         now_ms=now,
-        outcome=outcome_counts(reference, current),
+        outcome=outcome_counts(*windows),
         scores=score_frames,
         record=record,
         alert=alert,
@@ -255,6 +254,42 @@ def monitor_offline_log(
     if not_judged:  # the champion is registered but unusable: say so in the result
         verdict.reason = f"{verdict.reason}; score drift not judged: {not_judged}"
     return verdict
+
+
+def _run_config(
+    config: MonitorConfig | None, *, reference_days: float | None, window_days: float | None
+) -> MonitorConfig:
+    """``config`` (default :class:`MonitorConfig`) with the window lengths given."""
+    given = {"reference_days": reference_days, "window_days": window_days}
+    return (config or MonitorConfig()).model_copy(
+        update={k: v for k, v in given.items() if v is not None}
+    )
+
+
+def _score_frames(
+    settings: Settings,
+    cfg: MonitorConfig,
+    events: pd.DataFrame,
+    windows: tuple[pd.DataFrame, pd.DataFrame],
+    bundle: object | None,
+) -> tuple[tuple[pd.DataFrame, pd.DataFrame] | None, str | None]:
+    """Both windows' users scored by ``bundle`` (default: the registered champion), and
+    why score drift cannot be judged (None: it can, or there is no champion yet).
+
+    The current window is scored against the reference's centroid, so both windows are
+    measured against the same direction.
+    """
+    from rtrec.monitoring.scores import champion_bundle, score_features
+
+    reference, current = windows
+    model, not_judged = (bundle, None) if bundle is not None else champion_bundle(settings)
+    if model is None or not len(reference) or not len(current):
+        return None, not_judged
+    ref_s, centroid = score_features(model, reference, history=events, sample=cfg.score_sample)
+    cur_s, _ = score_features(
+        model, current, history=events, centroid=centroid, sample=cfg.score_sample
+    )
+    return (ref_s, cur_s), not_judged
 
 
 def read_covered(
