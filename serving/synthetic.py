@@ -48,56 +48,80 @@ def synthetic_bundle(
     index over isotropic vectors needs every list probed to reach its recall target,
     which would benchmark brute force rather than the index the service really runs.
     """
-    import torch
-    from rtrec.training import (
-        InputEncoder,
-        TrainConfig,
-        TrainedModel,
-        TwoTower,
-        TwoTowerConfig,
-        Vocab,
-        build_index,
-        save_bundle,
-    )
+    from rtrec.training import InputEncoder, TrainConfig, TrainedModel, Vocab
 
     rng = np.random.default_rng(seed)
     clustered = n_items > 50_000 if clustered is None else clustered
     items = Vocab([f"i{j}" for j in range(n_items)])
     users = Vocab([f"u{j}" for j in range(n_users)])
     categories = Vocab([f"c{j}" for j in range(n_categories)])
-    table = np.zeros((items.size, 4), dtype=np.int64)
-    table[1:, 0] = rng.integers(1, n_categories + 1, n_items)
-    second = rng.random(n_items) < 0.3
-    table[1:, 1] = np.where(second, rng.integers(1, n_categories + 1, n_items), 0)
+    table = _category_table(rng, items.size, n_categories)
     dense = dense_feature_names()
     encoders = InputEncoder(users, items, categories, dense, history_len, table)
-    torch.manual_seed(seed)
-    net = TwoTower(
-        TwoTowerConfig(
-            n_users=users.size,
-            n_items=items.size,
-            n_categories=categories.size,
-            n_dense=len(dense),
-            dim=dim,
-            hidden=hidden,
-            history_len=history_len,
-            max_item_categories=table.shape[1],
-        )
-    ).eval()
-    with torch.no_grad():  # larger than training's init, so history moves the user vector
-        for emb, std in ((net.user_emb, 0.3), (net.hist_emb, 1.0), (net.item_emb, 1.0)):
-            emb.weight.normal_(0.0, std)
-            emb.weight[0].zero_()
+    net = _network(encoders, dim=dim, hidden=hidden, seed=seed)
     model = TrainedModel(net, encoders, TrainConfig(dim=dim, hidden=hidden, seed=seed))
     embeddings = _clustered(rng, n_items, dim) if clustered else _item_embeddings(net, table)
     model.item_embeddings = lambda: embeddings  # type: ignore[method-assign]
+    return _save(Path(directory), model, rng, seed=seed, index_kind=index_kind, tag=version_tag)
+
+
+def _category_table(rng: np.random.Generator, size: int, n_categories: int) -> np.ndarray:
+    """Each item's categories (row 0: padding): a primary one, and a second for ~30%."""
+    n_items = size - 1
+    table = np.zeros((size, 4), dtype=np.int64)
+    table[1:, 0] = rng.integers(1, n_categories + 1, n_items)
+    second = rng.random(n_items) < 0.3
+    table[1:, 1] = np.where(second, rng.integers(1, n_categories + 1, n_items), 0)
+    return table
+
+
+def _network(encoders: Any, *, dim: int, hidden: int, seed: int) -> Any:
+    """The untrained two-tower network, its embeddings drawn wider than training's init
+    so that a user's history moves the user vector."""
+    import torch
+    from rtrec.training import TwoTower, TwoTowerConfig
+
+    torch.manual_seed(seed)
+    net = TwoTower(
+        TwoTowerConfig(
+            n_users=encoders.users.size,
+            n_items=encoders.items.size,
+            n_categories=encoders.categories.size,
+            n_dense=len(encoders.dense),
+            dim=dim,
+            hidden=hidden,
+            history_len=encoders.history_len,
+            max_item_categories=encoders.item_categories.shape[1],
+        )
+    ).eval()
+    with torch.no_grad():
+        for emb, std in ((net.user_emb, 0.3), (net.hist_emb, 1.0), (net.item_emb, 1.0)):
+            emb.weight.normal_(0.0, std)
+            emb.weight[0].zero_()
+    return net
+
+
+def _save(
+    directory: Path,
+    model: Any,
+    rng: np.random.Generator,
+    *,
+    seed: int,
+    index_kind: str,
+    tag: str | None,
+) -> Path:
+    """Index the items, pick a random popular list, and save the bundle."""
+    from rtrec.training import build_index, save_bundle
+
+    items = model.encoders.items
+    n_items = items.size - 1
     keys = model.item_keys()  # no popularity prior: its column is zeros
     index = build_index(keys, kind=index_kind, use_gpu=False, k=100, seed=seed)  # type: ignore[arg-type]
     popular = [items.ids[j] for j in rng.permutation(n_items)[: min(n_items, 500)]]
     extra: dict[str, Any] = {"synthetic": True}
-    if version_tag is not None:
-        extra["version_tag"] = version_tag
-    out = save_bundle(Path(directory), model=model, index=index, popular_items=popular, extra=extra)
+    if tag is not None:
+        extra["version_tag"] = tag
+    out = save_bundle(directory, model=model, index=index, popular_items=popular, extra=extra)
     logger.info("synthetic bundle written", extra={"items": n_items, "path": str(out)})
     return out
 
