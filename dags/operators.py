@@ -290,17 +290,22 @@ class TellServingOperator(RtrecStepOperator):
 
 
 class MaterializeFeaturesOperator(RtrecStepOperator):
-    """Backfill the online store from the offline log; XCom: ``users``, ``events``.
+    """Rebuild the online store's user, item and trending stream features from the offline
+    log through the stream processor's aggregation (``rtrec.streaming.backfill_online_store``)
+    and materialize the catalog and profile views; XCom: ``users``, ``items``, ``events``,
+    ``hours``, ``end_ms``, ``trending_epoch_ms``, ``batch_views``.
 
-    :param end_ms: end of the backfill window (ms); default the newest logged event.
-    :param days: window length; the longest feature window (7 days) by default.
+    :param end_ms: end of the replay (ms); default just after the newest logged event.
+    :param days: replay only the last ``days`` before ``end_ms``; None (default) replays the
+        whole log, which the features need to equal what the stream wrote (histories and
+        trending scores reach back to the first event; see the step).
     """
 
     step = "materialize_features"
     talks_to_services = True
     template_fields: Sequence[str] = ("end_ms", "days")
 
-    def __init__(self, *, end_ms: Any = None, days: Any = 7.0, **kwargs: Any):
+    def __init__(self, *, end_ms: Any = None, days: Any = None, **kwargs: Any):
         super().__init__(**kwargs)
         self.end_ms, self.days = end_ms, days
 

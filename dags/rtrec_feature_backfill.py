@@ -1,8 +1,15 @@
 """``rtrec_feature_backfill``: rebuild the online store from the offline event log.
 
-For a fresh or flushed Redis, or a new feature view: user stream features are recomputed
-from the last ``days`` of logged events with the stream processor's own aggregate, and
-Feast materializes the catalog and profile views. Run by hand (params ``end_ms``, ``days``).
+For a fresh or flushed Redis, or a new feature view: the user, item and trending stream
+features are recomputed from the logged events through the stream processor's own
+aggregation (``rtrec.streaming.backfill_online_store``), and Feast materializes the
+catalog and profile views. Run by hand (params ``end_ms``, ``days``).
+
+``days`` defaults to none: the whole log is replayed, because that is what the stream
+built its features from. A user's ``recent_items`` and ``last_event_ms`` reach back to
+their first event, an item or user not seen lately still has its row, and the trending
+scores sum every event since the trending epoch; a shorter replay (``days`` set) is
+faster but leaves those short of what the stream wrote.
 """
 
 from __future__ import annotations
@@ -24,7 +31,12 @@ with DAG(
     doc_md=__doc__,
     params={
         "end_ms": Param(None, type=["null", "integer"], description="window end; default latest"),
-        "days": Param(7.0, type="number", exclusiveMinimum=0),
+        "days": Param(
+            None,
+            type=["null", "number"],
+            exclusiveMinimum=0,
+            description="replay only the last days before end_ms; default the whole log",
+        ),
     },
 ) as dag:
     MaterializeFeaturesOperator(

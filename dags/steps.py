@@ -21,7 +21,6 @@ from rtrec.errors import InvalidInput
 
 logger = logging.getLogger(__name__)
 
-DAY_MS = 86_400_000
 StepFn = Callable[..., dict[str, Any]]
 
 
@@ -157,13 +156,18 @@ def tell_serving(settings: Settings, *, version: str, timeout_s: float = 30.0) -
 
 
 def materialize_features(
-    settings: Settings, *, end_ms: int | None = None, days: float = 7.0
+    settings: Settings, *, end_ms: int | None = None, days: float | None = None
 ) -> dict[str, Any]:
     """Backfill the online store from the offline event log (a fresh Redis, a new view).
 
     The stream features (users, item windows, trending) are replayed from the log's
-    ``[end - days, end)`` through the stream processor's own aggregation
+    events before ``end_ms`` through the stream processor's own aggregation
     (``rtrec.streaming.backfill_online_store``); the batch views are loaded by Feast.
+    ``days`` None (the default) replays the whole log, the only window that gives back
+    what the stream wrote: ``recent_items`` and ``last_event_ms`` reach back to a user's
+    first event, every user and item ever seen has a row, and trending scores sum every
+    event since the trending epoch. A number replays only the last ``days`` (faster;
+    those features then miss what came before).
     """
     from rtrec.features import materialize_batch_views
     from rtrec.streaming import backfill_online_store

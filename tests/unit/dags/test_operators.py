@@ -77,7 +77,7 @@ def test_unknown_step_is_refused() -> None:
 @pytest.fixture
 def small_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """An offline event log too small to judge: the check answers without Evidently."""
-    from rtrec.streaming.offline import SCHEMA
+    from rtrec.streaming import write_events
 
     rng = np.random.default_rng(0)
     ts = np.sort(rng.integers(0, 9 * 86_400_000, 120)) + 1_700_000_000_000
@@ -87,20 +87,10 @@ def small_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
             "item_id": [f"i{i % 11}" for i in range(120)],
             "event_type": ["view", "click"] * 60,
             "ts": ts,
-            "event_time": pd.to_datetime(ts, unit="ms", utc=True),
             "value": 1.0,
-            "partition": 0,
-            "offset": np.arange(120),
         }
     )
-    out = tmp_path / "offline" / "events"
-    out.mkdir(parents=True)
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    pq.write_table(
-        pa.Table.from_pandas(frame, schema=SCHEMA, preserve_index=False), out / "p.parquet"
-    )
+    write_events(tmp_path / "offline" / "events", frame)
     monkeypatch.setenv("RTREC_WORK_DIR", str(tmp_path))
     # Written here, not by a stream processor: no watermark to wait for.
     monkeypatch.setenv("RTREC_MONITORING__OFFLINE_COVERAGE", "unchecked")
