@@ -5,30 +5,45 @@ Redis server, plus the directories of the offline store, MLflow registry, Airflo
 Evidently workspace. A component is only started when its configured address is on this
 machine (loopback); a remote address is checked, never started, so the same commands work
 against real clusters. Every process started is recorded in ``<work_dir>/run/<name>.json``
-and ``down`` stops exactly those.
+(:mod:`rtrec.app.processes`) and ``down`` stops exactly those.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
-import logging
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
-from rtrec.config import Settings
+from rtrec.app.processes import (
+    managed_names,
+    managed_pid,
+    port_open,
+    start_managed,
+    stop_managed,
+)
+from rtrec.config import Settings, host_port
 from rtrec.errors import NotFound, Unavailable
 
-logger = logging.getLogger(__name__)
+__all__ = [
+    "ComponentStatus",
+    "down",
+    "ensure_topics",
+    "kafka_address",
+    "make_dirs",
+    "managed_names",
+    "managed_pid",
+    "port_open",
+    "start_kafka",
+    "start_managed",
+    "start_redis",
+    "status",
+    "stop_managed",
+    "tansu_binary",
+    "up",
+]
+"""The process supervision (:mod:`rtrec.app.processes`) is part of this module's API:
+callers start and stop their own services through the stack they run on."""
 
 _LOOPBACK = {"127.0.0.1", "localhost", "::1", "0.0.0.0"}
 
@@ -43,148 +58,9 @@ class ComponentStatus:
     """True when this work dir's ``rtrec up`` started the process."""
 
 
-def _host_port(address: str, default_port: int) -> tuple[str, int]:
-    """``host:port`` or a URL -> (host, port), by ``urllib.parse`` (IPv6 brackets too)."""
-    parsed = urlsplit(address if "://" in address else f"//{address}")
-    return parsed.hostname or "127.0.0.1", parsed.port or default_port
-
-
 def kafka_address(settings: Settings) -> tuple[str, int]:
-    return _host_port(settings.kafka.bootstrap_servers.split(",")[0].strip(), 9092)
-
-
-def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def wait_port(host: str, port: int, *, timeout: float = 20.0, what: str = "service") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if port_open(host, port):
-            return
-        time.sleep(0.05)
-    raise Unavailable(f"{what} did not open {host}:{port} within {timeout:.0f} s")
-
-
-# --- managed processes -------------------------------------------------------------
-
-
-def _pid_file(settings: Settings, name: str) -> Path:
-    return settings.run_dir / f"{name}.json"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie still answers kill(0); treat it as dead.
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        return state != "Z"
-    except (OSError, IndexError):
-        return True
-
-
-def managed_pid(settings: Settings, name: str) -> int | None:
-    """Pid of a process this work dir started under ``name``, if it is still running."""
-    path = _pid_file(settings, name)
-    if not path.exists():
-        return None
-    try:
-        pid = int(json.loads(path.read_text())["pid"])
-    except (ValueError, KeyError, OSError):
-        return None
-    return pid if _alive(pid) else None
-
-
-def start_managed(
-    settings: Settings,
-    name: str,
-    cmd: Sequence[str],
-    *,
-    port: tuple[str, int] | None = None,
-    env: dict[str, str] | None = None,
-    cwd: Path | None = None,
-    ready: Callable[[], bool] | None = None,
-    timeout: float = 30.0,
-    stop_signal: int = signal.SIGTERM,
-) -> int:
-    """Start ``cmd`` in its own process group, record it, and wait until it is ready.
-
-    Harmless when already running under this work dir; raises :class:`Unavailable`
-    naming the port when something else holds it.
-    """
-    pid = managed_pid(settings, name)
-    if pid is not None:
-        return pid
-    if port is not None and port_open(*port):
-        raise Unavailable(
-            f"port {port[1]} on {port[0]} is already in use by another process; "
-            f"{name} cannot start there (stop that process or change the setting)"
-        )
-    settings.run_dir.mkdir(parents=True, exist_ok=True)
-    settings.log_dir.mkdir(parents=True, exist_ok=True)
-    log = (settings.log_dir / f"{name}.log").open("ab")
-    proc = subprocess.Popen(
-        list(cmd),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        env={**os.environ, **(env or {})},
-        cwd=cwd,
-        start_new_session=True,
-    )
-    log.close()
-    _pid_file(settings, name).write_text(
-        json.dumps({"pid": proc.pid, "cmd": list(cmd), "stop_signal": int(stop_signal)})
-    )
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            _pid_file(settings, name).unlink(missing_ok=True)
-            tail = (settings.log_dir / f"{name}.log").read_text(errors="replace")[-800:]
-            raise Unavailable(f"{name} exited with code {proc.returncode} at start:\n{tail}")
-        ok = ready() if ready is not None else (port is None or port_open(*port))
-        if ok:
-            logger.info("started %s", name, extra={"pid": proc.pid})
-            return proc.pid
-        time.sleep(0.05)
-    stop_managed(settings, name)
-    raise Unavailable(f"{name} did not become ready within {timeout:.0f} s")
-
-
-def stop_managed(settings: Settings, name: str, *, timeout: float = 15.0) -> bool:
-    """Stop a recorded process group (its own stop signal, then SIGKILL). True if one ran."""
-    path = _pid_file(settings, name)
-    if not path.exists():
-        return False
-    try:
-        info = json.loads(path.read_text())
-        pid, sig = int(info["pid"]), int(info.get("stop_signal", signal.SIGTERM))
-    except (ValueError, KeyError, OSError):
-        path.unlink(missing_ok=True)
-        return False
-    was_running = _alive(pid)
-    if was_running:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, sig)
-        deadline = time.monotonic() + timeout
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGKILL)  # stragglers in the group, or the leader if stuck
-        deadline = time.monotonic() + 5
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-    path.unlink(missing_ok=True)
-    return was_running
+    """Host and port of the first bootstrap server (the one the embedded broker serves)."""
+    return host_port(settings.kafka.bootstrap_servers.split(",")[0], 9092)
 
 
 # --- components ----------------------------------------------------------------------
@@ -367,19 +243,8 @@ def status(settings: Settings) -> list[ComponentStatus]:
     return out
 
 
-def managed_names(settings: Settings) -> list[str]:
-    if not settings.run_dir.is_dir():
-        return []
-    return sorted(p.stem for p in settings.run_dir.glob("*.json"))
-
-
 def down(settings: Settings) -> list[str]:
     """Stop every process this work dir started (services first, broker last)."""
     order = {"kafka": 2, "redis": 1}
     names = sorted(managed_names(settings), key=lambda n: order.get(n, 0))
     return [name for name in names if stop_managed(settings, name)]
-
-
-def python_exe() -> str:
-    """The interpreter running rtrec, for child processes that must share its venv."""
-    return sys.executable

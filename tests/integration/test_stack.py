@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from rtrec.app import stack as stack_mod
+from rtrec.app.processes import alive
 from rtrec.config import Settings, host_port, load_settings
 from rtrec.errors import Unavailable
 from rtrec.events import Interaction, parse_event
@@ -110,7 +111,7 @@ def test_cli_up_status_down_leaves_nothing(tmp_path: Path) -> None:
     down = _cli(env, "down")
     assert down.returncode == 0
     for pid in pids:
-        assert pid is not None and not stack_mod._alive(pid)
+        assert pid is not None and not alive(pid)
     st = _cli(env, "status")
     assert st.returncode == 1
     assert "DOWN" in st.stdout

@@ -1,0 +1,169 @@
+"""Processes the embedded stack starts and stops: what ``rtrec up`` records and ``down`` ends.
+
+Every process is started in its own process group and recorded in
+``<work_dir>/run/<name>.json`` (pid, command, stop signal), so a later command, in another
+interpreter, stops exactly what this work dir started and nothing else. A port is probed
+with a plain TCP connect: readiness is what a client would see.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from rtrec.config import Settings
+from rtrec.errors import Unavailable
+
+logger = logging.getLogger(__name__)
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    """Whether something accepts TCP connections on ``host:port`` now."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _pid_file(settings: Settings, name: str) -> Path:
+    return settings.run_dir / f"{name}.json"
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, which still answers ``kill(pid, 0)``, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def managed_pid(settings: Settings, name: str) -> int | None:
+    """Pid of a process this work dir started under ``name``, if it is still running."""
+    path = _pid_file(settings, name)
+    if not path.exists():
+        return None
+    try:
+        pid = int(json.loads(path.read_text())["pid"])
+    except (ValueError, KeyError, OSError):
+        return None
+    return pid if alive(pid) else None
+
+
+def managed_names(settings: Settings) -> list[str]:
+    """Names of every process this work dir recorded (running or not)."""
+    if not settings.run_dir.is_dir():
+        return []
+    return sorted(p.stem for p in settings.run_dir.glob("*.json"))
+
+
+def start_managed(
+    settings: Settings,
+    name: str,
+    cmd: Sequence[str],
+    *,
+    port: tuple[str, int] | None = None,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    ready: Callable[[], bool] | None = None,
+    timeout: float = 30.0,
+    stop_signal: int = signal.SIGTERM,
+) -> int:
+    """Start ``cmd`` in its own process group, record it, and wait until it is ready.
+
+    Harmless when already running under this work dir; raises :class:`Unavailable`
+    naming the port when something else holds it.
+    """
+    pid = managed_pid(settings, name)
+    if pid is not None:
+        return pid
+    if port is not None and port_open(*port):
+        raise Unavailable(
+            f"port {port[1]} on {port[0]} is already in use by another process; "
+            f"{name} cannot start there (stop that process or change the setting)"
+        )
+    proc = _spawn(settings, name, cmd, env=env, cwd=cwd, stop_signal=stop_signal)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            _pid_file(settings, name).unlink(missing_ok=True)
+            tail = (settings.log_dir / f"{name}.log").read_text(errors="replace")[-800:]
+            raise Unavailable(f"{name} exited with code {proc.returncode} at start:\n{tail}")
+        ok = ready() if ready is not None else (port is None or port_open(*port))
+        if ok:
+            logger.info("started %s", name, extra={"pid": proc.pid})
+            return proc.pid
+        time.sleep(0.05)
+    stop_managed(settings, name)
+    raise Unavailable(f"{name} did not become ready within {timeout:.0f} s")
+
+
+def _spawn(
+    settings: Settings,
+    name: str,
+    cmd: Sequence[str],
+    *,
+    env: dict[str, str] | None,
+    cwd: Path | None,
+    stop_signal: int,
+) -> subprocess.Popen[bytes]:
+    """Start ``cmd`` (output to ``<log_dir>/<name>.log``) and record it in its pid file."""
+    settings.run_dir.mkdir(parents=True, exist_ok=True)
+    settings.log_dir.mkdir(parents=True, exist_ok=True)
+    log = (settings.log_dir / f"{name}.log").open("ab")
+    proc = subprocess.Popen(
+        list(cmd),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+        start_new_session=True,
+    )
+    log.close()
+    _pid_file(settings, name).write_text(
+        json.dumps({"pid": proc.pid, "cmd": list(cmd), "stop_signal": int(stop_signal)})
+    )
+    return proc
+
+
+def stop_managed(settings: Settings, name: str, *, timeout: float = 15.0) -> bool:
+    """Stop a recorded process group (its own stop signal, then SIGKILL). True if one ran."""
+    path = _pid_file(settings, name)
+    if not path.exists():
+        return False
+    try:
+        info = json.loads(path.read_text())
+        pid, sig = int(info["pid"]), int(info.get("stop_signal", signal.SIGTERM))
+    except (ValueError, KeyError, OSError):
+        path.unlink(missing_ok=True)
+        return False
+    was_running = alive(pid)
+    if was_running:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, sig)
+        deadline = time.monotonic() + timeout
+        while alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)  # stragglers in the group, or the leader if stuck
+        deadline = time.monotonic() + 5
+        while alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    path.unlink(missing_ok=True)
+    return was_running
