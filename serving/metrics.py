@@ -1,4 +1,4 @@
-"""Prometheus metrics of the service (exposed on BentoML's /metrics)."""
+"""Prometheus metrics of the service (served on /metrics by ``serving.edge.RouteMetrics``)."""
 
 from __future__ import annotations
 

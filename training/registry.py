@@ -1,13 +1,11 @@
 """The model registry: the only module that talks to MLflow.
 
-A training run logs its params, metrics, report and the model bundle directory (both towers,
-the item embedding table and the FAISS index, written by ``rtrec.training.artifacts``) as one
-``mlflow.pyfunc`` model and registers it under ``settings.mlflow.model_name``. The promotion
-gate (:meth:`ModelRegistry.promote_on_evidence`) judges the evidence the training run
-gathered on the gate slice (``rtrec.training.gate``) with ``settings.training.gate_margin``; every
-decision, with the slice, both scores and the gain's interval, and every rollback is written
-as version tags, so the registry itself is the audit log. Serving fetches the champion with
-:func:`download_bundle`.
+A training run logs its params, metrics, report and bundle (``rtrec.training.artifacts``)
+as one ``mlflow.pyfunc`` model under ``settings.mlflow.model_name``. The promotion gate
+(:meth:`ModelRegistry.promote_on_evidence`) judges the run's gate-slice evidence
+(``rtrec.training.gate``); every decision (slice, both scores, the gain's interval) and every
+rollback is written as version tags, so the registry itself is the audit log. Serving
+fetches the champion with :func:`download_bundle`.
 
 Two aliases, and what each step does to them (``rtrec model list`` shows them; serving
 loads ``champion``, and ``challenger`` only for its A/B split or shadow scoring):
