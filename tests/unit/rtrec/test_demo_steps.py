@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rtrec.app.demo import DemoReport, Missed, _in_windows
+from rtrec.app.demo.model_steps import in_windows
+from rtrec.app.demo.runner import DemoReport, Missed, fail_on_missed
 
 DAY = 86_400_000
 
@@ -38,17 +39,50 @@ def test_a_missed_step_is_recorded_with_its_reason_and_no_duration(
 def test_window_counts_use_the_monitors_bounds() -> None:
     now = 100 * DAY
     ts = np.array([now - 8 * DAY - 1, now - 8 * DAY, now - DAY - 1, now - DAY, now - 1, now])
-    assert _in_windows(ts, now, 7.0, 1.0) == [2, 2]
+    assert in_windows(ts, now, 7.0, 1.0) == [2, 2]
 
 
 def test_the_demo_exits_non_zero_when_a_promised_step_did_not_happen() -> None:
     import click
 
-    from rtrec.app.demo import _fail_on_missed
-
     report = DemoReport()
     report.step("swap", lambda: {"status": "not promoted", "reason": "gate said no"})
-    _fail_on_missed(report)  # a refused model is no failure
+    fail_on_missed(report)  # a refused model is no failure
     report.step("retrain", lambda: (_ for _ in ()).throw(Missed("not triggered: no drift")))
     with pytest.raises(click.ClickException, match="retrain: skipped: not triggered: no drift"):
-        _fail_on_missed(report)
+        fail_on_missed(report)
+
+
+def test_quick_caps_training_epochs_unless_epochs_is_given() -> None:
+    from rtrec.app.demo.command import QUICK_MAX_EPOCHS, training_epochs
+
+    assert QUICK_MAX_EPOCHS == 10
+    assert training_epochs(quick=True, epochs=None) == QUICK_MAX_EPOCHS
+    assert training_epochs(quick=True, epochs=40) == 40  # --epochs overrides the cap
+    assert training_epochs(quick=False, epochs=None) is None  # each preset's own schedule
+    assert training_epochs(quick=False, epochs=3) == 3
+
+
+def test_steps_run_in_order_on_the_context_and_an_error_stops_the_run() -> None:
+    from rtrec.app.demo.runner import run_steps
+
+    seen: list[str] = []
+
+    def ok(ctx: list[str]) -> dict[str, int]:
+        ctx.append("ok")
+        return {"n": len(ctx)}
+
+    def missed(ctx: list[str]) -> None:
+        ctx.append("missed")
+        raise Missed("not triggered: no drift")
+
+    def broken(ctx: list[str]) -> None:
+        raise RuntimeError("the broker is down")
+
+    report = DemoReport()
+    with pytest.raises(RuntimeError, match="the broker is down"):
+        run_steps(report, seen, [("a", ok), ("b", missed), ("c", broken), ("d", ok)])
+    assert seen == ["ok", "missed"]  # "d" never ran
+    assert [s["step"] for s in report.steps] == ["a", "b"]
+    assert report.steps[0]["n"] == 1 and report.missed == ["b: skipped: not triggered: no drift"]
+    assert len(report.offsets) == 3  # "c" started, then failed

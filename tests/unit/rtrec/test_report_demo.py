@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from rtrec.app.demo import DemoReport, _report, _timeline_rows
+from rtrec.app.demo.html_report import timeline_rows, write_report
+from rtrec.app.demo.runner import DemoReport
 from rtrec.app.report import drift_figure, latency_figure, timeline_figure
 
 COLUMNS = [
@@ -135,7 +136,7 @@ class _Sections(HTMLParser):
 
 def test_report_has_timeline_decision_sizes_and_no_raw_json(tmp_path: Path) -> None:
     report, extras = _run()
-    text = _report(tmp_path / "r.html", report, extras).read_text()
+    text = write_report(tmp_path / "r.html", report, extras).read_text()
     parser = _Sections()
     parser.feed(text)
     s = parser.sections
@@ -159,14 +160,14 @@ def test_report_has_timeline_decision_sizes_and_no_raw_json(tmp_path: Path) -> N
 
 def test_timeline_rows_follow_the_served_version() -> None:
     report, _ = _run()
-    rows = _timeline_rows(report)
+    rows = timeline_rows(report)
     assert [r["model"] for r in rows[2:4]] == ["trained v1, promoted", "serving v1"]
     assert rows[7]["model"] == "serving v2" and rows[7]["start_s"] == 153.0
     assert rows[8]["status"] == "skipped" and rows[8]["reason"] == "not asked for"
 
 
 def test_timeline_figure_axes() -> None:
-    rows = _timeline_rows(_run()[0])
+    rows = timeline_rows(_run()[0])
     ax = timeline_figure(rows).axes[0]
     assert ax.get_xlabel() == "seconds since the run started" and ax.get_ylabel() == "step"
     assert [t.get_text() for t in ax.get_yticklabels()] == [r["step"] for r in rows]
