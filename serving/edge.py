@@ -203,6 +203,12 @@ def route_labeller(api: Any, *, keep: frozenset[str] = frozenset()) -> Callable[
     return label
 
 
+MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+"""Whether this process's metrics live in ``PROMETHEUS_MULTIPROC_DIR``'s files, decided when
+they were created (at import, as this module's own are). Read once: Feast's metrics module sets the
+variable when it is imported, later, and from then on the files hold Feast's series only."""
+
+
 def exposition() -> bytes:
     """Every process's metrics in Prometheus' text format.
 
@@ -210,7 +216,7 @@ def exposition() -> bytes:
     (BentoML sets it for the workers it starts), so they are read back from there;
     without it (a plain process) the default registry is the whole story.
     """
-    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if not MULTIPROCESS:
         return generate_latest()
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)

@@ -239,13 +239,24 @@ def test_training_dag_registers_and_promotes(
 def test_feature_backfill_fills_the_online_store(airflow_settings: Settings, shifted) -> None:
     """Redis loses the online features; the backfill DAG rebuilds them from the log."""
     import redis
-    from rtrec.features import online_features
 
     settings = airflow_settings
     _write_offline_log(settings, shifted.events, shifted.items, shifted.users)
-    redis.Redis.from_url(settings.redis.url).flushdb()
+    store = redis.Redis.from_url(settings.redis.url)
+    store.flushdb()
     end = int(shifted.events["ts"].max()) + 1
-    out = run_dag(settings, "rtrec_feature_backfill", {"end_ms": end, "days": 7.0})
+    try:
+        out = run_dag(settings, "rtrec_feature_backfill", {"end_ms": end, "days": 7.0})
+        _check_backfill(settings, shifted, out, end)
+    finally:
+        # The backfill writes into the shared stack's Redis, trending set included: the
+        # modules after this one (serving's cold-user fallback) must not read its items.
+        store.flushdb()
+
+
+def _check_backfill(settings: Settings, shifted, out: dict, end: int) -> None:
+    from rtrec.features import online_features
+
     result = out["tasks"]["materialize_features"]["xcom"]
     assert out["state"] == "success", out
     week = shifted.events[shifted.events["ts"] >= end - 7 * DAY]

@@ -473,23 +473,24 @@ def test_a_record_validation_did_not_foresee_is_dead_lettered_not_a_crash(
     """Any exception out of validation (a bug, a library surprise) dead-letters that one
     record with the exception named; a crash would repeat on the same record forever."""
 
-    import rtrec.streaming.batch as processor_mod  # where validation is called
+    import rtrec.streaming.batch as batch_mod  # where validation is called
     from rtrec.streaming import publish
+    from rtrec.streaming.processor import StreamProcessor
 
     s = isolated(stack, tmp_path)
     poison = json.dumps({**GOOD, "user_id": "poison"}).encode()
-    real = processor_mod.validate
+    real = batch_mod.validate
 
     def flaky(raw: bytes, now_ms: int, **kw: object) -> Event:
         if raw == poison:
             raise RuntimeError("surprise")
         return real(raw, now_ms, **kw)
 
-    monkeypatch.setattr(processor_mod, "validate", flaky)
+    monkeypatch.setattr(batch_mod, "validate", flaky)
     good = [{**GOOD, "user_id": f"u{k}", "ts": NOW - 10 + k} for k in range(3)]
     pairs = [(e["user_id"].encode(), json.dumps(e).encode()) for e in good]
     publish(s, [*pairs[:2], (b"poison", poison), pairs[2]], progress=False)
-    total = processor_mod.StreamProcessor(s).run(max_idle_s=2)
+    total = StreamProcessor(s).run(max_idle_s=2)
     assert (total.applied, total.dead) == (3, 1)
     assert_online_equals(s, reference(pd.DataFrame(good)))
     letters = dead_letters(s)
