@@ -41,7 +41,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import re
 import time
 from collections.abc import Callable
@@ -54,6 +53,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
     multiprocess,
+    values,
 )
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
@@ -203,10 +203,11 @@ def route_labeller(api: Any, *, keep: frozenset[str] = frozenset()) -> Callable[
     return label
 
 
-MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
-"""Whether this process's metrics live in ``PROMETHEUS_MULTIPROC_DIR``'s files, decided when
-they were created (at import, as this module's own are). Read once: Feast's metrics module sets the
-variable when it is imported, later, and from then on the files hold Feast's series only."""
+MULTIPROCESS = values.ValueClass is not values.MutexValue
+"""Whether this process's metrics live in ``PROMETHEUS_MULTIPROC_DIR``'s files: decided by
+prometheus_client when it was first imported (BentoML sets the variable before its workers
+start), not by the variable now. Feast's metrics module sets it when imported later, and the
+files then hold Feast's series only."""
 
 
 def exposition() -> bytes:
