@@ -210,6 +210,13 @@ class Recommender:
         logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
         torch.set_num_threads(settings.serving.threads)
         self.engine = Engine(settings)
+        if not HEADER_DEADLINE:
+            from rtrec.serving.metrics import DEGRADATIONS
+
+            # use_header_deadline logged it at WARNING; count it and show it in /status
+            self.engine.degradations.record(
+                "no header deadline", "no httptools for uvicorn", metric=DEGRADATIONS, log=False
+            )
         self.watcher = ModelWatcher(
             settings, self.engine.swap, degradations=self.engine.degradations
         )
@@ -237,7 +244,7 @@ Recommender.add_asgi_middleware(RouteMetrics, api=app, skip=PROBES)  # first: ou
 Recommender.add_asgi_middleware(RejectControlPaths)
 # Here, not in __init__: the worker's uvicorn picks its protocol after importing this
 # module and before the service is constructed.
-use_header_deadline(HEADER_TIMEOUT_S)
+HEADER_DEADLINE = use_header_deadline(HEADER_TIMEOUT_S)
 
 
 def openapi_json() -> str:
