@@ -172,7 +172,7 @@ def serve(folder: str, *, warm: bool = False) -> int:
         try:
             _warm_up()
         except Exception:  # a run will load (and report) whatever failed here
-            traceback.print_exc()
+            logger.warning("warm-up failed; the first run loads what is missing", exc_info=True)
     for line in sys.stdin:
         req = json.loads(line)
         with _output_to(req["log"]):
