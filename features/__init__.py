@@ -3,7 +3,8 @@
 Public API::
 
     apply(settings)                          # register definitions (rtrec features apply)
-    online_features(settings, user_ids)      # serving: stream features per user
+    online_features(settings, user_ids)      # stream features per user (synchronous)
+    OnlineReader.for_users(settings)         # serving: the same read, awaited (asyncio Redis)
     item_features(settings, item_ids)
     trending_items(settings, k)              # cold-user fallback
     write_rows(settings, view, rows)         # the stream processor's sink
@@ -28,6 +29,7 @@ _EXPORTS = {
     "count_names": "rtrec.features.definitions",
     "offline_paths": "rtrec.features.definitions",
     "materialize_batch_views": "rtrec.features.materialize",
+    "OnlineReader": "rtrec.features.online_reader",
     "append_offline_rows": "rtrec.features.sink",
     "prepare_rows": "rtrec.features.sink",
     "write_item_features": "rtrec.features.sink",

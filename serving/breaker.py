@@ -14,9 +14,10 @@ INFO line when it closes, and the ``rtrec_serving_breaker_open`` gauge and
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TypeVar
@@ -77,16 +78,36 @@ class Breaker:
         try:
             out = future.result(timeout=self.timeout_s)
         except FutureTimeout:
-            self._timeouts += 1
-            msg = f"{self.name} {self.timeout_says} {self.timeout_s * 1000:.0f} ms"
-            if self._timeouts >= self.trip_after_timeouts:
-                self.trip(msg)
-            raise Unavailable(msg) from None
+            raise self._missed_deadline() from None
         except Unavailable as exc:
             self.trip(str(exc))
             raise
         self._timeouts = 0
         return out
+
+    async def acall(self, fn: Callable[..., Awaitable[T]], *args: object) -> T:
+        """``await fn(*args)`` within ``timeout_s``, as :meth:`call` does for blocking
+        functions: the event loop keeps serving other requests while it waits, and a missed
+        deadline cancels the call (redis-py then drops the connection it was using)."""
+        reason = self.down_reason
+        if reason is not None:
+            raise Unavailable(f"{self.name} marked down: {reason}")
+        try:
+            out = await asyncio.wait_for(fn(*args), self.timeout_s)
+        except TimeoutError:
+            raise self._missed_deadline() from None
+        except Unavailable as exc:
+            self.trip(str(exc))
+            raise
+        self._timeouts = 0
+        return out
+
+    def _missed_deadline(self) -> Unavailable:
+        self._timeouts += 1
+        msg = f"{self.name} {self.timeout_says} {self.timeout_s * 1000:.0f} ms"
+        if self._timeouts >= self.trip_after_timeouts:
+            self.trip(msg)
+        return Unavailable(msg)
 
     def trip(self, reason: str) -> None:
         """Open the breaker (again) with ``reason``; later calls fail at once."""

@@ -1,5 +1,12 @@
 """Bounded reads of the online store, behind a circuit breaker (``rtrec.serving.breaker``).
 
+The request path awaits :meth:`GuardedFeatures.read`: with Redis as the online store it
+is :class:`rtrec.features.OnlineReader` (redis-py's asyncio client, the keys and encoding
+Feast's own read uses), so the event loop serves other requests while Redis answers; a
+custom fetch function or the local SQLite store run on the breaker's worker threads,
+awaited, never blocking the loop either. Calling the object (``guarded(ids)``) is the same
+read, blocking: for code without an event loop.
+
 While the breaker is open requests skip the store at once (the caller serves its flagged
 fallback). The probe pings Redis all the time, so an outage opens the breaker before
 requests run into it, and closes it as soon as Redis answers again.
@@ -7,15 +14,19 @@ requests run into it, and closes it as soon as Redis answers again.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rtrec.serving.breaker import Breaker
 
 from rtrec.config import Settings
 from rtrec.errors import Unavailable
+
+if TYPE_CHECKING:
+    from rtrec.features import OnlineReader
 
 logger = logging.getLogger(__name__)
 
@@ -49,9 +60,26 @@ class GuardedFeatures(Breaker):
         self.settings = settings
         self._fetch: Fetch = fetch or (lambda ids: online_features(settings, ids))
         self._default_fetch = fetch is None
+        self.reader: OnlineReader | None = None
+        if fetch is None and settings.feast.online_store == "redis":
+            from rtrec.features import OnlineReader
+
+            self.reader = OnlineReader.for_users(settings)
 
     def __call__(self, user_ids: list[str]) -> list[dict[str, Any]]:
         return self.call(self._fetch, user_ids)
+
+    async def read(self, user_ids: list[str]) -> list[dict[str, Any]]:
+        """Features per user, awaited within the deadline; :class:`Unavailable` otherwise."""
+        reader = self.reader
+        if reader is not None:
+            if not reader.prepared:  # warm() failed and the store has not come back yet
+                raise Unavailable(f"{self.name} reader not prepared: {self.down_reason}")
+            return await self.acall(reader.read, user_ids)
+        return await self.acall(self._on_thread, user_ids)
+
+    async def _on_thread(self, user_ids: list[str]) -> list[dict[str, Any]]:
+        return await asyncio.wrap_future(self._pool.submit(self._fetch, user_ids))
 
     def warm(self, *, timeout_s: float = 30.0) -> bool:
         """Build the Feast store now (seconds) rather than on the first request.
@@ -64,7 +92,9 @@ class GuardedFeatures(Breaker):
             future.result(timeout=timeout_s)
             return True
         except FutureTimeout:
-            logger.warning("online store not ready after %.0f s; starting degraded", timeout_s)
+            # The breaker stays open (requests get the flagged fallback) until the probe
+            # sees Redis and close() has prepared the reader.
+            self.trip(f"online store not ready after {timeout_s:.0f} s at start")
         except Unavailable as exc:
             self.trip(str(exc))
         return False
@@ -79,7 +109,20 @@ class GuardedFeatures(Breaker):
             from rtrec.features import apply
 
             apply(self.settings)
+        if self.reader is not None:
+            self.reader.prepare()
         self._fetch(["warmup"])
+
+    def close(self) -> None:
+        """Let reads through again, once the asyncio reader is prepared: a store that was
+        down at start never let :meth:`warm` prepare it."""
+        if self.reader is not None and not self.reader.prepared:
+            try:
+                self._first_read()
+            except Exception as exc:  # the store answers PING but is not usable yet
+                self.trip(f"online reader not ready: {exc}")
+                return
+        super().close()
 
     def start(self) -> None:
         if self.settings.feast.online_store == "redis":  # the local store has nothing to ping

@@ -116,7 +116,7 @@ async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
 @app.post("/recommend", response_model=RecommendResponse, responses=error_responses(422))
 async def recommend(body: RecommendRequest, request: Request) -> Response:
     """Top-k items for a user; unknown users and outages get a flagged fallback, never a 500."""
-    return _json(request.app.state.engine.recommend_or_fallback(body))
+    return _json(await request.app.state.engine.recommend_async(body))
 
 
 @app.get(
@@ -145,14 +145,23 @@ async def similar(
     responses=error_responses(422, 503),
 )
 async def feedback(body: FeedbackRequest, request: Request) -> Response:
-    """Interaction events onto Kafka (the stream processor turns them into features)."""
+    """Interaction events onto Kafka (the stream processor turns them into features),
+    each stamped with the sending key's name in ``context.source_key``."""
+    from rtrec.serving.feedback import source_name, stamp
+
     from rtrec.errors import InvalidInput, Unavailable
     from rtrec.events import parse_event
 
+    principal = request.scope["rtrec.principal"]  # set by the Guard for every request here
+    source = source_name(principal)
     events = []
     for n, event in enumerate(body.events):
+        if not principal.may_write(event.user_id):
+            why = f"events.{n}: API key '{principal.name}' may not write feedback for this user"
+            return _error(403, why, f"events.{n}.user_id")
+        raw = stamp(event.model_dump(mode="json", exclude_none=True), source)
         try:  # the contract's own checks too (ts in the future, rating without a value)
-            events.append(parse_event(event.model_dump(mode="json", exclude_none=True)))
+            events.append(parse_event(raw))
         except InvalidInput as exc:
             return _error(422, f"events.{n}: {exc}", f"events.{n}.{exc.field}")
     try:
@@ -199,14 +208,17 @@ class Recommender:
         import torch
         from rtrec.serving.auth import ApiKeys, RateLimiter
         from rtrec.serving.feedback import Publisher
+        from rtrec.serving.launch import refuse_exposed_start
         from rtrec.serving.lifecycle import ModelWatcher
         from rtrec.serving.retrieval import Engine
 
         from rtrec.config import get_settings
-        from rtrec.logging import configure_logging
+        from rtrec.logging import configure_logging, load_redact_salt
 
         settings = get_settings()
         configure_logging("INFO")
+        exposure = refuse_exposed_start(settings.serving)  # no keys on an open address: stop
+        load_redact_salt(settings)
         logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
         torch.set_num_threads(settings.serving.threads)
         self.engine = Engine(settings)
@@ -217,6 +229,14 @@ class Recommender:
             self.engine.degradations.record(
                 "no header deadline", "no httptools for uvicorn", metric=DEGRADATIONS, log=False
             )
+        if exposure == "anonymous":
+            from rtrec.serving.metrics import DEGRADATIONS
+
+            self.engine.degradations.record(  # logged at WARNING, shown in /status
+                "anonymous access",
+                "no API keys on a non-loopback address (serving.allow_anonymous)",
+                metric=DEGRADATIONS,
+            )
         self.watcher = ModelWatcher(
             settings, self.engine.swap, degradations=self.engine.degradations
         )
@@ -226,14 +246,15 @@ class Recommender:
         state.max_body = settings.serving.max_body_bytes
         state.publish = Publisher(settings)
         state.publish.start()
-        state.keys = ApiKeys([k.get_secret_value() for k in settings.serving.api_keys])
+        state.keys = ApiKeys(settings.serving.api_keys)  # the Guard answers 503 until this
         self.engine.popular.start()
         self.engine.online.warm()
         self.engine.online.start()
         self.watcher.initial_load()
         self.watcher.start()
         logger.info(
-            "service started", extra={"ready": self.engine.ready, "auth": state.keys.enabled}
+            "service started",
+            extra={"ready": self.engine.ready, "auth": exposure, "keys": state.keys.names},
         )
 
     def __is_ready__(self) -> bool:

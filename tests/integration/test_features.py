@@ -138,3 +138,65 @@ def test_password_protected_redis_serves_features(tmp_path: Path) -> None:
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def test_async_reader_reads_what_feast_reads_value_for_value(
+    stack: Settings, tmp_path: Path
+) -> None:
+    """The serving path's asyncio reader against Feast's own read, for rows written both
+    by Feast (``write_to_online_store``) and by the stream processor's writer."""
+    import asyncio
+
+    from rtrec.features import OnlineReader, apply, get_store, online_features, write_rows
+    from rtrec.features.definitions import USER_STREAM_VIEW, user_stream_fields
+
+    s = isolated(stack, tmp_path)
+    apply(s)
+    fields = user_stream_fields()
+    now_ms = 1_760_000_000_123
+
+    def row(n: int, history: list[str]) -> dict[str, object]:
+        counts = {name: (n * 977 + j) * (1 if j % 2 else 5000) for j, name in enumerate(fields)}
+        return {
+            **counts,
+            "recent_items": history,
+            "last_event_ms": now_ms - n,
+            "written_ms": now_ms,
+        }
+
+    histories = {
+        "u-plain": ["i1", "i2", "i3"],
+        "u-long": [f"i{j}" for j in range(200)],
+        "u-unicode": ["é-ß", "项目", "i 9"],
+        "u-one": ["i42"],
+    }
+    by_writer = {f"w-{u}": row(n, h) for n, (u, h) in enumerate(histories.items())}
+    by_feast = {f"f-{u}": row(n + 10, h) for n, (u, h) in enumerate(histories.items())}
+    write_rows(s, USER_STREAM_VIEW, [(u, v, now_ms) for u, v in by_writer.items()])
+    frame = pd.DataFrame(
+        [
+            {"user_id": u, **v, "event_timestamp": pd.Timestamp(now_ms, unit="ms", tz="UTC")}
+            for u, v in by_feast.items()
+        ]
+    )
+    get_store(s).write_to_online_store(USER_STREAM_VIEW, frame)
+    users = [*by_writer, *by_feast, "never-seen"]
+
+    reader = OnlineReader.for_users(s)
+    reader.prepare()
+
+    async def read_all() -> tuple[list[dict[str, object]], list[dict[str, object]]]:
+        try:
+            batch = await reader.read(users)
+            one_by_one = [(await reader.read([u]))[0] for u in users]
+            return batch, one_by_one
+        finally:
+            await reader.aclose()
+
+    batch, one_by_one = asyncio.run(read_all())
+    feast = online_features(s, users)
+    assert batch == feast and one_by_one == feast
+    for user, want in {**by_writer, **by_feast}.items():
+        got = feast[users.index(user)]
+        assert got == {name: want[name] for name in fields}, user  # what was written
+    assert all(v is None for v in feast[-1].values())

@@ -114,3 +114,39 @@ def test_online_store_and_event_broker_report_alike(tmp_path: Path) -> None:
         guarded.close()
         assert guarded.down_reason is None
         assert _sample("rtrec_serving_breaker_open", label) == 0
+
+
+def test_awaited_calls_have_the_same_deadline_and_trip_rule(tmp_path: Path) -> None:
+    """``acall`` (the event loop's form of ``call``): a missed deadline raises Unavailable
+    naming it, ``trip_after_timeouts`` of them open the breaker, then calls fail at once
+    without waiting; a success resets the count."""
+    import asyncio
+
+    from rtrec.errors import Unavailable
+
+    settings = load_settings(work_dir=tmp_path)
+    online = GuardedFeatures(settings, lambda ids: [{}], timeout_s=0.02, trip_after_timeouts=2)
+
+    async def slow() -> str:
+        await asyncio.sleep(1.0)
+        return "late"
+
+    async def quick() -> str:
+        return "ok"
+
+    async def scenario() -> list[str]:
+        seen = []
+        for fn in (slow, quick, slow, slow, quick):
+            start = asyncio.get_running_loop().time()
+            try:
+                seen.append(await online.acall(fn))
+            except Unavailable as exc:
+                waited = asyncio.get_running_loop().time() - start
+                seen.append(f"{'open' if 'marked down' in str(exc) else 'late'}:{waited < 0.5}")
+        return seen
+
+    try:
+        assert asyncio.run(scenario()) == ["late:True", "ok", "late:True", "late:True", "open:True"]
+        assert online.down_reason == "online store read exceeded 20 ms"
+    finally:
+        online.stop()

@@ -281,3 +281,39 @@ def test_fallback_tops_up_short_trending_with_popular(engine: Engine, loaded) ->
     assert ids(out)[:2] == ["i9", "i8"] and len(out["items"]) == 6
     assert "trending+popular" in out["fallback_reason"]
     assert set(ids(out)[2:]) <= set(loaded.bundle.popular_items)
+
+
+def _without_timing(out: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in out.items() if k != "server_ms"}
+
+
+def test_awaited_path_answers_exactly_what_the_blocking_path_answers(
+    engine: Engine, store: Store, loaded: Loaded
+) -> None:
+    """The service awaits the feature read (``recommend_async``); the answers must be the
+    blocking path's, item for item and score for score, on fixed inputs: warm users with
+    and without exclude_seen, filters, k past the catalog, a cold user, an outage."""
+    import asyncio
+
+    items = loaded.bundle.item_ids
+    store.rows["u1"] = {"recent_items": items[:7], "last_event_ms": 1_750_000_000_000}
+    store.rows["u2"] = {"recent_items": items[50:52], "cnt_click_7d": 3}
+    store.rows["fresh"] = {"recent_items": items[9:10]}
+    f = Filters(include_categories=["c1"], exclude_categories=["c3"], exclude_items=items[:3])
+    requests = [
+        RecommendRequest(user_id="u1", k=20),
+        RecommendRequest(user_id="u1", k=20, exclude_seen=False),
+        RecommendRequest(user_id="u2", k=10, filters=f),
+        RecommendRequest(user_id="u2", k=1000),
+        RecommendRequest(user_id="fresh", k=5),
+        RecommendRequest(user_id="stranger", k=5),
+    ]
+    for req in requests:
+        blocking = engine.recommend_or_fallback(req)
+        awaited = asyncio.run(engine.recommend_async(req))
+        assert _without_timing(awaited) == _without_timing(blocking), req
+    store.down = True
+    blocking = engine.recommend_or_fallback(requests[0])
+    engine.online.close()  # the failed read opened the breaker: start the other path alike
+    awaited = asyncio.run(engine.recommend_async(requests[0]))
+    assert awaited["fallback"] and _without_timing(awaited) == _without_timing(blocking)
