@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import socket
 import sys
+import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,3 +34,45 @@ def start_stream_processor(settings: Any, name: str) -> None:
     from rtrec.app.stack import start_managed
 
     start_managed(settings, name, [sys.executable, "-m", "rtrec.app.cli", "stream", "run"])
+
+
+def fresh_stack_settings(work: Path) -> Any:
+    """Settings for an embedded stack of this run's own: an emptied work dir and free
+    ports, exported as RTREC_* so the processes the bench starts see them too.
+
+    Fresh every run: the embedded broker keeps no data, so consumer offsets kept in an
+    old Redis would point past the new topic's end and the processor would skip events.
+    """
+    from rtrec.config import get_settings
+
+    shutil.rmtree(work, ignore_errors=True)
+    os.environ.update(
+        {
+            "RTREC_WORK_DIR": str(work),
+            "RTREC_KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",
+            "RTREC_KAFKA__SESSION_TIMEOUT_MS": "2000",
+            "RTREC_REDIS__URL": f"redis://127.0.0.1:{free_port()}/0",
+        }
+    )
+    get_settings.cache_clear()
+    return get_settings()
+
+
+def seed_histories(settings: Any, histories: Mapping[str, Sequence[str]], *, seed: int = 3) -> None:
+    """Write each user's ``recent_items`` (and random event counts) to the online store,
+    as the stream processor would have: the service reads them like any user's."""
+    import numpy as np
+    import pandas as pd
+    from rtrec.features import count_names, write_user_features
+
+    rng = np.random.default_rng(seed)
+    now = int(time.time() * 1000)
+    rows = [
+        {"user_id": u, "recent_items": list(h), "last_event_ms": now - 60_000, "written_ms": now}
+        | {c: int(rng.integers(0, 20)) for c in count_names()}
+        for u, h in histories.items()
+    ]
+    frame = pd.DataFrame(rows)
+    frame["event_timestamp"] = pd.to_datetime(frame["last_event_ms"], unit="ms", utc=True)
+    for start in range(0, len(frame), 1000):
+        write_user_features(settings, frame.iloc[start : start + 1000])

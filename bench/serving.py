@@ -1,14 +1,30 @@
-"""Serving latency: 1M-item catalog, real BentoML server, real Redis/Kafka, open-loop load.
+"""Serving latency: a real BentoML server, real Redis/Kafka, an open-loop realistic mix.
 
-    python bench/serving.py                       # 1M items, 64-d, rates 100..800 req/s
-    python bench/serving.py --items 100000 --duration 5 --click-users 20   # quicker
+    python bench/serving.py                          # synthetic 1M items, 64-d
+    python bench/serving.py --bundle demo            # the demo's champion (trained)
+    python bench/serving.py --bundle PATH/TO/bundle  # any model bundle directory
+    python bench/serving.py --items 20000 --duration 2 --rates 50,200 --click-users 3
 
-Steps: build (or reuse) a synthetic 1M-item bundle (untrained two-tower + IVF index);
-start an embedded stack (Tansu + Redis) on free ports, the stream processor and the
-service; seed online histories; measure bare retrieval (user tower + FAISS, in this
-process, no HTTP); offer fixed rates of /recommend over keep-alive connections
-(latency from each request's due time); then the click-to-change time: post a click to
-/feedback and poll /recommend until that user's list changes. The last line is JSON.
+The model: ``--bundle PATH`` serves that bundle directory (what ``serving.bundle_path``
+takes); ``--bundle demo`` the champion the demo's service last loaded, which it keeps at
+``<work_dir>/serving/last_good/bundle`` (work dir: ``--demo-work-dir``, by default the
+settings' ``RTREC_WORK_DIR`` or ``~/.rtrec``); without ``--bundle``, a synthetic catalog
+of ``--items`` items (untrained two-tower, clustered item vectors, IVF index).
+
+Steps: start an embedded stack (Tansu + Redis) on free ports, the stream processor and
+the service; seed online histories (skewed lengths up to 200); measure bare retrieval
+(user tower + FAISS + filters in this process, no HTTP) on the same mix; offer each rate
+of /recommend in the mix of :mod:`bench.serving_mix` plus GET /similar at a tenth of it
+(open loop, latency from each request's due time); then the click-to-change time: post a
+click to /feedback and poll /recommend until that user's list changes.
+
+Per rate and endpoint: p50/p95/p99/p99.9/max, errors by status, fallbacks (cold vs other
+reasons), the server's own p99 (``server_ms``), the service process tree's CPU seconds
+per answered request, the 1-minute load average before and after. A rate *holds* when
+/recommend's p99 is at most the threshold and no request of either endpoint failed;
+``max_rps_p99_under_10ms`` (and ``_5ms``) is the largest rate that held with every lower
+rate holding too. ``--rates`` must include 200: the headline figures are read there. The
+last line of output is one JSON object.
 """
 
 from __future__ import annotations
@@ -16,143 +32,99 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
-import shutil
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 
-from bench._common import free_port, service_env, start_stream_processor
+from bench._common import (
+    free_port,
+    fresh_stack_settings,
+    seed_histories,
+    service_env,
+    start_stream_processor,
+)
+from bench.serving_bare import bare_retrieval, gpu_figures, gpu_retrieval_p99_ms, retrieval_device
+from bench.serving_mix import Population, bare_plan, category_shares, make_histories, plan_rate
+from bench.serving_report import (
+    AT_RATE,
+    MissingRate,
+    Tally,
+    TreeCpu,
+    headline,
+    holds,
+    load_avg_1m,
+    rate_row,
+)
+
+__all__ = ["gpu_retrieval_p99_ms", "main", "retrieval_device"]
 
 KEY = "bench-key"
-TARGET_MS = 10.0
 
 
-class Tally:
-    """Reads each 200 answer: the service's own time and whether it was a fallback."""
+def demo_bundle(work_dir: Path) -> Path:
+    """The champion bundle the demo's service last loaded (its last-good copy)."""
+    path = work_dir / "serving" / "last_good" / "bundle"
+    from rtrec.training import METADATA
 
-    def __init__(self) -> None:
-        self.server_ms: list[float] = []
-        self.fallbacks = 0
-
-    def __call__(self, _: int, status: int, body: bytes) -> None:
-        if status == 200:
-            out = json.loads(body)
-            self.server_ms.append(out["server_ms"])
-            self.fallbacks += bool(out["fallback"])
-
-
-def fresh_stack_settings(work: Path):
-    """Settings for an embedded stack of this run's own: an emptied work dir and free
-    ports, exported as RTREC_* so the processes the bench starts see them too.
-
-    Fresh every run: the embedded broker keeps no data, so consumer offsets kept in an
-    old Redis would point past the new topic's end and the processor would skip events.
-    """
-    from rtrec.config import get_settings
-
-    shutil.rmtree(work, ignore_errors=True)
-    os.environ.update(
-        {
-            "RTREC_WORK_DIR": str(work),
-            "RTREC_KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",
-            "RTREC_KAFKA__SESSION_TIMEOUT_MS": "2000",
-            "RTREC_REDIS__URL": f"redis://127.0.0.1:{free_port()}/0",
-        }
+    if (path / METADATA).exists():
+        return path
+    models = sorted(str(p) for p in (work_dir / "models").glob("*-v*"))
+    raise SystemExit(
+        f"--bundle demo: no champion bundle at {path} (run `rtrec demo` first, or pass "
+        f"--demo-work-dir). Downloaded versions under {work_dir / 'models'}: "
+        f"{', '.join(models) or 'none'}; pass one with --bundle PATH"
     )
-    get_settings.cache_clear()
-    return get_settings()
 
 
-def retrieval_device(gpus: int) -> str:
-    """Where the GPU figure can be measured: only where faiss itself reports a GPU."""
-    return "gpu" if gpus > 0 else "cpu"
+def resolve_bundle(args: argparse.Namespace) -> tuple[Path, str]:
+    """(bundle directory, ``trained`` or ``synthetic``), building the synthetic one once."""
+    if args.bundle == "demo":
+        from rtrec.config import get_settings
 
-
-def gpu_retrieval_p99_ms(embeddings: np.ndarray, *, gpus: int, k: int = 100) -> float | None:
-    """p99 of single-query IVF search on GPU 0; None (not measured) without a GPU."""
-    if retrieval_device(gpus) != "gpu":
-        return None
-    from rtrec.training.index import build_index
-
-    index = build_index(embeddings, kind="ivf", use_gpu=True, k=k)
-    rng = np.random.default_rng(1)
-    queries = embeddings[rng.choice(len(embeddings), 2000)]
-    times = []
-    for q in queries:
-        t = time.perf_counter()
-        index.search(q[None, :], k)
-        times.append(time.perf_counter() - t)
-    return float(np.percentile(np.asarray(times[100:]) * 1000, 99))
-
-
-def get_bundle(args: argparse.Namespace) -> Path:
+        work = Path(args.demo_work_dir) if args.demo_work_dir else get_settings().work_dir
+        return demo_bundle(work.expanduser()), "trained"
     if args.bundle:
-        return Path(args.bundle)
+        return Path(args.bundle), "trained"
     from rtrec.serving.synthetic import synthetic_bundle
     from rtrec.training import METADATA
 
     path = Path(args.workdir) / f"bundle-{args.items}x{args.dim}-u{args.users}"
     if (path / METADATA).exists():
         print(f"reusing bundle {path}", flush=True)
-        return path
+        return path, "synthetic"
     print(f"building a {args.items}-item bundle in {path} (one-off)...", flush=True)
     t = time.perf_counter()
     synthetic_bundle(path, n_items=args.items, n_users=args.users, dim=args.dim, seed=7)
     print(f"  built in {time.perf_counter() - t:.0f} s", flush=True)
-    return path
+    return path, "synthetic"
 
 
-def bare_retrieval(bundle, histories: dict[str, list[str]], n: int = 3000) -> dict[str, float]:
-    """User tower + FAISS search (with the service's over-fetch), one request at a time."""
-    import torch
-
-    torch.set_num_threads(1)
-    users = list(histories)
-    zeros = np.zeros((1, len(bundle.dense_names)), np.float32)
-    times = []
-    for j in range(n):
-        user = users[j % len(users)]
-        hist = histories[user]
-        t = time.perf_counter()
-        vec = bundle.user_vectors([user], [hist], zeros)
-        bundle.search(vec, 10 + len(hist) + 20)
-        times.append(time.perf_counter() - t)
-    arr = np.asarray(times[200:]) * 1000
-    return {
-        "bare_p50_ms": float(np.percentile(arr, 50)),
-        "bare_p99_ms": float(np.percentile(arr, 99)),
-    }
-
-
-def seed_histories(
-    settings, item_ids: list[str], users: list[str], seed: int
-) -> dict[str, list[str]]:
-    import pandas as pd
-    from rtrec.features import count_names, write_user_features
-
-    rng = np.random.default_rng(seed)
-    now = int(time.time() * 1000)
-    hist = {u: [item_ids[i] for i in rng.choice(len(item_ids), rng.integers(5, 21))] for u in users}
-    rows = [
-        {"user_id": u, "recent_items": h, "last_event_ms": now - 60_000, "written_ms": now}
-        | {c: int(rng.integers(0, 20)) for c in count_names()}
-        for u, h in hist.items()
-    ]
-    frame = pd.DataFrame(rows)
-    frame["event_timestamp"] = pd.to_datetime(frame["last_event_ms"], unit="ms", utc=True)
-    for start in range(0, len(frame), 1000):
-        write_user_features(settings, frame.iloc[start : start + 1000])
-    return hist
+def population(bundle: Any, click_users: int, seed: int) -> tuple[Population, list[str], dict]:
+    """Split the model's users: the last ``click_users`` for click-to-change, 5 % known
+    without history (cold), the rest warm with seeded histories."""
+    users = list(bundle.encoders.users.ids)
+    if len(users) < click_users + 2:
+        raise SystemExit(f"the bundle knows {len(users)} users: too few for the mix")
+    rest = users[: len(users) - click_users]
+    n_cold = max(1, len(rest) // 20)
+    categories, weights = category_shares(bundle.item_categories)
+    if not categories:
+        raise SystemExit("the bundle's items carry no categories: no filtered requests to draw")
+    warm = rest[n_cold:]
+    histories = make_histories(warm, bundle.item_ids, seed)
+    pop = Population(warm, rest[:n_cold], list(bundle.item_ids), categories, weights)
+    return pop, users[len(rest) :], histories
 
 
 def click_to_change(url: str, users: list[str], *, timeout_s: float = 10.0) -> list[float]:
-    """ms from posting a click until that user's recommendations change (timeout counts)."""
+    """Seconds from posting a click until that user's recommendations change (a timeout
+    counts as ``timeout_s``)."""
     import httpx
 
     def one(user: str) -> float:
@@ -162,31 +134,92 @@ def click_to_change(url: str, users: list[str], *, timeout_s: float = 10.0) -> l
             event = {"user_id": user, "item_id": ids[0], "event_type": "click"}
             event["ts"] = int(time.time() * 1000)
             t = time.perf_counter()
-            assert c.post("/feedback", json={"events": [event]}).status_code == 202
+            status = c.post("/feedback", json={"events": [event]}).status_code
+            if status != 202:
+                raise RuntimeError(f"/feedback answered {status}, not 202")
             while time.perf_counter() - t < timeout_s:
-                now = [
-                    i["item_id"]
-                    for i in c.post("/recommend", json={"user_id": user}).json()["items"]
-                ]
-                if now != ids:
-                    return (time.perf_counter() - t) * 1000
+                now = c.post("/recommend", json={"user_id": user}).json()["items"]
+                if [i["item_id"] for i in now] != ids:
+                    return time.perf_counter() - t
                 time.sleep(0.005)
-            return timeout_s * 1000
+            return timeout_s
 
     with ThreadPoolExecutor(10) as pool:
         return list(pool.map(one, users))
 
 
-def main() -> None:
+def measure_rate(srv: Any, pop: Population, rate: float, args: argparse.Namespace) -> dict:
+    """Offer one rate of the mix and return its row."""
+    from rtrec.serving.loadgen import run_schedule
+
+    plan = plan_rate(pop, rate=rate, duration_s=args.duration, seed=args.seed)
+    tally, cpu = Tally(), TreeCpu(srv.pid)
+    load_before, client_before = load_avg_1m(), time.process_time()
+    cpu.start()
+    done = run_schedule(
+        srv.url,
+        plan.request_for,
+        rate=plan.total_rate,
+        n=len(plan.requests),
+        connections=args.connections,
+        headers={"X-API-Key": KEY},
+        on_response=tally,
+    )
+    cpu_s = cpu.seconds()
+    client_s = time.process_time() - client_before
+    row = rate_row(
+        rate,
+        done,
+        args.duration,
+        tally,
+        cpu_s=cpu_s,
+        load_before=load_before,
+        load_after=load_avg_1m(),
+    )
+    row["client_cpu_s_per_request"] = round(client_s / len(done.samples), 6)
+    return row
+
+
+def progress_line(row: dict) -> str:
+    rec, sim = row["recommend"], row["similar"]
+    return (
+        f"  {row['rate_rps']:g} req/s (+{sim['sent']} similar): recommend p50 {rec['p50_ms']} "
+        f"p99 {rec['p99_ms']} p99.9 {rec['p999_ms']} max {rec['max_ms']} ms, server p99 "
+        f"{rec['server_p99_ms']} ms; similar p99 {sim['p99_ms']} ms; errors {row['errors']} "
+        f"{rec['statuses']} {sim['statuses']}; fallbacks {rec['fallbacks']} "
+        f"(cold {rec['fallbacks_cold']}); cpu/req {row['cpu_s_per_request']} s; load "
+        f"{row['load_avg_1m_before']} -> {row['load_avg_1m_after']}"
+    )
+
+
+def measure_rates(srv: Any, pop: Population, rates: list[float], args: argparse.Namespace):
+    """Warm up, then each rate in order; stop after a rate above 200 that did not hold
+    at 10 ms (no higher rate could count for either max-rate figure)."""
+    warm = argparse.Namespace(**{**vars(args), "duration": args.warmup})
+    measure_rate(srv, pop, 100.0, warm)
+    rows = []
+    for rate in rates:
+        row = measure_rate(srv, pop, rate, args)
+        rows.append(row)
+        print(progress_line(row), flush=True)
+        if not holds(row, 10.0) and rate > AT_RATE:
+            break
+    return rows
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--items", type=int, default=1_000_000)
-    ap.add_argument("--dim", type=int, default=64)
-    ap.add_argument("--users", type=int, default=5000, help="users in the model's vocabulary")
-    ap.add_argument("--bundle", default=None, help="serve this bundle (e.g. the ML-100K model)")
-    ap.add_argument("--rates", default="100,200,300,400,500,600,800")
+    ap.add_argument("--bundle", default=None, help="a bundle directory, or 'demo'")
+    ap.add_argument("--demo-work-dir", default=None, help="the demo's work dir (--bundle demo)")
+    ap.add_argument("--items", type=int, default=1_000_000, help="synthetic catalog size")
+    ap.add_argument("--dim", type=int, default=64, help="synthetic embedding size")
+    ap.add_argument("--users", type=int, default=5000, help="synthetic model's users")
+    ap.add_argument("--rates", default="100,200,300,400,500,600,800", help="/recommend req/s")
     ap.add_argument("--duration", type=float, default=10.0, help="seconds per rate")
+    ap.add_argument("--warmup", type=float, default=3.0, help="seconds at 100 req/s first")
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--click-users", type=int, default=100)
+    ap.add_argument("--seed", type=int, default=11, help="the mix and the histories")
     ap.add_argument("--workdir", default="/tmp/rtrec-bench-serving")
     ap.add_argument(
         "--gpu-large-items",
@@ -194,110 +227,79 @@ def main() -> None:
         default=10_000_000,
         help="where a GPU is present, also time GPU retrieval over this many items (0: skip)",
     )
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    args.rate_list = sorted(float(r) for r in args.rates.split(","))
+    if AT_RATE not in args.rate_list:
+        ap.error(f"--rates must include {AT_RATE:g}: the headline figures are read there")
+    return args
 
-    from rtrec.serving.loadgen import run_rate
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """The whole benchmark; the figures as one dict."""
     from rtrec.serving.process import running_server
     from rtrec.training.artifacts import load_bundle
-    from rtrec.training.index import gpu_count
 
     from rtrec.app.stack import down, up
-    from rtrec.logging import configure_logging
 
-    configure_logging("WARNING", json_lines=False)
-    bundle_dir = get_bundle(args)
+    bundle_dir, kind = resolve_bundle(args)
     settings = fresh_stack_settings(Path(args.workdir) / "work")
     bundle = load_bundle(bundle_dir, use_gpu=False)
-    items, users = bundle.item_ids, bundle.encoders.users.ids
-    click_users = users[-args.click_users :]
-    hist_users = users[: max(1, len(users) - args.click_users)]
-    out: dict[str, object] = {"catalog_items": len(items), "index": bundle.index.kind}
+    pop, click_users, histories = population(bundle, args.click_users, args.seed)
+    out: dict[str, Any] = {
+        "model": kind,
+        "bundle": str(bundle_dir),
+        "catalog_items": len(bundle.item_ids),
+        "index": bundle.index.kind,
+        "seed": args.seed,
+        "duration_s": args.duration,
+        "warm_users": len(pop.warm_users),
+        "history_len_p50": int(np.median([len(h) for h in histories.values()])),
+        "history_len_max": max(len(h) for h in histories.values()),
+    }
+    print(f"model: {kind}, {bundle_dir}, {out['catalog_items']} items", flush=True)
     try:
         up(settings)
         from rtrec.features import apply
 
         apply(settings)
-        histories = seed_histories(settings, items, hist_users, seed=3)
-        print("bare retrieval (user tower + FAISS, no HTTP)...", flush=True)
-        out.update({k: round(v, 3) for k, v in bare_retrieval(bundle, histories).items()})
-        print(f"  {out}", flush=True)
-        gpus = gpu_count()
-        gpu_p99 = gpu_retrieval_p99_ms(bundle.item_embeddings, gpus=gpus)
-        gpu_p99_large = None
-        if retrieval_device(gpus) == "gpu" and args.gpu_large_items:
-            from rtrec.serving.synthetic import clustered_vectors
-
-            print(f"GPU retrieval over {args.gpu_large_items} items...", flush=True)
-            large = clustered_vectors(args.gpu_large_items, args.dim, seed=5)
-            gpu_p99_large = gpu_retrieval_p99_ms(large, gpus=gpus)
-            del large
+        seed_histories(settings, histories)
+        print("bare retrieval (user tower + FAISS + filters, no HTTP, same mix)...", flush=True)
+        mix = bare_plan(plan_rate(pop, rate=AT_RATE, duration_s=args.duration, seed=args.seed))
+        bare = bare_retrieval(bundle, mix, histories)
+        out.update({k: round(v, 3) for k, v in bare.items()})
+        gpu = gpu_figures(bundle.item_embeddings, dim=args.dim, large_items=args.gpu_large_items)
+        out.update(gpu)
         del bundle
         gc.collect()  # then keep the client's own collector off the big heap it left
         gc.freeze()
         start_stream_processor(settings, "stream-bench")
         env = service_env(bundle_dir, KEY)
-        with running_server(
-            free_port(), env=env, log=settings.log_dir / "serving-bench.log", timeout=300
-        ) as srv:
-            rng = np.random.default_rng(11)
-            picks = rng.choice(len(hist_users), 1_000_000)
-            bodies = [
-                json.dumps({"user_id": hist_users[p], "k": 10}).encode() for p in picks[:100_000]
-            ]
-
-            def body_for(i: int) -> bytes:
-                return bodies[i % len(bodies)]
-
-            hdr = {"X-API-Key": KEY}
-            run_rate(
-                srv.url, "/recommend", body_for, rate=100, duration_s=3, headers=hdr
-            )  # warm-up
-            rows, best = [], None
-            for rate in (float(r) for r in args.rates.split(",")):
-                tally = Tally()
-                res = run_rate(
-                    srv.url,
-                    "/recommend",
-                    body_for,
-                    rate=rate,
-                    duration_s=args.duration,
-                    connections=args.connections,
-                    headers=hdr,
-                    on_response=tally,
-                )
-                row = res.row() | {
-                    "fallbacks": tally.fallbacks,
-                    "server_p99_ms": round(float(np.percentile(tally.server_ms, 99)), 3),
-                }
-                rows.append(row)
-                print(f"  {json.dumps(row)}", flush=True)
-                if res.p99_ms <= TARGET_MS and res.errors == 0:
-                    best = rate
-                elif rate > 200:
-                    break
-            at200 = next((r for r in rows if r["rate_rps"] == 200), rows[0])
+        log = settings.log_dir / "serving-bench.log"
+        with running_server(free_port(), env=env, log=log, timeout=300) as srv:
+            rows = measure_rates(srv, pop, args.rate_list, args)
             print(f"click-to-change over {len(click_users)} users...", flush=True)
             ctc = np.asarray(click_to_change(srv.url, click_users))
-        out.update(
-            rate_rps=at200["rate_rps"],
-            p50_ms=at200["p50_ms"],
-            p95_ms=at200["p95_ms"],
-            p99_ms=at200["p99_ms"],
-            errors=at200["errors"],
-            fallbacks=at200["fallbacks"],
-            server_p99_ms=at200["server_p99_ms"],
-            max_rps_p99_under_10ms=best,
-            click_to_change_p50_ms=round(float(np.percentile(ctc, 50)), 1),
-            click_to_change_p99_ms=round(float(np.percentile(ctc, 99)), 1),
-            click_to_change_timeouts=int((ctc >= 10_000).sum()),
-            gpu_retrieval_p99_ms=gpu_p99,
-            gpu_retrieval_large_items=args.gpu_large_items if gpu_p99_large else None,
-            gpu_retrieval_large_p99_ms=gpu_p99_large,
-            rates=rows,
-        )
     finally:
         down(settings)
-    out["service_overhead_ratio_p99"] = round(out["p99_ms"] / max(out["bare_p99_ms"], 1e-9), 2)
+    out.update(headline(rows, out["bare_p99_ms"]))
+    out.update(
+        click_to_change_p50_s=round(float(np.percentile(ctc, 50)), 3),
+        click_to_change_p99_s=round(float(np.percentile(ctc, 99)), 3),
+        click_to_change_timeouts=int((ctc >= 10.0).sum()),
+        rates=rows,
+    )
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    from rtrec.logging import configure_logging
+
+    args = parse_args(argv)
+    configure_logging("WARNING", json_lines=False)
+    try:
+        out = run(args)
+    except MissingRate as exc:
+        raise SystemExit(f"no figures at 200 req/s: {exc}") from exc
     gc.unfreeze()  # let interpreter teardown free everything (no leak notices after the JSON)
     print(json.dumps(out), flush=True)
 
