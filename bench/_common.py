@@ -24,9 +24,23 @@ def service_env(bundle_dir: Path, key: str) -> dict[str, str]:
     limit (the load generator is the one client, and its rate is what is measured)."""
     return {
         "RTREC_SERVING__BUNDLE_PATH": str(bundle_dir),
-        "RTREC_SERVING__API_KEYS": f'["{key}"]',
+        "RTREC_SERVING__API_KEYS": api_keys_json(key),
         "RTREC_SERVING__RATE_LIMIT_PER_S": "1000000",
     }
+
+
+def api_keys_json(key: str) -> str:
+    """``serving.api_keys`` holding ``key`` with every scope the settings know (the
+    benchmark calls /recommend, /similar, /feedback and /status); a bare key where the
+    settings have no scopes."""
+    import json
+
+    from rtrec import config
+
+    scopes = getattr(config, "SCOPES", None)
+    if scopes is None:
+        return json.dumps([key])
+    return json.dumps([{"name": "bench", "key": key, "scopes": list(scopes)}])
 
 
 def start_stream_processor(settings: Any, name: str) -> None:

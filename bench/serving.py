@@ -267,6 +267,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         mix = bare_plan(plan_rate(pop, rate=AT_RATE, duration_s=args.duration, seed=args.seed))
         bare = bare_retrieval(bundle, mix, histories)
         out.update({k: round(v, 3) for k, v in bare.items()})
+        print(f"  p50 {out['bare_p50_ms']} / p99 {out['bare_p99_ms']} ms", flush=True)
         gpu = gpu_figures(bundle.item_embeddings, dim=args.dim, large_items=args.gpu_large_items)
         out.update(gpu)
         del bundle

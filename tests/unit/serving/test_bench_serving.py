@@ -299,3 +299,18 @@ def test_open_loop_client_mixes_methods_and_survives_a_dropped_connection(local_
     assert all(s.latency_s > 0 for s in run.samples)
     assert [s.due_s for s in run.samples] == pytest.approx([i / 200 for i in range(20)], abs=1e-6)
     assert len(seen) == 20 and run.elapsed_s >= 19 / 200
+
+
+def test_demo_bundle_is_the_last_good_copy_or_a_clear_exit(tmp_path) -> None:
+    from rtrec.training import METADATA
+
+    with pytest.raises(SystemExit, match=r"no champion bundle at .*last_good/bundle") as missing:
+        bench_serving.demo_bundle(tmp_path)
+    assert "Downloaded versions" in str(missing.value.code)
+    (tmp_path / "models" / "rtrec-v3").mkdir(parents=True)
+    with pytest.raises(SystemExit, match="rtrec-v3"):
+        bench_serving.demo_bundle(tmp_path)
+    bundle = tmp_path / "serving" / "last_good" / "bundle"
+    bundle.mkdir(parents=True)
+    (bundle / METADATA).write_text("{}")
+    assert bench_serving.demo_bundle(tmp_path) == bundle
