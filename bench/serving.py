@@ -9,7 +9,9 @@ The model: ``--bundle PATH`` serves that bundle directory (what ``serving.bundle
 takes); ``--bundle demo`` the champion the demo's service last loaded, which it keeps at
 ``<work_dir>/serving/last_good/bundle`` (work dir: ``--demo-work-dir``, by default the
 settings' ``RTREC_WORK_DIR`` or ``~/.rtrec``); without ``--bundle``, a synthetic catalog
-of ``--items`` items (untrained two-tower, clustered item vectors, IVF index).
+of ``--items`` items (untrained two-tower, clustered item vectors, IVF index). The output
+says which (``model``: ``trained`` or ``synthetic``, as the bundle's metadata says), with
+its path, version and number of items.
 
 Steps: start an embedded stack (Tansu + Redis) on free ports, the stream processor and
 the service; seed online histories (skewed lengths up to 200); measure bare retrieval
@@ -82,27 +84,34 @@ def demo_bundle(work_dir: Path) -> Path:
     )
 
 
-def resolve_bundle(args: argparse.Namespace) -> tuple[Path, str]:
-    """(bundle directory, ``trained`` or ``synthetic``), building the synthetic one once."""
+def last_good_version(bundle_dir: Path) -> str | None:
+    """The registry version the service's last-good copy was saved as (its bundle's own
+    metadata does not carry one)."""
+    meta = bundle_dir.parent / "version.json"
+    return str(json.loads(meta.read_text())["version"]) if meta.exists() else None
+
+
+def resolve_bundle(args: argparse.Namespace) -> Path:
+    """The bundle directory to serve, building the synthetic one once."""
     if args.bundle == "demo":
         from rtrec.config import get_settings
 
         work = Path(args.demo_work_dir) if args.demo_work_dir else get_settings().work_dir
-        return demo_bundle(work.expanduser()), "trained"
+        return demo_bundle(work.expanduser())
     if args.bundle:
-        return Path(args.bundle), "trained"
+        return Path(args.bundle)
     from rtrec.serving.synthetic import synthetic_bundle
     from rtrec.training import METADATA
 
     path = Path(args.workdir) / f"bundle-{args.items}x{args.dim}-u{args.users}"
     if (path / METADATA).exists():
         print(f"reusing bundle {path}", flush=True)
-        return path, "synthetic"
+        return path
     print(f"building a {args.items}-item bundle in {path} (one-off)...", flush=True)
     t = time.perf_counter()
     synthetic_bundle(path, n_items=args.items, n_users=args.users, dim=args.dim, seed=7)
     print(f"  built in {time.perf_counter() - t:.0f} s", flush=True)
-    return path, "synthetic"
+    return path
 
 
 def population(bundle: Any, click_users: int, seed: int) -> tuple[Population, list[str], dict]:
@@ -195,7 +204,8 @@ def progress_line(row: dict) -> str:
 def measure_rates(srv: Any, pop: Population, rates: list[float], args: argparse.Namespace):
     """Warm up, then each rate in order; stop after a rate above 200 that did not hold
     at 10 ms (no higher rate could count for either max-rate figure)."""
-    warm = argparse.Namespace(**{**vars(args), "duration": args.warmup})
+    # Its own seed: the warm-up's never-seen user ids are not the measured ones.
+    warm = argparse.Namespace(**{**vars(args), "duration": args.warmup, "seed": args.seed + 1})
     measure_rate(srv, pop, 100.0, warm)
     rows = []
     for rate in rates:
@@ -241,13 +251,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     from rtrec.app.stack import down, up
 
-    bundle_dir, kind = resolve_bundle(args)
+    bundle_dir = resolve_bundle(args)
     settings = fresh_stack_settings(Path(args.workdir) / "work")
     bundle = load_bundle(bundle_dir, use_gpu=False)
+    # What the bundle says it is (synthetic_bundle marks its own), not how it was named.
+    kind = "synthetic" if bundle.metadata.get("synthetic") else "trained"
     pop, click_users, histories = population(bundle, args.click_users, args.seed)
     out: dict[str, Any] = {
         "model": kind,
         "bundle": str(bundle_dir),
+        "model_version": bundle.version or last_good_version(bundle_dir),
         "catalog_items": len(bundle.item_ids),
         "index": bundle.index.kind,
         "seed": args.seed,

@@ -314,3 +314,6 @@ def test_demo_bundle_is_the_last_good_copy_or_a_clear_exit(tmp_path) -> None:
     bundle.mkdir(parents=True)
     (bundle / METADATA).write_text("{}")
     assert bench_serving.demo_bundle(tmp_path) == bundle
+    assert bench_serving.last_good_version(bundle) is None
+    (bundle.parent / "version.json").write_text('{"version": "2", "saved": 0}')
+    assert bench_serving.last_good_version(bundle) == "2"
