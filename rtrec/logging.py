@@ -1,7 +1,8 @@
 """JSON-lines logging, configured only by entry points (CLI, service, DAG tasks).
 
 Log records may carry ``model_version`` and ``run_id`` extras; they are written as fields.
-User ids must never be logged raw: use :func:`redact_id`.
+User ids must never be logged raw: use :func:`redact_id` (salted with a secret that every
+process of a work dir shares: :func:`redact_salt`).
 
 Inside an Airflow task the handlers are Airflow's (JSON lines to the task log, shown in
 the UI): :func:`configure_task_logging` only sets levels and keeps extras, and
@@ -17,13 +18,18 @@ import json
 import logging
 import os
 import re
+import secrets
 import stat
 import sys
 import threading
 import time
 import uuid
 from collections.abc import Iterator
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rtrec.config import Settings
 
 _STD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
@@ -224,6 +230,85 @@ def route_stderr(logger_name: str = "rtrec.dags.stderr") -> Iterator[None]:
         drained.wait(timeout=5)
 
 
-def redact_id(raw: str, *, salt: str = "rtrec") -> str:
-    """A stable, non-reversible token for an id, safe to put in logs."""
-    return "h:" + hashlib.blake2b(f"{salt}:{raw}".encode(), digest_size=6).hexdigest()
+SALT_FILE = Path("secrets") / "redact_salt"
+"""Where, under the work dir, the generated salt is kept when ``redact_salt`` is unset."""
+_salt: dict[str, bytes] = {}
+_salt_lock = threading.Lock()
+
+
+def redact_salt(settings: Settings) -> str:
+    """The salt of :func:`redact_id`: ``settings.redact_salt``, else the one in
+    ``<work_dir>/secrets/redact_salt``, generated there on first use (directory 0700,
+    file 0600) so that every process of a work dir (service, stream processor, CLI)
+    hashes an id to the same token, and nobody without the file can."""
+    if settings.redact_salt is not None:
+        return settings.redact_salt.get_secret_value()
+    path = settings.work_dir / SALT_FILE
+    if not path.exists():
+        _create_salt(path)
+    if path.stat().st_mode & 0o077:
+        logging.getLogger(__name__).warning(
+            "%s is readable by other users: chmod 600 it", path, extra={"path": str(path)}
+        )
+    salt = path.read_text().strip()
+    if len(salt) < 16:
+        from rtrec.errors import ConfigError
+
+        raise ConfigError(
+            f"{path} holds no usable salt (under 16 characters): delete it to generate a new "
+            "one (redacted ids change) or set RTREC_REDACT_SALT"
+        )
+    return salt
+
+
+def _create_salt(path: Path) -> None:
+    """Write a random salt to ``path`` atomically; a salt another process wrote first wins
+    (a hard link never replaces an existing file, and appears only when complete)."""
+    if not path.parent.is_dir():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(path.parent, 0o700)  # mkdir's mode is cut by the umask, never widened
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_hex(32) + "\n")
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def use_redact_salt(salt: str) -> None:
+    """Make ``salt`` this process's salt for :func:`redact_id`."""
+    _salt["key"] = _salt_key(salt)
+
+
+def load_redact_salt(settings: Settings | None = None) -> None:
+    """Load (or create) the work dir's salt and use it in this process: entry points call
+    this at start so that a salt that cannot be read fails the start, not a request;
+    :func:`redact_id` calls it on first use where no entry point did."""
+    if settings is None:
+        from rtrec.config import get_settings
+
+        settings = get_settings()
+    use_redact_salt(redact_salt(settings))
+
+
+def _salt_key(salt: str) -> bytes:
+    return hashlib.blake2b(salt.encode(), digest_size=32).digest()  # blake2b keys: <= 64 B
+
+
+def redact_id(raw: str, *, salt: str | None = None) -> str:
+    """A stable, non-reversible token for an id, safe to put in logs: a keyed BLAKE2b
+    under the process's secret salt (:func:`redact_salt`), so a token cannot be matched
+    to an id by hashing guessed ids without the salt. ``salt`` overrides it (tests)."""
+    if salt is not None:
+        key = _salt_key(salt)
+    else:
+        key = _salt.get("key", b"")
+        if not key:
+            with _salt_lock:
+                if "key" not in _salt:
+                    load_redact_salt()
+            key = _salt["key"]
+    return "h:" + hashlib.blake2b(raw.encode(), key=key, digest_size=6).hexdigest()
