@@ -9,13 +9,14 @@ that ``rtrec up`` starts, so pointing at real clusters is only a change of setti
 
 from __future__ import annotations
 
+import hashlib
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -146,17 +147,55 @@ class SparkSettings(BaseModel):
     """spark.driver.memory."""
 
 
+Scope = Literal["recommend", "feedback", "admin"]
+SCOPES: tuple[Scope, ...] = ("recommend", "feedback", "admin")
+"""recommend: /recommend, /similar; feedback: /feedback; admin: /status."""
+
+
+class ApiKey(BaseModel):
+    """One accepted ``X-API-Key``: a name (its rate bucket and feedback provenance), the
+    secret, what it may do and, optionally, whose feedback it may write."""
+
+    model_config = _STRICT
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
+    key: SecretStr
+    scopes: list[Scope] = Field(min_length=1)
+    """Required: a key says what it is for (all three for an operator's key)."""
+    users: (
+        list[Annotated[str, Field(min_length=1, max_length=129, pattern=r"^[^*]*\*?$")]] | None
+    ) = None
+    """User ids this key may write feedback for: exact ids, or prefixes written
+    ``prefix*`` ('*' only last). None (the default): any user."""
+
+    @classmethod
+    def plain(cls, secret: str) -> ApiKey:
+        """A key given as a bare string: every scope, any user, named after its hash."""
+        name = "key-" + hashlib.sha256(secret.encode()).hexdigest()[:6]
+        return cls(name=name, key=SecretStr(secret), scopes=list(SCOPES))
+
+    def get_secret_value(self) -> str:
+        """The key itself, as for the bare strings ``api_keys`` held before it took names."""
+        return self.key.get_secret_value()
+
+
 class ServingSettings(BaseModel):
     model_config = _STRICT
 
     host: str = "127.0.0.1"
-    """Interface the BentoML service binds."""
+    """Interface the service binds; without api_keys loopback only, unless allow_anonymous."""
     port: int = 13000
     """Port of the recommendation API."""
-    api_keys: list[SecretStr] = Field(default_factory=list)
-    """Accepted X-API-Key values; no default. Empty means auth is off (embedded dev only)."""
+    api_keys: list[ApiKey] = Field(default_factory=list)
+    """Accepted X-API-Key values; no default. Each is ``{name, key, scopes, users}`` or a
+    bare string (every scope, named ``key-<first 6 hex of its SHA-256>``). Empty means
+    auth is off, which the service allows on a loopback address only."""
+    allow_anonymous: bool = False
+    """Serve without API keys on a non-loopback address (a trusted network only): logged
+    at WARNING at start and shown in /status."""
     rate_limit_per_s: float = 500.0
-    """Sustained requests per second allowed per API key (token bucket, burst = 1 s)."""
+    """Sustained requests per second allowed per API key name, or per client address
+    without keys (token bucket, burst = 1 s)."""
     max_k: int = 200
     """Largest k a request may ask for."""
     max_body_bytes: int = 64 * 1024
@@ -171,6 +210,23 @@ class ServingSettings(BaseModel):
     """Also score the challenger for every request without returning it (logged, measured)."""
     threads: int = 1
     """Torch threads per worker: one keeps tail latency flat on small machines."""
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _bare_keys(cls, v: Any) -> Any:
+        """Bare strings (the original form, still the short one) become full entries."""
+        if not isinstance(v, list):
+            return v
+        plain = [e.get_secret_value() if isinstance(e, SecretStr) else e for e in v]
+        return [ApiKey.plain(e) if isinstance(e, str) else e for e in plain]
+
+    @field_validator("api_keys")
+    @classmethod
+    def _distinct(cls, v: list[ApiKey]) -> list[ApiKey]:
+        """Names label rate buckets and feedback; a key must map to one of them."""
+        if len({k.name for k in v}) != len(v) or len({k.get_secret_value() for k in v}) < len(v):
+            raise ValueError(f"API key names and keys must be distinct: {[k.name for k in v]}")
+        return v
 
 
 class MonitoringSettings(BaseModel):
@@ -215,6 +271,11 @@ class Settings(BaseSettings):
     monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
     seed: int = 42
     """Seed for data generation and training."""
+
+    redact_salt: SecretStr | None = None
+    """Secret salt of :func:`rtrec.logging.redact_id` (the user-id hashes in logs and
+    answers). Unset: generated once into ``<work_dir>/secrets/redact_salt`` (mode 0600)
+    and read from there by every process of that work dir."""
 
     @model_validator(mode="after")
     def _fill_paths(self) -> Settings:
