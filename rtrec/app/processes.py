@@ -1,9 +1,11 @@
 """Processes the embedded stack starts and stops: what ``rtrec up`` records and ``down`` ends.
 
 Every process is started in its own process group and recorded in
-``<work_dir>/run/<name>.json`` (pid, command, stop signal), so a later command, in another
-interpreter, stops exactly what this work dir started and nothing else. A port is probed
-with a plain TCP connect: readiness is what a client would see.
+``<work_dir>/run/<name>.json`` (pid, command, start time, stop signal), so a later command,
+in another interpreter, stops exactly what this work dir started and nothing else: a pid
+whose process now has another start time or command line (the machine rebooted, the pid
+was reused) is never signalled. A port is probed with a plain TCP connect: readiness is
+what a client would see.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
+
+import psutil
 
 from rtrec.config import Settings
 from rtrec.errors import Unavailable
@@ -53,16 +58,44 @@ def alive(pid: int) -> bool:
         return True
 
 
-def managed_pid(settings: Settings, name: str) -> int | None:
-    """Pid of a process this work dir started under ``name``, if it is still running."""
-    path = _pid_file(settings, name)
-    if not path.exists():
-        return None
+def _read(path: Path) -> dict[str, Any] | None:
     try:
-        pid = int(json.loads(path.read_text())["pid"])
-    except (ValueError, KeyError, OSError):
+        info = json.loads(path.read_text())
+        info["pid"] = int(info["pid"])
+    except (ValueError, KeyError, TypeError, OSError):
         return None
-    return pid if alive(pid) else None
+    return info if isinstance(info, dict) else None
+
+
+def same_process(info: dict[str, Any]) -> str | None:
+    """None when the running ``info["pid"]`` is the process recorded in ``info``, else
+    why not. The start time (psutil's ``create_time``, recorded at start) tells a reused
+    pid apart; the command line is checked loosely, by its program's name, because some
+    programs rewrite their title (redis-server shows ``redis-server host:port``) and a
+    script's line starts with its interpreter."""
+    try:
+        proc = psutil.Process(info["pid"])
+        started, cmdline, name = proc.create_time(), proc.cmdline(), proc.name()
+    except psutil.NoSuchProcess:
+        return "it is not running"
+    except psutil.Error as exc:  # AccessDenied: another user's process, so not ours
+        return f"it cannot be inspected ({type(exc).__name__})"
+    recorded = info.get("create_time")
+    if recorded is not None and abs(started - float(recorded)) > 0.01:
+        return f"it started at {started:.2f}, not at the recorded {float(recorded):.2f}"
+    program = Path(str((info.get("cmd") or [""])[0])).name
+    if program and program != name and program not in " ".join(cmdline):
+        return f"its command line {cmdline[:3]} is not the recorded {program!r}"
+    return None
+
+
+def managed_pid(settings: Settings, name: str) -> int | None:
+    """Pid of a process this work dir started under ``name``, if it is still running (and
+    still that process, not another one that got its pid)."""
+    info = _read(_pid_file(settings, name))
+    if info is None or not alive(info["pid"]):
+        return None
+    return info["pid"] if same_process(info) is None else None
 
 
 def managed_names(settings: Settings) -> list[str]:
@@ -136,9 +169,10 @@ def _spawn(
         start_new_session=True,
     )
     log.close()
-    _pid_file(settings, name).write_text(
-        json.dumps({"pid": proc.pid, "cmd": list(cmd), "stop_signal": int(stop_signal)})
-    )
+    info = {"pid": proc.pid, "cmd": list(cmd), "stop_signal": int(stop_signal)}
+    with contextlib.suppress(psutil.Error):  # gone already: start_managed reports the exit
+        info["create_time"] = psutil.Process(proc.pid).create_time()
+    _pid_file(settings, name).write_text(json.dumps(info))
     return proc
 
 
@@ -147,13 +181,23 @@ def stop_managed(settings: Settings, name: str, *, timeout: float = 15.0) -> boo
     path = _pid_file(settings, name)
     if not path.exists():
         return False
-    try:
-        info = json.loads(path.read_text())
-        pid, sig = int(info["pid"]), int(info.get("stop_signal", signal.SIGTERM))
-    except (ValueError, KeyError, OSError):
+    info = _read(path)
+    if info is None:
         path.unlink(missing_ok=True)
         return False
+    pid, sig = info["pid"], int(info.get("stop_signal", signal.SIGTERM))
     was_running = alive(pid)
+    stranger = same_process(info) if was_running else None
+    if stranger is not None:
+        logger.warning(
+            "not stopping %s: pid %d is another process now (%s); removed its stale pid file",
+            name,
+            pid,
+            stranger,
+            extra={"pid": pid, "pid_file": str(path)},
+        )
+        path.unlink(missing_ok=True)
+        return False
     if was_running:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, sig)

@@ -1,0 +1,93 @@
+"""``rtrec down`` signals only the processes it recorded: a pid file whose pid now belongs
+to another process (another start time or command line) is removed, never acted on."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from rtrec.app.processes import managed_pid, same_process, start_managed, stop_managed
+from rtrec.config import Settings, load_settings
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return load_settings(work_dir=tmp_path)
+
+
+@pytest.fixture
+def stranger() -> Iterator[subprocess.Popen[bytes]]:
+    """A live process this work dir did not start."""
+    proc = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def _record(settings: Settings, name: str, info: dict) -> Path:
+    settings.run_dir.mkdir(parents=True, exist_ok=True)
+    path = settings.run_dir / f"{name}.json"
+    path.write_text(json.dumps(info))
+    return path
+
+
+@pytest.mark.parametrize(
+    "recorded",
+    [
+        {"cmd": ["/usr/bin/redis-server", "--port", "1"], "started_offset": -100.0},
+        {"cmd": ["sleep", "60"], "started_offset": -100.0},  # same program, reused pid
+        {"cmd": ["/usr/bin/redis-server", "--port", "1"], "started_offset": 0.0},
+        {"cmd": ["/usr/bin/redis-server", "--port", "1"], "started_offset": None},  # old file
+    ],
+)
+def test_a_pid_now_owned_by_another_process_is_not_signalled(
+    settings: Settings,
+    stranger: subprocess.Popen[bytes],
+    recorded: dict,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    info = {"pid": stranger.pid, "cmd": recorded["cmd"], "stop_signal": 15}
+    if recorded["started_offset"] is not None:
+        started = psutil.Process(stranger.pid).create_time()
+        info["create_time"] = started + recorded["started_offset"]
+    path = _record(settings, "redis", info)
+    assert same_process(info) is not None
+    assert managed_pid(settings, "redis") is None  # not reported as ours either
+    with caplog.at_level(logging.WARNING, logger="rtrec.app.processes"):
+        assert stop_managed(settings, "redis", timeout=1) is False
+    assert stranger.poll() is None and psutil.Process(stranger.pid).is_running()
+    assert not path.exists()  # the stale record is gone
+    warning = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning and "not stopping redis" in warning[0].getMessage()
+
+
+def test_a_process_started_here_is_recorded_with_its_start_time_and_stopped(
+    settings: Settings,
+) -> None:
+    pid = start_managed(settings, "sleeper", ["sleep", "60"], ready=lambda: True)
+    info = json.loads((settings.run_dir / "sleeper.json").read_text())
+    assert info["pid"] == pid
+    assert info["create_time"] == pytest.approx(psutil.Process(pid).create_time(), abs=0.01)
+    assert same_process(info) is None and managed_pid(settings, "sleeper") == pid
+    assert stop_managed(settings, "sleeper", timeout=5) is True
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert not (settings.run_dir / "sleeper.json").exists()
+
+
+def test_a_pid_file_from_before_start_times_were_recorded_still_stops_its_process(
+    settings: Settings,
+) -> None:
+    proc = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        _record(settings, "legacy", {"pid": proc.pid, "cmd": ["sleep", "60"], "stop_signal": 15})
+        assert stop_managed(settings, "legacy", timeout=5) is True
+        assert proc.wait(timeout=5) is not None
+    finally:
+        proc.kill()
+        proc.wait()
