@@ -203,7 +203,10 @@ class Engine:
             scores, ids = bundle.search(vec, fetch)
             metrics.STAGE.labels("search").observe(time.perf_counter() - t)
             picked = self._filter(bundle, req, zip(ids[0], scores[0], strict=True), banned, k)
-            if len(picked) >= k or fetch >= n_items:
+            # A padded result (None at its end) holds every item the index reaches for this
+            # query (an IVF index probes a few lists): asking for more returns the same items
+            # padded further, at the cost of a search and a scan as large as the catalog.
+            if len(picked) >= k or fetch >= n_items or ids[0][-1] is None:
                 return picked
             fetch = min(n_items, fetch * 4)
 
