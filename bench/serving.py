@@ -276,9 +276,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         apply(settings)
         seed_histories(settings, histories)
-        print("bare retrieval (user tower + FAISS + filters, no HTTP, same mix)...", flush=True)
+        print(
+            "bare retrieval (the engine in process: no HTTP, no store read; same mix)...",
+            flush=True,
+        )
         mix = bare_plan(plan_rate(pop, rate=AT_RATE, duration_s=args.duration, seed=args.seed))
-        bare = bare_retrieval(bundle, mix, histories)
+        bare = bare_retrieval(bundle, mix, histories, work_dir=Path(args.workdir) / "bare")
         out.update({k: round(v, 3) for k, v in bare.items()})
         print(f"  p50 {out['bare_p50_ms']} / p99 {out['bare_p99_ms']} ms", flush=True)
         gpu = gpu_figures(bundle.item_embeddings, dim=args.dim, large_items=args.gpu_large_items)

@@ -1,45 +1,38 @@
 """In-process figures of the serving benchmark: bare retrieval and GPU search.
 
-Bare retrieval is what the service's recommendation path costs without HTTP, the online
-store or the framework: user tower, FAISS search with the service's over-fetch (history
-length + 20 when ``exclude_seen``; at least 20 k under a category filter, widened four-fold
-until k items pass), and the filters, one request at a time on one torch thread.
+Bare retrieval is the service's own recommendation path (:class:`rtrec.serving.Engine`,
+the code ``/recommend`` runs) with the user's online features already in hand: user
+tower, FAISS search with the service's over-fetch and widening, filters, top-up and
+fallbacks, on the same bundle and the same mix of bodies, one request at a time on one
+torch thread. What it leaves out is what the service adds on top: HTTP, the framework,
+the online-store read and JSON.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 
-def retrieve(bundle: Any, body: Mapping[str, Any], history: Sequence[str]) -> list[str]:
-    """The service's retrieval for one /recommend body, without features or HTTP."""
-    k = min(int(body["k"]), len(bundle.item_ids))
-    zeros = np.zeros((1, len(bundle.dense_names)), np.float32)
-    vec = bundle.user_vectors([body["user_id"]], [list(history)], zeros)
-    banned = set(history) if body.get("exclude_seen", True) else set()
-    include = set((body.get("filters") or {}).get("include_categories") or ())
-    n_items = len(bundle.item_ids)
-    fetch = min(n_items, k + len(banned) + 20)
-    if include:
-        fetch = min(n_items, max(fetch, k * 20))
-    while True:
-        _, ids = bundle.search(vec, fetch)
-        picked = []
-        for item in ids[0]:
-            if item is None or item in banned:
-                continue
-            if include and not include.intersection(bundle.item_categories.get(item, ())):
-                continue
-            picked.append(item)
-            if len(picked) == k:
-                break
-        if len(picked) >= k or fetch >= n_items:
-            return picked
-        fetch = min(n_items, fetch * 4)
+def bare_engine(bundle: Any, work_dir: Path) -> Any:
+    """An :class:`Engine` serving ``bundle`` as the champion, reading no store."""
+    from rtrec.serving import Engine
+    from rtrec.serving.lifecycle import Loaded
+
+    from rtrec.config import load_settings
+
+    engine = Engine(load_settings(work_dir=work_dir), features=lambda ids: [{} for _ in ids])
+    engine.swap("champion", Loaded(bundle, getattr(bundle, "version", None), "bench"))
+    return engine
+
+
+def online_row(history: Sequence[str]) -> dict[str, Any]:
+    """The online-feature row the bench seeds for a user (counts aside: missing here)."""
+    return {"recent_items": list(history)} if history else {"recent_items": None}
 
 
 def bare_retrieval(
@@ -47,20 +40,26 @@ def bare_retrieval(
     bodies: Sequence[tuple[str, dict[str, Any]]],
     histories: Mapping[str, Sequence[str]],
     *,
+    work_dir: Path,
     n: int = 3000,
     warmup: int = 200,
 ) -> dict[str, float]:
-    """p50/p99 (ms) of :func:`retrieve` over the first ``n`` of the mix's bodies (cycled),
+    """p50/p99 (ms) of the engine's answer to the first ``n`` of ``bodies`` (the mix's
+    /recommend bodies that reach retrieval, :func:`bench.serving_mix.bare_plan`; cycled),
     the first ``warmup`` left out."""
     import torch
+    from rtrec.serving.schemas import RecommendRequest
 
     torch.set_num_threads(1)
+    engine = bare_engine(bundle, work_dir)
+    recommend = [body for _, body in bodies]
     times = []
     for j in range(n + warmup):
-        _, body = bodies[j % len(bodies)]
-        history = histories.get(body["user_id"], ())
+        body = recommend[j % len(recommend)]
+        req = RecommendRequest(**body)
+        row = online_row(histories.get(body["user_id"], ()))
         t = time.perf_counter()
-        retrieve(bundle, body, history)
+        engine.recommend(req, features=row)
         times.append(time.perf_counter() - t)
     arr = np.asarray(times[warmup:]) * 1000
     return {
