@@ -1,10 +1,10 @@
 """Processes the embedded stack starts and stops: what ``rtrec up`` records and ``down`` ends.
 
 Every process is started in its own process group and recorded in
-``<work_dir>/run/<name>.json`` (pid, command, start time, stop signal), so a later command,
-in another interpreter, stops exactly what this work dir started and nothing else: a pid
-whose process now has another start time or command line (the machine rebooted, the pid
-was reused) is never signalled. A port is probed with a plain TCP connect: readiness is
+``<work_dir>/run/<name>.json`` (pid, command, start time, executable, stop signal), so a
+later command, in another interpreter, stops exactly what this work dir started and nothing
+else: a pid whose process now has another start time or executable (the machine rebooted,
+the pid was reused) is never signalled. A port is probed with a plain TCP connect: readiness is
 what a client would see.
 """
 
@@ -69,24 +69,35 @@ def _read(path: Path) -> dict[str, Any] | None:
 
 def same_process(info: dict[str, Any]) -> str | None:
     """None when the running ``info["pid"]`` is the process recorded in ``info``, else
-    why not. The start time (psutil's ``create_time``, recorded at start) tells a reused
-    pid apart; the command line is checked loosely, by its program's name, because some
-    programs rewrite their title (redis-server shows ``redis-server host:port``) and a
-    script's line starts with its interpreter."""
+    why not: another start time (psutil's ``create_time``, recorded at start: a reused
+    pid) or another program (the executable file, recorded too). Not the command line
+    as shown, which some programs rewrite (``bentoml serve`` shows ``circusd``,
+    redis-server ``redis-server host:port``); that is only checked, by the program's
+    name, for a pid file written before start times were recorded."""
     try:
         proc = psutil.Process(info["pid"])
-        started, cmdline, name = proc.create_time(), proc.cmdline(), proc.name()
+        started, exe = proc.create_time(), _exe(proc)
+        cmdline, name = proc.cmdline(), proc.name()
     except psutil.NoSuchProcess:
         return "it is not running"
     except psutil.Error as exc:  # AccessDenied: another user's process, so not ours
         return f"it cannot be inspected ({type(exc).__name__})"
-    recorded = info.get("create_time")
-    if recorded is not None and abs(started - float(recorded)) > 0.01:
-        return f"it started at {started:.2f}, not at the recorded {float(recorded):.2f}"
+    if info.get("create_time") is not None:
+        recorded = float(info["create_time"])
+        if abs(started - recorded) > 0.01:
+            return f"it started at {started:.2f}, not at the recorded {recorded:.2f}"
+        if info.get("exe") and exe != info["exe"]:
+            return f"it runs {exe}, not the recorded {info['exe']}"
+        return None
     program = Path(str((info.get("cmd") or [""])[0])).name
     if program and program != name and program not in " ".join(cmdline):
         return f"its command line {cmdline[:3]} is not the recorded {program!r}"
     return None
+
+
+def _exe(proc: psutil.Process) -> str:
+    """The executable file, also after a package upgrade replaced it on disk."""
+    return proc.exe().removesuffix(" (deleted)")
 
 
 def managed_pid(settings: Settings, name: str) -> int | None:
@@ -169,9 +180,10 @@ def _spawn(
         start_new_session=True,
     )
     log.close()
-    info = {"pid": proc.pid, "cmd": list(cmd), "stop_signal": int(stop_signal)}
+    info: dict[str, Any] = {"pid": proc.pid, "cmd": list(cmd), "stop_signal": int(stop_signal)}
     with contextlib.suppress(psutil.Error):  # gone already: start_managed reports the exit
-        info["create_time"] = psutil.Process(proc.pid).create_time()
+        started = psutil.Process(proc.pid)  # exec'd: Popen returns after the exec succeeded
+        info.update(create_time=started.create_time(), exe=_exe(started))
     _pid_file(settings, name).write_text(json.dumps(info))
     return proc
 

@@ -1,11 +1,14 @@
 """``rtrec down`` signals only the processes it recorded: a pid file whose pid now belongs
-to another process (another start time or command line) is removed, never acted on."""
+to another process (another start time, executable or, in an older pid file, command line)
+is removed, never acted on; a process that retitled itself is still stopped."""
 
 from __future__ import annotations
 
 import json
 import logging
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,7 +45,7 @@ def _record(settings: Settings, name: str, info: dict) -> Path:
     [
         {"cmd": ["/usr/bin/redis-server", "--port", "1"], "started_offset": -100.0},
         {"cmd": ["sleep", "60"], "started_offset": -100.0},  # same program, reused pid
-        {"cmd": ["/usr/bin/redis-server", "--port", "1"], "started_offset": 0.0},
+        {"cmd": ["sleep", "60"], "started_offset": 0.0, "exe": "/usr/bin/redis-server"},
         {"cmd": ["/usr/bin/redis-server", "--port", "1"], "started_offset": None},  # old file
     ],
 )
@@ -56,6 +59,8 @@ def test_a_pid_now_owned_by_another_process_is_not_signalled(
     if recorded["started_offset"] is not None:
         started = psutil.Process(stranger.pid).create_time()
         info["create_time"] = started + recorded["started_offset"]
+    if "exe" in recorded:
+        info["exe"] = recorded["exe"]
     path = _record(settings, "redis", info)
     assert same_process(info) is not None
     assert managed_pid(settings, "redis") is None  # not reported as ours either
@@ -74,6 +79,7 @@ def test_a_process_started_here_is_recorded_with_its_start_time_and_stopped(
     info = json.loads((settings.run_dir / "sleeper.json").read_text())
     assert info["pid"] == pid
     assert info["create_time"] == pytest.approx(psutil.Process(pid).create_time(), abs=0.01)
+    assert info["exe"] == psutil.Process(pid).exe()  # the program itself, not a shell
     assert same_process(info) is None and managed_pid(settings, "sleeper") == pid
     assert stop_managed(settings, "sleeper", timeout=5) is True
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
@@ -91,3 +97,15 @@ def test_a_pid_file_from_before_start_times_were_recorded_still_stops_its_proces
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_process_that_rewrites_its_title_is_still_recognised(settings: Settings) -> None:
+    """``bentoml serve`` becomes ``circusd``: start time and executable still match."""
+    code = "import setproctitle, time; setproctitle.setproctitle('circusd'); time.sleep(60)"
+    pid = start_managed(settings, "titled", [sys.executable, "-c", code], ready=lambda: True)
+    deadline = time.monotonic() + 10
+    while psutil.Process(pid).cmdline()[:1] != ["circusd"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert psutil.Process(pid).cmdline()[:1] == ["circusd"]
+    assert managed_pid(settings, "titled") == pid
+    assert stop_managed(settings, "titled", timeout=5) is True
