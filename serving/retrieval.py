@@ -94,7 +94,7 @@ class Engine:
             feats = exc
         except Exception as exc:  # a bug in the read path: the flagged fallback, logged
             return self._internal_error(req, exc, start)
-        metrics.STAGE.labels("features").observe(time.perf_counter() - start)
+        metrics.observe_stage("features", time.perf_counter() - start)
         return self.recommend_or_fallback(req, features=feats, start=start)
 
     def recommend_or_fallback(
@@ -154,7 +154,7 @@ class Engine:
             shadow = self._retrieve(models[CHALLENGER], req, feats, history, k)
             overlap = len({i for i, _ in shadow} & {i for i, _ in items}) / max(k, 1)
             metrics.SHADOW_OVERLAP.observe(overlap)
-            metrics.STAGE.labels("shadow").observe(time.perf_counter() - t)
+            metrics.observe_stage("shadow", time.perf_counter() - t)
         if len(items) < k:  # filters left too few: top up from the fallback list
             self.degradations.record(
                 "topped up from fallback",
@@ -178,7 +178,7 @@ class Engine:
         except Unavailable as exc:
             return exc
         finally:
-            metrics.STAGE.labels("features").observe(time.perf_counter() - t)
+            metrics.observe_stage("features", time.perf_counter() - t)
 
     def _retrieve(
         self,
@@ -192,7 +192,7 @@ class Engine:
         t = time.perf_counter()
         dense = dense_row(feats, bundle.dense_names, int(time.time() * 1000))
         vec = bundle.user_vectors([req.user_id], [history], dense)
-        metrics.STAGE.labels("user_tower").observe(time.perf_counter() - t)
+        metrics.observe_stage("user_tower", time.perf_counter() - t)
         banned = self._banned(req, history)
         n_items = len(bundle.item_ids)
         fetch = min(n_items, k + len(banned) + 20)
@@ -201,7 +201,7 @@ class Engine:
         while True:
             t = time.perf_counter()
             scores, ids = bundle.search(vec, fetch)
-            metrics.STAGE.labels("search").observe(time.perf_counter() - t)
+            metrics.observe_stage("search", time.perf_counter() - t)
             picked = self._filter(bundle, req, zip(ids[0], scores[0], strict=True), banned, k)
             # A padded result (None at its end) holds every item the index reaches for this
             # query (an IVF index probes a few lists): asking for more returns the same items
@@ -275,8 +275,8 @@ class Engine:
 
     def _done(self, out: dict[str, Any], start: float, variant: str) -> dict[str, Any]:
         elapsed = time.perf_counter() - start
-        metrics.STAGE.labels("total").observe(elapsed)
-        metrics.REQUESTS.labels(variant, str(out["fallback"]).lower()).inc()
+        metrics.observe_stage("total", elapsed)
+        metrics.child(metrics.REQUESTS, variant, str(out["fallback"]).lower()).inc()
         out["server_ms"] = round(elapsed * 1000, 3)
         return out
 
