@@ -6,6 +6,7 @@ Public API (what the app layer uses)::
     Engine(settings)                      # the recommendation path without HTTP
     serve_command(host, port)             # the `bentoml serve` command line of one server
     serve_env(work_dir, port)             # ... and the environment it needs of its own
+    check_bind(serving_settings)          # refuses an exposed address without API keys
 
 Test and benchmark helpers are not part of it; they import their modules directly
 (``rtrec.serving.process.running_server``, ``rtrec.serving.synthetic.synthetic_bundle``,
@@ -18,6 +19,7 @@ from rtrec.lazy import lazy_exports
 
 _EXPORTS = {
     "Engine": "rtrec.serving.retrieval",
+    "check_bind": "rtrec.serving.launch",
     "serve_command": "rtrec.serving.launch",
     "serve_env": "rtrec.serving.launch",
 }

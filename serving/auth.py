@@ -1,4 +1,4 @@
-"""API keys, per-key rate limits and the ASGI guard that applies them."""
+"""API keys with scopes, per-key rate limits and the ASGI guard that applies them."""
 
 from __future__ import annotations
 
@@ -8,9 +8,13 @@ import hmac
 import json
 import threading
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.exceptions import HTTPException
+
+from rtrec.config import SCOPES, ApiKey, Scope
 
 
 class RateLimiter:
@@ -34,37 +38,99 @@ class RateLimiter:
             return True
 
 
+ROUTE_SCOPES: dict[str, Scope] = {
+    "/recommend": "recommend",
+    "/similar": "recommend",
+    "/feedback": "feedback",
+    "/status": "admin",
+}
+"""The scope each route needs, by its first path segment. A path not listed needs
+``admin``: a route added without an entry here is closed to ordinary keys."""
+
+
+def scope_for(path: str) -> Scope:
+    """The scope a request path needs (``/similar/i7`` -> ``recommend``)."""
+    end = path.find("/", 1)
+    return ROUTE_SCOPES.get(path if end < 0 else path[:end], "admin")
+
+
+ANONYMOUS = "anonymous"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who sent a request: a key by name, or an anonymous client when auth is off."""
+
+    name: str
+    """The key's name; ``anonymous`` when auth is off."""
+    scopes: frozenset[str]
+    users: tuple[str, ...] | None = None
+    """Feedback restriction: exact user ids and ``prefix*`` rules; None: any user."""
+    client: str | None = None
+    """The client address, for anonymous principals (their rate bucket)."""
+
+    @property
+    def bucket(self) -> str:
+        return self.name if self.client is None else f"client:{self.client}"
+
+    def may_write(self, user_id: str) -> bool:
+        """Whether this principal may send feedback on behalf of ``user_id``."""
+        if self.users is None:
+            return True
+        return any(
+            user_id.startswith(rule[:-1]) if rule.endswith("*") else user_id == rule
+            for rule in self.users
+        )
+
+
 class ApiKeys:
     """Checks ``X-API-Key`` in constant time; no keys configured means auth is off."""
 
-    def __init__(self, keys: list[str]) -> None:
-        self._digests = [hashlib.sha256(k.encode()).digest() for k in keys]
+    def __init__(self, keys: Sequence[ApiKey | str]) -> None:
+        entries = [ApiKey.plain(k) if isinstance(k, str) else k for k in keys]
+        self._known = [
+            (hashlib.sha256(k.get_secret_value().encode()).digest(), _principal(k)) for k in entries
+        ]
 
     @property
     def enabled(self) -> bool:
-        return bool(self._digests)
+        return bool(self._known)
 
-    def check(self, presented: str | None) -> str | None:
-        """The key's bucket name when valid ("anonymous" when auth is off), else None."""
+    @property
+    def names(self) -> list[str]:
+        return [p.name for _, p in self._known]
+
+    def check(self, presented: str | None, client: str | None = None) -> Principal | None:
+        """The key's principal when valid (an anonymous one, every scope, when auth is
+        off), else None. Every configured key is compared, whichever matches."""
         if not self.enabled:
-            return "anonymous"
+            return Principal(ANONYMOUS, frozenset(SCOPES), client=client or ANONYMOUS)
         if not presented:
             return None
         digest = hashlib.sha256(presented.encode()).digest()
-        for d in self._digests:
+        found = None
+        for d, principal in self._known:
             if hmac.compare_digest(d, digest):
-                return d.hex()[:12]
-        return None
+                found = principal
+        return found
+
+
+def _principal(key: ApiKey) -> Principal:
+    users = None if key.users is None else tuple(key.users)  # []: nobody, not anybody
+    return Principal(key.name, frozenset(key.scopes), users)
 
 
 class Guard:
-    """Pure ASGI middleware: body size (413), API key (401), per-key rate (429), in order,
-    then a body that is too large (413) or too slow (408) while it is being read.
+    """Pure ASGI middleware: not ready yet (503), body size (413), API key (401), the
+    key's scope for the route (403), per-key rate (429), in order, then a body that is
+    too large (413) or too slow (408) while it is being read. It passes the request on
+    with its :class:`Principal` in ``scope["rtrec.principal"]``.
 
     Pure ASGI rather than ``@app.middleware("http")``: Starlette's BaseHTTPMiddleware
     runs every request through an extra task and memory streams, which costs more than
     the whole retrieval on this path. Its limits come from ``app.state`` (set by the
-    service at start); with no state yet (start-up), requests pass through.
+    service at start); until they are there every request but the open paths gets 503,
+    never a pass: a request must not slip through unchecked while the service starts.
     """
 
     def __init__(
@@ -75,10 +141,13 @@ class Guard:
         self.body_timeout_s = body_timeout_s
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        state = getattr(scope.get("app"), "state", None)
-        keys = getattr(state, "keys", None)
-        if scope["type"] != "http" or keys is None or scope["path"] in self.open_paths:
+        if scope["type"] != "http" or scope["path"] in self.open_paths:
             await self.app(scope, receive, send)
+            return
+        state = getattr(scope.get("app"), "state", None)
+        keys: ApiKeys | None = getattr(state, "keys", None)
+        if keys is None:
+            await _reject(send, 503, "service is starting: not ready for requests", None, 1)
             return
         headers = dict(scope["headers"])
         max_body: int = state.max_body
@@ -87,18 +156,22 @@ class Guard:
             await _reject(send, 413, f"body of {int(length)} bytes exceeds {max_body}", "body")
             return
         presented = headers.get(b"x-api-key", b"").decode("latin-1") or None
-        bucket = keys.check(presented)
-        if bucket is None:
+        principal = keys.check(presented, (scope.get("client") or (None,))[0])
+        if principal is None:
             # Say which problem it is (a client with no key and one with a stale key need
             # different fixes); never echo the presented value.
             problem = "missing X-API-Key header" if presented is None else "invalid X-API-Key"
             await _reject(send, 401, problem, "X-API-Key")
             return
-        if not state.limiter.allow(bucket):
-            await _reject(
-                send, 429, "rate limit exceeded for this API key", "X-API-Key", retry_after=1
-            )
+        needed = scope_for(scope["path"])
+        if needed not in principal.scopes:
+            why = f"API key '{principal.name}' lacks the '{needed}' scope this route needs"
+            await _reject(send, 403, why, "X-API-Key")
             return
+        if not state.limiter.allow(principal.bucket):
+            await _reject(send, 429, "rate limit exceeded for this API key", "X-API-Key", 1)
+            return
+        scope["rtrec.principal"] = principal
         await self.app(scope, _bounded(receive, max_body, self.body_timeout_s), send)
 
 
@@ -144,7 +217,7 @@ class BodyTooSlow(HTTPException):
 
 
 async def _reject(
-    send: Any, status: int, message: str, field: str, *, retry_after: int | None = None
+    send: Any, status: int, message: str, field: str | None, retry_after: int | None = None
 ) -> None:
     body = json.dumps({"error": message, "field": field}).encode()
     headers = [

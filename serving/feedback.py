@@ -4,6 +4,10 @@ Publishing is bounded and guarded like online-store reads (:mod:`rtrec.serving.b
 a dead broker must cost a feedback request a few hundred milliseconds and a 503, never a
 30-second hang and never BentoML's 504. While the breaker is open requests answer 503 at
 once; a probe, running only then, closes it as soon as a broker accepts TCP connections.
+
+Every event is stamped with who sent it (:func:`stamp`): ``context.source_key`` is the
+name of the API key, whatever the client put there, so a bad feed can be traced to its
+key and a key limited to some users (``users`` in its settings) cannot write for others.
 """
 
 from __future__ import annotations
@@ -13,12 +17,34 @@ import socket
 import threading
 from typing import Any
 
+from rtrec.serving.auth import ANONYMOUS, Principal
 from rtrec.serving.breaker import Breaker
 
 from rtrec.config import Settings, host_port
 from rtrec.errors import Unavailable
+from rtrec.logging import redact_id
 
 logger = logging.getLogger(__name__)
+
+
+SOURCE_KEY = "source_key"
+"""The context field that names the sender of an event: an API key's name, or
+``anonymous:<redacted client address>`` when the service runs without keys."""
+
+
+def source_name(principal: Principal) -> str:
+    """What :func:`stamp` writes for ``principal`` (no raw client address)."""
+    if principal.client is None:
+        return principal.name
+    if principal.client == ANONYMOUS:
+        return ANONYMOUS
+    return f"{ANONYMOUS}:{redact_id(principal.client)}"
+
+
+def stamp(event: dict[str, Any], source: str) -> dict[str, Any]:
+    """``event`` (a decoded event) with ``context.source_key`` set to ``source``,
+    replacing any value the client sent."""
+    return {**event, "context": {**(event.get("context") or {}), SOURCE_KEY: source}}
 
 
 def _addresses(bootstrap: str) -> list[tuple[str, int]]:

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from rtrec.events import Interaction
+from rtrec.events import ContextValue, Interaction
 
 Id = Annotated[str, Field(min_length=1, max_length=128)]
 ITEM_ID_PATTERN = r"^[^\x00-\x1f/]+$"
@@ -70,10 +70,20 @@ class SimilarResponse(BaseModel):
     model_version: str | None
 
 
+class FeedbackEvent(Interaction):
+    """An interaction as a client sends it. The service sets ``context.source_key`` to
+    the sending API key's name (any value sent is replaced), so one context entry fewer
+    is left to the client than the event contract allows."""
+
+    context: dict[Annotated[str, Field(max_length=64)], ContextValue] | None = Field(
+        default=None, max_length=31
+    )
+
+
 class FeedbackRequest(BaseModel):
     model_config = STRICT
 
-    events: list[Interaction] = Field(min_length=1, max_length=100)
+    events: list[FeedbackEvent] = Field(min_length=1, max_length=100)
     """Interaction events in the platform's contract. Two of its rules are beyond this
     schema: ``ts`` at most 24 h in the future, and ``rating`` events carry a ``value``;
     breaking either answers 422 naming the field (:func:`rtrec.events.parse_event`)."""
@@ -129,18 +139,21 @@ class StatusResponse(BaseModel):
 
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses`` for the errors a route can answer (the guard's always)."""
+    """OpenAPI ``responses`` for the errors a route can answer (the guard's always: 503
+    while the service starts)."""
     why = {
         401: "Missing or invalid X-API-Key",
+        403: "The API key lacks the route's scope (or, on /feedback, the event's user)",
         408: "Body not received in time",
         404: "Unknown id",
         413: "Body too large",
         422: "Invalid request (names the field)",
         429: "Rate limit exceeded for this API key",
-        503: "Dependency unavailable",
+        503: "Dependency unavailable, or the service still starting",
     }
     return {
-        c: {"model": ErrorResponse, "description": why[c]} for c in (401, 408, 413, 429, *codes)
+        c: {"model": ErrorResponse, "description": why[c]}
+        for c in (401, 403, 408, 413, 429, 503, *codes)
     }
 
 

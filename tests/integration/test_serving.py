@@ -7,8 +7,10 @@ Test order matters only for the last test, which stops Redis and starts it again
 
 from __future__ import annotations
 
+import json
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -24,6 +26,11 @@ pytestmark = pytest.mark.integration
 KEY = "test-key-one"
 OTHER_KEY = "test-key-two"
 HEADERS = {"X-API-Key": KEY}
+READER, FEEDER = "test-key-reader", "test-key-feeder"
+SCOPED_KEYS = [
+    {"name": "reader", "key": READER, "scopes": ["recommend"]},
+    {"name": "web-feed", "key": FEEDER, "scopes": ["feedback"], "users": ["prov-*"]},
+]
 RATE = 100
 
 
@@ -49,7 +56,7 @@ def server(stack: Settings, bundle_dir: Path):
     apply(stack)  # register the feature repo once, before the service reads it
     env = {
         "RTREC_SERVING__BUNDLE_PATH": str(bundle_dir),
-        "RTREC_SERVING__API_KEYS": f'["{KEY}", "{OTHER_KEY}"]',
+        "RTREC_SERVING__API_KEYS": json.dumps([KEY, OTHER_KEY, *SCOPED_KEYS]),
         "RTREC_SERVING__RATE_LIMIT_PER_S": str(RATE),
         "RTREC_SERVING__MAX_K": "1000",
     }
@@ -157,6 +164,51 @@ def test_missing_or_wrong_api_key_is_401(server) -> None:
     # Probes, metrics and the API description stay open.
     for path in ("/healthz", "/readyz", "/metrics", "/openapi.json"):
         assert httpx.get(f"{server.url}{path}").status_code == 200, path
+
+
+def test_scopes_per_route_and_feedback_provenance_on_the_topic(server, stack: Settings) -> None:
+    """A key reaches only its scopes' routes; feedback arrives on Kafka stamped with the
+    sending key's name over a forged one, and a key limited to some users writes no other."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    reader, feeder = {"X-API-Key": READER}, {"X-API-Key": FEEDER}
+    user = f"prov-{uuid.uuid4().hex[:8]}"
+    event = {**EXAMPLE_FEEDBACK["events"][0], "user_id": user, "ts": int(time.time() * 1000)}
+    event["context"] = {"page": "home", "source_key": "forged"}
+    assert httpx.post(f"{server.url}/recommend", json={"user_id": "u1"}, headers=reader).is_success
+    assert httpx.get(f"{server.url}/similar/i1", headers=reader).status_code == 200
+    refused = [
+        httpx.post(f"{server.url}/feedback", json={"events": [event]}, headers=reader),
+        httpx.get(f"{server.url}/status", headers=reader),
+        httpx.get(f"{server.url}/status", headers=feeder),
+        httpx.post(f"{server.url}/recommend", json={"user_id": "u1"}, headers=feeder),
+    ]
+    for resp, scope in zip(refused, ("feedback", "admin", "admin", "recommend"), strict=True):
+        assert resp.status_code == 403 and resp.json()["field"] == "X-API-Key", resp.text
+        assert f"lacks the '{scope}' scope" in resp.json()["error"]
+    outsider = {**event, "user_id": "u1"}
+    resp = httpx.post(f"{server.url}/feedback", json={"events": [outsider]}, headers=feeder)
+    assert resp.status_code == 403 and resp.json()["field"] == "events.0.user_id"
+
+    topic = stack.kafka.events_topic
+    consumer = KafkaConsumer(bootstrap_servers=stack.kafka.bootstrap_servers)
+    try:
+        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+        consumer.assign(parts)
+        consumer.seek_to_end(*parts)
+        for part in parts:
+            consumer.position(part)  # fix the start before posting
+        resp = httpx.post(f"{server.url}/feedback", json={"events": [event]}, headers=feeder)
+        assert resp.status_code == 202, resp.text
+        found, deadline = None, time.monotonic() + 20
+        while found is None and time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=500).values():
+                mine = [json.loads(r.value) for r in records if user.encode() == r.key]
+                found = mine[0] if mine else found
+    finally:
+        consumer.close()
+    assert found is not None, "the feedback event never reached the topic"
+    assert found["context"] == {"page": "home", "source_key": "web-feed"}
 
 
 @pytest.mark.parametrize(

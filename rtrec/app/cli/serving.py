@@ -8,7 +8,7 @@ import click
 
 from rtrec.app.cli.common import handle_errors
 from rtrec.config import Settings, get_settings
-from rtrec.serving import serve_command, serve_env
+from rtrec.serving import check_bind, serve_command, serve_env
 
 
 def start_detached(settings: Settings, *, timeout: float = 120.0) -> int:
@@ -18,6 +18,7 @@ def start_detached(settings: Settings, *, timeout: float = 120.0) -> int:
     from rtrec.app.stack import start_managed
 
     host, port = settings.serving.host, settings.serving.port
+    check_bind(settings.serving)  # no keys on an exposed address: refuse before starting
 
     def ready() -> bool:
         try:
@@ -63,6 +64,7 @@ def serve(host: str | None, port: int | None, bundle: str | None, detach: bool) 
         pid = start_detached(settings)
         click.echo(f"serving on http://{settings.serving.host}:{settings.serving.port} (pid {pid})")
         return
+    check_bind(settings.serving)
     os.environ.update(serve_env(settings.work_dir, settings.serving.port))
     cmd = serve_command(settings.serving.host, settings.serving.port)
     os.execv(cmd[0], cmd)

@@ -36,11 +36,12 @@ def test_api_keys_accept_only_configured_keys() -> None:
     keys = ApiKeys(["alpha", "beta"])
     assert keys.enabled
     a, b = keys.check("alpha"), keys.check("beta")
-    assert a and b and a != b and "alpha" not in a  # bucket names do not reveal the key
+    assert a and b and a.bucket != b.bucket  # buckets per key
+    assert "alpha" not in a.bucket and "alpha" not in a.name  # and they do not reveal it
     for bad in (None, "", "alph", "alpha ", "gamma"):
         assert keys.check(bad) is None
     off = ApiKeys([])
-    assert not off.enabled and off.check(None) == "anonymous"
+    assert not off.enabled and off.check(None, "10.0.0.1").bucket == "client:10.0.0.1"
 
 
 def _app(
