@@ -59,9 +59,11 @@ def alive(pid: int) -> bool:
 
 
 def _read(path: Path) -> dict[str, Any] | None:
+    """The pid file's record, with ``written``: when the file was written."""
     try:
         info = json.loads(path.read_text())
         info["pid"] = int(info["pid"])
+        info["written"] = path.stat().st_mtime
     except (ValueError, KeyError, TypeError, OSError):
         return None
     return info if isinstance(info, dict) else None
@@ -72,8 +74,9 @@ def same_process(info: dict[str, Any]) -> str | None:
     why not: another start time (psutil's ``create_time``, recorded at start: a reused
     pid) or another program (the executable file, recorded too). Not the command line
     as shown, which some programs rewrite (``bentoml serve`` shows ``circusd``,
-    redis-server ``redis-server host:port``); that is only checked, by the program's
-    name, for a pid file written before start times were recorded."""
+    redis-server ``redis-server host:port``); that, by the program's name, and a start
+    no later than the file's are what a pid file from before start times were recorded
+    is checked against."""
     try:
         proc = psutil.Process(info["pid"])
         started, exe = proc.create_time(), _exe(proc)
@@ -89,6 +92,8 @@ def same_process(info: dict[str, Any]) -> str | None:
         if info.get("exe") and exe != info["exe"]:
             return f"it runs {exe}, not the recorded {info['exe']}"
         return None
+    if info.get("written") is not None and started > float(info["written"]) + 1.0:
+        return "it started after its pid file was written"
     program = Path(str((info.get("cmd") or [""])[0])).name
     if program and program != name and program not in " ".join(cmdline):
         return f"its command line {cmdline[:3]} is not the recorded {program!r}"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -84,6 +85,18 @@ def test_a_process_started_here_is_recorded_with_its_start_time_and_stopped(
     assert stop_managed(settings, "sleeper", timeout=5) is True
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     assert not (settings.run_dir / "sleeper.json").exists()
+
+
+def test_an_old_pid_file_older_than_the_process_now_on_its_pid_is_stale(
+    settings: Settings, stranger: subprocess.Popen[bytes]
+) -> None:
+    """Without a recorded start time, a process that started after the file was written
+    cannot be the one recorded, even running the same program."""
+    path = _record(settings, "old", {"pid": stranger.pid, "cmd": ["sleep", "60"]})
+    written = psutil.Process(stranger.pid).create_time() - 60
+    os.utime(path, (written, written))
+    assert stop_managed(settings, "old", timeout=1) is False
+    assert stranger.poll() is None and not path.exists()
 
 
 def test_a_pid_file_from_before_start_times_were_recorded_still_stops_its_process(
