@@ -37,6 +37,10 @@ LOG_ID = "log_id"
 A topic created again (the embedded broker restarted) numbers its offsets from 0 once
 more; without this, :func:`read_events` would drop its events as repeats of the old ones.
 Absent from files written without a known topic id (read as "")."""
+SOURCE = "source"
+"""Extra column: who sent the event, where its producer said so (``context.source_key``:
+the name of the API key ``POST /feedback`` accepted it under). Absent from files whose
+events carried no source (read as null)."""
 
 
 def log_table(
@@ -49,6 +53,7 @@ def log_table(
     offset: pa.Array,
     *,
     log_id: str = "",
+    source: list[str | None] | None = None,
 ) -> pa.Table:
     """One log file's table in :data:`SCHEMA` (``event_time`` derived from ``ts``), so the
     processor's flushes and :func:`write_events` cannot drift apart."""
@@ -67,6 +72,8 @@ def log_table(
     )
     if log_id:
         table = table.append_column(LOG_ID, pa.array([log_id] * len(table), pa.string()))
+    if source is not None and any(s is not None for s in source):
+        table = table.append_column(SOURCE, pa.array(source, pa.string()))
     return table
 
 

@@ -26,6 +26,7 @@ import pyarrow as pa
 from rtrec.streaming.event_log import (
     LOG_ID,
     SCHEMA,
+    SOURCE,
     log_table,
     read_events,
     write_events,
@@ -33,9 +34,12 @@ from rtrec.streaming.event_log import (
 )
 
 # The log's file format lives in event_log; its names stay importable from here.
-__all__ = ["LOG_ID", "SCHEMA", "OfflineLog", "OfflineSink", "read_events", "write_events"]
+__all__ = ["LOG_ID", "SCHEMA", "SOURCE", "OfflineLog", "OfflineSink", "read_events", "write_events"]
 
 logger = logging.getLogger(__name__)
+
+_BUFFER = (*SCHEMA.names, SOURCE)
+"""The buffer's columns: the schema's, then each event's source (null for most)."""
 
 
 class OfflineLog:
@@ -49,7 +53,7 @@ class OfflineLog:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
-        self._cols: tuple[list[Any], ...] = tuple([] for _ in SCHEMA.names)
+        self._cols: tuple[list[Any], ...] = tuple([] for _ in _BUFFER)
         self.first_added: float | None = None
 
     def __len__(self) -> int:
@@ -57,7 +61,8 @@ class OfflineLog:
 
     def add(self, partition: int, offset: int, event: Any) -> None:
         """Buffer one validated event (``user_id, item_id, event_type, ts, value``)."""
-        u, i, t, ts, _event_time, v, p, o = self._cols
+        u, i, t, ts, _event_time, v, p, o, src = self._cols
+        src.append(getattr(event, "source", None))
         u.append(event.user_id)
         i.append(event.item_id)
         t.append(event.event_type)
@@ -78,7 +83,7 @@ class OfflineLog:
     def take(self) -> tuple[list[Any], ...]:
         """Hand the buffered columns over (for :meth:`write`) and start a fresh buffer."""
         cols = self._cols
-        self._cols = tuple([] for _ in SCHEMA.names)
+        self._cols = tuple([] for _ in _BUFFER)
         self.first_added = None
         return cols
 
@@ -98,7 +103,7 @@ class OfflineLog:
         the flush's contribution to the watermark."""
         if not cols[0]:
             return {}
-        u, i, t, ts, _, v, p, o = cols
+        u, i, t, ts, _, v, p, o, src = cols
         table = log_table(
             u,
             i,
@@ -108,6 +113,7 @@ class OfflineLog:
             pa.array(p, pa.int32()),
             pa.array(o, pa.int64()),
             log_id=log_id,
+            source=src,
         )
         grouped = table.group_by("partition").aggregate([("offset", "max"), ("ts", "max")])
         marks = {

@@ -29,6 +29,8 @@ class Event(NamedTuple):
     event_type: str
     ts: int
     value: float | None
+    source: str | None = None
+    """``context.source_key``: who sent it (the service stamps the API key's name)."""
 
 
 def _fast(raw: bytes, limit_ms: int) -> Event | None:
@@ -69,4 +71,12 @@ def validate(raw: bytes, now_ms: int, *, max_future_ms: int = MAX_FUTURE_MS) -> 
     if event is not None:
         return event
     full: Any = parse_event(raw, now_ms=now_ms, max_future_ms=max_future_ms)
-    return Event(full.user_id, full.item_id, full.event_type.value, full.ts, full.value)
+    source = (full.context or {}).get("source_key")
+    return Event(
+        full.user_id,
+        full.item_id,
+        full.event_type.value,
+        full.ts,
+        full.value,
+        source if isinstance(source, str) else None,
+    )

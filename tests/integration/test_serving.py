@@ -166,9 +166,12 @@ def test_missing_or_wrong_api_key_is_401(server) -> None:
         assert httpx.get(f"{server.url}{path}").status_code == 200, path
 
 
-def test_scopes_per_route_and_feedback_provenance_on_the_topic(server, stack: Settings) -> None:
+def test_scopes_per_route_and_feedback_provenance_on_the_topic(
+    server, stack: Settings, tmp_path: Path
+) -> None:
     """A key reaches only its scopes' routes; feedback arrives on Kafka stamped with the
-    sending key's name over a forged one, and a key limited to some users writes no other."""
+    sending key's name over a forged one, and a key limited to some users writes no other;
+    a stream processor keeps the stamp in the offline log's ``source`` column."""
     from kafka import KafkaConsumer, TopicPartition
 
     reader, feeder = {"X-API-Key": READER}, {"X-API-Key": FEEDER}
@@ -209,6 +212,27 @@ def test_scopes_per_route_and_feedback_provenance_on_the_topic(server, stack: Se
         consumer.close()
     assert found is not None, "the feedback event never reached the topic"
     assert found["context"] == {"page": "home", "source_key": "web-feed"}
+    _assert_logged_with_source(stack, tmp_path, user, "web-feed")
+
+
+def _assert_logged_with_source(stack: Settings, work: Path, user: str, source: str) -> None:
+    """A processor of its own (consumer group, work dir and Redis db: the module's other
+    tests keep theirs) reads the topic and writes the offline log; ``user``'s row there
+    names ``source``."""
+    from rtrec.streaming import StreamProcessor, read_events
+
+    from rtrec.config import load_settings
+
+    base = stack.redis.url.rsplit("/", 1)[0]
+    own = load_settings(
+        work_dir=work,
+        kafka={**stack.kafka.model_dump(), "consumer_group": f"prov-{uuid.uuid4().hex[:6]}"},
+        redis={"url": f"{base}/14"},
+    )
+    StreamProcessor(own).run(max_idle_s=2)
+    events = read_events(own.offline_dir / "events")
+    mine = events[events["user_id"] == user]
+    assert len(mine) == 1 and mine["source"].tolist() == [source], mine.to_dict("records")
 
 
 @pytest.mark.parametrize(

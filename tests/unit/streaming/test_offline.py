@@ -85,3 +85,29 @@ def test_write_events_writes_a_frame_as_the_processor_would(tmp_path: Path) -> N
     assert kept["partition"].tolist() == [-1, -1, -1] and kept["offset"].tolist() == [0, 1, 2]
     with pytest.raises(InvalidInput, match="value"):
         write_events(tmp_path, frame.drop(columns="value"))
+
+
+def test_the_sender_stamped_in_context_is_kept_in_the_log(tmp_path: Path) -> None:
+    """``context.source_key`` (the API key name the service stamps on /feedback events)
+    reaches the log's ``source`` column through validation; files without any source keep
+    the plain schema, and a reader of both sees null for the unstamped rows."""
+    import orjson
+    from rtrec.streaming.validate import validate
+
+    now = 1_700_000_010_000
+    stamped = {"user_id": "u1", "item_id": "i1", "event_type": "click", "ts": now - 5}
+    raw = orjson.dumps({**stamped, "context": {"source_key": "web-app", "device": "ios"}})
+    plain = orjson.dumps({**stamped, "user_id": "u2"})
+    log = OfflineLog(tmp_path / "a")
+    log.add(0, 1, validate(raw, now))
+    log.add(0, 2, validate(plain, now))
+    log.flush()
+    other = OfflineLog(tmp_path / "b")
+    other.add(0, 3, validate(plain, now))
+    other.flush()
+    (file_b,) = (tmp_path / "b").glob("*.parquet")
+    assert pq.read_schema(file_b).names == SCHEMA.names  # nothing stamped: no column
+    file_b.rename(tmp_path / "a" / file_b.name)
+    frame = read_events(tmp_path / "a").sort_values("offset")
+    assert frame["source"].tolist()[0] == "web-app"
+    assert frame["source"].isna().tolist() == [False, True, True]
