@@ -191,6 +191,15 @@ async def status(request: Request) -> Response:
     )
 
 
+def _tracing() -> dict[str, Any]:
+    """BentoML's tracing configuration for this service: untouched with
+    ``serving.tracing``; otherwise every path excluded from its OpenTelemetry middleware,
+    which with no exporter and nothing sampled still builds a span per request."""
+    from rtrec.config import get_settings
+
+    return {} if get_settings().serving.tracing else {"excluded_urls": ["/"]}
+
+
 @bentoml.service(
     name="rtrec",
     traffic={"timeout": 10, "concurrency": 256},
@@ -199,6 +208,7 @@ async def status(request: Request) -> Response:
     # BentoML's per-request metrics label raw paths and would repeat RouteMetrics' series;
     # this also drops its /metrics route, which RouteMetrics serves instead.
     metrics={"enabled": False},
+    tracing=_tracing(),
 )
 @bentoml.asgi_app(app, path="/")
 class Recommender:
@@ -254,7 +264,12 @@ class Recommender:
         self.watcher.start()
         logger.info(
             "service started",
-            extra={"ready": self.engine.ready, "auth": exposure, "keys": state.keys.names},
+            extra={
+                "ready": self.engine.ready,
+                "auth": exposure,
+                "keys": state.keys.names,
+                "tracing": settings.serving.tracing,
+            },
         )
 
     def __is_ready__(self) -> bool:
