@@ -17,6 +17,11 @@ from pathlib import Path
 import pytest
 
 from rtrec.config import Settings, get_settings, load_settings
+from rtrec.logging import use_redact_salt
+
+# redact_id in this process (unit tests call it without a work dir) uses a fixed salt
+# instead of generating one under ~/.rtrec; the services tests start load their own.
+use_redact_salt("rtrec-tests")
 
 
 def free_port() -> int:
