@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -179,15 +177,9 @@ def test_config_rejects_bad_values() -> None:
         generate(SyntheticConfig.small(n_events=100, shift=ShiftConfig(at_ts=1)))
 
 
-def test_small_is_fast() -> None:
-    t0 = time.perf_counter()
-    generate(SyntheticConfig.small())
-    assert time.perf_counter() - t0 < 3.0
-
-
-def test_million_events_under_ten_seconds() -> None:
-    t0 = time.perf_counter()
+def test_the_default_config_with_a_shift_makes_a_million_events_in_time_order() -> None:
+    """The size the demo and benchmarks use; its speed is ``bench/generator.py``'s figure,
+    not a timing assertion here (a loaded CI machine would fail it for nothing)."""
     ds = generate(SyntheticConfig(shift=ShiftConfig()))
-    elapsed = time.perf_counter() - t0
     assert len(ds.events) == 1_000_000
-    assert elapsed < 10.0
+    assert ds.events["ts"].is_monotonic_increasing
