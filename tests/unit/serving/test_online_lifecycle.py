@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -35,23 +36,34 @@ def test_breaker_opens_on_failure_and_skips_the_store(settings: Settings) -> Non
     with pytest.raises(Unavailable, match="refused"):
         guarded(["u1"])
     assert guarded.down_reason and len(calls) == 1
-    start = time.perf_counter()
     with pytest.raises(Unavailable, match="marked down"):
         guarded(["u1"])
-    assert len(calls) == 1 and time.perf_counter() - start < 0.01
+    assert len(calls) == 1  # the open breaker answered without calling the store
 
 
 def test_slow_reads_are_cut_at_the_deadline_and_trip_after_three(settings: Settings) -> None:
-    guarded = GuardedFeatures(settings, lambda ids: time.sleep(0.3) or [{}], timeout_s=0.02)
-    for _ in range(3):
-        start = time.perf_counter()
-        with pytest.raises(Unavailable, match="exceeded"):
-            guarded(["u1"])
-        assert time.perf_counter() - start < 0.2
-    assert guarded.down_reason is not None
+    release = threading.Event()
+    finished: list[int] = []
+
+    def stuck(ids: list[str]) -> list[dict[str, Any]]:
+        release.wait(10)  # a read that hangs until the test lets it go
+        finished.append(1)
+        return [{}]
+
+    guarded = GuardedFeatures(settings, stuck, timeout_s=0.02)
+    try:
+        for _ in range(3):
+            with pytest.raises(Unavailable, match="exceeded 20 ms"):
+                guarded(["u1"])
+            assert not finished  # the caller was let go while the read still hung
+        assert guarded.down_reason is not None
+    finally:
+        release.set()
 
 
 def test_probe_reports_dead_redis_quickly_and_closes_when_back(settings: Settings) -> None:
+    import redis  # noqa: F401  (imported first: the bound is on the probe, not an import)
+
     guarded = GuardedFeatures(settings, lambda ids: [{"ok": True}], probe_interval_s=0.05)
     start = time.perf_counter()
     assert "ping failed" in (guarded.probe() or "")
