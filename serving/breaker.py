@@ -71,9 +71,7 @@ class Breaker:
 
     def call(self, fn: Callable[..., T], *args: object) -> T:
         """``fn(*args)`` on the pool within ``timeout_s``; raises Unavailable otherwise."""
-        reason = self.down_reason
-        if reason is not None:
-            raise Unavailable(f"{self.name} marked down: {reason}")
+        self._raise_if_open()
         future = self._pool.submit(fn, *args)
         try:
             out = future.result(timeout=self.timeout_s)
@@ -89,9 +87,7 @@ class Breaker:
         """``await fn(*args)`` within ``timeout_s``, as :meth:`call` does for blocking
         functions: the event loop keeps serving other requests while it waits, and a missed
         deadline cancels the call (redis-py then drops the connection it was using)."""
-        reason = self.down_reason
-        if reason is not None:
-            raise Unavailable(f"{self.name} marked down: {reason}")
+        self._raise_if_open()
         try:
             out = await asyncio.wait_for(fn(*args), self.timeout_s)
         except TimeoutError:
@@ -101,6 +97,11 @@ class Breaker:
             raise
         self._timeouts = 0
         return out
+
+    def _raise_if_open(self) -> None:
+        reason = self.down_reason
+        if reason is not None:
+            raise Unavailable(f"{self.name} marked down: {reason}")
 
     def _missed_deadline(self) -> Unavailable:
         self._timeouts += 1
