@@ -9,11 +9,10 @@ that ``rtrec up`` starts, so pointing at real clusters is only a change of setti
 
 from __future__ import annotations
 
-import hashlib
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
@@ -24,6 +23,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from rtrec.apikeys import ApiKey
 from rtrec.errors import ConfigError
 
 _STRICT = ConfigDict(extra="forbid")
@@ -53,6 +53,9 @@ class KafkaSettings(BaseModel):
     """Dead letters: the original bytes plus the reason they were rejected."""
     alerts_topic: str = "rtrec.alerts"
     """Drift and health alerts for on-call tooling."""
+    impressions_topic: str = "rtrec.impressions"
+    """What /recommend answered (request id, variant, items by position), keyed by user id
+    and partitioned like the events topic, so feedback can be attributed to an answer."""
     partitions: int = Field(4, ge=1)
     """Partitions created for the events topic; the ceiling on parallel processors."""
     consumer_group: str = "rtrec-stream"
@@ -147,38 +150,6 @@ class SparkSettings(BaseModel):
     """spark.driver.memory."""
 
 
-Scope = Literal["recommend", "feedback", "admin"]
-SCOPES: tuple[Scope, ...] = ("recommend", "feedback", "admin")
-"""recommend: /recommend, /similar; feedback: /feedback; admin: /status."""
-
-
-class ApiKey(BaseModel):
-    """One accepted ``X-API-Key``: a name (its rate bucket and feedback provenance), the
-    secret, what it may do and, optionally, whose feedback it may write."""
-
-    model_config = _STRICT
-
-    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
-    key: SecretStr
-    scopes: list[Scope] = Field(min_length=1)
-    """Required: a key says what it is for (all three for an operator's key)."""
-    users: (
-        list[Annotated[str, Field(min_length=1, max_length=129, pattern=r"^[^*]*\*?$")]] | None
-    ) = None
-    """User ids this key may write feedback for: exact ids, or prefixes written
-    ``prefix*`` ('*' only last). None (the default): any user."""
-
-    @classmethod
-    def plain(cls, secret: str) -> ApiKey:
-        """A key given as a bare string: every scope, any user, named after its hash."""
-        name = "key-" + hashlib.sha256(secret.encode()).hexdigest()[:6]
-        return cls(name=name, key=SecretStr(secret), scopes=list(SCOPES))
-
-    def get_secret_value(self) -> str:
-        """The key itself, as for the bare strings ``api_keys`` held before it took names."""
-        return self.key.get_secret_value()
-
-
 class ServingSettings(BaseModel):
     model_config = _STRICT
 
@@ -210,6 +181,9 @@ class ServingSettings(BaseModel):
     """Also score the challenger for every request without returning it (logged, measured)."""
     threads: int = 1
     """Torch threads per worker: one keeps tail latency flat on small machines."""
+    impressions: bool = True
+    """Log every /recommend answer as an impression on ``kafka.impressions_topic`` (queued
+    in memory and sent by a background thread: never on the request path)."""
     tracing: bool = False
     """Run requests through BentoML's OpenTelemetry middleware (sampling and exporter from
     BentoML's own ``tracing`` configuration). Off by default: with nothing sampled it
@@ -251,6 +225,12 @@ class MonitoringSettings(BaseModel):
     """How long a drift check waits for the offline log to cover its windows. The log is
     flushed every couple of seconds behind the stream, so only a stopped, stuck or far
     behind processor reaches this."""
+    srm_p_threshold: float = Field(0.001, gt=0.0, lt=1.0)
+    """An experiment whose arms' sizes fit the configured split with a chi-square p-value
+    below this has a sample ratio mismatch: its readout is not trusted."""
+    min_detectable_effect: float = Field(0.05, gt=0.0)
+    """Smallest relative lift of the click rate an experiment must be able to detect (at
+    alpha 0.05, power 0.8): sets the sample size per arm before a verdict."""
 
 
 class Settings(BaseSettings):

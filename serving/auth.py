@@ -14,7 +14,7 @@ from typing import Any
 
 from starlette.exceptions import HTTPException
 
-from rtrec.config import SCOPES, ApiKey, Scope
+from rtrec.apikeys import SCOPES, ApiKey, Scope
 
 
 class RateLimiter:
