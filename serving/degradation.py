@@ -40,22 +40,24 @@ class Degradations:
         self._logged_at: dict[str, float] = {}
         self._last: dict[str, Any] | None = None
 
-    def record(self, reason: str, detail: str = "", *, metric: Any, log: bool = True) -> None:
-        """One degraded answer or step. ``reason`` is a short fixed phrase (the metric's
-        label: keep it low-cardinality); ``detail`` the variable part (no user ids).
-        ``metric``: a counter with one label that takes ``reason``. ``log=False`` where the
-        caller logs the occurrence itself (an internal error, at ERROR with its
-        traceback)."""
-        metric.labels(reason).inc()
+    def record(
+        self, reason: str, detail: str = "", *, metric: Any, log: bool = True, count: int = 1
+    ) -> None:
+        """One degraded answer or step (``count`` of them at once: a batch of impressions
+        dropped). ``reason`` is a short fixed phrase (the metric's label: keep it
+        low-cardinality); ``detail`` the variable part (no user ids). ``metric``: a counter
+        with one label that takes ``reason``. ``log=False`` where the caller logs the
+        occurrence itself (an internal error, at ERROR with its traceback)."""
+        metric.labels(reason).inc(count)
         now = self._clock()
         with self._lock:
-            count = self._counts[reason] = self._counts.get(reason, 0) + 1
+            total = self._counts[reason] = self._counts.get(reason, 0) + count
             self._last = {
                 "reason": reason,
                 "detail": detail[:300],
                 "at": datetime.now(UTC).isoformat(timespec="milliseconds"),
             }
-            unlogged = self._unlogged.get(reason, 0) + 1
+            unlogged = self._unlogged.get(reason, 0) + count
             due = log and now - self._logged_at.get(reason, -1e18) >= self.log_every_s
             self._unlogged[reason] = 0 if due else unlogged
             if due:
@@ -66,7 +68,7 @@ class Degradations:
                 reason,
                 f": {detail[:300]}" if detail else "",
                 unlogged,
-                count,
+                total,
             )
 
     def status(self) -> dict[str, Any]:

@@ -56,6 +56,18 @@ BREAKER_TRIPS = metrics.Counter(
     labelnames=["dependency"],
 )
 
+IMPRESSIONS = metrics.Counter(
+    name="rtrec_serving_impressions_total",
+    documentation="Impressions (logged /recommend answers) the broker acknowledged on the "
+    "impressions topic",
+)
+IMPRESSIONS_DROPPED = metrics.Counter(
+    name="rtrec_serving_impressions_dropped_total",
+    documentation="Impressions not logged, by reason: the in-memory queue full, the broker "
+    "down (breaker open or a send failed), the service stopping before they were sent",
+    labelnames=["reason"],
+)
+
 _children: dict[tuple[int, tuple[str, ...]], Any] = {}
 
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import logging
 import math
+import secrets
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from rtrec.serving import metrics
@@ -25,6 +26,9 @@ from rtrec.training import dense_transform
 from rtrec.config import Settings
 from rtrec.errors import Unavailable
 from rtrec.logging import redact_id
+
+if TYPE_CHECKING:
+    from rtrec.serving.impressions import ImpressionLog
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +65,8 @@ class Engine:
         self.popular = PopularCache(settings, degradations=self.degradations)
         self.online = GuardedFeatures(settings, features)
         self._features = self.online
+        self.impressions: ImpressionLog | None = None
+        """Where every answer is logged (the service sets it with ``serving.impressions``)."""
 
     def swap(self, variant: str, loaded: Loaded | None) -> None:
         """Serve ``loaded`` for ``variant`` from the next request on (None: stop serving it).
@@ -169,7 +175,7 @@ class Engine:
             fallback=False,
             fallback_reason=None,
         )
-        return self._done(out, start, variant)
+        return self._done(out, start, req)
 
     def _read_blocking(self, user_id: str) -> dict[str, Any] | Unavailable:
         t = time.perf_counter()
@@ -271,13 +277,21 @@ class Engine:
             fallback=True,
             fallback_reason=f"{reason} (served {source} items)",
         )
-        return self._done(out, start, out["variant"])
+        return self._done(out, start, req, label)
 
-    def _done(self, out: dict[str, Any], start: float, variant: str) -> dict[str, Any]:
+    def _done(
+        self, out: dict[str, Any], start: float, req: RecommendRequest, label: str | None = None
+    ) -> dict[str, Any]:
+        """Every answer, fallbacks too, ends here: its ``request_id`` (128 random bits as 32
+        hex characters), the request metrics, its impression queued (``label``: the
+        fallback reason's label)."""
+        out["request_id"] = secrets.token_hex(16)
         elapsed = time.perf_counter() - start
         metrics.observe_stage("total", elapsed)
-        metrics.child(metrics.REQUESTS, variant, str(out["fallback"]).lower()).inc()
+        metrics.child(metrics.REQUESTS, out["variant"], str(out["fallback"]).lower()).inc()
         out["server_ms"] = round(elapsed * 1000, 3)
+        if self.impressions is not None:
+            self.impressions.record(req.user_id, req.k, out, label)
         return out
 
     def similar(self, item_id: str, k: int) -> dict[str, Any]:

@@ -49,18 +49,42 @@ class RecommendRequest(BaseModel):
     )
 
 
+EXAMPLE_RECOMMEND_RESPONSE: dict[str, Any] = {
+    "request_id": "5f0c6e1b9a8d4c2e8b7a6f5e4d3c2b1a",
+    "user_id_hash": "h:3fa1c09be27d",
+    "items": [{"item_id": "i12", "score": 0.913}, {"item_id": "i3", "score": 0.872}],
+    "model_version": "7",
+    "variant": "champion",
+    "fallback": False,
+    "fallback_reason": None,
+    "server_ms": 1.234,
+}
+"""An answer as the OpenAPI description shows it (k=2)."""
+
+
 class ScoredItem(BaseModel):
     item_id: str
     score: float
 
 
 class RecommendResponse(BaseModel):
+    model_config = ConfigDict(
+        use_attribute_docstrings=True,
+        json_schema_extra={"examples": [EXAMPLE_RECOMMEND_RESPONSE]},
+    )
+
+    request_id: str = Field(pattern=r"^[0-9a-f]{32}$")
+    """This answer's id: 128 random bits as 32 lowercase hex characters, on fallback
+    answers too. The impression logged for the answer carries it (``kafka.impressions_topic``)."""
     user_id_hash: str
+    """The user id redacted (``redact_id``), as in the service's logs."""
     items: list[ScoredItem]
     model_version: str | None
     variant: str
+    """``champion`` or ``challenger`` (sticky per user, ``serving.ab_challenger_share``)."""
     fallback: bool
     fallback_reason: str | None = None
+    """Why the fallback list was served: a short label (``cold user``), then details."""
     server_ms: float
 
 

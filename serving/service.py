@@ -115,7 +115,8 @@ async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
 
 @app.post("/recommend", response_model=RecommendResponse, responses=error_responses(422))
 async def recommend(body: RecommendRequest, request: Request) -> Response:
-    """Top-k items for a user; unknown users and outages get a flagged fallback, never a 500."""
+    """Top-k items for a user; unknown users and outages get a flagged fallback, never a 500.
+    Every answer has a ``request_id`` and is logged as an impression (off the request path)."""
     return _json(await request.app.state.engine.recommend_async(body))
 
 
@@ -256,6 +257,11 @@ class Recommender:
         state.max_body = settings.serving.max_body_bytes
         state.publish = Publisher(settings)
         state.publish.start()
+        if settings.serving.impressions:
+            from rtrec.serving.impressions import ImpressionLog
+
+            self.engine.impressions = ImpressionLog(settings, self.engine.degradations)
+            self.engine.impressions.start()
         state.keys = ApiKeys(settings.serving.api_keys)  # the Guard answers 503 until this
         self.engine.popular.start()
         self.engine.online.warm()
@@ -269,11 +275,18 @@ class Recommender:
                 "auth": exposure,
                 "keys": state.keys.names,
                 "tracing": settings.serving.tracing,
+                "impressions": settings.serving.impressions,
             },
         )
 
     def __is_ready__(self) -> bool:
         return self.engine.ready
+
+    @bentoml.on_shutdown
+    def flush_impressions(self) -> None:
+        """Send the impressions still queued (a bounded wait); the rest are counted."""
+        if self.engine.impressions is not None:
+            self.engine.impressions.shutdown()
 
 
 Recommender.add_asgi_middleware(RouteMetrics, api=app, skip=PROBES)  # first: outermost

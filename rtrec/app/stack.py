@@ -97,12 +97,16 @@ def start_kafka(settings: Settings) -> None:
 
 
 def ensure_topics(settings: Settings) -> list[str]:
-    """Create the platform's topics (idempotent). Returns the names created now."""
+    """Create the platform's topics (idempotent). Returns the names created now.
+
+    Impressions get the events topic's partition count: both are keyed by user id, so a
+    user's answers and feedback land on the same partition number, ready to be joined."""
     from kafka.admin import KafkaAdminClient, NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
     k = settings.kafka
     wanted = {k.events_topic: k.partitions, k.dlq_topic: 1, k.alerts_topic: 1}
+    wanted[k.impressions_topic] = k.partitions
     admin = KafkaAdminClient(bootstrap_servers=k.bootstrap_servers, request_timeout_ms=10000)
     try:
         existing = set(admin.list_topics())
