@@ -142,6 +142,13 @@ class ImpressionLog(Breaker):
         self._stopping = threading.Event()
         self._drainer = threading.Thread(target=self._run, name="impressions-drain", daemon=True)
 
+    @classmethod
+    def started(cls, settings: Settings, degradations: Degradations) -> ImpressionLog:
+        """A log with the default bounds, its threads running (what the service uses)."""
+        log = cls(settings, degradations)
+        log.start()
+        return log
+
     # -- the request path -----------------------------------------------------------
     def record(self, user_id: str, k: int, answer: dict[str, Any], label: str | None) -> None:
         """Queue ``answer`` (not copied: it is not changed once answered) or drop it."""

@@ -25,6 +25,7 @@ from fastapi.responses import JSONResponse, Response
 from rtrec.serving.auth import Guard
 from rtrec.serving.docs import add_docs
 from rtrec.serving.edge import RejectControlPaths, RouteMetrics, use_header_deadline
+from rtrec.serving.impressions import ImpressionLog
 from rtrec.serving.schemas import (
     ITEM_ID_PATTERN,
     FeedbackRequest,
@@ -257,11 +258,8 @@ class Recommender:
         state.max_body = settings.serving.max_body_bytes
         state.publish = Publisher(settings)
         state.publish.start()
-        if settings.serving.impressions:
-            from rtrec.serving.impressions import ImpressionLog
-
-            self.engine.impressions = ImpressionLog(settings, self.engine.degradations)
-            self.engine.impressions.start()
+        if settings.serving.impressions:  # every answer logged, off the request path
+            self.engine.impressions = ImpressionLog.started(settings, self.engine.degradations)
         state.keys = ApiKeys(settings.serving.api_keys)  # the Guard answers 503 until this
         self.engine.popular.start()
         self.engine.online.warm()
