@@ -10,6 +10,8 @@ Public API (what DAGs, the CLI and the demo call)::
     ensure_project(settings), record_snapshot(settings, snapshot)
     send_alert(settings, record)
     COVERAGE_MODES                                           # offline-log coverage modes
+    readout(champion, challenger, ...) -> Readout            # an experiment's statistics
+    readout_for(settings, champion, challenger), verdict(...), Arm(trials, successes)
 
 Imports are lazy (PEP 562): ``import rtrec.monitoring`` loads neither Evidently nor pandas,
 so the CLI's ``--help`` stays fast.
@@ -24,6 +26,11 @@ _EXPORTS = {
     "ensure_project": "rtrec.monitoring.dashboards",
     "panel_titles": "rtrec.monitoring.dashboards",
     "record_snapshot": "rtrec.monitoring.dashboards",
+    "Arm": "rtrec.monitoring.experiment_stats",
+    "Readout": "rtrec.monitoring.experiment_stats",
+    "readout": "rtrec.monitoring.experiment_stats",
+    "readout_for": "rtrec.monitoring.experiment_stats",
+    "verdict": "rtrec.monitoring.experiment_stats",
     "DriftVerdict": "rtrec.monitoring.drift",
     "drift_report": "rtrec.monitoring.drift",
     "popularity_ranks": "rtrec.monitoring.drift",
