@@ -8,6 +8,7 @@ Test order matters only for the last test, which stops Redis and starts it again
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 import uuid
@@ -19,7 +20,7 @@ from rtrec.serving.schemas import EXAMPLE_FEEDBACK, EXAMPLE_RECOMMEND
 
 from rtrec.config import Settings
 from tests.conftest import free_port
-from tests.serving_support import recommend, write_history
+from tests.serving_support import recommend, wait_for, write_history
 
 pytestmark = pytest.mark.integration
 
@@ -317,6 +318,58 @@ def test_logs_never_carry_raw_user_ids(server, client: httpx.Client) -> None:
     client.post("/recommend", json={"user_id": "secret-user-4711", "k": 0})
     time.sleep(0.2)
     assert "secret-user-4711" not in server.log_text()
+
+
+def test_answers_are_logged_as_impressions_on_the_topic(
+    server, client: httpx.Client, stack: Settings
+) -> None:
+    """Each answer's request id comes back on the impressions topic, keyed by the raw
+    user id, with the redacted id, variant, version and the items by position in its body."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    topic = stack.kafka.impressions_topic
+    cold = f"imp-cold-{uuid.uuid4().hex[:8]}"
+    consumer = KafkaConsumer(bootstrap_servers=stack.kafka.bootstrap_servers)
+    try:
+        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+        assert len(parts) == stack.kafka.partitions  # created by ensure_topics, like events
+        consumer.assign(parts)
+        consumer.seek_to_end(*parts)
+        for part in parts:
+            consumer.position(part)  # fix the start before asking
+        asked = [("u1", 5), (cold, 3), ("u1", 2)]
+        answers = {(out := recommend(client, u, k=k))["request_id"]: (u, k, out) for u, k in asked}
+        found: dict[str, tuple[bytes, bytes]] = {}
+        deadline = time.monotonic() + 20
+        while len(found) < len(answers) and time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=500).values():
+                for r in records:
+                    if (rid := json.loads(r.value)["request_id"]) in answers:
+                        found[rid] = (r.key, r.value)
+    finally:
+        consumer.close()
+    assert set(found) == set(answers), "not every answer reached the impressions topic"
+    for rid, (key, value) in found.items():
+        user, k, out = answers[rid]
+        body = json.loads(value)
+        assert key == user.encode() and user.encode() not in value  # raw id: the key only
+        assert body["user_id_hash"] == out["user_id_hash"] and body["k"] == k
+        assert (body["variant"], body["model_version"]) == (out["variant"], out["model_version"])
+        assert body["items"] == [
+            {"item_id": i["item_id"], "position": n, "score": i["score"]}
+            for n, i in enumerate(out["items"], start=1)
+        ]
+        assert body["fallback"] is out["fallback"] and body["ts"] > 0
+        assert body["fallback_reason"] == ("cold user" if user == cold else None)
+    counts = client.get("/status").json()["degradations"]["counts"]
+    assert not [reason for reason in counts if reason.startswith("impression")], counts
+
+    def acknowledged() -> float:
+        text = httpx.get(f"{server.url}/metrics").text
+        found = re.search(r"^rtrec_serving_impressions_total ([0-9.e+]+)$", text, re.M)
+        return float(found.group(1)) if found else 0.0
+
+    assert wait_for(lambda: acknowledged() >= len(answers), timeout=5)
 
 
 def test_rtrec_serve_detach_starts_a_tracked_service(
