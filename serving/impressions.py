@@ -28,6 +28,7 @@ never slowed or failed by the log.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections import deque
@@ -41,6 +42,8 @@ from rtrec.serving.metrics import IMPRESSIONS, IMPRESSIONS_DROPPED
 
 from rtrec.config import Settings
 from rtrec.errors import Unavailable
+
+logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 """The impression's ``schema``; raised when a field changes meaning or goes away."""
@@ -178,14 +181,14 @@ class ImpressionLog(Breaker):
         self._drainer.start()
 
     def shutdown(self, flush_s: float = FLUSH_S) -> None:
-        """Send what is queued for up to ``flush_s`` (plus one broker deadline), drop and
-        count the rest, close the producer."""
+        """Send what is queued for up to ``flush_s``, drop and count the rest, close the
+        producer. Bounded: the background thread's batch in flight and the last batch
+        started here can each add one broker deadline (``timeout_s``)."""
         self._stopping.set()
         self.stop()
-        deadline = time.monotonic() + flush_s
         if self._drainer.is_alive():
-            self._drainer.join(flush_s + self.timeout_s + 1)
-        self._drain(until=deadline)
+            self._drainer.join(self.timeout_s + 1)  # it stops after the batch in flight
+        self._drain(until=time.monotonic() + flush_s)
         left = self._take(len(self._queue))
         if left:
             self._dropped(STOPPED, len(left), f"{len(left)} not sent within {flush_s:g} s")
@@ -195,14 +198,24 @@ class ImpressionLog(Breaker):
 
     def _run(self) -> None:
         while not self._stopping.wait(self.interval_s):
-            self._drain()
+            try:
+                self._drain()
+            except Exception:  # a bug here must not end the thread and fill the queue
+                logger.exception("impression log: draining the queue failed; continuing")
 
     def _drain(self, until: float | None = None) -> None:
-        while until is None or time.monotonic() < until:
+        """Ship batches until the queue is empty; the background thread (no ``until``)
+        stops early when shutdown begins, which then ships the rest by its deadline."""
+        while self._draining(until):
             batch = self._take(self.batch_size)
             if not batch:
                 return
             self._ship(batch)
+
+    def _draining(self, until: float | None) -> bool:
+        if until is None:
+            return not self._stopping.is_set()
+        return time.monotonic() < until
 
     def _take(self, n: int) -> list[Entry]:
         with self._lock:
