@@ -197,7 +197,9 @@ def progress_line(row: dict) -> str:
         f"{rec['server_p99_ms']} ms; similar p99 {sim['p99_ms']} ms; errors {row['errors']} "
         f"{rec['statuses']} {sim['statuses']}; fallbacks {rec['fallbacks']} "
         f"(cold {rec['fallbacks_cold']}); cpu/req {row['cpu_s_per_request']} s; load "
-        f"{row['load_avg_1m_before']} -> {row['load_avg_1m_after']}"
+        f"{row['load_avg_1m_before']} -> {row['load_avg_1m_after']}; client stalls "
+        f"{row['client_stalls'] or 'none'}; slowest due at "
+        f"{[s.get('due_utc') for s in rec.get('slowest', [])][:3]}"
     )
 
 

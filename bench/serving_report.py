@@ -96,6 +96,7 @@ def rate_row(
         "cpu_s_per_request": round(cpu_s / tally.answered, 6) if tally.answered else None,
         "load_avg_1m_before": round(load_before, 2),
         "load_avg_1m_after": round(load_after, 2),
+        "client_stalls": run.client_stalls,
     }
 
 

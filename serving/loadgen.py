@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import numpy as np
+from rtrec.serving.stalls import heartbeat
 
 from rtrec.config import host_port
 
@@ -48,6 +49,9 @@ class Run:
     samples: list[Sample]
     elapsed_s: float
     started_unix: float
+    client_stalls: list[tuple[float, float]] = field(default_factory=list)
+    """(seconds from the start, lag in s) of each time the client's own loop ran a
+    heartbeat over 10 ms late: a latency the server did not cause."""
 
 
 @dataclass(frozen=True)
@@ -230,6 +234,8 @@ async def _run(
 
     tasks = []
     start, started_unix = time.perf_counter(), time.time()
+    stalls: list[tuple[float, float]] = []
+    beat = asyncio.create_task(heartbeat(start, stalls))
     for i in range(n):
         req = request_for(i)  # built before the due time: no client work on the clock
         due = start + i / rate
@@ -239,9 +245,10 @@ async def _run(
         tasks.append(asyncio.create_task(one(i, req, due)))
     await asyncio.gather(*tasks)
     elapsed = time.perf_counter() - start
+    beat.cancel()
     await pool.close()
     samples.sort(key=lambda s: s.index)
-    return Run(samples, elapsed, started_unix)
+    return Run(samples, elapsed, started_unix, stalls)
 
 
 def run_schedule(
@@ -255,10 +262,8 @@ def run_schedule(
     timeout_s: float = 5.0,
     on_response: Callable[[int, Request, str, bytes], None] | None = None,
 ) -> Run:
-    """Offer ``request_for(i)`` for i in 0..n-1 at ``rate`` requests/s in all.
-
-    ``on_response(i, request, status, body)`` sees each answer as it comes.
-    """
+    """Offer ``request_for(i)`` for i in 0..n-1 at ``rate`` requests/s in all;
+    ``on_response(i, request, status, body)`` sees each answer as it comes."""
     host, port = host_port(url, 80)
     return asyncio.run(
         _run(host, port, request_for, n, rate, connections, headers or {}, timeout_s, on_response)
@@ -285,17 +290,15 @@ class RateResult:
     slowest: list[dict[str, float | str]] = field(default_factory=list)
     """The slowest requests with their due times (:func:`slowest`)."""
     started_unix: float = 0.0
+    client_stalls: list[tuple[float, float]] = field(default_factory=list)
 
     def row(self) -> dict[str, float | int]:
+        tail = ("p50_ms", "p95_ms", "p99_ms", "p999_ms", "max_ms")
         return {
             "rate_rps": self.rate_rps,
             "sent": self.sent,
             "achieved_rps": round(self.achieved_rps, 1),
-            "p50_ms": round(self.p50_ms, 3),
-            "p95_ms": round(self.p95_ms, 3),
-            "p99_ms": round(self.p99_ms, 3),
-            "p999_ms": round(self.p999_ms, 3),
-            "max_ms": round(self.max_ms, 3),
+            **{k: round(getattr(self, k), 3) for k in tail},
             "errors": self.errors,
         }
 
@@ -332,18 +335,15 @@ def run_rate(
         on_response=seen,
     )
     s = summarize(run.samples, duration_s, started_unix=run.started_unix)
+    figures = (s[k] for k in ("p50_ms", "p95_ms", "p99_ms", "p999_ms", "max_ms", "errors"))
     return RateResult(
         rate,
         len(run.samples),
-        s["p50_ms"],
-        s["p95_ms"],
-        s["p99_ms"],
-        s["p999_ms"],
-        s["max_ms"],
-        s["errors"],
+        *figures,
         s["statuses"],
         len(run.samples) / run.elapsed_s,
         samples=[(x.due_s, x.latency_s) for x in run.samples],
         slowest=s["slowest"],
         started_unix=run.started_unix,
+        client_stalls=run.client_stalls,
     )

@@ -68,6 +68,21 @@ IMPRESSIONS_DROPPED = metrics.Counter(
     labelnames=["reason"],
 )
 
+_STALL_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
+LOOP_LAG = metrics.Histogram(
+    name="rtrec_serving_loop_lag_seconds",
+    documentation="How late the event loop ran a heartbeat scheduled every few ms: the "
+    "time every request in flight waited on something else holding the loop",
+    buckets=_STALL_BUCKETS,
+)
+GC_PAUSE = metrics.Histogram(
+    name="rtrec_serving_gc_pause_seconds",
+    documentation="Garbage collections of the service process, by generation (each one "
+    "stops every thread, the event loop included)",
+    labelnames=["generation"],
+    buckets=_STALL_BUCKETS,
+)
+
 _children: dict[tuple[int, tuple[str, ...]], Any] = {}
 
 

@@ -152,6 +152,14 @@ class Degradations(BaseModel):
     last: LastDegradation | None
 
 
+class LoopStalls(BaseModel):
+    """The event loop's health since start (see ``rtrec_serving_loop_lag_seconds``)."""
+
+    max_lag_ms: float
+    stalls: int
+    """Heartbeats late by more than the warning threshold (each logged with its cause)."""
+
+
 class StatusResponse(BaseModel):
     ready: bool
     models: dict[str, LoadedModel]
@@ -160,6 +168,7 @@ class StatusResponse(BaseModel):
     event_broker_down: str | None
     fallback_source: str
     degradations: Degradations
+    loop: LoopStalls
 
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:

@@ -189,6 +189,10 @@ async def status(request: Request) -> Response:
             "event_broker_down": st.publish.down_reason,
             "fallback_source": st.engine.popular.items()[1],
             "degradations": st.engine.degradations.status(),
+            "loop": {
+                "max_lag_ms": round(st.loop_watch.max_lag_s * 1000, 2),
+                "stalls": st.loop_watch.stalls,
+            },
         }
     )
 
@@ -200,6 +204,22 @@ def _tracing() -> dict[str, Any]:
     from rtrec.config import get_settings
 
     return {} if get_settings().serving.tracing else {"excluded_urls": ["/"]}
+
+
+def _start_degradations(degradations: Any, exposure: str) -> None:
+    """Count what the start-up already knows is degraded, so /status shows it."""
+    from rtrec.serving.metrics import DEGRADATIONS
+
+    if not HEADER_DEADLINE:  # use_header_deadline logged it at WARNING
+        degradations.record(
+            "no header deadline", "no httptools for uvicorn", metric=DEGRADATIONS, log=False
+        )
+    if exposure == "anonymous":
+        degradations.record(  # logged at WARNING, shown in /status
+            "anonymous access",
+            "no API keys on a non-loopback address (serving.allow_anonymous)",
+            metric=DEGRADATIONS,
+        )
 
 
 @bentoml.service(
@@ -223,6 +243,7 @@ class Recommender:
         from rtrec.serving.launch import refuse_exposed_start
         from rtrec.serving.lifecycle import ModelWatcher
         from rtrec.serving.retrieval import Engine
+        from rtrec.serving.stalls import LoopWatch
 
         from rtrec.config import get_settings
         from rtrec.logging import configure_logging, load_redact_salt
@@ -234,28 +255,14 @@ class Recommender:
         logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
         torch.set_num_threads(settings.serving.threads)
         self.engine = Engine(settings)
-        if not HEADER_DEADLINE:
-            from rtrec.serving.metrics import DEGRADATIONS
-
-            # use_header_deadline logged it at WARNING; count it and show it in /status
-            self.engine.degradations.record(
-                "no header deadline", "no httptools for uvicorn", metric=DEGRADATIONS, log=False
-            )
-        if exposure == "anonymous":
-            from rtrec.serving.metrics import DEGRADATIONS
-
-            self.engine.degradations.record(  # logged at WARNING, shown in /status
-                "anonymous access",
-                "no API keys on a non-loopback address (serving.allow_anonymous)",
-                metric=DEGRADATIONS,
-            )
+        _start_degradations(self.engine.degradations, exposure)
         self.watcher = ModelWatcher(
             settings, self.engine.swap, degradations=self.engine.degradations
         )
         state = app.state
         state.engine, state.watcher = self.engine, self.watcher
         state.limiter = RateLimiter(settings.serving.rate_limit_per_s)
-        state.max_body = settings.serving.max_body_bytes
+        state.max_body, state.loop_watch = settings.serving.max_body_bytes, LoopWatch()
         state.publish = Publisher(settings)
         state.publish.start()
         if settings.serving.impressions:  # every answer logged, off the request path
@@ -277,12 +284,21 @@ class Recommender:
             },
         )
 
+    @bentoml.on_startup
+    async def watch_loop(self) -> None:
+        """Heartbeat on the serving loop and collector timing (see serving.stalls)."""
+        from rtrec.serving.stalls import time_collections
+
+        time_collections()
+        app.state.loop_watch.start()
+
     def __is_ready__(self) -> bool:
         return self.engine.ready
 
     @bentoml.on_shutdown
     def flush_impressions(self) -> None:
         """Send the impressions still queued (a bounded wait); the rest are counted."""
+        app.state.loop_watch.stop()
         if self.engine.impressions is not None:
             self.engine.impressions.shutdown()
 

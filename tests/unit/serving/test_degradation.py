@@ -117,6 +117,7 @@ def test_engine_fallbacks_are_counted_and_in_status(
             "event_broker_down": None,
             "fallback_source": "popular",
             "degradations": status,
+            "loop": {"max_lag_ms": 0.4, "stalls": 0},
         }
     )
 

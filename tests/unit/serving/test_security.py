@@ -14,6 +14,7 @@ from rtrec.serving import service
 from rtrec.serving.auth import ApiKeys, RateLimiter, scope_for
 from rtrec.serving.feedback import SOURCE_KEY
 from rtrec.serving.schemas import EXAMPLE_FEEDBACK
+from rtrec.serving.stalls import LoopWatch
 from starlette.testclient import TestClient
 
 from rtrec import logging as rtrec_logging
@@ -64,7 +65,7 @@ def _salt(monkeypatch: pytest.MonkeyPatch) -> None:
     rtrec_logging.use_redact_salt("unit-test-salt")
 
 
-STATE = ("engine", "watcher", "publish", "limiter", "max_body", "keys")
+STATE = ("engine", "watcher", "publish", "limiter", "max_body", "loop_watch", "keys")
 
 
 @pytest.fixture(autouse=True)
@@ -84,6 +85,7 @@ def _ready(keys: list[ApiKey], *, rate: float = 1000.0) -> Publish:
         publish,
         RateLimiter(rate),
         64 * 1024,
+        LoopWatch(),
         ApiKeys(keys),
     )
     for name, value in zip(STATE, values, strict=True):

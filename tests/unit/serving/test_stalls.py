@@ -1,0 +1,78 @@
+"""The stall instruments name what held the loop: the frames of a blocking call, a collection."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import time
+
+import pytest
+from prometheus_client import REGISTRY
+from rtrec.serving.stalls import LoopWatch, heartbeat, time_collections
+
+
+def _block_the_loop() -> None:
+    time.sleep(0.2)  # a blocking call on the loop: what the watch must catch and name
+
+
+def test_a_blocking_call_on_the_loop_is_logged_with_its_frames(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    watch = LoopWatch(period_s=0.005, warn_s=0.05)
+
+    async def serve() -> None:
+        watch.start()
+        await asyncio.sleep(0.05)
+        _block_the_loop()
+        await asyncio.sleep(0.05)
+        watch.stop()
+
+    with caplog.at_level(logging.WARNING, logger="rtrec.serving.stalls"):
+        asyncio.run(serve())
+    assert watch.stalls >= 1 and watch.max_lag_s >= 0.15
+    held = [r.held_by for r in caplog.records if r.getMessage() == "event loop stalled"]  # type: ignore[attr-defined]
+    assert any("_block_the_loop" in frame for frames in held for frame in frames)
+
+
+def test_a_quiet_loop_records_lags_without_warnings(caplog: pytest.LogCaptureFixture) -> None:
+    before = REGISTRY.get_sample_value("rtrec_serving_loop_lag_seconds_count") or 0.0
+    watch = LoopWatch(period_s=0.005, warn_s=0.5)
+
+    async def idle() -> None:
+        watch.start()
+        await asyncio.sleep(0.1)
+        watch.stop()
+
+    with caplog.at_level(logging.WARNING, logger="rtrec.serving.stalls"):
+        asyncio.run(idle())
+    assert watch.stalls == 0 and not caplog.records
+    assert (REGISTRY.get_sample_value("rtrec_serving_loop_lag_seconds_count") or 0.0) > before
+
+
+def test_collections_are_timed_by_generation(caplog: pytest.LogCaptureFixture) -> None:
+    time_collections(warn_s=0.0)  # every collection is "long": its warning shows the fields
+    time_collections(warn_s=0.0)  # idempotent: one timer per process
+    before = REGISTRY.get_sample_value("rtrec_serving_gc_pause_seconds_count", {"generation": "2"})
+    with caplog.at_level(logging.WARNING, logger="rtrec.serving.stalls"):
+        gc.collect()
+    after = REGISTRY.get_sample_value("rtrec_serving_gc_pause_seconds_count", {"generation": "2"})
+    assert after == (before or 0.0) + 1
+    (record,) = [r for r in caplog.records if r.getMessage().startswith("garbage collection")]
+    assert record.generation == 2  # type: ignore[attr-defined]
+    gc.callbacks[:] = [cb for cb in gc.callbacks if type(cb).__name__ != "_CollectionTimer"]
+
+
+def test_heartbeat_reports_when_its_own_loop_was_held() -> None:
+    stalls: list[tuple[float, float]] = []
+
+    async def client() -> None:
+        start = time.perf_counter()
+        beat = asyncio.create_task(heartbeat(start, stalls, min_lag_s=0.02))
+        await asyncio.sleep(0.03)
+        time.sleep(0.1)
+        await asyncio.sleep(0.03)
+        beat.cancel()
+
+    asyncio.run(client())
+    assert any(0.0 < at < 0.1 and lag >= 0.07 for at, lag in stalls)
