@@ -55,6 +55,7 @@ from prometheus_client import (
     multiprocess,
     values,
 )
+from rtrec.serving.metrics import flush, record
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
@@ -217,6 +218,7 @@ def exposition() -> bytes:
     (BentoML sets it for the workers it starts), so they are read back from there;
     without it (a plain process) the default registry is the whole story.
     """
+    flush()  # what the request path recorded since the last flush
     if not MULTIPROCESS:
         return generate_latest()
     registry = CollectorRegistry()
@@ -246,7 +248,6 @@ class RouteMetrics:
         self.app = app
         self.skip = skip
         self.label = route_labeller(api, keep=skip)
-        self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -293,10 +294,6 @@ class RouteMetrics:
 
     def _observe(self, scope: dict[str, Any], status: int, seconds: float) -> None:
         method = scope["method"] if scope["method"] in METHODS else "other"
-        key = (self.label(scope["path"]), method, status)
-        series = self._series.get(key)
-        if series is None:  # labels() per request costs a lock and a lookup: keep them
-            labels = (key[0], method, str(status))
-            series = self._series[key] = REQUESTS.labels(*labels), LATENCY.labels(*labels)
-        series[0].inc()
-        series[1].observe(seconds)
+        labels = (self.label(scope["path"]), method, str(status))
+        record(REQUESTS, 1, *labels)
+        record(LATENCY, seconds, *labels)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from bisect import bisect_left
 from typing import Any
 
 from bentoml import metrics
@@ -88,13 +90,81 @@ _children: dict[tuple[int, tuple[str, ...]], Any] = {}
 
 def child(metric: Any, *labels: str) -> Any:
     """``metric.labels(*labels)``, kept: ``labels()`` takes a lock and builds a key on each
-    call, and the request path records five or six series per request."""
+    call."""
     key = (id(metric), labels)
     out = _children.get(key)
     if out is None:
-        out = _children[key] = metric.labels(*labels)
+        out = _children[key] = metric.labels(*labels) if labels else metric
     return out
 
 
+class _Pending:
+    """What one counter or histogram series gathered since the last flush."""
+
+    __slots__ = ("bounds", "counts", "series", "total")
+
+    def __init__(self, series: Any) -> None:
+        self.series = series
+        self.bounds: list[float] | None = getattr(series, "_upper_bounds", None)
+        self.counts = [0] * len(self.bounds) if self.bounds is not None else []
+        self.total = 0.0
+
+
+_pending: dict[tuple[int, tuple[str, ...]], _Pending] = {}
+_pending_lock = threading.RLock()  # a collection's callback may record while held
+
+
+def record(metric: Any, value: float, *labels: str) -> None:
+    """Observe ``value`` (a histogram) or add it (a counter), in memory until :func:`flush`.
+
+    Under BentoML every metric value is a multiprocess one: each update takes a lock,
+    checks the pid (a system call) and writes an mmapped file, about 5 us, twice per
+    histogram observation; the request path makes seven or eight. Summing them here costs
+    a fraction of that, and the shared values are written once per flush (every second,
+    and before each /metrics answer), so a scrape never misses what was recorded.
+    """
+    key = (id(metric), labels)
+    with _pending_lock:
+        entry = _pending.get(key)
+        if entry is None:
+            entry = _pending[key] = _Pending(child(metric, *labels))
+        entry.total += value
+        if entry.bounds is not None:  # the first bucket whose upper bound holds it
+            entry.counts[bisect_left(entry.bounds, value)] += 1
+
+
+def flush() -> None:
+    """Write what :func:`record` gathered into the metrics' own values."""
+    with _pending_lock:
+        batch = [
+            (e.series, e.bounds, e.counts, e.total)
+            for e in _pending.values()
+            if e.total or any(e.counts)
+        ]
+        for e in _pending.values():
+            e.total, e.counts = 0.0, [0] * len(e.counts)
+    for series, bounds, counts, total in batch:
+        if bounds is None:
+            series.inc(total)
+            continue
+        series._sum.inc(total)
+        for bucket, count in zip(series._buckets, counts, strict=True):
+            if count:
+                bucket.inc(count)
+
+
+def start_flushing(period_s: float = 1.0) -> threading.Event:
+    """Flush every ``period_s`` on a daemon thread until the returned event is set."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(period_s):
+            flush()
+        flush()
+
+    threading.Thread(target=loop, name="metrics-flush", daemon=True).start()
+    return stop
+
+
 def observe_stage(stage: str, seconds: float) -> None:
-    child(STAGE, stage).observe(seconds)
+    record(STAGE, seconds, stage)

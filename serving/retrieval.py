@@ -288,7 +288,7 @@ class Engine:
         out["request_id"] = secrets.token_hex(16)
         elapsed = time.perf_counter() - start
         metrics.observe_stage("total", elapsed)
-        metrics.child(metrics.REQUESTS, out["variant"], str(out["fallback"]).lower()).inc()
+        metrics.record(metrics.REQUESTS, 1, out["variant"], str(out["fallback"]).lower())
         out["server_ms"] = round(elapsed * 1000, 3)
         if self.impressions is not None:
             self.impressions.record(req.user_id, req.k, out, label)

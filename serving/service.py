@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from typing import Any
 
 import bentoml
@@ -254,6 +255,10 @@ class Recommender:
         load_redact_salt(settings)
         logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
         torch.set_num_threads(settings.serving.threads)
+        # The loop thread waits for the GIL whenever a background thread (the impression
+        # producer, the probes) holds it, up to the switch interval: 5 ms by default,
+        # a whole latency budget. 1 ms bounds that wait at a small cost in switches.
+        sys.setswitchinterval(0.001)
         self.engine = Engine(settings)
         _start_degradations(self.engine.degradations, exposure)
         self.watcher = ModelWatcher(
@@ -286,11 +291,14 @@ class Recommender:
 
     @bentoml.on_startup
     async def watch_loop(self) -> None:
-        """Heartbeat on the serving loop and collector timing (see serving.stalls)."""
+        """Heartbeat on the serving loop and collector timing (see serving.stalls); the
+        request path's metrics written out every second (see serving.metrics.record)."""
+        from rtrec.serving.metrics import start_flushing
         from rtrec.serving.stalls import time_collections
 
         time_collections()
         app.state.loop_watch.start()
+        app.state.stop_flushing = start_flushing()
 
     def __is_ready__(self) -> bool:
         return self.engine.ready
@@ -299,6 +307,7 @@ class Recommender:
     def flush_impressions(self) -> None:
         """Send the impressions still queued (a bounded wait); the rest are counted."""
         app.state.loop_watch.stop()
+        app.state.stop_flushing.set()
         if self.engine.impressions is not None:
             self.engine.impressions.shutdown()
 

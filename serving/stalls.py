@@ -69,7 +69,7 @@ class LoopWatch:
             self._sampled = None
 
     def record(self, lag_s: float, frames: list[str] | None) -> None:
-        LOOP_LAG.observe(lag_s)
+        metrics.record(LOOP_LAG, lag_s)
         self.max_lag_s = max(self.max_lag_s, lag_s)
         if lag_s < self.warn_s:
             return
@@ -120,7 +120,6 @@ class _CollectionTimer:
                     "pause_ms": round(took * 1000, 1),
                     "generation": generation,
                     "collected": info.get("collected"),
-                    "frozen_objects": gc.get_freeze_count(),
                 },
             )
 

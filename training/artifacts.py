@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 from rtrec.training.examples import InputEncoder, dense_matrix
+from rtrec.training.fast_tower import FastUserTower
 from rtrec.training.index import ItemIndex
 from rtrec.training.model import TwoTower, TwoTowerConfig, rank_cold_by_popularity
 from rtrec.training.vocab import Vocab
@@ -126,6 +127,7 @@ class ModelBundle:
     ) -> None:
         self.directory = directory
         self.net = net.eval()
+        self.fast_tower = FastUserTower(self.net)
         self.encoders = encoders
         self.item_embeddings = item_embeddings
         with torch.inference_mode():
@@ -158,7 +160,6 @@ class ModelBundle:
     def popular_items(self) -> list[str]:
         return list(self.metadata.get("popular_items", []))
 
-    @torch.inference_mode()
     def user_vectors(
         self,
         user_ids: Sequence[str],
@@ -180,12 +181,15 @@ class ModelBundle:
                 f"({len(user_ids)}, {len(enc.dense)})",
                 field="dense",
             )
-        out = self.net.user_tower(
-            torch.as_tensor(enc.users.encode(user_ids)),
-            torch.as_tensor(enc.items.encode_lists(histories, enc.history_len)),
-            torch.as_tensor(dense_arr),
-        )
-        return self.net.query(out).numpy()
+        users = enc.users.encode(user_ids)
+        history = enc.items.encode_lists(histories, enc.history_len)
+        if len(user_ids) <= FastUserTower.MAX_BATCH:  # a request: numpy, same arithmetic
+            return self.fast_tower(users, history, dense_arr)
+        with torch.inference_mode():
+            out = self.net.user_tower(
+                torch.as_tensor(users), torch.as_tensor(history), torch.as_tensor(dense_arr)
+            )
+            return self.net.query(out).numpy()
 
     def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, list[list[str | None]]]:
         """Top-``k`` (scores, item ids) per vector; ``None`` where the index had no result."""
@@ -193,7 +197,7 @@ class ModelBundle:
             vectors = vectors[:, :-1]
         scores, rows = self.index.search(vectors, k)
         ids = self.encoders.items.ids
-        return scores, [[ids[r] if r >= 0 else None for r in row] for row in rows]
+        return scores, [[ids[r] if r >= 0 else None for r in row] for row in rows.tolist()]
 
     def similar_items(self, item_id: str, k: int) -> list[tuple[str, float]]:
         j = self.encoders.items.index(item_id)

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
+from rtrec.serving import metrics
 from rtrec.serving.edge import (
     HeaderDeadlineProtocol,
     RejectControlPaths,
@@ -65,11 +66,13 @@ def test_metric_labels_are_route_templates() -> None:
 
 def _count(endpoint: str, method: str, status: str) -> float:
     labels = {"endpoint": endpoint, "method": method, "status": status}
+    metrics.flush()  # the request path records in memory; a scrape flushes first
     return REGISTRY.get_sample_value("rtrec_serving_http_requests_total", labels) or 0.0
 
 
 def _seconds_count(endpoint: str, method: str, status: str) -> float:
     labels = {"endpoint": endpoint, "method": method, "status": status}
+    metrics.flush()
     return REGISTRY.get_sample_value("rtrec_serving_http_request_seconds_count", labels) or 0.0
 
 

@@ -9,6 +9,7 @@ import time
 
 import pytest
 from prometheus_client import REGISTRY
+from rtrec.serving import metrics
 from rtrec.serving.stalls import LoopWatch, heartbeat, time_collections
 
 
@@ -47,6 +48,7 @@ def test_a_quiet_loop_records_lags_without_warnings(caplog: pytest.LogCaptureFix
     with caplog.at_level(logging.WARNING, logger="rtrec.serving.stalls"):
         asyncio.run(idle())
     assert watch.stalls == 0 and not caplog.records
+    metrics.flush()
     assert (REGISTRY.get_sample_value("rtrec_serving_loop_lag_seconds_count") or 0.0) > before
 
 
@@ -76,3 +78,29 @@ def test_heartbeat_reports_when_its_own_loop_was_held() -> None:
 
     asyncio.run(client())
     assert any(0.0 < at < 0.1 and lag >= 0.07 for at, lag in stalls)
+
+
+def test_recorded_observations_flush_to_the_same_series_as_direct_ones() -> None:
+    """record() + flush() leaves a histogram and a counter as observe()/inc() would."""
+    from prometheus_client import CollectorRegistry, Counter, Histogram
+
+    registry = CollectorRegistry()
+    buckets = (0.001, 0.01, 0.1)
+    direct = Histogram("direct_seconds", "d", ["stage"], buckets=buckets, registry=registry)
+    batched = Histogram("batched_seconds", "b", ["stage"], buckets=buckets, registry=registry)
+    hits = Counter("hits_total", "h", ["variant"], registry=registry)
+    values = [0.0005, 0.001, 0.002, 0.01, 0.05, 0.1, 3.0]  # on and between the bounds
+    for v in values:
+        direct.labels("x").observe(v)
+        metrics.record(batched, v, "x")
+        metrics.record(hits, 1, "champion")
+    assert registry.get_sample_value("batched_seconds_count", {"stage": "x"}) == 0.0
+    metrics.flush()
+    metrics.flush()  # nothing new: nothing written twice
+    for le in ("0.001", "0.01", "0.1", "+Inf"):
+        labels = {"stage": "x", "le": le}
+        assert registry.get_sample_value("batched_seconds_bucket", labels) == (
+            registry.get_sample_value("direct_seconds_bucket", labels)
+        )
+    assert registry.get_sample_value("batched_seconds_sum", {"stage": "x"}) == sum(values)
+    assert registry.get_sample_value("hits_total", {"variant": "champion"}) == len(values)
