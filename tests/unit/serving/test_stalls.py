@@ -14,7 +14,7 @@ from rtrec.serving.stalls import LoopWatch, heartbeat, time_collections
 
 
 def _block_the_loop() -> None:
-    time.sleep(0.2)  # a blocking call on the loop: what the watch must catch and name
+    time.sleep(0.4)  # a blocking call on the loop: what the watch must catch and name
 
 
 def test_a_blocking_call_on_the_loop_is_logged_with_its_frames(
