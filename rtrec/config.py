@@ -231,6 +231,9 @@ class MonitoringSettings(BaseModel):
     min_detectable_effect: float = Field(0.05, gt=0.0)
     """Smallest relative lift of the click rate an experiment must be able to detect (at
     alpha 0.05, power 0.8): sets the sample size per arm before a verdict."""
+    attribution_window_s: float = Field(1800.0, gt=0.0)
+    """A click, add-to-cart or purchase without a ``request_id`` counts for the user's
+    latest answer that showed the item at most this long before it (event time)."""
 
 
 class Settings(BaseSettings):

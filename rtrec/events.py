@@ -3,7 +3,8 @@
 An interaction is one user action on one item. On the wire it is a JSON object::
 
     {"user_id": "u42", "item_id": "i7", "event_type": "click",
-     "ts": 1732280000123, "value": null, "context": {"device": "ios"}}
+     "ts": 1732280000123, "value": null, "context": {"device": "ios"},
+     "request_id": "5f0c6e1b9a8d4c2e8b7a6f5e4d3c2b1a"}
 
 ``ts`` is milliseconds since the Unix epoch (UTC); an ISO-8601 string is accepted too.
 Every validation error is raised as :class:`rtrec.errors.InvalidInput` naming the field.
@@ -30,6 +31,8 @@ MIN_TS_MS = 0
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 Id = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f]+$")]
+REQUEST_ID_PATTERN = r"^[0-9a-f]{32}$"
+"""A ``/recommend`` answer's id: 128 random bits as 32 lowercase hex characters."""
 ContextValue = str | int | float | bool | None
 
 
@@ -62,6 +65,10 @@ class Interaction(BaseModel):
         default=None, max_length=32
     )
     """Free-form request context (device, page, experiment arm), bounded in size."""
+    request_id: str | None = Field(default=None, pattern=REQUEST_ID_PATTERN)
+    """The ``request_id`` of the ``/recommend`` answer this action followed, when the
+    client knows it: the stream processor then attributes the action to that answer's
+    impression instead of inferring one (``rtrec.streaming.attribution``)."""
 
     @field_validator("context")
     @classmethod

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
+from typing import Any
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -14,3 +16,15 @@ def variant_for(user_id: str, challenger_share: float, *, salt: str = "rtrec-ab"
         return CHAMPION
     h = int.from_bytes(hashlib.blake2b(f"{salt}:{user_id}".encode(), digest_size=8).digest(), "big")
     return CHALLENGER if h / 2**64 < challenger_share else CHAMPION
+
+
+def experiment_id(models: Mapping[str, Any], challenger_share: float) -> str | None:
+    """The experiment an answer belongs to: ``<champion version>-vs-<challenger version>``
+    while both are loaded and the split gives the challenger users, else None. Named by
+    the pair, so a new challenger (or a new champion) starts a new experiment whose
+    counts are not mixed with the last one's; the impression carries it, and the stream
+    processor keeps its aggregates under it (``rtrec.streaming.attribution``)."""
+    champion, challenger = models.get(CHAMPION), models.get(CHALLENGER)
+    if champion is None or challenger is None or challenger_share <= 0:
+        return None
+    return f"{champion.version or 'unversioned'}-vs-{challenger.version or 'unversioned'}"

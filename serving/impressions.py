@@ -1,7 +1,8 @@
 """Impressions: every ``/recommend`` answer, logged on Kafka for experiment readouts.
 
 An impression says what one answer showed: its ``request_id``, the variant and model
-version that served it, the items with their positions and scores, whether it was a
+version that served it, the experiment it belongs to (``<champion>-vs-<challenger>``
+versions, null without an A/B split), the items with their positions and scores, whether it was a
 fallback and why (the reason's label, ``cold user``), the k asked for and when. Later,
 feedback (which carries the raw user id) is attributed to the answers it follows.
 
@@ -75,6 +76,7 @@ def impression(entry: Entry) -> dict[str, Any]:
         "ts": ts,
         "user_id_hash": answer["user_id_hash"],
         "variant": answer["variant"],
+        "experiment": answer.get("experiment"),
         "model_version": answer["model_version"],
         "k": k,
         "items": [

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from rtrec.serving import metrics
 from rtrec.serving.degradation import Degradations
-from rtrec.serving.experiments import CHALLENGER, CHAMPION, variant_for
+from rtrec.serving.experiments import CHALLENGER, CHAMPION, experiment_id, variant_for
 from rtrec.serving.fallback import PopularCache
 from rtrec.serving.lifecycle import Loaded
 from rtrec.serving.online import GuardedFeatures
@@ -121,10 +121,15 @@ class Engine:
         self, req: RecommendRequest, exc: Exception, start: float
     ) -> dict[str, Any]:
         logger.error("recommend failed; serving the fallback\n%s", _scrubbed_traceback(req.user_id))
-        out = {"user_id_hash": redact_id(req.user_id), "variant": CHAMPION}
+        models = self.models
+        out = {
+            "user_id_hash": redact_id(req.user_id),
+            "variant": CHAMPION,
+            "experiment": experiment_id(models, self.settings.serving.ab_challenger_share),
+        }
         k = min(req.k, self.settings.serving.max_k)
         reason = f"internal error: {type(exc).__name__}"
-        return self._fallback(out, k, req, reason, start, self.models.get(CHAMPION))
+        return self._fallback(out, k, req, reason, start, models.get(CHAMPION))
 
     def recommend(
         self,
@@ -142,7 +147,11 @@ class Engine:
         variant = variant_for(req.user_id, share) if CHALLENGER in models else CHAMPION
         loaded = models.get(variant)
         k = min(req.k, self.settings.serving.max_k)
-        out: dict[str, Any] = {"user_id_hash": redact_id(req.user_id), "variant": variant}
+        out: dict[str, Any] = {
+            "user_id_hash": redact_id(req.user_id),
+            "variant": variant,
+            "experiment": experiment_id(models, share),
+        }
         if loaded is None:
             return self._fallback(out, k, req, "no model loaded yet", start, None)
         k = min(k, len(loaded.bundle.item_ids))

@@ -55,6 +55,7 @@ EXAMPLE_RECOMMEND_RESPONSE: dict[str, Any] = {
     "items": [{"item_id": "i12", "score": 0.913}, {"item_id": "i3", "score": 0.872}],
     "model_version": "7",
     "variant": "champion",
+    "experiment": "7-vs-8",
     "fallback": False,
     "fallback_reason": None,
     "server_ms": 1.234,
@@ -82,6 +83,9 @@ class RecommendResponse(BaseModel):
     model_version: str | None
     variant: str
     """``champion`` or ``challenger`` (sticky per user, ``serving.ab_challenger_share``)."""
+    experiment: str | None = None
+    """The A/B experiment the answer belongs to, ``<champion version>-vs-<challenger
+    version>``; null while no challenger is loaded or its share is 0."""
     fallback: bool
     fallback_reason: str | None = None
     """Why the fallback list was served: a short label (``cold user``), then details."""
@@ -198,5 +202,13 @@ EXAMPLE_RECOMMEND: dict[str, Any] = {
     "context": {"device": "ios"},
 }
 EXAMPLE_FEEDBACK: dict[str, Any] = {
-    "events": [{"user_id": "u42", "item_id": "i9", "event_type": "click", "ts": 1732280000000}]
+    "events": [
+        {
+            "user_id": "u42",
+            "item_id": "i9",
+            "event_type": "click",
+            "ts": 1732280000000,
+            "request_id": "5f0c6e1b9a8d4c2e8b7a6f5e4d3c2b1a",
+        }
+    ]
 }

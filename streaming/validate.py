@@ -18,7 +18,10 @@ import orjson
 from rtrec.events import EVENT_TYPES, MAX_EVENT_BYTES, MAX_FUTURE_MS, parse_event
 
 _KNOWN_TYPES = frozenset(EVENT_TYPES)
-_ALLOWED_KEYS = frozenset({"user_id", "item_id", "event_type", "ts", "value", "context"})
+_ALLOWED_KEYS = frozenset(
+    {"user_id", "item_id", "event_type", "ts", "value", "context", "request_id"}
+)
+_HEX = frozenset("0123456789abcdef")
 
 
 class Event(NamedTuple):
@@ -31,6 +34,8 @@ class Event(NamedTuple):
     value: float | None
     source: str | None = None
     """``context.source_key``: who sent it (the service stamps the API key's name)."""
+    request_id: str | None = None
+    """The ``/recommend`` answer the action followed, when the client said so."""
 
 
 def _fast(raw: bytes, limit_ms: int) -> Event | None:
@@ -62,7 +67,12 @@ def _fast(raw: bytes, limit_ms: int) -> Event | None:
             return None
     elif etype == "rating":
         return None
-    return Event(user, item, etype, ts, value)
+    request_id = d.get("request_id")
+    if request_id is not None and (
+        type(request_id) is not str or len(request_id) != 32 or not _HEX.issuperset(request_id)
+    ):
+        return None
+    return Event(user, item, etype, ts, value, None, request_id)
 
 
 def validate(raw: bytes, now_ms: int, *, max_future_ms: int = MAX_FUTURE_MS) -> Event:
@@ -79,4 +89,5 @@ def validate(raw: bytes, now_ms: int, *, max_future_ms: int = MAX_FUTURE_MS) -> 
         full.ts,
         full.value,
         source if isinstance(source, str) else None,
+        full.request_id,
     )

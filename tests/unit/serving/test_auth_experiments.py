@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from rtrec.serving import auth
 from rtrec.serving.auth import ApiKeys, Guard, RateLimiter
-from rtrec.serving.experiments import CHALLENGER, CHAMPION, variant_for
+from rtrec.serving.experiments import CHALLENGER, CHAMPION, experiment_id, variant_for
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -136,3 +136,14 @@ def test_variant_is_sticky_and_follows_the_share() -> None:
     grown = [variant_for(u, 0.5) for u in users]
     assert all(g == CHALLENGER for f, g in zip(first, grown, strict=True) if f == CHALLENGER)
     assert {variant_for(u, 1.0) for u in users[:100]} == {CHALLENGER}
+
+
+def test_an_experiment_is_named_by_its_pair_of_versions_and_exists_only_with_a_split() -> None:
+    from types import SimpleNamespace
+
+    both = {CHAMPION: SimpleNamespace(version="7"), CHALLENGER: SimpleNamespace(version="9")}
+    assert experiment_id(both, 0.5) == "7-vs-9"
+    assert experiment_id(both, 0.0) is None  # no user sees the challenger: no experiment
+    assert experiment_id({CHAMPION: both[CHAMPION]}, 0.5) is None
+    local = {CHAMPION: SimpleNamespace(version=None), CHALLENGER: both[CHALLENGER]}
+    assert experiment_id(local, 0.2) == "unversioned-vs-9"

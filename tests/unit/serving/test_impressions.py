@@ -97,6 +97,7 @@ def answer(n_items: int = 3, request_id: str = "ab" * 16) -> dict[str, Any]:
         "request_id": request_id,
         "user_id_hash": redact_id("u1"),
         "variant": "champion",
+        "experiment": "7-vs-8",
         "model_version": "7",
         "items": [{"item_id": f"i{n}", "score": 1.0 - n / 10} for n in range(n_items)],
         "fallback": False,
@@ -121,6 +122,7 @@ def test_the_event_carries_what_attribution_needs_and_no_raw_user_id() -> None:
         "ts": 1_750_000_000_123,
         "user_id_hash": redact_id("u1"),
         "variant": "champion",
+        "experiment": "7-vs-8",
         "model_version": "7",
         "k": 10,
         "items": [

@@ -43,6 +43,12 @@ payloads = st.fixed_dictionaries(
             st.booleans(),
         ),
         "context": st.one_of(st.none(), st.dictionaries(st.text(max_size=3), st.integers())),
+        "request_id": st.one_of(
+            st.none(),
+            st.integers(),
+            st.text(alphabet="0123456789abcdefABX", min_size=30, max_size=33),
+            st.sampled_from(["0" * 32, "f" * 32, "F" * 32, "g" * 32, "a" * 31, ""]),
+        ),
         "extra": st.integers(),
     },
 )
@@ -53,7 +59,7 @@ def judge(raw: bytes) -> Event | str:
         e = parse_event(raw, now_ms=NOW)
     except InvalidInput as exc:
         return f"invalid:{exc.field}"
-    return Event(e.user_id, e.item_id, e.event_type.value, e.ts, e.value)
+    return Event(e.user_id, e.item_id, e.event_type.value, e.ts, e.value, None, e.request_id)
 
 
 def fast(raw: bytes) -> Event | str:
@@ -84,6 +90,9 @@ def test_fast_path_agrees_with_the_contract(payload: dict) -> None:
         (json.dumps({**GOOD, "ts": NOW + 10 * 86_400_000}).encode(), "ts"),
         (json.dumps({**GOOD, "event_type": "rating"}).encode(), "value"),
         (b"[1, 2]", "<json>"),
+        (json.dumps({**GOOD, "request_id": "A" * 32}).encode(), "request_id"),
+        (json.dumps({**GOOD, "request_id": "a" * 33}).encode(), "request_id"),
+        (json.dumps({**GOOD, "request_id": 7}).encode(), "request_id"),
     ],
 )
 def test_malformed_kinds_name_their_field(raw: bytes, field: str) -> None:
@@ -94,5 +103,7 @@ def test_malformed_kinds_name_their_field(raw: bytes, field: str) -> None:
 
 def test_plain_event_and_iso_timestamp() -> None:
     assert validate(json.dumps(GOOD).encode(), NOW) == Event("u1", "i1", "click", NOW - 5, None)
+    with_id = {**GOOD, "request_id": "0123456789abcdef" * 2}
+    assert validate(json.dumps(with_id).encode(), NOW).request_id == with_id["request_id"]
     iso = {**GOOD, "ts": "2025-01-01T00:00:00Z", "context": {"device": "ios"}}
     assert validate(json.dumps(iso).encode(), NOW).ts == 1_735_689_600_000
