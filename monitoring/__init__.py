@@ -10,8 +10,13 @@ Public API (what DAGs, the CLI and the demo call)::
     ensure_project(settings), record_snapshot(settings, snapshot)
     send_alert(settings, record)
     COVERAGE_MODES                                           # offline-log coverage modes
+    experiment_status(settings) -> dict                      # the A/B readout, per variant
     readout(champion, challenger, ...) -> Readout            # an experiment's statistics
     readout_for(settings, champion, challenger), verdict(...), Arm(trials, successes)
+
+The experiment readout and its statistics live in ``rtrec.serving`` (the service's
+``GET /experiments`` answers them, and serving sits below monitoring) and are re-exported
+here for the CLI and the DAGs.
 
 Imports are lazy (PEP 562): ``import rtrec.monitoring`` loads neither Evidently nor pandas,
 so the CLI's ``--help`` stays fast.
@@ -26,11 +31,12 @@ _EXPORTS = {
     "ensure_project": "rtrec.monitoring.dashboards",
     "panel_titles": "rtrec.monitoring.dashboards",
     "record_snapshot": "rtrec.monitoring.dashboards",
-    "Arm": "rtrec.monitoring.experiment_stats",
-    "Readout": "rtrec.monitoring.experiment_stats",
-    "readout": "rtrec.monitoring.experiment_stats",
-    "readout_for": "rtrec.monitoring.experiment_stats",
-    "verdict": "rtrec.monitoring.experiment_stats",
+    "Arm": "rtrec.serving",
+    "experiment_status": "rtrec.serving",
+    "Readout": "rtrec.serving",
+    "readout": "rtrec.serving",
+    "readout_for": "rtrec.serving",
+    "verdict": "rtrec.serving",
     "DriftVerdict": "rtrec.monitoring.drift",
     "drift_report": "rtrec.monitoring.drift",
     "popularity_ranks": "rtrec.monitoring.drift",

@@ -7,6 +7,9 @@ Public API (what the app layer uses)::
     serve_command(host, port)             # the `bentoml serve` command line of one server
     serve_env(work_dir, port)             # ... and the environment it needs of its own
     check_bind(serving_settings)          # refuses an exposed address without API keys
+    experiment_status(settings) -> dict   # the A/B readout (GET /experiments)
+    readout(champion, challenger, ...), readout_for(settings, ...), verdict(...), Arm
+                                          # ... its statistics, pure functions
 
 Test and benchmark helpers are not part of it; they import their modules directly
 (``rtrec.serving.process.running_server``, ``rtrec.serving.synthetic.synthetic_bundle``,
@@ -19,6 +22,12 @@ from rtrec.lazy import lazy_exports
 
 _EXPORTS = {
     "Engine": "rtrec.serving.retrieval",
+    "Arm": "rtrec.serving.experiment_stats",
+    "Readout": "rtrec.serving.experiment_stats",
+    "readout": "rtrec.serving.experiment_stats",
+    "readout_for": "rtrec.serving.experiment_stats",
+    "verdict": "rtrec.serving.experiment_stats",
+    "experiment_status": "rtrec.serving.experiment_readout",
     "check_bind": "rtrec.serving.launch",
     "serve_command": "rtrec.serving.launch",
     "serve_env": "rtrec.serving.launch",

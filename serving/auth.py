@@ -43,6 +43,7 @@ ROUTE_SCOPES: dict[str, Scope] = {
     "/similar": "recommend",
     "/feedback": "feedback",
     "/status": "admin",
+    "/experiments": "admin",
 }
 """The scope each route needs, by its first path segment. A path not listed needs
 ``admin``: a route added without an entry here is closed to ordinary keys."""

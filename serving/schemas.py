@@ -175,6 +175,30 @@ class StatusResponse(BaseModel):
     loop: LoopStalls
 
 
+class ExperimentsResponse(BaseModel):
+    """The A/B readout (:func:`rtrec.serving.experiment_readout.experiment_status`)."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    test: str
+    """Which statistical test the p-values and intervals come from."""
+    challenger_share: float
+    """The configured split (``serving.ab_challenger_share``) the SRM check compares with."""
+    attribution_window_s: float
+    experiments: list[dict[str, Any]]
+    """Newest first: ``experiment``, ``variants`` (per variant: impressions, users,
+    clicks, add_to_carts, purchases, click-through per impression and per user, add-to-cart
+    and purchase rates, each ``{rate, low, high}`` with a 95 % Wilson interval, ``mrr``),
+    ``lift`` (``{estimate, low, high}`` of click-through per impression, or null before
+    both arms have a click), ``z``, ``p_value``, ``srm_p_value``, ``srm``,
+    ``required_impressions`` per variant, ``verdict``: ``collecting``, ``challenger
+    wins``, ``champion wins``, ``no difference`` or ``sample ratio mismatch``."""
+    outside_experiments: dict[str, dict[str, Any]]
+    """Answers served while no A/B split ran, per variant, as in ``variants``."""
+    unattributed: dict[str, int]
+    """Per outcome type: clicks, add-to-carts, purchases that no answer was found for."""
+
+
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` for the errors a route can answer (the guard's always: 503
     while the service starts)."""

@@ -1,11 +1,12 @@
 """The BentoML service: ``bentoml serve rtrec.serving.service:Recommender`` (or ``rtrec serve``).
 
 A FastAPI app mounted on the service carries the REST API (``/recommend``,
-``/similar/{item_id}``, ``/feedback``, ``/status``, ``/openapi.json``, and ``/docs`` and
-``/redoc`` from installed files, :mod:`rtrec.serving.docs`); BentoML adds ``/healthz``,
-``/livez`` and ``/readyz`` (ready once a champion is loaded); ``/metrics`` and the
-route-labelled request metrics come from :class:`rtrec.serving.edge.RouteMetrics`. Heavy
-imports (torch, faiss, Feast, MLflow) happen in ``__init__`` only.
+``/similar/{item_id}``, ``/feedback``, ``/status``, ``/experiments``, ``/openapi.json``,
+and ``/docs`` and ``/redoc`` from installed files, :mod:`rtrec.serving.docs`); BentoML
+adds ``/healthz``, ``/livez`` and ``/readyz`` (ready once a champion is loaded);
+``/metrics`` and the route-labelled request metrics come from
+:class:`rtrec.serving.edge.RouteMetrics`. Heavy imports (torch, faiss, Feast, MLflow)
+happen in ``__init__`` only.
 
 The hot path is kept lean on purpose (p99 <= 10 ms at 200 req/s on 2 cores): a pure ASGI
 guard instead of Starlette's HTTP middleware, responses serialised once with ``json``
@@ -14,6 +15,7 @@ guard instead of Starlette's HTTP middleware, responses serialised once with ``j
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sys
@@ -29,6 +31,7 @@ from rtrec.serving.edge import RejectControlPaths, RouteMetrics, use_header_dead
 from rtrec.serving.impressions import ImpressionLog
 from rtrec.serving.schemas import (
     ITEM_ID_PATTERN,
+    ExperimentsResponse,
     FeedbackRequest,
     FeedbackResponse,
     RecommendRequest,
@@ -198,6 +201,19 @@ async def status(request: Request) -> Response:
     )
 
 
+@app.get("/experiments", response_model=ExperimentsResponse, responses=error_responses())
+async def experiments(request: Request) -> Response:
+    """The A/B readout per experiment and variant: exposure, outcome rates with 95 %
+    intervals, lift and p-value (two-proportion z-test on click-through per impression),
+    the sample-ratio-mismatch check and the verdict. Needs the ``admin`` scope."""
+    from redis.exceptions import RedisError
+
+    try:
+        return _json(await run_in_threadpool(request.app.state.readout))
+    except RedisError as exc:
+        return _error(503, f"experiment aggregates unavailable (Redis): {exc}")
+
+
 def _tracing() -> dict[str, Any]:
     """BentoML's tracing configuration for this service: untouched with
     ``serving.tracing``; otherwise every path excluded from its OpenTelemetry middleware,
@@ -240,6 +256,7 @@ class Recommender:
     def __init__(self) -> None:
         import torch
         from rtrec.serving.auth import ApiKeys, RateLimiter
+        from rtrec.serving.experiment_readout import experiment_status
         from rtrec.serving.feedback import Publisher
         from rtrec.serving.launch import refuse_exposed_start
         from rtrec.serving.lifecycle import ModelWatcher
@@ -272,6 +289,7 @@ class Recommender:
         state.publish.start()
         if settings.serving.impressions:  # every answer logged, off the request path
             self.engine.impressions = ImpressionLog.started(settings, self.engine.degradations)
+        state.readout = functools.partial(experiment_status, settings)  # GET /experiments
         state.keys = ApiKeys(settings.serving.api_keys)  # the Guard answers 503 until this
         self.engine.popular.start()
         self.engine.online.warm()

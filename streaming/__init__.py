@@ -12,6 +12,9 @@ Public API::
     covered_rows(events, coverage)                              # rows the watermark vouches for
     run_forever(settings, metrics_port=..., stop=...)           # `rtrec stream run`
     backfill_online_store(settings, end_ms=..., days=...)     # the log -> online store
+    ExperimentJoin(settings).run()                              # impressions x outcomes
+    experiment_keys(settings), arm_keys(prefix, exp, variant)   # ... its Redis aggregates
+    read_arm_rows(settings)                                     # ... and its offline rows
 
 Offline event log (``<offline_dir>/events/*.parquet``, read by ``rtrec.training.dataset``):
 user_id, item_id, event_type, ts (ms), event_time (UTC), value, partition, offset.
@@ -31,6 +34,12 @@ _EXPORTS = {
     "read_events": "rtrec.streaming.event_log",
     "write_events": "rtrec.streaming.event_log",
     "StreamProcessor": "rtrec.streaming.processor",
+    "ExperimentJoin": "rtrec.streaming.experiment_join",
+    "NO_EXPERIMENT": "rtrec.streaming.attribution",
+    "arm_keys": "rtrec.streaming.experiment_state",
+    "arm_row": "rtrec.streaming.experiment_state",
+    "experiment_keys": "rtrec.streaming.experiment_state",
+    "read_arm_rows": "rtrec.streaming.experiment_store",
     "publish": "rtrec.streaming.producer",
     "publish_catalog": "rtrec.streaming.producer",
     "replay_dataset": "rtrec.streaming.producer",

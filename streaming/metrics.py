@@ -65,3 +65,49 @@ def observe_batch(result: Any, consumer: Any) -> None:
 
 def serve(port: int) -> None:
     start_http_server(port, addr="127.0.0.1")
+
+
+EXPERIMENT_IMPRESSIONS = Counter(
+    "rtrec_experiment_impressions_total",
+    "Impressions joined by the stream processor, per experiment and variant",
+    ["experiment", "variant"],
+)
+EXPERIMENT_OUTCOMES = Counter(
+    "rtrec_experiment_outcomes_total",
+    "Clicks, add-to-carts and purchases attributed to an answer, per experiment and variant",
+    ["experiment", "variant", "event_type"],
+)
+EXPERIMENT_CLICKED = Counter(
+    "rtrec_experiment_clicked_impressions_total",
+    "Impressions with at least one attributed click, per experiment and variant",
+    ["experiment", "variant"],
+)
+UNATTRIBUTED = Counter(
+    "rtrec_experiment_unattributed_total",
+    "Outcomes that found no answer when read (some are taken over later: see _late_)",
+    ["event_type"],
+)
+LATE_ATTRIBUTED = Counter(
+    "rtrec_experiment_late_attributed_total",
+    "Outcomes first unattributed, then attributed when their answer's impression arrived",
+    ["event_type"],
+)
+
+
+def count_tally(tally: Any) -> None:
+    """A committed join batch's tally (``rtrec.streaming.attribution.Tally``)."""
+    for (experiment, variant), arm in tally.arms.items():
+        counts = arm.counts
+        if counts.get("impressions"):
+            EXPERIMENT_IMPRESSIONS.labels(experiment, variant).inc(counts["impressions"])
+        if counts.get("clicked_impressions"):
+            EXPERIMENT_CLICKED.labels(experiment, variant).inc(counts["clicked_impressions"])
+        for etype in ("click", "add_to_cart", "purchase"):
+            if counts.get(etype):
+                EXPERIMENT_OUTCOMES.labels(experiment, variant, etype).inc(counts[etype])
+    for etype, late in tally.late.items():
+        LATE_ATTRIBUTED.labels(etype).inc(late)
+    for etype, moved in tally.unattributed.items():
+        arrived = moved + tally.late.get(etype, 0)  # outcomes that found nothing on arrival
+        if arrived > 0:
+            UNATTRIBUTED.labels(etype).inc(arrived)

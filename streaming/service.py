@@ -14,6 +14,7 @@ import threading
 
 from rtrec.streaming import metrics
 from rtrec.streaming.batch import BatchResult
+from rtrec.streaming.experiment_join import ExperimentJoin
 from rtrec.streaming.processor import StreamProcessor
 
 from rtrec.config import Settings
@@ -41,7 +42,8 @@ def run_forever(
     metrics_port: int | None = None,
     stop: threading.Event | None = None,
 ) -> BatchResult:
-    """Entry point of ``rtrec stream run``: process until SIGTERM/SIGINT, then stop cleanly.
+    """Entry point of ``rtrec stream run``: process until SIGTERM/SIGINT, then stop cleanly;
+    the experiment join runs beside the processor and stops with it.
 
     ``stop``: an event the caller's signal handlers already set (so a signal during
     start-up is not lost); without one, handlers are installed here.
@@ -55,5 +57,14 @@ def run_forever(
     if stop.is_set():
         return BatchResult()
     processor = StreamProcessor(settings, stop=stop)
+    # Impressions joined to outcomes for the experiment readout: its own consumer and
+    # state (rtrec.streaming.experiment_join), on a thread beside the feature processor.
+    join = ExperimentJoin(settings, stop=stop)
+    joiner = threading.Thread(target=join.run, name="experiment-join", daemon=True)
     tune_gc()
-    return processor.run()
+    joiner.start()
+    try:
+        return processor.run()
+    finally:
+        stop.set()
+        joiner.join(timeout=30)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from rtrec.monitoring.experiment_stats import (
+from rtrec.serving.experiment_stats import (
     Arm,
     min_sample_size,
     readout,
@@ -136,3 +136,14 @@ def test_a_split_that_leaves_an_arm_empty_and_bad_counts() -> None:
         Arm(10, 11)
     with pytest.raises(ValueError, match="challenger_share"):
         srm_p_value(1, 1, 1.5)
+
+
+def test_the_mismatch_check_can_compare_users_instead_of_impressions() -> None:
+    settings = load_settings()
+    settings.serving.ab_challenger_share = 0.5
+    champion, challenger = Arm(200_000, 10_000), Arm(260_000, 13_800)  # busier users
+    by_trials = readout_for(settings, champion, challenger)
+    assert by_trials.verdict == "sample ratio mismatch"
+    by_users = readout_for(settings, champion, challenger, srm_sizes=(5_000, 5_020))
+    assert by_users.srm_p_value == srm_p_value(5_000, 5_020, 0.5) > 0.5
+    assert by_users.verdict == "challenger wins"

@@ -185,14 +185,19 @@ def readout(
     srm_p_threshold: float = SRM_P_THRESHOLD,
     alpha: float = ALPHA,
     power: float = POWER,
+    srm_sizes: tuple[int, int] | None = None,
 ) -> Readout:
     """The statistics and the verdict, checked in this order: a sample ratio mismatch
     (the split is broken, nothing else can be trusted), ``collecting`` while either arm
     is below its sample size (sized on the champion's rate, or both arms' while the
     champion has no click), then the z-test at ``alpha``: the better arm wins, or
-    ``no difference``."""
+    ``no difference``. ``srm_sizes``: the arms' sizes the mismatch check compares, when
+    they are not the trials: the split assigns users, so a readout over impressions
+    checks the exposed users per arm (a heavy user would otherwise look like a
+    mismatch)."""
     z, p = two_proportion_z_test(champion, challenger)
-    srm = srm_p_value(champion.trials, challenger.trials, challenger_share)
+    sizes = srm_sizes or (champion.trials, challenger.trials)
+    srm = srm_p_value(sizes[0], sizes[1], challenger_share)
     baseline = champion.rate or _pooled_rate(champion, challenger)
     required = min_sample_size(
         baseline, min_effect, challenger_share=challenger_share, alpha=alpha, power=power
@@ -243,12 +248,19 @@ def verdict(
     ).verdict
 
 
-def readout_for(settings: Settings, champion: Arm, challenger: Arm) -> Readout:
+def readout_for(
+    settings: Settings,
+    champion: Arm,
+    challenger: Arm,
+    *,
+    srm_sizes: tuple[int, int] | None = None,
+) -> Readout:
     """:func:`readout` with the configured split, minimum detectable effect and SRM
     threshold (``serving.ab_challenger_share``, ``monitoring.*``)."""
     return readout(
         champion,
         challenger,
+        srm_sizes=srm_sizes,
         challenger_share=settings.serving.ab_challenger_share,
         min_effect=settings.monitoring.min_detectable_effect,
         srm_p_threshold=settings.monitoring.srm_p_threshold,
