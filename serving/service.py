@@ -15,7 +15,6 @@ guard instead of Starlette's HTTP middleware, responses serialised once with ``j
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import sys
@@ -201,6 +200,18 @@ async def status(request: Request) -> Response:
     )
 
 
+def _readout() -> dict[str, Any]:
+    """The readout ``GET /experiments`` answers (``app.state.readout``; tests swap it)."""
+    from rtrec.serving.experiment_readout import experiment_status
+
+    from rtrec.config import get_settings
+
+    return experiment_status(get_settings())
+
+
+app.state.readout = _readout
+
+
 @app.get("/experiments", response_model=ExperimentsResponse, responses=error_responses())
 async def experiments(request: Request) -> Response:
     """The A/B readout per experiment and variant: exposure, outcome rates with 95 %
@@ -256,7 +267,6 @@ class Recommender:
     def __init__(self) -> None:
         import torch
         from rtrec.serving.auth import ApiKeys, RateLimiter
-        from rtrec.serving.experiment_readout import experiment_status
         from rtrec.serving.feedback import Publisher
         from rtrec.serving.launch import refuse_exposed_start
         from rtrec.serving.lifecycle import ModelWatcher
@@ -289,7 +299,6 @@ class Recommender:
         state.publish.start()
         if settings.serving.impressions:  # every answer logged, off the request path
             self.engine.impressions = ImpressionLog.started(settings, self.engine.degradations)
-        state.readout = functools.partial(experiment_status, settings)  # GET /experiments
         state.keys = ApiKeys(settings.serving.api_keys)  # the Guard answers 503 until this
         self.engine.popular.start()
         self.engine.online.warm()

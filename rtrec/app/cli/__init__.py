@@ -88,6 +88,7 @@ def _register_stage_commands() -> None:
         ("rtrec.app.cli.training", ("train", "model")),
         ("rtrec.app.cli.serving", ("serve",)),
         ("rtrec.app.cli.monitoring", ("monitor",)),
+        ("rtrec.app.cli.experiments", ("experiment",)),
         ("rtrec.app.cli.dags", ("airflow",)),
         ("rtrec.app.demo", ("demo",)),
     ):

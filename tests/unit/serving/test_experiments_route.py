@@ -32,9 +32,11 @@ READOUT: dict[str, Any] = {
 
 
 @pytest.fixture(autouse=True)
-def _no_readout() -> Any:
+def _own_readout() -> Any:
+    """Each test sets the readout the route answers; the service's own comes back after."""
+    service_readout = APP.state.readout
     yield
-    APP.state._state.pop("readout", None)
+    APP.state.readout = service_readout
 
 
 def test_the_readout_needs_the_admin_scope() -> None:
