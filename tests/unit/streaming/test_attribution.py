@@ -198,3 +198,37 @@ def test_a_state_keeps_only_what_lies_within_the_window() -> None:
     store.run([impression(rid(9), T0 + 2 * WINDOW, ["b"])])
     state = UserJoin.loads(store.joins["u1"])
     assert [s.request_id for s in state.shown] == [rid(9)]
+
+
+def test_a_committed_tally_moves_the_prometheus_counters() -> None:
+    from prometheus_client import REGISTRY
+    from rtrec.streaming import metrics
+
+    def value(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    before = {
+        "imp": value("rtrec_experiment_impressions_total", experiment=EXP, variant="champion"),
+        "click": value(
+            "rtrec_experiment_outcomes_total",
+            experiment=EXP,
+            variant="champion",
+            event_type="click",
+        ),
+        "lost": value("rtrec_experiment_unattributed_total", event_type="purchase"),
+        "late": value("rtrec_experiment_late_attributed_total", event_type="click"),
+    }
+    store = Store()
+    metrics.count_tally(store.run([event("a", T0 + 5, rid=rid(5)), event("z", T0, "purchase")]))
+    metrics.count_tally(store.run([impression(rid(5), T0, ["a"])]))
+    assert (
+        value("rtrec_experiment_impressions_total", experiment=EXP, variant="champion")
+        == before["imp"] + 1
+    )
+    click = value(
+        "rtrec_experiment_outcomes_total", experiment=EXP, variant="champion", event_type="click"
+    )
+    assert click == before["click"] + 1
+    # found nothing on arrival (both), one taken over once its impression came
+    assert value("rtrec_experiment_unattributed_total", event_type="purchase") == before["lost"] + 1
+    assert value("rtrec_experiment_late_attributed_total", event_type="click") == before["late"] + 1
