@@ -23,7 +23,7 @@ from rtrec.app import stack as stack_mod
 from rtrec.app.cli import main
 from rtrec.config import Settings, get_settings
 from rtrec.logging import redact_id
-from tests.stream_helpers import env, isolated, wait_for
+from tests.stream_helpers import env, isolated, processor_log, start_processor, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -127,6 +127,28 @@ def test_impressions_and_feedback_become_arm_aggregates(
     offline = read_arm_rows(s).set_index("variant")
     assert offline.loc["champion", "impressions"] == 1 and offline.loc["champion", "purchase"] == 1
     assert offline.loc["challenger", "clicking_users"] == 1
+
+
+def test_rtrec_stream_run_joins_impressions_beside_the_features(
+    s: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    extra = {**env(s), "RTREC_KAFKA__IMPRESSIONS_TOPIC": s.kafka.impressions_topic}
+    proc = start_processor(s, extra)
+    try:
+        publish(s)
+
+        def joined() -> bool:
+            exps = cli_status(s, monkeypatch)["experiments"]
+            return bool(exps) and exps[0]["variants"]["champion"]["purchases"] == 1
+
+        wait_for(joined, 120, "rtrec stream run did not join the impressions")
+    except AssertionError:
+        raise AssertionError(processor_log(s)) from None
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    assert proc.returncode == 0, processor_log(s)
+    assert cli_status(s, monkeypatch)["unattributed"] == {"click": 2}
 
 
 def test_a_batch_committed_twice_counts_once(s: Settings) -> None:
