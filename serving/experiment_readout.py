@@ -101,7 +101,7 @@ def _summary(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _judged(settings: Settings, experiment: str, rows: dict[str, dict[str, Any]]) -> dict:
+def _judged(settings: Settings, experiment: str, rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """One experiment's variants and the comparison of challenger against champion."""
     empty: dict[str, Any] = {}
     a, b = rows.get(CHAMPION, empty), rows.get(CHALLENGER, empty)
@@ -113,7 +113,7 @@ def _judged(settings: Settings, experiment: str, rows: dict[str, dict[str, Any]]
     lift = out.lift
     return {
         "experiment": experiment,
-        "variants": {v: _summary(row) for v, row in sorted(rows.items())},
+        "variants": {v: _summary(rows[v]) for v in sorted(rows, key=lambda v: (v != CHAMPION, v))},
         "lift": None
         if lift is None
         else {"estimate": lift.estimate, "low": lift.low, "high": lift.high},

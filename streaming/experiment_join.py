@@ -97,6 +97,7 @@ class ExperimentJoin:
                     backoff = 0.5
                 except (RedisError, KafkaError, OSError) as exc:
                     logger.warning("experiment join failed, re-reading its state: %s", exc)
+                    metrics.EXPERIMENT_JOIN_ERRORS.labels(type(exc).__name__).inc()
                     self._stop.wait(backoff)
                     backoff = min(backoff * 2, 10.0)
                     self._drop_consumer()

@@ -93,6 +93,12 @@ LATE_ATTRIBUTED = Counter(
     ["event_type"],
 )
 
+EXPERIMENT_JOIN_ERRORS = Counter(
+    "rtrec_experiment_join_errors_total",
+    "Experiment join rounds that failed (Redis, broker, a topic missing) and were retried",
+    ["error"],
+)
+
 
 def count_tally(tally: Any) -> None:
     """A committed join batch's tally (``rtrec.streaming.attribution.Tally``)."""

@@ -84,17 +84,22 @@ def publish(s: Settings) -> None:
     producer.close()
 
 
-def cli_status(s: Settings, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+def cli(s: Settings, monkeypatch: pytest.MonkeyPatch, *args: str) -> str:
+    """``rtrec experiment status ARGS`` on ``s`` (its settings for this call only)."""
     for name, value in env(s).items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("RTREC_SERVING__AB_CHALLENGER_SHARE", "0.5")
     get_settings.cache_clear()
     try:
-        result = CliRunner().invoke(main, ["experiment", "status", "--json"])
+        result = CliRunner().invoke(main, ["experiment", "status", *args])
     finally:
         get_settings.cache_clear()
     assert result.exit_code == 0, result.output
-    return json.loads(result.output)
+    return result.output
+
+
+def cli_status(s: Settings, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    return json.loads(cli(s, monkeypatch, "--json"))
 
 
 def test_impressions_and_feedback_become_arm_aggregates(
@@ -124,6 +129,8 @@ def test_impressions_and_feedback_become_arm_aggregates(
     )
     assert exp["lift"]["estimate"] == 0.0 and exp["p_value"] == 1.0
     assert 0.0 < champion["ctr_per_impression"]["low"] < 1.0  # a Wilson interval, not a point
+    table = cli(s, monkeypatch)
+    assert f"experiment {EXP}: collecting" in table and "unattributed outcomes: click 2" in table
     offline = read_arm_rows(s).set_index("variant")
     assert offline.loc["champion", "impressions"] == 1 and offline.loc["champion", "purchase"] == 1
     assert offline.loc["challenger", "clicking_users"] == 1

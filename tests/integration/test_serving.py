@@ -355,6 +355,7 @@ def test_answers_are_logged_as_impressions_on_the_topic(
         assert key == user.encode() and user.encode() not in value  # raw id: the key only
         assert body["user_id_hash"] == out["user_id_hash"] and body["k"] == k
         assert (body["variant"], body["model_version"]) == (out["variant"], out["model_version"])
+        assert body["experiment"] is out["experiment"] is None  # no challenger: no experiment
         assert body["items"] == [
             {"item_id": i["item_id"], "position": n, "score": i["score"]}
             for n, i in enumerate(out["items"], start=1)
