@@ -204,3 +204,41 @@ def parse_event(
     if event.event_type is EventType.RATING and event.value is None:
         raise InvalidInput("field 'value': rating events need a value", field="value")
     return event
+
+
+IMPRESSIONS_SCHEMA = 2
+"""The impressions topic's record layout (``schema`` of each record)."""
+
+
+def pack_impressions(impressions: list[dict[str, Any]]) -> bytes:
+    """One impressions-topic record holding many answers' impressions.
+
+    An impression is a ``/recommend`` answer as it was shown (request id, raw
+    ``user_id`` as on the events topic, ``user_id_hash``, variant, model version,
+    experiment, items by position, fallback); the service sends them in batches, one
+    record per batch, because a record costs the producer far more than a few hundred
+    bytes more in one: per impression it was the larger part of the service's CPU.
+    """
+    import orjson
+
+    return orjson.dumps({"schema": IMPRESSIONS_SCHEMA, "impressions": impressions})
+
+
+def unpack_impressions(value: bytes) -> list[dict[str, Any]]:
+    """The impressions in one record (:func:`pack_impressions`); :class:`InvalidInput`
+    for anything else, so a consumer can count it and go on."""
+    import orjson
+
+    try:
+        body = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"impressions record is not JSON: {exc}", field="value") from exc
+    if not isinstance(body, dict) or body.get("schema") != IMPRESSIONS_SCHEMA:
+        raise InvalidInput(
+            f"impressions record of an unknown layout (schema {IMPRESSIONS_SCHEMA} expected)",
+            field="schema",
+        )
+    impressions = body.get("impressions")
+    if not isinstance(impressions, list) or not all(isinstance(i, dict) for i in impressions):
+        raise InvalidInput("impressions record without a list of impressions", field="impressions")
+    return impressions

@@ -192,10 +192,7 @@ async def status(request: Request) -> Response:
             "event_broker_down": st.publish.down_reason,
             "fallback_source": st.engine.popular.items()[1],
             "degradations": st.engine.degradations.status(),
-            "loop": {
-                "max_lag_ms": round(st.loop_watch.max_lag_s * 1000, 2),
-                "stalls": st.loop_watch.stalls,
-            },
+            "loop": st.loop_watch.status(),
         }
     )
 

@@ -54,6 +54,10 @@ class LoopWatch:
         self._task = asyncio.get_running_loop().create_task(self._heartbeat())
         threading.Thread(target=self._watchdog, name="loop-watchdog", daemon=True).start()
 
+    def status(self) -> dict[str, float | int]:
+        """What /status shows: the worst lag since start and the stalls logged."""
+        return {"max_lag_ms": round(self.max_lag_s * 1000, 2), "stalls": self.stalls}
+
     def stop(self) -> None:
         self._stop.set()
         if self._task is not None:

@@ -36,6 +36,7 @@ import orjson
 from rtrec.streaming.validate import validate
 
 from rtrec.errors import InvalidInput
+from rtrec.events import unpack_impressions
 
 OUTCOMES = ("click", "add_to_cart", "purchase")
 """Event types attributed to answers (views and ratings are not outcomes of an answer)."""
@@ -166,7 +167,7 @@ def attribute(
         where = (r.topic, r.partition)
         tally.high[where] = max(r.offset, tally.high.get(where, -1))
         try:
-            parsed.append((where, r.offset, *_parse(r, impressions_topic, now_ms)))
+            parsed.extend((where, r.offset, *p) for p in _parse(r, impressions_topic, now_ms))
         except (InvalidInput, ValueError, KeyError, TypeError):
             parsed.append((where, r.offset, "", _INVALID))
     users = sorted({u for _, _, u, record in parsed if isinstance(record, Shown | Outcome)})
@@ -190,24 +191,26 @@ def attribute(
     return tally
 
 
-def _parse(r: Any, impressions_topic: str, now_ms: int) -> tuple[str, Shown | Outcome | None]:
-    """(user id, what the record says); an event that is no outcome says nothing."""
+def _parse(r: Any, impressions_topic: str, now_ms: int) -> list[tuple[str, Shown | Outcome | None]]:
+    """(user id, what it says) per impression of an impressions record (one record holds
+    a batch), or for the one event of an events record (an event that is no outcome says
+    nothing). One malformed impression makes the whole record invalid: it is counted."""
     if r.topic == impressions_topic:
-        return _user_key(r.key), _shown(r.value)
+        return [(_user(body), _shown(body)) for body in unpack_impressions(r.value)]
     event = validate(r.value, now_ms)
     if event.event_type not in OUTCOMES:
-        return event.user_id, None
-    return event.user_id, Outcome(event.item_id, event.event_type, event.ts, event.request_id)
+        return [(event.user_id, None)]
+    return [(event.user_id, Outcome(event.item_id, event.event_type, event.ts, event.request_id))]
 
 
-def _user_key(key: bytes | None) -> str:
-    if not key:
-        raise InvalidInput("impression without a key (the raw user id)", field="key")
-    return key.decode("utf-8")
+def _user(body: dict[str, Any]) -> str:
+    user = body.get("user_id")
+    if not isinstance(user, str) or not user:
+        raise InvalidInput("impression without its user_id", field="user_id")
+    return user
 
 
-def _shown(raw: bytes) -> Shown:
-    body = orjson.loads(raw)
+def _shown(body: dict[str, Any]) -> Shown:
     items = [str(i["item_id"]) for i in sorted(body["items"], key=lambda i: i["position"])]
     return Shown(
         request_id=str(body["request_id"]),

@@ -22,6 +22,7 @@ from rtrec.streaming.experiment_state import ExperimentState
 from rtrec.app import stack as stack_mod
 from rtrec.app.cli import main
 from rtrec.config import Settings, get_settings
+from rtrec.events import pack_impressions
 from rtrec.logging import redact_id
 from tests.stream_helpers import env, isolated, processor_log, start_processor, wait_for
 
@@ -74,12 +75,11 @@ def publish(s: Settings) -> None:
         ("u3", feedback("u3", "x", T0, "view")),  # not an outcome
     ):
         producer.send(s.kafka.events_topic, key=user.encode(), value=value)
-    for entry in (
-        answer(r1, "u1", "champion", ["a", "b", "c"]),
-        answer(r2, "u2", "challenger", ["d", "e"]),
-    ):
-        body = json.dumps(impression(entry)).encode()
-        producer.send(s.kafka.impressions_topic, key=entry[1].encode(), value=body)
+    batch = [  # one record, two users' answers: as the service sends them
+        impression(answer(r1, "u1", "champion", ["a", "b", "c"])),
+        impression(answer(r2, "u2", "challenger", ["d", "e"])),
+    ]
+    producer.send(s.kafka.impressions_topic, value=pack_impressions(batch))
     producer.flush()
     producer.close()
 
@@ -194,9 +194,13 @@ def test_a_batch_committed_twice_counts_once(s: Settings) -> None:
 
 
 def _record(topic: str, offset: int, body: dict[str, Any]) -> Any:
+    """A consumer record: an impression goes in a batch of one, an event as it is."""
     from types import SimpleNamespace
 
-    key = b"u9"
+    if topic.startswith("imp-"):
+        return SimpleNamespace(
+            topic=topic, partition=0, offset=offset, key=None, value=pack_impressions([body])
+        )
     return SimpleNamespace(
-        topic=topic, partition=0, offset=offset, key=key, value=json.dumps(body).encode()
+        topic=topic, partition=0, offset=offset, key=b"u9", value=json.dumps(body).encode()
     )

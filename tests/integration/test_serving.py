@@ -19,6 +19,7 @@ import pytest
 from rtrec.serving.schemas import EXAMPLE_FEEDBACK, EXAMPLE_RECOMMEND
 
 from rtrec.config import Settings
+from rtrec.events import unpack_impressions
 from tests.conftest import free_port
 from tests.serving_support import recommend, wait_for, write_history
 
@@ -323,8 +324,8 @@ def test_logs_never_carry_raw_user_ids(server, client: httpx.Client) -> None:
 def test_answers_are_logged_as_impressions_on_the_topic(
     server, client: httpx.Client, stack: Settings
 ) -> None:
-    """Each answer's request id comes back on the impressions topic, keyed by the raw
-    user id, with the redacted id, variant, version and the items by position in its body."""
+    """Each answer's request id comes back on the impressions topic, in a batch record,
+    with the raw and the redacted id, variant, version and the items by position."""
     from kafka import KafkaConsumer, TopicPartition
 
     topic = stack.kafka.impressions_topic
@@ -339,20 +340,20 @@ def test_answers_are_logged_as_impressions_on_the_topic(
             consumer.position(part)  # fix the start before asking
         asked = [("u1", 5), (cold, 3), ("u1", 2)]
         answers = {(out := recommend(client, u, k=k))["request_id"]: (u, k, out) for u, k in asked}
-        found: dict[str, tuple[bytes, bytes]] = {}
+        found: dict[str, dict] = {}
         deadline = time.monotonic() + 20
         while len(found) < len(answers) and time.monotonic() < deadline:
             for records in consumer.poll(timeout_ms=500).values():
                 for r in records:
-                    if (rid := json.loads(r.value)["request_id"]) in answers:
-                        found[rid] = (r.key, r.value)
+                    for body in unpack_impressions(r.value):
+                        if body["request_id"] in answers:
+                            found[body["request_id"]] = body
     finally:
         consumer.close()
     assert set(found) == set(answers), "not every answer reached the impressions topic"
-    for rid, (key, value) in found.items():
+    for rid, body in found.items():
         user, k, out = answers[rid]
-        body = json.loads(value)
-        assert key == user.encode() and user.encode() not in value  # raw id: the key only
+        assert body["user_id"] == user  # for the join with the user's feedback
         assert body["user_id_hash"] == out["user_id_hash"] and body["k"] == k
         assert (body["variant"], body["model_version"]) == (out["variant"], out["model_version"])
         assert body["experiment"] is out["experiment"] is None  # no challenger: no experiment

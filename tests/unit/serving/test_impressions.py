@@ -9,7 +9,6 @@ real broker is in ``tests/integration/test_serving.py``.
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import threading
 import time
@@ -22,8 +21,10 @@ from rtrec.serving.degradation import Degradations
 from rtrec.serving.impressions import (
     BROKER_DOWN,
     QUEUE_FULL,
+    RECORD_ITEMS,
     STOPPED,
     ImpressionLog,
+    _chunks,
     impression,
     kafka_producer,
 )
@@ -32,6 +33,8 @@ from rtrec.serving.retrieval import Engine
 from rtrec.serving.schemas import RecommendRequest, RecommendResponse
 
 from rtrec.config import Settings, load_settings
+from rtrec.errors import InvalidInput
+from rtrec.events import pack_impressions, unpack_impressions
 from rtrec.logging import redact_id
 from tests.conftest import free_port
 
@@ -60,6 +63,7 @@ class Producer:
     def __init__(self, hang: threading.Event | None = None) -> None:
         self.records: list[tuple[str, bytes, dict[str, Any]]] = []
         self.batches: list[int] = []
+        self.sends = 0
         self.hang = hang
         self.waiting = False
         self._since_flush = 0
@@ -67,9 +71,14 @@ class Producer:
     def __call__(self, bootstrap: str, timeout_s: float) -> Producer:
         return self  # the log's producer factory
 
-    def send(self, topic: str, *, key: bytes, value: bytes) -> Done:
-        self.records.append((topic, key, json.loads(value)))
-        self._since_flush += 1
+    def send(self, topic: str, *, key: bytes | None, value: bytes) -> Done:
+        """One record holds a batch: kept here as one entry per impression, under its
+        raw user id, as a consumer unpacks it."""
+        assert key is None  # batches of many users: no key
+        for body in unpack_impressions(value):
+            self.records.append((topic, body["user_id"].encode(), body))
+            self._since_flush += 1
+        self.sends += 1
         return Done()
 
     def flush(self, timeout: float | None = None) -> None:
@@ -114,12 +123,14 @@ def settings(tmp_path: Path) -> Settings:
     return out
 
 
-def test_the_event_carries_what_attribution_needs_and_no_raw_user_id() -> None:
+def test_the_event_carries_what_attribution_needs() -> None:
+    """The raw id is there for the join with feedback (as on the events topic); the
+    redacted one is what answers, readouts and logs name."""
     body = impression((1_750_000_000_123, "u1", 10, None, answer(3)))
     assert body == {
-        "schema": 1,
         "request_id": "ab" * 16,
         "ts": 1_750_000_000_123,
+        "user_id": "u1",
         "user_id_hash": redact_id("u1"),
         "variant": "champion",
         "experiment": "7-vs-8",
@@ -133,10 +144,27 @@ def test_the_event_carries_what_attribution_needs_and_no_raw_user_id() -> None:
         "fallback": False,
         "fallback_reason": None,
     }
-    assert "u1" not in json.dumps(body).replace(redact_id("u1"), "")
+    assert unpack_impressions(pack_impressions([body, body])) == [body, body]
 
 
-def test_batches_keyed_by_raw_user_id_and_counted(settings: Settings) -> None:
+def test_a_record_that_is_no_impressions_batch_is_refused_by_name() -> None:
+    for value, field in ((b"{not json", "value"), (b'{"schema": 1}', "schema")):
+        with pytest.raises(InvalidInput) as err:
+            unpack_impressions(value)
+        assert err.value.field == field
+    with pytest.raises(InvalidInput, match="list of impressions"):
+        unpack_impressions(b'{"schema": 2, "impressions": [1]}')
+
+
+def test_records_stay_under_the_item_bound() -> None:
+    impressions = [impression((1, f"u{n}", 50, None, answer(50))) for n in range(200)]
+    chunks = _chunks(impressions)
+    assert [imp for chunk in chunks for imp in chunk] == impressions  # all, in order
+    assert all(sum(len(i["items"]) + 1 for i in chunk) <= RECORD_ITEMS for chunk in chunks)
+    assert len(chunks) == 3  # 51 items each: 78 fit in 4,000
+
+
+def test_batches_carry_raw_user_ids_and_are_counted(settings: Settings) -> None:
     producer = Producer()
     log = ImpressionLog(
         settings, Degradations(), batch_size=100, interval_s=0.01, producer=producer
@@ -150,6 +178,7 @@ def test_batches_keyed_by_raw_user_id_and_counted(settings: Settings) -> None:
     finally:
         log.shutdown(flush_s=1)
     assert producer.batches == [100, 100, 50]
+    assert producer.sends == 3  # one record per round, not one per answer
     assert {topic for topic, _, _ in producer.records} == {settings.kafka.impressions_topic}
     assert [key for _, key, _ in producer.records] == [f"user-{n}".encode() for n in range(250)]
     assert [body["request_id"] for _, _, body in producer.records] == [

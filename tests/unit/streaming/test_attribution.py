@@ -10,6 +10,8 @@ from typing import Any
 
 from rtrec.streaming.attribution import NO_EXPERIMENT, Tally, UserJoin, attribute
 
+from rtrec.events import pack_impressions
+
 IMP, EV = "imps", "events"
 WINDOW = 30 * 60_000
 T0 = 1_750_000_000_000
@@ -22,9 +24,9 @@ def impression(
     request_id: str, ts: int, items: list[str], *, user: str = "u1", variant: str = "champion"
 ) -> Any:
     body = {
-        "schema": 1,
         "request_id": request_id,
         "ts": ts,
+        "user_id": user,
         "user_id_hash": f"h:{user}",
         "variant": variant,
         "experiment": EXP,
@@ -34,7 +36,7 @@ def impression(
         "fallback": False,
         "fallback_reason": None,
     }
-    return record(IMP, json.dumps(body).encode(), user)
+    return record(IMP, pack_impressions([body]), None)
 
 
 def event(item: str, ts: int, etype: str = "click", *, user: str = "u1", rid: str | None = None):
@@ -44,9 +46,10 @@ def event(item: str, ts: int, etype: str = "click", *, user: str = "u1", rid: st
     return record(EV, json.dumps(body).encode(), user)
 
 
-def record(topic: str, value: bytes, user: str, partition: int = 0) -> Any:
+def record(topic: str, value: bytes, user: str | None, partition: int = 0) -> Any:
+    key = user.encode() if user is not None else None  # impressions: unkeyed batches
     return SimpleNamespace(
-        topic=topic, partition=partition, offset=next(_offsets), key=user.encode(), value=value
+        topic=topic, partition=partition, offset=next(_offsets), key=key, value=value
     )
 
 
@@ -180,12 +183,12 @@ def test_clicks_count_per_impression_and_per_user_by_variant() -> None:
 
 def test_bad_impressions_are_counted_and_answers_without_a_split_have_their_own_bucket() -> None:
     store = Store()
-    body = json.loads(impression(rid(1), T0, ["a"]).value)
+    (body,) = json.loads(impression(rid(1), T0, ["a"]).value)["impressions"]
     body.pop("experiment")
     out = store.run(
         [
-            record(IMP, b"not json", "u1"),
-            record(IMP, json.dumps(body).encode(), "u1"),
+            record(IMP, b"not json", None),
+            record(IMP, pack_impressions([body]), None),
             record(EV, b"{}", "u1"),
         ]
     )
@@ -232,3 +235,15 @@ def test_a_committed_tally_moves_the_prometheus_counters() -> None:
     # found nothing on arrival (both), one taken over once its impression came
     assert value("rtrec_experiment_unattributed_total", event_type="purchase") == before["lost"] + 1
     assert value("rtrec_experiment_late_attributed_total", event_type="click") == before["late"] + 1
+
+
+def test_one_record_of_many_users_impressions_credits_each_user() -> None:
+    """The service sends impressions in batches: one record, several users and answers."""
+    bodies = [
+        json.loads(impression(rid(n), T0, ["a", "b"], user=user).value)["impressions"][0]
+        for n, user in enumerate(("u1", "u2", "u3"), start=1)
+    ]
+    out = Store().run([record(IMP, pack_impressions(bodies), None), event("b", T0 + 5, user="u2")])
+    arm = out.arms[(EXP, "champion")]
+    assert arm.counts == {"impressions": 3, "click": 1, "rr_sum": 0.5, "clicked_impressions": 1}
+    assert arm.users == {"h:u1", "h:u2", "h:u3"} and arm.clickers == {"h:u2"}
