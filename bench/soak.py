@@ -13,7 +13,8 @@ processor) and a third samples the resident memory of the server's whole process
 Figures: errors (any non-2xx recommendation, any non-202 feedback), p50/p99/p99.9/max of
 the whole run, p99 of the first and of the last minute (windows of ``--window-s``, at
 most half the run each), the slowest requests with their due times (seconds from the
-start and UTC, to match a long tail with a log line or a collector pause), and RSS
+start and UTC, to match a long tail with a log line or a collector pause), the load
+generator's own stalls (its loop late by over 10 ms: latency the server did not cause), and RSS
 growth: median RSS over the last window against the median over the first (after the
 warm-up). Also how many feedback users' latest click reached their online features. The
 last line of output is one JSON object.
@@ -174,7 +175,7 @@ def seed_half(settings, users: list[str], items: list[str]) -> None:
 
 def soak(srv, settings, args: argparse.Namespace, users: list[str], items: list[str]) -> dict:
     """Warm up, then the measured run with feedback and RSS sampling beside it."""
-    from rtrec.serving.loadgen import run_rate
+    from rtrec.serving.loadreport import run_rate
 
     rng = np.random.default_rng(11)
     bodies = [
@@ -186,7 +187,7 @@ def soak(srv, settings, args: argparse.Namespace, users: list[str], items: list[
         return bodies[i % len(bodies)]
 
     def tally(_: int, status: str, body: bytes) -> None:
-        if status == "200" and b'"fallback": true' in body:
+        if status == "200" and (b'"fallback":true' in body or b'"fallback": true' in body):
             fallbacks[0] += 1
 
     hdr = {"X-API-Key": KEY}
@@ -224,7 +225,7 @@ def soak(srv, settings, args: argparse.Namespace, users: list[str], items: list[
 
 def figures(run: dict, *, duration_s: float, window: float) -> dict:
     """The soak's figures from what :func:`soak` collected."""
-    from rtrec.serving.loadgen import utc_iso
+    from rtrec.serving.loadreport import utc_iso
 
     res, feedback, end = run["res"], run["feedback"], duration_s
     rss_first = window_rss(run["rss"], 0, window)
@@ -242,6 +243,7 @@ def figures(run: dict, *, duration_s: float, window: float) -> dict:
         "max_ms": round(res.max_ms, 3),
         "started_utc": utc_iso(res.started_unix),
         "slowest": res.slowest,
+        "client_stalls": res.client_stalls,
         "requests": res.sent,
         "achieved_rps": round(res.achieved_rps, 1),
         "statuses": res.statuses,

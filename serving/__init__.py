@@ -13,7 +13,7 @@ Public API (what the app layer uses)::
 
 Test and benchmark helpers are not part of it; they import their modules directly
 (``rtrec.serving.process.running_server``, ``rtrec.serving.synthetic.synthetic_bundle``,
-``rtrec.serving.loadgen.run_rate``).
+``rtrec.serving.loadreport.run_rate``).
 
 Everything is imported lazily, so ``import rtrec.serving`` loads neither BentoML nor torch.
 """

@@ -9,19 +9,18 @@ CPU per request than the service under test, and both share the same cores.
 :func:`run_schedule` offers any mix of requests (each a :class:`Request` with its own
 method, path, body and endpoint tag) and returns one :class:`Sample` per request;
 :func:`summarize` turns the samples of one tag into percentiles, errors by status and the
-slowest requests' due times. :func:`run_rate` is the single-endpoint POST form.
+slowest requests' due times (:mod:`rtrec.serving.loadreport`, with :func:`run_rate`, the
+single-endpoint POST form).
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
-from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
-import numpy as np
 from rtrec.serving.stalls import heartbeat
 
 from rtrec.config import host_port
@@ -70,72 +69,6 @@ class Sample:
     @property
     def ok(self) -> bool:
         return self.status.isdigit() and 200 <= int(self.status) < 300
-
-
-def latency_summary_ms(seconds: Sequence[float]) -> dict[str, float]:
-    """p50/p95/p99/p99.9 and max in ms (numpy's linear interpolation between order
-    statistics; with fewer than 1,000 samples p99.9 lies between the two largest). NaN
-    for no samples, so an empty endpoint cannot pass a threshold by accident."""
-    if not len(seconds):
-        nan = float("nan")
-        return {"p50_ms": nan, "p95_ms": nan, "p99_ms": nan, "p999_ms": nan, "max_ms": nan}
-    arr = np.asarray(seconds, dtype=np.float64) * 1000
-    p50, p95, p99, p999 = np.percentile(arr, [50, 95, 99, 99.9])
-    return {
-        "p50_ms": float(p50),
-        "p95_ms": float(p95),
-        "p99_ms": float(p99),
-        "p999_ms": float(p999),
-        "max_ms": float(arr.max()),
-    }
-
-
-def slowest(
-    samples: Sequence[Sample], n: int = 10, *, started_unix: float | None = None
-) -> list[dict[str, float | str]]:
-    """The ``n`` slowest requests, slowest first, with their due times: seconds from the
-    start and, given the run's wall-clock start, UTC (to match a log line or a pause)."""
-    worst = sorted(samples, key=lambda s: s.latency_s, reverse=True)[:n]
-    out: list[dict[str, float | str]] = []
-    for s in worst:
-        row: dict[str, float | str] = {
-            "due_s": round(s.due_s, 3),
-            "latency_ms": round(s.latency_s * 1000, 3),
-            "status": s.status,
-            "tag": s.tag,
-        }
-        if started_unix is not None:
-            row["due_utc"] = utc_iso(started_unix + s.due_s)
-        out.append(row)
-    return out
-
-
-def utc_iso(unix_s: float) -> str:
-    """``2026-12-04T10:15:02.123Z``: the form the service's JSON log lines can be searched by."""
-    stamp = datetime.fromtimestamp(unix_s, tz=UTC)
-    return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
-
-
-def summarize(
-    samples: Sequence[Sample],
-    duration_s: float,
-    *,
-    n_slowest: int = 10,
-    started_unix: float | None = None,
-) -> dict:
-    """One endpoint's figures: count, rate, latency percentiles, errors by status, and
-    the slowest requests."""
-    statuses = Counter(s.status for s in samples)
-    errors = sum(c for st, c in statuses.items() if not (st.isdigit() and 200 <= int(st) < 300))
-    out: dict = {"sent": len(samples), "offered_rps": round(len(samples) / duration_s, 1)}
-    lat = latency_summary_ms([s.latency_s for s in samples])
-    out.update({k: round(v, 3) for k, v in lat.items()})
-    out.update(
-        errors=errors,
-        statuses=dict(sorted(statuses.items())),
-        slowest=slowest(samples, n_slowest, started_unix=started_unix),
-    )
-    return out
 
 
 async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
@@ -232,7 +165,9 @@ async def _run(
             on_response(i, req, status, body)
         samples.append(Sample(i, req.tag, due - start, latency, status))
 
-    tasks = []
+    # Only requests in flight are kept: a gather over every request of a long run (120k
+    # in a soak) is itself a pause of hundreds of ms, charged to the last requests.
+    in_flight: set[asyncio.Task[None]] = set()
     start, started_unix = time.perf_counter(), time.time()
     stalls: list[tuple[float, float]] = []
     beat = asyncio.create_task(heartbeat(start, stalls))
@@ -242,8 +177,11 @@ async def _run(
         delay = due - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one(i, req, due)))
-    await asyncio.gather(*tasks)
+        task = asyncio.create_task(one(i, req, due))
+        in_flight.add(task)
+        task.add_done_callback(in_flight.discard)
+    while in_flight:
+        await asyncio.wait(set(in_flight))
     elapsed = time.perf_counter() - start
     beat.cancel()
     await pool.close()
@@ -265,85 +203,16 @@ def run_schedule(
     """Offer ``request_for(i)`` for i in 0..n-1 at ``rate`` requests/s in all;
     ``on_response(i, request, status, body)`` sees each answer as it comes."""
     host, port = host_port(url, 80)
-    return asyncio.run(
-        _run(host, port, request_for, n, rate, connections, headers or {}, timeout_s, on_response)
-    )
-
-
-@dataclass
-class RateResult:
-    """One endpoint at one rate (the single-endpoint form of :func:`run_schedule`)."""
-
-    rate_rps: float
-    sent: int
-    p50_ms: float
-    p95_ms: float
-    p99_ms: float
-    p999_ms: float
-    max_ms: float
-    errors: int
-    statuses: dict[str, int] = field(default_factory=dict)
-    achieved_rps: float = 0.0
-    samples: list[tuple[float, float]] = field(default_factory=list, repr=False)
-    """(due time in s from the start, latency in s) per request: windows of a long run
-    (the first and last minute of a soak) are cut from these."""
-    slowest: list[dict[str, float | str]] = field(default_factory=list)
-    """The slowest requests with their due times (:func:`slowest`)."""
-    started_unix: float = 0.0
-    client_stalls: list[tuple[float, float]] = field(default_factory=list)
-
-    def row(self) -> dict[str, float | int]:
-        tail = ("p50_ms", "p95_ms", "p99_ms", "p999_ms", "max_ms")
-        return {
-            "rate_rps": self.rate_rps,
-            "sent": self.sent,
-            "achieved_rps": round(self.achieved_rps, 1),
-            **{k: round(getattr(self, k), 3) for k in tail},
-            "errors": self.errors,
-        }
-
-
-def run_rate(
-    url: str,
-    path: str,
-    body_for: Callable[[int], bytes],
-    *,
-    rate: float,
-    duration_s: float,
-    connections: int = 32,
-    headers: dict[str, str] | None = None,
-    timeout_s: float = 5.0,
-    on_response: Callable[[int, str, bytes], None] | None = None,
-) -> RateResult:
-    """Offer ``rate`` POSTs/s to ``url + path`` for ``duration_s``; every non-2xx is an error."""
-
-    def request_for(i: int) -> Request:
-        return Request("POST", path, body_for(i))
-
-    def seen(i: int, _: Request, status: str, body: bytes) -> None:
-        if on_response is not None:
-            on_response(i, status, body)
-
-    run = run_schedule(
-        url,
-        request_for,
-        rate=rate,
-        n=max(1, int(rate * duration_s)),
-        connections=connections,
-        headers=headers,
-        timeout_s=timeout_s,
-        on_response=seen,
-    )
-    s = summarize(run.samples, duration_s, started_unix=run.started_unix)
-    figures = (s[k] for k in ("p50_ms", "p95_ms", "p99_ms", "p999_ms", "max_ms", "errors"))
-    return RateResult(
-        rate,
-        len(run.samples),
-        *figures,
-        s["statuses"],
-        len(run.samples) / run.elapsed_s,
-        samples=[(x.due_s, x.latency_s) for x in run.samples],
-        slowest=s["slowest"],
-        started_unix=run.started_unix,
-        client_stalls=run.client_stalls,
-    )
+    # The collector is paused for the run: a full collection of this process is a pause
+    # of every due request, which the percentiles would charge to the server.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return asyncio.run(
+            _run(
+                host, port, request_for, n, rate, connections, headers or {}, timeout_s, on_response
+            )
+        )
+    finally:
+        if collecting:
+            gc.enable()

@@ -11,7 +11,8 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from rtrec.serving.loadgen import Request, Run, Sample, latency_summary_ms, run_schedule, summarize
+from rtrec.serving.loadgen import Request, Run, Sample, run_schedule
+from rtrec.serving.loadreport import latency_summary_ms, summarize
 
 from bench import serving as bench_serving
 from bench.serving_mix import (
