@@ -22,16 +22,17 @@ def test_dead_broker_fails_fast_then_breaker_answers_at_once(tmp_path) -> None:
     publisher = Publisher(settings, probe_interval_s=0.05)
     events = [parse_event(EXAMPLE_FEEDBACK["events"][0])]
 
-    t = time.perf_counter()
-    with pytest.raises(Unavailable, match=str(port)):
+    # Refused by the reachability check (a connect, milliseconds), not after kafka-python's
+    # 30 s bootstrap wait: the error is the check's own.
+    with pytest.raises(Unavailable, match=f"no bootstrap server reachable.*{port}"):
         publisher(events)
-    assert time.perf_counter() - t < 1.0  # not kafka-python's 30 s bootstrap wait
     assert publisher.down_reason is not None
 
-    t = time.perf_counter()
+    sends = []
+    publisher._send = lambda batch: sends.append(batch)  # type: ignore[method-assign]
     with pytest.raises(Unavailable, match="marked down"):
         publisher(events)
-    assert time.perf_counter() - t < 0.05
+    assert sends == []  # the open breaker answered without trying the broker
 
     # Something listens on the port again: the probe closes the breaker.
     with socket.socket() as listener:

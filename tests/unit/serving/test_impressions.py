@@ -291,25 +291,27 @@ def test_a_hanging_producer_never_slows_an_answer(settings: Settings, loaded: Lo
     before = dropped(BROKER_DOWN)
     log.start()
     try:
-        slowest = _slowest(engine, req, 200)
-        assert producer.waiting  # the answers above were served while the producer hung
-        assert slowest < 0.5, slowest  # not one of them waited for it
+        # The producer hangs until the end of the test: an answer that waited for it
+        # would never come back, so answers completing is the proof, not their speed.
+        assert _answered(engine, req, 200) == 200
+        assert producer.waiting and not hang.is_set()  # served while the producer hung
         assert wait_until(lambda: log.down_reason is not None)
         assert wait_until(lambda: dropped(BROKER_DOWN) > before)
-        assert _slowest(engine, req, 20) < 0.5 and not log._queue  # dropped at once now
+        assert _answered(engine, req, 20) == 20 and not log._queue  # dropped at once now
     finally:
         hang.set()
         log.shutdown(flush_s=0.5)
 
 
-def _slowest(engine: Engine, req: RecommendRequest, n: int) -> float:
-    async def run() -> float:
-        worst = 0.0
-        for _ in range(n):
-            t = time.perf_counter()
-            await engine.recommend_async(req)
-            worst = max(worst, time.perf_counter() - t)
-            await asyncio.sleep(0.001)  # let the drain thread run between answers
-        return worst
+def _answered(engine: Engine, req: RecommendRequest, n: int) -> int:
+    """Answers completed out of ``n`` (a minute's bound only so a hang fails clearly)."""
 
-    return asyncio.run(run())
+    async def run() -> int:
+        done = 0
+        for _ in range(n):
+            await engine.recommend_async(req)
+            done += 1
+            await asyncio.sleep(0.001)  # let the drain thread run between answers
+        return done
+
+    return asyncio.run(asyncio.wait_for(run(), 60))
