@@ -54,8 +54,11 @@ QUEUE_ITEMS = 50_000
 seconds at 1,000 answers/s of k=10, more than a broker deadline (``timeout_s``) lasts."""
 BATCH_SIZE = 500
 """Most impressions per producer round (one acknowledgement wait)."""
-INTERVAL_S = 0.05
-"""How often the background thread looks for queued impressions."""
+INTERVAL_S = 0.25
+"""How often the background thread sends what is queued. Each round costs the producer
+about the same whatever it carries (a record, a flush, the acknowledgement), so rounds
+are few: at 200 answers/s, 4 rounds a second instead of 20 took the log's CPU per answer
+from about 0.2 to 0.17 ms, and attribution does not mind a quarter second."""
 FLUSH_S = 3.0
 """How long a stopping service keeps sending what is queued."""
 
