@@ -39,8 +39,9 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any, ClassVar, Literal
 
-from airflow.sdk import BaseOperator, Variable
+from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
+from rtrec.dags.step_variables import _brief, _command_variable, _variable
 from rtrec.dags.steps import RESULT_PREFIX, run_step
 
 from rtrec.errors import ConfigError, InvalidInput, NotFound, RtrecError
@@ -65,17 +66,6 @@ outlasts a restart of MLflow, Redis, the broker or the service."""
 
 PERMANENT_ERRORS = (InvalidInput, NotFound, ConfigError)
 """rtrec errors a retry cannot fix; ``Unavailable`` (a service down) is retried."""
-
-
-def _variable(key: str, default: Any) -> Any:
-    """An Airflow Variable, or ``default`` when it is unset.
-
-    ``Variable.get`` returns the default for an unset variable and, outside a task (unit
-    tests, plain Python), reads only ``AIRFLOW_VAR_*`` environment variables; anything
-    else it raises (access denied by the execution API, a broken secrets backend) must
-    fail the task, not quietly switch how steps run.
-    """
-    return Variable.get(key, default=default)
 
 
 class RtrecStepOperator(BaseOperator):
@@ -170,34 +160,6 @@ class RtrecStepOperator(BaseOperator):
                 f"{(proc.stderr or proc.stdout)[-2000:]}"
             )
         return json.loads(results[-1].removeprefix(RESULT_PREFIX))
-
-
-def _command_variable() -> list[str] | None:
-    """The Airflow Variable ``rtrec_step_command`` (a JSON list of strings), if set."""
-    raw = _variable("rtrec_step_command", None)
-    if raw in (None, ""):
-        return None
-    try:
-        command = json.loads(raw) if isinstance(raw, str) else raw
-    except ValueError as exc:
-        raise AirflowFailException(
-            f"Airflow Variable rtrec_step_command is not JSON ({exc}): {raw!r}"
-        ) from exc
-    if not (isinstance(command, list) and command and all(isinstance(c, str) for c in command)):
-        raise AirflowFailException(
-            f"Airflow Variable rtrec_step_command must be a JSON list of strings, got {raw!r}"
-        )
-    return command
-
-
-def _brief(args: dict[str, Any], limit: int = 300) -> str:
-    """The step's arguments for the log, each value cut to ``limit`` characters (a fit
-    result passed downstream is kilobytes)."""
-    parts = []
-    for key, value in args.items():
-        text = json.dumps(value, default=str)
-        parts.append(f"{key}={text if len(text) <= limit else text[:limit] + '...'}")
-    return ", ".join(parts) or "no arguments"
 
 
 class BuildTrainingSetOperator(RtrecStepOperator):
@@ -337,6 +299,18 @@ class DriftCheckOperator(RtrecStepOperator):
         super().__init__(**kwargs)
         self.now_ms, self.reference_days, self.window_days = now_ms, reference_days, window_days
         self.scores, self.alert = scores, alert
+
+
+class ExperimentDecisionOperator(RtrecStepOperator):
+    """Decide the running A/B test on its readout (``rtrec.monitoring.decide_experiment``):
+    promote the challenger when it wins, archive it when the champion wins, alert on a
+    sample ratio mismatch, else nothing. XCom: ``decision`` (``promoted``, ``archived``,
+    ``alerted``, ``none``), ``reason``, ``promoted`` (bool), ``experiment``, ``verdict``,
+    ``champion_version``, ``challenger_version``, ``readout``."""
+
+    step = "experiment_decision"
+    talks_to_services = True
+    template_fields: Sequence[str] = ()
 
 
 def is_drifted(verdict: dict[str, Any] | None) -> bool:

@@ -212,6 +212,14 @@ def drift_check(
     return verdict.to_dict()
 
 
+def experiment_decision(settings: Settings) -> dict[str, Any]:
+    """Act on the A/B readout of the registry's champion and challenger: promote, archive,
+    alert on a sample ratio mismatch, or nothing (``rtrec.monitoring.decide_experiment``)."""
+    from rtrec.monitoring import decide_experiment
+
+    return decide_experiment(settings)
+
+
 STEPS: dict[str, StepFn] = {
     "build_training_set": build_training_set,
     "train_two_tower": train_two_tower,
@@ -220,6 +228,7 @@ STEPS: dict[str, StepFn] = {
     "tell_serving": tell_serving,
     "materialize_features": materialize_features,
     "drift_check": drift_check,
+    "experiment_decision": experiment_decision,
 }
 
 

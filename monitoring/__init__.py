@@ -13,6 +13,7 @@ Public API (what DAGs, the CLI and the demo call)::
     experiment_status(settings) -> dict                      # the A/B readout, per variant
     readout(champion, challenger, ...) -> Readout            # an experiment's statistics
     readout_for(settings, champion, challenger), verdict(...), Arm(trials, successes)
+    decide_experiment(settings) -> dict                      # promote / archive / alert on it
 
 The experiment readout and its statistics live in ``rtrec.serving`` (the service's
 ``GET /experiments`` answers them, and serving sits below monitoring) and are re-exported
@@ -37,6 +38,7 @@ _EXPORTS = {
     "readout": "rtrec.serving",
     "readout_for": "rtrec.serving",
     "verdict": "rtrec.serving",
+    "decide_experiment": "rtrec.monitoring.experiment_decision",
     "DriftVerdict": "rtrec.monitoring.drift",
     "drift_report": "rtrec.monitoring.drift",
     "popularity_ranks": "rtrec.monitoring.drift",

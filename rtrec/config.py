@@ -128,6 +128,11 @@ class TrainingSettings(BaseModel):
     gate users' query vectors, below which a training run fails before promotion."""
     index_exact_max_items: int = Field(50_000, ge=1)
     """Up to this many items the index is exact (flat); above, IVF with a tuned nprobe."""
+    promotion: Literal["direct", "ab"] = "direct"
+    """What a model that passes the gate becomes: ``direct``, the champion at once; ``ab``,
+    the ``challenger`` of an A/B test at ``serving.ab_challenger_share`` (which must then
+    be above 0), promoted or archived later on online evidence by the
+    ``rtrec_experiment_decision`` DAG. Without a champion to test against it is promoted."""
 
 
 class AirflowSettings(BaseModel):
@@ -263,6 +268,16 @@ class Settings(BaseSettings):
     """Secret salt of :func:`rtrec.logging.redact_id` (the user-id hashes in logs and
     answers). Unset: generated once into ``<work_dir>/secrets/redact_salt`` (mode 0600)
     and read from there by every process of that work dir."""
+
+    @model_validator(mode="after")
+    def _ab_needs_a_share(self) -> Settings:
+        """An A/B test at share 0 would never see a user: refuse it at start, not later."""
+        if self.training.promotion == "ab" and self.serving.ab_challenger_share <= 0:
+            raise ValueError(
+                "training.promotion is 'ab' but serving.ab_challenger_share is 0: "
+                "set the challenger's share of users (e.g. 0.5) or promotion 'direct'"
+            )
+        return self
 
     @model_validator(mode="after")
     def _fill_paths(self) -> Settings:

@@ -9,7 +9,7 @@ decides. No MLflow here: the registry applies the decision to its aliases and ta
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -50,6 +50,9 @@ class PromotionDecision:
     evidence: dict[str, Any] | None = None
     """The gate's evidence (``rtrec.training.gate.GateEvidence.to_dict``), when it judged."""
     margin: float | None = None
+    ab_test: bool = False
+    """Passed the gate and became the challenger of an A/B test (``training.promotion``
+    ``ab``) instead of the champion: the online experiment decides."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (DAG XComs, ``rtrec train --json``, the demo's report)."""
@@ -85,3 +88,17 @@ def decide_promotion(
         return PromotionDecision(version, False, reason, **common)
     outcome = decide(e, margin=margin)
     return PromotionDecision(version, outcome.promoted, outcome.reason, **common)
+
+
+def to_ab_test(decision: PromotionDecision, *, share: float) -> PromotionDecision:
+    """A decision the gate passed, as the start of an A/B test (``training.promotion``
+    ``ab``): the version serves ``share`` of users as ``challenger`` until the experiment
+    decides. A first model has no champion to be tested against and stays promoted; a
+    refused one is not tested (the offline gate is the first filter)."""
+    if not decision.promoted or decision.champion_version is None:
+        return decision
+    reason = (
+        f"{decision.reason}; A/B test against champion v{decision.champion_version} "
+        f"at {share:.0%} of users before it can become champion"
+    )
+    return replace(decision, promoted=False, ab_test=True, reason=reason)

@@ -1,4 +1,5 @@
-"""The model registry: the only module that talks to MLflow.
+"""The model registry: with its client (``rtrec.training.registry_client``) the only code
+that talks to MLflow.
 
 A training run logs its params, metrics, report and bundle (``rtrec.training.artifacts``)
 as one ``mlflow.pyfunc`` model under ``settings.mlflow.model_name``. The promotion gate
@@ -8,7 +9,8 @@ rollback is written as version tags, so the registry itself is the audit log. Se
 fetches the champion with :func:`download_bundle`.
 
 Two aliases, and what each step does to them (``rtrec model list`` shows them; serving
-loads ``champion``, and ``challenger`` only for its A/B split or shadow scoring):
+loads ``champion``, and ``challenger`` only for its A/B split or shadow scoring). With
+``training.promotion`` ``direct`` (the default):
 
 - **registered** (:meth:`ModelRegistry.log_and_register`): ``challenger`` -> the new
   version while the gate has not decided. A newer registration takes the alias over.
@@ -20,20 +22,23 @@ loads ``champion``, and ``challenger`` only for its A/B split or shadow scoring)
   lost is there to inspect, A/B test or promote by hand. The next refused one replaces it.
 - **rolled back** (:meth:`ModelRegistry.rollback`): ``champion`` -> the previous champion;
   the demoted version keeps no alias (its tags say why).
+
+With ``ab``, ``challenger`` means "in an A/B test": registering sets no alias, a version
+that passes the gate takes ``challenger`` (decision ``ab_test``; the first model, with no
+champion to test against, is promoted), a refused one gets none. The experiment's decision
+(``rtrec.monitoring.decide_experiment``) then promotes it (:meth:`ModelRegistry.promote`)
+or archives it (:meth:`ModelRegistry.archive_challenger`: ``challenger`` deleted).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from rtrec.training.gate import GateEvidence, evidence_tags
 from rtrec.training.promotion import (
@@ -48,11 +53,13 @@ from rtrec.training.promotion import (
     decide_promotion,
     metric_key,
     now,
+    to_ab_test,
 )
 from rtrec.training.pyfunc import BUNDLE_KEY, pyfunc_model, quiet_mlflow, requirements
+from rtrec.training.registry_client import RegistryClient
 
 from rtrec.config import Settings
-from rtrec.errors import NotFound, Unavailable
+from rtrec.errors import NotFound
 
 logger = logging.getLogger(__name__)
 
@@ -72,80 +79,8 @@ class VersionInfo:
     tags: dict[str, str] = field(default_factory=dict)
 
 
-class ModelRegistry:
+class ModelRegistry(RegistryClient):
     """Registry operations for one settings object (tracking URI, model name, margin)."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.name = settings.mlflow.model_name
-        self._client: Any = None
-
-    # ---- plumbing --------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _tracking(self) -> Iterator[Any]:
-        """Point the fluent API at our tracking URI for the duration, then restore it."""
-        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-        import mlflow
-
-        uri = str(self.settings.mlflow.tracking_uri)
-        if uri.startswith("sqlite:///"):
-            Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_registry_uri(uri)
-        try:
-            yield mlflow
-        finally:
-            mlflow.set_tracking_uri(previous[0])
-            mlflow.set_registry_uri(previous[1])
-
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            with self._tracking():
-                from mlflow import MlflowClient
-
-                uri = str(self.settings.mlflow.tracking_uri)
-                try:
-                    self._client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-                    self._client.search_registered_models(max_results=1)
-                except Exception as exc:  # MLflow raises many types for a dead store
-                    raise Unavailable(f"MLflow registry at {uri} is unreachable: {exc}") from exc
-        return self._client
-
-    def _experiment_id(self) -> str:
-        name = self.settings.mlflow.experiment
-        exp = self.client.get_experiment_by_name(name)
-        if exp is not None:
-            return exp.experiment_id
-        root = Path(str(self.settings.mlflow.artifact_root))
-        root.mkdir(parents=True, exist_ok=True)
-        return self.client.create_experiment(name, artifact_location=root.as_uri())
-
-    def _alias_version(self, alias: str) -> str | None:
-        from mlflow.exceptions import MlflowException
-
-        try:
-            return str(self.client.get_model_version_by_alias(self.name, alias).version)
-        except MlflowException:
-            return None
-
-    def _version(self, version: str | int) -> Any:
-        from mlflow.exceptions import MlflowException
-
-        try:
-            return self.client.get_model_version(self.name, str(version))
-        except MlflowException as exc:
-            raise NotFound(f"model {self.name!r} has no version {version}") from exc
-
-    def _tag(self, version: str, tags: Mapping[str, object]) -> None:
-        for key, value in tags.items():
-            self.client.set_model_version_tag(self.name, str(version), key, str(value))
-
-    def _metric(self, version: str, metric: str) -> float | None:
-        run_id = self._version(version).run_id
-        return self.client.get_run(run_id).data.metrics.get(metric) if run_id else None
 
     # ---- logging and registration ----------------------------------------------------------
     def log_and_register(
@@ -186,10 +121,11 @@ class ModelRegistry:
                     )
             version = mlflow_mod.register_model(info.model_uri, self.name).version
         version = str(version)
-        self.client.set_registered_model_alias(self.name, CHALLENGER, version)
-        logger.info(
-            "registered %s version %s as challenger (run %s)", self.name, version, run.info.run_id
-        )
+        if self.settings.training.promotion == "direct":
+            # Under ``ab`` the alias means "in an A/B test": serving would split traffic
+            # onto a version the gate has not judged yet.
+            self.client.set_registered_model_alias(self.name, CHALLENGER, version)
+        logger.info("registered %s version %s (run %s)", self.name, version, run.info.run_id)
         return run.info.run_id, version
 
     # ---- aliases and the gate --------------------------------------------------------------
@@ -214,13 +150,19 @@ class ModelRegistry:
         margin = self.settings.training.gate_margin if margin is None else margin
         current = self.champion_version()
         decision = decide_promotion(version, evidence, current=current, margin=margin)
+        ab = self.settings.training.promotion == "ab"
+        if ab:
+            decision = to_ab_test(decision, share=self.settings.serving.ab_challenger_share)
         self._tag(version, evidence_tags(evidence, margin=margin))
         if decision.promoted:
             self._move_champion(version, decision.reason)
+        elif decision.ab_test:
+            self._decided(version, "ab_test", decision.reason)
+            self.client.set_registered_model_alias(self.name, CHALLENGER, version)
         elif current != version:  # the champion itself keeps the record of its promotion
-            tags = {TAG_DECISION: "kept_challenger", TAG_REASON: decision.reason[:4000]}
-            self._tag(version, {**tags, TAG_DECIDED_AT: now()})
-            self._keep_challenger(version)
+            self._decided(version, "refused" if ab else "kept_challenger", decision.reason)
+            if not ab:  # under ``ab`` only a version that passed the gate is tested
+                self._keep_challenger(version)
         logger.info(
             "promotion gate for v%s: promoted=%s (%s)", version, decision.promoted, decision.reason
         )
@@ -239,6 +181,22 @@ class ModelRegistry:
         self.client.set_registered_model_alias(self.name, CHAMPION, version)
         if self.challenger_version() == version:
             self.client.delete_registered_model_alias(self.name, CHALLENGER)
+
+    def _decided(self, version: str, decision: str, reason: str) -> None:
+        self._tag(
+            version, {TAG_DECISION: decision, TAG_REASON: reason[:4000], TAG_DECIDED_AT: now()}
+        )
+
+    def archive_challenger(self, version: str | int, *, reason: str) -> None:
+        """The champion won the A/B test against ``version``: record why and take the
+        ``challenger`` alias from it while it holds it, so serving stops splitting traffic
+        at its next poll. The champion and the version itself stay as they are."""
+        version = str(version)
+        self._version(version)  # NotFound for an unknown version
+        self._decided(version, "archived", reason)
+        if self.challenger_version() == version:
+            self.client.delete_registered_model_alias(self.name, CHALLENGER)
+        logger.info("archived challenger v%s of %s (%s)", version, self.name, reason)
 
     def _keep_challenger(self, version: str) -> None:
         """A refused version holds ``challenger`` unless a newer registration took it over

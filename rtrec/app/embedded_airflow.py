@@ -35,7 +35,12 @@ logger = logging.getLogger(__name__)
 
 NAME = "airflow"
 """Managed-process name (``<work_dir>/run/airflow.json``, ``logs/airflow.log``)."""
-DAG_IDS = ("rtrec_training", "rtrec_drift_monitor", "rtrec_feature_backfill")
+DAG_IDS = (
+    "rtrec_training",
+    "rtrec_drift_monitor",
+    "rtrec_feature_backfill",
+    "rtrec_experiment_decision",
+)
 
 
 def dags_folder() -> Path:

@@ -62,6 +62,19 @@ def test_drift_monitor_is_scheduled_and_triggers_training(bag) -> None:
     assert "reason" in trigger.conf and "drift_check" in trigger.conf["reason"]
 
 
+def test_experiment_decision_is_scheduled_and_tells_serving_only_on_promotion(bag) -> None:
+    dag = bag.dags["rtrec_experiment_decision"]
+    assert dag.schedule == timedelta(hours=1)
+    assert [t.task_id for t in dag.topological_sort()] == [
+        "experiment_decision",
+        "challenger_promoted",
+        "tell_serving",
+    ]
+    assert _downstream(dag, "experiment_decision") == {"challenger_promoted", "tell_serving"}
+    assert _downstream(dag, "challenger_promoted") == {"tell_serving"}
+    assert dag.get_task("experiment_decision").step == "experiment_decision"
+
+
 def test_dag_files_do_no_heavy_imports() -> None:
     """Parsing must stay cheap: no torch, Spark, MLflow, Evidently or Feast at import."""
     code = (

@@ -12,6 +12,7 @@ from rtrec.dags import steps
 from rtrec.dags.operators import (
     BuildTrainingSetOperator,
     DriftCheckOperator,
+    ExperimentDecisionOperator,
     PromoteOperator,
     TrainTwoTowerOperator,
     is_drifted,
@@ -38,7 +39,9 @@ def test_template_fields_are_the_step_arguments() -> None:
     build = BuildTrainingSetOperator(task_id="b", data="synthetic:small")
     assert build.arguments() == {"data": "synthetic:small", "protocol": "temporal"}
     promote = PromoteOperator(task_id="p", version="3", fit="{{ ti.xcom_pull('t') }}")
-    for op in (build, promote, DriftCheckOperator(task_id="d")):
+    decide = ExperimentDecisionOperator(task_id="e")
+    assert decide.arguments() == {} and decide.retries == 3  # talks to Redis and MLflow
+    for op in (build, promote, DriftCheckOperator(task_id="d"), decide):
         assert op.step in steps.STEPS
 
 

@@ -1,0 +1,94 @@
+"""The MLflow client under :class:`rtrec.training.registry.ModelRegistry`: tracking URI,
+experiment, aliases and tags of one registered model.
+
+Split from the registry so that the registry module holds the decisions (registration, the
+gate, A/B tests, rollbacks) and this one the plumbing; these two modules are the only ones
+that talk to MLflow's registry.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from rtrec.config import Settings
+from rtrec.errors import NotFound, Unavailable
+
+
+class RegistryClient:
+    """MLflow access for one settings object (tracking URI, model name)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.name = settings.mlflow.model_name
+        self._client: Any = None
+
+    # ---- plumbing --------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _tracking(self) -> Iterator[Any]:
+        """Point the fluent API at our tracking URI for the duration, then restore it."""
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        import mlflow
+
+        uri = str(self.settings.mlflow.tracking_uri)
+        if uri.startswith("sqlite:///"):
+            Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        try:
+            yield mlflow
+        finally:
+            mlflow.set_tracking_uri(previous[0])
+            mlflow.set_registry_uri(previous[1])
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            with self._tracking():
+                from mlflow import MlflowClient
+
+                uri = str(self.settings.mlflow.tracking_uri)
+                try:
+                    self._client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+                    self._client.search_registered_models(max_results=1)
+                except Exception as exc:  # MLflow raises many types for a dead store
+                    raise Unavailable(f"MLflow registry at {uri} is unreachable: {exc}") from exc
+        return self._client
+
+    def _experiment_id(self) -> str:
+        name = self.settings.mlflow.experiment
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        root = Path(str(self.settings.mlflow.artifact_root))
+        root.mkdir(parents=True, exist_ok=True)
+        return self.client.create_experiment(name, artifact_location=root.as_uri())
+
+    def _alias_version(self, alias: str) -> str | None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return str(self.client.get_model_version_by_alias(self.name, alias).version)
+        except MlflowException:
+            return None
+
+    def _version(self, version: str | int) -> Any:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.get_model_version(self.name, str(version))
+        except MlflowException as exc:
+            raise NotFound(f"model {self.name!r} has no version {version}") from exc
+
+    def _tag(self, version: str, tags: Mapping[str, object]) -> None:
+        for key, value in tags.items():
+            self.client.set_model_version_tag(self.name, str(version), key, str(value))
+
+    def _metric(self, version: str, metric: str) -> float | None:
+        run_id = self._version(version).run_id
+        return self.client.get_run(run_id).data.metrics.get(metric) if run_id else None
