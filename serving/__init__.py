@@ -10,6 +10,8 @@ Public API (what the app layer uses)::
     experiment_status(settings) -> dict   # the A/B readout (GET /experiments)
     readout(champion, challenger, ...), readout_for(settings, ...), verdict(...), Arm
                                           # ... its statistics, pure functions
+    SimulatedUsers(truth, base_url=...).run(n) # synthetic users clicking by their true
+    ClickModel(attraction_scale, position_decay)  # taste (rtrec.data.ground_truth)
 
 Test and benchmark helpers are not part of it; they import their modules directly
 (``rtrec.serving.process.running_server``, ``rtrec.serving.synthetic.synthetic_bundle``,
@@ -28,6 +30,9 @@ _EXPORTS = {
     "readout_for": "rtrec.serving.experiment_stats",
     "verdict": "rtrec.serving.experiment_stats",
     "experiment_status": "rtrec.serving.experiment_readout",
+    "ClickModel": "rtrec.serving.simulator",
+    "SimulatedUsers": "rtrec.serving.simulator",
+    "SimulationResult": "rtrec.serving.simulator",
     "check_bind": "rtrec.serving.launch",
     "serve_command": "rtrec.serving.launch",
     "serve_env": "rtrec.serving.launch",
