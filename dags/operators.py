@@ -221,7 +221,8 @@ class PromoteOperator(RtrecStepOperator):
     the gate slice, paired bootstrap over users; rule and margin in ``settings.training``).
 
     XCom: ``promoted`` (bool), ``reason``, ``evidence`` (slice, size, time range, both
-    scores, gain and its interval), ``margin``, ``champion_version``.
+    scores, gain and its interval), ``margin``, ``champion_version``, ``ab_test`` (passed,
+    and became the challenger of an A/B test: ``training.promotion`` ``ab``).
 
     :param version: the registered challenger (``register.output["version"]``).
     :param fit: the training step's result (``train.output``), which carries the evidence.

@@ -6,7 +6,9 @@ you add. Params: ``data`` (a data set instead of the stream's offline log), ``pr
 validation, scores the challenger and the champion on the gate slice (the most recent
 period, untouched by selection) and builds the served index, failing when its recall is
 below the bar; the gate promotes on that evidence (``rtrec.training.gate``); serving is told
-only when it did.
+only when it did. With ``training.promotion`` ``ab`` a passing model becomes the
+``challenger`` of an A/B test instead (the ``promote`` XCom says ``ab_test``), which
+``rtrec_experiment_decision`` later promotes or archives on the online readout.
 """
 
 from __future__ import annotations
