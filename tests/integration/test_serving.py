@@ -426,3 +426,28 @@ def test_redis_down_gives_flagged_fallback_never_5xx(
     while recommend(client, "u1")["fallback"] and time.monotonic() < deadline:
         time.sleep(0.1)
     assert recommend(client, "u1")["fallback"] is False  # recovered without a restart
+
+
+def test_simulated_users_drive_recommend_and_feedback(server, bundle) -> None:
+    """The simulator against the real service: every answer is clicked by the click model
+    and every click accepted by /feedback with its answer's request_id (a refusal raises)."""
+    from rtrec.serving.simulator import ClickModel, SimulatedUsers
+
+    from rtrec.data import SyntheticConfig, ground_truth
+
+    truth = ground_truth(SyntheticConfig.small(n_users=50, n_items=400, n_events=5_000, days=7))
+    assert set(bundle.item_ids) <= set(truth.item_index)  # the same i0..i399 catalog
+    users = SimulatedUsers(
+        truth,
+        base_url=server.url,
+        api_key=KEY,
+        click_model=ClickModel(attraction_scale=1.0, position_decay=0.0),
+        seed=0,
+    )
+    try:
+        result = users.run(40)
+    finally:
+        users.close()
+    assert result.answers == 40 and result.by_variant["champion"]["answers"] == 40
+    assert result.clicks > 0 and not users.pending  # all sent, none refused
+    assert result.experiments == {"none": 40}  # no challenger loaded: no experiment
