@@ -1,0 +1,237 @@
+"""Candidate generation, the first stage of two-stage recommendations.
+
+Why several sources: each finds what the others miss. The two-tower retriever generalises
+from the whole history; item-item neighbours (EASE weights, Steck 2019) catch the close
+companions of what the user just did; category trending follows what is hot in the user's
+tastes; popularity is all a cold user can get. Each source is a small class behind one
+interface, ``fit(events)`` then ``candidates(states, n)``, and :func:`merge` unions their
+lists with the provenance of every candidate (which sources found it, at which rank and
+score), which the ranker (``rtrec.training.ranker``) reads as features.
+
+Everything a source needs at request time is precomputed in ``fit`` into in-memory tables
+(neighbour lists, per-category rankings), so a request costs table look-ups only. The
+user's state is passed in (:class:`UserState`), never read from the fit events: the same
+source answers for the state of any moment, which is what the point-in-time training set
+(``rtrec.training.rank_sets``) relies on. Imports numpy, pandas and (for the two-tower
+source) faiss only: the GPU host imports this module too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import pandas as pd
+from rtrec.training.vocab import Vocab
+
+DAY_MS = 86_400_000
+
+
+@dataclass(frozen=True)
+class UserState:
+    """What is known of one user at a moment: item ids and times, newest first."""
+
+    user_id: str
+    items: np.ndarray
+    ts: np.ndarray
+
+    @property
+    def cold(self) -> bool:
+        return len(self.items) == 0
+
+
+def user_states(
+    events: pd.DataFrame, user_ids: Sequence[str], *, before: int | None = None
+) -> list[UserState]:
+    """Each user's state from ``events`` with ``ts < before`` (all of them when None)."""
+    if before is not None:
+        events = events[events["ts"].to_numpy() < before]
+    frame = pd.DataFrame(
+        {
+            "user_id": events["user_id"].astype(str).to_numpy(),
+            "item_id": events["item_id"].astype(str).to_numpy(),
+            "ts": events["ts"].to_numpy(dtype=np.int64),
+        }
+    ).sort_values(["user_id", "ts"], ascending=[True, False], kind="stable")
+    groups = {
+        u: (g["item_id"].to_numpy(), g["ts"].to_numpy())
+        for u, g in frame.groupby("user_id", sort=False)
+    }
+    empty = (np.array([], dtype=object), np.array([], dtype=np.int64))
+    return [UserState(str(u), *groups.get(str(u), empty)) for u in user_ids]
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """One source's answer for one user: item ids, best first, and their scores."""
+
+    items: np.ndarray
+    scores: np.ndarray
+
+
+class Source(Protocol):
+    name: str
+
+    def fit(self, events: pd.DataFrame) -> Source: ...
+
+    def candidates(self, states: Sequence[UserState], n: int) -> list[Candidates]: ...
+
+
+def _top_unseen(scores: np.ndarray, ids: list[str], seen: np.ndarray, n: int) -> Candidates:
+    """The ``n`` best-scored catalog positions outside ``seen`` (positions), best first."""
+    scores = scores.astype(np.float64, copy=True)
+    scores[seen] = -np.inf
+    k = min(n, int(np.isfinite(scores).sum()))
+    if k <= 0:
+        return Candidates(np.array([], dtype=object), np.array([], dtype=np.float32))
+    part = np.argpartition(-scores, k - 1)[:k]
+    order = part[np.argsort(-scores[part], kind="stable")]
+    return Candidates(np.asarray(ids, dtype=object)[order], scores[order].astype(np.float32))
+
+
+class _Catalog:
+    """The items of the fit events as positions 0..n-1, and each user's seen positions."""
+
+    def __init__(self, events: pd.DataFrame) -> None:
+        self.vocab = Vocab.build(events["item_id"].astype(str))
+        self.ids = self.vocab.ids
+
+    def positions(self, items: np.ndarray) -> np.ndarray:
+        idx = self.vocab.encode(items) - 1
+        return idx[idx >= 0]
+
+
+def recency_counts(events: pd.DataFrame, now: int, half_life_days: float) -> pd.Series:
+    """Events per item before ``now``, each weighted by 2^(-age / half-life)."""
+    ts = events["ts"].to_numpy(dtype=np.int64)
+    keep = ts < now
+    age_days = (now - ts[keep]) / DAY_MS
+    weight = np.exp2(-age_days / half_life_days)
+    items = events["item_id"].astype(str).to_numpy()[keep]
+    return pd.Series(weight, index=items).groupby(level=0).sum()
+
+
+class PopularSource:
+    """Recently popular items (time-decayed counts): every user's safety net and all a
+    cold user can get."""
+
+    name = "popular"
+
+    def __init__(self, half_life_days: float = 14.0) -> None:
+        self.half_life_days = half_life_days
+
+    def fit(self, events: pd.DataFrame) -> PopularSource:
+        self._cat = _Catalog(events)
+        now = int(events["ts"].max()) + 1
+        counts = recency_counts(events, now, self.half_life_days)
+        self._scores = counts.reindex(self._cat.ids).fillna(0.0).to_numpy(np.float64)
+        return self
+
+    def candidates(self, states: Sequence[UserState], n: int) -> list[Candidates]:
+        cat = self._cat
+        return [_top_unseen(self._scores, cat.ids, cat.positions(s.items), n) for s in states]
+
+
+class CategoryTrendingSource:
+    """What is trending in the categories the user engages with: slots are shared out by
+    the user's category shares over its ``recent`` latest items."""
+
+    name = "category"
+
+    def __init__(
+        self, item_categories: dict[str, list[str]], *, half_life_days: float = 7.0, recent=50
+    ) -> None:
+        self.item_categories = item_categories
+        self.half_life_days = half_life_days
+        self.recent = recent
+
+    def fit(self, events: pd.DataFrame) -> CategoryTrendingSource:
+        self._cat = _Catalog(events)
+        now = int(events["ts"].max()) + 1
+        counts = recency_counts(events, now, self.half_life_days)
+        pop = counts.reindex(self._cat.ids).fillna(0.0).to_numpy(np.float64)
+        self._pop = pop / max(pop.max(), 1e-12)
+        by_cat: dict[str, list[int]] = {}
+        for j, item in enumerate(self._cat.ids):
+            for c in self.item_categories.get(item, []):
+                by_cat.setdefault(c, []).append(j)
+        self._by_cat = {c: np.asarray(js) for c, js in by_cat.items()}
+        return self
+
+    def candidates(self, states: Sequence[UserState], n: int) -> list[Candidates]:
+        return [self._one(s, n) for s in states]
+
+    def _one(self, state: UserState, n: int) -> Candidates:
+        shares: dict[str, float] = {}
+        for item in state.items[: self.recent]:
+            for c in self.item_categories.get(str(item), []):
+                shares[c] = shares.get(c, 0.0) + 1.0
+        scores = np.zeros(len(self._cat.ids))
+        total = sum(shares.values())
+        for c, count in shares.items():
+            js = self._by_cat.get(c)
+            if js is not None:
+                scores[js] += (count / total) * self._pop[js]
+        # Items outside every category the user touched are not this source's answer.
+        seen = np.union1d(self._cat.positions(state.items), np.flatnonzero(scores <= 0))
+        return _top_unseen(scores, self._cat.ids, seen, n)
+
+
+def item_categories(events: pd.DataFrame) -> dict[str, list[str]]:
+    """Each item's categories from the ``item_categories`` column (empty when absent)."""
+    if "item_categories" not in events.columns:
+        return {}
+    first = events.drop_duplicates("item_id")
+    return {
+        str(i): [str(c) for c in cs] if cs is not None else []
+        for i, cs in zip(first["item_id"], first["item_categories"], strict=True)
+    }
+
+
+def merge(answers: dict[str, list[Candidates]], user_ids: Sequence[str], n: int) -> pd.DataFrame:
+    """Union of the sources' lists, de-duplicated, at most ``n`` per user.
+
+    Round robin by rank: a candidate's place is its best rank in any source, so every
+    source gets its first picks in before any source's tail. One row per (user, item):
+    ``src_<name>_rank`` (1 = first, NaN when that source did not return it),
+    ``src_<name>_score``, ``sources`` (the names that found it, ``+``-joined) and
+    ``position`` in the merged list.
+    """
+    cols: dict[str, list[np.ndarray]] = {"user_id": [], "item_id": [], "source": []}
+    cols |= {"rank": [], "score": []}
+    for name, lists in answers.items():
+        for u, c in zip(user_ids, lists, strict=True):
+            k = len(c.items)
+            cols["user_id"].append(np.full(k, u, dtype=object))
+            cols["item_id"].append(c.items.astype(str).astype(object))
+            cols["source"].append(np.full(k, name, dtype=object))
+            cols["rank"].append(np.arange(1, k + 1, dtype=np.float32))
+            cols["score"].append(np.asarray(c.scores, dtype=np.float32))
+    long = pd.DataFrame({k: np.concatenate(v) if v else [] for k, v in cols.items()})
+    if long.empty:
+        raise ValueError("merge: no source returned a candidate for any user")
+    wide = long.pivot_table(
+        index=["user_id", "item_id"], columns="source", values=["rank", "score"], aggfunc="first"
+    )
+    wide.columns = [f"src_{src}_{what}" for what, src in wide.columns]
+    wide = wide.reset_index()
+    names = [s for s in answers if f"src_{s}_rank" in wide]
+    found = wide[[f"src_{s}_rank" for s in names]].notna().to_numpy()
+    wide["sources"] = ["+".join(np.asarray(names)[row]) for row in found]
+    wide["n_sources"] = found.sum(axis=1)
+    wide["best_rank"] = wide[[f"src_{s}_rank" for s in names]].min(axis=1)
+    # Ties (the same best rank in several sources) go to what more sources agree on.
+    wide = wide.sort_values(
+        ["user_id", "best_rank", "n_sources", "item_id"],
+        ascending=[True, True, False, True],
+        kind="stable",
+    )
+    wide["position"] = wide.groupby("user_id").cumcount() + 1
+    wide = wide[wide["position"] <= n]
+    for s in answers:
+        for what in ("rank", "score"):
+            if f"src_{s}_{what}" not in wide:
+                wide[f"src_{s}_{what}"] = np.nan
+    return wide.reset_index(drop=True)

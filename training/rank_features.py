@@ -1,0 +1,142 @@
+"""The ranker's features of each (user, candidate) at a moment ``now``.
+
+One computation for training rows and for requests: :func:`candidate_features` takes the
+candidates (with their provenance from ``rtrec.training.candidates.merge``), a user table
+and an item table, each built from events strictly before ``now``
+(:func:`user_table`, :func:`item_table`). The point-in-time training set and the offline
+evaluation build those tables from the event log; a later source (Feast's historical
+retrieval over the stream feature views) only has to produce the same two tables, so the
+switch changes where the numbers come from, not how a feature is computed.
+
+Counts are turned into shares of all events in their window: the ranker is fitted on an
+earlier, smaller state than it is applied to, and shares keep their scale across the two.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from rtrec.training.candidates import DAY_MS, Candidates, Source, UserState, merge
+from rtrec.training.learned_sources import ItemItemSource, TwoTowerSource
+
+WINDOWS_DAYS = {"7d": 7.0, "30d": 30.0}
+
+
+def item_table(events: pd.DataFrame, now: int) -> pd.DataFrame:
+    """Per item, from events before ``now``: share of all events overall and in each recent
+    window, distinct users, and age (days since its first event)."""
+    ev = events[events["ts"].to_numpy() < now]
+    items = ev["item_id"].astype(str)
+    ts = ev["ts"].to_numpy(dtype=np.int64)
+    out = pd.DataFrame({"pop_all": items.value_counts(normalize=True)})
+    for name, days in WINDOWS_DAYS.items():
+        recent = items[ts >= now - days * DAY_MS]
+        out[f"pop_{name}"] = recent.value_counts(normalize=True).reindex(out.index).fillna(0.0)
+    out["item_users"] = (
+        ev.assign(item_id=items).groupby("item_id")["user_id"].nunique().reindex(out.index)
+    )
+    first = pd.Series(ts, index=items.to_numpy()).groupby(level=0).min()
+    out["item_age_days"] = (now - first.reindex(out.index)) / DAY_MS
+    out.index.name = "item_id"
+    return out
+
+
+def user_table(states: Sequence[UserState], now: int) -> pd.DataFrame:
+    """Per user, from its state: events overall and in each recent window, days since its
+    last event."""
+    rows = {}
+    for s in states:
+        row = {"user_events": float(len(s.items))}
+        for name, days in WINDOWS_DAYS.items():
+            row[f"user_events_{name}"] = float((s.ts >= now - days * DAY_MS).sum())
+        row["user_idle_days"] = (now - s.ts[0]) / DAY_MS if len(s.ts) else np.nan
+        rows[s.user_id] = row
+    out = pd.DataFrame.from_dict(rows, orient="index")
+    out.index.name = "user_id"
+    return out
+
+
+def category_match(
+    cands: pd.DataFrame, states: Sequence[UserState], item_categories: dict[str, list[str]]
+) -> np.ndarray:
+    """Per candidate row: the share of the user's history in the candidate's categories."""
+    shares: dict[str, dict[str, float]] = {}
+    for s in states:
+        counts: dict[str, float] = {}
+        for item in s.items:
+            for c in item_categories.get(str(item), []):
+                counts[c] = counts.get(c, 0.0) + 1.0
+        total = max(len(s.items), 1)
+        shares[s.user_id] = {c: v / total for c, v in counts.items()}
+    return np.array(
+        [
+            sum(shares.get(u, {}).get(c, 0.0) for c in item_categories.get(i, []))
+            for u, i in zip(cands["user_id"], cands["item_id"], strict=True)
+        ]
+    )
+
+
+@dataclass
+class CandidateGenerator:
+    """The sources, fitted on one state of the world, and how many each is asked for."""
+
+    sources: list[Source]
+    per_source: int = 200
+    cold_source: str = "popular"
+    """The only source asked for users without history (serving's fallback for them)."""
+    item_categories: dict[str, list[str]] = field(default_factory=dict)
+
+    def fit(self, events: pd.DataFrame) -> CandidateGenerator:
+        for s in self.sources:
+            s.fit(events)
+        self.now = int(events["ts"].max()) + 1
+        self.items = item_table(events, self.now)
+        return self
+
+    def generate(self, states: Sequence[UserState], n: int) -> pd.DataFrame:
+        """Merged candidates, at most ``n`` per user, with pair scores beside provenance."""
+        warm = [s for s in states if not s.cold]
+        answers: dict[str, list[Candidates]] = {}
+        for src in self.sources:
+            asked = list(states) if src.name == self.cold_source else warm
+            lists = src.candidates(asked, self.per_source)
+            got = dict(zip([s.user_id for s in asked], lists, strict=True))
+            empty = Candidates(np.array([], dtype=object), np.array([], dtype=np.float32))
+            answers[src.name] = [got.get(s.user_id, empty) for s in states]
+        cands = merge(answers, [s.user_id for s in states], n)
+        return self._pair_scores(cands, states)
+
+    def _pair_scores(self, cands: pd.DataFrame, states: Sequence[UserState]) -> pd.DataFrame:
+        """Two-tower and item-item scores of every candidate, whichever source found it."""
+        users, items = cands["user_id"].to_numpy(), cands["item_id"].to_numpy()
+        for column, kind in (("tt_score", TwoTowerSource), ("ii_score", ItemItemSource)):
+            found = [s for s in self.sources if isinstance(s, kind)]
+            cands[column] = found[0].pair_scores(states, users, items) if found else np.nan
+        return cands
+
+
+def candidate_features(
+    cands: pd.DataFrame,
+    states: Sequence[UserState],
+    items: pd.DataFrame,
+    now: int,
+    item_categories: dict[str, list[str]],
+) -> pd.DataFrame:
+    """The ranker's input rows, one per candidate, in ``cands``' order (see module doc)."""
+    users = user_table(states, now)
+    out = cands.join(users, on="user_id").join(items, on="item_id")
+    out["cat_match"] = category_match(cands, states, item_categories)
+    for col in ("tt_score", "ii_score"):
+        grp = out.groupby("user_id")[col]
+        out[f"{col}_gap"] = out[col] - grp.transform("max")
+        out[f"{col}_rank"] = grp.rank(ascending=False, method="first")
+    return out
+
+
+def feature_names(frame: pd.DataFrame) -> list[str]:
+    """The numeric feature columns of a :func:`candidate_features` frame."""
+    skip = {"user_id", "item_id", "sources", "label", "best_rank", "position"}
+    return [c for c in frame.columns if c not in skip]
