@@ -1,4 +1,5 @@
-"""Recommendation quality: the two-tower model vs MostPopular and EASE, full ranking.
+"""Recommendation quality: the two-tower model and the two-stage recommender (candidate
+sources + LightGBM ranker, rtrec.training.two_stage) vs MostPopular and EASE, full ranking.
 
     python bench/quality.py --data PATH/TO/ml-100k --protocol published
     python bench/quality.py --data synthetic --protocol temporal
@@ -40,6 +41,34 @@ def _inner_split(train: pd.DataFrame, frac: float, seed: int) -> tuple[pd.DataFr
     rng = np.random.default_rng(seed)
     mask = rng.random(len(train)) < frac
     return train[~mask].reset_index(drop=True), train[mask].reset_index(drop=True)
+
+
+def _rounded(info: dict) -> dict:
+    return {
+        k: {n: round(x, 4) for n, x in v.items()} if isinstance(v, dict) else v
+        for k, v in info.items()
+    }
+
+
+def _two_stage(args, state, labels, final, state_model, final_model, ease_l2, *, now):
+    """Candidates + LightGBM ranker (rtrec.training.two_stage): sources and ranker rows
+    from the tuning state (the two-tower fitted on it, labels = validation), then the
+    sources refitted on the final state; the test part is only scored."""
+    from rtrec.training.two_stage import fit_two_stage
+
+    t = time.perf_counter()
+    model, info = fit_two_stage(
+        state,
+        labels,
+        final,
+        state_model=state_model,
+        final_model=final_model,
+        ease_l2=ease_l2,
+        now=now,
+        seed=args.seed,
+    )
+    info["fit_seconds"] = round(time.perf_counter() - t, 1)
+    return model, info
 
 
 def main() -> None:
@@ -102,6 +131,7 @@ def main() -> None:
     from rtrec.training.evaluate import evaluate, metrics_table
     from rtrec.training.examples import histories_bag
     from rtrec.training.trainer import TrainConfig, candidates, fit, fit_best, refit_config
+    from rtrec.training.two_stage import recall_of_candidates
 
     from rtrec.config import load_settings
     from rtrec.data import load_dataset
@@ -160,9 +190,11 @@ def main() -> None:
         if "next_item" in configs:
             configs["next_item"] = next_item
         cfg = next(iter(configs.values()))
+    raw_train = train
     if args.protocol == "published":
         # Held-out ratings never feed a model input: histories come from training rows.
         fit_part, val = _inner_split(train, args.valid_frac, args.seed)
+        raw_fit = fit_part
         seen_for_test = train
         if cfg.objective == "next_item":
             # Time order carries no signal under a random split: histories are bags of
@@ -172,7 +204,7 @@ def main() -> None:
             train = histories_bag(train, h, seed=args.seed + 1, copies=args.copies)
     else:
         val = sets.read("validation")
-        fit_part = train
+        fit_part = raw_fit = train
         seen_for_test = pd.concat([train, val], ignore_index=True)
     print(
         f"data ready in {time.perf_counter() - t0:.1f} s: "
@@ -180,7 +212,7 @@ def main() -> None:
         file=sys.stderr,
     )
 
-    chosen, scores = cfg.objective, {}
+    chosen, scores, tuned = cfg.objective, {}, None
     if args.epochs is None:
         chosen, tuned, scores = fit_best(fit_part, configs, validation=val, progress=False)
         # The product's refit (rtrec.training.pipeline): the chosen epoch and prior, no selection.
@@ -200,7 +232,20 @@ def main() -> None:
     finals = fit_baselines(final_train, None, ease_l2=ease_l2)
     results = {"two_tower": evaluate(model, seen_for_test, test)}
     results |= {name: evaluate(m, seen_for_test, test) for name, m in finals.items()}
+    two_stage = _two_stage(
+        args,
+        raw_fit,
+        val,
+        raw_train if args.protocol == "published" else seen_for_test,
+        tuned or fit(fit_part, replace(cfg, select_best=False, patience=None), progress=False),
+        model,
+        ease_l2,
+        now=sets.cut_ts[0] if args.protocol == "temporal" else None,
+    )
+    results["two_stage"] = evaluate(two_stage[0], seen_for_test, test)
+    two_stage[1]["candidate_recall@200"] = recall_of_candidates(two_stage[0], seen_for_test, test)
     print(metrics_table(results))
+    print(f"two-stage: {json.dumps(two_stage[1])}", file=sys.stderr)
     out = {
         "protocol": args.protocol,
         "data": args.data,
@@ -208,6 +253,9 @@ def main() -> None:
         "recall@50": round(results["two_tower"]["recall@50"], 4),
         "coverage@10": round(results["two_tower"]["coverage@10"], 4),
         "baselines": {n: {k: round(results[n][k], 4) for k in KEYS} for n in finals},
+        "two_stage": {k: round(results["two_stage"][k], 4) for k in KEYS}
+        | {"recall@50": round(results["two_stage"]["recall@50"], 4)}
+        | _rounded(two_stage[1]),
         "epochs": cfg.epochs,
         "candidate": chosen,
         "candidate_val_ndcg@10": {k: round(v, 4) for k, v in scores.items()},

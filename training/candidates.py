@@ -190,17 +190,23 @@ def item_categories(events: pd.DataFrame) -> dict[str, list[str]]:
     }
 
 
-def merge(answers: dict[str, list[Candidates]], user_ids: Sequence[str], n: int) -> pd.DataFrame:
+def merge(
+    answers: dict[str, list[Candidates]],
+    user_ids: Sequence[str],
+    n: int,
+    weights: dict[str, float] | None = None,
+) -> pd.DataFrame:
     """Union of the sources' lists, de-duplicated, at most ``n`` per user.
 
-    Round robin by rank: a candidate's place is its best rank in any source, so every
-    source gets its first picks in before any source's tail. One row per (user, item):
-    ``src_<name>_rank`` (1 = first, NaN when that source did not return it),
+    Weighted round robin: a candidate's place is its best rank in any source divided by
+    that source's weight (default 1), so every source gets its first picks in before any
+    source's tail, and a weak source (weight < 1) gets fewer of the ``n`` places. One row
+    per (user, item): ``src_<name>_rank`` (1 = first, NaN when that source did not return it),
     ``src_<name>_score``, ``sources`` (the names that found it, ``+``-joined) and
     ``position`` in the merged list.
     """
     cols: dict[str, list[np.ndarray]] = {"user_id": [], "item_id": [], "source": []}
-    cols |= {"rank": [], "score": []}
+    cols |= {"rank": [], "score": [], "weight": []}
     for name, lists in answers.items():
         for u, c in zip(user_ids, lists, strict=True):
             k = len(c.items)
@@ -208,10 +214,13 @@ def merge(answers: dict[str, list[Candidates]], user_ids: Sequence[str], n: int)
             cols["item_id"].append(c.items.astype(str).astype(object))
             cols["source"].append(np.full(k, name, dtype=object))
             cols["rank"].append(np.arange(1, k + 1, dtype=np.float32))
+            cols["weight"].append(np.full(k, (weights or {}).get(name, 1.0), dtype=np.float32))
             cols["score"].append(np.asarray(c.scores, dtype=np.float32))
     long = pd.DataFrame({k: np.concatenate(v) if v else [] for k, v in cols.items()})
     if long.empty:
         raise ValueError("merge: no source returned a candidate for any user")
+    long["place"] = long["rank"] / long["weight"]
+    best = long.groupby(["user_id", "item_id"])["place"].min()
     wide = long.pivot_table(
         index=["user_id", "item_id"], columns="source", values=["rank", "score"], aggfunc="first"
     )
@@ -221,7 +230,7 @@ def merge(answers: dict[str, list[Candidates]], user_ids: Sequence[str], n: int)
     found = wide[[f"src_{s}_rank" for s in names]].notna().to_numpy()
     wide["sources"] = ["+".join(np.asarray(names)[row]) for row in found]
     wide["n_sources"] = found.sum(axis=1)
-    wide["best_rank"] = wide[[f"src_{s}_rank" for s in names]].min(axis=1)
+    wide["best_rank"] = best.reindex(pd.MultiIndex.from_frame(wide[["user_id", "item_id"]])).values
     # Ties (the same best rank in several sources) go to what more sources agree on.
     wide = wide.sort_values(
         ["user_id", "best_rank", "n_sources", "item_id"],

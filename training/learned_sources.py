@@ -38,7 +38,7 @@ class ItemItemSource:
 
     name = "item_item"
 
-    def __init__(self, *, l2: float = 500.0, neighbours: int = 200, recent: int = 500) -> None:
+    def __init__(self, *, l2: float = 500.0, neighbours: int = 1000, recent: int = 500) -> None:
         self.l2 = l2
         self.neighbours = neighbours
         self.recent = recent

@@ -88,6 +88,8 @@ class CandidateGenerator:
     cold_source: str = "popular"
     """The only source asked for users without history (serving's fallback for them)."""
     item_categories: dict[str, list[str]] = field(default_factory=dict)
+    weights: dict[str, float] = field(default_factory=dict)
+    """Each source's weight in the merge (``rtrec.training.candidates.merge``)."""
 
     def fit(self, events: pd.DataFrame) -> CandidateGenerator:
         for s in self.sources:
@@ -106,7 +108,7 @@ class CandidateGenerator:
             got = dict(zip([s.user_id for s in asked], lists, strict=True))
             empty = Candidates(np.array([], dtype=object), np.array([], dtype=np.float32))
             answers[src.name] = [got.get(s.user_id, empty) for s in states]
-        cands = merge(answers, [s.user_id for s in states], n)
+        cands = merge(answers, [s.user_id for s in states], n, self.weights)
         return self._pair_scores(cands, states)
 
     def _pair_scores(self, cands: pd.DataFrame, states: Sequence[UserState]) -> pd.DataFrame:

@@ -23,6 +23,10 @@ from rtrec.training.learned_sources import ItemItemSource, TwoTowerSource
 from rtrec.training.rank_features import CandidateGenerator
 from rtrec.training.ranker import Ranker, TwoStage, candidate_recall, ranking_rows
 
+WEIGHTS = {"two_tower": 1.0, "item_item": 1.0, "category": 0.2, "popular": 0.2}
+"""Merge weights: the two learned sources recall far more than the other two on their own;
+the others add their first picks only."""
+
 
 def build_generator(
     events: pd.DataFrame, model: Any, *, ease_l2: float, per_source: int = 200
@@ -35,7 +39,8 @@ def build_generator(
         CategoryTrendingSource(cats),
         PopularSource(),
     ]
-    return CandidateGenerator(sources, per_source=per_source, item_categories=cats).fit(events)
+    gen = CandidateGenerator(sources, per_source, item_categories=cats, weights=WEIGHTS)
+    return gen.fit(events)
 
 
 def fit_two_stage(
