@@ -56,6 +56,9 @@ def test_merge_dedupes_and_records_every_source_of_a_candidate() -> None:
     # Round robin: y (first in b) comes before x's tie only because two sources found it.
     assert list(out["item_id"]) == ["y", "x", "w", "z"]
     assert list(merge(answers, ["u1"], n=2)["item_id"]) == ["y", "x"]
+    # A source at weight 0.5 gets one place for every two of the other.
+    weighted = merge(answers, ["u1"], n=10, weights={"b": 0.5})
+    assert list(weighted["item_id"]) == ["x", "y", "z", "w"]
 
 
 def test_cold_users_get_popular_candidates_only_and_nobody_gets_seen_items() -> None:
