@@ -50,25 +50,36 @@ def _rounded(info: dict) -> dict:
     }
 
 
-def _two_stage(args, state, labels, final, state_model, final_model, ease_l2, *, now):
-    """Candidates + LightGBM ranker (rtrec.training.two_stage): sources and ranker rows
-    from the tuning state (the two-tower fitted on it, labels = validation), then the
-    sources refitted on the final state; the test part is only scored."""
-    from rtrec.training.two_stage import fit_two_stage
+def _two_stage(args, slices, final, first_model, final_model, fit_state, ease_l2):
+    """Candidates + LightGBM ranker (rtrec.training.two_stage): the ranker learns from
+    ``slices`` of the tuning part ((state, labels, cut); the first is the validation cut,
+    its two-tower the tuned one, the others' fitted by ``fit_state`` with the chosen
+    configuration), then the sources are refitted on the final state; the test part is
+    only scored."""
+    from rtrec.training.two_stage import Fold, fit_two_stage
 
     t = time.perf_counter()
+    folds = [
+        Fold(state, labels, first_model if j == 0 else fit_state(state), cut)
+        for j, (state, labels, cut) in enumerate(slices)
+    ]
     model, info = fit_two_stage(
-        state,
-        labels,
-        final,
-        state_model=state_model,
-        final_model=final_model,
-        ease_l2=ease_l2,
-        now=now,
-        seed=args.seed,
+        folds, final, final_model=final_model, ease_l2=ease_l2, seed=args.seed
     )
     info["fit_seconds"] = round(time.perf_counter() - t, 1)
     return model, info
+
+
+def _slices(args, raw_fit, val, raw_train, cut):
+    """The ranker's training slices: the validation cut first, then ``--ranker-folds`` - 1
+    more (fresh random holdouts of the training part, or earlier time cuts)."""
+    from rtrec.training.two_stage import random_slices, time_slices
+
+    more = args.ranker_folds - 1
+    if args.protocol == "published":
+        extra = random_slices(raw_train, more, args.valid_frac, args.seed)
+        return [(raw_fit, val, None), *[(s, lab, None) for s, lab in extra]]
+    return [(raw_fit, val, cut), *time_slices(raw_fit, cut, len(val), more)]
 
 
 def main() -> None:
@@ -110,6 +121,13 @@ def main() -> None:
     )
     ap.add_argument(
         "--copies", type=int, default=2, help="history resamples (published, next_item)"
+    )
+    ap.add_argument(
+        "--ranker-folds",
+        type=int,
+        default=3,
+        help="slices of the tuning part the two-stage ranker learns from (the validation "
+        "cut and earlier cuts / fresh holdouts; each fits one more two-tower)",
     )
     ap.add_argument("--no-log-q", action="store_true", help="disable the log-Q correction")
     ap.add_argument("--uniform-negatives", type=int, default=None, help="-1 = whole catalog")
@@ -232,15 +250,23 @@ def main() -> None:
     finals = fit_baselines(final_train, None, ease_l2=ease_l2)
     results = {"two_tower": evaluate(model, seen_for_test, test)}
     results |= {name: evaluate(m, seen_for_test, test) for name, m in finals.items()}
+    cut = sets.cut_ts[0] if args.protocol == "temporal" else None
+    fixed = replace(cfg, select_best=False, patience=None)
+
+    def fit_state(state: pd.DataFrame):
+        """A two-tower on a ranker slice's state, prepared as the tuning part was."""
+        if args.protocol == "published" and cfg.objective == "next_item":
+            state = histories_bag(state, cfg.history_len, seed=args.seed, copies=args.copies)
+        return fit(state, fixed, progress=False)
+
     two_stage = _two_stage(
         args,
-        raw_fit,
-        val,
+        _slices(args, raw_fit, val, raw_train, cut),
         raw_train if args.protocol == "published" else seen_for_test,
-        tuned or fit(fit_part, replace(cfg, select_best=False, patience=None), progress=False),
+        tuned or fit(fit_part, fixed, progress=False),
         model,
+        fit_state,
         ease_l2,
-        now=sets.cut_ts[0] if args.protocol == "temporal" else None,
     )
     results["two_stage"] = evaluate(two_stage[0], seen_for_test, test)
     two_stage[1]["candidate_recall@200"] = recall_of_candidates(two_stage[0], seen_for_test, test)

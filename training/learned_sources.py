@@ -31,10 +31,21 @@ def ease_weights(events: pd.DataFrame, cat: Vocab, l2: float) -> np.ndarray:
     return b.astype(np.float32)
 
 
+EXACT_MAX_ITEMS = 3000
+"""Up to this many items every weight is kept (the scores are EASE's own, negative
+weights included); a larger catalog keeps each item's ``neighbours`` best (memory grows
+with items x neighbours)."""
+
+RECENT_ITEMS = 10
+"""The ranker's ``ii_recent`` feature sums the weights from this many latest items: a
+user's fresh context, which the whole-history sum dilutes."""
+
+
 class ItemItemSource:
     """Neighbours of the user's ``recent`` latest items: each item's ``neighbours`` best
-    EASE weights, kept in a ``[items, neighbours]`` table at fit time; a user's score for
-    an item is the sum of its weights from the user's items."""
+    EASE weights (all of them on a small catalog), kept in a ``[items, neighbours]`` table
+    at fit time; a user's score for an item is the sum of its weights from the user's
+    items."""
 
     name = "item_item"
 
@@ -46,7 +57,7 @@ class ItemItemSource:
     def fit(self, events: pd.DataFrame) -> ItemItemSource:
         self._cat = _Catalog(events)
         b = ease_weights(events, self._cat.vocab, self.l2)
-        k = min(self.neighbours, len(b) - 1)
+        k = len(b) if len(b) <= EXACT_MAX_ITEMS else min(self.neighbours, len(b))
         part = np.argpartition(-b, k - 1, axis=1)[:, :k] if k > 0 else np.zeros((len(b), 0), int)
         self._nbr = part.astype(np.int32)
         self._w = np.take_along_axis(b, part, 1)
@@ -69,18 +80,50 @@ class ItemItemSource:
             out.append(_top_unseen(scores, self._cat.ids, seen, n))
         return out
 
+    def weights_to(self, state: UserState, targets: np.ndarray) -> np.ndarray:
+        """``[history items, targets]`` weights from the user's ``recent`` latest items
+        (newest first, the catalog's only) to catalog positions ``targets`` (0 where the
+        table keeps no weight)."""
+        mine = self._cat.positions(state.items[: self.recent])
+        lookup = np.full(len(self._cat.ids), -1, dtype=np.int64)
+        lookup[targets] = np.arange(len(targets))
+        col = lookup[self._nbr[mine]]
+        row = np.broadcast_to(np.arange(len(mine))[:, None], col.shape)
+        ok = col >= 0
+        out = np.zeros((len(mine), len(targets)), dtype=np.float32)
+        out[row[ok], col[ok]] = self._w[mine][ok]
+        return out
+
+    def pair_features(
+        self, states: Sequence[UserState], users: np.ndarray, items: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """Aggregates of each (``users[r]``, ``items[r]``)'s weights from the user's items:
+        ``ii_score`` (their sum, the source's score), ``ii_max`` (the strongest single
+        link), ``ii_links`` (how many history items link positively) and ``ii_recent``
+        (the sum from the latest ``RECENT_ITEMS``). The sum alone cannot tell one strong
+        companion from many weak ones, nor an old taste from a fresh one. NaN for an item
+        outside the catalog."""
+        by_user = {s.user_id: s for s in states}
+        pos = self._cat.vocab.encode(items) - 1
+        names = ("ii_score", "ii_max", "ii_links", "ii_recent")
+        out = {n: np.full(len(items), np.nan) for n in names}
+        for u, idx in pd.Series(users).groupby(users).indices.items():
+            idx = idx[pos[idx] >= 0]
+            w = self.weights_to(by_user[u], pos[idx])
+            if not len(w):
+                out["ii_score"][idx] = out["ii_recent"][idx] = out["ii_links"][idx] = 0.0
+                continue
+            out["ii_score"][idx] = w.sum(axis=0)
+            out["ii_max"][idx] = w.max(axis=0)
+            out["ii_links"][idx] = (w > 0).sum(axis=0)
+            out["ii_recent"][idx] = w[:RECENT_ITEMS].sum(axis=0)
+        return out
+
     def pair_scores(
         self, states: Sequence[UserState], users: np.ndarray, items: np.ndarray
     ) -> np.ndarray:
         """Score of each (``users[r]``, ``items[r]``); NaN for an item outside the catalog."""
-        by_user = {s.user_id: s for s in states}
-        pos = self._cat.vocab.encode(items) - 1
-        out = np.full(len(items), np.nan)
-        for u, idx in pd.Series(users).groupby(users).indices.items():
-            scores = self.scores(by_user[u])
-            p = pos[idx]
-            out[idx] = np.where(p >= 0, scores[np.maximum(p, 0)], np.nan)
-        return out
+        return self.pair_features(states, users, items)["ii_score"]
 
 
 class TwoTowerSource:

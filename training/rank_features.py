@@ -59,6 +59,16 @@ def user_table(states: Sequence[UserState], now: int) -> pd.DataFrame:
     return out
 
 
+def user_popularity(states: Sequence[UserState], items: pd.DataFrame) -> np.ndarray:
+    """Per state: the mean ``pop_all`` of its items, how mainstream the user's taste is.
+    Beside the candidate's own popularity it tells the trees whether a popular candidate
+    suits this user (its ratio, ``pop_vs_user``, is a feature too)."""
+    pop = items["pop_all"]
+    return np.array(
+        [float(pop.reindex(s.items.astype(str)).mean()) if len(s.items) else np.nan for s in states]
+    )
+
+
 def category_match(
     cands: pd.DataFrame, states: Sequence[UserState], item_categories: dict[str, list[str]]
 ) -> np.ndarray:
@@ -112,11 +122,17 @@ class CandidateGenerator:
         return self._pair_scores(cands, states)
 
     def _pair_scores(self, cands: pd.DataFrame, states: Sequence[UserState]) -> pd.DataFrame:
-        """Two-tower and item-item scores of every candidate, whichever source found it."""
+        """Two-tower and item-item scores of every candidate, whichever source found it
+        (the item-item ones with their aggregates, ``ItemItemSource.pair_features``)."""
         users, items = cands["user_id"].to_numpy(), cands["item_id"].to_numpy()
-        for column, kind in (("tt_score", TwoTowerSource), ("ii_score", ItemItemSource)):
-            found = [s for s in self.sources if isinstance(s, kind)]
-            cands[column] = found[0].pair_scores(states, users, items) if found else np.nan
+        tt = [s for s in self.sources if isinstance(s, TwoTowerSource)]
+        cands["tt_score"] = tt[0].pair_scores(states, users, items) if tt else np.nan
+        ii = [s for s in self.sources if isinstance(s, ItemItemSource)]
+        if ii:
+            for name, values in ii[0].pair_features(states, users, items).items():
+                cands[name] = values
+        else:
+            cands["ii_score"] = np.nan
         return cands
 
 
@@ -129,7 +145,9 @@ def candidate_features(
 ) -> pd.DataFrame:
     """The ranker's input rows, one per candidate, in ``cands``' order (see module doc)."""
     users = user_table(states, now)
+    users["user_pop_mean"] = user_popularity(states, items)
     out = cands.join(users, on="user_id").join(items, on="item_id")
+    out["pop_vs_user"] = np.log(out["pop_all"] / out["user_pop_mean"])
     out["cat_match"] = category_match(cands, states, item_categories)
     for col in ("tt_score", "ii_score"):
         grp = out.groupby("user_id")[col]
@@ -140,5 +158,5 @@ def candidate_features(
 
 def feature_names(frame: pd.DataFrame) -> list[str]:
     """The numeric feature columns of a :func:`candidate_features` frame."""
-    skip = {"user_id", "item_id", "sources", "label", "best_rank", "position"}
+    skip = {"user_id", "item_id", "sources", "label", "best_rank", "position", "fold"}
     return [c for c in frame.columns if c not in skip]

@@ -2,16 +2,24 @@
 fitted on a point-in-time training set, and the final scorer on the latest state.
 
 The same recipe for both evaluation protocols: sources fitted on the state before the
-labels (the two-tower model fitted on that state too: the one validation tuned), ranker
-rows built from that state with the labels after it; then the sources refitted on the
-final state (with the final two-tower model) and the fitted ranker applied to them.
-The test part is touched only by the final scoring.
+labels (the two-tower model fitted on that state too), ranker rows built from that state
+with the labels after it; then the sources refitted on the final state (with the final
+two-tower model) and the fitted ranker applied to them. The test part is touched only by
+the final scoring.
+
+The ranker learns from several such slices (:class:`Fold`): one validation cut holds a
+few thousand positives, too few for trees to learn much beyond the retrieval scores they
+start from. Under a time split the slices are earlier cuts of the training period
+(:func:`time_slices`), under a random split fresh random holdouts (:func:`random_slices`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from rtrec.training.candidates import (
     CategoryTrendingSource,
@@ -43,32 +51,90 @@ def build_generator(
     return gen.fit(events)
 
 
+@dataclass(frozen=True)
+class Fold:
+    """One point-in-time slice the ranker learns from: the sources are fitted on ``state``
+    (``model``: a two-tower fitted on it alone) and the candidates labelled by ``labels``,
+    interactions the sources never saw (after ``now`` under a time split)."""
+
+    state: pd.DataFrame
+    labels: pd.DataFrame
+    model: Any
+    now: int | None = None
+
+
+def random_slices(
+    events: pd.DataFrame, k: int, frac: float, seed: int
+) -> list[tuple[pd.DataFrame, pd.DataFrame]]:
+    """``k`` (state, labels) pairs for a random split: each holds out a random ``frac`` of
+    the rows as labels (a fresh draw per slice, as the evaluation's own held-out part is)."""
+    out = []
+    for j in range(k):
+        held = np.random.default_rng([seed, j]).random(len(events)) < frac
+        out.append((events[~held].reset_index(drop=True), events[held].reset_index(drop=True)))
+    return out
+
+
+def time_slices(
+    events: pd.DataFrame, now: int, size: int, k: int
+) -> list[tuple[pd.DataFrame, pd.DataFrame, int]]:
+    """Up to ``k`` (state, labels, cut) triples for a time split, walking back from ``now``:
+    each cut's labels are the ``size`` events before the previous cut (the size of the
+    validation period), its state everything earlier. Stops where too little is left."""
+    ts = np.sort(events["ts"].to_numpy(dtype=np.int64))
+    stamps = events["ts"].to_numpy(dtype=np.int64)
+    out, prev = [], now
+    for _ in range(k):
+        before = ts[ts < prev]
+        if size < 1 or len(before) <= 2 * size:
+            break
+        cut = int(before[-size])
+        labels = events[(stamps >= cut) & (stamps < prev)]
+        out.append((events[stamps < cut], labels, cut))
+        prev = cut
+    return out
+
+
+def fold_rows(folds: Sequence[Fold], *, ease_l2: float, n: int) -> pd.DataFrame:
+    """The ranker's training rows from every fold, each fold's queries kept apart (a
+    ``fold`` column): more folds, more users and moments for the trees to learn from."""
+    parts = []
+    for k, f in enumerate(folds):
+        gen = build_generator(f.state, f.model, ease_l2=ease_l2, per_source=n)
+        parts.append(ranking_rows(gen, f.state, f.labels, now=f.now, n=n).assign(fold=k))
+    return pd.concat(parts, ignore_index=True)
+
+
 def fit_two_stage(
-    state: pd.DataFrame,
-    labels: pd.DataFrame,
+    folds: Sequence[Fold],
     final: pd.DataFrame,
     *,
-    state_model: Any,
     final_model: Any,
     ease_l2: float,
-    now: int | None = None,
     n: int = 200,
     seed: int = 0,
 ) -> tuple[TwoStage, dict[str, Any]]:
     """The fitted two-stage scorer on ``final`` and what its fitting found (the ranker's
-    validation NDCG@10 on its candidate lists, rounds, candidate recall@``n`` of the
-    labels per source, top features by gain)."""
-    gen = build_generator(state, state_model, ease_l2=ease_l2, per_source=n)
-    rows = ranking_rows(gen, state, labels, now=now, n=n)
+    validation NDCG@10 on its candidate lists beside the prior's, rounds, candidate
+    recall@``n`` of the first fold's labels per source, top features by gain)."""
+    if not folds:
+        raise ValueError("fit_two_stage needs at least one fold")
+    rows = fold_rows(folds, ease_l2=ease_l2, n=n)
     ranker = Ranker(seed=seed).fit(rows)
+    first = folds[0]
+    gen = build_generator(first.state, first.model, ease_l2=ease_l2, per_source=n)
     names = [s.name for s in gen.sources]
-    users = sorted(labels["user_id"].astype(str).unique())
-    wide = gen.generate(user_states(state, users), n * len(names))
+    users = sorted(first.labels["user_id"].astype(str).unique())
+    wide = gen.generate(user_states(first.state, users, before=first.now), n * len(names))
     info = {
-        "ranker_rounds": ranker.best_rounds,
-        "ranker_valid_ndcg@10": round(ranker.valid_ndcg, 4),
+        "ranker_folds": len(folds),
         "ranker_rows": len(rows),
-        "valid_candidate_recall": candidate_recall(wide, labels, names, n),
+        "ranker_rounds": ranker.best_rounds,
+        "ranker_params": ranker.chosen,
+        "ranker_prior_weight": ranker.prior_weight,
+        "ranker_valid_ndcg@10": round(ranker.valid_ndcg, 4),
+        "prior_valid_ndcg@10": round(ranker.prior_ndcg, 4),
+        "valid_candidate_recall": candidate_recall(wide, first.labels, names, n),
         "top_features": list(ranker.importance())[:8],
     }
     final_gen = build_generator(final, final_model, ease_l2=ease_l2, per_source=n)
