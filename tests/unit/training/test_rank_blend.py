@@ -12,8 +12,7 @@ from rtrec.training.learned_sources import (
     choose_rp3beta,
     rp3beta_weights,
 )
-from rtrec.training.rank_blend import _simplex, blend_candidates, logistic_blend, prior
-from rtrec.training.ranker import Ranker
+from rtrec.training.ranker import Ranker, _simplex, blend_candidates, logistic_blend, prior
 from rtrec.training.vocab import Vocab
 
 from tests.unit.training.test_two_stage import clustered

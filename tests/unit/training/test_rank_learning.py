@@ -10,8 +10,7 @@ from rtrec.training.baselines import EASE
 from rtrec.training.candidates import user_states
 from rtrec.training.examples import histories_within
 from rtrec.training.learned_sources import ItemItemSource
-from rtrec.training.rank_blend import _groups, prior, query_key
-from rtrec.training.ranker import Ranker
+from rtrec.training.ranker import Ranker, _groups, prior, query_key
 from rtrec.training.trainer import TrainConfig, fit
 from rtrec.training.two_stage import Fold, fit_two_stage
 
