@@ -52,16 +52,15 @@ def _rounded(info: dict) -> dict:
 
 def _two_stage(args, slices, final, first_model, final_model, fit_state, ease_l2):
     """Candidates + LightGBM ranker (rtrec.training.two_stage): the ranker learns from
-    ``slices`` of the tuning part ((state, labels, cut); under the temporal protocol the
-    first is the validation cut, its two-tower the tuned one; the others' two-towers are
-    fitted by ``fit_state`` with the chosen configuration), then the sources are refitted
-    on the final state; the test part is only scored."""
+    ``slices`` of the tuning part ((state, labels, cut); the first is the validation cut,
+    its two-tower the tuned one, the others' fitted by ``fit_state`` with the chosen
+    configuration), then the sources are refitted on the final state; the test part is
+    only scored."""
     from rtrec.training.two_stage import Fold, fit_two_stage
 
     t = time.perf_counter()
-    reuse = args.protocol == "temporal"
     folds = [
-        Fold(state, labels, first_model if j == 0 and reuse else fit_state(state), cut)
+        Fold(state, labels, first_model if j == 0 else fit_state(state), cut)
         for j, (state, labels, cut) in enumerate(slices)
     ]
     model, info = fit_two_stage(
@@ -71,18 +70,16 @@ def _two_stage(args, slices, final, first_model, final_model, fit_state, ease_l2
     return model, info
 
 
-def _slices(args, raw_fit, val, raw_train, cut, test_frac):
-    """The ranker's training slices. Published: ``--ranker-folds`` fresh random holdouts of
-    the training part, each holding out the test's share (``test_frac``) so that the ranker
-    learns under the test's conditions (a state as thin, relative to what is held out, as
-    the test's); each fits its own two-tower. Temporal: the validation cut first (its
-    two-tower the tuned one), then earlier time cuts of its size."""
+def _slices(args, raw_fit, val, raw_train, cut):
+    """The ranker's training slices: the validation cut first, then ``--ranker-folds`` - 1
+    more (fresh random holdouts of the training part, or earlier time cuts)."""
     from rtrec.training.two_stage import random_slices, time_slices
 
+    more = args.ranker_folds - 1
     if args.protocol == "published":
-        held = random_slices(raw_train, args.ranker_folds, test_frac, args.seed)
-        return [(s, lab, None) for s, lab in held]
-    return [(raw_fit, val, cut), *time_slices(raw_fit, cut, len(val), args.ranker_folds - 1)]
+        extra = random_slices(raw_train, more, args.valid_frac, args.seed)
+        return [(raw_fit, val, None), *[(s, lab, None) for s, lab in extra]]
+    return [(raw_fit, val, cut), *time_slices(raw_fit, cut, len(val), more)]
 
 
 def main() -> None:
@@ -129,9 +126,8 @@ def main() -> None:
         "--ranker-folds",
         type=int,
         default=3,
-        help="slices of the tuning part the two-stage ranker learns from (published: fresh "
-        "holdouts of the test's share; temporal: the validation cut and earlier cuts); each "
-        "fits one more two-tower",
+        help="slices of the tuning part the two-stage ranker learns from (the validation "
+        "cut and earlier cuts / fresh holdouts; each fits one more two-tower)",
     )
     ap.add_argument("--no-log-q", action="store_true", help="disable the log-Q correction")
     ap.add_argument("--uniform-negatives", type=int, default=None, help="-1 = whole catalog")
@@ -265,7 +261,7 @@ def main() -> None:
 
     two_stage = _two_stage(
         args,
-        _slices(args, raw_fit, val, raw_train, cut, split.test_frac),
+        _slices(args, raw_fit, val, raw_train, cut),
         raw_train if args.protocol == "published" else seen_for_test,
         tuned or fit(fit_part, fixed, progress=False),
         model,

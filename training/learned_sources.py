@@ -41,24 +41,6 @@ RECENT_ITEMS = 10
 user's fresh context, which the whole-history sum dilutes."""
 
 
-def rp3beta_weights(events: pd.DataFrame, cat: Vocab, beta: float) -> np.ndarray:
-    """RP3beta's item-item matrix (Paudel et al. 2017; alpha 1, zero diagonal), float32:
-    the probability of a two-step walk item -> user -> item, divided by the target's
-    popularity to the power ``beta``. A random walk rather than a regression: it ranks
-    differently from EASE, which is what a third scorer in the blend is for."""
-    users = pd.Index(events["user_id"].astype(str).unique())
-    rows = users.get_indexer(events["user_id"].astype(str))
-    cols = cat.encode(events["item_id"].astype(str)) - 1
-    x = np.zeros((len(users), len(cat)), dtype=np.float32)
-    x[rows[cols >= 0], cols[cols >= 0]] = 1.0
-    item_deg = np.maximum(x.sum(axis=0), 1.0)
-    user_deg = np.maximum(x.sum(axis=1), 1.0)
-    w = (x / item_deg).T @ (x / user_deg[:, None])
-    w /= item_deg[None, :] ** beta
-    np.fill_diagonal(w, 0.0)
-    return w.astype(np.float32)
-
-
 class ItemItemSource:
     """Neighbours of the user's ``recent`` latest items: each item's ``neighbours`` best
     EASE weights (all of them on a small catalog), kept in a ``[items, neighbours]`` table
@@ -66,8 +48,6 @@ class ItemItemSource:
     items."""
 
     name = "item_item"
-    prefix = "ii"
-    """Of the ranker's feature names (``ii_score``, ...)."""
 
     def __init__(self, *, l2: float = 500.0, neighbours: int = 1000, recent: int = 500) -> None:
         self.l2 = l2
@@ -76,16 +56,12 @@ class ItemItemSource:
 
     def fit(self, events: pd.DataFrame) -> ItemItemSource:
         self._cat = _Catalog(events)
-        b = self.weights(events)
+        b = ease_weights(events, self._cat.vocab, self.l2)
         k = len(b) if len(b) <= EXACT_MAX_ITEMS else min(self.neighbours, len(b))
         part = np.argpartition(-b, k - 1, axis=1)[:, :k] if k > 0 else np.zeros((len(b), 0), int)
         self._nbr = part.astype(np.int32)
         self._w = np.take_along_axis(b, part, 1)
         return self
-
-    def weights(self, events: pd.DataFrame) -> np.ndarray:
-        """The full item-item matrix over the fit catalog."""
-        return ease_weights(events, self._cat.vocab, self.l2)
 
     def scores(self, state: UserState) -> np.ndarray:
         """The user's score of every catalog position (0 where no neighbour reaches)."""
@@ -129,77 +105,25 @@ class ItemItemSource:
         outside the catalog."""
         by_user = {s.user_id: s for s in states}
         pos = self._cat.vocab.encode(items) - 1
-        names = ("score", "max", "links", "recent")
-        score, top, links, recent = (f"{self.prefix}_{n}" for n in names)
-        out = {n: np.full(len(items), np.nan) for n in (score, top, links, recent)}
+        names = ("ii_score", "ii_max", "ii_links", "ii_recent")
+        out = {n: np.full(len(items), np.nan) for n in names}
         for u, idx in pd.Series(users).groupby(users).indices.items():
             idx = idx[pos[idx] >= 0]
             w = self.weights_to(by_user[u], pos[idx])
             if not len(w):
-                out[score][idx] = out[recent][idx] = out[links][idx] = 0.0
+                out["ii_score"][idx] = out["ii_recent"][idx] = out["ii_links"][idx] = 0.0
                 continue
-            out[score][idx] = w.sum(axis=0)
-            out[top][idx] = w.max(axis=0)
-            out[links][idx] = (w > 0).sum(axis=0)
-            out[recent][idx] = w[:RECENT_ITEMS].sum(axis=0)
+            out["ii_score"][idx] = w.sum(axis=0)
+            out["ii_max"][idx] = w.max(axis=0)
+            out["ii_links"][idx] = (w > 0).sum(axis=0)
+            out["ii_recent"][idx] = w[:RECENT_ITEMS].sum(axis=0)
         return out
 
     def pair_scores(
         self, states: Sequence[UserState], users: np.ndarray, items: np.ndarray
     ) -> np.ndarray:
         """Score of each (``users[r]``, ``items[r]``); NaN for an item outside the catalog."""
-        return self.pair_features(states, users, items)[f"{self.prefix}_score"]
-
-
-class RP3betaSource(ItemItemSource):
-    """Neighbours by RP3beta's walk weights (:func:`rp3beta_weights`) instead of EASE's,
-    with the same table, candidates and aggregates (features ``rp_*``)."""
-
-    name = "rp3beta"
-    prefix = "rp"
-
-    def __init__(self, *, beta: float = 0.5, neighbours: int = 1000, recent: int = 500) -> None:
-        super().__init__(neighbours=neighbours, recent=recent)
-        self.beta = beta
-
-    def weights(self, events: pd.DataFrame) -> np.ndarray:
-        return rp3beta_weights(events, self._cat.vocab, self.beta)
-
-
-RP3_BETAS = (0.0, 0.25, 0.5, 0.75)
-"""Popularity penalties tried on the validation labels: how much to discount popular
-targets depends on how popularity-skewed the data's held-out interactions are."""
-
-
-def choose_rp3beta(
-    state: pd.DataFrame, labels: pd.DataFrame, betas: Sequence[float] = RP3_BETAS, k: int = 10
-) -> float:
-    """The ``beta`` whose RP3beta ranks ``labels`` best (recall@``k`` over the labelled
-    users with a history in ``state``, seen items masked)."""
-    cat = Vocab.build(state["item_id"].astype(str))
-    users = pd.Index(sorted(set(labels["user_id"].astype(str)) & set(state["user_id"].astype(str))))
-    if not len(users):
-        return betas[len(betas) // 2]
-    x = np.zeros((len(users), len(cat)), dtype=np.float32)
-    r = users.get_indexer(state["user_id"].astype(str))
-    c = cat.encode(state["item_id"].astype(str)) - 1
-    ok = (r >= 0) & (c >= 0)
-    x[r[ok], c[ok]] = 1.0
-    y = np.zeros_like(x)
-    r = users.get_indexer(labels["user_id"].astype(str))
-    c = cat.encode(labels["item_id"].astype(str)) - 1
-    ok = (r >= 0) & (c >= 0)
-    y[r[ok], c[ok]] = 1.0
-    y[x > 0] = 0.0
-    has = y.sum(axis=1) > 0
-    found = {}
-    for beta in betas:
-        s = x @ rp3beta_weights(state, cat, beta)
-        s[x > 0] = -np.inf
-        top = np.argpartition(-s, k - 1, axis=1)[:, :k]
-        hits = np.take_along_axis(y, top, 1).sum(axis=1)
-        found[beta] = float((hits[has] / np.minimum(y[has].sum(axis=1), k)).mean())
-    return max(found, key=found.__getitem__)
+        return self.pair_features(states, users, items)["ii_score"]
 
 
 class TwoTowerSource:

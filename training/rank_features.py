@@ -24,9 +24,6 @@ from rtrec.training.learned_sources import ItemItemSource, TwoTowerSource
 
 WINDOWS_DAYS = {"7d": 7.0, "30d": 30.0}
 
-SCORE_COLUMNS = ("tt_score", "ii_score", "rp_score")
-"""The retrieval scorers' columns (two-tower, EASE, RP3beta): the prior blends them."""
-
 
 def item_table(events: pd.DataFrame, now: int) -> pd.DataFrame:
     """Per item, from events before ``now``: share of all events overall and in each recent
@@ -126,15 +123,16 @@ class CandidateGenerator:
 
     def _pair_scores(self, cands: pd.DataFrame, states: Sequence[UserState]) -> pd.DataFrame:
         """Two-tower and item-item scores of every candidate, whichever source found it
-        (each item-item source's with its aggregates, ``ItemItemSource.pair_features``)."""
+        (the item-item ones with their aggregates, ``ItemItemSource.pair_features``)."""
         users, items = cands["user_id"].to_numpy(), cands["item_id"].to_numpy()
         tt = [s for s in self.sources if isinstance(s, TwoTowerSource)]
         cands["tt_score"] = tt[0].pair_scores(states, users, items) if tt else np.nan
-        cands["ii_score"] = np.nan
-        for src in self.sources:
-            if isinstance(src, ItemItemSource):
-                for name, values in src.pair_features(states, users, items).items():
-                    cands[name] = values
+        ii = [s for s in self.sources if isinstance(s, ItemItemSource)]
+        if ii:
+            for name, values in ii[0].pair_features(states, users, items).items():
+                cands[name] = values
+        else:
+            cands["ii_score"] = np.nan
         return cands
 
 
@@ -151,7 +149,7 @@ def candidate_features(
     out = cands.join(users, on="user_id").join(items, on="item_id")
     out["pop_vs_user"] = np.log(out["pop_all"] / out["user_pop_mean"])
     out["cat_match"] = category_match(cands, states, item_categories)
-    for col in [c for c in SCORE_COLUMNS if c in out]:
+    for col in ("tt_score", "ii_score"):
         grp = out.groupby("user_id")[col]
         out[f"{col}_gap"] = out[col] - grp.transform("max")
         out[f"{col}_rank"] = grp.rank(ascending=False, method="first")

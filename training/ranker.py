@@ -19,7 +19,6 @@ unset and the labels are a held-out part of the training rows.
 
 from __future__ import annotations
 
-import itertools
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,7 +27,6 @@ import numpy as np
 import pandas as pd
 from rtrec.training.candidates import UserState, user_states
 from rtrec.training.rank_features import (
-    SCORE_COLUMNS,
     CandidateGenerator,
     candidate_features,
     feature_names,
@@ -102,9 +100,8 @@ def _groups(rows: pd.DataFrame) -> np.ndarray:
     return np.diff(np.concatenate([[0], change, [len(keys)]]))
 
 
-BLEND_STEP = 0.1
-"""Spacing of the weight grid (over the simplex of the scorers' weights) searched for the
-prior on the fitting users."""
+PRIOR_WEIGHTS = (0.2, 0.35, 0.5, 0.65, 0.8)
+"""Two-tower weights tried in the prior blend (the item-item score gets the rest)."""
 
 PARAM_GRID: tuple[dict[str, Any], ...] = (
     {},
@@ -130,46 +127,9 @@ def _z(rows: pd.DataFrame, column: str) -> np.ndarray:
     return z.fillna(-5.0).to_numpy()
 
 
-def prior(rows: pd.DataFrame, weights: dict[str, float]) -> np.ndarray:
-    """The trees' starting point: a weighted sum of the retrieval scores, each standardised
-    within its query (``weights``: score column -> weight)."""
-    out = np.zeros(len(rows))
-    for column, w in weights.items():
-        out += w * _z(rows, column)
-    return out
-
-
-def _simplex(d: int, step: float) -> list[np.ndarray]:
-    """Every weight vector of ``d`` non-negative multiples of ``step`` summing to 1."""
-    m = round(1.0 / step)
-    heads = (h for h in itertools.product(range(m + 1), repeat=d - 1) if sum(h) <= m)
-    return [np.array([*h, m - sum(h)]) / m for h in heads]
-
-
-def logistic_blend(rows: pd.DataFrame, columns: list[str], l2: float = 1.0) -> dict[str, float]:
-    """Weights of a logistic regression of the label on the standardised scores (Newton's
-    method, a little L2): a blend learned from every candidate's label rather than a search
-    over weights, and one that takes any number of scorers."""
-    z = np.column_stack([_z(rows, c) for c in columns] + [np.ones(len(rows))])
-    y = rows["label"].to_numpy(dtype=np.float64)
-    w = np.zeros(z.shape[1])
-    for _ in range(25):
-        p = 1.0 / (1.0 + np.exp(-z @ w))
-        grad = z.T @ (p - y) + l2 * w
-        hess = (z * (p * (1 - p))[:, None]).T @ z + l2 * np.eye(len(w))
-        w -= np.linalg.solve(hess, grad)
-    return dict(zip(columns, w[:-1].tolist(), strict=True))
-
-
-def blend_candidates(rows: pd.DataFrame) -> dict[str, dict[str, float]]:
-    """Prior weights worth trying on held-out users: the logistic blend and the grid point
-    best on ``rows`` (NDCG@10 of their queries) over the scorers ``rows`` carries."""
-    columns = [c for c in SCORE_COLUMNS if c in rows and rows[c].notna().any()]
-    if not columns:
-        return {"none": {}}
-    grid = [dict(zip(columns, v.tolist(), strict=True)) for v in _simplex(len(columns), BLEND_STEP)]
-    best = max(grid, key=lambda w: group_ndcg(rows, prior(rows, w)))
-    return {"grid": best, "logistic": logistic_blend(rows, columns)}
+def prior(rows: pd.DataFrame, weight: float) -> np.ndarray:
+    """The trees' starting point: a blend of the two-tower and item-item scores."""
+    return weight * _z(rows, "tt_score") + (1.0 - weight) * _z(rows, "ii_score")
 
 
 def group_ndcg(rows: pd.DataFrame, scores: np.ndarray, k: int = 10) -> float:
@@ -189,9 +149,9 @@ def group_ndcg(rows: pd.DataFrame, scores: np.ndarray, k: int = 10) -> float:
 class Ranker:
     """LightGBM lambdarank over :func:`rank_features.candidate_features` rows.
 
-    The trees start from a prior, a blend of the retrieval scores (a logistic blend or a
-    grid point, chosen on held-out users), and learn corrections from the other features:
-    with the few thousand labels a validation cut holds, trees learning the whole order from scratch
+    The trees start from a prior, a blend of the two retrieval scores (its weight chosen
+    on held-out users), and learn corrections from the other features: with the few
+    thousand labels a validation cut holds, trees learning the whole order from scratch
     fell below the blend they were given as features. When no tree setting beats the
     prior on the held-out users the prior alone ranks (``best_rounds`` 0).
     """
@@ -204,12 +164,7 @@ class Ranker:
     seed: int = 0
     features: list[str] = field(default_factory=list)
     best_rounds: int = 0
-    prior_weights: dict[str, float] = field(default_factory=dict)
-    """Weight of each standardised retrieval score in the prior (``blend`` names whence)."""
-    blend: str = ""
-    ensemble: int = 3
-    """Final boosters, one per seed, averaged: bagging makes each a noisy draw, and the
-    few thousand queries of a small data set leave that noise in the top ten."""
+    prior_weight: float = 0.5
     chosen: dict[str, Any] = field(default_factory=dict)
     """The ``grid`` entry chosen on the held-out users."""
     valid_ndcg: float = float("nan")
@@ -218,9 +173,9 @@ class Ranker:
     """The same for the prior alone: what the trees add is the difference."""
 
     def fit(self, rows: pd.DataFrame) -> Ranker:
-        """Prior, tree setting and rounds chosen on a held-out share of the users (all of a
-        held-out user's queries, in every fold), then refitted on all of them. Queries
-        without a positive teach lambdarank nothing: dropped."""
+        """Prior weight, tree setting and rounds chosen on a held-out share of the users
+        (all of a held-out user's queries, in every fold), then refitted on all of them.
+        Queries without a positive teach lambdarank nothing: dropped."""
         rows = rows.iloc[np.argsort(query_key(rows), kind="stable")]
         rows = rows[(rows.groupby(query_key(rows))["label"].transform("max") > 0).to_numpy()]
         self.features = self.features or feature_names(rows.drop(columns="label"))
@@ -229,27 +184,22 @@ class Ranker:
         held = set(rng.choice(users, size=int(len(users) * self.valid_users), replace=False))
         is_val = rows["user_id"].isin(held).to_numpy()
         fit_part, val = rows[~is_val], rows[is_val]
-        blends = blend_candidates(fit_part)
-        by_blend = {k: group_ndcg(val, prior(val, w)) for k, w in blends.items()}
-        self.blend = max(by_blend, key=by_blend.__getitem__)
-        self.prior_weights = blends[self.blend]
-        self.prior_ndcg = self.valid_ndcg = by_blend[self.blend]
+        by_weight = {w: group_ndcg(val, prior(val, w)) for w in PRIOR_WEIGHTS}
+        self.prior_weight = max(by_weight, key=by_weight.__getitem__)
+        self.prior_ndcg = self.valid_ndcg = by_weight[self.prior_weight]
         for extra in self.grid:
             probe = self._train(fit_part, self.max_rounds, val, extra)
-            got = group_ndcg(val, self._predict([probe], val, extra))
+            got = group_ndcg(val, self._predict(probe, val, extra))
             if got > self.valid_ndcg:
                 self.valid_ndcg, self.chosen = got, extra
                 self.best_rounds = max(int(probe.best_iteration), 1)
-        self.boosters = [
-            self._train(rows, self.best_rounds, None, self.chosen, self.seed + j)
-            for j in range(self.ensemble if self.best_rounds else 1)
-        ]
+        self.booster = self._train(rows, self.best_rounds, None, self.chosen)
         logger.info(
             "ranker fitted",
             extra={
                 "rounds": self.best_rounds,
                 "params": self.chosen,
-                "prior_weights": self.prior_weights,
+                "prior_weight": self.prior_weight,
                 "valid_ndcg@10": self.valid_ndcg,
                 "prior_valid_ndcg@10": self.prior_ndcg,
             },
@@ -257,12 +207,7 @@ class Ranker:
         return self
 
     def _train(
-        self,
-        rows: pd.DataFrame,
-        rounds: int,
-        val: pd.DataFrame | None,
-        extra: dict[str, Any],
-        seed: int | None = None,
+        self, rows: pd.DataFrame, rounds: int, val: pd.DataFrame | None, extra: dict[str, Any]
     ) -> Any:
         import lightgbm as lgb
 
@@ -276,37 +221,34 @@ class Ranker:
                 frame[self.features],
                 frame["label"],
                 group=_groups(frame),
-                init_score=prior(frame, self.prior_weights) if start else None,
+                init_score=prior(frame, self.prior_weight) if start else None,
             )
 
         stop = [lgb.early_stopping(self.patience, verbose=False)] if val is not None else []
         return lgb.train(
-            {**self.params, **extra, "seed": self.seed if seed is None else seed},
+            {**self.params, **extra, "seed": self.seed},
             data(rows),
             num_boost_round=rounds,
             valid_sets=[data(val)] if val is not None else [],
             callbacks=stop,
         )
 
-    def _predict(
-        self, boosters: list[Any], rows: pd.DataFrame, extra: dict[str, Any]
-    ) -> np.ndarray:
-        """The prior, plus the trees' mean output when there are trees (which replaces the
+    def _predict(self, booster: Any, rows: pd.DataFrame, extra: dict[str, Any]) -> np.ndarray:
+        """The prior, plus the trees' output when there are trees (which replaces the
         prior for trees that learned the whole order)."""
-        base = prior(rows, self.prior_weights)
-        if boosters[0] is None:
+        base = prior(rows, self.prior_weight)
+        if booster is None:
             return base
-        threads = self.params["num_threads"]
-        raw = np.mean([b.predict(rows[self.features], num_threads=threads) for b in boosters], 0)
+        raw = booster.predict(rows[self.features], num_threads=self.params["num_threads"])
         return base + raw if extra.get("from_prior", True) else raw
 
     def predict(self, rows: pd.DataFrame) -> np.ndarray:
-        return self._predict(self.boosters, rows, self.chosen)
+        return self._predict(self.booster, rows, self.chosen)
 
     def importance(self) -> dict[str, float]:
-        if self.boosters[0] is None:
+        if self.booster is None:
             return {}
-        gain = np.sum([b.feature_importance("gain") for b in self.boosters], axis=0)
+        gain = self.booster.feature_importance("gain")
         return dict(sorted(zip(self.features, gain.tolist(), strict=True), key=lambda x: -x[1]))
 
 

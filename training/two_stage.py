@@ -27,36 +27,23 @@ from rtrec.training.candidates import (
     item_categories,
     user_states,
 )
-from rtrec.training.learned_sources import (
-    ItemItemSource,
-    RP3betaSource,
-    TwoTowerSource,
-    choose_rp3beta,
-)
+from rtrec.training.learned_sources import ItemItemSource, TwoTowerSource
 from rtrec.training.rank_features import CandidateGenerator
 from rtrec.training.ranker import Ranker, TwoStage, candidate_recall, ranking_rows
 
-WEIGHTS = {"two_tower": 1.0, "item_item": 1.0, "rp3beta": 0.5, "category": 0.2, "popular": 0.2}
-"""Merge weights: the two-tower and EASE sources recall far more than the other two on
-their own; RP3beta's neighbours overlap EASE's, so its own picks enter at half the rate
-(its scores reach the ranker for every candidate anyway); the others add their first
-picks only."""
+WEIGHTS = {"two_tower": 1.0, "item_item": 1.0, "category": 0.2, "popular": 0.2}
+"""Merge weights: the two learned sources recall far more than the other two on their own;
+the others add their first picks only."""
 
 
 def build_generator(
-    events: pd.DataFrame,
-    model: Any,
-    *,
-    ease_l2: float,
-    rp3_beta: float = 0.5,
-    per_source: int = 200,
+    events: pd.DataFrame, model: Any, *, ease_l2: float, per_source: int = 200
 ) -> CandidateGenerator:
-    """The five sources, fitted on ``events`` (``model``: a two-tower fitted on them)."""
+    """The four sources, fitted on ``events`` (``model``: a two-tower fitted on them)."""
     cats = item_categories(events)
     sources = [
         TwoTowerSource(model),
         ItemItemSource(l2=ease_l2),
-        RP3betaSource(beta=rp3_beta),
         CategoryTrendingSource(cats),
         PopularSource(),
     ]
@@ -108,12 +95,12 @@ def time_slices(
     return out
 
 
-def fold_rows(folds: Sequence[Fold], *, ease_l2: float, rp3_beta: float, n: int) -> pd.DataFrame:
+def fold_rows(folds: Sequence[Fold], *, ease_l2: float, n: int) -> pd.DataFrame:
     """The ranker's training rows from every fold, each fold's queries kept apart (a
     ``fold`` column): more folds, more users and moments for the trees to learn from."""
     parts = []
     for k, f in enumerate(folds):
-        gen = build_generator(f.state, f.model, ease_l2=ease_l2, rp3_beta=rp3_beta, per_source=n)
+        gen = build_generator(f.state, f.model, ease_l2=ease_l2, per_source=n)
         parts.append(ranking_rows(gen, f.state, f.labels, now=f.now, n=n).assign(fold=k))
     return pd.concat(parts, ignore_index=True)
 
@@ -132,11 +119,10 @@ def fit_two_stage(
     recall@``n`` of the first fold's labels per source, top features by gain)."""
     if not folds:
         raise ValueError("fit_two_stage needs at least one fold")
-    first = folds[0]
-    beta = choose_rp3beta(first.state, first.labels)
-    rows = fold_rows(folds, ease_l2=ease_l2, rp3_beta=beta, n=n)
+    rows = fold_rows(folds, ease_l2=ease_l2, n=n)
     ranker = Ranker(seed=seed).fit(rows)
-    gen = build_generator(first.state, first.model, ease_l2=ease_l2, rp3_beta=beta, per_source=n)
+    first = folds[0]
+    gen = build_generator(first.state, first.model, ease_l2=ease_l2, per_source=n)
     names = [s.name for s in gen.sources]
     users = sorted(first.labels["user_id"].astype(str).unique())
     wide = gen.generate(user_states(first.state, users, before=first.now), n * len(names))
@@ -145,15 +131,13 @@ def fit_two_stage(
         "ranker_rows": len(rows),
         "ranker_rounds": ranker.best_rounds,
         "ranker_params": ranker.chosen,
-        "ranker_prior": {k: round(v, 3) for k, v in ranker.prior_weights.items()},
-        "ranker_blend": ranker.blend,
-        "rp3_beta": beta,
+        "ranker_prior_weight": ranker.prior_weight,
         "ranker_valid_ndcg@10": round(ranker.valid_ndcg, 4),
         "prior_valid_ndcg@10": round(ranker.prior_ndcg, 4),
         "valid_candidate_recall": candidate_recall(wide, first.labels, names, n),
         "top_features": list(ranker.importance())[:8],
     }
-    final_gen = build_generator(final, final_model, ease_l2=ease_l2, rp3_beta=beta, per_source=n)
+    final_gen = build_generator(final, final_model, ease_l2=ease_l2, per_source=n)
     return TwoStage(final_gen, ranker, n), info
 
 

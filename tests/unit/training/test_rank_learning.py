@@ -55,7 +55,7 @@ def test_queries_of_several_folds_stay_apart() -> None:
     assert list(_groups(rows)) == [2, 2, 1]
     assert len(set(query_key(rows))) == 3
     # Standardised within each query: the same order gives the same prior in both folds.
-    p = prior(rows, {"tt_score": 1.0})
+    p = prior(rows, 1.0)
     assert p[0] == p[2] and p[1] == p[3]
 
 
@@ -89,7 +89,7 @@ def test_ranker_adds_trees_only_where_they_beat_the_prior_on_held_out_users() ->
     useless.fit(_rows(100, 20, informative=False))
     rows = _rows(10, 20, informative=False, seed=1)
     if useless.best_rounds == 0:  # the prior alone ranks, exactly
-        np.testing.assert_array_equal(useless.predict(rows), prior(rows, useless.prior_weights))
+        np.testing.assert_array_equal(useless.predict(rows), prior(rows, useless.prior_weight))
         assert useless.importance() == {}
     assert useless.valid_ndcg >= useless.prior_ndcg
 

@@ -152,13 +152,7 @@ def test_two_stage_end_to_end_ranks_candidates_first_and_beats_popularity() -> N
     past, future = events[events.ts < now], events[events.ts >= now]
     model = fit(past, TrainConfig(epochs=2, dim=16, history_len=10, select_best=False))
     gen = build_generator(past, model, ease_l2=10.0, per_source=30)
-    assert [s.name for s in gen.sources] == [
-        "two_tower",
-        "item_item",
-        "rp3beta",
-        "category",
-        "popular",
-    ]
+    assert [s.name for s in gen.sources] == ["two_tower", "item_item", "category", "popular"]
     rows = ranking_rows(gen, past, future, now=now, n=30)
     assert rows["src_two_tower_rank"].notna().any() and rows["tt_score"].notna().all()
     ranker = Ranker(max_rounds=30, patience=5, params={**Ranker().params, "num_threads": 1})
