@@ -25,27 +25,17 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+from rtrec.streaming.state import OFFSETS_LUA
 
 from rtrec.config import Settings
 
-_COMMIT = """
+_COMMIT = (
+    """
 local offsets, lease, arms, unattributed = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 if redis.call('GET', lease) ~= ARGV[1] then return {0} end
-local i = 2
-local np = tonumber(ARGV[i]); i = i + 1
-local first = i
-for _ = 1, np do
-  if (redis.call('HGET', offsets, ARGV[i]) or '-1') ~= ARGV[i + 1] then return {0} end
-  i = i + 3
-end
-i = first
-for _ = 1, np do
-  if tonumber(ARGV[i + 2]) > tonumber(ARGV[i + 1]) then
-    redis.call('HSET', offsets, ARGV[i], ARGV[i + 2])
-  end
-  i = i + 3
-end
-local ttl = ARGV[i]; i = i + 1
+"""
+    + OFFSETS_LUA
+    + """local ttl = ARGV[i]; i = i + 1
 local nu = tonumber(ARGV[i]); i = i + 1
 local k = 5
 for _ = 1, nu do redis.call('SET', KEYS[k], ARGV[i], 'EX', ttl); k = k + 1; i = i + 1 end
@@ -82,6 +72,7 @@ for _ = 1, na do
 end
 return out
 """
+)
 
 _LEASE = """
 local held = redis.call('GET', KEYS[1])

@@ -45,13 +45,7 @@ ITEM_TTL_S = 8 * 86_400
 FENCED = "fenced"
 LOST = "lost"
 
-_COMMIT = """
-local offsets, trending, clock_key, log_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-if ARGV[1] ~= '' and redis.call('GET', log_key) ~= ARGV[1] then
-  if redis.call('EXISTS', log_key) == 0 then return {-1} end
-  return {0}
-end
-local i = 2
+OFFSETS_LUA = """local i = 2
 local np = tonumber(ARGV[i]); i = i + 1
 local first = i
 for _ = 1, np do
@@ -65,7 +59,23 @@ for _ = 1, np do
   end
   i = i + 3
 end
-local nu = tonumber(ARGV[i]); i = i + 1
+"""
+"""Lua shared by the commit scripts: from ARGV[2], the (partition, read-from, read-to)
+triples of a batch; returns {0} unless every partition's stored offset is still the one the
+batch was read from (a redelivered or fenced-out batch), then advances them. Leaves ``i``
+at the next argument. Expects ``offsets`` (the offsets hash key) to be set."""
+
+
+_COMMIT = (
+    """
+local offsets, trending, clock_key, log_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+if ARGV[1] ~= '' and redis.call('GET', log_key) ~= ARGV[1] then
+  if redis.call('EXISTS', log_key) == 0 then return {-1} end
+  return {0}
+end
+"""
+    + OFFSETS_LUA
+    + """local nu = tonumber(ARGV[i]); i = i + 1
 for _ = 1, nu do redis.call('SET', ARGV[i], ARGV[i + 1]); i = i + 2 end
 local clock = tonumber(redis.call('GET', clock_key) or '0')
 local batch_hour = tonumber(ARGV[i]); local ttl = ARGV[i + 1]; i = i + 2
@@ -100,6 +110,7 @@ for _ = 1, ni do
 end
 return out
 """
+)
 
 _RESET_LOG = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
