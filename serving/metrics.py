@@ -135,14 +135,13 @@ def record(metric: Any, value: float, *labels: str) -> None:
 
 def flush() -> None:
     """Write what :func:`record` gathered into the metrics' own values."""
+    batch = []
     with _pending_lock:
-        batch = [
-            (e.series, e.bounds, e.counts, e.total)
-            for e in _pending.values()
-            if e.total or any(e.counts)
-        ]
-        for e in _pending.values():
-            e.total, e.counts = 0.0, [0] * len(e.counts)
+        # A copy: a collection's callback may record a new series while this runs.
+        for e in list(_pending.values()):
+            if e.total or any(e.counts):
+                batch.append((e.series, e.bounds, e.counts, e.total))
+                e.total, e.counts = 0.0, [0] * len(e.counts)
     for series, bounds, counts, total in batch:
         if bounds is None:
             series.inc(total)

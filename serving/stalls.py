@@ -116,7 +116,7 @@ class _CollectionTimer:
             return
         took = time.perf_counter() - self._started
         generation = info.get("generation", -1)
-        metrics.child(GC_PAUSE, str(generation)).observe(took)
+        metrics.record(GC_PAUSE, took, str(generation))  # written out by the next flush
         if took >= self.warn_s:
             logger.warning(
                 "garbage collection paused the service",

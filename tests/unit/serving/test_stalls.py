@@ -71,15 +71,20 @@ def test_a_quiet_loop_records_lags_without_warnings(kept: _Kept) -> None:
 
 
 def test_collections_are_timed_by_generation(kept: _Kept) -> None:
+    metrics.flush()  # collections record in memory; what came before is written out first
+    before = REGISTRY.get_sample_value("rtrec_serving_gc_pause_seconds_count", {"generation": "2"})
     time_collections(warn_s=0.0)  # every collection is "long": its warning shows the fields
     time_collections(warn_s=0.0)  # idempotent: one timer per process
-    before = REGISTRY.get_sample_value("rtrec_serving_gc_pause_seconds_count", {"generation": "2"})
-    gc.collect()
+    try:
+        gc.collect()
+        logged = [r for r in kept.records if r.getMessage().startswith("garbage collection")]
+    finally:
+        gc.callbacks[:] = [cb for cb in gc.callbacks if type(cb).__name__ != "_CollectionTimer"]
+    metrics.flush()
     after = REGISTRY.get_sample_value("rtrec_serving_gc_pause_seconds_count", {"generation": "2"})
     assert after == (before or 0.0) + 1
-    (record,) = [r for r in kept.records if r.getMessage().startswith("garbage collection")]
+    (record,) = logged
     assert record.generation == 2  # type: ignore[attr-defined]
-    gc.callbacks[:] = [cb for cb in gc.callbacks if type(cb).__name__ != "_CollectionTimer"]
 
 
 def test_heartbeat_reports_when_its_own_loop_was_held() -> None:
