@@ -11,7 +11,14 @@ CHALLENGER = "challenger"
 
 
 def variant_for(user_id: str, challenger_share: float, *, salt: str = "rtrec-ab") -> str:
-    """The same user always gets the same variant (hash of the id, not random per request)."""
+    """The same user always gets the same variant (hash of the id, not random per request).
+
+    The service salts the hash with the experiment (:func:`experiment_id`), so each new
+    experiment draws its arms afresh: with one fixed salt the same users would be the
+    challenger's in every experiment, and whatever set them apart (heavier users, a
+    taste the last challenger trained them into) would carry over from one test into the
+    next instead of averaging out. Within one experiment the assignment is sticky, and
+    growing the share only moves champion users over."""
     if challenger_share <= 0:
         return CHAMPION
     h = int.from_bytes(hashlib.blake2b(f"{salt}:{user_id}".encode(), digest_size=8).digest(), "big")

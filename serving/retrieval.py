@@ -144,13 +144,14 @@ class Engine:
         start = time.perf_counter() if start is None else start
         models = self.models  # one snapshot for the whole request
         share = self.settings.serving.ab_challenger_share
-        variant = variant_for(req.user_id, share) if CHALLENGER in models else CHAMPION
+        experiment = experiment_id(models, share)
+        variant = variant_for(req.user_id, share, salt=experiment) if experiment else CHAMPION
         loaded = models.get(variant)
         k = min(req.k, self.settings.serving.max_k)
         out: dict[str, Any] = {
             "user_id_hash": redact_id(req.user_id),
             "variant": variant,
-            "experiment": experiment_id(models, share),
+            "experiment": experiment,
         }
         if loaded is None:
             return self._fallback(out, k, req, "no model loaded yet", start, None)

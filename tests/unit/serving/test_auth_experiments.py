@@ -138,6 +138,17 @@ def test_variant_is_sticky_and_follows_the_share() -> None:
     assert {variant_for(u, 1.0) for u in users[:100]} == {CHALLENGER}
 
 
+def test_each_experiment_draws_its_arms_afresh() -> None:
+    """Salted by the experiment, two experiments' challenger groups overlap as two
+    independent draws would (half of each at a 50/50 split), not in the same users."""
+    users = [f"user-{i}" for i in range(20_000)]
+    first = [variant_for(u, 0.5, salt="7-vs-9") for u in users]
+    second = [variant_for(u, 0.5, salt="7-vs-10") for u in users]
+    assert first == [variant_for(u, 0.5, salt="7-vs-9") for u in users]
+    agree = sum(a == b for a, b in zip(first, second, strict=True)) / len(users)
+    assert 0.48 < agree < 0.52
+
+
 def test_an_experiment_is_named_by_its_pair_of_versions_and_exists_only_with_a_split() -> None:
     from types import SimpleNamespace
 
