@@ -59,7 +59,7 @@ from rtrec.training.pyfunc import BUNDLE_KEY, pyfunc_model, quiet_mlflow, requir
 from rtrec.training.registry_client import RegistryClient
 
 from rtrec.config import Settings
-from rtrec.errors import NotFound
+from rtrec.errors import InvalidInput, NotFound
 
 logger = logging.getLogger(__name__)
 
@@ -197,6 +197,17 @@ class ModelRegistry(RegistryClient):
         if self.challenger_version() == version:
             self.client.delete_registered_model_alias(self.name, CHALLENGER)
         logger.info("archived challenger v%s of %s (%s)", version, self.name, reason)
+
+    def start_experiment(self, version: str | int, *, reason: str = "manual A/B test") -> None:
+        """Make ``version`` the ``challenger`` against the champion now, whatever the gate
+        said (an operator's call, recorded as such): serving splits traffic at its next
+        poll and the A/B readout judges it, as for a version the ``ab`` gate sent there."""
+        version = str(version)
+        self._version(version)  # NotFound for an unknown version
+        if self.champion_version() == version:
+            raise InvalidInput(f"v{version} is the champion: it cannot also be its challenger")
+        self._decided(version, "ab_test", reason)
+        self.client.set_registered_model_alias(self.name, CHALLENGER, version)
 
     def _keep_challenger(self, version: str) -> None:
         """A refused version holds ``challenger`` unless a newer registration took it over

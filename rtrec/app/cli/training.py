@@ -178,6 +178,19 @@ def promote(version: str, reason: str) -> None:
     click.echo(f"champion: v{previous or '-'} -> v{decision.version}")
 
 
+@model.command("challenge")
+@click.argument("version")
+@click.option("--reason", default="manual A/B test", show_default=True)
+@handle_errors
+def challenge(version: str, reason: str) -> None:
+    """Make VERSION the challenger of an A/B test against the champion (serving splits
+    traffic at serving.ab_challenger_share; the rtrec_experiment_decision DAG decides)."""
+    reg = _registry()
+    number = reg.resolve(version)
+    reg.start_experiment(number, reason=reason)
+    click.echo(f"challenger: v{number} against champion v{reg.champion_version() or '-'}")
+
+
 @model.command("rollback")
 @click.option("--reason", default="manual rollback", show_default=True)
 @handle_errors

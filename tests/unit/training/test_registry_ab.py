@@ -97,3 +97,22 @@ def test_archive_challenger_drops_its_alias_and_records_why(
     assert tags[TAG_DECISION] == "archived" and tags[TAG_REASON] == "A/B 1-vs-2: champion wins"
     with pytest.raises(NotFound, match="no version 99"):
         registry.archive_challenger("99", reason="x")
+
+
+def test_an_operator_starts_an_experiment_on_any_version_but_the_champion(
+    settings: Settings, register: Callable[[ModelRegistry], str]
+) -> None:
+    from rtrec.errors import InvalidInput
+
+    registry = ModelRegistry(settings)
+    v1 = register(registry)
+    registry.promote(v1, reason="first")
+    v2 = register(registry)
+    registry.start_experiment(v2, reason="A/A check")
+    assert registry.challenger_version() == v2 and registry.champion_version() == v1
+    tags = {i.version: i.tags for i in registry.versions()}[v2]
+    assert tags[TAG_DECISION] == "ab_test" and tags[TAG_REASON] == "A/A check"
+    with pytest.raises(InvalidInput, match="is the champion"):
+        registry.start_experiment(v1)
+    with pytest.raises(NotFound, match="no version 99"):
+        registry.start_experiment("99")
