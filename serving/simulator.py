@@ -8,6 +8,11 @@ answer's ``request_id`` (batched, up to the route's 100 events). The stream proc
 attributes the clicks to the answer's impression, so the A/B readout sees the variants'
 true click-through: a better model shows what users like higher up and is clicked more.
 
+:func:`run_until_decided` runs an experiment to its decision the way it is meant to be
+read: simulated users in threads until the readout leaves ``collecting``, then traffic
+stops, the stream processor catches up with every answer and click sent, and the
+verdict is read once, at that fixed horizon.
+
 It lives in serving, not in the tests, so benchmarks (``bench/``) and the demo drive
 experiments with it. A request the service refuses or fails raises: a simulation over
 failed requests would measure nothing.
@@ -15,13 +20,15 @@ failed requests would measure nothing.
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
+from rtrec.config import Settings
 from rtrec.data.ground_truth import GroundTruth
 from rtrec.errors import InvalidInput, Unavailable
 
@@ -165,3 +172,142 @@ class SimulatedUsers:
         if resp.status_code >= 400:
             raise InvalidInput(f"simulated users: {path} refused ({resp.status_code}): {resp.text}")
         return resp.json()
+
+
+@dataclass
+class Decided:
+    """An experiment run by :func:`run_until_decided`: its readout when it was read (the
+    verdict is ``collecting`` only where ``max_answers`` ran out first), what the
+    simulated users sent within it, and how long it took."""
+
+    readout: dict[str, Any]
+    sent: dict[str, int]
+    seconds: float
+
+    @property
+    def verdict(self) -> str:
+        return str(self.readout["verdict"])
+
+
+def run_until_decided(
+    settings: Settings,
+    truth: GroundTruth,
+    *,
+    base_url: str,
+    experiment: str,
+    api_key: str | None = None,
+    users: Sequence[str] | None = None,
+    threads: int = 4,
+    click_model: ClickModel | None = None,
+    seed: int = 0,
+    max_answers: int | None = None,
+    catch_up_s: float = 60.0,
+) -> Decided:
+    """Simulated users on ``base_url`` until ``experiment``'s readout decides.
+
+    Rounds of traffic (``threads`` users in parallel, each its own client and seed) run
+    until the readout, lagging a little behind, leaves ``collecting``; then traffic stops
+    and every queued click is sent, the stream processor is given ``catch_up_s`` to join
+    every answer and click sent within the experiment, and the verdict read then is the
+    decision. A verdict read before the arms are complete would be a peek; if the
+    caught-up readout is below the sample size after all (the champion's rate moved it),
+    another round runs. ``max_answers`` bounds the answers within the experiment: past it
+    the caught-up readout is returned as it is. ``settings`` are the readout's (split,
+    minimum detectable effect, Redis)."""
+
+    def make(seed: int) -> SimulatedUsers:
+        return SimulatedUsers(
+            truth, base_url=base_url, api_key=api_key, users=users, click_model=click_model,
+            seed=seed,
+        )  # fmt: skip
+
+    started = time.perf_counter()
+    sent = {"answers": 0, "clicks": 0}
+    while True:
+        left = None if max_answers is None else max_answers - sent["answers"]
+        sim = _Round(settings, experiment, make)
+        for key, n in sim.run(threads, seed=seed, max_answers=left).items():
+            sent[key] += n
+        seed += 1000
+        readout = _caught_up(settings, experiment, sent, catch_up_s)
+        out_of_budget = max_answers is not None and sent["answers"] >= max_answers
+        if readout["verdict"] != "collecting" or out_of_budget:
+            return Decided(readout, sent, round(time.perf_counter() - started, 1))
+
+
+class _Round:
+    """One round of traffic of :func:`run_until_decided`."""
+
+    def __init__(
+        self, settings: Settings, experiment: str, make: Callable[[int], SimulatedUsers]
+    ) -> None:
+        self.settings, self.experiment, self.make = settings, experiment, make
+        self.stop, self.errors = threading.Event(), list[Exception]()
+        self.lock = threading.Lock()
+        self.sent = {"answers": 0, "clicks": 0}
+
+    def run(self, threads: int, *, seed: int, max_answers: int | None) -> dict[str, int]:
+        workers = [
+            threading.Thread(target=self._drive, args=(seed + n, max_answers), daemon=True)
+            for n in range(threads)
+        ]
+        for w in workers:
+            w.start()
+        while not self.stop.wait(1.0):
+            if _readout(self.settings, self.experiment)["verdict"] != "collecting":
+                self.stop.set()
+        for w in workers:
+            w.join()
+        if self.errors:
+            raise self.errors[0]
+        return self.sent
+
+    def _drive(self, seed: int, max_answers: int | None) -> None:
+        sim = self.make(seed)
+        try:
+            while not self.stop.is_set():
+                answer, clicks = sim.step()
+                if answer.get("experiment") != self.experiment:
+                    continue  # served before the service split traffic onto it
+                with self.lock:
+                    self.sent["answers"] += 1
+                    self.sent["clicks"] += clicks
+                    if max_answers is not None and self.sent["answers"] >= max_answers:
+                        self.stop.set()
+            sim.close()  # sends the queued clicks
+        except Exception as exc:  # raised by run(): a failed request ends the simulation
+            self.errors.append(exc)
+            self.stop.set()
+
+
+def _readout(settings: Settings, experiment: str) -> dict[str, Any]:
+    """``experiment``'s readout; ``collecting`` before its first impression lands."""
+    from rtrec.serving.experiment_readout import experiment_status
+
+    for judged in experiment_status(settings)["experiments"]:
+        if judged["experiment"] == experiment:
+            return judged
+    return {"experiment": experiment, "verdict": "collecting", "variants": {}}
+
+
+def _caught_up(
+    settings: Settings, experiment: str, sent: dict[str, int], timeout_s: float
+) -> dict[str, Any]:
+    """The readout once it holds every answer and click sent; Unavailable naming both
+    counts if the stream processor has not joined them within ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        readout = _readout(settings, experiment)
+        arms = readout["variants"].values()
+        seen = {
+            "answers": sum(a["impressions"] for a in arms),
+            "clicks": sum(a["clicks"] for a in arms),
+        }
+        if all(seen[k] >= sent[k] for k in sent):
+            return readout
+        if time.monotonic() > deadline:
+            raise Unavailable(
+                f"experiment {experiment}: the readout holds {seen} after {timeout_s:g} s, "
+                f"the simulated users sent {sent} (is the stream processor running?)"
+            )
+        time.sleep(0.5)

@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from rtrec.app.demo.context import DemoContext
+from rtrec.app.demo.experiment_steps import ab_test, configure_ab, decide
 from rtrec.app.demo.html_report import write_report
 from rtrec.app.demo.model_steps import drift, retrain, swap, train_first
 from rtrec.app.demo.runner import DemoReport, Step, fail_on_missed, run_steps
@@ -40,6 +41,8 @@ STEPS: tuple[Step[DemoContext], ...] = (
     ("distribution shift arrives on the stream", stream_after),
     ("Airflow rtrec_drift_monitor (Evidently): alert, trigger", drift),
     ("Airflow rtrec_training (triggered by the drift)", retrain),
+    ("A/B test: simulated users on champion and challenger", ab_test),
+    ("Airflow rtrec_experiment_decision (readout -> promote or not)", decide),
     ("hot swap of the new champion", swap),
 )
 """The loop, in order; each step's name is how the summary, the JSON line and the
@@ -76,6 +79,8 @@ def demo(quick: bool, data: str, keep_running: bool, epochs: int | None) -> None
     """Run the whole loop on the embedded default and write an HTML report."""
     from rtrec.app.dag_runs import DagRunner
 
+    ab_skipped = configure_ab(quick, data)
+    get_settings.cache_clear()  # read with the A/B phase's settings, when it has one
     settings = get_settings()
     # All DAG runs go through one warm runner (Airflow, torch, the Spark JVM loaded once).
     ctx = DemoContext(
@@ -84,6 +89,7 @@ def demo(quick: bool, data: str, keep_running: bool, epochs: int | None) -> None
         quick=quick,
         data=data,
         epochs=training_epochs(quick, epochs),
+        ab_skipped=ab_skipped,
     )
     report = DemoReport()
     ok = True

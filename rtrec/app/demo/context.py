@@ -59,6 +59,10 @@ class DemoContext:
     retrain_queued: bool = False
     no_retrain: str | None = None
     """Why no retraining will run, once the drift check has said so."""
+    ab_skipped: str | None = None
+    """Why this run has no A/B phase (``--quick``, MovieLens data), or None."""
+    ab_decision: dict[str, Any] | None = None
+    """What ``rtrec_experiment_decision`` decided, once it ran."""
 
     def need_split(self) -> DataSplit:
         """The data, which the "generate data" step makes."""

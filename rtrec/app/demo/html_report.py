@@ -46,7 +46,55 @@ def write_report(path: Path, report: DemoReport, extras: dict[str, Any]) -> Path
     drift = extras.get("drift")
     if drift:
         sections.append(_drift_section(drift, extras.get("drift_published", [None, None])))
+    if extras.get("experiment"):
+        sections.append(experiment_section(extras["experiment"]))
     return write_html_report(path, "rtrec demo", sections)
+
+
+def experiment_section(ab: dict[str, Any]) -> Section:
+    """The A/B readout at the decision: per variant exposure and click-through with its
+    95 % interval, then the comparison and what the decision DAG did."""
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{x:.2%}"
+
+    rows = [
+        [
+            v,
+            a["impressions"],
+            a["users"],
+            a["clicks"],
+            f"{pct(a['ctr_per_impression']['rate'])} [{pct(a['ctr_per_impression']['low'])}, "
+            f"{pct(a['ctr_per_impression']['high'])}]",
+            "-" if a.get("mrr") is None else f"{a['mrr']:.3f}",
+        ]
+        for v, a in ab["variants"].items()
+    ]
+    lift = ab.get("lift") or {}
+    comparison = [
+        [
+            "-" if lift.get("estimate") is None else f"{lift['estimate']:+.1%}",
+            "-" if lift.get("low") is None else f"[{lift['low']:+.1%}, {lift['high']:+.1%}]",
+            f"{ab['p_value']:.3g}",
+            f"{ab['srm_p_value']:.3g}",
+            ab["verdict"],
+            ab.get("decision", "not taken"),
+        ]
+    ]
+    return Section(
+        f"A/B test {ab['experiment']}",
+        "Simulated users clicked with the generator's known taste; the readout was read "
+        f"once, after every answer and click sent was joined ({ab.get('seconds', '?')} s "
+        "of traffic).",
+        [
+            ("variants", ["variant", "answers", "users", "clicks", "ctr [95 %]", "mrr"], rows),
+            (
+                "comparison",
+                ["lift", "95 % interval", "p", "SRM p", "verdict", "decision"],
+                comparison,
+            ),
+        ],
+    )
 
 
 def _timeline_section(timeline: list[dict[str, Any]]) -> Section:

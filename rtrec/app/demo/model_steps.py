@@ -153,13 +153,18 @@ def retrain(ctx: DemoContext) -> dict[str, Any]:
 
 def swap(ctx: DemoContext) -> dict[str, Any]:
     """Wait until the service serves the promoted version; a refused model is the gate's
-    call, shown as "not promoted" with its reason, not a failure."""
+    call (or the A/B test's, where one ran), shown as "not promoted" with its reason, not
+    a failure."""
     import httpx
 
     second = ctx.second
     if second is None:
         raise Missed("no retraining ran, so there is no new model to swap in")
     decision = second.xcom("promote")
+    if ctx.ab_decision is not None:  # the A/B test decided, not the offline gate
+        ab = ctx.ab_decision
+        decision = {"promoted": ab["promoted"], "reason": ab["reason"]}
+        decision["version"] = ab["challenger_version"]
     if not decision["promoted"]:
         return {"status": "not promoted", "reason": decision["reason"]}
     told = second.xcom("tell_serving") or {}

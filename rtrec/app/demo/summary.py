@@ -57,6 +57,23 @@ def _print_figures(extras: dict[str, Any]) -> None:
         )
     if "latency_summary" in extras:
         click.echo(f"  latency: {json.dumps(extras['latency_summary'])}", err=True)
+    ab = extras.get("experiment")
+    if ab:
+        click.echo(f"  A/B test: {experiment_line(ab)}", err=True)
+
+
+def experiment_line(ab: dict[str, Any]) -> str:
+    """The A/B phase in one line: arms, click-through, lift, p, verdict and decision."""
+    arms = ", ".join(
+        f"{v} {a['impressions']} answers ctr {a['ctr_per_impression']['rate'] or 0:.3f}"
+        for v, a in ab["variants"].items()
+    )
+    lift = ab.get("lift") or {}
+    lifted = f"lift {lift['estimate']:+.1%}" if lift.get("estimate") is not None else "no lift"
+    return (
+        f"{ab['experiment']}: {arms}; {lifted}, p={ab['p_value']:.3g}; verdict "
+        f"{ab['verdict']}; decision {ab.get('decision', 'not taken')}"
+    )
 
 
 def summary_json(report: DemoReport, extras: dict[str, Any]) -> dict[str, Any]:
@@ -72,6 +89,12 @@ def summary_json(report: DemoReport, extras: dict[str, Any]) -> dict[str, Any]:
             "judged": [drift.get("reference_rows"), drift.get("current_rows")],
             "published": extras.get("drift_published"),
         },
+        "experiment": {
+            k: extras["experiment"].get(k)
+            for k in ("experiment", "verdict", "decision", "p_value", "lift", "sent")
+        }
+        if "experiment" in extras
+        else None,
         "missed": report.missed,
     }
 
