@@ -247,9 +247,20 @@ def test_slow_clients_are_cut_off_and_others_are_served_meanwhile(server) -> Non
         t.start()
     try:
         with httpx.Client(base_url=server.url, headers={"X-API-Key": KEY}, timeout=10) as c:
-            codes = []
+            codes, took = [], []
             for n in range(150):  # about 3 s of ordinary traffic while they stall
-                codes.append(c.post("/recommend", json={"user_id": f"u{n % 20}"}).status_code)
+                t = time.monotonic()
+                try:
+                    codes.append(c.post("/recommend", json={"user_id": f"u{n % 20}"}).status_code)
+                except httpx.HTTPError as exc:  # say which request, when, and what the server saw
+                    raise AssertionError(
+                        f"ordinary request {n} failed after {time.monotonic() - t:.1f} s "
+                        f"({exc!r}); earlier ones took up to {max(took, default=0):.3f} s; "
+                        f"slow clients answered so far: "
+                        f"{[x.status for x in everyone if x.status is not None]}; "
+                        f"server log tail:\n{server.log_text()[-3000:]}"
+                    ) from exc
+                took.append(time.monotonic() - t)
                 time.sleep(0.02)
         assert codes == [200] * 150
         for t in everyone:
