@@ -7,18 +7,20 @@ fallback and why (the reason's label, ``cold user``), the k asked for and when. 
 feedback (which carries the raw user id) is attributed to the answers it follows.
 
 **Records and redaction.** Impressions travel in batches: one record per round of the
-background thread (:func:`rtrec.events.pack_impressions`, at most :data:`RECORD_ITEMS`
-shown items each), unkeyed, because the producer's cost is per record and one record per
-answer made it the larger part of the service's CPU. Each impression carries the raw
-``user_id`` (as the events topic does: attribution joins it to the user's feedback) and
-the redacted ``user_id_hash``, the token ``/recommend`` answers with; readouts, logs and
-dashboards built from the topic use only the latter.
+background thread (:func:`rtrec.events.pack_impressions`, at most
+:data:`rtrec.serving.impression_sender.RECORD_ITEMS` shown items each), unkeyed, because
+the producer's cost is per record and one record per answer made it the larger part of
+the service's CPU. Each impression carries the raw ``user_id`` (as the events topic does:
+attribution joins it to the user's feedback) and the redacted ``user_id_hash``, the
+token ``/recommend`` answers with; readouts, logs and dashboards built from the topic use
+only the latter.
 
 **Never on the request path.** :meth:`ImpressionLog.record` appends a reference to the
 answer (already built for the response) to a bounded in-memory queue: no I/O, no JSON.
 A background thread takes up to ``batch_size`` impressions at a time every
-``interval_s``, encodes them and hands them to a ``KafkaProducer``, waiting for the
-broker's acknowledgement behind a circuit breaker (:mod:`rtrec.serving.breaker`): a
+``interval_s`` and hands them to a ``KafkaProducer`` in a child process
+(:mod:`rtrec.serving.impression_sender`, ``serving.impression_sender``), waiting for
+the broker's acknowledgement behind a circuit breaker (:mod:`rtrec.serving.breaker`): a
 broker that fails or does not answer within ``timeout_s`` opens it, and a probe closes
 it once the broker accepts connections again. A full queue, an open breaker, a failed
 batch or a stop that outlasts its flush drop impressions: each counted by reason in
@@ -39,16 +41,18 @@ from typing import Any
 from rtrec.serving.breaker import Breaker
 from rtrec.serving.degradation import Degradations
 from rtrec.serving.feedback import broker_reachable
+from rtrec.serving.impression_sender import (
+    Entry,
+    ProcessSender,
+    send_batch,
+)
 from rtrec.serving.metrics import IMPRESSIONS, IMPRESSIONS_DROPPED
 
 from rtrec.config import Settings
 from rtrec.errors import Unavailable
-from rtrec.events import pack_impressions
 
 logger = logging.getLogger(__name__)
 
-RECORD_ITEMS = 4000
-"""Most shown items per record: about 250 kB, under the producer's 1 MB request limit."""
 QUEUE_ITEMS = 50_000
 """Queue bound, in items plus one per answer: about 15 MB of answers at most, a couple of
 seconds at 1,000 answers/s of k=10, more than a broker deadline (``timeout_s``) lasts."""
@@ -66,30 +70,6 @@ QUEUE_FULL = "impression queue full"
 BROKER_DOWN = "impression broker down"
 STOPPED = "impression log stopped"
 """Reasons for dropped impressions (the metric's ``reason`` label, ``/status`` counts)."""
-
-Entry = tuple[int, str, int, str | None, dict[str, Any]]
-"""What the request path queues: (ts ms, raw user id, k asked, fallback label, answer)."""
-
-
-def impression(entry: Entry) -> dict[str, Any]:
-    """The impression event of one queued answer (positions start at 1, the top item)."""
-    ts, user, k, label, answer = entry
-    return {
-        "request_id": answer["request_id"],
-        "ts": ts,
-        "user_id": user,
-        "user_id_hash": answer["user_id_hash"],
-        "variant": answer["variant"],
-        "experiment": answer.get("experiment"),
-        "model_version": answer["model_version"],
-        "k": k,
-        "items": [
-            {"item_id": item["item_id"], "position": n, "score": item["score"]}
-            for n, item in enumerate(answer["items"], start=1)
-        ],
-        "fallback": answer["fallback"],
-        "fallback_reason": label,
-    }
 
 
 def kafka_producer(bootstrap: str, timeout_s: float) -> Any:
@@ -127,7 +107,7 @@ class ImpressionLog(Breaker):
         interval_s: float = INTERVAL_S,
         timeout_s: float = 2.0,
         probe_interval_s: float = 0.5,
-        producer: Callable[[str, float], Any] = kafka_producer,
+        producer: Callable[[str, float], Any] | None = None,
     ) -> None:
         super().__init__(
             "impression broker",
@@ -143,7 +123,11 @@ class ImpressionLog(Breaker):
         self.queue_items = queue_items
         self.batch_size = batch_size
         self.interval_s = interval_s
-        self._make_producer = producer
+        # A producer factory runs the Kafka client in this process (tests pass stand-ins);
+        # by default a child process sends (rtrec.serving.impression_sender).
+        in_process = producer is not None or settings.serving.impression_sender == "thread"
+        self._make_producer = producer or kafka_producer
+        self._sender = None if in_process else ProcessSender(self.bootstrap, self.topic, timeout_s)
         self._producer: Any = None
         self._queue: deque[Entry] = deque()
         self._queued = 0  # items + 1 per answer, under _lock
@@ -184,6 +168,11 @@ class ImpressionLog(Breaker):
     def start(self) -> None:
         """Start draining the queue, and the probe that closes the breaker."""
         super().start()
+        if self._sender is not None:
+            try:
+                self._sender.start()
+            except Unavailable as exc:  # each round starts it again (dropped ones counted)
+                logger.warning("impression sender not started: %s; the next round retries", exc)
         self._drainer.start()
 
     def shutdown(self, flush_s: float = FLUSH_S) -> None:
@@ -201,6 +190,8 @@ class ImpressionLog(Breaker):
         producer, self._producer = self._producer, None
         if producer is not None:
             producer.close(timeout=1)
+        if self._sender is not None:
+            self._sender.close()
 
     def _run(self) -> None:
         while not self._stopping.wait(self.interval_s):
@@ -238,18 +229,15 @@ class ImpressionLog(Breaker):
         IMPRESSIONS.inc(len(batch))
 
     def _send(self, batch: list[Entry]) -> None:
-        """Produce ``batch`` and wait for the broker's acknowledgement of every record."""
+        """Produce ``batch`` and wait for the broker's acknowledgement of every record:
+        through the child process, or with this process's own producer."""
+        if self._sender is not None:
+            self._sender.send(batch)
+            return
         try:
             if self._producer is None:
                 self._producer = self._make_producer(self.bootstrap, self.timeout_s)
-            producer = self._producer
-            futures = [
-                producer.send(self.topic, key=None, value=pack_impressions(chunk))
-                for chunk in _chunks([impression(entry) for entry in batch])
-            ]
-            producer.flush(timeout=self.timeout_s)
-            for future in futures:
-                future.get(timeout=0)  # done after the flush: raises a record's error
+            send_batch(self._producer, self.topic, batch, self.timeout_s)
         except Exception as exc:
             broken, self._producer = self._producer, None
             if broken is not None:
@@ -260,17 +248,3 @@ class ImpressionLog(Breaker):
 
     def probe(self) -> str | None:
         return broker_reachable(self.bootstrap)
-
-
-def _chunks(impressions: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-    """Consecutive runs of impressions of at most :data:`RECORD_ITEMS` shown items each."""
-    out: list[list[dict[str, Any]]] = [[]]
-    items = 0
-    for imp in impressions:
-        n = len(imp["items"]) + 1
-        if out[-1] and items + n > RECORD_ITEMS:
-            out.append([])
-            items = 0
-        out[-1].append(imp)
-        items += n
-    return out

@@ -14,8 +14,8 @@ import pytest
 import redis
 from click.testing import CliRunner
 from kafka import KafkaProducer
-from rtrec.serving.impressions import impression
-from rtrec.streaming import ExperimentJoin, experiment_keys, read_arm_rows
+from rtrec.serving.impression_sender import impression
+from rtrec.streaming import ExperimentJoin, arm_user_key, experiment_keys, read_arm_rows
 from rtrec.streaming.attribution import Tally, attribute
 from rtrec.streaming.experiment_state import ExperimentState
 
@@ -190,8 +190,32 @@ def test_a_batch_committed_twice_counts_once(s: Settings) -> None:
     other = ExperimentState(s, client, token="t2")  # another member without the lease
     assert not other.hold_lease(10_000)
     assert other.commit(redelivered, applied=redelivered.applied, states={}, ttl_s=60) is None
-    counters = client.hgetall(experiment_keys(s)["prefix"] + f":arm:{EXP}:champion")
+    prefix = experiment_keys(s)["prefix"]
+    counters = client.hgetall(prefix + f":arm:{EXP}:champion")
     assert counters[b"impressions"] == b"1" and counters[b"click"] == b"1"
+    assert [counters[k] for k in (b"sum_nn", b"sum_xx", b"sum_nx")] == [b"1", b"1", b"1"]
+
+    # A later batch: the same user's second answer, not clicked. The user's counts go to
+    # (2, 1) and the arm's sums of squares and products follow (4, 1, 2), once.
+    later = [
+        _record(s.kafka.impressions_topic, 1, impression(answer("b" * 32, "u9", "champion", ["j"])))
+    ]
+    tally = attribute(
+        later,
+        load=lambda users: (state.applied(), {}),
+        impressions_topic=s.kafka.impressions_topic,
+        window_ms=WINDOW,
+        now_ms=int(time.time() * 1000),
+    )
+    assert state.commit(tally, applied=tally.applied, states={}, ttl_s=60) is not None
+    assert state.commit(tally, applied=tally.applied, states={}, ttl_s=60) is None  # fenced
+    counters = client.hgetall(prefix + f":arm:{EXP}:champion")
+    assert [counters[k] for k in (b"sum_nn", b"sum_xx", b"sum_nx")] == [b"4", b"1", b"2"]
+    user = redact_id("u9").encode()
+    assert client.hgetall(arm_user_key(prefix, EXP, "champion")) == {
+        user + b"|n": b"2",
+        user + b"|x": b"1",
+    }
 
 
 def _record(topic: str, offset: int, body: dict[str, Any]) -> Any:

@@ -18,14 +18,13 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 from rtrec.serving.degradation import Degradations
+from rtrec.serving.impression_sender import RECORD_ITEMS, impression
+from rtrec.serving.impression_sender import chunks as _chunks
 from rtrec.serving.impressions import (
     BROKER_DOWN,
     QUEUE_FULL,
-    RECORD_ITEMS,
     STOPPED,
     ImpressionLog,
-    _chunks,
-    impression,
     kafka_producer,
 )
 from rtrec.serving.lifecycle import Loaded, load_dir
