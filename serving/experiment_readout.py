@@ -18,16 +18,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from rtrec.serving.experiment_stats import Arm, readout_for, wilson_interval
+from rtrec.serving.experiment_stats import Arm, rate_interval, readout_for, wilson_interval
 from rtrec.serving.experiments import CHALLENGER, CHAMPION
 from rtrec.streaming import NO_EXPERIMENT, arm_keys, arm_row, experiment_keys
 
 from rtrec.config import Settings
 
 TEST = (
-    "pooled two-proportion z-test (two-sided) on click-through per impression; "
-    "relative lift with a delta-method interval on the log ratio; sample ratio mismatch: "
-    "chi-square of exposed users per arm against serving.ab_challenger_share"
+    "two-sided z-test on click-through per impression with per-user delta-method "
+    "variances (the user is the unit the split assigns; arms without per-user sums: the "
+    "pooled two-proportion z-test); relative lift with a delta-method interval on the log "
+    "ratio; sample size sized for monitoring.min_detectable_effect times the champion's "
+    "design effect; sample ratio mismatch: chi-square of exposed users per arm against "
+    "serving.ab_challenger_share"
 )
 
 
@@ -80,9 +83,23 @@ def _rate(successes: int, trials: int) -> dict[str, float | None]:
     return {"rate": rate, "low": low, "high": high}
 
 
+def _arm(row: dict[str, Any]) -> Arm:
+    """An arm of the statistics, with its per-user sums where the join wrote them."""
+    return Arm(
+        row.get("impressions", 0),
+        row.get("clicked_impressions", 0),
+        users=row.get("users", 0),
+        sum_nn=row.get("sum_nn", 0),
+        sum_xx=row.get("sum_xx", 0),
+        sum_nx=row.get("sum_nx", 0),
+    )
+
+
 def _summary(row: dict[str, Any]) -> dict[str, Any]:
     impressions, users = row.get("impressions", 0), row.get("users", 0)
     clicks = row.get("click", 0)
+    arm = _arm(row)
+    low, high = rate_interval(arm)
     return {
         "impressions": impressions,
         "users": users,
@@ -91,7 +108,8 @@ def _summary(row: dict[str, Any]) -> dict[str, Any]:
         "purchases": row.get("purchase", 0),
         "clicked_impressions": row.get("clicked_impressions", 0),
         "clicking_users": row.get("clicking_users", 0),
-        "ctr_per_impression": _rate(row.get("clicked_impressions", 0), impressions),
+        "ctr_per_impression": {"rate": arm.rate if impressions else None, "low": low, "high": high},
+        "design_effect": round(arm.design_effect(), 3),
         "ctr_per_user": _rate(row.get("clicking_users", 0), users),
         "add_to_cart_rate": _rate(row.get("add_to_cart", 0), impressions),
         "purchase_rate": _rate(row.get("purchase", 0), impressions),
@@ -105,8 +123,7 @@ def _judged(settings: Settings, experiment: str, rows: dict[str, dict[str, Any]]
     """One experiment's variants and the comparison of challenger against champion."""
     empty: dict[str, Any] = {}
     a, b = rows.get(CHAMPION, empty), rows.get(CHALLENGER, empty)
-    champion = Arm(a.get("impressions", 0), a.get("clicked_impressions", 0))
-    challenger = Arm(b.get("impressions", 0), b.get("clicked_impressions", 0))
+    champion, challenger = _arm(a), _arm(b)
     out = readout_for(
         settings, champion, challenger, srm_sizes=(a.get("users", 0), b.get("users", 0))
     )

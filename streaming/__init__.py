@@ -37,6 +37,7 @@ _EXPORTS = {
     "ExperimentJoin": "rtrec.streaming.experiment_join",
     "NO_EXPERIMENT": "rtrec.streaming.attribution",
     "arm_keys": "rtrec.streaming.experiment_state",
+    "arm_user_key": "rtrec.streaming.experiment_state",
     "arm_row": "rtrec.streaming.experiment_state",
     "experiment_keys": "rtrec.streaming.experiment_state",
     "read_arm_rows": "rtrec.streaming.experiment_store",

@@ -109,11 +109,20 @@ class ArmDelta:
     1/position over attributed clicks)."""
     users: set[str] = field(default_factory=set)
     clickers: set[str] = field(default_factory=set)
+    per_user: dict[str, list[int]] = field(default_factory=dict)
+    """Redacted user -> [impressions, clicked impressions] this batch adds: the readout's
+    variance is per user, the unit the split assigns (one user's impressions are not
+    independent trials)."""
     first_ms: int = 0
     last_ms: int = 0
 
     def add(self, name: str, n: float = 1) -> None:
         self.counts[name] = self.counts.get(name, 0) + n
+
+    def add_user(self, user: str, *, impressions: int = 0, clicked: int = 0) -> None:
+        row = self.per_user.setdefault(user, [0, 0])
+        row[0] += impressions
+        row[1] += clicked
 
 
 @dataclass
@@ -230,6 +239,7 @@ def _show(state: UserJoin, shown: Shown, window_ms: int, tally: Tally) -> None:
     arm = tally.arm(shown)
     arm.add("impressions")
     arm.users.add(shown.user)
+    arm.add_user(shown.user, impressions=1)
     arm.first_ms, arm.last_ms = min(arm.first_ms, shown.ts), max(arm.last_ms, shown.ts)
     still = []
     for o in state.waiting:
@@ -279,6 +289,7 @@ def _credit(shown: Shown, o: Outcome, tally: Tally) -> None:
         if not shown.clicked:
             shown.clicked = True
             arm.add("clicked_impressions")
+            arm.add_user(shown.user, clicked=1)
 
 
 def _trim(state: UserJoin, window_ms: int) -> None:

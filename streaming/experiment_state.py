@@ -16,8 +16,12 @@ Keys under :func:`experiment_keys` ``["prefix"]``: ``:offsets`` (``topic/partiti
 applied offset), ``:lease``, ``:arms`` (sorted set of ``[experiment, variant]`` by the
 newest impression's time), ``:unattributed`` (outcome type -> outcomes that found no
 answer), ``:join:<user id>`` (one user's join state, expiring after the window),
-``:arm:<experiment>:<variant>`` (counters; ``first_ms``, ``last_ms``), ``:users:...`` and
-``:clickers:...`` (redacted user ids).
+``:arm:<experiment>:<variant>`` (counters; ``first_ms``, ``last_ms``; ``sum_nn``,
+``sum_xx``, ``sum_nx``: sums over users of impressions squared, clicked impressions
+squared and their product), ``:users:...`` and ``:clickers:...`` (redacted user ids),
+``:peruser:...`` (each user's impressions and clicked impressions, :func:`arm_user_key`).
+A user's counts and the arm's sums move in the same script, so the sums stay exact under
+redelivery like every other counter.
 """
 
 from __future__ import annotations
@@ -44,8 +48,8 @@ for _ = 1, nt do redis.call('HINCRBY', unattributed, ARGV[i], ARGV[i + 1]); i = 
 local out = {1}
 local na = tonumber(ARGV[i]); i = i + 1
 for _ = 1, na do
-  local arm, users, clickers = KEYS[k], KEYS[k + 1], KEYS[k + 2]
-  k = k + 3
+  local arm, users, clickers, per_user = KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
+  k = k + 4
   local member, first_ms, last_ms = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
   i = i + 3
   local old_first = redis.call('HGET', arm, 'first_ms')
@@ -66,6 +70,23 @@ for _ = 1, na do
   for _ = 1, nus do redis.call('SADD', users, ARGV[i]); i = i + 1 end
   local ncl = tonumber(ARGV[i]); i = i + 1
   for _ = 1, ncl do redis.call('SADD', clickers, ARGV[i]); i = i + 1 end
+  local npu = tonumber(ARGV[i]); i = i + 1
+  local snn, sxx, snx = 0, 0, 0
+  for _ = 1, npu do
+    local u, dn, dx = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+    i = i + 3
+    local n = tonumber(redis.call('HINCRBY', per_user, u .. '|n', dn))
+    local x = tonumber(redis.call('HINCRBY', per_user, u .. '|x', dx))
+    local n0, x0 = n - dn, x - dx
+    snn = snn + n * n - n0 * n0
+    sxx = sxx + x * x - x0 * x0
+    snx = snx + n * x - n0 * x0
+  end
+  if npu > 0 then
+    redis.call('HINCRBY', arm, 'sum_nn', string.format('%.0f', snn))
+    redis.call('HINCRBY', arm, 'sum_xx', string.format('%.0f', sxx))
+    redis.call('HINCRBY', arm, 'sum_nx', string.format('%.0f', snx))
+  end
   out[#out + 1] = redis.call('HGETALL', arm)
   out[#out + 1] = redis.call('SCARD', users)
   out[#out + 1] = redis.call('SCARD', clickers)
@@ -107,6 +128,13 @@ def arm_keys(prefix: str, experiment: str, variant: str) -> tuple[str, str, str]
     """(counters, exposed users, clicking users) of one arm."""
     tail = f"{experiment}:{variant}"
     return f"{prefix}:arm:{tail}", f"{prefix}:users:{tail}", f"{prefix}:clickers:{tail}"
+
+
+def arm_user_key(prefix: str, experiment: str, variant: str) -> str:
+    """One arm's per-user counts: ``<redacted user>|n`` (impressions) and ``|x`` (clicked
+    impressions); the commit keeps the arm's ``sum_nn``, ``sum_xx`` and ``sum_nx`` over
+    them, which is all the readout's per-user variance needs."""
+    return f"{prefix}:peruser:{experiment}:{variant}"
 
 
 def arm_row(flat: dict[Any, Any], users: int, clickers: int) -> dict[str, Any]:
@@ -186,12 +214,16 @@ class ExperimentState:
         arms = list(tally.arms.items())
         args.append(len(arms))
         for (experiment, variant), delta in arms:
-            keys += arm_keys(self.prefix, experiment, variant)
+            keys += [*arm_keys(self.prefix, experiment, variant)]
+            keys.append(arm_user_key(self.prefix, experiment, variant))
             member = orjson.dumps([experiment, variant]).decode()
             args += [member, delta.first_ms, delta.last_ms, len(delta.counts)]
             for name, n in delta.counts.items():
                 args += [name, repr(float(n)) if name == "rr_sum" else int(n)]
             args += [len(delta.users), *delta.users, len(delta.clickers), *delta.clickers]
+            args.append(len(delta.per_user))
+            for user, (n, x) in delta.per_user.items():
+                args += [user, n, x]
         out = self._commit(keys=keys, args=args)
         if not out or int(out[0]) != 1:
             return None

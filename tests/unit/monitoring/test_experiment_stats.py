@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 from rtrec.serving.experiment_stats import (
@@ -147,3 +148,62 @@ def test_the_mismatch_check_can_compare_users_instead_of_impressions() -> None:
     by_users = readout_for(settings, champion, challenger, srm_sizes=(5_000, 5_020))
     assert by_users.srm_p_value == srm_p_value(5_000, 5_020, 0.5) > 0.5
     assert by_users.verdict == "challenger wins"
+
+
+def _arm_of(n: Any, x: Any) -> Arm:
+    """An arm from per-user impressions ``n`` and clicked impressions ``x``, as the join
+    keeps it (totals and the three per-user sums)."""
+    return Arm(
+        int(n.sum()),
+        int(x.sum()),
+        users=len(n),
+        sum_nn=int((n * n).sum()),
+        sum_xx=int((x * x).sum()),
+        sum_nx=int((n * x).sum()),
+    )
+
+
+def test_delta_method_variance_is_the_ratio_of_means_variance() -> None:
+    """Var(sum x / sum n) by the delta method, computed directly from the per-user arrays
+    (Deng et al. 2018, eq. 3), equals what the arm's sums give."""
+    import numpy as np
+
+    rng = np.random.default_rng(5)
+    n = rng.integers(1, 40, 500)
+    x = rng.binomial(n, rng.beta(1, 6, 500))
+    arm = _arm_of(n, x)
+    r = x.sum() / n.sum()
+    cov = np.cov(np.vstack([x, n]))  # sample (N - 1) covariances, as the arm uses
+    expected = (cov[0, 0] - 2 * r * cov[0, 1] + r * r * cov[1, 1]) / (len(n) * n.mean() ** 2)
+    assert arm.variance() == pytest.approx(expected, rel=1e-9)
+    assert arm.design_effect() > 1.5  # heavy users who click a lot: clustered
+    # One impression each: the users are the trials, and the binomial variance is back
+    # (up to the sample variance's N / (N - 1)).
+    ones = np.ones(800, dtype=int)
+    single = _arm_of(ones, rng.binomial(1, 0.2, 800))
+    binomial = single.rate * (1 - single.rate) / single.trials
+    assert single.variance() == pytest.approx(binomial * 800 / 799, rel=1e-9)
+
+
+def test_per_user_variance_keeps_aa_tests_at_alpha_where_impressions_do_not() -> None:
+    """Two identical arms of users with their own click rates and many impressions each:
+    the pooled test over impressions finds a winner far more often than alpha, the
+    delta-method test about as often as alpha."""
+    import numpy as np
+
+    rng = np.random.default_rng(11)
+    wins = {"impressions": 0, "users": 0}
+    runs = 400
+    for _ in range(runs):
+        arms = []
+        for _ in range(2):
+            n = rng.integers(5, 40, 300)
+            x = rng.binomial(n, rng.beta(0.5, 3, 300))  # heterogeneous users
+            arms.append(_arm_of(n, x))
+        flat = [Arm(a.trials, a.successes) for a in arms]
+        wins["impressions"] += two_proportion_z_test(*flat)[1] < 0.05
+        wins["users"] += (
+            readout(arms[0], arms[1], challenger_share=0.5, min_effect=10.0).p_value < 0.05
+        )
+    assert wins["impressions"] / runs > 0.2
+    assert wins["users"] / runs < 0.08

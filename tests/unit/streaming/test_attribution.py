@@ -179,6 +179,23 @@ def test_clicks_count_per_impression_and_per_user_by_variant() -> None:
     assert abs(champion.counts["rr_sum"] - (1 / 3 + 1 / 2)) < 1e-12
     assert challenger.counts["rr_sum"] == 1.0
     assert champion.users == {"h:u1"} and challenger.users == challenger.clickers == {"h:u2"}
+    # Per user, what the variance needs: impressions and clicked impressions (two clicks
+    # on one answer are one clicked impression).
+    assert champion.per_user == {"h:u1": [1, 1]} and challenger.per_user == {"h:u2": [1, 1]}
+
+
+def test_per_user_counts_follow_impressions_and_first_clicks() -> None:
+    out = Store().run(
+        [
+            impression(rid(1), T0, ["a", "b"]),
+            impression(rid(2), T0 + 10, ["c", "d"]),
+            impression(rid(3), T0 + 20, ["e"]),
+            event("a", T0 + 30, rid=rid(1)),
+            event("b", T0 + 31, rid=rid(1)),
+            event("d", T0 + 32, rid=rid(2)),
+        ]
+    )
+    assert out.arms[(EXP, "champion")].per_user == {"h:u1": [3, 2]}
 
 
 def test_bad_impressions_are_counted_and_answers_without_a_split_have_their_own_bucket() -> None:
