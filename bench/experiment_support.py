@@ -43,20 +43,13 @@ class Experimenter:
         self,
         settings: Any,
         truth: Any,
-        users: Sequence[str],
         args: argparse.Namespace,
         *,
         env: dict[str, str],
     ) -> None:
         from rtrec.training import ModelRegistry
 
-        self.settings, self.truth, self.users, self.args, self.env = (
-            settings,
-            truth,
-            users,
-            args,
-            env,
-        )
+        self.settings, self.truth, self.args, self.env = settings, truth, args, env
         self.registry = ModelRegistry(settings)
         self.url = ""
 
@@ -72,8 +65,9 @@ class Experimenter:
             self.url = srv.url
             yield srv
 
-    def experiment(self, bundle: Path, *, label: str) -> dict[str, Any]:
-        """``bundle`` registered anew and set as challenger, then run to a decision."""
+    def experiment(self, bundle: Path, *, label: str, users: Sequence[str]) -> dict[str, Any]:
+        """``bundle`` registered anew and set as challenger, then run to a decision by
+        simulated ``users``."""
         _, version = self.registry.log_and_register(
             bundle, params={"bench": label}, metrics={}, run_name=f"bench-{label}"
         )
@@ -81,7 +75,7 @@ class Experimenter:
         name = f"{self.registry.champion_version()}-vs-{version}"
         started = time.perf_counter()
         self._wait_served(name)
-        row = self._decide(name, seed=zlib.crc32(label.encode()))
+        row = self._decide(name, users, seed=zlib.crc32(label.encode()))
         row.update(label=label, seconds=round(time.perf_counter() - started, 1))
         print(
             f"  {label} {name}: {row['verdict']} after {row['impressions']} impressions "
@@ -96,14 +90,16 @@ class Experimenter:
 
         deadline = time.monotonic() + timeout_s
         with httpx.Client(base_url=self.url, headers={"X-API-Key": KEY}, timeout=10) as c:
-            while time.monotonic() < deadline:
-                body = c.post("/recommend", json={"user_id": self.users[0], "k": 10}).json()
-                if body.get("experiment") == name:
+            while time.monotonic() < deadline:  # /status: no answer, no impression
+                models = c.get("/status").json()["models"]
+                if {v: m["version"] for v, m in models.items()} == dict(
+                    zip(("champion", "challenger"), name.split("-vs-"), strict=True)
+                ):
                     return
                 time.sleep(0.2)
         raise TimeoutError(f"the service did not start experiment {name} in {timeout_s} s")
 
-    def _decide(self, name: str, *, seed: int) -> dict[str, Any]:
+    def _decide(self, name: str, users: Sequence[str], *, seed: int) -> dict[str, Any]:
         from rtrec.serving.simulator import ClickModel, run_until_decided
 
         decided = run_until_decided(
@@ -112,7 +108,7 @@ class Experimenter:
             base_url=self.url,
             experiment=name,
             api_key=KEY,
-            users=self.users,
+            users=users,
             threads=self.args.threads,
             click_model=ClickModel(self.args.attraction, self.args.position_decay),
             seed=seed,
@@ -130,6 +126,7 @@ def _row(judged: dict[str, Any], sent: dict[str, int]) -> dict[str, Any]:
         "sent": sent,
         "users": {v: a["users"] for v, a in arms.items()},
         "ctr": {v: round(a["ctr_per_impression"]["rate"] or 0.0, 4) for v, a in arms.items()},
+        "design_effect": {v: a.get("design_effect") for v, a in arms.items()},
         "lift": judged["lift"],
         "p_value": round(judged["p_value"], 5),
         "srm_p_value": round(judged["srm_p_value"], 5),
@@ -183,6 +180,7 @@ def impression_overhead(settings: Any, args: argparse.Namespace) -> dict[str, An
         "cpu_s_per_request_off": [r["cpu_s_per_request"] for r in rows["off"]],
         "errors": sum(r["errors"] for v in rows.values() for r in v),
         "rate_rps": sb.AT_RATE,
+        "impression_sender": settings.serving.impression_sender,
         "duration_s": args.overhead_duration,
         "model": f"synthetic {sargs.items}-item bundle ({bundle_dir})",
     }
