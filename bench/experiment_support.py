@@ -113,6 +113,7 @@ class Experimenter:
             click_model=ClickModel(self.args.attraction, self.args.position_decay),
             seed=seed,
             catch_up_s=CATCH_UP_S,
+            exclude_seen=False,  # see bench/experiment.py's docstring
         )
         return _row(decided.readout, decided.sent)
 

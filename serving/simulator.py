@@ -77,6 +77,11 @@ class SimulatedUsers:
     :param truth: the data set's ground truth (``ground_truth(cfg)``).
     :param users: who may be picked (uniformly, per step); default every generated user.
     :param client: an ``httpx.Client`` to use (default: one on ``base_url``).
+    :param exclude_seen: the requests' ``exclude_seen`` (the API's default, True, hides
+        the user's recent items, the clicked ones among them). The click model's taste
+        does not tire of an item, so over many steps a simulation that hides what users
+        clicked measures mostly how fast it runs out of items they like; long runs (a
+        benchmark's many experiments on the same users) pass False.
     """
 
     def __init__(
@@ -91,6 +96,7 @@ class SimulatedUsers:
         seed: int = 0,
         timeout_s: float = 10.0,
         client: Any = None,
+        exclude_seen: bool = True,
     ) -> None:
         import httpx
 
@@ -101,6 +107,7 @@ class SimulatedUsers:
         if not self.users:
             raise InvalidInput("no users to simulate", field="users")
         self.k = k
+        self.exclude_seen = exclude_seen
         self.click_model = click_model or ClickModel()
         self.rng = np.random.default_rng(seed)
         headers = {"X-API-Key": api_key} if api_key else {}
@@ -123,7 +130,8 @@ class SimulatedUsers:
     def step(self) -> tuple[dict[str, Any], int]:
         """One user, one answer, its clicks queued for ``/feedback``: (answer, clicks)."""
         user = self.users[int(self.rng.integers(len(self.users)))]
-        answer = self._post("/recommend", {"user_id": user, "k": self.k})
+        body = {"user_id": user, "k": self.k, "exclude_seen": self.exclude_seen}
+        answer = self._post("/recommend", body)
         items = [i["item_id"] for i in answer["items"]]
         now = int(time.time() * 1000)
         clicked = self.clicked_positions(user, items)
@@ -202,6 +210,7 @@ def run_until_decided(
     seed: int = 0,
     max_answers: int | None = None,
     catch_up_s: float = 60.0,
+    exclude_seen: bool = True,
 ) -> Decided:
     """Simulated users on ``base_url`` until ``experiment``'s readout decides.
 
@@ -218,7 +227,7 @@ def run_until_decided(
     def make(seed: int) -> SimulatedUsers:
         return SimulatedUsers(
             truth, base_url=base_url, api_key=api_key, users=users, click_model=click_model,
-            seed=seed,
+            seed=seed, exclude_seen=exclude_seen,
         )  # fmt: skip
 
     started = time.perf_counter()
