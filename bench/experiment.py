@@ -82,7 +82,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--users", type=int, default=20_000, help="synthetic users")
     ap.add_argument("--events", type=int, default=300_000, help="synthetic events")
 
-    ap.add_argument("--attraction", type=float, default=0.005, help="click model attraction_scale")
+    ap.add_argument("--attraction", type=float, default=0.0015, help="click model attraction_scale")
     ap.add_argument("--position-decay", type=float, default=1.0, help="click model decay")
     ap.add_argument("--overhead-rounds", type=int, default=3, help="0: skip the overhead")
     ap.add_argument("--overhead-duration", type=float, default=20.0, help="seconds per turn")
