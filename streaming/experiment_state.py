@@ -25,7 +25,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from rtrec.streaming.state import OFFSETS_LUA
+from rtrec.streaming.state_lua import OFFSETS_LUA
 
 from rtrec.config import Settings
 
