@@ -191,3 +191,18 @@ def test_the_experiment_commit_and_lease_run_on_a_cluster(cluster: Any) -> None:
     assert exp.applied() == {("impressions", 0): 4}
     exp.release_lease()
     assert ExperimentState(_settings("g3"), cluster, "other").hold_lease(5000)
+
+
+def test_a_log_reset_cut_short_between_slots_finishes_on_the_next_look(cluster: Any) -> None:
+    cluster.flushall()
+    state = RedisState(_settings("g4"), cluster, WINDOW_HOURS)
+    state.adopt_log("L1")
+    state.commit(offsets={0: (-1, 5)}, states={"u": b"{}"}, batch_hour=1, items={}, log_id="L1")
+    cluster.set(state.log_key, "L2")  # the group slot was reset to L2, the item slot not yet
+    cluster.delete(state.offsets_key)
+    assert state.adopt_log("L2") == "L1"  # the item slot still names the old log
+    assert state.reset_log("L1", "L2")
+    assert state.adopt_log("L2") == "L2"
+    assert state.read([])[:2] == ({}, {})
+    out = state.commit(offsets={0: (-1, 2)}, states={}, batch_hour=1, items={}, log_id="L2")
+    assert out == {}
