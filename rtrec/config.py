@@ -192,9 +192,7 @@ class ServingSettings(BaseModel):
     """Log every /recommend answer as an impression on ``kafka.impressions_topic`` (queued
     in memory and sent by a background thread: never on the request path)."""
     impression_sender: Literal["process", "thread"] = "process"
-    """Who runs the Kafka client that sends impressions: ``process``, a child process (its
-    work off the service's GIL, where it delayed the event loop); ``thread``, the
-    service's own background thread (one process fewer)."""
+    """Where impressions' Kafka client runs: a child ``process`` (off the service's GIL)."""
     tracing: bool = False
     """Run requests through BentoML's OpenTelemetry middleware (sampling and exporter from
     BentoML's own ``tracing`` configuration). Off by default: with nothing sampled it

@@ -109,12 +109,12 @@ class ArmDelta:
     1/position over attributed clicks)."""
     users: set[str] = field(default_factory=set)
     clickers: set[str] = field(default_factory=set)
+    first_ms: int = 0
+    last_ms: int = 0
     per_user: dict[str, list[int]] = field(default_factory=dict)
     """Redacted user -> [impressions, clicked impressions] this batch adds: the readout's
     variance is per user, the unit the split assigns (one user's impressions are not
     independent trials)."""
-    first_ms: int = 0
-    last_ms: int = 0
 
     def add(self, name: str, n: float = 1) -> None:
         self.counts[name] = self.counts.get(name, 0) + n
