@@ -43,9 +43,12 @@ Redis, the MLflow registry, the stream processor, a BentoML service answering HT
        readout is configured for 50 % (``srm_detected``: the verdict is ``sample ratio
        mismatch``).
 4. Impression overhead: the serving benchmark's model (``bench/serving.py``'s synthetic
-   1M-item bundle, built once) behind two services, impressions on and off, measured in
-   turn ``--overhead-rounds`` times at 200 req/s of the serving benchmark's mix;
-   ``impression_overhead_p99_ms`` is the median over rounds of p99 on minus p99 off.
+   1M-item bundle, built once) behind three services, impressions off, on (sent by the
+   default child process) and on (sent by the service's own thread), measured in turn
+   ``--overhead-rounds`` times at 200 req/s of the serving benchmark's mix;
+   ``impression_overhead_p99_ms`` is the median over rounds of p99 on minus p99 off
+   (``..._thread`` the same for the thread). The stream processor joins the impressions
+   meanwhile, on the same two cores: its work is part of what impressions cost here.
 
 The last line of output is one JSON object of figures.
 """
