@@ -197,7 +197,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         # A valid test's A/A p-values are uniform: the rate above is a count of 20, which a
         # test at exactly 5 % exceeds 26 % of the time; the whole distribution says more.
         aa_p_values=[r["p_value"] for r in aa],
-        aa_p_uniform_ks_p=round(float(kstest([r["p_value"] for r in aa], "uniform").pvalue), 4),
+        aa_p_uniform_ks_p=round(float(kstest([r["p_value"] for r in aa], "uniform").pvalue), 4)
+        if aa
+        else None,
         aa_verdicts={v: sum(r["verdict"] == v for r in aa) for v in {r["verdict"] for r in aa}},
         ab_true_win_rate=rate(ab, {"challenger wins"}),
         impressions_to_decision=int(np.median(decided)) if decided else None,
