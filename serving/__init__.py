@@ -12,6 +12,8 @@ Public API (what the app layer uses)::
                                           # ... its statistics, pure functions
     SimulatedUsers(truth, base_url=...).run(n) # synthetic users clicking by their true
     ClickModel(attraction_scale, position_decay)  # taste (rtrec.data.ground_truth)
+    run_until_decided(settings, truth, base_url=..., experiment=...) -> Decided
+                                          # ... until the A/B readout decides, read once
 
 Test and benchmark helpers are not part of it; they import their modules directly
 (``rtrec.serving.process.running_server``, ``rtrec.serving.synthetic.synthetic_bundle``,
@@ -33,6 +35,8 @@ _EXPORTS = {
     "ClickModel": "rtrec.serving.simulator",
     "SimulatedUsers": "rtrec.serving.simulator",
     "SimulationResult": "rtrec.serving.simulator",
+    "run_until_decided": "rtrec.serving.simulator",
+    "Decided": "rtrec.serving.simulator",
     "check_bind": "rtrec.serving.launch",
     "serve_command": "rtrec.serving.launch",
     "serve_env": "rtrec.serving.launch",

@@ -34,6 +34,8 @@ from rtrec.errors import InvalidInput, Unavailable
 
 FEEDBACK_BATCH = 100
 """Events per ``/feedback`` call: the route's maximum."""
+RATE_LIMITED_TRIES = 30
+"""Tries of one request the service keeps answering 429 before the simulation fails."""
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,8 @@ class SimulatedUsers:
         self.client = client or httpx.Client(base_url=base_url, timeout=timeout_s)
         self.headers = headers
         self.pending: list[dict[str, Any]] = []
+        self.rate_limited = 0
+        """Answers of 429 waited out (the service's per-key rate limit)."""
 
     def clicked_positions(self, user_id: str, item_ids: Sequence[str]) -> list[int]:
         """Positions (1 = top) of the shown items this user clicks, each drawn on its own
@@ -169,12 +173,19 @@ class SimulatedUsers:
         self.client.close()
 
     def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST and decode; a 429 waits as its ``Retry-After`` says (at most a second a
+        time, as a polite client does) and tries again, up to :data:`RATE_LIMITED_TRIES`."""
         import httpx
 
-        try:
-            resp = self.client.post(path, json=body, headers=self.headers)
-        except httpx.HTTPError as exc:
-            raise Unavailable(f"simulated users: {path} failed: {exc}") from exc
+        for _ in range(RATE_LIMITED_TRIES):
+            try:
+                resp = self.client.post(path, json=body, headers=self.headers)
+            except httpx.HTTPError as exc:
+                raise Unavailable(f"simulated users: {path} failed: {exc}") from exc
+            if resp.status_code != 429:
+                break
+            self.rate_limited += 1
+            time.sleep(min(float(resp.headers.get("Retry-After") or 0.1), 1.0))
         if resp.status_code >= 500:
             raise Unavailable(f"simulated users: {path} answered {resp.status_code}: {resp.text}")
         if resp.status_code >= 400:

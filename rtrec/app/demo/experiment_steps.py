@@ -27,6 +27,10 @@ is detectable with a few thousand answers per arm, a minute or two of simulated 
 MAX_ANSWERS = 60_000
 """Most answers the simulated users ask for before the demo reads the readout as it is."""
 SIMULATED_THREADS = 4
+ATTRACTION = 0.0015
+"""The demo's click model attraction: about a quarter of answers clicked. The simulator's
+default (0.05) has users click four answers in five, whatever they are shown, and a
+rate that close to its ceiling leaves little room for a better model to show."""
 
 
 def configure_ab(quick: bool, data: str) -> str | None:
@@ -54,7 +58,7 @@ def ab_test(ctx: DemoContext) -> dict[str, Any]:
     gate = ctx.second.xcom("promote")
     if not gate.get("ab_test"):
         return {"status": "not tested", "reason": gate["reason"][:160]}
-    from rtrec.serving.simulator import run_until_decided
+    from rtrec.serving.simulator import ClickModel, run_until_decided
 
     settings = ctx.settings
     experiment = f"{gate['champion_version']}-vs-{gate['version']}"
@@ -69,6 +73,7 @@ def ab_test(ctx: DemoContext) -> dict[str, Any]:
         api_key=headers.get("X-API-Key"),
         users=users,
         threads=SIMULATED_THREADS,
+        click_model=ClickModel(attraction_scale=ATTRACTION),
         seed=settings.seed,
         max_answers=MAX_ANSWERS,
     )
