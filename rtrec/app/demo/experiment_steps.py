@@ -58,7 +58,7 @@ def ab_test(ctx: DemoContext) -> dict[str, Any]:
     gate = ctx.second.xcom("promote")
     if not gate.get("ab_test"):
         return {"status": "not tested", "reason": gate["reason"][:160]}
-    from rtrec.serving.simulator import ClickModel, run_until_decided
+    from rtrec.serving import ClickModel, run_until_decided
 
     settings = ctx.settings
     experiment = f"{gate['champion_version']}-vs-{gate['version']}"
