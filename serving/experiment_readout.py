@@ -134,6 +134,9 @@ def _judged(settings: Settings, experiment: str, rows: dict[str, dict[str, Any]]
         "lift": None
         if lift is None
         else {"estimate": lift.estimate, "low": lift.low, "high": lift.high},
+        # Arms written before the join kept per-user sums are judged on the binomial
+        # variance: say which, so a readout never passes one off as the other.
+        "variance": "per user" if champion.per_user and challenger.per_user else "binomial",
         "z": out.z,
         "p_value": out.p_value,
         "srm_p_value": out.srm_p_value,
