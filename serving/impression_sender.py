@@ -37,6 +37,10 @@ RECORD_ITEMS = 4000
 """Most shown items per record: about 250 kB, under the producer's 1 MB request limit."""
 _HEADER = struct.Struct(">I")
 READY_S = 15.0
+NICE = 10
+"""How much lower the child's CPU priority is than the service's. Its work can wait (a
+round has the broker deadline), a request cannot: on a busy host the scheduler gives the
+service's threads the core first, and the child the time they leave."""
 """How long a starting child may take to import its Kafka client and say it is ready."""
 
 Entry = tuple[int, str, int, str | None, dict[str, Any]]
@@ -174,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
 
     bootstrap, topic, timeout = (argv or sys.argv[1:])[:3]
     timeout_s = float(timeout)
+    os.nice(NICE)
     from rtrec.serving.feedback import broker_reachable
 
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer

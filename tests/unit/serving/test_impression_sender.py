@@ -1,7 +1,8 @@
 """The impression sender's child process: a broker that does not take a round is an error
 answer (the child stays); a child that died is restarted on the next round; a child
-whose service went away exits. Rounds a real broker takes are tested against the stack's
-broker in ``tests/integration/test_serving.py`` (the service's default sender)."""
+whose service went away exits; the child runs at a lower CPU priority. Rounds a real
+broker takes are tested against the stack's broker in
+``tests/integration/test_serving.py`` (the service's default sender)."""
 
 from __future__ import annotations
 
@@ -54,6 +55,16 @@ def test_a_dead_child_is_restarted_on_the_next_round(sender: ProcessSender) -> N
     with pytest.raises(Unavailable, match="impression broker unavailable: "):
         sender.send([entry()])
     assert sender._proc is not None and sender._proc.pid != first.pid
+
+
+def test_the_child_runs_below_the_service_priority(sender: ProcessSender) -> None:
+    import os
+
+    import psutil
+    from rtrec.serving.impression_sender import NICE
+
+    proc = sender.start()  # past its "ready" line, so past its nice() call
+    assert psutil.Process(proc.pid).nice() == min(os.nice(0) + NICE, 19)
 
 
 def test_the_child_exits_when_its_service_goes(sender: ProcessSender) -> None:
