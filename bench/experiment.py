@@ -68,7 +68,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 
 from bench._common import fresh_stack_settings, seed_histories, start_stream_processor
-from bench.experiment_support import Experimenter, impression_overhead, service_settings_env
+from bench.experiment_support import (
+    Experimenter,
+    impression_overhead,
+    partly_trained_bundle,
+    service_settings_env,
+)
 
 GATE = "ndcg@10"
 
@@ -82,10 +87,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--epochs", type=int, default=10, help="epoch cap of every training run")
     ap.add_argument(
         "--champion",
-        choices=["untrained", "early"],
-        default="untrained",
-        help="the undertrained champion of (b): untrained weights, or trained on an early slice",
+        choices=["partial", "untrained", "early"],
+        default="partial",
+        help="the undertrained champion of (b): the trained weights moved back toward their "
+        "initial ones (--progress), untrained weights, or trained on an early slice",
     )
+    ap.add_argument("--progress", type=float, default=0.5, help="'partial': how far along (0 to 1)")
     ap.add_argument("--weak-share", type=float, default=0.1, help="time share of 'early'")
     ap.add_argument("--data-seed", type=int, default=42)
     ap.add_argument("--users", type=int, default=20_000, help="synthetic users")
@@ -112,9 +119,15 @@ def train_models(
     t = time.perf_counter()
     good = train(settings, data=ds.save(work / "data"), epochs=args.epochs, progress=False)
     registry = ModelRegistry(settings)
-    if args.champion == "untrained":
-        bundle = synthetic_bundle(
-            work / "untrained", n_items=len(ds.items), n_users=args.users, seed=args.data_seed
+    if args.champion in ("partial", "untrained"):
+        bundle = (
+            partly_trained_bundle(
+                good.fit.bundle_dir, work / "partial", progress=args.progress, seed=args.data_seed
+            )
+            if args.champion == "partial"
+            else synthetic_bundle(
+                work / "untrained", n_items=len(ds.items), n_users=args.users, seed=args.data_seed
+            )
         )
         weak_version, weak_gate = registry.log_and_register(bundle, params={}, metrics={})[1], None
     else:

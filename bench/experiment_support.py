@@ -135,6 +135,42 @@ def _row(judged: dict[str, Any], sent: dict[str, int]) -> dict[str, Any]:
     }
 
 
+def partly_trained_bundle(trained: Path, out: Path, *, progress: float, seed: int) -> Path:
+    """The trained bundle's two-tower moved back toward a fresh initialisation: every
+    trained parameter at ``init + progress * (trained - init)``, the popularity prior and
+    encoders kept, item vectors and the served (exact) index rebuilt from the result.
+
+    A model part of the way along the straight path from its initial to its trained
+    weights is a controlled stand-in for an undertrained one: the pipeline's epoch
+    selection keeps the best epoch (often the first), so fewer epochs do not make a worse
+    model, while ``progress`` sets how much worse, from untrained (0) to trained (1)."""
+    import torch
+    from rtrec.training.artifacts import load_bundle, save_bundle
+    from rtrec.training.index import build_index
+    from rtrec.training.model import TwoTower
+    from rtrec.training.train_config import TrainConfig
+    from rtrec.training.trained_model import TrainedModel
+
+    done = load_bundle(trained, use_gpu=False)
+    torch.manual_seed(seed)
+    fresh = TwoTower(done.net.cfg).state_dict()
+    trained_params = {name for name, _ in done.net.named_parameters()}
+    state = {
+        k: fresh[k] + progress * (v - fresh[k]) if k in trained_params else v
+        for k, v in done.net.state_dict().items()
+    }
+    done.net.load_state_dict(state)
+    model = TrainedModel(done.net, done.encoders, TrainConfig(**done.metadata["train_config"]))
+    index = build_index(model.item_keys(), kind="flat")
+    return save_bundle(
+        out,
+        model=model,
+        index=index,
+        popular_items=done.popular_items,
+        extra={"partly_trained": {"from": str(trained), "progress": progress, "seed": seed}},
+    )
+
+
 def impression_overhead(settings: Any, args: argparse.Namespace) -> dict[str, Any]:
     """p99 at 200 req/s of the serving benchmark's mix and model: impressions off, on with
     the default sender (a child process) and on with the in-service thread, three
