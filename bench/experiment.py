@@ -53,8 +53,11 @@ Redis, the MLflow registry, the stream processor, a BentoML service answering HT
    default child process) and on (sent by the service's own thread), measured in turn
    ``--overhead-rounds`` times at 200 req/s of the serving benchmark's mix;
    ``impression_overhead_p99_ms`` is the median over rounds of p99 on minus p99 off
-   (``..._thread`` the same for the thread). The stream processor joins the impressions
-   meanwhile, on the same two cores: its work is part of what impressions cost here.
+   (``..._thread`` the same for the thread). The impressions are produced to the broker
+   and acknowledged; the stream processor is stopped first, as in the serving benchmark,
+   since it is a downstream consumer that a deployment runs on its own machines. With
+   ``--overhead-with-processor`` it keeps joining them on the same two cores, and its work
+   is then part of what is measured.
 
 The last line of output is one JSON object of figures.
 """
@@ -82,6 +85,7 @@ from bench.experiment_support import (
 )
 
 GATE = "ndcg@10"
+PROCESSOR = "stream-experiment-bench"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -108,6 +112,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--position-decay", type=float, default=1.0, help="click model decay")
     ap.add_argument("--overhead-rounds", type=int, default=3, help="0: skip the overhead")
     ap.add_argument("--overhead-duration", type=float, default=20.0, help="seconds per turn")
+    ap.add_argument(
+        "--overhead-with-processor",
+        action="store_true",
+        help="keep the stream processor joining the impressions during the overhead phase",
+    )
     ap.add_argument("--workdir", default="/tmp/rtrec-bench-experiment")
     return ap.parse_args(argv)
 
@@ -167,6 +176,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from rtrec.training import ModelRegistry
     from scipy.stats import kstest
 
+    from rtrec.app.processes import stop_managed
     from rtrec.app.stack import down, up
     from rtrec.data import load_dataset
     from rtrec.data.ground_truth import ground_truth
@@ -197,7 +207,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         users = histories(ds.events)
         names = list(users)
         seed_histories(settings, users)
-        start_stream_processor(settings, "stream-experiment-bench")
+        start_stream_processor(settings, PROCESSOR)
         registry = ModelRegistry(settings)
         bundle = registry.download_bundle(good)
         lab = Experimenter(settings, truth, args, env=env)
@@ -210,7 +220,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         with lab.service(share=0.4, name="srm"):
             log("(c) the service splits 40 % to the challenger; the readout expects 50 %")
             srm = lab.experiment(bundle, label="srm", users=names)
+        if not args.overhead_with_processor:  # the serving bench's setting: no processor
+            stop_managed(settings, PROCESSOR)
         out["overhead"] = impression_overhead(settings, args) if args.overhead_rounds > 0 else None
+        if out["overhead"] is not None:
+            out["overhead"]["stream_processor"] = (
+                "joining on the same cores" if args.overhead_with_processor else "stopped"
+            )
     finally:
         down(settings)
     decided = [r["impressions"] for r in ab if r["verdict"] == "challenger wins"]
