@@ -10,6 +10,7 @@ so serving can refuse it and keep the previous one.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
@@ -156,6 +157,12 @@ class ModelBundle:
     def history_len(self) -> int:
         return self.encoders.history_len
 
+    @functools.cached_property
+    def _ids_or_none(self) -> np.ndarray:
+        """Item ids by index row, then ``None``: one fancy index maps a whole result matrix
+        (a Python loop over every candidate of every request cost more than the search)."""
+        return np.array([*self.encoders.items.ids, None], dtype=object)
+
     @property
     def popular_items(self) -> list[str]:
         return list(self.metadata.get("popular_items", []))
@@ -196,8 +203,8 @@ class ModelBundle:
         if self.index.dim == vectors.shape[1] - 1:  # a pre-prior bundle: its prior is 0
             vectors = vectors[:, :-1]
         scores, rows = self.index.search(vectors, k)
-        ids = self.encoders.items.ids
-        return scores, [[ids[r] if r >= 0 else None for r in row] for row in rows.tolist()]
+        # FAISS marks a missing result with row -1, which indexes the table's None.
+        return scores, self._ids_or_none[rows].tolist()
 
     def similar_items(self, item_id: str, k: int) -> list[tuple[str, float]]:
         j = self.encoders.items.index(item_id)
