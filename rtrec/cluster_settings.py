@@ -36,8 +36,9 @@ class PostgresSettings(BaseModel):
     """Database and owning role of MLflow's backend store."""
     airflow_db: str = "airflow"
     """Database and owning role kept for Airflow's metadata."""
-    bin_dir: Path = Path("/usr/lib/postgresql/15/bin")
-    """Where ``initdb`` and ``postgres`` are (Debian's postgresql-15 package)."""
+    bin_dir: Path | None = None
+    """Where ``initdb`` and ``postgres`` are; unset: the newest
+    ``/usr/lib/postgresql/<version>/bin`` (Debian's packages), else ``PATH``."""
     os_user: str = "postgres"
     """Account the server runs as when rtrec runs as root (PostgreSQL refuses root); it
     must be able to reach the work dir."""

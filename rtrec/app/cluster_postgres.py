@@ -17,6 +17,7 @@ import grp
 import os
 import pwd
 import secrets
+import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -59,6 +60,25 @@ def database_uri(settings: Settings, database: str) -> str:
     return f"postgresql+psycopg2://{database}:{secret}@{pg.host}:{pg.port}/{database}"
 
 
+def program(settings: Settings, name: str) -> str:
+    """``initdb`` or ``postgres``: from ``cluster.postgres.bin_dir``, else the newest
+    Debian-packaged server (its binaries are not on ``PATH``), else ``PATH``."""
+    configured = settings.cluster.postgres.bin_dir
+    found: list[Path] = [configured / name] if configured is not None else []
+    if configured is None:
+        versions = Path("/usr/lib/postgresql").glob("*/bin")
+        found = sorted(versions, key=lambda p: int(p.parent.name), reverse=True)
+        found = [d / name for d in found if d.parent.name.isdigit()]
+        found += [Path(p) for p in [shutil.which(name)] if p]
+    for path in found:
+        if path.is_file():
+            return str(path)
+    raise Unavailable(
+        f"PostgreSQL's {name} not found (apt-get install postgresql, or set "
+        "cluster.postgres.bin_dir)"
+    )
+
+
 def _run_as(settings: Settings) -> str | None:
     return settings.cluster.postgres.os_user if os.geteuid() == 0 else None
 
@@ -97,7 +117,7 @@ def _initdb(settings: Settings) -> None:
         account = pwd.getpwnam(user)
         for path in (data.parent, pwfile):
             os.chown(path, account.pw_uid, account.pw_gid)
-    cmd = [str(pg.bin_dir / "initdb"), "-D", str(data), "-U", pg.superuser]
+    cmd = [program(settings, "initdb"), "-D", str(data), "-U", pg.superuser]
     cmd += [f"--pwfile={pwfile}", "--auth=scram-sha-256", "-E", "UTF8", "--no-locale"]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, user=user, check=False)
@@ -107,7 +127,9 @@ def _initdb(settings: Settings) -> None:
         raise Unavailable(f"initdb failed ({out.returncode}): {(out.stderr or out.stdout)[-800:]}")
 
 
-def _connect(settings: Settings, database: str = "postgres", role: str | None = None) -> Any:
+def connect(settings: Settings, database: str = "postgres", role: str | None = None) -> Any:
+    """A psycopg2 connection as ``role`` (default: the superuser), password from
+    :func:`password`, over TCP: the server has no Unix socket."""
     import psycopg2
 
     pg = settings.cluster.postgres
@@ -124,7 +146,7 @@ def _connect(settings: Settings, database: str = "postgres", role: str | None = 
 def _accepts(settings: Settings) -> bool:
     """Ready means a password login succeeds (the port opens before recovery ends)."""
     try:
-        _connect(settings).close()
+        connect(settings).close()
     except Exception:  # psycopg2.OperationalError while starting up
         return False
     return True
@@ -135,7 +157,7 @@ def _ensure_databases(settings: Settings) -> None:
     from psycopg2 import sql
 
     pg = settings.cluster.postgres
-    conn = _connect(settings)
+    conn = connect(settings)
     conn.autocommit = True  # CREATE DATABASE cannot run in a transaction
     try:
         with conn.cursor() as cur:
@@ -158,7 +180,7 @@ def start(settings: Settings) -> None:
     """initdb once, start the server, create the databases (all idempotent)."""
     pg = settings.cluster.postgres
     _initdb(settings)
-    cmd = [str(pg.bin_dir / "postgres"), "-D", str(data_dir(settings)), "-p", str(pg.port)]
+    cmd = [program(settings, "postgres"), "-D", str(data_dir(settings)), "-p", str(pg.port)]
     for option in (
         f"listen_addresses={pg.host}",
         "unix_socket_directories=",
@@ -185,7 +207,7 @@ def health(settings: Settings) -> tuple[bool, str, bool]:
     pg = settings.cluster.postgres
     for name in (pg.mlflow_db, pg.airflow_db):
         try:
-            _connect(settings, name, name).close()
+            connect(settings, name, name).close()
         except Exception as exc:  # any driver error: down, with the reason
             return False, f"login to {name!r} failed: {str(exc).strip()[:200]}", managed
     return True, f"databases {pg.mlflow_db}, {pg.airflow_db}", managed
