@@ -228,8 +228,11 @@ def up(settings: Settings) -> list[ComponentStatus]:
     stack.start_redis(settings)
     if settings.cluster.postgres.host in _LOOPBACK:
         postgres.start(settings)
-    start_mlflow(settings)
-    start_spark(settings)
+    # MLflow's server (a schema migration on first start) and Spark's JVMs need nothing of
+    # each other: they start side by side.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for done in [pool.submit(start_mlflow, settings), pool.submit(start_spark, settings)]:
+            done.result()
     return status(settings)
 
 
