@@ -51,8 +51,10 @@ class MlflowServerSettings(BaseModel):
 
     workers: int = Field(1, ge=1)
     """Uvicorn workers: one serves a training job and a few serving replicas."""
-    start_timeout_s: float = Field(240.0, gt=0)
-    """Its first start migrates a fresh PostgreSQL schema, which takes a while."""
+    start_timeout_s: float = Field(600.0, gt=0)
+    """How long ``up`` waits for ``/health``. The first start migrates a fresh PostgreSQL
+    schema: 80 s on a two-core machine with other work running, over 240 s at idle
+    priority beside a test suite."""
 
 
 class SparkClusterSettings(BaseModel):

@@ -175,12 +175,15 @@ def test_a_bundle_registers_over_http_and_comes_back(settings: Settings, tmp_pat
         conn.close()
 
 
-def test_down_leaves_no_process_of_the_profile(settings: Settings) -> None:
+def test_up_again_starts_nothing_and_down_leaves_no_process(settings: Settings) -> None:
     names = managed_names(settings)
     for needed in ("postgres", "mlflow-server", "spark-master", "spark-worker-1"):
         assert needed in names
     pids = {name: managed_pid(settings, name) for name in names}
     assert all(pids.values()), pids
+    again = CliRunner().invoke(main, ["up", "--profile", "cluster"])
+    assert again.exit_code == 0, again.output
+    assert {name: managed_pid(settings, name) for name in names} == pids, "up restarted one"
     tree = {
         p.pid
         for pid in pids.values()
