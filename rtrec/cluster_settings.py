@@ -52,9 +52,8 @@ class MlflowServerSettings(BaseModel):
     workers: int = Field(1, ge=1)
     """Uvicorn workers: one serves a training job and a few serving replicas."""
     start_timeout_s: float = Field(600.0, gt=0)
-    """How long ``up`` waits for ``/health``. The first start migrates a fresh PostgreSQL
-    schema: 80 s on a two-core machine with other work running, over 240 s at idle
-    priority beside a test suite."""
+    """How long ``up`` waits for ``/health``: the first start migrates a fresh PostgreSQL
+    schema, seconds on an idle machine and minutes on a busy one."""
 
 
 class SparkClusterSettings(BaseModel):

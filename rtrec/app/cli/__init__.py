@@ -33,7 +33,7 @@ def _print_status(rows: list[Any]) -> bool:
     width = max(len(r.name) for r in rows)
     for r in rows:
         mark = click.style(" ok ", fg="green") if r.healthy else click.style("DOWN", fg="red")
-        tag = " (embedded)" if r.managed else ""
+        tag = " (started here)" if r.managed else ""
         click.echo(f"[{mark}] {r.name:<{width}}  {r.address}{tag}  — {r.detail}")
     return all(r.healthy for r in rows)
 
