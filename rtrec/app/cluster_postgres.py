@@ -119,8 +119,11 @@ def _initdb(settings: Settings) -> None:
             os.chown(path, account.pw_uid, account.pw_gid)
     cmd = [program(settings, "initdb"), "-D", str(data), "-U", pg.superuser]
     cmd += [f"--pwfile={pwfile}", "--auth=scram-sha-256", "-E", "UTF8", "--no-locale"]
+    group = pwd.getpwnam(user).pw_gid if user is not None else None
     try:
-        out = subprocess.run(cmd, capture_output=True, text=True, user=user, check=False)
+        out = subprocess.run(
+            cmd, capture_output=True, text=True, user=user, group=group, check=False
+        )
     finally:
         pwfile.unlink(missing_ok=True)
     if out.returncode != 0:
