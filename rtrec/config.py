@@ -24,6 +24,7 @@ from pydantic_settings import (
 )
 
 from rtrec.apikeys import ApiKey
+from rtrec.cluster_settings import ClusterSettings
 from rtrec.errors import ConfigError
 
 _STRICT = ConfigDict(extra="forbid")
@@ -263,6 +264,8 @@ class Settings(BaseSettings):
     spark: SparkSettings = Field(default_factory=SparkSettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
     monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
+    cluster: ClusterSettings = Field(default_factory=ClusterSettings)
+    """Engines of ``rtrec up --profile cluster`` (PostgreSQL, MLflow server, Spark)."""
     seed: int = 42
     """Seed for data generation and training."""
 
@@ -336,8 +339,6 @@ def load_settings(**overrides: Any) -> Settings:
     """Build fresh settings (env + YAML + overrides); tests use this, not the cache."""
     config_file = os.environ.get("RTREC_CONFIG")
     if config_file and not Path(config_file).is_file():
-        from rtrec.errors import ConfigError
-
         raise ConfigError(f"RTREC_CONFIG points at {config_file!r}, which is not a file")
     return Settings(**overrides)
 

@@ -61,10 +61,15 @@ class RegistryClient:
         return self._client
 
     def _experiment_id(self) -> str:
+        """The experiment's id, created on first use. Against an HTTP tracking server its
+        artifacts go where the server says (served artifacts: uploaded through it), not
+        to a local ``mlflow.artifact_root`` that the server's other clients cannot see."""
         name = self.settings.mlflow.experiment
         exp = self.client.get_experiment_by_name(name)
         if exp is not None:
             return exp.experiment_id
+        if str(self.settings.mlflow.tracking_uri).startswith(("http://", "https://")):
+            return self.client.create_experiment(name)
         root = Path(str(self.settings.mlflow.artifact_root))
         root.mkdir(parents=True, exist_ok=True)
         return self.client.create_experiment(name, artifact_location=root.as_uri())

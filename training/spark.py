@@ -8,7 +8,7 @@ import sys
 import threading
 from typing import TYPE_CHECKING
 
-from rtrec.config import Settings
+from rtrec.config import Settings, host_port
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -28,7 +28,10 @@ def spark_session(settings: Settings) -> SparkSession:
         from pyspark.sql import SparkSession
 
         master = settings.spark.master
-        if master.startswith("local"):
+        # A standalone master on loopback (the cluster profile) runs its executors on
+        # this machine: they must reach the driver on loopback too.
+        on_loopback = master.startswith("local") or _loopback_master(master)
+        if on_loopback:
             os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         builder = (
@@ -46,13 +49,19 @@ def spark_session(settings: Settings) -> SparkSession:
                 "spark.driver.extraJavaOptions", f"-Dlog4j.configurationFile={_log4j(settings)}"
             )
         )
-        if master.startswith("local"):
+        if on_loopback:
             builder = builder.config("spark.driver.host", "127.0.0.1")
         _session = builder.getOrCreate()
         _session.sparkContext.setLogLevel("ERROR")
         logger.info("spark session started (master=%s)", master)
         return _session
 
+
+def _loopback_master(master: str) -> bool:
+    return master.startswith("spark://") and host_port(master, 7077)[0] in _LOOPBACK
+
+
+_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 _LOG4J = """rootLogger.level = error
 rootLogger.appenderRef.stderr.ref = console

@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import os
+import pwd
 import signal
 import socket
 import subprocess
@@ -132,11 +133,13 @@ def start_managed(
     ready: Callable[[], bool] | None = None,
     timeout: float = 30.0,
     stop_signal: int = signal.SIGTERM,
+    user: str | None = None,
 ) -> int:
     """Start ``cmd`` in its own process group, record it, and wait until it is ready.
 
     Harmless when already running under this work dir; raises :class:`Unavailable`
-    naming the port when something else holds it.
+    naming the port when something else holds it. ``user``: run it as that account
+    (for a server that refuses to run as root).
     """
     pid = managed_pid(settings, name)
     if pid is not None:
@@ -146,7 +149,7 @@ def start_managed(
             f"port {port[1]} on {port[0]} is already in use by another process; "
             f"{name} cannot start there (stop that process or change the setting)"
         )
-    proc = _spawn(settings, name, cmd, env=env, cwd=cwd, stop_signal=stop_signal)
+    proc = _spawn(settings, name, cmd, env=env, cwd=cwd, stop_signal=stop_signal, user=user)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -155,9 +158,11 @@ def start_managed(
             raise Unavailable(f"{name} exited with code {proc.returncode} at start:\n{tail}")
         ok = ready() if ready is not None else (port is None or port_open(*port))
         if ok:
+            _record_exe(settings, name, proc.pid)
             logger.info("started %s", name, extra={"pid": proc.pid})
             return proc.pid
         time.sleep(0.05)
+    _record_exe(settings, name, proc.pid)  # still our child: stop it even if it exec'd
     stop_managed(settings, name)
     raise Unavailable(f"{name} did not become ready within {timeout:.0f} s")
 
@@ -170,6 +175,7 @@ def _spawn(
     env: dict[str, str] | None,
     cwd: Path | None,
     stop_signal: int,
+    user: str | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start ``cmd`` (output to ``<log_dir>/<name>.log``) and record it in its pid file."""
     settings.run_dir.mkdir(parents=True, exist_ok=True)
@@ -183,6 +189,8 @@ def _spawn(
         env={**os.environ, **(env or {})},
         cwd=cwd,
         start_new_session=True,
+        user=user,
+        group=pwd.getpwnam(user).pw_gid if user is not None else None,
     )
     log.close()
     info: dict[str, Any] = {"pid": proc.pid, "cmd": list(cmd), "stop_signal": int(stop_signal)}
@@ -191,6 +199,20 @@ def _spawn(
         info.update(create_time=started.create_time(), exe=_exe(started))
     _pid_file(settings, name).write_text(json.dumps(info))
     return proc
+
+
+def _record_exe(settings: Settings, name: str, pid: int) -> None:
+    """Record the executable again once the process is ready: a launcher script that
+    execs its program (``spark-class`` execs ``java``) has changed it since the pid file
+    was written, and the pid is still this process's unreaped child, so nobody else's."""
+    path = _pid_file(settings, name)
+    info = _read(path)
+    if info is None or info.get("exe") is None:
+        return
+    with contextlib.suppress(psutil.Error):
+        info["exe"] = _exe(psutil.Process(pid))
+        info.pop("written", None)
+        path.write_text(json.dumps(info))
 
 
 def stop_managed(settings: Settings, name: str, *, timeout: float = 15.0) -> bool:

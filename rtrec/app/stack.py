@@ -248,7 +248,8 @@ def status(settings: Settings) -> list[ComponentStatus]:
 
 
 def down(settings: Settings) -> list[str]:
-    """Stop every process this work dir started (services first, broker last)."""
-    order = {"kafka": 2, "redis": 1}
+    """Stop every process this work dir started (services first, broker last; the cluster
+    profile's MLflow server before its PostgreSQL, Spark's workers before their master)."""
+    order = {"kafka": 2, "redis": 1, "postgres": 1, "spark-master": 1}
     names = sorted(managed_names(settings), key=lambda n: order.get(n, 0))
     return [name for name in names if stop_managed(settings, name)]

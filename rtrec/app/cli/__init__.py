@@ -33,32 +33,44 @@ def _print_status(rows: list[Any]) -> bool:
     width = max(len(r.name) for r in rows)
     for r in rows:
         mark = click.style(" ok ", fg="green") if r.healthy else click.style("DOWN", fg="red")
-        tag = " (embedded)" if r.managed else ""
+        tag = " (started here)" if r.managed else ""
         click.echo(f"[{mark}] {r.name:<{width}}  {r.address}{tag}  — {r.detail}")
     return all(r.healthy for r in rows)
 
 
-@main.command()
-@handle_errors
-def up() -> None:
-    """Start the embedded stack (broker, Redis, stores); harmless when already up."""
-    from rtrec.app import stack
+PROFILE = click.option(
+    "--profile",
+    type=click.Choice(["embedded", "cluster"]),
+    default="embedded",
+    show_default=True,
+    help="cluster: also PostgreSQL, an MLflow server and a Spark standalone cluster "
+    "(settings: RTREC_CONFIG=infra/rtrec.local-cluster.yaml).",
+)
 
-    rows = stack.up(get_settings())
+
+@main.command()
+@PROFILE
+@handle_errors
+def up(profile: str) -> None:
+    """Start the embedded stack (broker, Redis, stores); harmless when already up."""
+    from rtrec.app import cluster, stack
+
+    rows = (cluster.up if profile == "cluster" else stack.up)(get_settings())
     if not _print_status(rows):
         sys.exit(1)
 
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@PROFILE
 @handle_errors
-def status(as_json: bool) -> None:
+def status(as_json: bool, profile: str) -> None:
     """Report each component healthy or not; exit 1 if any is down."""
     from dataclasses import asdict
 
-    from rtrec.app import stack
+    from rtrec.app import cluster, stack
 
-    rows = stack.status(get_settings())
+    rows = (cluster.status if profile == "cluster" else stack.status)(get_settings())
     if as_json:
         click.echo(json.dumps([asdict(r) for r in rows]))
         ok = all(r.healthy for r in rows)
@@ -68,12 +80,13 @@ def status(as_json: bool) -> None:
 
 
 @main.command()
+@PROFILE
 @handle_errors
-def down() -> None:
+def down(profile: str) -> None:
     """Stop exactly what `rtrec up` (and other rtrec commands) started."""
-    from rtrec.app import stack
+    from rtrec.app import cluster, stack
 
-    stopped = stack.down(get_settings())
+    stopped = (cluster.down if profile == "cluster" else stack.down)(get_settings())
     click.echo(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
 
 

@@ -122,3 +122,23 @@ def test_a_process_that_rewrites_its_title_is_still_recognised(settings: Setting
     assert psutil.Process(pid).cmdline()[:1] == ["circusd"]
     assert managed_pid(settings, "titled") == pid
     assert stop_managed(settings, "titled", timeout=5) is True
+
+
+def test_a_launcher_that_execs_its_program_is_recorded_as_that_program(
+    settings: Settings,
+) -> None:
+    """``spark-class`` execs ``java`` after the pid file is written: the record follows
+    the exec once the process is ready, so ``down`` still recognises and stops it."""
+    program = psutil.Process(os.getpid()).exe()  # any program but the shell will do
+    script = f"sleep 0.3; exec {program} -c 'import time; time.sleep(60)'"
+
+    def execed() -> bool:
+        pid = json.loads((settings.run_dir / "launcher.json").read_text())["pid"]
+        return psutil.Process(pid).exe() == program
+
+    pid = start_managed(settings, "launcher", ["/bin/sh", "-c", script], ready=execed)
+    info = json.loads((settings.run_dir / "launcher.json").read_text())
+    assert info["exe"] == program and "written" not in info
+    assert managed_pid(settings, "launcher") == pid
+    assert stop_managed(settings, "launcher", timeout=5) is True
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE

@@ -1,0 +1,83 @@
+"""Settings of the cluster profile (``rtrec up --profile cluster``): the engines it starts.
+
+Kept out of :mod:`rtrec.config` so that module stays one screenful per stage; the
+:class:`ClusterSettings` object is its ``cluster`` field, loaded the same way (``RTREC_*``
+variables, e.g. ``RTREC_CLUSTER__POSTGRES__PORT``, then the ``RTREC_CONFIG`` file). The
+addresses clients use are not here: MLflow's is ``mlflow.tracking_uri`` and Spark's
+``spark.master``, and the profile starts an engine only where that address is on this
+machine, so a managed service is one changed address away.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+_STRICT = ConfigDict(extra="forbid")
+
+
+class PostgresSettings(BaseModel):
+    """One PostgreSQL server holding MLflow's backend store and, later, Airflow's."""
+
+    model_config = _STRICT
+
+    host: str = "127.0.0.1"
+    """Where PostgreSQL listens; started by the profile only on a loopback address."""
+    port: int = Field(15432, ge=1, le=65535)
+    """Its TCP port (no Unix socket: nothing but TCP clients reach it)."""
+    password: SecretStr | None = None
+    """Password of every role the profile creates (superuser, MLflow's, Airflow's); set it
+    with ``RTREC_CLUSTER__POSTGRES__PASSWORD``. Unset: generated once into
+    ``<work_dir>/secrets/postgres_password`` (mode 0600), never into a settings file."""
+    superuser: str = "rtrec"
+    """The superuser initdb creates; the profile uses it only to create the roles below."""
+    mlflow_db: str = "mlflow"
+    """Database and owning role of MLflow's backend store."""
+    airflow_db: str = "airflow"
+    """Database and owning role kept for Airflow's metadata."""
+    bin_dir: Path | None = None
+    """Where ``initdb`` and ``postgres`` are; unset: the newest
+    ``/usr/lib/postgresql/<version>/bin`` (Debian's packages), else ``PATH``."""
+    os_user: str = "postgres"
+    """Account the server runs as when rtrec runs as root (PostgreSQL refuses root); it
+    must be able to reach the work dir."""
+
+
+class MlflowServerSettings(BaseModel):
+    """The ``mlflow server`` the profile starts on ``mlflow.tracking_uri``'s port."""
+
+    model_config = _STRICT
+
+    workers: int = Field(1, ge=1)
+    """Uvicorn workers: one serves a training job and a few serving replicas."""
+    start_timeout_s: float = Field(600.0, gt=0)
+    """How long ``up`` waits for ``/health``: the first start migrates a fresh PostgreSQL
+    schema, seconds on an idle machine and minutes on a busy one."""
+
+
+class SparkClusterSettings(BaseModel):
+    """A Spark standalone master (on ``spark.master``'s port) and its workers."""
+
+    model_config = _STRICT
+
+    ui_port: int = Field(18090, ge=1, le=65535)
+    """The master's web UI, whose ``/json`` lists workers and applications."""
+    workers: int = Field(2, ge=1)
+    """Worker processes, each with the cores and memory below."""
+    worker_cores: int = Field(1, ge=1)
+    """Cores each worker offers to executors."""
+    worker_memory: str = "1g"
+    """Memory each worker offers to executors (an executor takes 1g by default)."""
+    daemon_memory: str = "512m"
+    """Heap of the master and worker daemons themselves."""
+
+
+class ClusterSettings(BaseModel):
+    """The engines ``rtrec up --profile cluster`` starts beside the embedded ones."""
+
+    model_config = _STRICT
+
+    postgres: PostgresSettings = Field(default_factory=PostgresSettings)
+    mlflow: MlflowServerSettings = Field(default_factory=MlflowServerSettings)
+    spark: SparkClusterSettings = Field(default_factory=SparkClusterSettings)

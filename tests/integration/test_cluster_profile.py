@@ -1,0 +1,210 @@
+"""The cluster profile on this machine: real PostgreSQL, MLflow server and Spark standalone.
+
+``rtrec up --profile cluster`` (the CLI, with ``RTREC_CONFIG`` at the profile's settings file
+and free ports) starts every engine once for the module; the tests then build training
+sets with the real Spark job on the standalone master and show its executors on the
+workers did the work, register a model bundle through the MLflow server over HTTP and
+fetch it back, and finally ``rtrec down --profile cluster`` must leave no process behind.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+from click.testing import CliRunner
+from rtrec.training.dataset import build_training_sets, stop_spark, write_event_log
+from rtrec.training.registry import ModelRegistry
+from rtrec.training.spark import spark_session
+
+from rtrec.app import cluster
+from rtrec.app.cli import main
+from rtrec.app.cluster_postgres import connect
+from rtrec.app.processes import alive, managed_names, managed_pid
+from rtrec.config import Settings, get_settings, load_settings
+from tests.conftest import free_port, restore_env
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.slow,
+    pytest.mark.cluster,
+    pytest.mark.timeout(1500),
+]
+
+PROFILE_FILE = Path(__file__).resolve().parents[2] / "infra" / "rtrec.local-cluster.yaml"
+
+
+@pytest.fixture(scope="module")
+def cluster_env() -> Iterator[dict[str, str]]:
+    """The profile's settings file with free ports and a fresh work dir. The work dir is
+    made under /tmp with mode 0711, not pytest's 0700 tree: run as root, PostgreSQL runs
+    as its own account, which must be able to enter it."""
+    work = Path(tempfile.mkdtemp(prefix="rtrec-cluster-"))
+    os.chmod(work, 0o711)
+    env = {
+        "RTREC_CONFIG": str(PROFILE_FILE),
+        "RTREC_WORK_DIR": str(work),
+        "RTREC_KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",
+        "RTREC_REDIS__URL": f"redis://127.0.0.1:{free_port()}/0",
+        "RTREC_MLFLOW__TRACKING_URI": f"http://127.0.0.1:{free_port()}",
+        "RTREC_SPARK__MASTER": f"spark://127.0.0.1:{free_port()}",
+        "RTREC_CLUSTER__POSTGRES__PORT": str(free_port()),
+        "RTREC_CLUSTER__SPARK__UI_PORT": str(free_port()),
+    }
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    get_settings.cache_clear()
+    yield env
+    restore_env(old)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def settings(cluster_env: dict[str, str]) -> Iterator[Settings]:
+    """The profile, up through the CLI; brought down at the end even if a test failed."""
+    s = load_settings()
+    started = time.monotonic()
+    out = CliRunner().invoke(main, ["up", "--profile", "cluster"])
+    print(f"rtrec up --profile cluster: {time.monotonic() - started:.1f} s")
+    try:
+        assert out.exit_code == 0, out.output
+        for name in ("postgres", "mlflow-server", "spark"):
+            assert f"[ ok ] {name}" in out.output, out.output
+        yield s
+    finally:
+        stop_spark()
+        cluster.down(s)
+
+
+def _worker_states(settings: Settings) -> list[dict]:
+    """Each worker's own /json (its executors), through the address the master lists."""
+    state = cluster.master_json(settings)
+    assert state is not None
+    return [
+        httpx.get(f"{w['webuiaddress']}/json/", timeout=5, follow_redirects=True).json()
+        for w in state["workers"]
+    ]
+
+
+def _finished_tasks(settings: Settings, app_id: str) -> dict[str, int]:
+    """Tasks each worker's executor of ``app_id`` finished, from the executor's own log
+    (``<worker work dir>/<app id>/<executor id>/stderr``): only an executor writes it."""
+    counts = {}
+    for i in range(1, settings.cluster.spark.workers + 1):
+        app_dir = settings.work_dir / "spark" / f"spark-worker-{i}" / app_id
+        logs = list(app_dir.glob("*/stderr")) if app_dir.is_dir() else []
+        counts[f"spark-worker-{i}"] = sum(
+            log.read_text(errors="replace").count("Finished task") for log in logs
+        )
+    return counts
+
+
+def test_training_sets_are_built_by_executors_on_the_workers(
+    settings: Settings, tmp_path: Path
+) -> None:
+    from rtrec.data import SyntheticConfig, generate
+
+    cfg = SyntheticConfig.small(n_users=300, n_items=150, n_events=6000, days=10)
+    source = write_event_log(generate(cfg), tmp_path / "offline")
+    sets = build_training_sets(settings, source=source, out_dir=tmp_path / "sets")
+    assert sets.counts["train"] > 0
+    assert len(sets.read("train")) == sets.counts["train"]
+
+    sc = spark_session(settings).sparkContext
+    assert sc.master == settings.spark.master  # the standalone master, not local[*]
+    app_id = sc.applicationId
+    state = cluster.master_json(settings)
+    assert state is not None
+    (app,) = [a for a in state["activeapps"] if a["id"] == app_id]
+    conf = settings.cluster.spark
+    assert app["cores"] == conf.workers * conf.worker_cores, app  # every worker's cores
+    hosting = [
+        w for w in _worker_states(settings) if any(e["appid"] == app_id for e in w["executors"])
+    ]
+    assert len(hosting) == conf.workers, "an executor of the job on every worker"
+    finished = _finished_tasks(settings, app_id)
+    print(f"tasks finished by each worker's executor: {finished}")
+    assert sum(finished.values()) > 0, finished
+
+    stop_spark()
+    state = cluster.master_json(settings)
+    assert state is not None
+    (done,) = [a for a in state["completedapps"] if a["id"] == app_id]
+    assert done["state"] == "FINISHED"
+
+
+def test_a_bundle_registers_over_http_and_comes_back(settings: Settings, tmp_path: Path) -> None:
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "top.txt").write_text("i1 i2 i3\n")
+    (bundle / "weights.bin").write_bytes(os.urandom(4096))
+    registry = ModelRegistry(settings)
+    run_id, version = registry.log_and_register(
+        bundle, params={"profile": "cluster"}, metrics={"ndcg@10": 0.25}
+    )
+    back = registry.download_bundle(version, dst=tmp_path / "downloaded")
+    for name in ("top.txt", "weights.bin"):
+        assert (back / name).read_bytes() == (bundle / name).read_bytes()
+
+    # Served artifacts: the experiment points at the server's proxy, and the bytes are in
+    # the server's artifact destination, put there through HTTP.
+    exp = registry.client.get_experiment_by_name(settings.mlflow.experiment)
+    assert exp.artifact_location.startswith("mlflow-artifacts:"), exp.artifact_location
+    stored = list(Path(str(settings.mlflow.artifact_root)).rglob("weights.bin"))
+    assert stored and stored[0].read_bytes() == (bundle / "weights.bin").read_bytes()
+    # The backend store is PostgreSQL: the run and the version are rows there.
+    pg = settings.cluster.postgres
+    conn = connect(settings, pg.mlflow_db, pg.mlflow_db)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM runs WHERE run_uuid = %s", (run_id,))
+            assert cur.fetchone()[0] == 1
+            cur.execute(
+                "SELECT count(*) FROM model_versions WHERE name = %s AND version = %s",
+                (settings.mlflow.model_name, int(version)),
+            )
+            assert cur.fetchone()[0] == 1
+    finally:
+        conn.close()
+
+
+def test_up_again_starts_nothing_and_down_leaves_no_process(settings: Settings) -> None:
+    names = managed_names(settings)
+    for needed in ("postgres", "mlflow-server", "spark-master", "spark-worker-1"):
+        assert needed in names
+    pids = {name: managed_pid(settings, name) for name in names}
+    assert all(pids.values()), pids
+    again = CliRunner().invoke(main, ["up", "--profile", "cluster"])
+    assert again.exit_code == 0, again.output
+    assert {name: managed_pid(settings, name) for name in names} == pids, "up restarted one"
+    tree = {
+        p.pid
+        for pid in pids.values()
+        for p in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    }
+    # PostgreSQL's backends leave the postmaster's process group: list them by parent.
+    tree |= {p.pid for p in psutil.Process(pids["postgres"]).children()}
+    started = time.monotonic()
+    out = CliRunner().invoke(main, ["down", "--profile", "cluster"])
+    print(f"rtrec down --profile cluster: {time.monotonic() - started:.1f} s")
+    assert out.exit_code == 0, out.output
+    left = sorted(pid for pid in tree if alive(pid))
+    assert not left, f"still running after down: {left}"
+    assert managed_names(settings) == []
+    # This process's own Spark driver JVM names the work dir too (its log4j file); it is
+    # the test's, not the profile's.
+    ours = {p.pid for p in psutil.Process().children(recursive=True)} | {os.getpid()}
+    work = str(settings.work_dir)
+    strays = [
+        p.info["pid"]
+        for p in psutil.process_iter(["pid", "cmdline"])
+        if p.info["pid"] not in ours and any(work in a for a in (p.info["cmdline"] or []))
+    ]
+    assert not strays, f"processes naming the work dir after down: {strays}"
