@@ -172,6 +172,8 @@ class ServingSettings(BaseModel):
     rate_limit_per_s: float = 500.0
     """Sustained requests per second allowed per API key name, or per client address
     without keys (token bucket, burst = 1 s)."""
+    rate_limit_backend: Literal["memory", "redis"] = "memory"
+    """``memory``: per process (N replicas allow N times); ``redis``: shared, in ``redis.url``."""
     max_k: int = 200
     """Largest k a request may ask for."""
     max_body_bytes: int = 64 * 1024

@@ -104,13 +104,15 @@ class Recovery:
         for r in records:
             first.setdefault(r.partition, r.offset)
         assigned = {tp.partition for tp in self.consumer.assignment()}
-        applied, _ = self.state.read([])
+        applied, item_applied, _ = self.state.read([])
         back = {}
         for p in self._check_gap & assigned:
             at = first.get(p)
             if at is None:  # nothing new polled: where the consumer stands
                 at = self.consumer.position(TopicPartition(topic, p))
-            durable = min(applied.get(p, -1), self.sink.done.get(p, -1))
+            # Each slot of the state must hold it (a Redis Cluster node may lose its
+            # writes alone); a re-read folds into each slot only what it lacks.
+            durable = min(applied.get(p, -1), item_applied.get(p, -1), self.sink.done.get(p, -1))
             if at is not None and at > durable + 1:
                 back[p] = durable + 1
         self._check_gap.clear()
