@@ -60,14 +60,17 @@ class Recovery:
         waiting for a batch to notice would wait forever. While the id is unknown again
         (the topic is being created), the batch waits for it rather than be judged
         against the old log.
+
+        With records in hand the id is taken from metadata fetched after them
+        (:meth:`_confirmed_topic_id`): the cached one may predate a recreation.
         """
-        now = self._topic_id()
+        now = self._confirmed_topic_id(records)
         if now is None:
             if self._log_id is None:
                 return False  # a broker without topic ids: nothing to compare
-            self.consumer.topics()  # refresh; until then, read nothing of this log
-            for r in records or []:
-                self.consumer.seek(TopicPartition(r.topic, r.partition), r.offset)
+            if not records:
+                self.consumer.topics()  # refresh; until then, read nothing of this log
+            self._seek_to_first(records or [])
             return bool(records)
         if now == self._log_id:
             return False
@@ -89,6 +92,33 @@ class Recovery:
         self.maybe_flush(force=True, commit=False)
         self._rewind(from_start=stored != now)
         return True
+
+    def _confirmed_topic_id(self, records: list[Any] | None) -> str | None:
+        """The topic id that ``records`` were read from.
+
+        kafka-python fetches by topic name, and its cached metadata is refreshed only
+        every few seconds or after an error. After the embedded broker restarted empty,
+        the consumer still holds the old log's positions; once the topic is created
+        again and filled past them, a fetch at those positions returns the new log's
+        events, while the cached id still names the old log. Judged against the old
+        log's applied offsets they count as new: they were applied, then applied again
+        when the new id showed and the new log was read from its start. Metadata
+        fetched after the records is authoritative for them (a topic id is never
+        reused), so with records in hand the id is read from a fresh metadata response
+        (one round trip per polled batch).
+        """
+        if records:
+            self.consumer.topics()
+        return self._topic_id()
+
+    def _seek_to_first(self, records: list[Any]) -> None:
+        """Position each partition of ``records`` at its first record: the batch is
+        read again (records of a partition come in offset order)."""
+        first: dict[TopicPartition, int] = {}
+        for r in records:
+            first.setdefault(TopicPartition(r.topic, r.partition), r.offset)
+        for tp, off in first.items():
+            self.consumer.seek(tp, off)
 
     def _behind(self, records: list[Any]) -> bool:
         """After positioning at a committed Kafka offset: does Redis's progress reach it?
