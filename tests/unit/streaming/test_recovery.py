@@ -15,7 +15,9 @@ import uuid
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from kafka import TopicPartition
+from rtrec.streaming import kafka_compat
 from rtrec.streaming.recovery import Recovery
 
 TOPIC = "rtrec.events"
@@ -24,12 +26,31 @@ OLD, NEW = uuid.uuid4(), uuid.uuid4()
 
 class StaleMetadataConsumer:
     """The calls ``Recovery`` makes on a ``KafkaConsumer``: the cached topic id stays
-    ``cached`` until ``topics()`` fetches metadata, which reports ``broker``."""
+    ``cached`` until ``topics()`` refreshes the metadata; the broker reports ``broker``,
+    to ``topics()`` and to a metadata request sent through the client's internals
+    (``direct``: whether the consumer has them)."""
 
-    def __init__(self, cached: uuid.UUID | None, broker: uuid.UUID | None) -> None:
+    def __init__(
+        self, cached: uuid.UUID | None, broker: uuid.UUID | None, *, direct: bool = True
+    ) -> None:
         self.cached, self.broker = cached, broker
         self.calls: list[tuple[Any, ...]] = []
         self._client = SimpleNamespace(cluster=SimpleNamespace(topic_id=self._topic_id))
+        if direct:
+            self._manager = SimpleNamespace(send=self._send, wait_for=object())
+            self._net = SimpleNamespace(run=self._run)
+
+    def _send(self, request: Any) -> Any:
+        self.calls.append(("metadata", [t.name for t in request.topics]))
+        assert request.allow_auto_topic_creation is False
+        return request
+
+    def _run(self, wait: Any, request: Any, timeout_ms: int) -> Any:
+        assert wait is self._manager.wait_for and timeout_ms > 0
+        names = [t.name for t in request.topics]
+        return SimpleNamespace(
+            topics=[SimpleNamespace(name=n, topic_id=self.broker) for n in names]
+        )
 
     def _topic_id(self, name: str) -> uuid.UUID | None:
         assert name == TOPIC
@@ -92,23 +113,35 @@ def records(*spans: tuple[int, int, int]) -> list[Any]:
     ]
 
 
-def test_records_of_a_recreated_topic_are_judged_by_metadata_fetched_after_them() -> None:
+@pytest.fixture(autouse=True)
+def fresh_guards(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test sees a process in which no guard was turned off yet."""
+    monkeypatch.setattr(kafka_compat, "_disabled", {})
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_records_of_a_recreated_topic_are_judged_by_metadata_fetched_after_them(
+    direct: bool,
+) -> None:
     # Positions 1146.. of the old log; the recreated topic already holds events there.
-    consumer = StaleMetadataConsumer(cached=OLD, broker=NEW)
+    consumer = StaleMetadataConsumer(cached=OLD, broker=NEW, direct=direct)
     state = MarkerState(str(OLD))
     checked = Checked(consumer, state)
     assert checked._log_changed(records((0, 1146, 1179))) is True  # the batch is dropped
-    assert consumer.calls[0] == ("topics",)  # metadata fetched before the id was read
+    # metadata fetched before the id was read: one request, or (without the internals)
+    # the consumer's own refresh
+    assert consumer.calls[0] == (("metadata", [TOPIC]) if direct else ("topics",))
     assert state.resets == [(str(OLD), str(NEW))]
     assert checked._log_id == str(NEW) and checked.cache == {}
     assert ("seek_to_beginning", 0) in consumer.calls  # the new log is read from its start
+    assert ("fresh_topic_id" in kafka_compat.disabled_guards()) is not direct
 
 
-def test_records_of_the_same_log_pass_after_one_metadata_fetch() -> None:
+def test_records_of_the_same_log_pass_after_one_metadata_request() -> None:
     consumer = StaleMetadataConsumer(cached=OLD, broker=OLD)
     state = MarkerState(str(OLD))
     assert Checked(consumer, state)._log_changed(records((0, 10, 12))) is False
-    assert consumer.calls == [("topics",)]
+    assert consumer.calls == [("metadata", [TOPIC])]  # not the rate-limited refresh
     assert state.resets == []
 
 
@@ -118,4 +151,5 @@ def test_a_batch_read_while_the_id_is_unknown_is_read_again_from_its_first_recor
     assert checked._log_changed(records((0, 5, 9), (2, 40, 41))) is True
     seeks = [c[1:] for c in consumer.calls if c[0] == "seek"]
     assert sorted(seeks) == [(0, 5), (2, 40)]  # each partition at its first record
+    assert ("topics",) in consumer.calls  # the metadata refreshed for the next look
     assert checked._log_id == str(OLD)  # nothing judged yet
