@@ -24,8 +24,10 @@ from rtrec.errors import Unavailable
 
 logger = logging.getLogger(__name__)
 
-TRENDING_KEY = "rtrec:trending"
-"""Sorted set item -> time-decayed interaction score (Feast cannot answer top-k)."""
+TRENDING_KEY = "{rtrec:item}:trending"
+"""Sorted set item -> time-decayed interaction score (Feast cannot answer top-k). Its hash
+tag is the stream processor's item slot: the item buckets it updates with this set in one
+script live in the same Redis Cluster slot (``rtrec.streaming.state_layout``)."""
 TRENDING_EPOCH_KEY = "rtrec:trending:epoch"
 """Reference time of the decayed scores (set once, by the first batch written)."""
 TRENDING_HALF_LIFE_MS = 12 * 3_600_000

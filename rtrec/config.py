@@ -173,6 +173,8 @@ class ServingSettings(BaseModel):
     rate_limit_per_s: float = 500.0
     """Sustained requests per second allowed per API key name, or per client address
     without keys (token bucket, burst = 1 s)."""
+    rate_limit_backend: Literal["memory", "redis"] = "memory"
+    """``memory``: per process (N replicas allow N times); ``redis``: shared, in ``redis.url``."""
     max_k: int = 200
     """Largest k a request may ask for."""
     max_body_bytes: int = 64 * 1024
@@ -188,8 +190,7 @@ class ServingSettings(BaseModel):
     threads: int = 1
     """Torch threads per worker: one keeps tail latency flat on small machines."""
     impressions: bool = True
-    """Log every /recommend answer as an impression on ``kafka.impressions_topic`` (queued
-    in memory and sent by a background thread: never on the request path)."""
+    """Log every /recommend answer on ``kafka.impressions_topic``, off the request path."""
     impression_sender: Literal["process", "thread"] = "process"
     """Where impressions' Kafka client runs: a child ``process`` (off the service's GIL)."""
     tracing: bool = False

@@ -15,19 +15,23 @@ from typing import Any
 from starlette.exceptions import HTTPException
 
 from rtrec.apikeys import SCOPES, ApiKey, Scope
+from rtrec.config import Settings
 
 
 class RateLimiter:
-    """Token bucket per key: ``rate`` tokens/s, bursts up to one second's worth."""
+    """Token bucket per key: ``rate`` tokens/s, bursts up to one second's worth; per
+    process (``serving.rate_limit_backend: memory``)."""
 
-    def __init__(self, rate: float) -> None:
+    def __init__(self, rate: float, clock: Any = None) -> None:
         self.rate = rate
+        self._clock = clock
+        """None: ``time.monotonic``, looked up at each call."""
         self.capacity = max(rate, 1.0)
         self._buckets: dict[str, tuple[float, float]] = {}
         self._lock = threading.Lock()
 
     def allow(self, key: str) -> bool:
-        now = time.monotonic()
+        now = self._clock() if self._clock is not None else time.monotonic()
         with self._lock:
             tokens, last = self._buckets.get(key, (self.capacity, now))
             tokens = min(self.capacity, tokens + (now - last) * self.rate)
@@ -36,6 +40,17 @@ class RateLimiter:
                 return False
             self._buckets[key] = (tokens - 1.0, now)
             return True
+
+
+def limiter_for(settings: Settings, degradations: Any) -> Any:
+    """The limiter ``serving.rate_limit_backend`` names: this process's token buckets, or
+    the limit shared by all replicas through Redis (``rtrec.serving.ratelimit``)."""
+    rate = settings.serving.rate_limit_per_s
+    if settings.serving.rate_limit_backend == "memory":
+        return RateLimiter(rate)
+    from rtrec.serving.ratelimit import RedisQuota, SharedRateLimiter
+
+    return SharedRateLimiter(rate, RedisQuota(settings.redis.url), degradations)
 
 
 ROUTE_SCOPES: dict[str, Scope] = {
@@ -169,7 +184,10 @@ class Guard:
             why = f"API key '{principal.name}' lacks the '{needed}' scope this route needs"
             await _reject(send, 403, why, "X-API-Key")
             return
-        if not state.limiter.allow(principal.bucket):
+        allowed = state.limiter.allow(principal.bucket)
+        if allowed is None:  # the shared limiter's lease ran out: awaited, the loop runs on
+            allowed = await state.limiter.refill(principal.bucket)
+        if not allowed:
             await _reject(send, 429, "rate limit exceeded for this API key", "X-API-Key", 1)
             return
         scope["rtrec.principal"] = principal

@@ -265,7 +265,7 @@ class Recommender:
 
     def __init__(self) -> None:
         import torch
-        from rtrec.serving.auth import ApiKeys, RateLimiter
+        from rtrec.serving.auth import ApiKeys, limiter_for
         from rtrec.serving.feedback import Publisher
         from rtrec.serving.launch import refuse_exposed_start
         from rtrec.serving.lifecycle import ModelWatcher
@@ -292,7 +292,7 @@ class Recommender:
         )
         state = app.state
         state.engine, state.watcher = self.engine, self.watcher
-        state.limiter = RateLimiter(settings.serving.rate_limit_per_s)
+        state.limiter = limiter_for(settings, self.engine.degradations)
         state.max_body, state.loop_watch = settings.serving.max_body_bytes, LoopWatch()
         state.publish = Publisher(settings)
         state.publish.start()

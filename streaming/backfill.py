@@ -185,7 +185,8 @@ def _item_rows(
             start = stop
         client.rename(state.trending_key, TRENDING_KEY)  # the served set, replaced at once
     finally:
-        scratch_keys = list(client.scan_iter(match=scratch + "*", count=1000))
+        # The namespace sits after each slot's hash tag (``rtrec.streaming.state_layout``).
+        scratch_keys = list(client.scan_iter(match=f"*{scratch}*", count=1000))
         for at in range(0, len(scratch_keys), 1000):
             client.delete(*scratch_keys[at : at + 1000])
     return list(latest.values()), hours

@@ -4,8 +4,9 @@
    applied offset go to the dead-letter topic with the reason and the original bytes;
 2. fold events above the applied offset (kept in Redis) into the user states and item
    buckets; events at or below it are redeliveries and are not counted again;
-3. one atomic Redis script writes states, item buckets, trending scores and the applied
-   offsets, fenced on the offsets read in step 1 (``rtrec.streaming.state``);
+3. the Redis commit writes states, item buckets, trending scores and the applied
+   offsets, fenced on the offsets read in step 1: one atomic script per Redis Cluster
+   slot, each slot with its own offsets (``rtrec.streaming.state``);
 4. write the touched users' and items' features into Feast's online store (an upsert
    recomputed from state, so a crash between 3 and 4 is repaired on redelivery).
 
@@ -86,12 +87,12 @@ class BatchSteps(Recovery):
         now_ms = int(time.time() * 1000)
         events = _validated(records, now_ms)
         users = {e.user_id for e in events if not isinstance(e, InvalidInput)}
-        applied = self._load_users(users)
+        applied, item_applied = self._load_users(users)
         mark = self.sink.mark()
-        batch = self._fold(records, events, applied, out)
+        batch = self._fold(records, events, (applied, item_applied), out)
         if batch.dead:
             send(self.producer, self.settings.kafka.dlq_topic, batch.dead)
-        pending = self._commit_send(batch, events, applied)
+        pending = self._commit_send(batch, events, applied, item_applied)
         try:  # encode the user rows while Redis runs the commit script
             user_list = self._user_rows(users, now_ms)
             user_rows = prepare_rows(self.settings, USER_STREAM_VIEW, user_list)
@@ -114,20 +115,29 @@ class BatchSteps(Recovery):
         self.total.seconds += out.seconds
         return out
 
-    def _load_users(self, users: set[str]) -> dict[int, int]:
-        """Cache the states of ``users`` not cached yet; returns the applied offsets."""
+    def _load_users(self, users: set[str]) -> tuple[dict[int, int], dict[int, int]]:
+        """Cache the states of ``users`` not cached yet; returns the applied offsets of
+        the user side and of the item side (they differ only after a commit that stopped
+        between its two slots)."""
         missing = [u for u in users if u not in self.cache]
-        applied, raws = self.state.read(missing)
+        applied, item_applied, raws = self.state.read(missing)
         for u, raw in zip(missing, raws, strict=True):
             self.cache[u] = UserState.loads(raw)
-        return applied
+        return applied, item_applied
 
     def _fold(
-        self, records: list[Any], events: list[Any], applied: dict[int, int], out: BatchResult
+        self,
+        records: list[Any],
+        events: list[Any],
+        offsets: tuple[dict[int, int], dict[int, int]],
+        out: BatchResult,
     ) -> _Fold:
-        """Step 2: events above the applied offset into the cached user states and the
-        item deltas; invalid ones above it become dead letters. Every valid event is
-        buffered for the offline log (the log skips what it already holds)."""
+        """Step 2: events above the user side's applied offset into the cached user
+        states, events above the item side's into the item deltas (each side counts an
+        event once, whichever side a cut-short commit already wrote); invalid ones above
+        the user side's become dead letters. Every valid event is buffered for the offline
+        log (the log skips what it already holds)."""
+        applied, item_applied = offsets
         batch = _Fold()
         dead, changed, items, first, high = (
             batch.dead,
@@ -152,21 +162,29 @@ class BatchSteps(Recovery):
             if delta is None:
                 delta = items[e.item_id] = ItemDelta()
             sink.add(p, off, e)
+            if off > item_applied.get(p, -1):
+                delta.add(e.ts, epoch)
             if not is_new:
                 out.skipped += 1
                 continue
             cache[e.user_id].apply(e.item_id, e.event_type, e.ts)
             changed.add(e.user_id)
-            delta.add(e.ts, epoch)
             out.applied += 1
         return batch
 
-    def _commit_send(self, batch: _Fold, events: list[Any], applied: dict[int, int]) -> Any:
-        """Step 3, started: the atomic Redis script, fenced on the offsets read before."""
+    def _commit_send(
+        self,
+        batch: _Fold,
+        events: list[Any],
+        applied: dict[int, int],
+        item_applied: dict[int, int],
+    ) -> Any:
+        """Step 3, started: the atomic Redis scripts, fenced on the offsets read before."""
         valid = [e for e in events if not isinstance(e, InvalidInput)]
         batch_hour = max((e.ts for e in valid), default=0) // HOUR_MS
         return self.state.commit_send(
             offsets={p: (applied.get(p, -1), batch.high[p]) for p in batch.high},
+            item_offsets={p: (item_applied.get(p, -1), batch.high[p]) for p in batch.high},
             states={u: self.cache[u].dumps() for u in batch.changed},
             batch_hour=batch_hour,
             items=batch.items,

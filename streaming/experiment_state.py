@@ -29,7 +29,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from rtrec.streaming.state import OFFSETS_LUA
+from rtrec.streaming.state_lua import OFFSETS_LUA
 
 from rtrec.config import Settings
 
@@ -177,7 +177,8 @@ class ExperimentState:
         pipe = self.client.pipeline(transaction=False)
         pipe.hgetall(self.offsets_key)
         if users:
-            pipe.mget([self._join_key(u) for u in users])
+            # not pipe.mget: a cluster pipeline refuses it by name; one slot's MGET is fine
+            pipe.execute_command("MGET", *[self._join_key(u) for u in users])
         res = pipe.execute()
         return _offsets(res[0]), (res[1] if users else [])
 

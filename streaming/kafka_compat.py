@@ -39,11 +39,15 @@ GUARDS = {
     "assignment_snapshot": "checking the leader's assignment snapshot against the topic",
     "stale_assignment": "the Tansu stale-assignment check (rejoin as a new member)",
     "topic_id": "noticing that the topic was created again (a new topic id)",
+    "fresh_topic_id": "one metadata request per batch (else the rate-limited refresh)",
 }
 """Guard name -> what stops working without its internal."""
 
 PARTITIONS_FOR_TOPIC = "_client.cluster.partitions_for_topic"
 TOPIC_ID = "_client.cluster.topic_id"
+METADATA_SEND = "_manager.send"
+METADATA_WAIT = "_manager.wait_for"
+NET_RUN = "_net.run"
 ASSIGNMENT_SNAPSHOT = "_coordinator._assignment_snapshot"
 REQUEST_REJOIN = "_coordinator.request_rejoin"
 MEMBER_ID = "_coordinator._generation.member_id"
@@ -53,6 +57,9 @@ INTERNALS = {
     ASSIGNMENT_SNAPSHOT: "assignment_snapshot",
     MEMBER_ID: "stale_assignment",
     TOPIC_ID: "topic_id",
+    METADATA_SEND: "fresh_topic_id",
+    METADATA_WAIT: "fresh_topic_id",
+    NET_RUN: "fresh_topic_id",
 }
 """Every ``KafkaConsumer`` internal the processor reads -> the guard that needs it."""
 

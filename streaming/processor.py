@@ -39,7 +39,7 @@ from rtrec.streaming.kafka_compat import (
     group_consumer,
 )
 from rtrec.streaming.offline import OfflineSink
-from rtrec.streaming.state import RedisState
+from rtrec.streaming.state import RedisState, state_keys
 
 from rtrec.config import Settings
 
@@ -54,7 +54,7 @@ UNASSIGNED_IDLE_S = 30.0
 
 def offsets_key(settings: Settings) -> str:
     """Redis hash partition -> last applied offset (the processor's progress)."""
-    return f"rtrec:offsets:{settings.kafka.consumer_group}:{settings.kafka.events_topic}"
+    return state_keys(settings)["offsets"]
 
 
 class StreamProcessor(BatchSteps, GroupMembership):

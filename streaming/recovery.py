@@ -18,9 +18,28 @@ from typing import Any
 from kafka import TopicPartition
 from kafka.errors import KafkaError
 from redis.exceptions import RedisError
-from rtrec.streaming.kafka_compat import TOPIC_ID, internal
+from rtrec.streaming.kafka_compat import (
+    METADATA_SEND,
+    METADATA_WAIT,
+    NET_RUN,
+    TOPIC_ID,
+    internal,
+)
 
 logger = logging.getLogger(__name__)
+
+
+METADATA_TIMEOUT_MS = 10_000
+"""How long a batch's topic-id check waits for the broker (then the batch fails and is
+read again, as after any broker error)."""
+
+
+def _named(topic_id: Any) -> str | None:
+    """A topic id as text; None for none, or the nil id of a topic missing from the
+    metadata."""
+    if topic_id is None or getattr(topic_id, "int", 1) == 0:
+        return None
+    return str(topic_id)
 
 
 class Recovery:
@@ -43,10 +62,7 @@ class Recovery:
         """The broker's id of the events topic (from the consumer's cached metadata; a
         new id means the topic was created again). None where the broker reports none."""
         lookup = internal(self.consumer, TOPIC_ID)
-        topic_id = lookup(self.settings.kafka.events_topic) if lookup is not None else None
-        if topic_id is None or getattr(topic_id, "int", 1) == 0:
-            return None  # unknown, or the nil id of a topic missing from the metadata
-        return str(topic_id)
+        return _named(lookup(self.settings.kafka.events_topic) if lookup is not None else None)
 
     def _log_changed(self, records: list[Any] | None = None) -> bool:
         """Check (once per topic incarnation) that the Redis state belongs to the log
@@ -60,14 +76,16 @@ class Recovery:
         waiting for a batch to notice would wait forever. While the id is unknown again
         (the topic is being created), the batch waits for it rather than be judged
         against the old log.
+
+        With records in hand the id is taken from metadata fetched after them
+        (:meth:`_confirmed_topic_id`): the cached one may predate a recreation.
         """
-        now = self._topic_id()
+        now = self._confirmed_topic_id(records)
         if now is None:
             if self._log_id is None:
                 return False  # a broker without topic ids: nothing to compare
             self.consumer.topics()  # refresh; until then, read nothing of this log
-            for r in records or []:
-                self.consumer.seek(TopicPartition(r.topic, r.partition), r.offset)
+            self._seek_to_first(records or [])
             return bool(records)
         if now == self._log_id:
             return False
@@ -90,6 +108,52 @@ class Recovery:
         self._rewind(from_start=stored != now)
         return True
 
+    def _confirmed_topic_id(self, records: list[Any] | None) -> str | None:
+        """The topic id that ``records`` were read from.
+
+        kafka-python fetches by topic name, and its cached metadata is refreshed only
+        every few seconds or after an error. After the embedded broker restarted empty,
+        the consumer still holds the old log's positions; once the topic is created
+        again and filled past them, a fetch at those positions returns the new log's
+        events, while the cached id still names the old log. Judged against the old
+        log's applied offsets they count as new: they were applied, then applied again
+        when the new id showed and the new log was read from its start. Metadata
+        fetched after the records is authoritative for them (a topic id is never
+        reused), so with records in hand the id is read from a fresh metadata response:
+        one request for this topic (a couple of ms), sent past kafka-python's metadata
+        refresh, which runs at most once per ``retry_backoff_ms`` (100 ms): a refresh per
+        batch would hold every batch up to that long. Without those internals, the
+        refresh it is.
+        """
+        if not records:
+            return self._topic_id()
+        send, wait, run = (
+            internal(self.consumer, p) for p in (METADATA_SEND, METADATA_WAIT, NET_RUN)
+        )
+        if send is None or wait is None or run is None:
+            self.consumer.topics()
+            return self._topic_id()
+        from kafka.protocol.metadata import MetadataRequest
+
+        topic = self.settings.kafka.events_topic
+        request = MetadataRequest(
+            topics=[MetadataRequest.MetadataRequestTopic(name=topic)],
+            allow_auto_topic_creation=False,  # a check, not a subscription
+            include_cluster_authorized_operations=False,
+            include_topic_authorized_operations=False,
+        )
+        response = run(wait, send(request), METADATA_TIMEOUT_MS)
+        return _named(next((t.topic_id for t in response.topics if t.name == topic), None))
+
+    def _seek_to_first(self, records: list[Any]) -> None:
+        """Position each partition of ``records`` at its first record: the batch is
+        read again (records of a partition come in offset order)."""
+        first: dict[TopicPartition, int] = {}
+        for r in records:
+            first.setdefault(TopicPartition(r.topic, r.partition), r.offset)
+        for tp, off in first.items():
+            self.consumer.seek(tp, off)
+
     def _behind(self, records: list[Any]) -> bool:
         """After positioning at a committed Kafka offset: does Redis's progress reach it?
 
@@ -104,13 +168,15 @@ class Recovery:
         for r in records:
             first.setdefault(r.partition, r.offset)
         assigned = {tp.partition for tp in self.consumer.assignment()}
-        applied, _ = self.state.read([])
+        applied, item_applied, _ = self.state.read([])
         back = {}
         for p in self._check_gap & assigned:
             at = first.get(p)
             if at is None:  # nothing new polled: where the consumer stands
                 at = self.consumer.position(TopicPartition(topic, p))
-            durable = min(applied.get(p, -1), self.sink.done.get(p, -1))
+            # Each slot of the state must hold it (a Redis Cluster node may lose its
+            # writes alone); a re-read folds into each slot only what it lacks.
+            durable = min(applied.get(p, -1), item_applied.get(p, -1), self.sink.done.get(p, -1))
             if at is not None and at > durable + 1:
                 back[p] = durable + 1
         self._check_gap.clear()

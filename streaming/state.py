@@ -1,19 +1,22 @@
 """The processor's durable state in Redis, committed with the offsets it reflects.
 
-One Lua script per batch (atomic, one round trip) checks that the batch's partitions still
-have the applied offsets this processor read (a fence: a member that lost its partitions
-to a rebalance cannot overwrite the new owner's work), then writes the user states,
-the applied offsets, the item hour buckets and trending scores, and returns each touched
-item's window counts and score for the feature write. Redelivered events (offset at or
-below the applied offset) are never folded in twice.
+A batch commit (atomic per slot, one round trip for both) checks that the batch's
+partitions still have the applied offsets this processor read (a fence: a member that
+lost its partitions to a rebalance cannot overwrite the new owner's work), then writes
+the user states and applied offsets in the group slot, and the item hour buckets, the
+trending scores and the item side's applied offsets in the item slot, returning each
+touched item's window counts and score for the feature write. Redelivered events (offset
+at or below a slot's applied offset) are never folded into that slot twice. The key
+layout, and why each slot on its own keeps these guarantees on Redis Cluster:
+``rtrec.streaming.state_layout`` and ``rtrec.streaming.state_lua``.
 
-The offsets only mean something for one incarnation of the topic's log, so the state also
-records which one: the topic id the broker reports (``log_key``). The commit is fenced on it
-as well. A topic that was deleted and created again (the embedded Tansu broker keeps
-nothing across a restart) has a new id and offsets from 0: :meth:`RedisState.reset_log`
-forgets the old offsets while the aggregates carry on. A marker that vanished means Redis
-lost the state (a restart without persistence, a flush): the commit answers "lost" and
-the processor rebuilds from the start of the retained log.
+The offsets only mean something for one incarnation of the topic's log, so each slot
+also records which one: the topic id the broker reports (its log marker). Commits are
+fenced on it as well. A topic that was deleted and created again (the embedded Tansu
+broker keeps nothing across a restart) has a new id and offsets from 0:
+:meth:`RedisState.reset_log` forgets the old offsets while the aggregates carry on. A
+marker that vanished means Redis lost the state (a restart without persistence, a flush):
+the commit answers "lost" and the processor rebuilds from the start of the retained log.
 
 The offline event log's progress lives here too (:meth:`RedisState.record_offline`): per
 partition the highest offset written (what a new owner skips) and a **watermark** — the
@@ -26,8 +29,19 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from rtrec.streaming.state_layout import (
+    ScriptCall,
+    StateKeys,
+    items_call,
+    record_call,
+    reset_calls,
+    state_keys,
+    users_call,
+)
+from rtrec.streaming.state_lua import SCRIPTS
 
 from rtrec.config import Settings
 
@@ -36,131 +50,20 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-STATE_PREFIX = "rtrec:state:user:"
-ITEM_PREFIX = "rtrec:item:"
-ITEM_CLOCK_KEY = "rtrec:item:clock"
-"""Latest event hour seen by any processor: item windows end there (event time)."""
-ITEM_TTL_S = 8 * 86_400
-
 FENCED = "fenced"
 LOST = "lost"
 
-OFFSETS_LUA = """local i = 2
-local np = tonumber(ARGV[i]); i = i + 1
-local first = i
-for _ = 1, np do
-  if (redis.call('HGET', offsets, ARGV[i]) or '-1') ~= ARGV[i + 1] then return {0} end
-  i = i + 3
-end
-i = first
-for _ = 1, np do
-  if tonumber(ARGV[i + 2]) > tonumber(ARGV[i + 1]) then
-    redis.call('HSET', offsets, ARGV[i], ARGV[i + 2])
-  end
-  i = i + 3
-end
-"""
-"""Lua shared by the commit scripts: from ARGV[2], the (partition, read-from, read-to)
-triples of a batch; returns {0} unless every partition's stored offset is still the one the
-batch was read from (a redelivered or fenced-out batch), then advances them. Leaves ``i``
-at the next argument. Expects ``offsets`` (the offsets hash key) to be set."""
-
-
-_COMMIT = (
-    """
-local offsets, trending, clock_key, log_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-if ARGV[1] ~= '' and redis.call('GET', log_key) ~= ARGV[1] then
-  if redis.call('EXISTS', log_key) == 0 then return {-1} end
-  return {0}
-end
-"""
-    + OFFSETS_LUA
-    + """local nu = tonumber(ARGV[i]); i = i + 1
-for _ = 1, nu do redis.call('SET', ARGV[i], ARGV[i + 1]); i = i + 2 end
-local clock = tonumber(redis.call('GET', clock_key) or '0')
-local batch_hour = tonumber(ARGV[i]); local ttl = ARGV[i + 1]; i = i + 2
-if batch_hour > clock then clock = batch_hour; redis.call('SET', clock_key, clock) end
-local nw = tonumber(ARGV[i]); i = i + 1
-local spans = {}
-for w = 1, nw do spans[w] = tonumber(ARGV[i]); i = i + 1 end
-local longest = spans[nw]
-local out = {1}
-local ni = tonumber(ARGV[i]); i = i + 1
-for _ = 1, ni do
-  local key, member, incr, nb = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
-  i = i + 4
-  for _ = 1, nb do redis.call('HINCRBY', key, ARGV[i], ARGV[i + 1]); i = i + 2 end
-  if nb > 0 then redis.call('EXPIRE', key, ttl) end
-  local score
-  if incr ~= '0' then score = redis.call('ZINCRBY', trending, incr, member)
-  else score = redis.call('ZSCORE', trending, member) or '0' end
-  local counts = {}
-  for w = 1, nw do counts[w] = 0 end
-  local flat = redis.call('HGETALL', key)
-  for j = 1, #flat, 2 do
-    local age = clock - tonumber(flat[j])
-    if age >= longest then redis.call('HDEL', key, flat[j])
-    else
-      local n = tonumber(flat[j + 1])
-      for w = 1, nw do if age < spans[w] then counts[w] = counts[w] + n end end
-    end
-  end
-  for w = 1, nw do out[#out + 1] = counts[w] end
-  out[#out + 1] = score
-end
-return out
-"""
-)
-
-_RESET_LOG = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[2])
-redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
-return 1
-"""
-
-_RECORD_OFFLINE = """
-local offline, mark, log_key = KEYS[1], KEYS[2], KEYS[3]
-if ARGV[1] ~= '' and redis.call('GET', log_key) ~= ARGV[1] then return 0 end
-redis.call('HSET', mark, 'log', ARGV[1], 'at', ARGV[2])
-local n = tonumber(ARGV[3])
-local i = 4
-for _ = 1, n do
-  local p, written, through, newest = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  i = i + 4
-  if tonumber(written) > tonumber(redis.call('HGET', offline, p) or '-1') then
-    redis.call('HSET', offline, p, written)
-  end
-  if tonumber(through) > tonumber(redis.call('HGET', mark, 'o:' .. p) or '-1') then
-    redis.call('HSET', mark, 'o:' .. p, through)
-  end
-  if tonumber(newest) > tonumber(redis.call('HGET', mark, 't:' .. p) or '-1') then
-    redis.call('HSET', mark, 't:' .. p, newest)
-  end
-end
-return 1
-"""
-
-
-def state_keys(settings: Settings) -> dict[str, str]:
-    """The Redis keys of one consumer group's state of one topic (one place spells them:
-    the processor writes them, the offline log's readers read them)."""
-    group, topic = settings.kafka.consumer_group, settings.kafka.events_topic
-    return {
-        "offsets": f"rtrec:offsets:{group}:{topic}",
-        "offline": f"rtrec:offline:{group}:{topic}",
-        "watermark": f"rtrec:watermark:{group}:{topic}",
-        "log": f"rtrec:log:{group}:{topic}",
-    }
+__all__ = ["FENCED", "LOST", "RedisState", "StateKeys", "state_keys"]
 
 
 @dataclass
 class _Pending:
     conn: Any
-    keys: list[str]
-    args: list[Any]
+    """The connection both calls were sent on (None: a cluster client ran them already)."""
+    calls: list[ScriptCall]
     names: list[str]
     offsets: dict[int, int]
+    answers: list[Any] = field(default_factory=list)
 
 
 class RedisState:
@@ -170,53 +73,64 @@ class RedisState:
         self, settings: Settings, client: Any, window_hours: list[int], *, namespace: str = ""
     ) -> None:
         self.client = client
-        keys = {k: namespace + v for k, v in state_keys(settings).items()}
-        self.offsets_key = keys["offsets"]
-        self.offline_key = keys["offline"]
-        self.watermark_key = keys["watermark"]
-        """The offline log's watermark (see :meth:`record_offline`)."""
-        self.log_key = keys["log"]
-        """The topic incarnation (broker topic id) the offsets above belong to."""
-        self.state_prefix = namespace + STATE_PREFIX
-        self.item_prefix = namespace + ITEM_PREFIX
-        self.clock_key = namespace + ITEM_CLOCK_KEY
-        self.trending_key = namespace + _trending_key()
+        self.keys = StateKeys.of(settings, namespace)
         """``namespace`` prefixes every key the state writes: the backfill runs the same
         commit on scratch keys, beside (not over) a live processor's state."""
+        k = self.keys
+        self.offsets_key, self.offline_key = k.offsets, k.offline
+        self.watermark_key = k.watermark
+        """The offline log's watermark (see :meth:`record_offline`)."""
+        self.log_key = k.log
+        """The topic incarnation (broker topic id) the offsets above belong to."""
+        self.trending_key = k.trending
         self.window_hours = sorted(window_hours)
-        self._script = client.register_script(_COMMIT)
-        self._script.sha = client.script_load(_COMMIT)
-        self._record = client.register_script(_RECORD_OFFLINE)
+        self._scripts = {src: client.register_script(src) for src in SCRIPTS.values()}
+        for script in self._scripts.values():  # loaded now: the first commit need not retry
+            script.sha = client.script_load(script.script)
+        self._pooled = hasattr(client, "connection_pool")
+        """A plain client: the commit is sent on one connection and read later. A cluster
+        client routes each call to its slot's node itself, and runs them in commit_send."""
         self.committed: dict[int, int] = {}
         """Per partition, the highest offset a batch of this member committed (valid or
         dead-lettered events alike) since :meth:`forget_committed`: what the offline
         buffer covers once it holds every valid event of those batches."""
 
-    def read(self, users: list[str]) -> tuple[dict[int, int], list[bytes | None]]:
-        """Applied offsets per partition and the stored states of ``users``, one round trip."""
+    def _run(self, call: ScriptCall) -> Any:
+        return self._scripts[call.script](keys=call.keys, args=call.args)
+
+    def read(self, users: list[str]) -> tuple[dict[int, int], dict[int, int], list[bytes | None]]:
+        """Applied offsets per partition of the group slot and of the item slot, and the
+        stored states of ``users``, one round trip."""
         pipe = self.client.pipeline(transaction=False)
         pipe.hgetall(self.offsets_key)
+        pipe.hgetall(self.keys.item_offsets)
         if users:
-            pipe.mget([self.state_prefix + u for u in users])
+            # not pipe.mget: a cluster pipeline refuses it by name; one slot's MGET is fine
+            pipe.execute_command("MGET", *[self.keys.user_prefix + u for u in users])
         res = pipe.execute()
         applied = {int(p): int(o) for p, o in res[0].items()}
-        return applied, (res[1] if users else [])
+        item_applied = {int(p): int(o) for p, o in res[1].items()}
+        return applied, item_applied, (res[2] if users else [])
 
     def adopt_log(self, log_id: str) -> str:
-        """Record ``log_id`` as the log the offsets belong to, unless one is recorded;
-        returns the recorded one (compare it with ``log_id`` to see a recreated topic)."""
+        """Record ``log_id`` as the log the offsets belong to in each slot that records
+        none; returns the recorded one (compare it with ``log_id`` to see a recreated
+        topic): the group slot's, or the item slot's where only that one still names an
+        older log (a reset that stopped between the slots finishes on the next look)."""
         pipe = self.client.pipeline(transaction=False)
-        pipe.setnx(self.log_key, log_id)
+        pipe.set(self.log_key, log_id, nx=True)
         pipe.get(self.log_key)
-        stored = pipe.execute()[1]
-        return stored.decode() if isinstance(stored, bytes) else str(stored)
+        pipe.set(self.keys.item_log, log_id, nx=True)
+        pipe.get(self.keys.item_log)
+        res = pipe.execute()
+        stored = [v.decode() if isinstance(v, bytes) else str(v) for v in (res[1], res[3])]
+        return stored[0] if stored[0] != log_id else stored[1]
 
     def reset_log(self, old: str, new: str) -> bool:
         """The topic was recreated (``old`` -> ``new``): its offsets start again at 0, so
-        forget the applied and logged offsets of ``old`` (user states, item buckets and
-        trending stay). False when another member already did it."""
-        keys = [self.log_key, self.offsets_key, self.offline_key, self.watermark_key]
-        return bool(self.client.eval(_RESET_LOG, len(keys), *keys, old, new))
+        forget the applied and logged offsets of ``old`` in both slots (user states, item
+        buckets and trending stay). False when another member already did it."""
+        return any([bool(self._run(call)) for call in reset_calls(self.keys, old, new)])
 
     def commit(self, **batch: Any) -> dict[str, tuple[list[int], float]] | str:
         """Write a batch atomically (see :meth:`commit_send` for the arguments)."""
@@ -229,61 +143,72 @@ class RedisState:
         states: dict[str, str | bytes],
         batch_hour: int,
         items: dict[str, ItemDelta],
+        item_offsets: dict[int, tuple[int, int]] | None = None,
         log_id: str = "",
     ) -> _Pending:
-        """Start the atomic batch write; ``offsets``: partition -> (applied read, new);
+        """Start the batch write; ``offsets``: partition -> (applied read, new) of the
+        group slot, ``item_offsets`` the same for the item slot (default ``offsets``);
         ``log_id``: the topic incarnation the offsets belong to ("" checks nothing).
 
-        Only sends: the caller encodes its feature rows while Redis runs the script,
+        Only sends: the caller encodes its feature rows while Redis runs the scripts,
         then calls :meth:`commit_receive`.
         """
-        args: list[Any] = [log_id, len(offsets)]
-        for p, (seen, new) in offsets.items():
-            args += [p, seen, max(new, seen)]
-        args.append(len(states))
-        for user, raw in states.items():
-            args += [self.state_prefix + user, raw]
-        args += [batch_hour, ITEM_TTL_S, len(self.window_hours), *self.window_hours]
-        names = list(items)
-        args.append(len(names))
-        for name in names:
-            d = items[name]
-            args += [self.item_prefix + name, name, repr(d.weight) if d.weight else "0"]
-            args.append(len(d.buckets))
-            for hour, n in d.buckets.items():
-                args += [hour, n]
-        keys = [self.offsets_key, self.trending_key, self.clock_key, self.log_key]
+        item_offsets = offsets if item_offsets is None else item_offsets
+        first = users_call(self.keys, offsets, states, log_id)
+        second = items_call(self.keys, item_offsets, items, batch_hour, self.window_hours, log_id)
+        calls = [first, second] if first is not None else [second]
+        done = {p: new for p, (_, new) in offsets.items()}
+        if not self._pooled:
+            return _Pending(None, calls, list(items), done, [self._run(c) for c in calls])
         pool = self.client.connection_pool
         conn = pool.get_connection()
         try:
-            conn.send_command("EVALSHA", self._script.sha, len(keys), *keys, *args)
+            for c in calls:
+                sha = self._scripts[c.script].sha
+                conn.send_command("EVALSHA", sha, len(c.keys), *c.keys, *c.args)
         except BaseException:
             conn.disconnect()
             pool.release(conn)
             raise
-        return _Pending(conn, keys, args, names, {p: new for p, (_, new) in offsets.items()})
+        return _Pending(conn, calls, list(items), done)
 
-    def commit_receive(self, pending: _Pending) -> dict[str, tuple[list[int], float]] | str:
-        """The script's answer: item -> (window counts, trending score); or, with nothing
-        written, :data:`FENCED` (another member applied these partitions, or the topic's
-        log changed) or :data:`LOST` (the log marker is gone: Redis lost the state)."""
+    def _answers(self, pending: _Pending) -> list[Any]:
+        """Read every call's answer off the connection; a call Redis did not know the
+        script of (it restarted and lost its cache) runs again through the client."""
         from redis.exceptions import NoScriptError
 
+        if pending.conn is None:
+            return pending.answers
         pool = self.client.connection_pool
+        answers: list[Any] = []
         try:
-            out = pending.conn.read_response()
-        except NoScriptError:  # Redis restarted and lost its script cache: load and run
-            out = self._script(keys=pending.keys, args=pending.args)
+            for _ in pending.calls:
+                try:
+                    answers.append(pending.conn.read_response())
+                except NoScriptError:
+                    answers.append(None)
         except BaseException:
             pending.conn.disconnect()
             raise
         finally:
             pool.release(pending.conn)
-        if not out or int(out[0]) <= 0:
-            return LOST if out and int(out[0]) < 0 else FENCED
+        return [
+            self._run(c) if a is None else a for c, a in zip(pending.calls, answers, strict=True)
+        ]
+
+    def commit_receive(self, pending: _Pending) -> dict[str, tuple[list[int], float]] | str:
+        """The scripts' answer: item -> (window counts, trending score); or, where a slot
+        wrote nothing, :data:`FENCED` (another member applied these partitions, or the
+        topic's log changed) or :data:`LOST` (a log marker is gone: Redis lost the state).
+        The other slot may have written its part: the redelivered batch skips it there."""
+        answers = self._answers(pending)
+        codes = [int(a[0]) if a else 0 for a in answers]
+        if min(codes) <= 0:
+            return LOST if min(codes) < 0 else FENCED
         for p, off in pending.offsets.items():
             if off > self.committed.get(p, -1):
                 self.committed[p] = off
+        out = answers[-1]
         step = len(self.window_hours) + 1
         return {
             name: (
@@ -322,18 +247,7 @@ class RedisState:
         commit: False (nothing recorded) when the state now belongs to another
         incarnation of the topic, whose offsets these are not.
         """
-        parts = sorted(set(written) | set(through))
-        if not parts:
+        if not written and not through:
             return True
-        args: list[Any] = [log_id, int(time.time() * 1000), len(parts)]
-        for p in parts:
-            off, newest = written.get(p, (-1, -1))
-            args += [p, off, max(through.get(p, -1), off), newest]
-        keys = [self.offline_key, self.watermark_key, self.log_key]
-        return bool(self._record(keys=keys, args=args))
-
-
-def _trending_key() -> str:
-    from rtrec.features import TRENDING_KEY
-
-    return TRENDING_KEY
+        now_ms = int(time.time() * 1000)
+        return bool(self._run(record_call(self.keys, written, through, log_id, now_ms)))

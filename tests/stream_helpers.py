@@ -111,17 +111,18 @@ def assert_items_exact(settings: Settings, events: pd.DataFrame) -> None:
     import redis
     from rtrec.features import TRENDING_EPOCH_KEY, TRENDING_KEY, trending_items, trending_weight
     from rtrec.streaming.aggregates import HOUR_MS, WINDOW_HOURS
-    from rtrec.streaming.state import ITEM_CLOCK_KEY, ITEM_PREFIX
+    from rtrec.streaming.state import StateKeys
 
+    keys = StateKeys.of(settings)
     client = redis.Redis.from_url(settings.redis.url)
-    epoch, clock = int(client.get(TRENDING_EPOCH_KEY)), int(client.get(ITEM_CLOCK_KEY))
+    epoch, clock = int(client.get(TRENDING_EPOCH_KEY)), int(client.get(keys.clock))
     assert clock == int(events["ts"].max()) // HOUR_MS
     longest = max(WINDOW_HOURS)
     ref_scores = {}
     for item, g in events.groupby("item_id"):
         ref_scores[item] = sum(trending_weight(int(t), epoch) for t in g["ts"])
         assert client.zscore(TRENDING_KEY, item) == pytest.approx(ref_scores[item], rel=1e-9)
-        buckets = client.hgetall(ITEM_PREFIX + item)
+        buckets = client.hgetall(keys.item_prefix + item)
         got = sum(int(n) for h, n in buckets.items() if clock - int(h) < longest)
         assert got == int(((clock - g["ts"] // HOUR_MS) < longest).sum()), item
     top = sorted(ref_scores, key=ref_scores.__getitem__, reverse=True)[:5]

@@ -72,7 +72,7 @@ def stream_hour_by_hour(settings: Settings, data: Dataset) -> None:
 
 def feature_keys(client: Any) -> set[bytes]:
     """The online store's entity keys (Feast's, binary), without rtrec's own keys."""
-    return {k for k in client.scan_iter(count=1000) if not k.startswith(b"rtrec:")}
+    return {k for k in client.scan_iter(count=1000) if not k.startswith((b"rtrec:", b"{rtrec:"))}
 
 
 def trending(client: Any) -> tuple[int, dict[str, float]]:
@@ -138,14 +138,16 @@ def test_backfill_writes_what_the_stream_wrote(stack: Settings, tmp_path: Path) 
     assert result.users == data.events["user_id"].nunique()
     assert result.items == data.events["item_id"].nunique()
     client = redis.Redis.from_url(backfilled.redis.url)
-    rtrec_keys = {k for k in client.scan_iter(count=1000) if k.startswith(b"rtrec:")}
+    rtrec_keys = {k for k in client.scan_iter(count=1000) if k.startswith((b"rtrec:", b"{rtrec:"))}
     assert rtrec_keys == {TRENDING_KEY.encode(), TRENDING_EPOCH_KEY.encode()}  # no scratch left
     assert_same_features(streamed, backfilled, data.events)
 
     # Over the processor's own store: its state stays as it was, and the features too.
     live = redis.Redis.from_url(streamed.redis.url)
     state_keys = sorted(
-        k for k in live.scan_iter(count=1000) if k.startswith(b"rtrec:") and b"trending" not in k
+        k
+        for k in live.scan_iter(count=1000)
+        if k.startswith((b"rtrec:", b"{rtrec:")) and b"trending" not in k
     )
     before = {k: live.dump(k) for k in state_keys}
     again = backfill_online_store(streamed)
