@@ -121,15 +121,18 @@ def test_sigkill_mid_stream_loses_and_doubles_nothing(
     from rtrec.streaming.processor import offsets_key
 
     proc = start_processor(s, env(s))
-    wait_applied(s, half, timeout=60)  # the backlog is in: now a live stream
     rest = threading.Thread(
         target=publish, args=(s, pairs[half:]), kwargs={"progress": False, "rate": 2000}
     )
-    rest.start()
-    wait_applied(s, half + 1500, timeout=60)
-    proc.send_signal(signal.SIGKILL)  # mid-stream: some batches done, more arriving
-    proc.wait()
-    rest.join()
+    try:  # a failed wait must not leave the processor running past the test
+        wait_applied(s, half, timeout=60)  # the backlog is in: now a live stream
+        rest.start()
+        wait_applied(s, half + 1500, timeout=60)
+    finally:
+        proc.send_signal(signal.SIGKILL)  # mid-stream: some batches done, more arriving
+        proc.wait()
+        if rest.is_alive():
+            rest.join()
     applied = sum(
         int(v) + 1 for v in redis.Redis.from_url(s.redis.url).hgetall(offsets_key(s)).values()
     )
