@@ -47,7 +47,10 @@ def experiment_status(settings: Settings, client: Any = None) -> dict[str, Any]:
         client = redis.Redis.from_url(settings.redis.url)
     keys = experiment_keys(settings)
     members = client.zrevrange(keys["arms"], 0, -1)
-    pipe = client.pipeline(transaction=False)
+    # One MULTI/EXEC (every key shares the group's hash tag, so one slot on a cluster): the
+    # processor's commit script can then not land between two arms' reads, which would
+    # skew their user counts by a batch and could read as a sample ratio mismatch.
+    pipe = client.pipeline(transaction=True)
     arms = [tuple(orjson.loads(m)) for m in members]
     for experiment, variant in arms:
         counters, users, clickers = arm_keys(keys["prefix"], experiment, variant)

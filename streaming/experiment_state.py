@@ -137,8 +137,11 @@ def arm_user_key(prefix: str, experiment: str, variant: str) -> str:
     return f"{prefix}:peruser:{experiment}:{variant}"
 
 
-def arm_row(flat: dict[Any, Any], users: int, clickers: int) -> dict[str, Any]:
-    """An arm's counters as numbers (``HGETALL``'s strings or bytes), with its user counts."""
+def arm_row(flat: dict[Any, Any] | list[Any], users: int, clickers: int) -> dict[str, Any]:
+    """An arm's counters as numbers (``HGETALL``'s strings or bytes), with its user counts;
+    ``flat`` may be the field/value list a cluster transaction answers HGETALL with."""
+    if isinstance(flat, list):
+        flat = dict(zip(flat[::2], flat[1::2], strict=True))
     row: dict[str, Any] = {"users": int(users), "clicking_users": int(clickers)}
     for name, value in flat.items():
         key = name.decode() if isinstance(name, bytes) else str(name)

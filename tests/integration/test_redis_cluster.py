@@ -191,6 +191,11 @@ def test_the_experiment_commit_and_lease_run_on_a_cluster(cluster: Any) -> None:
     assert exp.applied() == {("impressions", 0): 4}
     exp.release_lease()
     assert ExperimentState(_settings("g3"), cluster, "other").hold_lease(5000)
+    # The readout reads every arm in one transaction, which a cluster allows in one slot.
+    from rtrec.serving.experiment_readout import experiment_status
+
+    readout = experiment_status(_settings("g3"), client=cluster)
+    assert readout["experiments"][0]["variants"]["champion"]["users"] == 2
 
 
 def test_a_log_reset_cut_short_between_slots_finishes_on_the_next_look(cluster: Any) -> None:
