@@ -29,6 +29,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+from rtrec.streaming.state_layout import hash_pairs
 from rtrec.streaming.state_lua import OFFSETS_LUA
 
 from rtrec.config import Settings
@@ -138,12 +139,10 @@ def arm_user_key(prefix: str, experiment: str, variant: str) -> str:
 
 
 def arm_row(flat: dict[Any, Any] | list[Any], users: int, clickers: int) -> dict[str, Any]:
-    """An arm's counters as numbers (``HGETALL``'s strings or bytes), with its user counts;
-    ``flat`` may be the field/value list a cluster transaction answers HGETALL with."""
-    if isinstance(flat, list):
-        flat = dict(zip(flat[::2], flat[1::2], strict=True))
+    """An arm's counters as numbers (``HGETALL``'s strings or bytes, as a dict or the flat
+    field/value list a script or a cluster transaction answers), with its user counts."""
     row: dict[str, Any] = {"users": int(users), "clicking_users": int(clickers)}
-    for name, value in flat.items():
+    for name, value in hash_pairs(flat).items():
         key = name.decode() if isinstance(name, bytes) else str(name)
         text = value.decode() if isinstance(value, bytes) else str(value)
         row[key] = float(text) if key == "rr_sum" else int(text)
@@ -234,8 +233,7 @@ class ExperimentState:
         rows = []
         for n, ((experiment, variant), _) in enumerate(arms):
             flat, users, clickers = out[1 + 3 * n : 4 + 3 * n]
-            pairs = dict(zip(flat[::2], flat[1::2], strict=True))
-            rows.append((experiment, variant, arm_row(pairs, users, clickers)))
+            rows.append((experiment, variant, arm_row(flat, users, clickers)))
         return rows
 
 

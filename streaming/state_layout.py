@@ -148,3 +148,11 @@ def state_keys(settings: Settings) -> dict[str, str]:
     """The group slot's fixed keys (the offline log's readers read them)."""
     k = StateKeys.of(settings)
     return {"offsets": k.offsets, "offline": k.offline, "watermark": k.watermark, "log": k.log}
+
+
+def hash_pairs(raw: Any) -> dict[Any, Any]:
+    """HGETALL's answer as a dict: a script, and redis-py's cluster transaction, hand back
+    the flat field/value list the plain client turns into a dict."""
+    if isinstance(raw, dict):
+        return raw
+    return dict(zip(raw[::2], raw[1::2], strict=True))

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rtrec.streaming.state import state_keys
+from rtrec.streaming.state_layout import hash_pairs
 
 from rtrec.config import Settings
 
@@ -57,11 +58,11 @@ def read_watermark(client: Any, settings: Settings) -> Watermark:
     pipe.hgetall(keys["offline"])
     pipe.get(keys["log"])
     raw_mark, raw_offline, raw_log = pipe.execute()
-    mark = {_text(k): _text(v) for k, v in _pairs(raw_mark).items()}
+    mark = {_text(k): _text(v) for k, v in hash_pairs(raw_mark).items()}
     state_log = _text(raw_log) if raw_log is not None else ""
     if mark.get("log", state_log) != state_log:
         return Watermark(state_log, {}, 0)
-    written = {int(_text(p)): int(_text(o)) for p, o in _pairs(raw_offline).items()}
+    written = {int(_text(p)): int(_text(o)) for p, o in hash_pairs(raw_offline).items()}
     parts: set[int] = set(written)
     for name in mark:
         if name[:2] in ("o:", "t:"):
@@ -79,11 +80,3 @@ def read_watermark(client: Any, settings: Settings) -> Watermark:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _pairs(raw: Any) -> dict[Any, Any]:
-    """HGETALL's answer as a dict: redis-py's cluster transaction hands back the flat
-    field/value list the plain client turns into a dict."""
-    if isinstance(raw, dict):
-        return raw
-    return dict(zip(raw[::2], raw[1::2], strict=True))
