@@ -12,6 +12,7 @@ import os
 import shutil
 import socket
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,18 @@ def restore_env(old: dict[str, str | None]) -> None:
     get_settings.cache_clear()
 
 
+@contextmanager
+def settings_env(env: dict[str, str]) -> Iterator[dict[str, str]]:
+    """``env`` set for the block, the cached settings rebuilt from it; restored after."""
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    get_settings.cache_clear()
+    try:
+        yield env
+    finally:
+        restore_env(old)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Skip GPU tests where torch sees no CUDA device (CI never has one)."""
     try:
@@ -68,11 +81,8 @@ def stack_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, st
         "RTREC_REDIS__URL": f"redis://127.0.0.1:{free_port()}/0",
         "RTREC_SERVING__PORT": str(free_port()),
     }
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    get_settings.cache_clear()
-    yield env
-    restore_env(old)
+    with settings_env(env):
+        yield env
 
 
 @pytest.fixture(scope="session")

@@ -28,8 +28,8 @@ from rtrec.app import cluster
 from rtrec.app.cli import main
 from rtrec.app.cluster_postgres import connect
 from rtrec.app.processes import alive, managed_names, managed_pid
-from rtrec.config import Settings, get_settings, load_settings
-from tests.conftest import free_port, restore_env
+from rtrec.config import Settings, load_settings
+from tests.conftest import free_port, settings_env
 
 pytestmark = [
     pytest.mark.integration,
@@ -58,11 +58,8 @@ def cluster_env() -> Iterator[dict[str, str]]:
         "RTREC_CLUSTER__POSTGRES__PORT": str(free_port()),
         "RTREC_CLUSTER__SPARK__UI_PORT": str(free_port()),
     }
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    get_settings.cache_clear()
-    yield env
-    restore_env(old)
+    with settings_env(env):
+        yield env
     shutil.rmtree(work, ignore_errors=True)
 
 
