@@ -10,7 +10,6 @@ so serving can refuse it and keep the previous one.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import time
@@ -137,6 +136,9 @@ class ModelBundle:
             ).numpy()
         """What the index holds: each embedding plus its log popularity (TwoTower.keys)."""
         self.index = index
+        self._ids_or_none = np.array([*encoders.items.ids, None], dtype=object)
+        """Item ids by index row, then ``None``: one fancy index maps a whole result matrix
+        in :meth:`search`. Built at load, not on the first request (a 1M catalog)."""
         self.metadata = metadata
         self.version: str | None = metadata.get("version")
         cats = encoders.categories.ids
@@ -156,12 +158,6 @@ class ModelBundle:
     @property
     def history_len(self) -> int:
         return self.encoders.history_len
-
-    @functools.cached_property
-    def _ids_or_none(self) -> np.ndarray:
-        """Item ids by index row, then ``None``: one fancy index maps a whole result matrix
-        (a Python loop over every candidate of every request cost more than the search)."""
-        return np.array([*self.encoders.items.ids, None], dtype=object)
 
     @property
     def popular_items(self) -> list[str]:
