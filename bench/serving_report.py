@@ -98,6 +98,8 @@ def rate_row(
         "load_avg_1m_before": round(load_before, 2),
         "load_avg_1m_after": round(load_after, 2),
         "client_stalls": run.client_stalls,
+        # The client's own delay in releasing requests (included in every latency above).
+        "client_send_lag_p99_ms": percentile_or_none([s.send_lag_s * 1e3 for s in rec], 99),
     }
 
 
@@ -144,6 +146,7 @@ def headline(rows: Sequence[dict[str, Any]], bare_p99_ms: float) -> dict[str, An
         "p999_ms_at200": rec["p999_ms"],
         "max_ms_at200": rec["max_ms"],
         "server_p99_ms_at200": rec["server_p99_ms"],
+        "client_send_lag_p99_ms_at200": at["client_send_lag_p99_ms"],
         "similar_p99_ms_at200": sim["p99_ms"],
         "errors_at200": at["errors"],
         "statuses_at200": {"recommend": rec["statuses"], "similar": sim["statuses"]},

@@ -298,6 +298,8 @@ def test_open_loop_client_mixes_methods_and_survives_a_dropped_connection(local_
     by_path = {(p, s.status) for p, s in zip(paths, run.samples, strict=True)}
     assert by_path == {("/ok", "200"), ("/busy", "503"), ("/drop", "connection")}
     assert all(s.latency_s > 0 for s in run.samples)
+    # each release is timed from its due time, and the latency includes it
+    assert all(0 <= s.send_lag_s < s.latency_s for s in run.samples)
     assert [s.due_s for s in run.samples] == pytest.approx([i / 200 for i in range(20)], abs=1e-6)
     assert len(seen) == 20 and run.elapsed_s >= 19 / 200
 
