@@ -208,7 +208,8 @@ def _bounded(receive: Any, limit: int, timeout_s: float) -> Any:
         if done:
             return await receive()
         try:
-            message = await asyncio.wait_for(receive(), max(deadline - time.monotonic(), 0.0))
+            async with asyncio.timeout(max(deadline - time.monotonic(), 0.0)):
+                message = await receive()
         except TimeoutError:
             raise BodyTooSlow(timeout_s) from None
         if message["type"] == "http.request":

@@ -89,7 +89,8 @@ class Breaker:
         deadline cancels the call (redis-py then drops the connection it was using)."""
         self._raise_if_open()
         try:
-            out = await asyncio.wait_for(fn(*args), self.timeout_s)
+            async with asyncio.timeout(self.timeout_s):  # no task per call, as wait_for has
+                out = await fn(*args)
         except TimeoutError:
             raise self._missed_deadline() from None
         except Unavailable as exc:
