@@ -86,13 +86,16 @@ class SchedulerRunner:
         return result
 
     def _unfinished(self, dag_id: str, queued: bool | str) -> str:
-        """The oldest queued or running run of ``dag_id`` (or the one ``queued`` names)."""
+        """The oldest queued or running run of ``dag_id``, or the run ``queued`` names
+        (in any state: one that finished meanwhile is read back as it ended)."""
         path = f"/dags/{segment(dag_id)}/dagRuns"
-        waiting = [r for s in UNFINISHED for r in self.api.all(path, "dag_runs", state=s)]
         if queued is not True:
-            waiting = [r for r in waiting if r["dag_run_id"] == queued]
+            if not self.api.get(f"{path}/{segment(str(queued))}", missing_ok=True):
+                raise Unavailable(f"no queued run of {dag_id} ({queued}) on {self.api.base_url}")
+            return str(queued)
+        waiting = [r for s in UNFINISHED for r in self.api.all(path, "dag_runs", state=s)]
         if not waiting:
-            raise Unavailable(f"no queued run of {dag_id} ({queued}) on {self.api.base_url}")
+            raise Unavailable(f"no queued run of {dag_id} on {self.api.base_url}")
         return str(min(waiting, key=lambda r: r["run_after"])["dag_run_id"])
 
     def _wait(self, dag_id: str, run_id: str, timeout_s: float) -> dict[str, Any]:
