@@ -176,15 +176,18 @@ def test_a_bundle_registers_over_http_and_comes_back(settings: Settings, tmp_pat
 
 
 @pytest.fixture(scope="module")
-def offline_log(settings: Settings) -> None:
-    """Three weeks of synthetic events as the stream processor would have logged them:
-    what ``rtrec_training`` reads by default (fewer events give the two-tower's one epoch
-    too few steps for its learning-rate schedule)."""
-    from rtrec.data import SyntheticConfig, generate
+def offline_log(settings: Settings) -> int:
+    """Three weeks of synthetic events with a shift in the middle, as the stream processor
+    would have logged them (what ``rtrec_training`` and the drift monitor read); returns
+    the shift's time. Fewer events give the two-tower's one epoch too few steps for its
+    learning-rate schedule."""
+    from rtrec.data import ShiftConfig, SyntheticConfig, generate
     from tests.integration.test_dags import _write_offline_log
 
-    data = generate(SyntheticConfig.small(n_users=600, n_items=300, n_events=30_000, days=21))
+    cfg = SyntheticConfig.small(n_users=600, n_items=300, n_events=30_000, days=21)
+    data = generate(cfg.model_copy(update={"shift": ShiftConfig(at_fraction=0.5)}))
     _write_offline_log(settings, data.events, data.items, data.users)
+    return int(data.meta["shift_ts"])
 
 
 def _versions(settings: Settings) -> dict[str, dict[str, str]]:
@@ -201,7 +204,7 @@ def _spark_apps(settings: Settings) -> set[str]:
 
 
 def test_training_dag_triggered_over_rest_runs_under_the_scheduler(
-    settings: Settings, offline_log: None
+    settings: Settings, offline_log: int
 ) -> None:
     from rtrec.training.registry import TAG_DECISION
 
@@ -242,32 +245,36 @@ def _wait_task_running(api: cluster_airflow.AirflowApi, run_id: str, task_id: st
         time.sleep(1)
 
 
-def test_a_scheduler_restart_mid_run_finishes_the_run_and_promotes_once(
-    settings: Settings, offline_log: None
+def test_drift_triggers_a_training_that_survives_a_scheduler_restart(
+    settings: Settings, offline_log: int
 ) -> None:
+    """The drift monitor, triggered over REST a day after the shift, triggers
+    ``rtrec_training`` itself; the scheduler is restarted while that run trains, and the
+    run still finishes with one version registered and one promote attempt."""
     from rtrec.training.registry import TAG_DECISION
 
     from rtrec.app.dag_runs import SchedulerRunner
 
     before = _versions(settings)
-    api = cluster_airflow.api(settings)
-    body = {"logical_date": None, "conf": {"epochs": 1, "reason": "scheduler restart"}}
-    run_id = api.post("/dags/rtrec_training/dagRuns", body)["dag_run_id"]
-    _wait_task_running(api, run_id, "train_two_tower")
-    old = managed_pid(settings, cluster_airflow.SCHEDULER)
-    # SIGTERM, as a restart sends it: the scheduler lets its running task finish, and the
-    # tasks after it wait for the next scheduler.
-    started = time.monotonic()
-    assert stop_managed(settings, cluster_airflow.SCHEDULER, timeout=600)
-    cluster_airflow.start(settings)
-    print(f"scheduler restarted in {time.monotonic() - started:.1f} s")
-    assert managed_pid(settings, cluster_airflow.SCHEDULER) not in (None, old)
-
-    with SchedulerRunner(settings, api=api) as runner:
-        run = runner.run("rtrec_training", queued=run_id, timeout_s=1200)
+    with SchedulerRunner(settings) as runner:
+        conf = {"now_ms": offline_log + 86_400_000, "scores": False}
+        check = runner.run("rtrec_drift_monitor", conf, timeout_s=900)
+        assert check.ok, f"{ {t: v['state'] for t, v in check.tasks.items()} }: {check.log}"
+        assert check.xcom("drift_check")["drifted"] is True, check.xcom("drift_check")
+        (triggered,) = check.queued["rtrec_training"]
+        assert triggered["conf"]["reason"].startswith("drift: "), triggered
+        _wait_task_running(runner.api, triggered["run_id"], "train_two_tower")
+        old = managed_pid(settings, cluster_airflow.SCHEDULER)
+        # SIGTERM, as a restart sends it: the scheduler lets its running task finish, and
+        # the tasks after it wait for the next scheduler.
+        started = time.monotonic()
+        assert stop_managed(settings, cluster_airflow.SCHEDULER, timeout=600)
+        cluster_airflow.start(settings)
+        print(f"scheduler restarted in {time.monotonic() - started:.1f} s")
+        assert managed_pid(settings, cluster_airflow.SCHEDULER) not in (None, old)
+        run = runner.run("rtrec_training", queued=triggered["run_id"], timeout_s=1200)
     states = {t: (v["state"], v["try_number"]) for t, v in run.tasks.items()}
     assert run.ok, f"{states}; task logs: {run.log}"
-    # One version registered, gated once, under the run's one promote attempt.
     version = str(run.xcom("evaluate_and_register")["version"])
     new = {v: tags for v, tags in _versions(settings).items() if v not in before}
     assert list(new) == [version], new
