@@ -30,6 +30,7 @@ import secrets
 import signal
 import socket
 import subprocess
+import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -99,6 +100,7 @@ def _users_file(settings: Settings) -> Path:
     """The simple auth manager's passwords file (``{user: password}``, 0600), written
     before it starts, so it never generates a password and prints it to its log."""
     path = settings.work_dir / "secrets" / "airflow_users.json"
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     body = json.dumps({settings.cluster.airflow.username: password(settings)}) + "\n"
     if not path.exists() or path.read_text() != body:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -150,7 +152,9 @@ def airflow_env(settings: Settings, *, log_port: int) -> dict[str, str]:
         "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(log_port),
         **{key: os.environ.get(key, default) for key, default in embedded.OVERRIDABLE.items()},
         "DO_NOT_TRACK": "1",
-        "PATH": embedded.airflow_env(settings)["PATH"],
+        # The venv's scripts first, as for the embedded standalone: whatever Airflow or a
+        # task starts by name (`airflow`, `spark-submit`) comes from this installation.
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
     }
 
 
