@@ -44,6 +44,32 @@ class PostgresSettings(BaseModel):
     must be able to reach the work dir."""
 
 
+class AirflowClusterSettings(BaseModel):
+    """Airflow's scheduler, DAG processor and API server (LocalExecutor) on the profile's
+    PostgreSQL: DAG runs are triggered and watched through its REST API."""
+
+    model_config = _STRICT
+
+    api_url: str = "http://127.0.0.1:18080"
+    """Airflow's API server (``/api/v2``, token at ``/auth/token``). On a loopback address
+    the profile starts it there with a scheduler and a DAG processor; anywhere else it
+    starts none and triggers runs on that Airflow (a managed one, running rtrec's DAGs)."""
+    username: str = "rtrec"
+    """The API user (the simple auth manager's, role admin, on the profile's own)."""
+    password: SecretStr | None = None
+    """Its password: ``RTREC_CLUSTER__AIRFLOW__PASSWORD``. Unset: generated once into
+    ``<work_dir>/secrets/airflow_password`` (0600), never into a settings file."""
+    home: Path | None = None
+    """AIRFLOW_HOME of the profile's Airflow (task logs, its near-empty ``airflow.cfg``);
+    default ``<work_dir>/airflow-cluster``, apart from the embedded standalone's."""
+    parallelism: int = Field(2, ge=1)
+    """Task processes at once (``[core] parallelism``): each is a fresh interpreter
+    loading torch or a Spark driver, and two is what two cores carry."""
+    start_timeout_s: float = Field(300.0, gt=0)
+    """How long ``up`` waits for the three to report healthy and rtrec's DAGs to be
+    parsed (seconds idle, minutes beside a busy test suite)."""
+
+
 class MlflowServerSettings(BaseModel):
     """The ``mlflow server`` the profile starts on ``mlflow.tracking_uri``'s port."""
 
@@ -79,5 +105,6 @@ class ClusterSettings(BaseModel):
     model_config = _STRICT
 
     postgres: PostgresSettings = Field(default_factory=PostgresSettings)
+    airflow: AirflowClusterSettings = Field(default_factory=AirflowClusterSettings)
     mlflow: MlflowServerSettings = Field(default_factory=MlflowServerSettings)
     spark: SparkClusterSettings = Field(default_factory=SparkClusterSettings)

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from rtrec.app import cluster_airflow as airflow
 from rtrec.app import cluster_postgres as postgres
 from rtrec.app import stack
 from rtrec.app.stack import ComponentStatus
@@ -214,9 +215,10 @@ def _postgres_status(settings: Settings) -> ComponentStatus:
 
 
 def status(settings: Settings) -> list[ComponentStatus]:
-    """The embedded components' rows, then PostgreSQL, MLflow's server and Spark's."""
+    """The embedded components' rows, then PostgreSQL, MLflow's server, Spark, Airflow."""
     rows = stack.status(settings)
-    return [*rows, _postgres_status(settings), _mlflow_status(settings), _spark_status(settings)]
+    rows += [_postgres_status(settings), _mlflow_status(settings), _spark_status(settings)]
+    return [*rows, airflow.status(settings)]
 
 
 def up(settings: Settings) -> list[ComponentStatus]:
@@ -228,10 +230,11 @@ def up(settings: Settings) -> list[ComponentStatus]:
     stack.start_redis(settings)
     if settings.cluster.postgres.host in _LOOPBACK:
         postgres.start(settings)
-    # MLflow's server (a schema migration on first start) and Spark's JVMs need nothing of
-    # each other: they start side by side.
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        for done in [pool.submit(start_mlflow, settings), pool.submit(start_spark, settings)]:
+    # MLflow's server (a schema migration on first start), Spark's JVMs and Airflow (its
+    # own migration, then three processes) need nothing of each other: side by side.
+    starts = (start_mlflow, start_spark, airflow.start)
+    with ThreadPoolExecutor(max_workers=len(starts)) as pool:
+        for done in [pool.submit(start, settings) for start in starts]:
             done.result()
     return status(settings)
 
@@ -240,7 +243,7 @@ def down(settings: Settings) -> list[str]:
     """Stop every process of the work dir: clients before the servers they use (MLflow
     before PostgreSQL, workers before their master), then the embedded ones."""
     workers = sorted(n for n in stack.managed_names(settings) if n.startswith("spark-worker-"))
-    stopped = []
+    stopped = airflow.stop(settings)  # its tasks use MLflow and Spark; its DB is PostgreSQL
     for name in [MLFLOW, *workers, SPARK_MASTER, postgres.NAME]:
         if stack.stop_managed(settings, name):
             stopped.append(name)

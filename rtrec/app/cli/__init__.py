@@ -43,7 +43,8 @@ PROFILE = click.option(
     type=click.Choice(["embedded", "cluster"]),
     default="embedded",
     show_default=True,
-    help="cluster: also PostgreSQL, an MLflow server and a Spark standalone cluster "
+    help="cluster: also PostgreSQL, an MLflow server, a Spark standalone cluster and "
+    "Airflow's scheduler, DAG processor and API server "
     "(settings: RTREC_CONFIG=infra/rtrec.local-cluster.yaml).",
 )
 

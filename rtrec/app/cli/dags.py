@@ -1,6 +1,9 @@
-"""``rtrec airflow up|down|status``: the embedded Airflow standalone with rtrec's DAGs."""
+"""``rtrec airflow up|down|status``: the embedded Airflow standalone with rtrec's DAGs; ``rtrec
+airflow run``: one DAG run, in process or (``--profile cluster``) by Airflow's scheduler."""
 
 from __future__ import annotations
+
+import json
 
 import click
 
@@ -50,3 +53,35 @@ def status() -> None:
     ok = embedded.healthy(settings)
     click.echo(f"airflow {'healthy' if ok else 'DOWN'} at {embedded.health_url(settings)}")
     raise SystemExit(0 if ok else 1)
+
+
+@airflow.command("run")
+@click.argument("dag_id")
+@click.option("--conf", "conf_json", default="{}", show_default=True, help="Run conf (JSON).")
+@click.option(
+    "--profile",
+    type=click.Choice(["embedded", "cluster"]),
+    default="embedded",
+    show_default=True,
+    help="embedded: Airflow's in-process runner here; cluster: triggered over the REST API "
+    "of cluster.airflow.api_url and executed by its scheduler.",
+)
+@click.option("--timeout", default=1800.0, show_default=True, help="Seconds to wait.")
+@handle_errors
+def run(dag_id: str, conf_json: str, profile: str, timeout: float) -> None:
+    """Run DAG_ID once and wait for its end; exit 1 unless it succeeded."""
+    from rtrec.app.dag_runs import dag_runner
+    from rtrec.errors import InvalidInput
+
+    try:
+        conf = json.loads(conf_json)
+    except ValueError as exc:
+        raise InvalidInput(f"--conf is not JSON: {exc}", field="conf") from None
+    with dag_runner(get_settings(), "cluster" if profile == "cluster" else "embedded") as runner:
+        result = runner.run(dag_id, conf, timeout_s=timeout)
+    click.echo(f"{dag_id} run {result.run_id}: {result.state} in {result.seconds:.1f} s")
+    click.echo(f"executor: {result.executor}")
+    for task_id, task in result.tasks.items():
+        click.echo(f"  {task_id}: {task['state']}")
+    click.echo(f"log: {result.log}")
+    raise SystemExit(0 if result.ok else 1)

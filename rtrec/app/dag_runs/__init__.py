@@ -18,8 +18,39 @@ half a minute a run. Each run's output still goes to its DAG's own log.
 The caller's side is :mod:`~rtrec.app.dag_runs.client`; the subprocess is
 :mod:`~rtrec.app.dag_runs.worker`, which reads runs back through Airflow's REST API
 (:mod:`~rtrec.app.dag_runs.rest`).
+
+In the cluster profile no DAG runs in rtrec's processes: Airflow's scheduler executes runs
+triggered through its REST API (:class:`~rtrec.app.dag_runs.scheduler.SchedulerRunner`,
+same ``run`` and result). :func:`dag_runner` is the one place that picks by profile.
 """
 
-from rtrec.app.dag_runs.client import DagRunner, DagRunResult, migrate, run_dag
+from __future__ import annotations
 
-__all__ = ["DagRunResult", "DagRunner", "migrate", "run_dag"]
+from typing import Literal
+
+from rtrec.app.dag_runs.client import DagRunner, DagRunResult, migrate, run_dag
+from rtrec.app.dag_runs.scheduler import SchedulerRunner
+from rtrec.config import Settings
+
+Profile = Literal["embedded", "cluster"]
+
+
+def dag_runner(
+    settings: Settings, profile: Profile = "embedded", *, warm: bool = False
+) -> DagRunner | SchedulerRunner:
+    """The runner of ``profile``: the warm in-process runner (``warm``: load the tasks'
+    dependencies at once) or, in the cluster profile, Airflow's scheduler over REST."""
+    if profile == "cluster":
+        return SchedulerRunner(settings)
+    return DagRunner(settings, warm=warm)
+
+
+__all__ = [
+    "DagRunResult",
+    "DagRunner",
+    "Profile",
+    "SchedulerRunner",
+    "dag_runner",
+    "migrate",
+    "run_dag",
+]

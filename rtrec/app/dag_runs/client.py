@@ -46,6 +46,10 @@ class DagRunResult:
     :class:`DagRunner`); None when it ran under the queued run's own id, or none was queued."""
     seconds: float = 0.0
     log: str = ""
+    """Where the run's output is: the runner's log file, or the run's page in Airflow's UI."""
+    executor: str = "dag.test() in the rtrec runner process"
+    """What executed the tasks: Airflow's in-process test runner here, the scheduler's
+    executor for a run of :class:`rtrec.app.dag_runs.SchedulerRunner`."""
 
     @property
     def ok(self) -> bool:
