@@ -131,12 +131,13 @@ class GuardedFeatures(Breaker):
     def probe(self) -> str | None:
         """None when Redis answers a PING within 200 ms, else the reason."""
         try:
-            import redis
             from redis.backoff import NoBackoff
             from redis.retry import Retry
 
-            client = redis.Redis.from_url(
-                self.settings.redis.url,
+            from rtrec.redis_clients import redis_client
+
+            client = redis_client(
+                self.settings,
                 socket_timeout=0.2,
                 socket_connect_timeout=0.2,
                 retry=Retry(NoBackoff(), 0),

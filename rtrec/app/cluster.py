@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from rtrec.app import cluster_postgres as postgres
-from rtrec.app import stack
+from rtrec.app import cluster_redis, cluster_serving, stack
 from rtrec.app.stack import ComponentStatus
 from rtrec.config import Settings, host_port
 from rtrec.errors import ConfigError
@@ -216,7 +216,10 @@ def _postgres_status(settings: Settings) -> ComponentStatus:
 def status(settings: Settings) -> list[ComponentStatus]:
     """The embedded components' rows, then PostgreSQL, MLflow's server and Spark's."""
     rows = stack.status(settings)
-    return [*rows, _postgres_status(settings), _mlflow_status(settings), _spark_status(settings)]
+    rows += [_postgres_status(settings), _mlflow_status(settings), _spark_status(settings)]
+    if settings.redis.cluster:
+        rows += cluster_redis.status(settings)
+    return rows + cluster_serving.status(settings)
 
 
 def up(settings: Settings) -> list[ComponentStatus]:
@@ -225,7 +228,10 @@ def up(settings: Settings) -> list[ComponentStatus]:
     stack.make_dirs(settings)
     stack.start_kafka(settings)
     stack.ensure_topics(settings)
-    stack.start_redis(settings)
+    if settings.redis.cluster:
+        cluster_redis.start(settings)
+    else:
+        stack.start_redis(settings)
     if settings.cluster.postgres.host in _LOOPBACK:
         postgres.start(settings)
     # MLflow's server (a schema migration on first start) and Spark's JVMs need nothing of
@@ -233,6 +239,7 @@ def up(settings: Settings) -> list[ComponentStatus]:
     with ThreadPoolExecutor(max_workers=2) as pool:
         for done in [pool.submit(start_mlflow, settings), pool.submit(start_spark, settings)]:
             done.result()
+    cluster_serving.start(settings)  # replicas load the champion from MLflow's server
     return status(settings)
 
 
@@ -240,8 +247,8 @@ def down(settings: Settings) -> list[str]:
     """Stop every process of the work dir: clients before the servers they use (MLflow
     before PostgreSQL, workers before their master), then the embedded ones."""
     workers = sorted(n for n in stack.managed_names(settings) if n.startswith("spark-worker-"))
-    stopped = []
+    stopped = cluster_serving.stop(settings)  # nginx, then the replicas, first
     for name in [MLFLOW, *workers, SPARK_MASTER, postgres.NAME]:
         if stack.stop_managed(settings, name):
             stopped.append(name)
-    return stopped + stack.down(settings)
+    return stopped + cluster_redis.stop(settings) + stack.down(settings)
