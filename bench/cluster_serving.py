@@ -48,6 +48,7 @@ def profile_env(work: Path, bundle: Path) -> dict[str, str]:
         "RTREC_CLUSTER__SPARK__UI_PORT": str(free_port()),
         "RTREC_SERVING__PORT": str(free_port()),
         "RTREC_CLUSTER__SERVING__REPLICA_PORTS": json.dumps([free_port(), free_port()]),
+        "RTREC_CLUSTER__STREAM__METRICS_PORTS": json.dumps([free_port(), free_port()]),
         "RTREC_SERVING__BUNDLE_PATH": str(bundle),
         "RTREC_SERVING__API_KEYS": json.dumps([KEY]),
         "RTREC_SERVING__RATE_LIMIT_PER_S": "1000000",

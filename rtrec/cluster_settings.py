@@ -105,6 +105,20 @@ class ServingReplicasSettings(BaseModel):
     """How long nginx waits for a replica's answer before trying the other one."""
 
 
+class StreamReplicasSettings(BaseModel):
+    """Stream processors the profile starts: one ``rtrec stream run`` per port, all in
+    the consumer group ``kafka.consumer_group``, so the events topic's partitions are
+    shared between them (up to one processor per partition does work)."""
+
+    model_config = _STRICT
+
+    metrics_ports: list[int] = Field(default_factory=lambda: [19201, 19202])
+    """Each processor's Prometheus port (loopback), named ``stream-processor-1``, ...;
+    empty: the profile starts no processor."""
+    start_timeout_s: float = Field(120.0, gt=0)
+    """How long ``up`` waits for a processor's metrics endpoint to answer."""
+
+
 class ClusterSettings(BaseModel):
     """The engines ``rtrec up --profile cluster`` starts beside the embedded ones."""
 
@@ -115,3 +129,4 @@ class ClusterSettings(BaseModel):
     spark: SparkClusterSettings = Field(default_factory=SparkClusterSettings)
     redis: RedisNodesSettings = Field(default_factory=RedisNodesSettings)
     serving: ServingReplicasSettings = Field(default_factory=ServingReplicasSettings)
+    stream: StreamReplicasSettings = Field(default_factory=StreamReplicasSettings)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from rtrec.app import cluster_postgres as postgres
-from rtrec.app import cluster_redis, cluster_serving, stack
+from rtrec.app import cluster_redis, cluster_serving, cluster_stream, stack
 from rtrec.app.stack import ComponentStatus
 from rtrec.config import Settings, host_port
 from rtrec.errors import ConfigError
@@ -219,7 +219,7 @@ def status(settings: Settings) -> list[ComponentStatus]:
     rows += [_postgres_status(settings), _mlflow_status(settings), _spark_status(settings)]
     if settings.redis.cluster:
         rows += cluster_redis.status(settings)
-    return rows + cluster_serving.status(settings)
+    return rows + cluster_stream.status(settings) + cluster_serving.status(settings)
 
 
 def up(settings: Settings) -> list[ComponentStatus]:
@@ -239,7 +239,12 @@ def up(settings: Settings) -> list[ComponentStatus]:
     with ThreadPoolExecutor(max_workers=2) as pool:
         for done in [pool.submit(start_mlflow, settings), pool.submit(start_spark, settings)]:
             done.result()
-    cluster_serving.start(settings)  # replicas load the champion from MLflow's server
+    # Stream processors and serving replicas (which load the champion from MLflow's server)
+    # side by side, once the feature repository they all read is there.
+    cluster_serving.apply_features(settings)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for done in [pool.submit(m.start, settings) for m in (cluster_stream, cluster_serving)]:
+            done.result()
     return status(settings)
 
 
@@ -247,7 +252,8 @@ def down(settings: Settings) -> list[str]:
     """Stop every process of the work dir: clients before the servers they use (MLflow
     before PostgreSQL, workers before their master), then the embedded ones."""
     workers = sorted(n for n in stack.managed_names(settings) if n.startswith("spark-worker-"))
-    stopped = cluster_serving.stop(settings)  # nginx, then the replicas, first
+    # nginx, the serving replicas and the stream processors first: clients of the rest.
+    stopped = cluster_serving.stop(settings) + cluster_stream.stop(settings)
     for name in [MLFLOW, *workers, SPARK_MASTER, postgres.NAME]:
         if stack.stop_managed(settings, name):
             stopped.append(name)

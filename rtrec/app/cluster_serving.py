@@ -99,17 +99,22 @@ def _start_replica(settings: Settings, name: str, port: int) -> None:
     )
 
 
+def apply_features(settings: Settings) -> None:
+    """The feature repository once, before any replica or stream processor starts: each
+    would apply a missing one at start, side by side, into the same registry file."""
+    from rtrec.features import apply
+
+    if not (Path(str(settings.feast.repo_path)) / "registry.db").exists():
+        apply(settings)
+
+
 def start(settings: Settings) -> None:
     """The replicas side by side (each start is mostly imports), then nginx in front."""
-    from rtrec.features import apply
     from rtrec.serving import check_bind
 
     check_bind(settings.serving)  # nginx takes the public address: the same rule applies
     exe = nginx_binary(settings)
-    # The feature repository once, here: replicas that found it missing would each apply
-    # it at start, side by side, into the same registry file.
-    if not (Path(str(settings.feast.repo_path)) / "registry.db").exists():
-        apply(settings)
+    apply_features(settings)
     todo = replicas(settings)
     with ThreadPoolExecutor(max_workers=len(todo)) as pool:
         for done in [pool.submit(_start_replica, settings, n, p) for n, p in todo]:

@@ -58,6 +58,7 @@ def cluster_env() -> Iterator[dict[str, str]]:
         "RTREC_CLUSTER__REDIS__PORTS": json.dumps(nodes),
         "RTREC_SERVING__PORT": str(free_port()),
         "RTREC_CLUSTER__SERVING__REPLICA_PORTS": json.dumps([free_port(), free_port()]),
+        "RTREC_CLUSTER__STREAM__METRICS_PORTS": json.dumps([free_port(), free_port()]),
         "RTREC_MLFLOW__TRACKING_URI": f"http://127.0.0.1:{free_port()}",
         "RTREC_SPARK__MASTER": f"spark://127.0.0.1:{free_port()}",
         "RTREC_CLUSTER__POSTGRES__PORT": str(free_port()),

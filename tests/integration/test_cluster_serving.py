@@ -3,7 +3,7 @@
 ``rtrec up --profile cluster`` (the CLI, with ``RTREC_CONFIG`` at the profile's settings
 file, free ports and a fresh work dir) starts everything once for the module. Then: a
 three-node Redis Cluster serves every slot behind a password that is on no command line;
-Feast, rtrec's own writer and the stream processor write into it and the serving reader
+Feast, rtrec's own writer and the two stream processors write into it and the serving reader
 and Feast read the same values back; nginx spreads requests over both replicas, answers
 oversized requests itself and cuts slow clients off; the Redis-shared rate limit holds
 across the replicas; a replica killed under load is routed around and ``up`` brings it
@@ -82,6 +82,7 @@ def cluster_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
         "RTREC_CLUSTER__SPARK__UI_PORT": str(free_port()),
         "RTREC_SERVING__PORT": str(free_port()),
         "RTREC_CLUSTER__SERVING__REPLICA_PORTS": json.dumps([free_port(), free_port()]),
+        "RTREC_CLUSTER__STREAM__METRICS_PORTS": json.dumps([free_port(), free_port()]),
         "RTREC_CLUSTER__SERVING__CLIENT_TIMEOUT_S": str(CLIENT_TIMEOUT_S),
         "RTREC_SERVING__BUNDLE_PATH": str(bundle),
         "RTREC_SERVING__API_KEYS": json.dumps([LOAD_KEY, BURST_KEY]),
@@ -197,21 +198,30 @@ def test_feast_and_the_writer_agree_through_both_readers(settings: Settings) -> 
     assert len({store_client.get_node_from_key(k).name for k in keys}) == 3  # every node
 
 
-def test_the_stream_processor_writes_into_the_cluster(settings: Settings) -> None:
-    from redis.cluster import RedisCluster
+def test_two_stream_processors_share_the_stream_into_the_cluster(settings: Settings) -> None:
+    """The profile's two processors, one consumer group: both apply events, and the
+    online features in the cluster equal those computed straight from the events."""
     from rtrec.features import trending_items
     from rtrec.streaming import replay_dataset
-    from rtrec.streaming.processor import StreamProcessor
+    from rtrec.streaming.processor import offsets_key
 
+    from rtrec.app.cluster_stream import applied, metrics_text, processors
     from rtrec.data import SyntheticConfig, generate
-    from tests.stream_helpers import assert_online_equals, reference
+    from rtrec.redis_clients import redis_client
+    from tests.stream_helpers import assert_online_equals, reference, wait_for
 
     data = generate(SyntheticConfig.small(seed=5, n_users=80, n_items=60, n_events=2000))
     replay_dataset(settings, data, progress=False)
-    processor = StreamProcessor(settings)
-    assert isinstance(processor.redis, RedisCluster)
-    total = processor.run(max_idle_s=3)
-    assert total.applied == len(data.events) and total.dead == 0
+    client = redis_client(settings)
+
+    def done() -> bool:
+        offsets = client.hgetall(offsets_key(settings))
+        return sum(int(v) + 1 for v in offsets.values()) >= len(data.events)
+
+    wait_for(done, 120, "the processors did not apply every event")
+    counts = {name: applied(metrics_text(port) or "") for name, port in processors(settings)}
+    print(f"events applied per processor: {counts}")
+    assert len(counts) == 2 and all(n > 0 for n in counts.values()), counts
     assert_online_equals(settings, reference(data.events))  # Feast reads the cluster
     assert len(trending_items(settings, 5)) == 5
 
@@ -333,7 +343,7 @@ def test_a_killed_replica_is_routed_around_and_up_restarts_it(settings: Settings
 
 def test_down_leaves_no_process(settings: Settings) -> None:
     names = managed_names(settings)
-    for needed in ("nginx", "serving-1", "serving-2", "redis-node-1", "redis-node-3"):
+    for needed in ("nginx", "serving-1", "serving-2", "redis-node-1", "stream-processor-2"):
         assert needed in names
     pids = {name: managed_pid(settings, name) for name in names}
     assert all(pids.values()), pids
