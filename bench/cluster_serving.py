@@ -59,7 +59,14 @@ def timed_up(settings: Any) -> dict[str, float]:
     """``rtrec.app.cluster.up``'s steps, in its order, each timed (seconds)."""
     from rtrec.features import apply
 
-    from rtrec.app import cluster, cluster_postgres, cluster_redis, cluster_serving, stack
+    from rtrec.app import (
+        cluster,
+        cluster_postgres,
+        cluster_redis,
+        cluster_serving,
+        cluster_stream,
+        stack,
+    )
 
     phases: dict[str, float] = {}
 
@@ -79,9 +86,14 @@ def timed_up(settings: Any) -> dict[str, float]:
             for f in [pool.submit(cluster.start_mlflow, s), pool.submit(cluster.start_spark, s)]:
                 f.result()
 
+    def replicas(s: Any) -> None:
+        with ThreadPoolExecutor(2) as pool:
+            for f in [pool.submit(m.start, s) for m in (cluster_stream, cluster_serving)]:
+                f.result()
+
     step("mlflow_and_spark", engines)
     step("feast_apply", apply)
-    step("replicas_and_nginx", cluster_serving.start)
+    step("processors_replicas_nginx", replicas)
     phases["total"] = round(sum(phases.values()), 1)
     return phases
 
