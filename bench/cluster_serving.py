@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -147,6 +148,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"{name}: {runs[name][-1]}", flush=True)
     finally:
         cluster.down(settings)
+        shutil.rmtree(work, ignore_errors=True)
     result = {
         "rate": args.rate,
         "seconds": args.seconds,
