@@ -20,15 +20,17 @@ $(BIN)/rtrec: pyproject.toml constraints.txt
 
 setup: $(BIN)/rtrec
 
-# redis-server (online store), Chromium (dashboard rendering tests), PostgreSQL (the cluster
-# profile's MLflow backend store: initdb and postgres, Debian's postgresql package) and Java
-# (Spark) come from the system's packages.
-APT_PKGS := redis-server chromium chromium-driver postgresql
+# redis-server (online store; the cluster profile's Redis Cluster nodes), Chromium (dashboard
+# rendering tests), PostgreSQL (the cluster profile's MLflow backend store: initdb and
+# postgres, Debian's postgresql package), nginx (the cluster profile's load balancer in front
+# of the serving replicas) and Java (Spark) come from the system's packages.
+APT_PKGS := redis-server chromium chromium-driver postgresql nginx
 system-deps:
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	{ command -v nginx || test -x /usr/sbin/nginx; } >/dev/null || missing="$$missing nginx"; \
 	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing$$missing (apt)"; \

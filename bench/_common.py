@@ -19,6 +19,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def cluster_ports(n: int) -> list[int]:
+    """``n`` free ports whose Redis Cluster bus ports (port + 10000) are free too."""
+    ports: list[int] = []
+    while len(ports) < n:
+        port = free_port()
+        if port + 10000 > 65535 or port in ports:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        ports.append(port)
+    return ports
+
+
 def service_env(bundle_dir: Path, key: str) -> dict[str, str]:
     """Settings of a benchmark's service: serve ``bundle_dir``, one API key, and no rate
     limit (the load generator is the one client, and its rate is what is measured)."""

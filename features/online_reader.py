@@ -127,13 +127,15 @@ class OnlineReader:
         return [{n: convert(v) for n, v in zip(names, row, strict=True)} for row in rows]
 
     def _connect(self) -> Any:
-        from redis.asyncio import Redis
         from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
 
+        from rtrec.redis_clients import async_redis_client
+
         # No client-side retries (redis-py retries 3 times with 1-10 s backoff by default):
-        # the caller's deadline and circuit breaker decide what a failure costs.
-        self._client = Redis.from_url(self.settings.redis.url, retry=Retry(NoBackoff(), 0))
+        # the caller's deadline and circuit breaker decide what a failure costs. On a
+        # Redis Cluster this is a cluster client: each key goes to its slot's node.
+        self._client = async_redis_client(self.settings, retry=Retry(NoBackoff(), 0))
         return self._client
 
     async def aclose(self) -> None:

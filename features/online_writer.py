@@ -21,6 +21,8 @@ logger = logging.getLogger(__name__)
 
 _KEY_CACHE_MAX = 500_000
 """Serialized entity keys kept per view (users repeat; the cache resets when full)."""
+Packed = tuple[bytes, int] | tuple[dict[str, tuple[bytes, int]], int]
+"""Packed commands and their count; on a Redis Cluster, per node name."""
 
 
 def _varint(n: int) -> bytes:
@@ -103,6 +105,8 @@ class RedisViewWriter:
         provider = store._get_provider()
         online = provider.online_store
         self.client = online._get_client(config.online_store)
+        self.cluster = config.online_store.redis_type == "redis_cluster"
+        """Feast's client is a ``RedisCluster``: commands are packed per node."""
         self.ttl = config.online_store.key_ttl_seconds
         self.project = config.project
         self.version = config.entity_key_serialization_version
@@ -129,16 +133,19 @@ class RedisViewWriter:
             self._keys[ident] = key
         return key
 
-    def prepare(self, rows: Sequence[tuple[str, dict[str, Any], int]]) -> tuple[bytes, int]:
+    def prepare(self, rows: Sequence[tuple[str, dict[str, Any], int]]) -> Packed:
         """``(entity id, feature values, event time ms)`` rows as packed HSET commands.
 
         Packing here (hiredis) and sending with :func:`send_packed` skips redis-py's
         per-command pipeline bookkeeping, and lets a caller encode while Redis is busy.
+        On a Redis Cluster the commands are grouped by the node serving each key's slot
+        (:mod:`rtrec.features.online_cluster`).
         """
         from hiredis import pack_command
 
         small, ts_field, columns = _SMALL_INTS, self.ts_field, self.columns
         out: list[bytes] = []
+        ends: list[tuple[bytes, int]] | None = [] if self.cluster else None
         for ident, values, ts_ms in rows:
             key = self.redis_key(ident)
             args: list[Any] = ["HSET", key, ts_field, encode_timestamp_ms(ts_ms)]
@@ -152,6 +159,12 @@ class RedisViewWriter:
             out.append(pack_command(tuple(args)))
             if self.ttl:
                 out.append(pack_command(("EXPIRE", key, self.ttl)))
+            if ends is not None:
+                ends.append((key, len(out)))
+        if ends is not None:
+            from rtrec.features.online_cluster import group_by_node
+
+            return group_by_node(self.client, out, ends)
         return b"".join(out), len(out)
 
     def write(self, rows: Sequence[tuple[str, dict[str, Any], int]]) -> None:
@@ -160,10 +173,16 @@ class RedisViewWriter:
             send_packed(self.client, [self.prepare(rows)])
 
 
-def send_packed(client: Any, writes: Sequence[tuple[bytes, int]]) -> None:
-    """Send packed commands on one connection and read (and check) every reply."""
+def send_packed(client: Any, writes: Sequence[Packed]) -> None:
+    """Send packed commands on one connection and read (and check) every reply; on a
+    Redis Cluster, on one connection per node (:mod:`rtrec.features.online_cluster`)."""
     from redis.exceptions import ResponseError
 
+    if writes and isinstance(writes[0][0], dict):
+        from rtrec.features.online_cluster import send_by_node
+
+        send_by_node(client, writes)  # type: ignore[arg-type]
+        return
     total = sum(n for _, n in writes)
     if not total:
         return

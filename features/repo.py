@@ -93,20 +93,48 @@ def redis_connection_string(url: str) -> str:
     return ",".join(items)
 
 
+def cluster_connection_string(settings: Settings) -> str:
+    """Feast's ``connection_string`` for ``redis_type: redis_cluster``: each startup node
+    as ``host:port``, then the options Feast JSON-decodes and passes to ``RedisCluster``
+    (password, user, TLS). No ``db``: a cluster client refuses one."""
+    from rtrec.redis_clients import cluster_nodes, cluster_options, password
+
+    options = cluster_options(settings)
+    secret = password(settings)
+    if secret is not None:
+        options["password"] = secret
+    items = [f"{host}:{port}" for host, port in cluster_nodes(settings)]
+    if any(":" in host for host, _ in cluster_nodes(settings)):
+        raise ConfigError("redis.url: Feast's connection string cannot carry an IPv6 host")
+    for key, value in options.items():
+        text = json.dumps(value)
+        if "," in text:
+            raise ConfigError(
+                f"redis.url / redis.password: {key} contains ',', which Feast's Redis "
+                "connection string cannot carry"
+            )
+        items.append(f"{key}={text}")
+    return ",".join(items)
+
+
 def check_redis(settings: Settings, *, timeout_s: float = 2.0) -> None:
-    """Raise :class:`Unavailable` (URL without its password) unless Redis answers a PING."""
+    """Raise :class:`Unavailable` (URL without its password) unless Redis answers a PING
+    (on a cluster: every node; a cluster client connects as it is made)."""
     import redis
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
+    from rtrec.redis_clients import redis_client
+
     shown = redacted_url(settings.redis.url)
-    client = redis.Redis.from_url(
-        settings.redis.url,
-        socket_timeout=timeout_s,
-        socket_connect_timeout=timeout_s,
-        retry=Retry(NoBackoff(), 0),
-    )
+    client = None
     try:
+        client = redis_client(
+            settings,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 0),
+        )
         client.ping()
     except (redis.RedisError, OSError) as exc:
         raise Unavailable(
@@ -115,7 +143,8 @@ def check_redis(settings: Settings, *, timeout_s: float = 2.0) -> None:
             "or fix redis.url"
         ) from exc
     finally:
-        client.close()
+        if client is not None:
+            client.close()
 
 
 def repo_config_dict(settings: Settings) -> dict[str, Any]:
@@ -129,11 +158,19 @@ def repo_config_dict(settings: Settings) -> dict[str, Any]:
         # skip_dedup: one write per row without reading the stored timestamp first; safe
         # because each user's features have one writer (the partition owner) whose
         # event timestamps only move forward.
-        online: dict[str, Any] = {
-            "type": "redis",
-            "connection_string": redis_connection_string(settings.redis.url),
-            "skip_dedup": True,
-        }
+        online: dict[str, Any] = {"type": "redis", "skip_dedup": True}
+        if settings.redis.cluster:
+            online["redis_type"] = "redis_cluster"
+            online["connection_string"] = cluster_connection_string(settings)
+        else:
+            online["connection_string"] = redis_connection_string(settings.redis.url)
+            if settings.redis.password is not None:  # the setting wins over the URL's
+                secret = json.dumps(settings.redis.password.get_secret_value())
+                if "," in secret:
+                    raise ConfigError("redis.password contains ',', which Feast cannot carry")
+                kept = online["connection_string"].split(",")
+                kept = [i for i in kept if not i.startswith("password=")]
+                online["connection_string"] = ",".join([*kept, f"password={secret}"])
     else:
         online = {"type": "sqlite", "path": str(repo / "online.db")}
     return {

@@ -124,13 +124,14 @@ def _read_view(
 _clients: dict[str, Any] = {}
 
 
-def _redis_client(url: str) -> Any:
+def _redis_client(settings: Settings) -> Any:
     """One client (connection pool) per URL: a new one per call costs a TCP connect."""
+    url = settings.redis.url
     client = _clients.get(url)
     if client is None:
-        import redis
+        from rtrec.redis_clients import redis_client
 
-        client = _clients.setdefault(url, redis.Redis.from_url(url, socket_timeout=0.5))
+        client = _clients.setdefault(url, redis_client(settings, socket_timeout=0.5))
     return client
 
 
@@ -142,7 +143,7 @@ def trending_weight(ts_ms: int, epoch_ms: int) -> float:
 def trending_items(settings: Settings, k: int) -> list[str]:
     """The ``k`` items with the highest time-decayed interaction score."""
     try:
-        client = _redis_client(settings.redis.url)
+        client = _redis_client(settings)
         return [m.decode() for m in client.zrevrange(TRENDING_KEY, 0, k - 1)]
     except Exception as exc:
         raise Unavailable(f"trending items unavailable: {exc}") from exc

@@ -39,7 +39,7 @@ COVERAGE_MODES: tuple[str, ...] = ("wait", "as_of", "unchecked")
 
 
 class MonitorConfig(BaseModel):
-    """Knobs of a monitor run not (yet) in :class:`rtrec.config.MonitoringSettings`."""
+    """Knobs of a monitor run not (yet) in :class:`rtrec.monitoring_settings.MonitoringSettings`."""
 
     model_config = ConfigDict(extra="forbid")
 

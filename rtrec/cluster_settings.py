@@ -99,6 +99,52 @@ class SparkClusterSettings(BaseModel):
     """Heap of the master and worker daemons themselves."""
 
 
+class RedisNodesSettings(BaseModel):
+    """Redis Cluster nodes (masters, no replicas) the profile starts on ``redis.url``'s
+    host when ``redis.cluster`` is set and that host is this machine."""
+
+    model_config = _STRICT
+
+    ports: list[int] = Field(default_factory=lambda: [17001, 17002, 17003], min_length=3)
+    """One node per port (``redis.url``'s port among them); each node also listens on
+    port + 10000, the cluster bus. Three is the fewest masters a cluster accepts."""
+    start_timeout_s: float = Field(60.0, gt=0)
+    """How long ``up`` waits for every node to answer and all 16384 slots to be served."""
+
+
+class ServingReplicasSettings(BaseModel):
+    """Serving replicas behind nginx: nginx takes ``serving.host``/``serving.port`` (the
+    one public port) and spreads requests over the replicas on loopback ports."""
+
+    model_config = _STRICT
+
+    replica_ports: list[int] = Field(default_factory=lambda: [13101, 13102], min_length=1)
+    """One ``bentoml serve`` process per port, on 127.0.0.1, named ``serving-1``, ..."""
+    start_timeout_s: float = Field(300.0, gt=0)
+    """How long ``up`` waits for a replica to answer ``/livez`` (imports take seconds)."""
+    nginx: Path | None = None
+    """The nginx binary; unset: ``nginx`` on ``PATH`` or ``/usr/sbin/nginx`` (Debian)."""
+    client_timeout_s: float = Field(10.0, gt=0)
+    """nginx's limit for a client to send its headers, its body, or read a response:
+    slower clients get 408 (or are cut off) instead of holding a connection."""
+    upstream_timeout_s: float = Field(15.0, gt=0)
+    """How long nginx waits for a replica's answer before trying the other one."""
+
+
+class StreamReplicasSettings(BaseModel):
+    """Stream processors the profile starts: one ``rtrec stream run`` per port, all in
+    the consumer group ``kafka.consumer_group``, so the events topic's partitions are
+    shared between them (up to one processor per partition does work)."""
+
+    model_config = _STRICT
+
+    metrics_ports: list[int] = Field(default_factory=lambda: [19201, 19202])
+    """Each processor's Prometheus port (loopback), named ``stream-processor-1``, ...;
+    empty: the profile starts no processor."""
+    start_timeout_s: float = Field(120.0, gt=0)
+    """How long ``up`` waits for a processor's metrics endpoint to answer."""
+
+
 class ClusterSettings(BaseModel):
     """The engines ``rtrec up --profile cluster`` starts beside the embedded ones."""
 
@@ -108,3 +154,6 @@ class ClusterSettings(BaseModel):
     airflow: AirflowClusterSettings = Field(default_factory=AirflowClusterSettings)
     mlflow: MlflowServerSettings = Field(default_factory=MlflowServerSettings)
     spark: SparkClusterSettings = Field(default_factory=SparkClusterSettings)
+    redis: RedisNodesSettings = Field(default_factory=RedisNodesSettings)
+    serving: ServingReplicasSettings = Field(default_factory=ServingReplicasSettings)
+    stream: StreamReplicasSettings = Field(default_factory=StreamReplicasSettings)

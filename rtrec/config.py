@@ -26,6 +26,7 @@ from pydantic_settings import (
 from rtrec.apikeys import ApiKey
 from rtrec.cluster_settings import ClusterSettings
 from rtrec.errors import ConfigError
+from rtrec.monitoring_settings import MonitoringSettings
 
 _STRICT = ConfigDict(extra="forbid")
 
@@ -75,6 +76,16 @@ class RedisSettings(BaseModel):
 
     url: str = "redis://127.0.0.1:16379/0"
     """Redis for Feast's online store (embedded: a redis-server on 16379)."""
+    cluster: bool = False
+    """``url`` names a node of a Redis Cluster: every rtrec client is then a cluster
+    client (``RedisCluster``, which finds the other nodes) and Feast's online store is
+    ``redis_type: redis_cluster``. ``rtrec up --profile cluster`` starts the nodes
+    (``cluster.redis``) where ``url`` is on this machine."""
+    password: SecretStr | None = None
+    """Redis's password (AUTH), used over one in ``url``; ``RTREC_REDIS__PASSWORD``. Unset,
+    for cluster nodes the profile starts here: the one ``rtrec up --profile cluster``
+    generated into ``<work_dir>/secrets/redis_password`` (0600), read by every process
+    of the work dir."""
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -193,6 +204,9 @@ class ServingSettings(BaseModel):
     """Log every /recommend answer on ``kafka.impressions_topic``, off the request path."""
     impression_sender: Literal["process", "thread"] = "process"
     """Where impressions' Kafka client runs: a child ``process`` (off the service's GIL)."""
+    replica_id: str | None = None
+    """This process's name among serving replicas behind a load balancer, answered in
+    every response's ``X-Rtrec-Replica`` header (the cluster profile sets it per replica)."""
     tracing: bool = False
     """Run requests through BentoML's OpenTelemetry middleware (sampling and exporter from
     BentoML's own ``tracing`` configuration). Off by default: with nothing sampled it
@@ -214,35 +228,6 @@ class ServingSettings(BaseModel):
         if len({k.name for k in v}) != len(v) or len({k.get_secret_value() for k in v}) < len(v):
             raise ValueError(f"API key names and keys must be distinct: {[k.name for k in v]}")
         return v
-
-
-class MonitoringSettings(BaseModel):
-    model_config = _STRICT
-
-    workspace: Path | None = None
-    """Evidently workspace; default ``<work_dir>/evidently``."""
-    ui_port: int = 18000
-    """Port of ``rtrec monitor ui``."""
-    drift_share_threshold: float = 0.5
-    """Share of drifted columns above which a window counts as drifted."""
-    offline_coverage: Literal["wait", "as_of", "unchecked"] = "wait"
-    """How a drift check makes sure the stream's offline log holds the windows it judges:
-    ``wait`` until the log's watermark covers them (an error after ``offline_wait_s``);
-    ``as_of``: judge at once, as of the watermark, and say so in the verdict;
-    ``unchecked``: read the log as it is (a log not written by the stream processor)."""
-    offline_wait_s: float = Field(300.0, ge=0.0)
-    """How long a drift check waits for the offline log to cover its windows. The log is
-    flushed every couple of seconds behind the stream, so only a stopped, stuck or far
-    behind processor reaches this."""
-    srm_p_threshold: float = Field(0.001, gt=0.0, lt=1.0)
-    """An experiment whose arms' sizes fit the configured split with a chi-square p-value
-    below this has a sample ratio mismatch: its readout is not trusted."""
-    min_detectable_effect: float = Field(0.05, gt=0.0)
-    """Smallest relative lift of the click rate an experiment must be able to detect (at
-    alpha 0.05, power 0.8): sets the sample size per arm before a verdict."""
-    attribution_window_s: float = Field(1800.0, gt=0.0)
-    """A click, add-to-cart or purchase without a ``request_id`` counts for the user's
-    latest answer that showed the item at most this long before it (event time)."""
 
 
 class Settings(BaseSettings):

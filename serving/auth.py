@@ -48,9 +48,14 @@ def limiter_for(settings: Settings, degradations: Any) -> Any:
     rate = settings.serving.rate_limit_per_s
     if settings.serving.rate_limit_backend == "memory":
         return RateLimiter(rate)
+    from functools import partial
+
     from rtrec.serving.ratelimit import RedisQuota, SharedRateLimiter
 
-    return SharedRateLimiter(rate, RedisQuota(settings.redis.url), degradations)
+    from rtrec.redis_clients import async_redis_client
+
+    quota = RedisQuota(settings.redis.url, connect=partial(async_redis_client, settings))
+    return SharedRateLimiter(rate, quota, degradations)
 
 
 ROUTE_SCOPES: dict[str, Scope] = {

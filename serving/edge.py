@@ -297,3 +297,36 @@ class RouteMetrics:
         labels = (self.label(scope["path"]), method, str(status))
         record(REQUESTS, 1, *labels)
         record(LATENCY, seconds, *labels)
+
+
+class ReplicaHeader:
+    """Names the replica in every response, ``X-Rtrec-Replica: <serving.replica_id>``, so
+    a client (or a test) behind a load balancer sees which replica answered. Without a
+    replica id (one process, no balancer) it passes requests through untouched."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self._value: bytes | None = None
+        self._read = False
+
+    def _replica(self) -> bytes | None:
+        if not self._read:  # settings exist once the worker runs, not at import
+            from rtrec.config import get_settings
+
+            replica = get_settings().serving.replica_id
+            self._value, self._read = replica.encode() if replica else None, True
+        return self._value
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        value = self._replica() if scope["type"] == "http" else None
+        if value is None:
+            await self.app(scope, receive, send)
+            return
+
+        async def send_named(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                headers = [*message.get("headers", []), (b"x-rtrec-replica", value)]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_named)

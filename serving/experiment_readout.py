@@ -42,9 +42,9 @@ def experiment_status(settings: Settings, client: Any = None) -> dict[str, Any]:
     import orjson
 
     if client is None:
-        import redis
+        from rtrec.redis_clients import redis_client
 
-        client = redis.Redis.from_url(settings.redis.url)
+        client = redis_client(settings)
     keys = experiment_keys(settings)
     members = client.zrevrange(keys["arms"], 0, -1)
     # One MULTI/EXEC (every key shares the group's hash tag, so one slot on a cluster): the

@@ -137,12 +137,13 @@ class GuardedFeatures(Breaker):
         paid as latency. redis-py reconnects a broken connection on the next call."""
         try:
             if self._probe_client is None:
-                import redis
                 from redis.backoff import NoBackoff
                 from redis.retry import Retry
 
-                self._probe_client = redis.Redis.from_url(
-                    self.settings.redis.url,
+                from rtrec.redis_clients import redis_client
+
+                self._probe_client = redis_client(
+                    self.settings,
                     socket_timeout=0.2,
                     socket_connect_timeout=0.2,
                     retry=Retry(NoBackoff(), 0),

@@ -35,6 +35,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -86,21 +87,30 @@ class QuotaSource(Protocol):
 
 
 class RedisQuota:
-    """Leases from Redis with the asyncio client (one per event loop)."""
+    """Leases from Redis with the asyncio client (one per event loop). ``connect``
+    (options -> client) opens it: by default ``redis.asyncio.Redis.from_url(url)``; the
+    service passes :func:`rtrec.redis_clients.async_redis_client`, a cluster client on a
+    Redis Cluster (the bucket's key is hash-tagged: one slot, one node per script call)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, connect: Callable[..., Any] | None = None) -> None:
         self.url = url
+        self._connect = connect
         self._clients: dict[int, tuple[Any, Any]] = {}
 
-    def _for_loop(self) -> tuple[Any, Any]:
+    def _open(self, **options: Any) -> Any:
+        if self._connect is not None:
+            return self._connect(**options)
         from redis.asyncio import Redis
+
+        return Redis.from_url(self.url, **options)
+
+    def _for_loop(self) -> tuple[Any, Any]:
         from redis.backoff import NoBackoff
         from redis.retry import Retry
 
         key = id(asyncio.get_running_loop())
         if key not in self._clients:
-            client = Redis.from_url(
-                self.url,
+            client = self._open(
                 socket_timeout=LEASE_TIMEOUT_S,
                 socket_connect_timeout=LEASE_TIMEOUT_S,
                 retry=Retry(NoBackoff(), 0),

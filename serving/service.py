@@ -27,7 +27,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from rtrec.serving.auth import Guard
 from rtrec.serving.docs import add_docs
-from rtrec.serving.edge import RejectControlPaths, RouteMetrics, use_header_deadline
+from rtrec.serving.edge import RejectControlPaths, ReplicaHeader, RouteMetrics, use_header_deadline
 from rtrec.serving.impressions import ImpressionLog
 from rtrec.serving.schemas import (
     ITEM_ID_PATTERN,
@@ -340,8 +340,8 @@ class Recommender:
 
 Recommender.add_asgi_middleware(RouteMetrics, api=app, skip=PROBES)  # first: outermost
 Recommender.add_asgi_middleware(RejectControlPaths)
-# Here, not in __init__: the worker's uvicorn picks its protocol after importing this
-# module and before the service is constructed.
+Recommender.add_asgi_middleware(ReplicaHeader)  # X-Rtrec-Replica behind a load balancer
+# At import, not in __init__: the worker's uvicorn picks its protocol before that runs.
 HEADER_DEADLINE = use_header_deadline(HEADER_TIMEOUT_S)
 
 

@@ -96,7 +96,7 @@ def backfill_online_store(
     histories then miss what came before). ``client``: the Redis client (default one on
     ``settings.redis.url``). An empty log or window is :class:`NotFound`.
     """
-    import redis
+    from rtrec.redis_clients import redis_client
 
     if days is not None and not days > 0:
         raise InvalidInput(f"days must be positive, got {days}", field="days")
@@ -111,7 +111,7 @@ def backfill_online_store(
     window = events[keep]
     if not len(window):
         raise NotFound(f"no logged events before {end} in the last {days} days at {directory}")
-    client = client or redis.Redis.from_url(settings.redis.url)
+    client = client or redis_client(settings)
     now_ms = int(time.time() * 1000)
 
     users = _user_rows(window, now_ms)

@@ -223,11 +223,11 @@ def offline_coverage(settings: Settings, *, until_ms: int | None = None) -> Offl
 
     Raises :class:`rtrec.errors.Unavailable` when the broker or Redis cannot be reached.
     """
-    import redis
+    from rtrec.redis_clients import redis_client
 
     ends, topic_id = _topic_ends(settings)
     asked = int(time.time() * 1000)
-    client = redis.Redis.from_url(settings.redis.url)
+    client = redis_client(settings)
     try:
         mark = _watermark(settings, client)
     finally:
@@ -252,14 +252,14 @@ def wait_for_offline_log(
     offsets and event time still missing — a stream processor that is not running, is
     stuck, or is far behind must not make a reader judge partial data.
     """
-    import redis
+    from rtrec.redis_clients import redis_client
 
     if timeout_s < 0:
         raise InvalidInput(f"timeout_s must be >= 0, got {timeout_s}", field="timeout_s")
     ends, topic_id = _topic_ends(settings)
     asked = int(time.time() * 1000)
     started = time.monotonic()
-    client = redis.Redis.from_url(settings.redis.url)
+    client = redis_client(settings)
     try:
         while True:
             mark = _watermark(settings, client)

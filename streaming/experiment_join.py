@@ -55,13 +55,13 @@ class ExperimentJoin:
         max_records: int = 5_000,
         poll_ms: int = 100,
     ) -> None:
-        import redis
+        from rtrec.redis_clients import redis_client
 
         self.settings = settings
         self.max_records = max_records
         self.poll_ms = poll_ms
         self._stop = stop or threading.Event()
-        self.redis = redis.Redis.from_url(settings.redis.url)
+        self.redis = redis_client(settings)
         self.state = ExperimentState(settings, self.redis, uuid.uuid4().hex)
         self.window_ms = int(settings.monitoring.attribution_window_s * 1000)
         self.topics = (settings.kafka.impressions_topic, settings.kafka.events_topic)

@@ -69,14 +69,15 @@ class StreamProcessor(BatchSteps, GroupMembership):
         poll_ms: int = 50,
         stop: threading.Event | None = None,
     ) -> None:
-        import redis
         from kafka import KafkaProducer
+
+        from rtrec.redis_clients import redis_client
 
         self.settings = settings
         self.max_records = max_records
         self.poll_ms = poll_ms
         self._stop = stop or threading.Event()
-        self.redis = redis.Redis.from_url(settings.redis.url)
+        self.redis = redis_client(settings)
         self.state = RedisState(settings, self.redis, WINDOW_HOURS)
         get_store(settings)  # registers the feature repo on first use
         self._assignor = RecordingRange()

@@ -31,6 +31,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def cluster_ports(n: int) -> list[int]:
+    """``n`` free ports whose Redis Cluster bus ports (port + 10000) are free too."""
+    ports: list[int] = []
+    while len(ports) < n:
+        port = free_port()
+        if port + 10000 > 65535 or port in ports:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        ports.append(port)
+    return ports
+
+
 def restore_env(old: dict[str, str | None]) -> None:
     """Put back the environment variables ``old`` recorded (None: was unset) and drop the
     cached settings built from the changed ones."""

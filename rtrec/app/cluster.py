@@ -19,7 +19,7 @@ from typing import Any
 
 from rtrec.app import cluster_airflow as airflow
 from rtrec.app import cluster_postgres as postgres
-from rtrec.app import stack
+from rtrec.app import cluster_redis, cluster_serving, cluster_stream, stack
 from rtrec.app.stack import ComponentStatus
 from rtrec.config import Settings, host_port
 from rtrec.errors import ConfigError
@@ -218,6 +218,9 @@ def status(settings: Settings) -> list[ComponentStatus]:
     """The embedded components' rows, then PostgreSQL, MLflow's server, Spark, Airflow."""
     rows = stack.status(settings)
     rows += [_postgres_status(settings), _mlflow_status(settings), _spark_status(settings)]
+    if settings.redis.cluster:
+        rows += cluster_redis.status(settings)
+    rows += cluster_stream.status(settings) + cluster_serving.status(settings)
     return [*rows, airflow.status(settings)]
 
 
@@ -227,7 +230,10 @@ def up(settings: Settings) -> list[ComponentStatus]:
     stack.make_dirs(settings)
     stack.start_kafka(settings)
     stack.ensure_topics(settings)
-    stack.start_redis(settings)
+    if settings.redis.cluster:
+        cluster_redis.start(settings)
+    else:
+        stack.start_redis(settings)
     if settings.cluster.postgres.host in _LOOPBACK:
         postgres.start(settings)
     # MLflow's server (a schema migration on first start), Spark's JVMs and Airflow (its
@@ -236,6 +242,12 @@ def up(settings: Settings) -> list[ComponentStatus]:
     with ThreadPoolExecutor(max_workers=len(starts)) as pool:
         for done in [pool.submit(start, settings) for start in starts]:
             done.result()
+    # Stream processors and serving replicas (which load the champion from MLflow's server)
+    # side by side, once the feature repository they all read is there.
+    cluster_serving.apply_features(settings)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for done in [pool.submit(m.start, settings) for m in (cluster_stream, cluster_serving)]:
+            done.result()
     return status(settings)
 
 
@@ -243,8 +255,11 @@ def down(settings: Settings) -> list[str]:
     """Stop every process of the work dir: clients before the servers they use (MLflow
     before PostgreSQL, workers before their master), then the embedded ones."""
     workers = sorted(n for n in stack.managed_names(settings) if n.startswith("spark-worker-"))
-    stopped = airflow.stop(settings)  # its tasks use MLflow and Spark; its DB is PostgreSQL
+    # nginx, the serving replicas and the stream processors first: clients of the rest;
+    # then Airflow (its tasks use MLflow and Spark; its DB is PostgreSQL).
+    stopped = cluster_serving.stop(settings) + cluster_stream.stop(settings)
+    stopped += airflow.stop(settings)
     for name in [MLFLOW, *workers, SPARK_MASTER, postgres.NAME]:
         if stack.stop_managed(settings, name):
             stopped.append(name)
-    return stopped + stack.down(settings)
+    return stopped + cluster_redis.stop(settings) + stack.down(settings)

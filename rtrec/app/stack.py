@@ -23,7 +23,7 @@ from rtrec.app.processes import (
     stop_managed,
 )
 from rtrec.config import Settings, host_port
-from rtrec.errors import NotFound, Unavailable
+from rtrec.errors import ConfigError, NotFound, Unavailable
 
 __all__ = [
     "ComponentStatus",
@@ -131,6 +131,11 @@ def start_redis(settings: Settings) -> None:
     host, port = settings.redis.host_port
     if not _local(host):
         return
+    if settings.redis.cluster:
+        raise ConfigError(
+            "redis.cluster is set: the cluster profile starts the Redis Cluster "
+            "(`rtrec up --profile cluster`); the embedded stack runs one plain Redis"
+        )
     exe = shutil.which("redis-server")
     if exe is None:
         raise Unavailable(
@@ -219,9 +224,9 @@ def _kafka_status(settings: Settings) -> ComponentStatus:
 def _redis_status(settings: Settings) -> ComponentStatus:
     managed = managed_pid(settings, "redis") is not None
     try:
-        import redis
+        from rtrec.redis_clients import redis_client
 
-        client = redis.Redis.from_url(settings.redis.url, socket_timeout=2)
+        client = redis_client(settings, socket_timeout=2)
         client.ping()
         keys = client.dbsize()
         client.close()

@@ -9,6 +9,7 @@ fetch it back, and finally ``rtrec down --profile cluster`` must leave no proces
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -29,7 +30,7 @@ from rtrec.app.cli import main
 from rtrec.app.cluster_postgres import connect
 from rtrec.app.processes import alive, managed_names, managed_pid, stop_managed
 from rtrec.config import Settings, load_settings
-from tests.conftest import free_port, settings_env
+from tests.conftest import cluster_ports, free_port, settings_env
 
 pytestmark = [
     pytest.mark.integration,
@@ -50,11 +51,16 @@ def cluster_env() -> Iterator[dict[str, str]]:
     as its own account, which must be able to enter it."""
     work = Path(tempfile.mkdtemp(prefix="rtrec-cluster-"))
     os.chmod(work, 0o711)
+    nodes = cluster_ports(3)
     env = {
         "RTREC_CONFIG": str(PROFILE_FILE),
         "RTREC_WORK_DIR": str(work),
         "RTREC_KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",
-        "RTREC_REDIS__URL": f"redis://127.0.0.1:{free_port()}/0",
+        "RTREC_REDIS__URL": f"redis://127.0.0.1:{nodes[0]}",
+        "RTREC_CLUSTER__REDIS__PORTS": json.dumps(nodes),
+        "RTREC_SERVING__PORT": str(free_port()),
+        "RTREC_CLUSTER__SERVING__REPLICA_PORTS": json.dumps([free_port(), free_port()]),
+        "RTREC_CLUSTER__STREAM__METRICS_PORTS": json.dumps([free_port(), free_port()]),
         "RTREC_MLFLOW__TRACKING_URI": f"http://127.0.0.1:{free_port()}",
         "RTREC_SPARK__MASTER": f"spark://127.0.0.1:{free_port()}",
         "RTREC_CLUSTER__POSTGRES__PORT": str(free_port()),
