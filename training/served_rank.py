@@ -1,0 +1,217 @@
+"""The ranker's features and scores for one request, in numpy: the same rows
+``rank_features.candidate_features`` builds in training (tests compare the two on fixed
+inputs) from the merged candidates of ``rtrec.training.served_sources``, then the prior
+and LightGBM's trees (``ranker.Ranker.predict``) on one small dense matrix.
+
+Per request: the two-tower and item-item pair scores of every candidate, the user's
+activity (``rank_features.user_features``, the function training calls), the item
+features frozen in the tables, the category match, and each score's gap and rank within
+the list; the prior's per-list z-scores. LightGBM predicts with one thread: OpenMP's
+threads cost more than they save on 200 rows, and wait behind busy cores.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from rtrec.training.candidates import UserState
+from rtrec.training.learned_sources import RECENT_ITEMS as II_RECENT
+from rtrec.training.rank_features import USER_FEATURES, user_features
+from rtrec.training.served_sources import SOURCES, Answer, Merged, ServedSources
+from rtrec.training.served_tables import ITEM_FEATURES, ServedTables
+
+Z_MISSING = -5.0
+"""The prior's value for a candidate its scorer cannot score (``ranker._z``)."""
+
+
+@dataclass(frozen=True)
+class RankerModel:
+    """The fitted ranker's parts the served path needs (``ranker.Ranker``)."""
+
+    features: list[str]
+    prior_weight: float
+    from_prior: bool
+    booster: Any | None
+    """A ``lightgbm.Booster``; None when the prior alone ranks (no tree beat it)."""
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """One request's ranked candidates: positions best first, their scores, and the
+    merged candidates they came from."""
+
+    pos: np.ndarray
+    scores: np.ndarray
+    merged: Merged
+
+
+class ServedRanker:
+    """Sources, features and the ranker over the served tables (``rank`` per request)."""
+
+    def __init__(self, sources: ServedSources, model: RankerModel, item_keys: np.ndarray) -> None:
+        self.sources = sources
+        self.model = model
+        self.item_keys = item_keys
+        """The two-tower's retrieval keys ``[items, dim + 1]`` (``ModelBundle.item_keys``)."""
+        self._local = threading.local()
+        cats = self.tables.item_cats
+        self._n_cats = int(cats.max()) + 1 if len(cats) else 0
+
+    @property
+    def tables(self) -> ServedTables:
+        return self.sources.t
+
+    def two_tower(self, rows: np.ndarray, scores: np.ndarray, hist: np.ndarray) -> Answer:
+        """``TwoTowerSource.candidates`` from an index search of the user's query (``rows``
+        -1 where it had no result): the first ``per_source`` unseen items."""
+        ok = rows >= 0
+        if len(hist):
+            ok &= ~np.isin(rows, hist[hist >= 0])
+        keep = np.flatnonzero(ok)[: self.sources.p.per_source]
+        return Answer(rows[keep].astype(np.int64), scores[keep].astype(np.float32))
+
+    def search_k(self, history_len: int) -> int:
+        """How many results the two-tower's search must return for ``history_len`` items."""
+        return self.sources.p.per_source + history_len
+
+    def rank(
+        self,
+        state: UserState,
+        hist: np.ndarray,
+        query: np.ndarray | None,
+        tt: Answer | None,
+        now: int,
+    ) -> Ranked:
+        """The user's candidates, ranked. ``hist``: ``state.items`` as catalog positions;
+        ``query``: the two-tower's query vector (None: none, a cold user)."""
+        merged = self.sources.merge(self.sources.answers(hist, tt))
+        if not len(merged.pos):
+            return Ranked(merged.pos, np.zeros(0), merged)
+        cols = self.columns(merged, state, hist, query, now)
+        scores = self.predict(self.matrix(cols, len(merged.pos)), cols)
+        order = np.argsort(-scores, kind="stable")
+        return Ranked(merged.pos[order], scores[order], merged)
+
+    def matrix(self, cols: dict[str, Any], rows: int) -> np.ndarray:
+        """The ranker's input matrix ``[rows, features]`` (float64, C order)."""
+        out = np.empty((rows, len(self.model.features)), dtype=np.float64)
+        for j, name in enumerate(self.model.features):
+            out[:, j] = cols[name]
+        return out
+
+    def columns(
+        self, merged: Merged, state: UserState, hist: np.ndarray, query: np.ndarray | None, now: int
+    ) -> dict[str, Any]:
+        """Every feature of ``rank_features.candidate_features`` by name (a scalar where it
+        is the user's, the same for every candidate)."""
+        pos, t = merged.pos, self.tables
+        cols: dict[str, Any] = {"n_sources": merged.n_sources}
+        for s in SOURCES:
+            cols[f"src_{s}_rank"] = merged.ranks.get(s, np.nan)
+            cols[f"src_{s}_score"] = merged.scores.get(s, np.nan)
+        cols["tt_score"] = self._tt_scores(pos, query, state)
+        cols |= self._ii_features(pos, hist)
+        cols |= dict(zip(USER_FEATURES, user_features(state, now), strict=True))
+        item = t.item_features[pos]
+        cols |= {name: item[:, j] for j, name in enumerate(ITEM_FEATURES)}
+        known = hist[hist >= 0]
+        # pandas' mean: NaN (an unknown item) filled with 0 in place, then one sum.
+        pop_all = np.where(hist >= 0, t.item_features[np.maximum(hist, 0), 0], np.nan)
+        count = int((~np.isnan(pop_all)).sum())
+        filled = np.where(np.isnan(pop_all), 0.0, pop_all)
+        cols["user_pop_mean"] = filled.sum() / count if count else np.nan
+        with np.errstate(divide="ignore", invalid="ignore"):
+            cols["pop_vs_user"] = np.log(cols["pop_all"] / cols["user_pop_mean"])
+        cols["cat_match"] = self._cat_match(pos, known, len(state.items))
+        for name in ("tt_score", "ii_score"):
+            cols[f"{name}_gap"], cols[f"{name}_rank"] = _gap_and_rank(cols[name])
+        return cols
+
+    def _tt_scores(self, pos: np.ndarray, query: np.ndarray | None, state: UserState) -> np.ndarray:
+        """``TwoTowerSource.pair_scores``: query . key; NaN for a cold user."""
+        if query is None or state.cold:
+            return np.full(len(pos), np.nan)
+        return (self.item_keys[pos] @ query).astype(np.float64)
+
+    def _ii_features(self, pos: np.ndarray, hist: np.ndarray) -> dict[str, np.ndarray]:
+        """``ItemItemSource.pair_features``: the weights from the user's items to each
+        candidate, summed, strongest, counted positive and summed over the latest few."""
+        t = self.tables
+        out = {n: np.full(len(pos), np.nan) for n in ("ii_score", "ii_max", "ii_links")}
+        out["ii_recent"] = np.full(len(pos), np.nan)
+        targets = np.flatnonzero(t.in_catalog[pos])
+        mine = self.sources.ii_history(hist)
+        if not len(mine):
+            for n in ("ii_score", "ii_recent", "ii_links"):
+                out[n][targets] = 0.0
+            return out
+        lookup = self._lookup()
+        lookup[pos[targets]] = np.arange(len(targets))
+        try:
+            col = lookup[t.ii_nbr[mine]]
+        finally:
+            lookup[pos[targets]] = -1
+        row = np.broadcast_to(np.arange(len(mine))[:, None], col.shape)
+        ok = col >= 0
+        w = np.zeros((len(mine), len(targets)), dtype=np.float32)
+        w[row[ok], col[ok]] = t.ii_w[mine][ok]
+        out["ii_score"][targets] = w.sum(axis=0)
+        out["ii_max"][targets] = w.max(axis=0)
+        out["ii_links"][targets] = (w > 0).sum(axis=0)
+        out["ii_recent"][targets] = w[:II_RECENT].sum(axis=0)
+        return out
+
+    def _lookup(self) -> np.ndarray:
+        """This thread's catalog-sized lookup (all -1 between uses), built once."""
+        lookup = getattr(self._local, "lookup", None)
+        if lookup is None:
+            lookup = self._local.lookup = np.full(self.tables.size, -1, dtype=np.int64)
+        return lookup
+
+    def _cat_match(self, pos: np.ndarray, known: np.ndarray, n_items: int) -> np.ndarray:
+        """``rank_features.category_match``: the share of the user's items in each
+        candidate's categories (summed over its categories in their order)."""
+        t = self.tables
+        mine, _ = t.categories_of(known)
+        shares = np.bincount(mine, minlength=self._n_cats) / max(n_items, 1)
+        cats, owner = t.categories_of(pos)
+        return np.bincount(owner, weights=shares[cats], minlength=len(pos))
+
+    def predict(self, x: np.ndarray, cols: dict[str, Any]) -> np.ndarray:
+        """``Ranker.predict``: the prior (from ``cols``' two scores), plus the trees' output
+        on ``x`` when there are trees (which replaces the prior for trees that learned the
+        whole order)."""
+        w = self.model.prior_weight
+        base = w * _z(cols["tt_score"]) + (1.0 - w) * _z(cols["ii_score"])
+        booster = self.model.booster
+        if booster is None:
+            return base
+        raw = booster.predict(x, num_threads=1)
+        return base + raw if self.model.from_prior else raw
+
+
+def _z(x: np.ndarray) -> np.ndarray:
+    """The list's standardised scores (ddof 1, as pandas); NaN -> ``Z_MISSING``."""
+    valid = ~np.isnan(x)
+    count = int(valid.sum())
+    if count == 0:
+        return np.full(len(x), Z_MISSING)
+    mean = x[valid].sum() / count
+    std = np.sqrt(((x[valid] - mean) ** 2).sum() / (count - 1)) if count > 1 else np.nan
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = (x - mean) / std
+    return np.where(np.isnan(z), Z_MISSING, z)
+
+
+def _gap_and_rank(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each value minus the list's best, and its rank (1 = best; ties in list order;
+    NaN stays NaN), as pandas' ``transform("max")`` and ``rank(method="first")``."""
+    valid = np.flatnonzero(~np.isnan(x))
+    rank = np.full(len(x), np.nan)
+    if not len(valid):
+        return np.full(len(x), np.nan), rank
+    rank[valid[np.argsort(-x[valid], kind="stable")]] = np.arange(1, len(valid) + 1)
+    return x - x[valid].max(), rank
