@@ -60,16 +60,35 @@ def save_ranker(
 ) -> dict[str, Any]:
     """Write ``model`` (fitted on the served model's events) under ``bundle_dir``; returns
     the declaration for the bundle's metadata (``save_bundle(extra={"ranker": ...})``)."""
+    ranker = model.ranker
+    fitted = RankerModel(
+        list(ranker.features),
+        float(ranker.prior_weight),
+        bool(ranker.chosen.get("from_prior", True)),
+        getattr(ranker, "booster", None),
+    )
+    params = {k: v for k, v in ranker.chosen.items() if k != "from_prior"}
+    tables = tables_from(model.generator, model_ids)
+    return write_ranker(bundle_dir, tables, fitted, source_params(model), params, info)
+
+
+def write_ranker(
+    bundle_dir: Path,
+    tables: ServedTables,
+    model: RankerModel,
+    sources: SourceParams,
+    params: dict[str, Any],
+    info: dict[str, Any],
+) -> dict[str, Any]:
+    """The ranker's files under ``bundle_dir`` (see module doc); returns the declaration."""
     import lightgbm
 
     out = Path(bundle_dir) / RANKER_DIR
     out.mkdir(parents=True, exist_ok=True)
-    ranker = model.ranker
-    tables_from(model.generator, model_ids).save(out / RANKER_TABLES)
+    tables.save(out / RANKER_TABLES)
     files = [RANKER_TABLES]
-    booster = getattr(ranker, "booster", None)
-    if booster is not None:
-        (out / RANKER_MODEL).write_text(booster.model_to_string())
+    if model.booster is not None:
+        (out / RANKER_MODEL).write_text(model.booster.model_to_string())
         files.append(RANKER_MODEL)
     sums = {name: _sha256(out / name) for name in files}
     version = hashlib.sha256("".join(sums[n] for n in sorted(sums)).encode()).hexdigest()[:12]
@@ -78,12 +97,12 @@ def save_ranker(
         "version": version,
         "lightgbm": lightgbm.__version__,
         "created_ts": int(time.time() * 1000),
-        "features": list(ranker.features),
-        "prior_weight": float(ranker.prior_weight),
-        "from_prior": bool(ranker.chosen.get("from_prior", True)),
-        "trees": int(booster.num_trees()) if booster is not None else 0,
-        "params": {k: v for k, v in ranker.chosen.items() if k != "from_prior"},
-        "sources": source_params(model).__dict__,
+        "features": model.features,
+        "prior_weight": model.prior_weight,
+        "from_prior": model.from_prior,
+        "trees": int(model.booster.num_trees()) if model.booster is not None else 0,
+        "params": params,
+        "sources": sources.__dict__,
         "fit": info,
         "sha256": sums,
     }
@@ -92,7 +111,7 @@ def save_ranker(
     return declared | {"sha256": _sha256(out / RANKER_META)}
 
 
-def declared(metadata: dict[str, Any]) -> dict[str, Any] | None:
+def ranker_declared(metadata: dict[str, Any]) -> dict[str, Any] | None:
     """The ranker a bundle's metadata declares (None: a single-stage bundle)."""
     value = metadata.get("ranker")
     return value if isinstance(value, dict) else None
@@ -100,7 +119,7 @@ def declared(metadata: dict[str, Any]) -> dict[str, Any] | None:
 
 def load_ranker(bundle: Any) -> ServedRanker:
     """The declared ranker of a loaded ``ModelBundle``, verified (see module doc)."""
-    decl = declared(bundle.metadata)
+    decl = ranker_declared(bundle.metadata)
     if decl is None:
         raise InvalidInput("the bundle declares no ranker", field="ranker")
     directory = Path(bundle.directory) / RANKER_DIR

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from rtrec.training.evaluate import evaluate
-from rtrec.training.ranker import TwoStage
+from rtrec.training.ranker import DEFAULT_PARAMS, Ranker, TwoStage
 from rtrec.training.selection import Selection
 from rtrec.training.sets import Frames, TrainingSets
 from rtrec.training.two_stage import Fold, SourceConfig, fit_two_stage, recall_of_candidates
@@ -57,6 +57,9 @@ def fit_ranker_stage(
     labels = sampled_labels(frames.validation, cfg.ranker_users, settings.seed)
     fold = Fold(frames.train, labels, selection.tuned, now)
     config = SourceConfig.served(RECENT_ITEMS, neighbours=cfg.ranker_neighbours)
+    # One thread: on the 2-core machine with other work beside it, two OpenMP threads
+    # fitted the same ranker in 91 s against 19 s for one (their spin-waits collide).
+    ranker = Ranker(seed=settings.seed, params={**DEFAULT_PARAMS, "num_threads": 1})
     two_stage, info = fit_two_stage(
         [fold],
         frames.fit_part,
@@ -64,6 +67,7 @@ def fit_ranker_stage(
         ease_l2=selection.ease_l2,
         seed=settings.seed,
         config=config,
+        ranker=ranker,
     )
     info["fit_seconds"] = round(time.perf_counter() - t, 1)
     logger.info("ranker stage fitted", extra=info)

@@ -17,11 +17,48 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from rtrec.training.candidates import UserState
+from rtrec.training.candidates import USER_WINDOWS_MS, UserState
 from rtrec.training.learned_sources import RECENT_ITEMS as II_RECENT
 from rtrec.training.rank_features import USER_FEATURES, user_features
 from rtrec.training.served_sources import SOURCES, Answer, Merged, ServedSources
 from rtrec.training.served_tables import ITEM_FEATURES, ServedTables
+
+from rtrec.events import EVENT_TYPES
+
+
+def online_state(user_id: str, features: dict[str, Any], limit: int | None) -> UserState:
+    """A user's state from its online feature row (the stream's user view): its recent
+    items (newest first, the ``limit`` latest), its events in each ``USER_WINDOWS_MS``
+    window summed over event types (``cnt_<type>_<window>``) and its latest event's time.
+    What ``rank_features.user_features`` reads of a training state, from the store."""
+    items = np.asarray([str(i) for i in (features.get("recent_items") or [])][:limit], object)
+    counts = tuple(
+        sum(int(features.get(f"cnt_{t}_{w}") or 0) for t in EVENT_TYPES) for w in USER_WINDOWS_MS
+    )
+    last = features.get("last_event_ms")
+    ts = np.array([int(last)] if last and len(items) else [], dtype=np.int64)
+    return UserState(user_id, items, ts, counts)
+
+
+FEATURES = (
+    *(f"src_{s}_{what}" for what in ("rank", "score") for s in sorted(SOURCES)),
+    "n_sources",
+    "tt_score",
+    "ii_score",
+    "ii_max",
+    "ii_links",
+    "ii_recent",
+    *USER_FEATURES,
+    "user_pop_mean",
+    *ITEM_FEATURES,
+    "pop_vs_user",
+    "cat_match",
+    "tt_score_gap",
+    "tt_score_rank",
+    "ii_score_gap",
+    "ii_score_rank",
+)
+"""The ranker's features in the order training's rows hold them (``feature_names``)."""
 
 Z_MISSING = -5.0
 """The prior's value for a candidate its scorer cannot score (``ranker._z``)."""

@@ -157,15 +157,17 @@ def fit_two_stage(
     n: int = 200,
     seed: int = 0,
     config: SourceConfig = SourceConfig(),
+    ranker: Ranker | None = None,
 ) -> tuple[TwoStage, dict[str, Any]]:
     """The fitted two-stage scorer on ``final`` and what its fitting found (the ranker's
     validation NDCG@10 on its candidate lists beside the prior's, rounds, candidate
-    recall@``n`` of the first fold's labels per source, top features by gain)."""
+    recall@``n`` of the first fold's labels per source, top features by gain). ``ranker``:
+    an unfitted ranker with other settings than the default's."""
     if not folds:
         raise ValueError("fit_two_stage needs at least one fold")
     parts = _fold_parts(folds, ease_l2, n, config)
     rows = pd.concat([r for _, r in parts], ignore_index=True)
-    ranker = Ranker(seed=seed).fit(rows)
+    ranker = (ranker or Ranker(seed=seed)).fit(rows)
     first, gen = folds[0], parts[0][0]
     names = [s.name for s in gen.sources]
     users = sorted(first.labels["user_id"].astype(str).unique())

@@ -16,6 +16,7 @@ from rtrec.training.examples import histories_within
 from rtrec.training.index import build_index
 from rtrec.training.ranker import Ranker, TwoStage, ranking_rows, rows_for
 from rtrec.training.ranker_bundle import load_ranker, save_ranker
+from rtrec.training.served_rank import FEATURES
 from rtrec.training.trainer import TrainConfig, fit
 from rtrec.training.two_stage import SourceConfig, build_generator
 
@@ -61,6 +62,7 @@ def test_served_candidates_features_and_scores_equal_trainings(fitted) -> None:
     bundle = load_bundle(directory, use_gpu=False)
     served = load_ranker(bundle)
     assert served.model.booster is not None and served.model.booster.num_trees() >= 1
+    assert served.model.features == list(FEATURES)
     gen, ranker = two_stage.generator, two_stage.ranker
     states = _states(past, two_stage)
     rows = rows_for(gen, states, now, N)
