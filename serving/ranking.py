@@ -80,26 +80,26 @@ def _warm(bundle: Any, ranker: Any) -> None:
 
 def rank_candidates(
     bundle: Any, ranker: Any, user_id: str, feats: dict[str, Any], vec: np.ndarray, now_ms: int
-) -> tuple[list[str], np.ndarray, tuple[np.ndarray, np.ndarray]]:
-    """(item ids best first, their scores, the two-tower search's (scores, rows)) for one
-    user with online features ``feats`` and retrieval query ``vec`` (``[1, dim + 1]``)."""
+) -> tuple[list[str], np.ndarray]:
+    """(item ids best first, their scores) for one user with online features ``feats``
+    and retrieval query ``vec`` (``[1, dim + 1]``)."""
     from rtrec.training import online_state
 
     state = online_state(user_id, feats, ranker.sources.p.history_limit)
     hist = bundle.encoders.items.encode(state.items) - 1
-    k = min(ranker.search_k(len(hist)), bundle.index.ntotal)
+    query, search = None, None
+    if not state.cold:  # a user without history gets popularity only: no search
+        t = time.perf_counter()
+        k = min(ranker.search_k(len(hist)), bundle.index.ntotal)
+        scores, rows = bundle.search_rows(vec, k)
+        metrics.observe_stage("search", time.perf_counter() - t)
+        query, search = vec[0], (scores[0], rows[0])
     t = time.perf_counter()
-    scores, rows = bundle.search_rows(vec, k)
-    metrics.observe_stage("search", time.perf_counter() - t)
-    t = time.perf_counter()
-    query, tt = None, None
-    if not state.cold:
-        query, tt = vec[0], ranker.two_tower(rows[0], scores[0], hist)
-    ranked = ranker.rank(state, hist, query, tt, now_ms)
+    ranked = ranker.rank(state, hist, query, search, now_ms)
     ids = bundle.encoders.items.ids
     out = [ids[p] for p in ranked.pos]
     metrics.observe_stage("rank", time.perf_counter() - t)
-    return out, ranked.scores, (scores[0], rows[0])
+    return out, ranked.scores
 
 
 def items_for(
@@ -139,7 +139,7 @@ def _ranked(
     dense = dense_row(feats, bundle.dense_names, now_ms)
     vec = bundle.user_vectors([req.user_id], [history], dense)
     metrics.observe_stage("user_tower", time.perf_counter() - t)
-    ids, scores, _ = rank_candidates(bundle, ranker, req.user_id, feats, vec, now_ms)
+    ids, scores = rank_candidates(bundle, ranker, req.user_id, feats, vec, now_ms)
     banned = engine._banned(req, history)
     picked = engine._filter(bundle, req, zip(ids, scores.tolist(), strict=True), banned, k)
     if len(picked) < k:

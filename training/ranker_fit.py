@@ -59,7 +59,8 @@ def fit_ranker_stage(
     config = SourceConfig.served(RECENT_ITEMS, neighbours=cfg.ranker_neighbours)
     # One thread: on the 2-core machine with other work beside it, two OpenMP threads
     # fitted the same ranker in 91 s against 19 s for one (their spin-waits collide).
-    ranker = Ranker(seed=settings.seed, params={**DEFAULT_PARAMS, "num_threads": 1})
+    params = {**DEFAULT_PARAMS, "num_threads": 1}
+    ranker = Ranker(seed=settings.seed, params=params, max_rounds=cfg.ranker_max_trees)
     two_stage, info = fit_two_stage(
         [fold],
         frames.fit_part,

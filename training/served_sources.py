@@ -12,6 +12,7 @@ are the same bits, and ties are broken as training breaks them (lower position f
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -73,8 +74,9 @@ def _sums(idx: np.ndarray, vals: np.ndarray, n: int) -> tuple[np.ndarray, np.nda
 
 
 def _top(pos: np.ndarray, scores: np.ndarray, seen: np.ndarray, n: int) -> Answer:
-    """The ``n`` best of ``pos`` outside ``seen`` (sorted unique positions)."""
-    keep = ~np.isin(pos, seen, assume_unique=False) if len(seen) else slice(None)
+    """The ``n`` best of ``pos`` (sorted unique positions) where ``seen`` (a catalog-sized
+    mask) is False."""
+    keep = ~seen[pos]
     pos, scores = pos[keep], scores[keep]
     best = top_positions(scores, pos, n)
     order = np.searchsorted(pos, best) if len(pos) else best
@@ -88,6 +90,7 @@ class ServedSources:
         self.t = tables
         self.p = params
         self._cats = len(tables.cat_ptr) - 1
+        self._local = threading.local()
 
     def item_item(self, hist: np.ndarray, seen: np.ndarray) -> Answer:
         """``ItemItemSource.candidates``: neighbours of the ``ii_recent`` latest items."""
@@ -113,42 +116,63 @@ class ServedSources:
             return Answer.empty()
         uniq, first, counts = np.unique(cats, return_index=True, return_counts=True)
         order = np.argsort(first, kind="stable")  # first appearance, as training's dict
-        total = float(counts.sum())
-        idx, vals = [], []
-        for c, count in zip(uniq[order], counts[order], strict=True):
-            if c >= self._cats:
-                continue
-            js = self.t.cat_pos[self.t.cat_ptr[c] : self.t.cat_ptr[c + 1]]
-            idx.append(js)
-            vals.append((float(count) / total) * self.t.trend[js])
-        if not idx:
+        share = counts[order] / float(counts.sum())
+        listed = uniq[order] < self._cats
+        cats, share = uniq[order][listed], share[listed]
+        if not len(cats):
             return Answer.empty()
-        pos, sums = _sums(np.concatenate(idx), np.concatenate(vals), self.t.size)
+        start, end = self.t.cat_ptr[cats], self.t.cat_ptr[cats + 1]
+        lengths = end - start
+        offsets = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        idx = self.t.cat_pos[np.repeat(start, lengths) + offsets]
+        # Category by category, as training adds them: each bin's sum in this order.
+        pos, sums = _sums(idx, np.repeat(share, lengths) * self.t.trend[idx], self.t.size)
         positive = sums > 0
         return _top(pos[positive], sums[positive], seen, self.p.per_source)
 
-    def popular(self, seen: np.ndarray) -> Answer:
+    def popular(self, seen: np.ndarray, n_seen: int) -> Answer:
         """``PopularSource.candidates``: the popularity order without the seen items."""
-        head = self.t.pop_order[: self.p.per_source + len(seen)]
-        if len(seen):
-            head = head[~np.isin(head, seen)]
-        pos = head[: self.p.per_source].astype(np.int64)
+        head = self.t.pop_order[: self.p.per_source + n_seen]
+        pos = head[~seen[head]][: self.p.per_source].astype(np.int64)
         return Answer(pos, self.t.pop_score[pos].astype(np.float32))
 
-    def answers(self, hist: np.ndarray, tt: Answer | None) -> dict[str, Answer]:
-        """Every source's list for a user with history ``hist`` (positions, newest
-        first); ``tt`` the two-tower's. A user without history gets popularity only."""
-        seen = np.unique(hist[hist >= 0])
-        if not len(hist):
-            return {name: Answer.empty() for name in SOURCES[:-1]} | {
-                COLD_SOURCE: self.popular(seen)
+    def two_tower(self, rows: np.ndarray, scores: np.ndarray, seen: np.ndarray) -> Answer:
+        """``TwoTowerSource.candidates`` from an index search of the user's query (``rows``
+        -1 where it had no result): the first ``per_source`` unseen items."""
+        ok = rows >= 0
+        ok[ok] = ~seen[rows[ok]]
+        keep = np.flatnonzero(ok)[: self.p.per_source]
+        return Answer(rows[keep].astype(np.int64), scores[keep].astype(np.float32))
+
+    def answers(
+        self, hist: np.ndarray, search: tuple[np.ndarray, np.ndarray] | None
+    ) -> dict[str, Answer]:
+        """Every source's list for a user with history ``hist`` (positions, newest first);
+        ``search``: the two-tower index's (scores, rows) for the user's query. A user
+        without history gets popularity only."""
+        known = hist[hist >= 0]
+        seen = self._seen()
+        seen[known] = True  # this thread's mask, cleared again below
+        try:
+            if not len(hist):
+                empty = {name: Answer.empty() for name in SOURCES if name != COLD_SOURCE}
+                return empty | {COLD_SOURCE: self.popular(seen, len(known))}
+            tt = self.two_tower(search[1], search[0], seen) if search is not None else None
+            return {
+                "two_tower": tt if tt is not None else Answer.empty(),
+                "item_item": self.item_item(hist, seen),
+                "category": self.category(hist, seen),
+                "popular": self.popular(seen, len(known)),
             }
-        return {
-            "two_tower": tt if tt is not None else Answer.empty(),
-            "item_item": self.item_item(hist, seen),
-            "category": self.category(hist, seen),
-            "popular": self.popular(seen),
-        }
+        finally:
+            seen[known] = False
+
+    def _seen(self) -> np.ndarray:
+        """This thread's catalog-sized mask (all False between requests), made once."""
+        mask = getattr(self._local, "seen", None)
+        if mask is None:
+            mask = self._local.seen = np.zeros(self.t.size, dtype=bool)
+        return mask
 
     def merge(self, answers: dict[str, Answer]) -> Merged:
         """``candidates.merge`` for one user: weighted round robin, at most ``n``."""

@@ -3,8 +3,9 @@ over its catalog and a LightGBM lambdarank model fitted on random candidate list
 as a trained bundle's ranker is (``rtrec.training.ranker_bundle``), so tests and the
 serving benchmark run the served two-stage path at any catalog size.
 
-The trees are sized like the largest the product's ranker may grow (``trees`` rounds of
-``leaves`` leaves, no early stopping): what a request's ranking costs depends on them.
+The trees are sized like the largest the product's ranker may grow by default (150
+rounds, ``training.ranker_max_trees``, of 31 leaves, no early stopping): what a request's
+ranking costs depends on them.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def synthetic_booster(*, trees: int, leaves: int, seed: int) -> Any:
     signal = x[:, 0] + 0.5 * x[:, 9] - 0.3 * x[:, 20] + rng.standard_normal(len(x))
     label = (signal > 1.5).astype(np.int8)
     params = {"objective": "lambdarank", "num_leaves": leaves, "min_data_in_leaf": 20}
-    params |= {"learning_rate": 0.05, "verbosity": -1, "num_threads": 2, "seed": seed}
+    params |= {"learning_rate": 0.05, "verbosity": -1, "num_threads": 1, "seed": seed}
     data = lightgbm.Dataset(x, label, group=np.full(lists, CANDIDATES))
     return lightgbm.train(params, data, num_boost_round=trees)
 
@@ -75,7 +76,7 @@ def add_synthetic_ranker(
     directory: Path | str,
     *,
     neighbours: int = 100,
-    trees: int = 300,
+    trees: int = 150,
     leaves: int = 31,
     seed: int = 0,
 ) -> dict[str, Any]:

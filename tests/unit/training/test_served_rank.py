@@ -73,12 +73,12 @@ def test_served_candidates_features_and_scores_equal_trainings(fitted) -> None:
         mine = rows["user_id"].to_numpy() == state.user_id
         hist = bundle.encoders.items.encode(state.items.astype(str)) - 1
         query = q_of.get(state.user_id)
-        tt = None
+        search = None
         if query is not None:
             k = min(served.search_k(len(state.items)), bundle.index.ntotal)
             scores, found = bundle.search_rows(query[None, :], k)
-            tt = served.two_tower(found[0], scores[0], hist)
-        ranked = served.rank(state, hist, query, tt, now)
+            search = (scores[0], found[0])
+        ranked = served.rank(state, hist, query, search, now)
         merged = ranked.merged
         ids = [bundle.item_ids[p] for p in merged.pos]
         assert ids == list(rows.loc[mine, "item_id"]), state.user_id
@@ -90,6 +90,8 @@ def test_served_candidates_features_and_scores_equal_trainings(fitted) -> None:
             np.testing.assert_allclose(x[:, j], want, rtol=tol, atol=tol, err_msg=name)
         got = served.predict(x, cols)
         np.testing.assert_allclose(got, expected_scores[mine], rtol=1e-5, atol=1e-5)
+        trees = served.model.booster.predict(x, num_threads=1)
+        np.testing.assert_array_equal(served._trees(x), trees)  # the direct C call
         assert list(ranked.pos) == list(merged.pos[np.argsort(-got, kind="stable")])
 
 
