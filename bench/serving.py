@@ -53,6 +53,7 @@ from bench._common import (
 )
 from bench.serving_bare import bare_retrieval, gpu_figures, gpu_retrieval_p99_ms, retrieval_device
 from bench.serving_mix import Population, bare_plan, category_shares, make_histories, plan_rate
+from bench.serving_ranker import ranker_stage
 from bench.serving_report import (
     AT_RATE,
     MissingRate,
@@ -92,6 +93,35 @@ def last_good_version(bundle_dir: Path) -> str | None:
 
 
 def resolve_bundle(args: argparse.Namespace) -> Path:
+    """The bundle directory to serve: :func:`base_bundle`, with ``--two-stage`` a copy of
+    it with a synthetic ranker (built once) unless it carries a ranker already."""
+    path = base_bundle(args)
+    if not args.two_stage:
+        return path
+    from rtrec.training import METADATA, add_synthetic_ranker, ranker_declared
+
+    if ranker_declared(json.loads((path / METADATA).read_text())) is not None:
+        return path
+    if args.bundle:
+        raise SystemExit(f"--two-stage: {path} carries no ranker (train one, or drop --bundle)")
+    ranked = path.with_name(
+        f"{path.name}-ranked-t{args.ranker_trees}-l{args.ranker_leaves}-n{args.ranker_neighbours}"
+    )
+    if not (ranked / METADATA).exists():
+        import shutil
+
+        print(f"adding a synthetic ranker in {ranked} (one-off)...", flush=True)
+        shutil.copytree(path, ranked)
+        add_synthetic_ranker(
+            ranked,
+            neighbours=args.ranker_neighbours,
+            trees=args.ranker_trees,
+            leaves=args.ranker_leaves,
+        )
+    return ranked
+
+
+def base_bundle(args: argparse.Namespace) -> Path:
     """The bundle directory to serve, building the synthetic one once."""
     if args.bundle == "demo":
         from rtrec.config import get_settings
@@ -239,6 +269,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=10_000_000,
         help="where a GPU is present, also time GPU retrieval over this many items (0: skip)",
     )
+    ap.add_argument(
+        "--two-stage",
+        action="store_true",
+        help="serve the synthetic bundle with a synthetic ranker (a bundle that carries a "
+        "ranker is always served with it)",
+    )
+    ap.add_argument("--ranker-trees", type=int, default=150, help="synthetic ranker's trees")
+    ap.add_argument("--ranker-leaves", type=int, default=31, help="... leaves per tree")
+    ap.add_argument("--ranker-neighbours", type=int, default=20, help="... item-item table")
     args = ap.parse_args(argv)
     args.rate_list = sorted(float(r) for r in args.rates.split(","))
     if AT_RATE not in args.rate_list:
@@ -286,6 +325,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         bare = bare_retrieval(bundle, mix, histories, work_dir=Path(args.workdir) / "bare")
         out.update({k: round(v, 3) for k, v in bare.items()})
         print(f"  p50 {out['bare_p50_ms']} / p99 {out['bare_p99_ms']} ms", flush=True)
+        print("ranker stage (in process, same mix, warm users)...", flush=True)
+        ranked = ranker_stage(
+            bundle,
+            mix,
+            histories,
+            work_dir=Path(args.workdir) / "bare",
+            trees=args.ranker_trees,
+            leaves=args.ranker_leaves,
+            neighbours=args.ranker_neighbours,
+        )
+        out.update({k: round(v, 3) if isinstance(v, float) else v for k, v in ranked.items()})
+        print(
+            f"  ranking {out['ranker_candidates_mean']:.0f} candidates: p50 "
+            f"{out['ranker_rank_p50_ms']} / p99 {out['ranker_rank_p99_ms']} ms "
+            f"({out['ranker_model']} ranker, {out['ranker_trees']} trees); sources + merge "
+            f"p99 {out['ranker_sources_p99_ms']} ms; whole two-stage answer p99 "
+            f"{out['two_stage_bare_p99_ms']} ms",
+            flush=True,
+        )
         gpu = gpu_figures(bundle.item_embeddings, dim=args.dim, large_items=args.gpu_large_items)
         out.update(gpu)
         del bundle

@@ -68,6 +68,7 @@ def train_two_tower(
         "heldout_metrics": table,
         "evidence": out.evidence,
         "index": out.index,
+        "ranker": out.ranker,
         "params": {k: v for k, v in out.params.items() if isinstance(v, str | int | float | bool)},
         "reports": [str(p) for p in (out.report_md, out.report_png) if p is not None],
         "protocol": sets.protocol,

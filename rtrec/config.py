@@ -27,6 +27,7 @@ from rtrec.apikeys import ApiKey
 from rtrec.cluster_settings import ClusterSettings
 from rtrec.errors import ConfigError
 from rtrec.monitoring_settings import MonitoringSettings
+from rtrec.training_settings import TrainingSettings
 
 _STRICT = ConfigDict(extra="forbid")
 
@@ -117,34 +118,6 @@ class MlflowSettings(BaseModel):
     """Registered model name holding champion and challenger aliases."""
     experiment: str = "rtrec"
     """Experiment that training runs are logged under."""
-
-
-class TrainingSettings(BaseModel):
-    """The promotion gate and the served index's quality bar."""
-
-    model_config = _STRICT
-
-    gate_margin: float = Field(0.02, ge=0.0)
-    """Relative NDCG@10 gain on the gate slice a challenger's mean must reach to become
-    champion; its paired-bootstrap lower bound must also stay above ``-gate_margin``.
-    Large enough that a retrain with another seed does not replace the champion by chance
-    (bench/gate.py measures the false-promotion rate)."""
-    gate_confidence: float = Field(0.95, gt=0.0, lt=1.0)
-    """Coverage of the gain's bootstrap interval."""
-    gate_samples: int = Field(2000, ge=100)
-    """Bootstrap resamples over gate users."""
-    gate_frac: float = Field(0.1, gt=0.0, lt=0.5)
-    """Share of the events (the most recent, by time) in the gate slice."""
-    min_index_recall: float = Field(0.95, ge=0.0, le=1.0)
-    """recall@100 of the served ANN index against exact search of the same model, with the
-    gate users' query vectors, below which a training run fails before promotion."""
-    index_exact_max_items: int = Field(50_000, ge=1)
-    """Up to this many items the index is exact (flat); above, IVF with a tuned nprobe."""
-    promotion: Literal["direct", "ab"] = "direct"
-    """What a model that passes the gate becomes: ``direct``, the champion at once; ``ab``,
-    the ``challenger`` of an A/B test at ``serving.ab_challenger_share`` (which must then
-    be above 0), promoted or archived later on online evidence by the
-    ``rtrec_experiment_decision`` DAG. Without a champion to test against it is promoted."""
 
 
 class AirflowSettings(BaseModel):

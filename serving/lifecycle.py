@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from rtrec.serving import metrics
 from rtrec.serving.degradation import Degradations
+from rtrec.serving.ranking import NO_RANKER, RankerStage, load_stage
 
 from rtrec.config import Settings
 from rtrec.errors import RtrecError, Unavailable
@@ -33,6 +34,13 @@ class Loaded:
     bundle: Any
     version: str | None
     source: str
+    ranker: RankerStage = NO_RANKER
+    """The bundle's second stage (``rtrec.serving.ranking``): none, loaded or unavailable."""
+
+    @property
+    def status(self) -> dict[str, Any]:
+        """What ``/status`` shows of this model."""
+        return {"version": self.version, "source": self.source, "ranker": self.ranker.status}
 
 
 def _warm(bundle: Any) -> None:
@@ -48,11 +56,12 @@ def load_dir(path: Path, version: str | None, source: str) -> Loaded:
     bundle = load_bundle(path)
     bundle.version = version
     _warm(bundle)
+    stage = load_stage(bundle)  # a broken ranker leaves retrieval serving, flagged
     # A 1M-item bundle holds millions of small objects (ids, vocab dicts, category lists);
     # left in the collected generations, every full GC walks them all and stalls requests
     # for hundreds of ms. Freezing moves what exists now out of the collector's sight.
     gc.freeze()
-    return Loaded(bundle, version, source)
+    return Loaded(bundle, version, source, stage)
 
 
 class ModelWatcher:

@@ -20,6 +20,7 @@ from rtrec.serving.experiments import CHALLENGER, CHAMPION, experiment_id, varia
 from rtrec.serving.fallback import PopularCache
 from rtrec.serving.lifecycle import Loaded
 from rtrec.serving.online import GuardedFeatures
+from rtrec.serving.ranking import UNAVAILABLE, items_for
 from rtrec.serving.schemas import RecommendRequest
 from rtrec.training import dense_transform
 
@@ -164,10 +165,10 @@ class Engine:
         history = list(feats.get("recent_items") or [])
         if not history and req.user_id not in loaded.bundle.encoders.users:
             return self._fallback(out, k, req, "cold user: no history", start, loaded)
-        items = self._retrieve(loaded, req, feats, history, k)
+        items, degraded = items_for(self, loaded, req, feats, history, k)
         if self.settings.serving.shadow and variant == CHAMPION and CHALLENGER in models:
             t = time.perf_counter()
-            shadow = self._retrieve(models[CHALLENGER], req, feats, history, k)
+            shadow, _ = items_for(self, models[CHALLENGER], req, feats, history, k)
             overlap = len({i for i, _ in shadow} & {i for i, _ in items}) / max(k, 1)
             metrics.SHADOW_OVERLAP.observe(overlap)
             metrics.observe_stage("shadow", time.perf_counter() - t)
@@ -179,13 +180,16 @@ class Engine:
             )
             extra = self._fallback_items(k - len(items), req, history, {i for i, _ in items})
             items += extra
+        if degraded is not None:  # the ranker could not rank: retrieval order, flagged
+            self.degradations.record(UNAVAILABLE, degraded, metric=metrics.FALLBACKS)
+            degraded = f"{UNAVAILABLE}: {degraded} (served retrieval order)"
         out.update(
             items=[{"item_id": i, "score": s} for i, s in items],
             model_version=loaded.version,
-            fallback=False,
-            fallback_reason=None,
+            fallback=degraded is not None,
+            fallback_reason=degraded,
         )
-        return self._done(out, start, req)
+        return self._done(out, start, req, UNAVAILABLE if degraded else None)
 
     def _read_blocking(self, user_id: str) -> dict[str, Any] | Unavailable:
         t = time.perf_counter()

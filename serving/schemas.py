@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
@@ -135,9 +135,20 @@ class ErrorResponse(BaseModel):
     """All validation errors (first ten), on 422 only."""
 
 
+class RankerStatus(BaseModel):
+    """The model's second stage: ``loaded``; ``unavailable`` (declared by its bundle but
+    refused at load: answers use retrieval order, flagged); ``none`` (a single-stage
+    bundle)."""
+
+    state: Literal["loaded", "unavailable", "none"]
+    version: str | None
+    error: str | None
+
+
 class LoadedModel(BaseModel):
     version: str | None
     source: str
+    ranker: RankerStatus
 
 
 class LastDegradation(BaseModel):

@@ -186,9 +186,7 @@ async def status(request: Request) -> Response:
     return _json(
         {
             "ready": st.engine.ready,
-            "models": {
-                v: {"version": m.version, "source": m.source} for v, m in st.engine.models.items()
-            },
+            "models": {v: m.status for v, m in st.engine.models.items()},
             "last_error": st.watcher.last_error,
             "online_store_down": st.engine.online.down_reason,
             "event_broker_down": st.publish.down_reason,

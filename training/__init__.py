@@ -10,6 +10,10 @@ Public API (imports are lazy: the torch side runs on a GPU host without pyspark/
     build_index(model.item_keys()) -> ItemIndex  # FAISS (rtrec.training.index)
     save_bundle / load_bundle -> ModelBundle     # what serving loads (rtrec.training.artifacts)
     dense_transform(raw, names)                  # the dense-feature transform serving reuses
+    load_ranker(bundle) -> ServedRanker          # the bundle's second stage, per request
+    online_state(user_id, features, limit)       # ... its user state from online features
+    ranker_declared(metadata) / save_ranker(...) # (rtrec.training.ranker_bundle)
+    add_synthetic_ranker(bundle_dir)             # a second stage for a synthetic bundle
     ModelRegistry(settings)                      # MLflow (rtrec.training.registry)
     GATE_METRIC, TAG_DECISION, metric_key        # ... its metric and tag names
     GateEvidence.from_dict(d)                    # the promotion gate's evidence (DAG step)
@@ -61,6 +65,12 @@ _EXPORTS = {
     "GateEvidence": "rtrec.training.gate",
     "fit_baselines": "rtrec.training.baselines",
     "dense_transform": "rtrec.training.examples",
+    "ServedRanker": "rtrec.training.served_rank",
+    "online_state": "rtrec.training.served_rank",
+    "load_ranker": "rtrec.training.ranker_bundle",
+    "save_ranker": "rtrec.training.ranker_bundle",
+    "ranker_declared": "rtrec.training.ranker_bundle",
+    "add_synthetic_ranker": "rtrec.training.synthetic_ranker",
     "SECS_CAP": "rtrec.training.examples",
 }
 __all__, __getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -43,6 +43,13 @@ ENCODER_FILES = (USER_VOCAB, ITEM_VOCAB, CATEGORY_VOCAB, ITEM_CATEGORIES, ENCODE
 PRIOR_BUFFERS = ("item_log_pop", "log_pop_scale", "pop_prior")
 """Weights a bundle saved before the popularity prior lacks (loaded as a zero prior)."""
 FILES = (WEIGHTS, MODEL_CONFIG, ITEM_EMBEDDINGS, INDEX, INDEX_META, *ENCODER_FILES)
+RANKER_DIR = "ranker"
+"""The second stage, when the bundle has one (``rtrec.training.ranker_bundle``): its
+metadata, the LightGBM model as text and the served tables. Checked on its own: a broken
+ranker leaves the retrieval stage servable (serving falls back to retrieval order)."""
+RANKER_META = "ranker.json"
+RANKER_MODEL = "lightgbm.txt"
+RANKER_TABLES = "tables.npz"
 
 
 def _sha256(path: Path) -> str:
@@ -194,11 +201,15 @@ class ModelBundle:
             )
             return self.net.query(out).numpy()
 
-    def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, list[list[str | None]]]:
-        """Top-``k`` (scores, item ids) per vector; ``None`` where the index had no result."""
+    def search_rows(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` (scores, item rows) per vector; row -1 where the index had no result."""
         if self.index.dim == vectors.shape[1] - 1:  # a pre-prior bundle: its prior is 0
             vectors = vectors[:, :-1]
-        scores, rows = self.index.search(vectors, k)
+        return self.index.search(vectors, k)
+
+    def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, list[list[str | None]]]:
+        """Top-``k`` (scores, item ids) per vector; ``None`` where the index had no result."""
+        scores, rows = self.search_rows(vectors, k)
         # FAISS marks a missing result with row -1, which indexes the table's None.
         return scores, self._ids_or_none[rows].tolist()
 

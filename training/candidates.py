@@ -29,23 +29,50 @@ from rtrec.training.vocab import Vocab
 DAY_MS = 86_400_000
 
 
+USER_WINDOWS_MS = {"24h": DAY_MS, "7d": 7 * DAY_MS}
+"""The user's activity windows: the stream's count windows (``rtrec.features.WINDOWS``),
+each ending at the user's latest event, so the online features hold the same counts."""
+
+
 @dataclass(frozen=True)
 class UserState:
-    """What is known of one user at a moment: item ids and times, newest first."""
+    """What is known of one user at a moment: item ids and times, newest first, and its
+    events in each ``USER_WINDOWS_MS`` window (of all its events, before any ``limit``).
+
+    A served state (``rtrec.training.served_rank``) carries only the latest time in
+    ``ts``: the online store keeps the items, the window counts and that time."""
 
     user_id: str
     items: np.ndarray
     ts: np.ndarray
+    counts: tuple[int, ...] = ()
 
     @property
     def cold(self) -> bool:
         return len(self.items) == 0
 
+    @property
+    def last_ts(self) -> int | None:
+        return int(self.ts[0]) if len(self.ts) else None
+
+
+def window_counts(ts: np.ndarray) -> tuple[int, ...]:
+    """Events (times ``ts``, newest first) in each window ending at the latest one, as the
+    stream counts them: times after ``latest - span``."""
+    if not len(ts):
+        return tuple(0 for _ in USER_WINDOWS_MS)
+    return tuple(int((ts > ts[0] - span).sum()) for span in USER_WINDOWS_MS.values())
+
 
 def user_states(
-    events: pd.DataFrame, user_ids: Sequence[str], *, before: int | None = None
+    events: pd.DataFrame,
+    user_ids: Sequence[str],
+    *,
+    before: int | None = None,
+    limit: int | None = None,
 ) -> list[UserState]:
-    """Each user's state from ``events`` with ``ts < before`` (all of them when None)."""
+    """Each user's state from ``events`` with ``ts < before`` (all of them when None),
+    its ``limit`` latest events only when set (what the online store keeps of a user)."""
     if before is not None:
         events = events[events["ts"].to_numpy() < before]
     frame = pd.DataFrame(
@@ -56,11 +83,15 @@ def user_states(
         }
     ).sort_values(["user_id", "ts"], ascending=[True, False], kind="stable")
     groups = {
-        u: (g["item_id"].to_numpy(), g["ts"].to_numpy())
+        u: (g["item_id"].to_numpy()[:limit], g["ts"].to_numpy()[:limit], g["ts"].to_numpy())
         for u, g in frame.groupby("user_id", sort=False)
     }
-    empty = (np.array([], dtype=object), np.array([], dtype=np.int64))
-    return [UserState(str(u), *groups.get(str(u), empty)) for u in user_ids]
+    empty = (np.array([], dtype=object), np.array([], dtype=np.int64), np.array([], np.int64))
+    out = []
+    for u in user_ids:
+        items, ts, every = groups.get(str(u), empty)
+        out.append(UserState(str(u), items, ts, window_counts(every)))
+    return out
 
 
 @dataclass(frozen=True)
@@ -79,15 +110,32 @@ class Source(Protocol):
     def candidates(self, states: Sequence[UserState], n: int) -> list[Candidates]: ...
 
 
+def top_positions(scores: np.ndarray, positions: np.ndarray, n: int) -> np.ndarray:
+    """The ``n`` best of ``positions`` by ``scores`` (aligned with them), ties to the lower
+    position, best first.
+
+    A total order, not argpartition's arbitrary pick among ties at the cut: the served
+    path (``rtrec.training.served_sources``) answers from other data structures and must
+    return the same candidates.
+    """
+    k = min(n, len(scores))
+    if k <= 0:
+        return positions[:0]
+    if k < len(scores):
+        kth = np.partition(-scores, k - 1)[k - 1]
+        keep = np.flatnonzero(-scores <= kth)
+        scores, positions = scores[keep], positions[keep]
+    order = np.lexsort((positions, -scores))[:k]
+    return positions[order]
+
+
 def _top_unseen(scores: np.ndarray, ids: list[str], seen: np.ndarray, n: int) -> Candidates:
-    """The ``n`` best-scored catalog positions outside ``seen`` (positions), best first."""
+    """The ``n`` best-scored catalog positions outside ``seen`` (positions), best first
+    (ties: the lower position, i.e. the smaller id of the sorted vocabulary)."""
     scores = scores.astype(np.float64, copy=True)
     scores[seen] = -np.inf
-    k = min(n, int(np.isfinite(scores).sum()))
-    if k <= 0:
-        return Candidates(np.array([], dtype=object), np.array([], dtype=np.float32))
-    part = np.argpartition(-scores, k - 1)[:k]
-    order = part[np.argsort(-scores[part], kind="stable")]
+    finite = np.flatnonzero(np.isfinite(scores))
+    order = top_positions(scores[finite], finite, n)
     return Candidates(np.asarray(ids, dtype=object)[order], scores[order].astype(np.float32))
 
 
@@ -141,11 +189,19 @@ class CategoryTrendingSource:
     name = "category"
 
     def __init__(
-        self, item_categories: dict[str, list[str]], *, half_life_days: float = 7.0, recent=50
+        self,
+        item_categories: dict[str, list[str]],
+        *,
+        half_life_days: float = 7.0,
+        recent: int = 50,
+        per_category: int | None = None,
     ) -> None:
         self.item_categories = item_categories
         self.half_life_days = half_life_days
         self.recent = recent
+        self.per_category = per_category
+        """Each category's most trending items considered (None: all): a request then
+        scores a bounded list per category, whatever the catalog's size."""
 
     def fit(self, events: pd.DataFrame) -> CategoryTrendingSource:
         self._cat = _Catalog(events)
@@ -157,8 +213,14 @@ class CategoryTrendingSource:
         for j, item in enumerate(self._cat.ids):
             for c in self.item_categories.get(item, []):
                 by_cat.setdefault(c, []).append(j)
-        self._by_cat = {c: np.asarray(js) for c, js in by_cat.items()}
+        self._by_cat = {c: self._trimmed(np.asarray(js)) for c, js in by_cat.items()}
         return self
+
+    def _trimmed(self, positions: np.ndarray) -> np.ndarray:
+        """A category's positions, its ``per_category`` most trending only when set."""
+        if self.per_category is None:
+            return positions
+        return np.sort(top_positions(self._pop[positions], positions, self.per_category))
 
     def candidates(self, states: Sequence[UserState], n: int) -> list[Candidates]:
         return [self._one(s, n) for s in states]

@@ -49,15 +49,25 @@ class ItemItemSource:
 
     name = "item_item"
 
-    def __init__(self, *, l2: float = 500.0, neighbours: int = 1000, recent: int = 500) -> None:
+    def __init__(
+        self,
+        *,
+        l2: float = 500.0,
+        neighbours: int = 1000,
+        recent: int = 500,
+        exact_max: int = EXACT_MAX_ITEMS,
+    ) -> None:
         self.l2 = l2
         self.neighbours = neighbours
         self.recent = recent
+        self.exact_max = exact_max
+        """Catalogs up to this size keep every weight (``EXACT_MAX_ITEMS``); 0 always
+        keeps ``neighbours`` per item, which bounds a served request's work."""
 
     def fit(self, events: pd.DataFrame) -> ItemItemSource:
         self._cat = _Catalog(events)
         b = ease_weights(events, self._cat.vocab, self.l2)
-        k = len(b) if len(b) <= EXACT_MAX_ITEMS else min(self.neighbours, len(b))
+        k = len(b) if len(b) <= self.exact_max else min(self.neighbours, len(b))
         part = np.argpartition(-b, k - 1, axis=1)[:, :k] if k > 0 else np.zeros((len(b), 0), int)
         self._nbr = part.astype(np.int32)
         self._w = np.take_along_axis(b, part, 1)

@@ -40,8 +40,9 @@ from rtrec.training.evaluate import evaluate, write_report
 from rtrec.training.gate import GateEvidence
 from rtrec.training.index import ItemIndex
 from rtrec.training.judging import judge
+from rtrec.training.ranker_bundle import save_ranker
 from rtrec.training.registry import GATE_METRIC, ModelRegistry, PromotionDecision
-from rtrec.training.results import MODEL_NAME, FitOutput, flat_metrics
+from rtrec.training.results import MODEL_NAME, FitOutput, flat_metrics, json_safe
 from rtrec.training.selection import Selection, refit, select_on_validation
 from rtrec.training.served_index import build_served_index
 from rtrec.training.sets import Frames, Protocol, SplitConfig, TrainingSets
@@ -113,6 +114,7 @@ class TrainResult:
             "heldout_metrics": table,
             "evidence": self.fit.evidence,
             "index": self.fit.index,
+            "ranker": self.fit.ranker,
             "version": self.version,
             "run_id": self.run_id,
             "promoted": d.promoted if d else None,
@@ -251,6 +253,7 @@ def fit_and_evaluate(
     gate_metrics, evidence = judge(settings, sets, frames, model, finals, champion)
     test_metrics = _test_metrics(frames, model, finals)
     index = build_served_index(settings, model, frames)
+    stage = _ranker_stage(settings, sets, frames, selection, model, gate_metrics)
     fitted = FitOutput(
         bundle_dir=out_dir / "bundle",
         val_metrics=selection.val_metrics,
@@ -259,9 +262,31 @@ def fit_and_evaluate(
         evidence=evidence.to_dict(),
         index={"kind": index.kind, "nprobe": index.nprobe, **(index.measured or {})},
         params=_params(model, selection, index),
+        ranker=stage[1] if stage else {},
     )
-    fitted.report_md, fitted.report_png = _write(fitted, sets, model, finals, index)
+    fitted.report_md, fitted.report_png = _write(fitted, sets, model, finals, index, stage)
     return fitted
+
+
+def _ranker_stage(
+    settings: Settings,
+    sets: TrainingSets,
+    frames: Frames,
+    selection: Selection,
+    model: Any,
+    gate_metrics: dict[str, dict[str, float]],
+) -> tuple[Any, dict[str, Any]] | None:
+    """The second stage and its figures (``rtrec.training.ranker_fit``); its gate-slice
+    metrics join ``gate_metrics``. None with ``training.ranker`` off."""
+    if not settings.training.ranker:
+        return None
+    from rtrec.training.ranker_fit import TWO_STAGE, fit_ranker_stage, gate_figures
+
+    two_stage, info = fit_ranker_stage(settings, sets, frames, selection, model)
+    metrics, report = gate_figures(two_stage, frames, gate_metrics.get(MODEL_NAME, {}))
+    if metrics:
+        gate_metrics[TWO_STAGE] = metrics
+    return two_stage, json_safe({**info, **report})
 
 
 def _test_metrics(
@@ -287,7 +312,12 @@ def _params(model: Any, selection: Selection, index: ItemIndex) -> dict[str, Any
 
 
 def _write(
-    fitted: FitOutput, sets: TrainingSets, model: Any, finals: dict[str, Any], index: ItemIndex
+    fitted: FitOutput,
+    sets: TrainingSets,
+    model: Any,
+    finals: dict[str, Any],
+    index: ItemIndex,
+    stage: tuple[Any, dict[str, Any]] | None,
 ) -> tuple[Path, Path]:
     """The bundle that was scored (at ``fitted.bundle_dir``) and, next to it, the report on
     the held-out split (test, else the gate slice); returns the report's files."""
@@ -295,6 +325,9 @@ def _write(
     out_dir.mkdir(parents=True, exist_ok=True)
     held_name, held = fitted.heldout
     report = write_report(held, out_dir / "report", title=f"{sets.protocol}, {held_name} split")
+    extra: dict[str, Any] = {"protocol": sets.protocol, "gate": fitted.evidence}
+    if stage is not None:  # written first: the bundle's metadata declares it
+        extra["ranker"] = save_ranker(fitted.bundle_dir, stage[0], model.item_ids, info=stage[1])
     save_bundle(
         fitted.bundle_dir,
         model=model,
@@ -305,6 +338,6 @@ def _write(
             "test": fitted.test_metrics,
         },
         popular_items=finals["MostPopular"].top(200),
-        extra={"protocol": sets.protocol, "gate": fitted.evidence},
+        extra=extra,
     )
     return report

@@ -19,7 +19,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from rtrec.training.candidates import DAY_MS, Candidates, Source, UserState, merge
+from rtrec.training.candidates import (
+    DAY_MS,
+    USER_WINDOWS_MS,
+    Candidates,
+    Source,
+    UserState,
+    merge,
+    user_states,
+    window_counts,
+)
 from rtrec.training.learned_sources import ItemItemSource, TwoTowerSource
 
 WINDOWS_DAYS = {"7d": 7.0, "30d": 30.0}
@@ -44,17 +53,27 @@ def item_table(events: pd.DataFrame, now: int) -> pd.DataFrame:
     return out
 
 
+USER_FEATURES = ("user_events", *(f"user_events_{w}" for w in USER_WINDOWS_MS), "user_idle_days")
+
+
+def user_features(state: UserState, now: int) -> list[float]:
+    """One user's activity, ``USER_FEATURES`` in order: items in its state, events in each
+    window ending at its latest event (the stream's counts), days since that event.
+
+    Only what the online store holds of a user (its recent items, the window counts, the
+    latest event's time), so a served request computes the same row
+    (``rtrec.training.served_rank``) as a training row from the event log.
+    """
+    last = state.last_ts
+    counts = state.counts or window_counts(state.ts)
+    idle = (now - last) / DAY_MS if last is not None else np.nan
+    return [float(len(state.items)), *(float(c) for c in counts), idle]
+
+
 def user_table(states: Sequence[UserState], now: int) -> pd.DataFrame:
-    """Per user, from its state: events overall and in each recent window, days since its
-    last event."""
-    rows = {}
-    for s in states:
-        row = {"user_events": float(len(s.items))}
-        for name, days in WINDOWS_DAYS.items():
-            row[f"user_events_{name}"] = float((s.ts >= now - days * DAY_MS).sum())
-        row["user_idle_days"] = (now - s.ts[0]) / DAY_MS if len(s.ts) else np.nan
-        rows[s.user_id] = row
-    out = pd.DataFrame.from_dict(rows, orient="index")
+    """Per user, from its state: :func:`user_features`."""
+    rows = {s.user_id: user_features(s, now) for s in states}
+    out = pd.DataFrame.from_dict(rows, orient="index", columns=list(USER_FEATURES))
     out.index.name = "user_id"
     return out
 
@@ -100,6 +119,15 @@ class CandidateGenerator:
     item_categories: dict[str, list[str]] = field(default_factory=dict)
     weights: dict[str, float] = field(default_factory=dict)
     """Each source's weight in the merge (``rtrec.training.candidates.merge``)."""
+    history_limit: int | None = None
+    """A user's latest items the sources and features see (None: all). The served system
+    sets the online store's ``RECENT_ITEMS``: training then sees what a request sees."""
+
+    def states(
+        self, events: pd.DataFrame, user_ids: Sequence[str], *, before: int | None = None
+    ) -> list[UserState]:
+        """The users' states from ``events`` (``ts < before``), as this generator sees them."""
+        return user_states(events, user_ids, before=before, limit=self.history_limit)
 
     def fit(self, events: pd.DataFrame) -> CandidateGenerator:
         for s in self.sources:

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from rtrec.training.candidates import UserState, user_states
+from rtrec.training.candidates import UserState
 from rtrec.training.rank_features import (
     CandidateGenerator,
     candidate_features,
@@ -77,7 +77,7 @@ def ranking_rows(
         events = events[events["ts"].to_numpy() < now]
     at = generator.now if now is None else now
     users = sorted(labels["user_id"].astype(str).unique())
-    states = user_states(events, users)
+    states = generator.states(events, users)
     rows = rows_for(generator, states, at, n)
     pairs = set(zip(labels["user_id"].astype(str), labels["item_id"].astype(str), strict=True))
     keys = zip(rows["user_id"], rows["item_id"], strict=True)
@@ -271,7 +271,7 @@ class TwoStage:
         return self.vocab.ids
 
     def score(self, seen: pd.DataFrame, user_ids: list[str]) -> np.ndarray:
-        states = user_states(seen, user_ids)
+        states = self.generator.states(seen, user_ids)
         rows = rows_for(self.generator, states, self.generator.now, self.n)
         s = self.ranker.predict(rows)
         out = np.broadcast_to(self._floor, (len(user_ids), len(self._floor))).copy()

@@ -8,6 +8,7 @@ the MLflow metric names the registry logs and the gate reads.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,9 @@ class FitOutput:
     """``rtrec.training.gate.GateEvidence.to_dict()``: what the promotion gate decides on."""
     index: dict[str, Any] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)
+    ranker: dict[str, Any] = field(default_factory=dict)
+    """The second stage's fit and gate-slice figures (``rtrec.training.ranker_fit``);
+    empty when the bundle has none."""
     report_md: Path | None = None
     report_png: Path | None = None
 
@@ -59,3 +63,17 @@ def flat_metrics(
             head = f"{prefix}_" if model == MODEL_NAME else f"{model}.{prefix}_"
             out |= {head + metric_key(k): float(v) for k, v in metrics.items()}
     return out
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with NaN and infinities as None and numpy scalars as Python numbers: what
+    an XCom, MLflow tag or JSON report can carry."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, str):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

@@ -25,9 +25,8 @@ from rtrec.training.candidates import (
     CategoryTrendingSource,
     PopularSource,
     item_categories,
-    user_states,
 )
-from rtrec.training.learned_sources import ItemItemSource, TwoTowerSource
+from rtrec.training.learned_sources import EXACT_MAX_ITEMS, ItemItemSource, TwoTowerSource
 from rtrec.training.rank_features import CandidateGenerator
 from rtrec.training.ranker import Ranker, TwoStage, candidate_recall, ranking_rows
 
@@ -36,18 +35,53 @@ WEIGHTS = {"two_tower": 1.0, "item_item": 1.0, "category": 0.2, "popular": 0.2}
 the others add their first picks only."""
 
 
+@dataclass(frozen=True)
+class SourceConfig:
+    """How much each source holds and reads. The defaults are the offline benchmark's
+    (every EASE weight of a small catalog, a user's whole history); :meth:`served` bounds
+    a request's work and sees only what the online store keeps of a user."""
+
+    neighbours: int = 1000
+    ii_exact_max: int = EXACT_MAX_ITEMS
+    ii_recent: int = 500
+    per_category: int | None = None
+    history_limit: int | None = None
+
+    @classmethod
+    def served(cls, history_limit: int, *, neighbours: int = 100) -> SourceConfig:
+        """``neighbours`` EASE weights per item whatever the catalog's size, each
+        category's 1,000 most trending items, the ``history_limit`` latest items."""
+        return cls(
+            neighbours=neighbours,
+            ii_exact_max=0,
+            ii_recent=history_limit,
+            per_category=1000,
+            history_limit=history_limit,
+        )
+
+
 def build_generator(
-    events: pd.DataFrame, model: Any, *, ease_l2: float, per_source: int = 200
+    events: pd.DataFrame,
+    model: Any,
+    *,
+    ease_l2: float,
+    per_source: int = 200,
+    config: SourceConfig = SourceConfig(),
 ) -> CandidateGenerator:
     """The four sources, fitted on ``events`` (``model``: a two-tower fitted on them)."""
     cats = item_categories(events)
+    c = config
     sources = [
         TwoTowerSource(model),
-        ItemItemSource(l2=ease_l2),
-        CategoryTrendingSource(cats),
+        ItemItemSource(
+            l2=ease_l2, neighbours=c.neighbours, recent=c.ii_recent, exact_max=c.ii_exact_max
+        ),
+        CategoryTrendingSource(cats, per_category=c.per_category),
         PopularSource(),
     ]
-    gen = CandidateGenerator(sources, per_source, item_categories=cats, weights=WEIGHTS)
+    gen = CandidateGenerator(
+        sources, per_source, item_categories=cats, weights=WEIGHTS, history_limit=c.history_limit
+    )
     return gen.fit(events)
 
 
@@ -95,14 +129,23 @@ def time_slices(
     return out
 
 
-def fold_rows(folds: Sequence[Fold], *, ease_l2: float, n: int) -> pd.DataFrame:
+def fold_rows(
+    folds: Sequence[Fold], *, ease_l2: float, n: int, config: SourceConfig = SourceConfig()
+) -> pd.DataFrame:
     """The ranker's training rows from every fold, each fold's queries kept apart (a
     ``fold`` column): more folds, more users and moments for the trees to learn from."""
+    return pd.concat([rows for _, rows in _fold_parts(folds, ease_l2, n, config)])
+
+
+def _fold_parts(
+    folds: Sequence[Fold], ease_l2: float, n: int, config: SourceConfig
+) -> list[tuple[CandidateGenerator, pd.DataFrame]]:
     parts = []
     for k, f in enumerate(folds):
-        gen = build_generator(f.state, f.model, ease_l2=ease_l2, per_source=n)
-        parts.append(ranking_rows(gen, f.state, f.labels, now=f.now, n=n).assign(fold=k))
-    return pd.concat(parts, ignore_index=True)
+        gen = build_generator(f.state, f.model, ease_l2=ease_l2, per_source=n, config=config)
+        rows = ranking_rows(gen, f.state, f.labels, now=f.now, n=n).assign(fold=k)
+        parts.append((gen, rows))
+    return parts
 
 
 def fit_two_stage(
@@ -113,19 +156,22 @@ def fit_two_stage(
     ease_l2: float,
     n: int = 200,
     seed: int = 0,
+    config: SourceConfig = SourceConfig(),
+    ranker: Ranker | None = None,
 ) -> tuple[TwoStage, dict[str, Any]]:
     """The fitted two-stage scorer on ``final`` and what its fitting found (the ranker's
     validation NDCG@10 on its candidate lists beside the prior's, rounds, candidate
-    recall@``n`` of the first fold's labels per source, top features by gain)."""
+    recall@``n`` of the first fold's labels per source, top features by gain). ``ranker``:
+    an unfitted ranker with other settings than the default's."""
     if not folds:
         raise ValueError("fit_two_stage needs at least one fold")
-    rows = fold_rows(folds, ease_l2=ease_l2, n=n)
-    ranker = Ranker(seed=seed).fit(rows)
-    first = folds[0]
-    gen = build_generator(first.state, first.model, ease_l2=ease_l2, per_source=n)
+    parts = _fold_parts(folds, ease_l2, n, config)
+    rows = pd.concat([r for _, r in parts], ignore_index=True)
+    ranker = (ranker or Ranker(seed=seed)).fit(rows)
+    first, gen = folds[0], parts[0][0]
     names = [s.name for s in gen.sources]
     users = sorted(first.labels["user_id"].astype(str).unique())
-    wide = gen.generate(user_states(first.state, users, before=first.now), n * len(names))
+    wide = gen.generate(gen.states(first.state, users, before=first.now), n * len(names))
     info = {
         "ranker_folds": len(folds),
         "ranker_rows": len(rows),
@@ -137,7 +183,7 @@ def fit_two_stage(
         "valid_candidate_recall": candidate_recall(wide, first.labels, names, n),
         "top_features": list(ranker.importance())[:8],
     }
-    final_gen = build_generator(final, final_model, ease_l2=ease_l2, per_source=n)
+    final_gen = build_generator(final, final_model, ease_l2=ease_l2, per_source=n, config=config)
     return TwoStage(final_gen, ranker, n), info
 
 
@@ -146,5 +192,5 @@ def recall_of_candidates(model: TwoStage, seen: pd.DataFrame, target: pd.DataFra
     gen = model.generator
     names = [s.name for s in gen.sources]
     users = sorted(target["user_id"].astype(str).unique())
-    wide = gen.generate(user_states(seen, users), model.n * len(names))
+    wide = gen.generate(gen.states(seen, users), model.n * len(names))
     return candidate_recall(wide, target, names, model.n)

@@ -42,8 +42,14 @@ def test_demo_quick_runs_the_loop_and_stops_everything(tmp_path: Path) -> None:
     assert steps["replay through Kafka into the feature store"]["published"] > 10_000
     first = steps["Airflow rtrec_training: Spark set, two-tower, MLflow, FAISS, gate"]
     assert first["version"] == "1" and first["promoted"] is True
+    # The two-stage system is served: the champion's ranker is loaded, and only the
+    # burst's two new users (of about 2,000) get a fallback answer.
+    served = steps["BentoML service up (champion from MLflow)"]
+    assert served["ranker"] == "loaded" and served["ranker_version"], served
+    assert first["two_stage_ndcg@10"] > 0 and first["two_tower_ndcg@10"] > 0
     burst = steps["burst of HTTP recommendations with feedback"]
     assert burst["statuses"] == {"200": burst["requests"]} and burst["clicks_posted"] > 0
+    assert burst["fallbacks"] < 0.05 * burst["requests"], burst
     assert summary["missed"] == []
     # --quick skips the A/B phase (it promotes on the offline gate), saying so.
     ab = [s for s in summary["steps"] if s["step"].startswith(("A/B test", "Airflow rtrec_exp"))]
@@ -68,3 +74,4 @@ def test_demo_quick_runs_the_loop_and_stops_everything(tmp_path: Path) -> None:
         assert swap["status"] == "not promoted" and swap["reason"] and swap["seconds"] is None
     report = Path(summary["report"])
     assert report.exists() and "data:image/png;base64" in report.read_text()
+    assert "Two-stage before shift (gate slice)" in report.read_text()

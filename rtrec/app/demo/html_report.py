@@ -30,6 +30,7 @@ def write_report(path: Path, report: DemoReport, extras: dict[str, Any]) -> Path
     if sizes:
         sections.append(Section("Data sizes", "", [("", ["step", "what", "count"], sizes)]))
     sections += _quality_sections(extras)
+    sections += ranker_sections(extras)
     if extras.get("gates"):
         sections.append(gate_section(extras["gates"]))
     lat = extras.get("latencies")
@@ -129,6 +130,42 @@ def _quality_sections(extras: dict[str, Any]) -> list[Section]:
         elif extras.get(f"quality_{label}_missing"):
             why = extras[f"quality_{label}_missing"]
             sections.append(Section(f"Quality {label.replace('_', ' ')}", f"not measured: {why}"))
+    return sections
+
+
+def ranker_sections(extras: dict[str, Any]) -> list[Section]:
+    """Per training: the second stage's candidate recall per source and its gain over
+    retrieval order, both on the gate slice (the train task's ``ranker`` XCom)."""
+    sections = []
+    for label in ("before_shift", "after_shift"):
+        r = extras.get(f"ranker_{label}")
+        if not r or not r.get("candidate_recall"):
+            continue
+        n = r.get("candidates", "?")
+        recall = [[src, value] for src, value in r["candidate_recall"].items()]
+        gain = [
+            [k, g["retrieval"], g["two_stage"], g["relative_gain"]]
+            for k, g in r["gain_over_retrieval"].items()
+        ]
+        trees = f"{r.get('ranker_rounds', '?')} trees, fitted in {r.get('fit_seconds', '?')} s"
+        sections.append(
+            Section(
+                f"Two-stage {label.replace('_', ' ')} (gate slice)",
+                f"Candidate sources merged into {n} candidates per user, then the LightGBM "
+                f"ranker ({trees}). Recall@{n}: the share of each user's gate-slice items "
+                "among the candidates (merged) and in each source's own list. Retrieval "
+                "order is the two-tower alone: what serving answers when the ranker is "
+                "unavailable.",
+                [
+                    (f"candidate recall@{n}", ["source", "recall"], recall),
+                    (
+                        "gain over retrieval order",
+                        ["metric", "retrieval order", "two-stage", "relative gain"],
+                        gain,
+                    ),
+                ],
+            )
+        )
     return sections
 
 

@@ -18,6 +18,10 @@ if TYPE_CHECKING:
 
 DAY_MS = 86_400_000
 
+MODELS = ("two_tower", "two_stage")
+"""The models whose gate-slice figures the training steps report (two-stage: when the
+bundle carries a ranker)."""
+
 SWAP_TIMEOUT_S = 60
 """How long the swap step waits for the service to report the promoted version."""
 
@@ -55,13 +59,15 @@ def train_first(ctx: DemoContext) -> dict[str, Any]:
     ctx.wait_runner()
     run = run_dag(ctx.runner, "rtrec_training", {"epochs": ctx.epochs, "reason": "demo: first"})
     ctx.first = run
-    quality = ctx.extras["quality_before_shift"] = metrics_row(run.xcom("train_two_tower"))
+    fit = run.xcom("train_two_tower")
+    quality = ctx.extras["quality_before_shift"] = metrics_row(fit)
+    ctx.extras["ranker_before_shift"] = fit.get("ranker") or {}
     ctx.extras["gates"].append(("first training", run.xcom("promote")))
     return {
         "airflow_run": run.run_id,
         "version": run.xcom("evaluate_and_register")["version"],
         "promoted": run.xcom("promote")["promoted"],
-        **{f"two_tower_{k}": v for k, v in quality["two_tower"].items()},
+        **{f"{m}_{k}": v for m in MODELS for k, v in quality.get(m, {}).items()},
     }
 
 
@@ -139,7 +145,9 @@ def retrain(ctx: DemoContext) -> dict[str, Any]:
         raise Missed(f"not triggered: {why}")
     run = run_dag(ctx.runner, "rtrec_training", {"epochs": ctx.epochs}, queued=True)
     ctx.second = run
-    ctx.extras["quality_after_shift"] = metrics_row(run.xcom("train_two_tower"))
+    fit = run.xcom("train_two_tower")
+    ctx.extras["quality_after_shift"] = metrics_row(fit)
+    ctx.extras["ranker_after_shift"] = fit.get("ranker") or {}
     decision = run.xcom("promote")
     ctx.extras["gates"].append(("retraining after the drift", decision))
     return {

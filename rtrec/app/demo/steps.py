@@ -95,11 +95,28 @@ def stream_before(ctx: DemoContext) -> dict[str, Any]:
 
 def serve(ctx: DemoContext) -> dict[str, Any]:
     """Start the BentoML service detached; it loads the champion from MLflow."""
+    import httpx
+
     from rtrec.app.cli.serving import start_detached
 
     settings = ctx.settings
     pid = start_detached(settings)
-    return {"url": f"http://{settings.serving.host}:{settings.serving.port}", "pid": pid}
+    url = f"http://{settings.serving.host}:{settings.serving.port}"
+    keys = [k.get_secret_value() for k in settings.serving.api_keys]
+    resp = httpx.get(f"{url}/status", headers={"X-API-Key": keys[0]} if keys else {})
+    out: dict[str, Any] = {"url": url, "pid": pid}
+    if resp.status_code != 200:
+        return out | {"ranker": f"not read: /status answered {resp.status_code}"}
+    champion = resp.json()["models"]["champion"]
+    return out | {"version": champion["version"], **_ranker(champion)}
+
+
+def _ranker(champion: dict[str, Any]) -> dict[str, Any]:
+    """Which stages answer: ``loaded`` is the two-stage system, ``unavailable`` retrieval
+    order (each answer flagged, with the reason here), ``none`` a retrieval-only bundle."""
+    ranker = champion.get("ranker") or {}
+    out = {"ranker": ranker.get("state"), "ranker_version": ranker.get("version")}
+    return out | ({"ranker_error": ranker["error"]} if ranker.get("error") else {})
 
 
 def burst(ctx: DemoContext) -> dict[str, Any]:

@@ -204,3 +204,29 @@ def test_latency_figure_is_percentiles_on_a_log_axis() -> None:
     labels = [t.get_text() for t in ax.get_xticklabels()]
     assert labels == ["p50", "p75", "p90", "p95", "p99", "p99.9"]
     assert rows[0] == ["p50", 5.0] and rows[-1] == ["max", 3000.0]
+
+
+def test_report_shows_candidate_recall_per_source_and_the_rankers_gain(tmp_path: Path) -> None:
+    report, extras = _run()
+    extras["ranker_before_shift"] = {
+        "candidates": 200,
+        "ranker_rounds": 42,
+        "fit_seconds": 12.5,
+        "candidate_recall": {"merged": 0.61, "two_tower": 0.52, "item_item": 0.48},
+        "gain_over_retrieval": {
+            "ndcg@10": {"two_stage": 0.153, "retrieval": 0.14, "relative_gain": 0.0929},
+            "recall@10": {"two_stage": 0.17, "retrieval": 0.16, "relative_gain": 0.0625},
+        },
+    }
+    text = write_report(tmp_path / "r.html", report, extras).read_text()
+    section = text[text.index("<h2>Two-stage before shift (gate slice)</h2>") :]
+    section = section[: section.index("<h2>", 5)] if "<h2>" in section[5:] else section
+    assert "42 trees" in section and "candidate recall@200" in section
+    for source, value in (("merged", "0.61"), ("two_tower", "0.52"), ("item_item", "0.48")):
+        assert re.search(rf"<td>{source}</td><td class=\"num\">{value}</td>", section)
+    assert re.search(
+        r"<td>ndcg@10</td><td class=\"num\">0.14</td><td class=\"num\">0.153</td>"
+        r"<td class=\"num\">0.09290?</td>",
+        section,
+    )
+    assert "Two-stage after shift" not in text  # no retraining figures: no section
