@@ -293,13 +293,14 @@ def test_drift_triggers_a_training_that_survives_a_scheduler_restart(
 
 
 def _airflow_processes(settings: Settings) -> list[int]:
-    """Live processes whose environment names the profile's Airflow home: its three
-    processes, their workers and task processes (which leave the scheduler's session)."""
-    marker = f"AIRFLOW_HOME={cluster_airflow.home(settings)}".encode()
+    """Live processes whose environment names the profile's Airflow home: task processes
+    (which leave the scheduler's session) and their Spark drivers. Airflow's processes that
+    set their title lose their environment with it; they are in the recorded tree."""
+    home = str(cluster_airflow.home(settings))
     found = []
     for proc in psutil.process_iter():
         try:
-            if marker in proc.environ() and proc.status() != psutil.STATUS_ZOMBIE:
+            if proc.environ().get("AIRFLOW_HOME") == home and proc.is_running():
                 found.append(proc.pid)
         except psutil.Error:
             continue
