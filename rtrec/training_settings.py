@@ -40,10 +40,10 @@ class TrainingSettings(BaseModel):
     ranker_users: int = Field(2000, ge=10)
     """Validation users (sampled) whose candidate lists the ranker learns from: its fit
     time grows with them (about 200 rows each)."""
-    ranker_max_trees: int = Field(150, ge=1)
+    ranker_max_trees: int = Field(120, ge=1)
     """Most trees the ranker may grow (early stopping picks fewer): a request's ranking
-    time grows with them, about 3 us a tree for 200 candidates on one core here, so 150
-    keep ranking within its 1 ms budget with the features."""
+    time grows with them, about 3.3 us a tree for 200 candidates on one core here; 120
+    keep the features and trees of a request within their 1 ms budget."""
     ranker_neighbours: int = Field(100, ge=1)
     """Item-item neighbours kept per item: a request's item-item work is its history
     length times this."""

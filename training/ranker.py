@@ -278,8 +278,20 @@ class TwoStage:
         r = pd.Index(user_ids).get_indexer(rows["user_id"])
         c = self.vocab.encode(rows["item_id"]) - 1
         ok = (r >= 0) & (c >= 0)
-        out[r[ok], c[ok]] = s[ok] - s.min() + 1.0 if len(s) else 0.0
+        out[r[ok], c[ok]] = served_order(r, s)[ok]
         return out
+
+
+def served_order(users: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Scores that rank each user's rows as serving does: by score, ties to the earlier
+    row (the merged list's order; a few trees leave many ties, which the evaluator would
+    otherwise break by item id). Rows of a user are contiguous, in merged order."""
+    order = np.lexsort((np.arange(len(scores)), -scores, users))
+    start = np.r_[0, np.flatnonzero(np.diff(users[order])) + 1]
+    rank = np.arange(len(order)) - np.repeat(start, np.diff(np.r_[start, len(order)]))
+    out = np.empty(len(scores))
+    out[order] = 1e6 - rank
+    return out
 
 
 def candidate_recall(

@@ -99,6 +99,7 @@ class ServedRanker:
         self._local = threading.local()
         cats = self.tables.item_cats
         self._n_cats = int(cats.max()) + 1 if len(cats) else 0
+        self._cat_pad = _padded_categories(self.tables, self._n_cats)
         booster = model.booster
         self._trees = None if booster is None else tree_scorer(booster, len(model.features))
 
@@ -219,11 +220,19 @@ class ServedRanker:
     def _cat_match(self, pos: np.ndarray, known: np.ndarray, n_items: int) -> np.ndarray:
         """``rank_features.category_match``: the share of the user's items in each
         candidate's categories (summed over its categories in their order)."""
-        t = self.tables
-        mine, _ = t.categories_of(known)
-        shares = np.bincount(mine, minlength=self._n_cats) / max(n_items, 1)
-        cats, owner = t.categories_of(pos)
-        return np.bincount(owner, weights=shares[cats], minlength=len(pos))
+        pad = self._cat_pad
+        if pad is None:  # items with many categories: the offsets' arrays
+            t = self.tables
+            mine, _ = t.categories_of(known)
+            shares = np.bincount(mine, minlength=self._n_cats) / max(n_items, 1)
+            cats, owner = t.categories_of(pos)
+            return np.bincount(owner, weights=shares[cats], minlength=len(pos))
+        # Every item's categories in a row, padded with an extra category of share 0: the
+        # row sums add in the same order (0 + first + second ...; + 0 changes nothing).
+        counts = np.bincount(pad[known].ravel(), minlength=self._n_cats + 1)
+        shares = counts / max(n_items, 1)
+        shares[-1] = 0.0
+        return shares[pad[pos]].sum(axis=1)
 
     def predict(self, x: np.ndarray, cols: dict[str, Any]) -> np.ndarray:
         """``Ranker.predict``: the prior (from ``cols``' two scores), plus the trees' output
@@ -235,6 +244,23 @@ class ServedRanker:
             return base
         raw = self._trees(x)
         return base + raw if self.model.from_prior else raw
+
+
+PAD_MAX_CATEGORIES = 8
+"""Up to this many categories per item, each item's are kept in one padded row."""
+
+
+def _padded_categories(tables: ServedTables, n_cats: int) -> np.ndarray | None:
+    """``[items, most categories of an item]`` category indices, ``n_cats`` as padding."""
+    lengths = np.diff(tables.item_cat_ptr)
+    width = int(lengths.max()) if len(lengths) else 0
+    if width > PAD_MAX_CATEGORIES:
+        return None
+    out = np.full((len(lengths), max(width, 1)), n_cats, dtype=np.int32)
+    owner = np.repeat(np.arange(len(lengths)), lengths)
+    slot = np.arange(len(tables.item_cats)) - np.repeat(tables.item_cat_ptr[:-1], lengths)
+    out[owner, slot] = tables.item_cats
+    return out
 
 
 def _z(x: np.ndarray) -> np.ndarray:

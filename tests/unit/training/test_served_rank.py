@@ -32,6 +32,12 @@ TT_FEATURES = {"tt_score", "tt_score_gap", "src_two_tower_score"}
 def fitted(tmp_path_factory: pytest.TempPathFactory):
     events = histories_within(clustered(n_users=80, n_items=120, per_user=24), 10)
     events.loc[events.index % 7 == 0, "event_type"] = "click"
+    # Some items in two or three categories: the category sums' order is exercised.
+    number = events["item_id"].str[1:].astype(int)
+    events["item_categories"] = [
+        [*cats, *(["even"] if n % 2 == 0 else []), *(["fifth"] if n % 5 == 0 else [])]
+        for cats, n in zip(events["item_categories"], number, strict=True)
+    ]
     now = 16 * DAY
     past, future = events[events.ts < now], events[events.ts >= now]
     model = fit(past, TrainConfig(epochs=2, dim=16, history_len=10, select_best=False))
