@@ -3,7 +3,7 @@ over its catalog and a LightGBM lambdarank model fitted on random candidate list
 as a trained bundle's ranker is (``rtrec.training.ranker_bundle``), so tests and the
 serving benchmark run the served two-stage path at any catalog size.
 
-The trees are sized like the largest the product's ranker may grow by default (120
+The trees are sized like the largest the product's ranker may grow by default (100
 rounds, ``training.ranker_max_trees``, of 31 leaves, no early stopping): what a request's
 ranking costs depends on them.
 """
@@ -76,7 +76,7 @@ def add_synthetic_ranker(
     directory: Path | str,
     *,
     neighbours: int = 100,
-    trees: int = 120,
+    trees: int = 100,
     leaves: int = 31,
     seed: int = 0,
 ) -> dict[str, Any]:
