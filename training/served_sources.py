@@ -5,7 +5,7 @@ sources (``rtrec.training.candidates``, ``rtrec.training.learned_sources``) and
 array per request (tests compare the two on fixed inputs).
 
 A user's history arrives as catalog positions, newest first (-1: unknown to the catalog).
-Sums are accumulated in the order training adds them (``np.add.at`` adds each position's
+Sums are accumulated in the order training adds them (``np.bincount`` adds each bin's
 values in input order, as the sources' ``np.add.at`` and ``+=`` do), so the float scores
 are the same bits, and ties are broken as training breaks them (lower position first).
 """
@@ -59,6 +59,23 @@ class Merged:
     n_sources: np.ndarray
 
 
+DENSE_MAX = 1 << 17
+"""Up to this many items a request's sums go into one catalog-sized array (it stays in
+cache); above, the positions it reaches are sorted out (random access into a large
+catalog-sized array costs more than the sort)."""
+
+
+def _sums(idx: np.ndarray, vals: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(the distinct positions of ``idx``, the sum of ``vals`` at each), each sum added in
+    input order (``np.bincount`` adds a bin's values in the order they come)."""
+    if n <= DENSE_MAX:
+        sums = np.bincount(idx, weights=vals, minlength=n)
+        pos = np.flatnonzero(sums)
+        return pos, sums[pos]
+    pos, inverse = np.unique(idx, return_inverse=True)
+    return pos, np.bincount(inverse, weights=vals, minlength=len(pos))
+
+
 def _top(pos: np.ndarray, scores: np.ndarray, seen: np.ndarray, n: int) -> Answer:
     """The ``n`` best of ``pos`` (distinct positions, any order) where ``seen`` (a
     catalog-sized mask) is False."""
@@ -75,36 +92,16 @@ class ServedSources:
         self.t = tables
         self.p = params
         self._cats = len(tables.cat_ptr) - 1
+        self._cat_trend = tables.trend[tables.cat_pos]
+        """Each listed item's trend score beside it: read in order, not scattered."""
         self._local = threading.local()
-
-    def _sums(self, idx: np.ndarray, vals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(the distinct positions of ``idx``, the sum of ``vals`` at each, added in input
-        order), through this thread's catalog-sized scratch arrays (reset before return):
-        no sort and no catalog-sized pass per request."""
-        acc, last = self._scratch()
-        try:
-            np.add.at(acc, idx, vals)
-            order = np.arange(len(idx))
-            np.maximum.at(last, idx, order)
-            pos = idx[last[idx] == order]  # each position once, at its last occurrence
-            return pos, acc[pos]
-        finally:
-            acc[idx] = 0.0
-            last[idx] = -1
-
-    def _scratch(self) -> tuple[np.ndarray, np.ndarray]:
-        scratch = getattr(self._local, "scratch", None)
-        if scratch is None:
-            n = self.t.size
-            scratch = self._local.scratch = (np.zeros(n), np.full(n, -1, dtype=np.int64))
-        return scratch
 
     def item_item(self, hist: np.ndarray, seen: np.ndarray) -> Answer:
         """``ItemItemSource.candidates``: neighbours of the ``ii_recent`` latest items."""
         mine = self.ii_history(hist)
         if not len(mine):
             return Answer.empty()
-        pos, sums = self._sums(self.t.ii_nbr[mine].ravel(), self.t.ii_w[mine].ravel())
+        pos, sums = _sums(self.t.ii_nbr[mine].ravel(), self.t.ii_w[mine].ravel(), self.t.size)
         nonzero = sums != 0
         return _top(pos[nonzero], sums[nonzero], seen, self.p.per_source)
 
@@ -131,9 +128,10 @@ class ServedSources:
         start, end = self.t.cat_ptr[cats], self.t.cat_ptr[cats + 1]
         lengths = end - start
         offsets = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        idx = self.t.cat_pos[np.repeat(start, lengths) + offsets]
+        slots = np.repeat(start, lengths) + offsets
         # Category by category, as training adds them: each bin's sum in this order.
-        pos, sums = self._sums(idx, np.repeat(share, lengths) * self.t.trend[idx])
+        vals = np.repeat(share, lengths) * self._cat_trend[slots]
+        pos, sums = _sums(self.t.cat_pos[slots], vals, self.t.size)
         positive = sums > 0
         return _top(pos[positive], sums[positive], seen, self.p.per_source)
 

@@ -19,7 +19,7 @@ from rtrec.training.artifacts import METADATA, ModelBundle
 from rtrec.training.served_rank import FEATURES, RankerModel
 from rtrec.training.served_sources import SourceParams
 from rtrec.training.served_tables import ITEM_FEATURES, ServedTables
-from rtrec.training.two_stage import WEIGHTS
+from rtrec.training.two_stage import PER_CATEGORY, WEIGHTS
 
 CANDIDATES = 200
 HISTORY = 200
@@ -39,7 +39,7 @@ def synthetic_tables(bundle: ModelBundle, *, neighbours: int, seed: int) -> Serv
     lists = []
     for c in range(n_cats):
         mine = owner[flat == c]
-        lists.append(np.sort(mine[np.argsort(-trend[mine], kind="stable")[:1000]]))
+        lists.append(np.sort(mine[np.argsort(-trend[mine], kind="stable")[:PER_CATEGORY]]))
     pop = rng.pareto(1.5, n)
     w = np.sort(rng.random((n, neighbours)).astype(np.float32), axis=1)[:, ::-1]
     return ServedTables(
