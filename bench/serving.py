@@ -275,7 +275,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="serve the synthetic bundle with a synthetic ranker (a bundle that carries a "
         "ranker is always served with it)",
     )
-    ap.add_argument("--ranker-trees", type=int, default=120, help="synthetic ranker's trees")
+    ap.add_argument("--ranker-trees", type=int, default=100, help="synthetic ranker's trees")
     ap.add_argument("--ranker-leaves", type=int, default=31, help="... leaves per tree")
     ap.add_argument("--ranker-neighbours", type=int, default=20, help="... item-item table")
     args = ap.parse_args(argv)

@@ -81,7 +81,7 @@ def ranker_stage(
     histories: Mapping[str, Sequence[str]],
     *,
     work_dir: Path,
-    trees: int = 120,
+    trees: int = 100,
     leaves: int = 31,
     neighbours: int = 20,
     n: int = 3000,

@@ -118,15 +118,19 @@ def top_positions(scores: np.ndarray, positions: np.ndarray, n: int) -> np.ndarr
     path (``rtrec.training.served_sources``) answers from other data structures and must
     return the same candidates.
     """
+    return positions[top_indices(scores, positions, n)]
+
+
+def top_indices(scores: np.ndarray, positions: np.ndarray, n: int) -> np.ndarray:
+    """:func:`top_positions` as indices into ``scores`` and ``positions``."""
     k = min(n, len(scores))
     if k <= 0:
-        return positions[:0]
+        return np.zeros(0, dtype=np.int64)
+    keep = np.arange(len(scores))
     if k < len(scores):
         kth = np.partition(-scores, k - 1)[k - 1]
         keep = np.flatnonzero(-scores <= kth)
-        scores, positions = scores[keep], positions[keep]
-    order = np.lexsort((positions, -scores))[:k]
-    return positions[order]
+    return keep[np.lexsort((positions[keep], -scores[keep]))[:k]]
 
 
 def _top_unseen(scores: np.ndarray, ids: list[str], seen: np.ndarray, n: int) -> Candidates:

@@ -6,7 +6,7 @@ array per request (tests compare the two on fixed inputs).
 
 A user's history arrives as catalog positions, newest first (-1: unknown to the catalog).
 Sums are accumulated in the order training adds them (``np.bincount`` adds each bin's
-values in input order, as ``np.add.at`` and the sources' ``+=`` do), so the float scores
+values in input order, as the sources' ``np.add.at`` and ``+=`` do), so the float scores
 are the same bits, and ties are broken as training breaks them (lower position first).
 """
 
@@ -16,12 +16,8 @@ import threading
 from dataclasses import dataclass
 
 import numpy as np
-from rtrec.training.candidates import top_positions
+from rtrec.training.candidates import top_indices
 from rtrec.training.served_tables import ServedTables
-
-DENSE_MAX = 1 << 17
-"""Up to this many items a request's sums go into one catalog-sized array (fast); above,
-into the positions it reaches only (bounded by history x neighbours)."""
 
 SOURCES = ("two_tower", "item_item", "category", "popular")
 COLD_SOURCE = "popular"
@@ -63,8 +59,15 @@ class Merged:
     n_sources: np.ndarray
 
 
+DENSE_MAX = 1 << 17
+"""Up to this many items a request's sums go into one catalog-sized array (it stays in
+cache); above, the positions it reaches are sorted out (random access into a large
+catalog-sized array costs more than the sort)."""
+
+
 def _sums(idx: np.ndarray, vals: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """(positions reached, their summed values), each sum in input order."""
+    """(the distinct positions of ``idx``, the sum of ``vals`` at each), each sum added in
+    input order (``np.bincount`` adds a bin's values in the order they come)."""
     if n <= DENSE_MAX:
         sums = np.bincount(idx, weights=vals, minlength=n)
         pos = np.flatnonzero(sums)
@@ -74,13 +77,12 @@ def _sums(idx: np.ndarray, vals: np.ndarray, n: int) -> tuple[np.ndarray, np.nda
 
 
 def _top(pos: np.ndarray, scores: np.ndarray, seen: np.ndarray, n: int) -> Answer:
-    """The ``n`` best of ``pos`` (sorted unique positions) where ``seen`` (a catalog-sized
-    mask) is False."""
+    """The ``n`` best of ``pos`` (distinct positions, any order) where ``seen`` (a
+    catalog-sized mask) is False."""
     keep = ~seen[pos]
     pos, scores = pos[keep], scores[keep]
-    best = top_positions(scores, pos, n)
-    order = np.searchsorted(pos, best) if len(pos) else best
-    return Answer(best.astype(np.int64), scores[order].astype(np.float32))
+    best = top_indices(scores, pos, n)
+    return Answer(pos[best].astype(np.int64), scores[best].astype(np.float32))
 
 
 class ServedSources:
@@ -90,6 +92,8 @@ class ServedSources:
         self.t = tables
         self.p = params
         self._cats = len(tables.cat_ptr) - 1
+        self._cat_trend = tables.trend[tables.cat_pos]
+        """Each listed item's trend score beside it: read in order, not scattered."""
         self._local = threading.local()
 
     def item_item(self, hist: np.ndarray, seen: np.ndarray) -> Answer:
@@ -124,9 +128,10 @@ class ServedSources:
         start, end = self.t.cat_ptr[cats], self.t.cat_ptr[cats + 1]
         lengths = end - start
         offsets = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        idx = self.t.cat_pos[np.repeat(start, lengths) + offsets]
+        slots = np.repeat(start, lengths) + offsets
         # Category by category, as training adds them: each bin's sum in this order.
-        pos, sums = _sums(idx, np.repeat(share, lengths) * self.t.trend[idx], self.t.size)
+        vals = np.repeat(share, lengths) * self._cat_trend[slots]
+        pos, sums = _sums(self.t.cat_pos[slots], vals, self.t.size)
         positive = sums > 0
         return _top(pos[positive], sums[positive], seen, self.p.per_source)
 

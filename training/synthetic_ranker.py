@@ -3,7 +3,7 @@ over its catalog and a LightGBM lambdarank model fitted on random candidate list
 as a trained bundle's ranker is (``rtrec.training.ranker_bundle``), so tests and the
 serving benchmark run the served two-stage path at any catalog size.
 
-The trees are sized like the largest the product's ranker may grow by default (120
+The trees are sized like the largest the product's ranker may grow by default (100
 rounds, ``training.ranker_max_trees``, of 31 leaves, no early stopping): what a request's
 ranking costs depends on them.
 """
@@ -19,7 +19,7 @@ from rtrec.training.artifacts import METADATA, ModelBundle
 from rtrec.training.served_rank import FEATURES, RankerModel
 from rtrec.training.served_sources import SourceParams
 from rtrec.training.served_tables import ITEM_FEATURES, ServedTables
-from rtrec.training.two_stage import WEIGHTS
+from rtrec.training.two_stage import PER_CATEGORY, WEIGHTS
 
 CANDIDATES = 200
 HISTORY = 200
@@ -39,7 +39,7 @@ def synthetic_tables(bundle: ModelBundle, *, neighbours: int, seed: int) -> Serv
     lists = []
     for c in range(n_cats):
         mine = owner[flat == c]
-        lists.append(np.sort(mine[np.argsort(-trend[mine], kind="stable")[:1000]]))
+        lists.append(np.sort(mine[np.argsort(-trend[mine], kind="stable")[:PER_CATEGORY]]))
     pop = rng.pareto(1.5, n)
     w = np.sort(rng.random((n, neighbours)).astype(np.float32), axis=1)[:, ::-1]
     return ServedTables(
@@ -76,7 +76,7 @@ def add_synthetic_ranker(
     directory: Path | str,
     *,
     neighbours: int = 100,
-    trees: int = 120,
+    trees: int = 100,
     leaves: int = 31,
     seed: int = 0,
 ) -> dict[str, Any]:

@@ -35,6 +35,10 @@ WEIGHTS = {"two_tower": 1.0, "item_item": 1.0, "category": 0.2, "popular": 0.2}
 the others add their first picks only."""
 
 
+PER_CATEGORY = 300
+"""Items per category the served category source scores (its most trending)."""
+
+
 @dataclass(frozen=True)
 class SourceConfig:
     """How much each source holds and reads. The defaults are the offline benchmark's
@@ -50,12 +54,14 @@ class SourceConfig:
     @classmethod
     def served(cls, history_limit: int, *, neighbours: int = 100) -> SourceConfig:
         """``neighbours`` EASE weights per item whatever the catalog's size, each
-        category's 1,000 most trending items, the ``history_limit`` latest items."""
+        category's 300 most trending items (a request scores their union; the source
+        answers 200, of which the merge keeps its first 40), the ``history_limit`` latest
+        items."""
         return cls(
             neighbours=neighbours,
             ii_exact_max=0,
             ii_recent=history_limit,
-            per_category=1000,
+            per_category=PER_CATEGORY,
             history_limit=history_limit,
         )
 
