@@ -10,6 +10,9 @@ Public API::
     write_rows(settings, view, rows)         # the stream processor's sink
     write_user_features / write_item_features  # the same from DataFrames
     historical_features(settings, entity_df, features)
+    historical_user_rows(settings, user_ids, at_ms)  # user stream rows as of each time,
+                                                     # shaped as online_features' rows
+    has_offline_user_rows(settings)          # has the stream written any offline rows?
     materialize_batch_views(settings, end_ms)  # Feast materialize of catalog and profiles
     WINDOWS, RECENT_ITEMS, *_VIEW, offline_paths(dir)  # the definitions writers share
 
@@ -41,6 +44,8 @@ _EXPORTS = {
     "apply": "rtrec.features.store",
     "get_store": "rtrec.features.store",
     "historical_features": "rtrec.features.store",
+    "historical_user_rows": "rtrec.features.store",
+    "has_offline_user_rows": "rtrec.features.store",
     "item_features": "rtrec.features.store",
     "online_features": "rtrec.features.store",
     "trending_items": "rtrec.features.store",

@@ -75,7 +75,11 @@ def build(offline_dir: Path) -> list[Any]:
     item_push = PushSource(
         name="item_stream_push", batch_source=_file_source(paths, ITEM_STREAM_VIEW)
     )
-    user_stream = _view(USER_STREAM_VIEW, user, user_stream_fields(), user_push, ttl_days=30)
+    # No TTL on the user view: serving reads a user's row however old it is (no Redis key
+    # TTL; neither Feast's read nor ``OnlineReader`` checks the view's TTL), so the offline
+    # point-in-time join must not drop it either, or training would see a cold user where
+    # a request sees its history (Feast: a TTL of 0 never expires).
+    user_stream = _view(USER_STREAM_VIEW, user, user_stream_fields(), user_push, ttl_days=0)
     item_stream = _view(ITEM_STREAM_VIEW, item, item_stream_fields(), item_push, ttl_days=30)
     item_meta = _view(
         ITEM_META_VIEW,

@@ -158,6 +158,52 @@ def historical_features(
     return job.to_df()
 
 
+def has_offline_user_rows(settings: Settings) -> bool:
+    """Whether the stream processor has written user stream rows to the offline store."""
+    directory = defs.offline_paths(settings.offline_dir)[defs.USER_STREAM_VIEW].parent
+    return directory.is_dir() and any(directory.glob("*.parquet"))
+
+
+def historical_user_rows(
+    settings: Settings, user_ids: list[str], at_ms: list[int]
+) -> list[dict[str, Any]]:
+    """Each user's stream row as it stood at ``at_ms`` (the same position), shaped as
+    :func:`online_features` returns a row, so one function turns either into a state.
+
+    Feast's point-in-time join: the user's latest offline row stamped at or before
+    ``at_ms`` (a row is stamped with the user's latest event, so a row at or before T
+    holds events up to T only). Rows come back as pandas (integers as floats, NaN where
+    no row; lists as arrays); they are turned back into the online read's values: ints,
+    lists of str, None for every field of a user without a row.
+    """
+    if len(user_ids) != len(at_ms):
+        raise ValueError(f"{len(user_ids)} users but {len(at_ms)} times")
+    fields = defs.user_stream_fields()
+    stamps = pd.to_datetime(pd.Series(at_ms, dtype="int64"), unit="ms", utc=True)
+    entity = pd.DataFrame({"user_id": [str(u) for u in user_ids], "event_timestamp": stamps})
+    entity["_row"] = range(len(entity))  # the join's output order is not the input's
+    out = historical_features(
+        settings, entity, [f"{defs.USER_STREAM_VIEW}:{n}" for n in fields]
+    ).sort_values("_row")
+    if len(out) != len(entity) or out["_row"].tolist() != entity["_row"].tolist():
+        raise Unavailable(f"historical retrieval returned {len(out)} rows for {len(entity)}")
+    columns = {n: out[n].tolist() for n in fields}
+    return [{n: _online_value(fields[n], columns[n][i]) for n in fields} for i in range(len(out))]
+
+
+def _online_value(kind: str, value: Any) -> Any:
+    """A historical value as the online read gives it (None where the row is missing)."""
+    if value is None or (not hasattr(value, "__len__") and pd.isna(value)):
+        return None
+    if kind == "Array(String)":
+        return [str(v) for v in value]
+    if kind == "Int64":
+        return int(value)
+    if kind == "Float64":
+        return float(value)
+    return value
+
+
 def write_offline_metadata(settings: Settings, items: pd.DataFrame, users: pd.DataFrame) -> None:
     """Catalog and profiles as the batch views' parquet (timestamps in µs for duckdb)."""
     import pyarrow as pa

@@ -297,6 +297,7 @@ def build_training_sets(
         history_len=cfg.history_len,
         cut_ts=cuts,
         ts_range=ranges,
+        source=str(root),
     )
     meta = {k: v for k, v in asdict(sets).items() if k != "root"}
     (out / META_FILE).write_text(json.dumps(meta, indent=2))

@@ -20,6 +20,7 @@ unset and the labels are a held-out part of the training rows.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,18 +67,24 @@ def ranking_rows(
     *,
     now: int | None = None,
     n: int = 200,
+    states_at: Callable[[Sequence[str], int], list[UserState]] | None = None,
 ) -> pd.DataFrame:
     """Point-in-time training rows: one group per user with a label, ``label`` 1 for a
-    candidate the user interacted with in ``labels`` (see module doc)."""
+    candidate the user interacted with in ``labels`` (see module doc). ``states_at``:
+    the users' states at ``now`` from elsewhere than ``events`` (Feast's historical
+    retrieval, ``rtrec.training.pit_states``); the candidates and the user features are
+    then built from those states."""
     if now is not None:
         if generator.now > now:
             raise ValueError(f"the generator saw events up to {generator.now - 1}, after {now}")
         if len(labels) and int(labels["ts"].min()) < now:
             raise ValueError(f"labels start before now ({int(labels['ts'].min())} < {now})")
         events = events[events["ts"].to_numpy() < now]
+    elif states_at is not None:
+        raise ValueError("states_at needs the examples' time (now)")
     at = generator.now if now is None else now
     users = sorted(labels["user_id"].astype(str).unique())
-    states = generator.states(events, users)
+    states = states_at(users, at) if states_at else generator.states(events, users)
     rows = rows_for(generator, states, at, n)
     pairs = set(zip(labels["user_id"].astype(str), labels["item_id"].astype(str), strict=True))
     keys = zip(rows["user_id"], rows["item_id"], strict=True)

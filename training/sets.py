@@ -81,6 +81,9 @@ class TrainingSets:
     is no test); random: empty."""
     ts_range: dict[str, list[int]] = field(default_factory=dict)
     """Per non-empty split: [oldest, newest] event time in ms."""
+    source: str | None = None
+    """The event log the sets were built from (None in sets written before it was
+    recorded): the stream's offline log has feature rows beside it, others have none."""
 
     def path(self, split: str) -> Path:
         if split not in SPLITS:

@@ -27,6 +27,7 @@ from rtrec.training.candidates import (
     item_categories,
 )
 from rtrec.training.learned_sources import EXACT_MAX_ITEMS, ItemItemSource, TwoTowerSource
+from rtrec.training.pit_states import EVENT_LOG, FEAST, StatesAt
 from rtrec.training.rank_features import CandidateGenerator
 from rtrec.training.ranker import Ranker, TwoStage, candidate_recall, ranking_rows
 
@@ -101,6 +102,9 @@ class Fold:
     labels: pd.DataFrame
     model: Any
     now: int | None = None
+    states_at: StatesAt | None = None
+    """The users' states at ``now`` from Feast's historical retrieval
+    (``rtrec.training.pit_states``); None: from ``state``, the event log."""
 
 
 def random_slices(
@@ -149,8 +153,8 @@ def _fold_parts(
     parts = []
     for k, f in enumerate(folds):
         gen = build_generator(f.state, f.model, ease_l2=ease_l2, per_source=n, config=config)
-        rows = ranking_rows(gen, f.state, f.labels, now=f.now, n=n).assign(fold=k)
-        parts.append((gen, rows))
+        rows = ranking_rows(gen, f.state, f.labels, now=f.now, n=n, states_at=f.states_at)
+        parts.append((gen, rows.assign(fold=k)))
     return parts
 
 
@@ -177,8 +181,13 @@ def fit_two_stage(
     first, gen = folds[0], parts[0][0]
     names = [s.name for s in gen.sources]
     users = sorted(first.labels["user_id"].astype(str).unique())
-    wide = gen.generate(gen.states(first.state, users, before=first.now), n * len(names))
+    if first.states_at is not None and first.now is not None:
+        states = first.states_at(users, first.now)
+    else:
+        states = gen.states(first.state, users, before=first.now)
+    wide = gen.generate(states, n * len(names))
     info = {
+        "ranker_states": {"source": EVENT_LOG if first.states_at is None else FEAST},
         "ranker_folds": len(folds),
         "ranker_rows": len(rows),
         "ranker_rounds": ranker.best_rounds,

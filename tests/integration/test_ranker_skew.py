@@ -1,0 +1,141 @@
+"""Training and serving cannot skew on the ranker's features: events go through the real
+broker and stream processor into Redis (the online store) and the offline parquet Feast's
+duckdb offline store reads; at a moment T the ranker's row of a (user, candidate) served
+from the online read equals the training row built from Feast's historical retrieval at
+T, after later events have moved the online store on.
+
+Both sides are given the same two-tower query (``TwoTowerSource.queries`` of the state):
+the query's dense features are the two-tower's inputs, not the ranker's; what is under
+test is the state every ranker feature and every candidate source is computed from.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from rtrec.features import RECENT_ITEMS, OnlineReader, online_features
+from rtrec.streaming import publish
+from rtrec.streaming.processor import StreamProcessor
+
+from rtrec.config import Settings
+from rtrec.data import SyntheticConfig, generate
+from tests.stream_helpers import isolated
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
+
+N = 40
+TT_FEATURES = {"tt_score", "tt_score_gap", "src_two_tower_score"}
+"""Scores from float32 dot products: equal to float32 rounding (as in the unit test)."""
+
+
+def _events() -> tuple[pd.DataFrame, list, int]:
+    """Synthetic events in time order with their categories, their keyed JSON, and the
+    first position at a new time (the cut T: everything before it is strictly earlier)."""
+    data = generate(SyntheticConfig.small(seed=11, n_users=60, n_items=80, n_events=3000))
+    events = data.events.reset_index(drop=True)
+    cats = dict(zip(data.items["item_id"], data.items["categories"], strict=True))
+    events["item_categories"] = [list(cats[i]) for i in events["item_id"]]
+    ts = events["ts"].to_numpy()
+    cut = int(len(ts) * 0.6)
+    while ts[cut - 1] == ts[cut]:
+        cut += 1
+    return events, list(data.iter_keyed_event_json()), cut
+
+
+def _served_rows(s: Settings, users: list[str]) -> list[dict]:
+    """The users' rows through serving's reader (``OnlineReader``, asyncio Redis)."""
+    reader = OnlineReader.for_users(s)
+    reader.prepare()
+
+    async def read() -> list[dict]:
+        try:
+            return await reader.read(users)
+        finally:
+            await reader.aclose()
+
+    return asyncio.run(read())
+
+
+def test_served_ranker_row_equals_the_training_row_from_historical_retrieval(
+    stack: Settings, tmp_path: Path
+) -> None:
+    from rtrec.training.artifacts import load_bundle, save_bundle
+    from rtrec.training.examples import histories_within
+    from rtrec.training.index import build_index
+    from rtrec.training.pit_states import FeastStates
+    from rtrec.training.ranker import Ranker, TwoStage, ranking_rows
+    from rtrec.training.ranker_bundle import load_ranker, save_ranker
+    from rtrec.training.served_rank import online_state
+    from rtrec.training.trainer import TrainConfig, fit
+    from rtrec.training.two_stage import SourceConfig, build_generator
+
+    s = isolated(stack, tmp_path)
+    events, pairs, cut = _events()
+    at = int(events["ts"].iloc[cut])  # T
+    past, future = events.iloc[:cut], events.iloc[cut:]
+    users = sorted(set(past["user_id"]) & set(future["user_id"]))
+    assert len(users) >= 20
+
+    # Up to T through the stream; what a request at T reads; then the rest of the events.
+    publish(s, pairs[:cut], progress=False)
+    StreamProcessor(s).run(max_idle_s=2)
+    served_rows = _served_rows(s, users)
+    publish(s, pairs[cut:], progress=False)
+    StreamProcessor(s).run(max_idle_s=2)
+    later = online_features(s, users)
+    moved = [u for u, r in zip(users, later, strict=True) if r["last_event_ms"] >= at]
+    assert len(moved) == len(users)  # every user's online row has moved past T
+
+    # Training: states at T from Feast's historical retrieval, the ranker fitted on them.
+    feast = FeastStates(s, RECENT_ITEMS)
+    hist_rows = _historical(s, users, at)
+    assert hist_rows == served_rows  # the raw feature rows: the same row, field by field
+    frame = histories_within(past.reset_index(drop=True), 10)
+    model = fit(frame, TrainConfig(epochs=1, dim=16, history_len=10, select_best=False))
+    config = SourceConfig.served(RECENT_ITEMS, neighbours=6)
+    gen = build_generator(past, model, ease_l2=10.0, per_source=30, config=config)
+    rows = ranking_rows(gen, past, future, now=at, n=N, states_at=feast)
+    assert feast.rows == len(set(future["user_id"]))  # one retrieval, every label user
+    params = {**Ranker().params, "num_threads": 1, "min_data_in_leaf": 5}
+    ranker = Ranker(max_rounds=30, patience=10, params=params, grid=({},)).fit(rows)
+    directory = tmp_path / "bundle"
+    declared = save_ranker(directory, TwoStage(gen, ranker, n=N), model.item_ids, info={})
+    save_bundle(
+        directory,
+        model=model,
+        index=build_index(model.item_keys(), use_gpu=False),
+        extra={"ranker": declared},
+    )
+    bundle = load_bundle(directory, use_gpu=False)
+    served = load_ranker(bundle)
+
+    compared = 0
+    for user, feats in zip(users, served_rows, strict=True):
+        # Serving's steps (``rtrec.serving.ranking.rank_candidates``) at time T.
+        state = online_state(user, feats, served.sources.p.history_limit)
+        hist = bundle.encoders.items.encode(state.items) - 1
+        query = gen.sources[0].queries([state])[0]
+        k = min(served.search_k(len(hist)), bundle.index.ntotal)
+        scores, found = bundle.search_rows(query[None, :], k)
+        merged = served.rank(state, hist, query, (scores[0], found[0]), at).merged
+        cols = served.columns(merged, state, hist, query, at)
+        x = served.matrix(cols, len(merged.pos))
+        mine = rows[rows["user_id"] == user]
+        assert [bundle.item_ids[p] for p in merged.pos] == list(mine["item_id"]), user
+        for j, name in enumerate(served.model.features):
+            tol = 2e-5 if name in TT_FEATURES else 1e-9
+            want = mine[name].to_numpy(dtype=np.float64)
+            np.testing.assert_allclose(x[:, j], want, rtol=tol, atol=tol, err_msg=name)
+        compared += len(merged.pos)
+    assert compared >= 20 * N // 2
+
+
+def _historical(s: Settings, users: list[str], at: int) -> list[dict]:
+    """The users' rows as of ``at - 1`` ms from Feast's historical retrieval."""
+    from rtrec.features import historical_user_rows
+
+    return historical_user_rows(s, users, [at - 1] * len(users))
