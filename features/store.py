@@ -159,9 +159,14 @@ def historical_features(
 
 
 def has_offline_user_rows(settings: Settings) -> bool:
-    """Whether the stream processor has written user stream rows to the offline store."""
+    """Whether the stream processor has written user stream rows to the offline store
+    (``apply`` lays an empty part there for the schema: a file is not yet a row)."""
+    import pyarrow.parquet as pq
+
     directory = defs.offline_paths(settings.offline_dir)[defs.USER_STREAM_VIEW].parent
-    return directory.is_dir() and any(directory.glob("*.parquet"))
+    if not directory.is_dir():
+        return False
+    return any(pq.read_metadata(p).num_rows > 0 for p in sorted(directory.glob("*.parquet")))
 
 
 def historical_user_rows(

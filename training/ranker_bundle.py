@@ -108,6 +108,11 @@ def write_ranker(
     }
     (out / RANKER_META).write_text(json.dumps(meta, default=str))
     declared = {k: meta[k] for k in ("format", "version", "lightgbm", "trees")}
+    states = info.get("ranker_states")
+    if isinstance(states, dict) and "source" in states:
+        # Where its training states came from (Feast's historical retrieval or the event
+        # log), beside the version: the bundle says how its second stage was trained.
+        declared["training_states"] = states["source"]
     return declared | {"sha256": _sha256(out / RANKER_META)}
 
 

@@ -12,6 +12,7 @@ test is the state every ranker feature and every candidate source is computed fr
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -60,26 +61,33 @@ def _served_rows(s: Settings, users: list[str]) -> list[dict]:
     return asyncio.run(read())
 
 
-def test_served_ranker_row_equals_the_training_row_from_historical_retrieval(
-    stack: Settings, tmp_path: Path
-) -> None:
-    from rtrec.training.artifacts import load_bundle, save_bundle
-    from rtrec.training.examples import histories_within
-    from rtrec.training.index import build_index
-    from rtrec.training.pit_states import FeastStates
-    from rtrec.training.ranker import Ranker, TwoStage, ranking_rows
-    from rtrec.training.ranker_bundle import load_ranker, save_ranker
-    from rtrec.training.served_rank import online_state
-    from rtrec.training.trainer import TrainConfig, fit
-    from rtrec.training.two_stage import SourceConfig, build_generator
+@dataclass
+class Streamed:
+    """The events streamed in two runs around T, and what a request at T read."""
 
-    s = isolated(stack, tmp_path)
+    settings: Settings
+    events: pd.DataFrame
+    cut: int
+    at: int
+    users: list[str]
+    served_rows: list[dict]
+
+    @property
+    def past(self) -> pd.DataFrame:
+        return self.events.iloc[: self.cut]
+
+    @property
+    def future(self) -> pd.DataFrame:
+        return self.events.iloc[self.cut :]
+
+
+@pytest.fixture(scope="module")
+def streamed(stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> Streamed:
+    s = isolated(stack, tmp_path_factory.mktemp("skew"))
     events, pairs, cut = _events()
     at = int(events["ts"].iloc[cut])  # T
-    past, future = events.iloc[:cut], events.iloc[cut:]
-    users = sorted(set(past["user_id"]) & set(future["user_id"]))
+    users = sorted(set(events["user_id"].iloc[:cut]) & set(events["user_id"].iloc[cut:]))
     assert len(users) >= 20
-
     # Up to T through the stream; what a request at T reads; then the rest of the events.
     publish(s, pairs[:cut], progress=False)
     StreamProcessor(s).run(max_idle_s=2)
@@ -87,15 +95,37 @@ def test_served_ranker_row_equals_the_training_row_from_historical_retrieval(
     publish(s, pairs[cut:], progress=False)
     StreamProcessor(s).run(max_idle_s=2)
     later = online_features(s, users)
-    moved = [u for u, r in zip(users, later, strict=True) if r["last_event_ms"] >= at]
-    assert len(moved) == len(users)  # every user's online row has moved past T
+    assert all(r["last_event_ms"] >= at for r in later)  # every online row moved past T
+    return Streamed(s, events, cut, at, users, served_rows)
+
+
+def _two_tower(past: pd.DataFrame):
+    from rtrec.training.examples import histories_within
+    from rtrec.training.trainer import TrainConfig, fit
+
+    frame = histories_within(past.reset_index(drop=True), 10)
+    return fit(frame, TrainConfig(epochs=1, dim=16, history_len=10, select_best=False))
+
+
+def test_served_ranker_row_equals_the_training_row_from_historical_retrieval(
+    streamed: Streamed, tmp_path: Path
+) -> None:
+    from rtrec.training.artifacts import load_bundle, save_bundle
+    from rtrec.training.index import build_index
+    from rtrec.training.pit_states import FeastStates
+    from rtrec.training.ranker import Ranker, TwoStage, ranking_rows
+    from rtrec.training.ranker_bundle import load_ranker, save_ranker
+    from rtrec.training.served_rank import online_state
+    from rtrec.training.two_stage import SourceConfig, build_generator
+
+    s, at, users, served_rows = streamed.settings, streamed.at, streamed.users, streamed.served_rows
+    past, future = streamed.past, streamed.future
 
     # Training: states at T from Feast's historical retrieval, the ranker fitted on them.
     feast = FeastStates(s, RECENT_ITEMS)
     hist_rows = _historical(s, users, at)
     assert hist_rows == served_rows  # the raw feature rows: the same row, field by field
-    frame = histories_within(past.reset_index(drop=True), 10)
-    model = fit(frame, TrainConfig(epochs=1, dim=16, history_len=10, select_best=False))
+    model = _two_tower(past)
     config = SourceConfig.served(RECENT_ITEMS, neighbours=6)
     gen = build_generator(past, model, ease_l2=10.0, per_source=30, config=config)
     rows = ranking_rows(gen, past, future, now=at, n=N, states_at=feast)
@@ -139,3 +169,43 @@ def _historical(s: Settings, users: list[str], at: int) -> list[dict]:
     from rtrec.features import historical_user_rows
 
     return historical_user_rows(s, users, [at - 1] * len(users))
+
+
+def test_the_pipelines_ranker_stage_takes_its_states_from_feast_and_says_so(
+    streamed: Streamed, tmp_path: Path
+) -> None:
+    """``fit_ranker_stage`` (the pipeline's second stage) on sets built from the stream's
+    offline log: its states come from Feast, its info says so with the rows retrieved and
+    how the states compare with the event log's; sets from elsewhere: the event log, said."""
+    from rtrec.training.ranker_fit import fit_ranker_stage
+    from rtrec.training.selection import Selection
+    from rtrec.training.sets import Frames, TrainingSets
+
+    s = streamed.settings.model_copy(deep=True)
+    s.training.ranker_max_trees = 20
+    empty = streamed.events.iloc[:0]
+    frames = Frames(streamed.past, streamed.future, empty, empty)
+    model = _two_tower(streamed.past)
+    selection = Selection("test", model, {}, 10.0, {})
+    label_users = streamed.future["user_id"].nunique()
+
+    def sets(source: Path) -> TrainingSets:
+        cuts = [streamed.at, int(streamed.events["ts"].max()) + 1]
+        return TrainingSets(tmp_path, "temporal", {}, 10, cut_ts=cuts, source=str(source))
+
+    _, info = fit_ranker_stage(s, sets(s.offline_dir), frames, selection, model)
+    states = info["ranker_states"]
+    assert states["source"] == "feast_historical", states
+    assert states["feast_rows"] == label_users and states["feast_rows_per_s"] > 0
+    # Everything before T went through the stream and was flushed before T's later events:
+    # every retrieved state is the event log's state at T.
+    assert states["agreement"] == {
+        "users": label_users,
+        "equal_to_event_log": 1.0,
+        "no_row_but_history": 0,
+    }
+
+    _, info = fit_ranker_stage(s, sets(tmp_path / "elsewhere"), frames, selection, model)
+    states = info["ranker_states"]
+    assert states["source"] == "event_log" and "not the stream's offline log" in states["reason"]
+    assert "feast_rows" not in states

@@ -154,6 +154,10 @@ def test_pipeline_registers_a_champion_whose_bundle_loads(
     # The served index's recall was measured on the gate users' queries.
     assert result.fit.index["recall@100"] >= settings.training.min_index_recall
     assert "gate-slice users" in result.fit.index["source"]
+    # ``--data`` events never went through the stream: the ranker's states are the event
+    # log's, and the run says so (its info, logged into the bundle's ranker.json).
+    states = result.fit.ranker["ranker_states"]
+    assert states["source"] == "event_log" and "not the stream's offline log" in states["reason"]
 
     registry = ModelRegistry(settings)
     assert registry.champion_version() == "1"
