@@ -1,13 +1,25 @@
 """Training speed and index quality.
 
     python bench/training.py [--data PATH/TO/ml-100k] [--index-items 1000000]
+        [--ranker-data synthetic:small|PATH] [--flush-events 23000]
 
 - ``cpu_examples_per_s`` (and ``gpu_examples_per_s`` where CUDA is present, else null):
   optimizer steps of the two-tower model at batch 8192 on synthetic tensors;
 - ``ml100k_epoch_s``: one epoch over ML-100K's training examples on this CPU (with
   ``--data``; histories from the data itself, no Spark);
 - ``index_recall@100``: the auto-built IVF index against exact search on clustered
-  64-d vectors, with its build time and per-query latency beside exact search.
+  64-d vectors, with its build time and per-query latency beside exact search;
+- ``ranker_fit_s``: the pipeline's second stage (``rtrec.training.ranker_fit``) fitted on
+  ``--ranker-data`` cut in time like the product's split (train | validation 10 % |
+  gate 10 %), its training states through Feast's historical retrieval; the user stream's
+  offline rows are written first, as the stream processor's sink writes them (each
+  user's latest row once per flush of ``--flush-events`` events: the demo replays about
+  11.7k events/s and the processor flushes every 2 s), by
+  ``rtrec.features.append_offline_rows``;
+- ``feast_historical_rows_per_s``: Feast's historical retrieval (duckdb offline store)
+  of user stream rows, every user at 8 times across the data, rows of the entity frame
+  per second; the ranker fit's own retrieval and how its states compare with the event
+  log's are in ``ranker_states``.
 The last line of output is one JSON object.
 """
 
@@ -120,10 +132,92 @@ def index_figures(n: int, dim: int = 64) -> dict:
     }
 
 
+def offline_user_rows(settings, events, flush_events: int) -> int:
+    """The user stream's offline rows as the stream processor writes them: events folded
+    in time order into each user's state (``rtrec.streaming.aggregates``), each changed
+    user's latest row appended once per ``flush_events`` events. Returns rows written."""
+    from rtrec.features import USER_STREAM_VIEW, append_offline_rows
+    from rtrec.streaming.aggregates import UserState, user_feature_row
+
+    states: dict[str, UserState] = {}
+    changed: set[str] = set()
+    written = 0
+    cols = [events[c].to_numpy() for c in ("user_id", "item_id", "event_type", "ts")]
+    for j, (user, item, etype, ts) in enumerate(zip(*cols, strict=True), start=1):
+        states.setdefault(str(user), UserState()).apply(str(item), str(etype), int(ts))
+        changed.add(str(user))
+        if j % flush_events == 0 or j == len(events):
+            rows = [user_feature_row(u, states[u], int(time.time() * 1000)) for u in changed]
+            append_offline_rows(settings, USER_STREAM_VIEW, rows)
+            written, changed = written + len(rows), set()
+    return written
+
+
+def ranker_figures(data: str, flush_events: int) -> dict:
+    """The second stage's fit through Feast, and Feast's historical retrieval rate."""
+    import tempfile
+
+    import pandas as pd
+    from rtrec.features import apply, historical_user_rows
+    from rtrec.training.examples import histories_within
+    from rtrec.training.ranker_fit import fit_ranker_stage
+    from rtrec.training.selection import Selection
+    from rtrec.training.sets import Frames, TrainingSets
+    from rtrec.training.trainer import TrainConfig, fit
+
+    from rtrec.config import load_settings
+    from rtrec.data import load_dataset
+
+    ds = load_dataset(data)
+    events = ds.events.sort_values("ts", kind="stable").reset_index(drop=True)
+    cats = dict(zip(ds.items["item_id"], ds.items["categories"], strict=True))
+    events["item_categories"] = [list(cats.get(i, [])) for i in events["item_id"]]
+    work = Path(tempfile.mkdtemp(prefix="bench-ranker-"))
+    settings = load_settings(work_dir=work, feast={"online_store": "sqlite"})
+    apply(settings)
+    t = time.perf_counter()
+    rows_written = offline_user_rows(settings, events, flush_events)
+    write_s = time.perf_counter() - t
+    ts = events["ts"].to_numpy()
+    cuts = [int(ts[int(len(ts) * 0.8)]), int(ts[int(len(ts) * 0.9)]), int(ts[-1]) + 1]
+    parts = [events[ts < cuts[0]], events[(ts >= cuts[0]) & (ts < cuts[1])]]
+    frames = Frames(*parts, events[ts >= cuts[1]], events.iloc[:0])
+    t = time.perf_counter()
+    model = fit(histories_within(parts[0], 20), TrainConfig(epochs=1), progress=False)
+    tower_s = time.perf_counter() - t
+    sets = TrainingSets(work, "temporal", {}, 20, cut_ts=cuts, source=str(settings.offline_dir))
+    selection = Selection("next_item", model, {}, 500.0, {})
+    t = time.perf_counter()
+    _, info = fit_ranker_stage(settings, sets, frames, selection, model)
+    fit_s = time.perf_counter() - t
+    users = sorted(events["user_id"].astype(str).unique())
+    times = [int(x) for x in pd.Series(ts).quantile([(k + 1) / 9 for k in range(8)])]
+    asked_users = [u for _ in times for u in users]
+    asked_times = [at for at in times for _ in users]
+    t = time.perf_counter()
+    got = historical_user_rows(settings, asked_users, asked_times)
+    hist_s = time.perf_counter() - t
+    return {
+        "ranker_data": data,
+        "ranker_fit_s": round(fit_s, 1),
+        "ranker_rows": info.get("ranker_rows"),
+        "ranker_two_tower_fit_s": round(tower_s, 1),
+        "ranker_states": info.get("ranker_states"),
+        "offline_user_rows": rows_written,
+        "offline_rows_write_s": round(write_s, 1),
+        "simulated_flush_events": flush_events,
+        "feast_historical_rows": len(got),
+        "feast_historical_s": round(hist_s, 2),
+        "feast_historical_rows_per_s": round(len(got) / hist_s, 1),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--data", default=None, help="ML-100K directory for the epoch time")
     ap.add_argument("--index-items", type=int, default=1_000_000)
+    ap.add_argument("--ranker-data", default="synthetic:small", help="data for the ranker fit")
+    ap.add_argument("--flush-events", type=int, default=23_000)
     args = ap.parse_args()
     out: dict = {"cpu_threads": torch.get_num_threads()}
     out["cpu_examples_per_s"] = round(examples_per_s("cpu", steps=5))
@@ -132,6 +226,7 @@ def main() -> None:
     )
     out["ml100k_epoch_s"] = round(ml100k_epoch(args.data), 2) if args.data else None
     out |= index_figures(args.index_items)
+    out |= ranker_figures(args.ranker_data, args.flush_events)
     print(json.dumps(out))
 
 
