@@ -47,6 +47,12 @@ def test_demo_quick_runs_the_loop_and_stops_everything(tmp_path: Path) -> None:
     served = steps["BentoML service up (champion from MLflow)"]
     assert served["ranker"] == "loaded" and served["ranker_version"], served
     assert first["two_stage_ndcg@10"] > 0 and first["two_tower_ndcg@10"] > 0
+    # The demo trains on the stream's offline log: every ranker's training states came
+    # from Feast's historical retrieval at its validation cut, and its fit says so.
+    runs = sorted((tmp_path / "w").glob("training/runs/*/bundle/ranker/ranker.json"))
+    fits = [json.loads(p.read_text())["fit"]["ranker_states"] for p in runs]
+    assert len(fits) >= 2 and all(f["source"] == "feast_historical" for f in fits), fits
+    assert all(f["feast_rows"] > 100 for f in fits), fits
     burst = steps["burst of HTTP recommendations with feedback"]
     assert burst["statuses"] == {"200": burst["requests"]} and burst["clicks_posted"] > 0
     assert burst["fallbacks"] < 0.05 * burst["requests"], burst
