@@ -1,7 +1,8 @@
 """The Feast feature store: registration, reads, and the Redis keys behind the features.
 
 ``apply`` registers the definitions; serving reads ``online_features`` and
-``trending_items``; training may use ``historical_features`` for point-in-time joins.
+``trending_items``; training reads ``historical_user_rows`` (Feast's point-in-time join,
+rows shaped as the online read's) for the ranker's training states.
 The write side (the stream processor's sink) is ``rtrec.features.sink``; the repository's
 files and its Redis connection settings are ``rtrec.features.repo``. No other package
 imports Feast.

@@ -12,8 +12,9 @@ Everything a source needs at request time is precomputed in ``fit`` into in-memo
 (neighbour lists, per-category rankings), so a request costs table look-ups only. The
 user's state is passed in (:class:`UserState`), never read from the fit events: the same
 source answers for the state of any moment, which is what the point-in-time training set
-(``rtrec.training.rank_sets``) relies on. Imports numpy, pandas and (for the two-tower
-source) faiss only: the GPU host imports this module too.
+(``rtrec.training.ranker.ranking_rows``, ``rtrec.training.pit_states``) relies on.
+Imports numpy, pandas and (for the two-tower source) faiss only: the GPU host imports
+this module too.
 """
 
 from __future__ import annotations

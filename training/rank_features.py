@@ -3,10 +3,11 @@
 One computation for training rows and for requests: :func:`candidate_features` takes the
 candidates (with their provenance from ``rtrec.training.candidates.merge``), a user table
 and an item table, each built from events strictly before ``now``
-(:func:`user_table`, :func:`item_table`). The point-in-time training set and the offline
-evaluation build those tables from the event log; a later source (Feast's historical
-retrieval over the stream feature views) only has to produce the same two tables, so the
-switch changes where the numbers come from, not how a feature is computed.
+(:func:`user_table`, :func:`item_table`). The user table is built from user states: the
+offline evaluation takes them from the event log, the product's ranker training set from
+Feast's historical retrieval of the user stream rows (``rtrec.training.pit_states``), a
+request from the online row; where the numbers come from changes, not how a feature is
+computed.
 
 Counts are turned into shares of all events in their window: the ranker is fitted on an
 earlier, smaller state than it is applied to, and shares keep their scale across the two.
