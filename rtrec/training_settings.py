@@ -48,6 +48,13 @@ class TrainingSettings(BaseModel):
     ranker_neighbours: int = Field(100, ge=1)
     """Item-item neighbours kept per item: a request's item-item work is its history
     length times this."""
+    ranker_states_min_agreement: float = Field(0.9, ge=0.0, le=1.0)
+    """Share of the ranker's training states from Feast's historical retrieval that must
+    equal the event log's at the cut for them to be used. The offline store keeps one row
+    per user per stream flush (2 s): live, few users straddle the cut within one flush;
+    a fast replay (the demo's) puts days of events in one flush, and the retrieved states
+    miss them. Below it the event log's states are used, with a WARNING and the reason
+    and the measured share in the ranker's info."""
     promotion: Literal["direct", "ab"] = "direct"
     """What a model that passes the gate becomes: ``direct``, the champion at once; ``ab``,
     the ``challenger`` of an A/B test at ``serving.ab_challenger_share`` (which must then

@@ -71,6 +71,41 @@ def choose_path(settings: Settings, source: str | None, now: int | None) -> Stat
     return StatePath(FEAST, "events from the stream's offline log, its feature rows beside it")
 
 
+def training_states(
+    settings: Settings,
+    source: str | None,
+    now: int | None,
+    users: Sequence[str],
+    events: pd.DataFrame,
+    limit: int | None,
+) -> tuple[StatesAt | None, dict[str, Any]]:
+    """The ranker's training states for ``users`` at ``now`` (None: the event log's) and
+    what the ranker's info records of them: the path and why; through Feast, the rows
+    retrieved, their rate and how the states compare with ``events`` (the event log).
+
+    States that too often differ from the event log's (``training.ranker_states_min_
+    agreement``) are not what a request at ``now`` would have read but the offline
+    store's coarser record of it: the event log's are used, said at WARNING."""
+    path = choose_path(settings, source, now)
+    info: dict[str, Any] = {"source": path.kind, "reason": path.reason}
+    if path.kind != FEAST or now is None:
+        return None, info
+    feast = FeastStates(settings, limit)
+    agreed = agreement(feast(users, now), events, now, limit)
+    info |= {"feast_rows": feast.rows, "feast_rows_per_s": feast.rows_per_s}
+    info["agreement"] = agreed
+    floor = settings.training.ranker_states_min_agreement
+    share = agreed["equal_to_event_log"]
+    if share is not None and share < floor:
+        reason = (
+            f"Feast's rows too coarse at the cut: {share:.0%} of {agreed['users']} states "
+            f"equal the event log's (< {floor:.0%}; one offline row per user per flush)"
+        )
+        logger.warning("ranker training states from the event log: %s", reason)
+        return None, info | {"source": EVENT_LOG, "reason": reason}
+    return feast, info
+
+
 class FeastStates:
     """:data:`StatesAt` through Feast's historical retrieval, timing what it read."""
 

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from rtrec.features import RECENT_ITEMS
 from rtrec.training.evaluate import evaluate
-from rtrec.training.pit_states import FEAST, FeastStates, StatePath, agreement, choose_path
+from rtrec.training.pit_states import training_states
 from rtrec.training.ranker import DEFAULT_PARAMS, Ranker, TwoStage
 from rtrec.training.selection import Selection
 from rtrec.training.sets import Frames, TrainingSets
@@ -55,9 +55,11 @@ def fit_ranker_stage(
     cfg = settings.training
     now = sets.cut_ts[0] if sets.protocol == "temporal" and sets.cut_ts else None
     labels = sampled_labels(frames.validation, cfg.ranker_users, settings.seed)
-    path = choose_path(settings, sets.source, now)
-    feast = FeastStates(settings, RECENT_ITEMS) if path.kind == FEAST else None
-    fold = Fold(frames.train, labels, selection.tuned, now, states_at=feast)
+    users = sorted(labels["user_id"].astype(str).unique())
+    states_at, states = training_states(
+        settings, sets.source, now, users, frames.train, RECENT_ITEMS
+    )
+    fold = Fold(frames.train, labels, selection.tuned, now, states_at=states_at)
     config = SourceConfig.served(RECENT_ITEMS, neighbours=cfg.ranker_neighbours)
     # One thread: on the 2-core machine with other work beside it, two OpenMP threads
     # fitted the same ranker in 91 s against 19 s for one (their spin-waits collide).
@@ -73,30 +75,10 @@ def fit_ranker_stage(
         ranker=ranker,
     )
     info["fit_seconds"] = round(time.perf_counter() - t, 1)
-    info["ranker_states"] |= _states_info(path, feast, frames, labels, now)
-    logger.info(
-        "ranker training states: %s (%s)", path.kind, path.reason, extra=info["ranker_states"]
-    )
+    info["ranker_states"] = states
+    logger.info("ranker training states: %s (%s)", states["source"], states["reason"])
     logger.info("ranker stage fitted", extra=info)
     return two_stage, info
-
-
-def _states_info(
-    path: StatePath,
-    feast: FeastStates | None,
-    frames: Frames,
-    labels: pd.DataFrame,
-    now: int | None,
-) -> dict[str, Any]:
-    """Which path built the training states and why; through Feast also how many rows
-    it retrieved at what rate, and how its states compare with the event log's."""
-    out: dict[str, Any] = {"reason": path.reason}
-    if feast is None or now is None:
-        return out
-    users = sorted(labels["user_id"].astype(str).unique())
-    out |= {"feast_rows": feast.rows, "feast_rows_per_s": feast.rows_per_s}
-    out["agreement"] = agreement(feast(users, now), frames.train, now, feast.limit)
-    return out
 
 
 def gate_figures(

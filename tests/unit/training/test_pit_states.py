@@ -53,3 +53,47 @@ def test_agreement_counts_states_equal_to_the_event_logs() -> None:
     assert out == {"users": 3, "equal_to_event_log": round(2 / 3, 4), "no_row_but_history": 0}
     out = agreement([same, stale, missing], events, now=10 * day, limit=None)
     assert out["no_row_but_history"] == 1 and out["equal_to_event_log"] == round(1 / 3, 4)
+
+
+def test_states_coarser_than_the_event_log_are_refused_and_said(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One offline row per user per flush: rows that all land after the cut (a replay
+    faster than the flush) leave the users without a state at the cut; the event log's
+    states are used, with the reason, the measured agreement and a WARNING. Rows that
+    hold the state at the cut are used."""
+    from rtrec.features import append_offline_rows, apply
+    from rtrec.features.definitions import USER_STREAM_VIEW, count_names
+    from rtrec.training.pit_states import training_states
+
+    s = load_settings(work_dir=tmp_path, feast={"online_store": "sqlite"})
+    apply(s)
+    day = 86_400_000
+    events = pd.DataFrame(
+        {
+            "user_id": ["a", "b", "a", "b"],
+            "item_id": ["i1", "i2", "i3", "i4"],
+            "ts": [day, day, 3 * day, 3 * day],
+        }
+    )
+
+    def row(items: list[str], last: int) -> dict[str, object]:
+        # Events one a day: the 24 h and 7 d windows ending at the latest hold one and all.
+        counts = {name: 0 for name in count_names()}
+        counts |= {"cnt_view_24h": 1, "cnt_view_7d": len(items)}
+        return {"recent_items": items, **counts, "last_event_ms": last, "written_ms": last}
+
+    late = [(u, row(["i3", "i1"], 3 * day), 3 * day) for u in ("a", "b")]
+    append_offline_rows(s, USER_STREAM_VIEW, late)  # one flush past the cut (2 days)
+    with caplog.at_level(logging.WARNING, logger="rtrec.training.pit_states"):
+        states_at, info = training_states(s, str(s.offline_dir), 2 * day, ["a", "b"], events, 200)
+    assert states_at is None and info["source"] == EVENT_LOG and "too coarse" in info["reason"]
+    assert info["agreement"] == {"users": 2, "equal_to_event_log": 0.0, "no_row_but_history": 2}
+    assert info["feast_rows"] == 2 and any(r.levelno == logging.WARNING for r in caplog.records)
+
+    exact = [("a", row(["i1"], day), day), ("b", row(["i2"], day), day)]
+    append_offline_rows(s, USER_STREAM_VIEW, exact)  # the state at the cut, flushed before
+    states_at, info = training_states(s, str(s.offline_dir), 2 * day, ["a", "b"], events, 200)
+    assert states_at is not None and info["source"] == FEAST
+    assert info["agreement"]["equal_to_event_log"] == 1.0
+    assert [list(st.items) for st in states_at(["a", "b"], 2 * day)] == [["i1"], ["i2"]]
