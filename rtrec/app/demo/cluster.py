@@ -73,10 +73,12 @@ def profile_up(ctx: DemoContext) -> dict[str, Any]:
         "components": len(rows),
         "engine": {
             "spark_master": settings.spark.master,
+            "spark_workers": engines.spark_workers(settings),
             "mlflow": str(settings.mlflow.tracking_uri),
-            "airflow": settings.cluster.airflow.api_url,
+            "airflow_api": settings.cluster.airflow.api_url,
             "redis_cluster": engines.redis_nodes(settings),
             "nginx": f"{settings.serving.host}:{settings.serving.port}",
+            "replicas": engines.replica_versions(settings),
         },
     }
 
@@ -183,7 +185,7 @@ def _replicas_engine(settings: Settings, got: dict[str, Any]) -> dict[str, Any]:
 
 def replicas_load(ctx: DemoContext) -> dict[str, Any]:
     """Both replicas load the champion from the MLflow server (they watch its alias)."""
-    from rtrec.training.registry import ModelRegistry
+    from rtrec.training import ModelRegistry
 
     champion = ModelRegistry(ctx.settings).champion_version()
     if champion is None:

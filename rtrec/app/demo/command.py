@@ -3,6 +3,7 @@ happened before (the report, then stopping everything or the Airflow UI)."""
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -23,6 +24,8 @@ from rtrec.app.demo.steps import (
 )
 from rtrec.app.demo.summary import print_summary
 from rtrec.config import get_settings
+
+logger = logging.getLogger(__name__)
 
 QUICK_MAX_EPOCHS = 10
 """Epoch cap of ``--quick`` when ``--epochs`` is not given. Every training run fits three
@@ -150,7 +153,11 @@ def _cluster_demo(quick: bool, data: str, keep_running: bool, epochs: int | None
     report, extras = run_cluster_demo(
         settings, quick=quick, data=data, epochs=epochs, keep_running=keep_running
     )
-    sections = engine_sections(report)
+    try:
+        sections = engine_sections(report)
+    except Exception as exc:  # the per-step lines only restate the JSON line below
+        logger.warning("engine lines of the summary not shown: %r", exc)
+        sections = [("engines, per step", [f"not shown ({exc!r}); see the JSON line"])]
     print_summary(
         settings, report, extras, keep_running, sections=sections, uis=cluster_uis(settings)
     )

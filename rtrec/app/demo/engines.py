@@ -65,6 +65,15 @@ def applied_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, in
 def engine_lines(engine: dict[str, Any]) -> list[str]:
     """A step's engines, one short line each, for the summary."""
     lines = []
+    if "airflow_api" in engine:
+        lines.append(f"Airflow API server {engine['airflow_api']} (scheduler, DAG processor)")
+    if "spark_workers" in engine:
+        lines.append(
+            f"Spark master {engine.get('spark_master')} with {len(engine['spark_workers'])} "
+            f"workers alive: {', '.join(engine['spark_workers'])}"
+        )
+    if "nginx" in engine:
+        lines.append(f"nginx {engine['nginx']} in front of the replicas")
     for run in engine.get("airflow", []):
         split = run.get("time") or {}
         lines.append(
@@ -85,7 +94,9 @@ def engine_lines(engine: dict[str, Any]) -> list[str]:
         parts = ", ".join(f"{n['address']} {n['keys']} keys" for n in engine["redis_cluster"])
         lines.append(f"Redis Cluster nodes: {parts}")
     if "replicas" in engine:
-        parts = ", ".join(f"{n} v{v}" for n, v in engine["replicas"].items())
+        parts = ", ".join(
+            f"{n} {'v' + str(v) if v else 'no champion yet'}" for n, v in engine["replicas"].items()
+        )
         lines.append(f"replicas serving: {parts}")
     if "answered_by" in engine:
         parts = ", ".join(f"{n} {c}" for n, c in engine["answered_by"].items())
@@ -156,6 +167,14 @@ def spark_since(settings: Settings, before: set[str]) -> list[dict[str, Any]]:
         }
         for app_id in sorted(set(apps) - before)
     ]
+
+
+def spark_workers(settings: Settings) -> list[str]:
+    """The workers the standalone master lists ALIVE (their ids)."""
+    from rtrec.app import cluster
+
+    state = cluster.master_json(settings) or {}
+    return [str(w["id"]) for w in state.get("workers", []) if w.get("state") == "ALIVE"]
 
 
 def processors_applied(settings: Settings) -> dict[str, int]:
