@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: demo demo-quick test test-fast lint setup system-deps clean
+.PHONY: demo demo-quick demo-cluster test test-fast lint setup system-deps clean
 
 $(BIN)/rtrec: pyproject.toml constraints.txt
 	@$(MAKE) --no-print-directory system-deps
@@ -44,6 +44,13 @@ demo: setup
 
 demo-quick: setup
 	$(BIN)/rtrec demo --quick $(ARGS)
+
+# The same loop on the cluster profile's engines (Spark standalone, Airflow's scheduler,
+# MLflow server, PostgreSQL, Redis Cluster, processors, replicas behind nginx), brought up
+# if it is not and stopped at the end (ARGS=--keep-running leaves it up). Quick data.
+demo-cluster: setup
+	RTREC_CONFIG=$${RTREC_CONFIG:-infra/rtrec.local-cluster.yaml} \
+	  $(BIN)/rtrec demo --profile cluster --quick $(ARGS)
 
 # The import contracts (.importlinter: layers, stage APIs) first: seconds, and a broken
 # architecture fails before the slow suite starts.

@@ -17,10 +17,17 @@ in one run (phases in :mod:`bench.cluster_stream`):
   workers started here (``rtrec.app.cluster.start_spark``), session start-up apart
   (``*_session_s``), with the application id and executor count.
 
-Serving through nginx (``p99_ms_two_replicas`` / ``p99_ms_direct``) and the cluster demo's
-``loop_seconds`` are not measured here yet; the output says so (``not_measured``). On two
-cores scaling figures may not rise: the load average is reported with them. The last line
-of output is one JSON object.
+- ``loop_seconds`` (``--loop``): ``rtrec demo --profile cluster --quick`` run as a user
+  runs it, in a fresh work dir with free ports; the demo's own clock from bringing the
+  profile up to both replicas serving the drift-retrained model, with each step's seconds
+  and each scheduled run's split (:mod:`bench.cluster_loop`). ``--loop-from FILE`` reads
+  the same figures from a saved output of that command instead of running it.
+
+Serving through nginx (``p99_ms_two_replicas`` / ``p99_ms_direct``) is measured by
+``bench/cluster_serving.py``, not here; the output says so (``not_measured``), as it does
+for ``loop_seconds`` without ``--loop``/``--loop-from``. On two cores scaling figures may
+not rise: the load average is reported with them. The last line of output is one JSON
+object.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import cluster_loop
 from bench import cluster_stream as cs
 from bench._common import free_port, fresh_stack_settings
 
@@ -107,14 +115,34 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=5)
     ap.add_argument("--workdir", default="/tmp/rtrec-bench-cluster")
     ap.add_argument("--skip-spark", action="store_true")
+    ap.add_argument("--skip-stream", action="store_true", help="no processor phases")
+    ap.add_argument("--loop", action="store_true", help="run the cluster demo (--quick)")
+    ap.add_argument("--loop-from", type=Path, help="read the cluster demo's saved output")
     args = ap.parse_args()
 
+    settings = fresh_stack_settings(Path(args.workdir))
+    phases = not (args.skip_stream and args.skip_spark)
+    data = cs.squeezed_events(args.events, args.seed) if phases else None
+    out: dict[str, Any] = {"partitions": args.partitions}
+    out["events"] = len(data.events) if data is not None else 0
+    out["load_avg_1m_before"] = round(os.getloadavg()[0], 2)
+    if not args.skip_stream:
+        out.update(stream_phases(settings, data, args))
+    if not args.skip_spark:
+        out.update(spark_phases(settings, data))
+    out.update(loop_phase(args))
+    out["load_avg_1m_after"] = round(os.getloadavg()[0], 2)
+    out["not_measured"] = ["p99_ms_two_replicas", "p99_ms_direct"]
+    out["not_measured"] += [] if out.get("loop_seconds") is not None else ["loop_seconds"]
+    shutil.rmtree(args.workdir, ignore_errors=True)
+    print(json.dumps(out), flush=True)
+
+
+def stream_phases(settings: Any, data: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """Drain rates with one and two processors, then the SIGKILL phase."""
     from rtrec.app.stack import down, up
 
-    settings = fresh_stack_settings(Path(args.workdir))
-    data = cs.squeezed_events(args.events, args.seed)
-    out: dict[str, Any] = {"events": len(data.events), "partitions": args.partitions}
-    out["load_avg_1m_before"] = round(os.getloadavg()[0], 2)
+    out: dict[str, Any] = {}
     try:
         up(settings)
         for n, key in ((1, "one"), (2, "two")):
@@ -129,19 +157,39 @@ def main() -> None:
         out.update(kill_phase=kill, **{k: kill[k] for k in cs.KILL_KEYS})
     finally:
         down(settings)
-    if not args.skip_spark:
-        print("training-set job on local[*]...", flush=True)
-        out.update(spark_phase(settings, data, "local[*]"))
-        print("training-set job on a standalone master, two workers...", flush=True)
-        s, master = standalone(settings, workers=2)
-        try:
-            out.update(spark_phase(settings, data, master))
-        finally:
-            stop_standalone(s)
-    out["load_avg_1m_after"] = round(os.getloadavg()[0], 2)
-    out["not_measured"] = ["p99_ms_two_replicas", "p99_ms_direct", "loop_seconds"]
-    shutil.rmtree(args.workdir, ignore_errors=True)
-    print(json.dumps(out), flush=True)
+    return out
+
+
+def spark_phases(settings: Any, data: Any) -> dict[str, Any]:
+    """The training-set job on local[*], then on a standalone master with two workers."""
+    print("training-set job on local[*]...", flush=True)
+    out = spark_phase(settings, data, "local[*]")
+    print("training-set job on a standalone master, two workers...", flush=True)
+    s, master = standalone(settings, workers=2)
+    try:
+        out.update(spark_phase(settings, data, master))
+    finally:
+        stop_standalone(s)
+    return out
+
+
+def loop_phase(args: argparse.Namespace) -> dict[str, Any]:
+    """The cluster demo's loop: run now (``--loop``) or read from a saved run."""
+    if args.loop_from is not None:
+        summary = cluster_loop.read_loop(args.loop_from)
+        return {"loop_source": str(args.loop_from), **cluster_loop.loop_figures(summary)}
+    if not args.loop:
+        return {}
+    print("rtrec demo --profile cluster --quick...", flush=True)
+    root = Path(args.workdir)
+    root.mkdir(parents=True, exist_ok=True)
+    os.chmod(root, 0o711)  # PostgreSQL, run as its own account, must enter the work dir
+    log = root.with_name(f"{root.name}-demo.log")  # kept: the work dir is removed at the end
+    ran = cluster_loop.run_loop(root / "loop", log)
+    print(f"  exit {ran['exit_code']} in {ran['command_s']} s; log {ran['log']}", flush=True)
+    figures = cluster_loop.loop_figures(ran)
+    keep = {k: ran[k] for k in ("command_s", "exit_code", "log")}
+    return {"loop_source": "rtrec demo --profile cluster --quick", **keep, **figures}
 
 
 if __name__ == "__main__":

@@ -39,6 +39,12 @@ with DAG(
         "reference_days": Param(7.0, type="number", exclusiveMinimum=0),
         "window_days": Param(1.0, type="number", exclusiveMinimum=0),
         "scores": Param(True, type="boolean", description="score windows with the champion"),
+        "training_epochs": Param(
+            None,
+            type=["null", "integer"],
+            minimum=1,
+            description="epoch cap of the training it triggers; default the trainer's own",
+        ),
     },
 ) as dag:
     check = DriftCheckOperator(
@@ -56,6 +62,9 @@ with DAG(
         trigger_dag_id="rtrec_training",
         conf={
             "reason": "drift: {{ ti.xcom_pull(task_ids='drift_check', key='reason') }}",
+            # Under a scheduler the triggered run starts with this conf alone: a cap
+            # given to the monitor (``rtrec demo --quick``) must travel with it.
+            "epochs": "{{ params.training_epochs }}",
         },
     )
     drifted >> retrain

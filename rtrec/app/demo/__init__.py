@@ -21,7 +21,10 @@ end), :mod:`~rtrec.app.demo.steps` and :mod:`~rtrec.app.demo.model_steps` (one f
 step, each taking the run's :class:`~rtrec.app.demo.context.DemoContext`),
 :mod:`~rtrec.app.demo.runner` (timing, skipped steps with their reason, the exit code),
 :mod:`~rtrec.app.demo.summary` and :mod:`~rtrec.app.demo.html_report` (what it prints and
-writes).
+writes). ``--profile cluster`` runs the loop on the cluster profile's engines:
+:mod:`~rtrec.app.demo.cluster` (its steps, the embedded ones reused where they fit),
+:mod:`~rtrec.app.demo.cluster_command` (its run and end) and
+:mod:`~rtrec.app.demo.engines` (which engine did each step's work, read from the engines).
 """
 
 from rtrec.app.demo.command import demo

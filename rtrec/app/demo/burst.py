@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -40,6 +41,8 @@ class _Outcome:
     fallback: bool
     clicked: bool
     ts: int
+    replica: str | None = None
+    """The replica that answered (``X-Rtrec-Replica``; None without a load balancer)."""
 
 
 def http_burst(
@@ -90,11 +93,12 @@ def _one_request(
     t = time.perf_counter()
     r = client.post("/recommend", json={"user_id": user, "k": 10})
     ms = (time.perf_counter() - t) * 1000
+    replica = r.headers.get("x-rtrec-replica")
     if r.status_code != 200:
-        return _Outcome(ms, r.status_code, False, False, 0)
+        return _Outcome(ms, r.status_code, False, False, 0, replica)
     body = r.json()
     if not body["items"] or rng.random() >= feedback_share:
-        return _Outcome(ms, r.status_code, body["fallback"], False, 0)
+        return _Outcome(ms, r.status_code, body["fallback"], False, 0, replica)
     ts = clock()
     event = {
         "user_id": user,
@@ -104,7 +108,7 @@ def _one_request(
         "context": {"source": "rtrec-demo"},
     }
     clicked = client.post("/feedback", json={"events": [event]}).status_code == 202
-    return _Outcome(ms, r.status_code, body["fallback"], clicked, ts)
+    return _Outcome(ms, r.status_code, body["fallback"], clicked, ts, replica)
 
 
 def _tally(requests: int, outcomes: list[_Outcome]) -> BurstResult:
@@ -123,4 +127,7 @@ def _tally(requests: int, outcomes: list[_Outcome]) -> BurstResult:
         "fallbacks": sum(int(o.fallback) for o in outcomes),
         "clicks_posted": sum(int(o.clicked) for o in outcomes),
     }
+    replicas = Counter(o.replica for o in outcomes if o.replica is not None)
+    if replicas:  # behind a load balancer: which replica answered how many
+        figures["replicas"] = dict(sorted(replicas.items()))
     return BurstResult(figures, latencies, [o.ts for o in outcomes if o.clicked])

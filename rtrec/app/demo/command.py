@@ -3,6 +3,7 @@ happened before (the report, then stopping everything or the Airflow UI)."""
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -23,6 +24,8 @@ from rtrec.app.demo.steps import (
 )
 from rtrec.app.demo.summary import print_summary
 from rtrec.config import get_settings
+
+logger = logging.getLogger(__name__)
 
 QUICK_MAX_EPOCHS = 10
 """Epoch cap of ``--quick`` when ``--epochs`` is not given. Every training run fits three
@@ -75,10 +78,22 @@ def training_epochs(quick: bool, epochs: int | None) -> int | None:
     help="Cap on training epochs (default: each candidate objective's own schedule; "
     f"{QUICK_MAX_EPOCHS} with --quick).",
 )
-def demo(quick: bool, data: str, keep_running: bool, epochs: int | None) -> None:
-    """Run the whole loop on the embedded default and write an HTML report."""
+@click.option(
+    "--profile",
+    type=click.Choice(["embedded", "cluster"]),
+    default="embedded",
+    show_default=True,
+    help="cluster: the loop on the cluster profile's engines (RTREC_CONFIG="
+    "infra/rtrec.local-cluster.yaml), brought up if it is not.",
+)
+def demo(quick: bool, data: str, keep_running: bool, epochs: int | None, profile: str) -> None:
+    """Run the whole loop on the embedded default (or the cluster profile) and write an
+    HTML report."""
     from rtrec.app.dag_runs import DagRunner
 
+    if profile == "cluster":
+        _cluster_demo(quick, data, keep_running, training_epochs(quick, epochs))
+        return
     ab_skipped = configure_ab(quick, data)
     get_settings.cache_clear()  # read with the A/B phase's settings, when it has one
     settings = get_settings()
@@ -128,3 +143,22 @@ def _airflow_ui(ctx: DemoContext) -> dict[str, Any]:
     from rtrec.app import embedded_airflow as embedded
 
     return {"pid": embedded.up(ctx.settings)}
+
+
+def _cluster_demo(quick: bool, data: str, keep_running: bool, epochs: int | None) -> None:
+    """``--profile cluster``: the loop on the profile's engines (:mod:`rtrec.app.demo.cluster`)."""
+    from rtrec.app.demo.cluster_command import cluster_uis, engine_sections, run_cluster_demo
+
+    settings = get_settings()
+    report, extras = run_cluster_demo(
+        settings, quick=quick, data=data, epochs=epochs, keep_running=keep_running
+    )
+    try:
+        sections = engine_sections(report)
+    except Exception as exc:  # the per-step lines only restate the JSON line below
+        logger.warning("engine lines of the summary not shown: %r", exc)
+        sections = [("engines, per step", [f"not shown ({exc!r}); see the JSON line"])]
+    print_summary(
+        settings, report, extras, keep_running, sections=sections, uis=cluster_uis(settings)
+    )
+    fail_on_missed(report)

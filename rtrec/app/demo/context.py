@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from rtrec.config import Settings
 
 if TYPE_CHECKING:
-    from rtrec.app.dag_runs import DagRunner, DagRunResult
+    from rtrec.app.dag_runs import DagRunner, DagRunResult, Profile, SchedulerRunner
     from rtrec.data import Dataset
 
 
@@ -36,9 +36,12 @@ class DemoContext:
     """
 
     settings: Settings
-    runner: DagRunner
+    runner: DagRunner | SchedulerRunner
     """The one warm DAG runner every DAG run goes through (Airflow, torch and the Spark
-    JVM loaded once)."""
+    JVM loaded once); in the cluster profile Airflow's own scheduler, over its REST API."""
+    profile: Profile = "embedded"
+    """Which engines run the loop: the embedded default, or the cluster profile's
+    (``rtrec demo --profile cluster``, :mod:`rtrec.app.demo.cluster`)."""
     quick: bool = False
     data: str = "synthetic"
     epochs: int | None = None

@@ -14,7 +14,7 @@ from rtrec.app.demo.context import DemoContext
 from rtrec.app.demo.runner import Missed
 
 if TYPE_CHECKING:
-    from rtrec.app.dag_runs import DagRunner, DagRunResult
+    from rtrec.app.dag_runs import DagRunner, DagRunResult, SchedulerRunner
 
 DAY_MS = 86_400_000
 
@@ -34,7 +34,9 @@ def in_windows(ts: np.ndarray, now_ms: int, reference_days: float, window_days: 
     return [int(((ts >= start) & (ts < cut)).sum()), int(((ts >= cut) & (ts < now_ms)).sum())]
 
 
-def run_dag(runner: DagRunner, dag_id: str, conf: dict[str, Any], **kw: Any) -> DagRunResult:
+def run_dag(
+    runner: DagRunner | SchedulerRunner, dag_id: str, conf: dict[str, Any] | None, **kw: Any
+) -> DagRunResult:
     """One DAG run through Airflow (the warm ``rtrec.app.dag_runs.DagRunner``); a failed
     run stops the demo."""
     run = runner.run(dag_id, conf, **kw)
@@ -79,6 +81,7 @@ def drift(ctx: DemoContext) -> dict[str, Any]:
     # The monitor's run one day after the shift: the latest day against the week
     # before it (the window the champion was trained on).
     conf = {"now_ms": split.cut + DAY_MS, "window_days": 1.0, "reference_days": 7.0}
+    conf["training_epochs"] = ctx.epochs  # the cap of the training it triggers
     published = np.concatenate(
         [
             split.before.events["ts"].to_numpy(np.int64),
@@ -143,7 +146,10 @@ def retrain(ctx: DemoContext) -> dict[str, Any]:
         why = ctx.no_retrain or "the drift monitor triggered nothing"
         ctx.extras["quality_after_shift_missing"] = f"no retraining ran ({why})"
         raise Missed(f"not triggered: {why}")
-    run = run_dag(ctx.runner, "rtrec_training", {"epochs": ctx.epochs}, queued=True)
+    # Under Airflow's scheduler (cluster) the triggered run is already under way with the
+    # conf its trigger gave it (the cap included); the in-process runner takes more conf.
+    more = None if ctx.profile == "cluster" else {"epochs": ctx.epochs}
+    run = run_dag(ctx.runner, "rtrec_training", more, queued=True)
     ctx.second = run
     fit = run.xcom("train_two_tower")
     ctx.extras["quality_after_shift"] = metrics_row(fit)

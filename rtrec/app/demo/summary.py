@@ -5,6 +5,7 @@ JSON line with every step's output (what scripts and the tests read)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,16 @@ from rtrec.config import Settings
 
 
 def print_summary(
-    settings: Settings, report: DemoReport, extras: dict[str, Any], keep_running: bool
+    settings: Settings,
+    report: DemoReport,
+    extras: dict[str, Any],
+    keep_running: bool,
+    *,
+    sections: Sequence[tuple[str, list[str]]] = (),
+    uis: list[tuple[str, str]] | None = None,
 ) -> None:
-    """The summary on stderr, then the JSON line on stdout."""
+    """The summary on stderr, then the JSON line on stdout. ``sections`` (title, lines)
+    follow the figures; ``uis`` replaces the embedded stack's UIs (the cluster profile's)."""
     click.secho("\nsummary", bold=True, err=True)
     for s in report.steps:
         status = s.get("status", "done")
@@ -27,13 +35,19 @@ def print_summary(
             line = f"  {s['step']:<58} {status}: {s.get('reason', '')}"
             click.secho(line, fg="red" if s.get("missed") else "yellow", err=True)
     _print_figures(extras)
+    for title, lines in sections:
+        click.echo(f"  {title}:", err=True)
+        for line in lines:
+            click.echo(f"    {line}", err=True)
     click.echo(f"  report: {extras.get('report')}", err=True)
     airflow_up = keep_running and any(
         s["step"].startswith("Airflow UI up") and s.get("status", "done") == "done"
         for s in report.steps
     )
     click.echo("  UIs:", err=True)
-    for name, how in ui_commands(settings, airflow_up=airflow_up, serving_up=keep_running):
+    if uis is None:
+        uis = ui_commands(settings, airflow_up=airflow_up, serving_up=keep_running)
+    for name, how in uis:
         click.echo(f"    {name + ':':<10} {how}", err=True)
     click.echo(json.dumps(summary_json(report, extras), default=str))
 
@@ -96,6 +110,7 @@ def summary_json(report: DemoReport, extras: dict[str, Any]) -> dict[str, Any]:
         if "experiment" in extras
         else None,
         "missed": report.missed,
+        **({"loop_seconds": extras["loop_seconds"]} if "loop_seconds" in extras else {}),
     }
 
 

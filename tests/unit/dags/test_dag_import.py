@@ -60,6 +60,9 @@ def test_drift_monitor_is_scheduled_and_triggers_training(bag) -> None:
     trigger = dag.get_task("trigger_training")
     assert trigger.trigger_dag_id == "rtrec_training"
     assert "reason" in trigger.conf and "drift_check" in trigger.conf["reason"]
+    # The monitor's epoch cap travels in the conf: a scheduler starts the run with it alone.
+    assert "training_epochs" in dag.params
+    assert trigger.conf["epochs"] == "{{ params.training_epochs }}"
 
 
 def test_experiment_decision_is_scheduled_and_tells_serving_only_on_promotion(bag) -> None:
