@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -62,3 +63,42 @@ def work_dir_strays(settings: Settings) -> list[int]:
 def profile_processes(settings: Settings) -> list[int]:
     """Every process of the profile still running (see the two helpers above)."""
     return sorted({*work_dir_strays(settings), *airflow_processes(settings)})
+
+
+def committed_and_end(settings: Settings) -> tuple[int, int]:
+    """The processors' group's committed offsets and the topic's end offsets, summed:
+    equal once every published event is applied and durable."""
+    from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+
+    topic, servers = settings.kafka.events_topic, settings.kafka.bootstrap_servers
+    admin = KafkaAdminClient(bootstrap_servers=servers)
+    consumer = KafkaConsumer(bootstrap_servers=servers)
+    try:
+        committed = admin.list_consumer_group_offsets(settings.kafka.consumer_group)
+        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
+        end = consumer.end_offsets(parts)
+    finally:
+        admin.close()
+        consumer.close()
+    done = sum(m.offset for tp, m in committed.items() if tp.topic == topic and m.offset >= 0)
+    return done, sum(end.values())
+
+
+def own_users_events(
+    prefix: str, *, seed: int, start_ts: int, n_users: int = 40, n_events: int = 1200
+) -> Any:
+    """A small synthetic data set whose users are its own (``prefix`` + id) and whose events
+    start at ``start_ts``: its users' online features can be compared with ones computed
+    from its events alone, whatever other tests streamed before."""
+    import dataclasses
+
+    from rtrec.data import SyntheticConfig, generate
+
+    cfg = SyntheticConfig.small(
+        seed=seed, n_users=n_users, n_items=60, n_events=n_events, start_ts=start_ts
+    )
+    data = generate(cfg)
+    rename = {"user_id": lambda f: prefix + f["user_id"].astype(str)}
+    return dataclasses.replace(
+        data, events=data.events.assign(**rename), users=data.users.assign(**rename)
+    )
