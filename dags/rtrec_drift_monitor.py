@@ -39,6 +39,12 @@ with DAG(
         "reference_days": Param(7.0, type="number", exclusiveMinimum=0),
         "window_days": Param(1.0, type="number", exclusiveMinimum=0),
         "scores": Param(True, type="boolean", description="score windows with the champion"),
+        "epochs": Param(
+            None,
+            type=["null", "integer"],
+            minimum=1,
+            description="epoch cap for the training it triggers (its own param); default none",
+        ),
     },
 ) as dag:
     check = DriftCheckOperator(
@@ -56,6 +62,7 @@ with DAG(
         trigger_dag_id="rtrec_training",
         conf={
             "reason": "drift: {{ ti.xcom_pull(task_ids='drift_check', key='reason') }}",
+            "epochs": "{{ params.epochs }}",
         },
     )
     drifted >> retrain

@@ -22,7 +22,7 @@ from rtrec.training.dataset import build_training_sets, stop_spark, write_event_
 from rtrec.training.registry import ModelRegistry
 from rtrec.training.spark import spark_session
 
-from rtrec.app import cluster
+from rtrec.app import cluster, cluster_redis
 from rtrec.app.cluster_postgres import connect
 from rtrec.app.processes import managed_names, managed_pid
 from rtrec.config import Settings
@@ -32,7 +32,7 @@ from rtrec.redis_clients import PASSWORD_FILE, password
 def test_a_three_node_cluster_serves_every_slot_behind_a_password(settings: Settings) -> None:
     import redis
 
-    rows = {r.name: r for r in cluster.status(settings)}
+    rows = {r.name: r for r in cluster_redis.status(settings)}  # the rows `status` shows
     assert rows["redis-cluster"].healthy and rows["redis-cluster"].managed
     assert "16384/16384 slots covered by 3 masters" in rows["redis-cluster"].detail
     slots = 0

@@ -104,12 +104,14 @@ def test_drift_triggers_a_training_that_survives_a_scheduler_restart(
 
     before = _versions(settings)
     with SchedulerRunner(settings) as runner:
-        conf = {"now_ms": offline_log + 86_400_000, "scores": False}
+        # One epoch for the training it triggers too, as the manual run above.
+        conf = {"now_ms": offline_log + 86_400_000, "scores": False, "epochs": 1}
         check = runner.run("rtrec_drift_monitor", conf, timeout_s=900)
         assert check.ok, f"{ {t: v['state'] for t, v in check.tasks.items()} }: {check.log}"
         assert check.xcom("drift_check")["drifted"] is True, check.xcom("drift_check")
         (triggered,) = check.queued["rtrec_training"]
         assert triggered["conf"]["reason"].startswith("drift: "), triggered
+        assert triggered["conf"]["epochs"] == 1, triggered
         _wait_task_running(runner.api, triggered["run_id"], "train_two_tower")
         old = managed_pid(settings, cluster_airflow.SCHEDULER)
         # SIGTERM, as a restart sends it: the scheduler lets its running task finish, and

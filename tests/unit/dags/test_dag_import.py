@@ -60,6 +60,8 @@ def test_drift_monitor_is_scheduled_and_triggers_training(bag) -> None:
     trigger = dag.get_task("trigger_training")
     assert trigger.trigger_dag_id == "rtrec_training"
     assert "reason" in trigger.conf and "drift_check" in trigger.conf["reason"]
+    # The epoch cap a run of the monitor was given goes on to the training it triggers.
+    assert "epochs" in dag.params and trigger.conf["epochs"] == "{{ params.epochs }}"
 
 
 def test_experiment_decision_is_scheduled_and_tells_serving_only_on_promotion(bag) -> None:
