@@ -11,8 +11,10 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from collections.abc import Iterator
 
 import psutil
+import pytest
 from click.testing import CliRunner
 
 from rtrec.app.cli import main
@@ -22,11 +24,23 @@ from rtrec.config import Settings
 from tests.cluster.support import committed_and_end, own_users_events
 from tests.stream_helpers import assert_online_equals, reference, wait_for
 
+
+@pytest.fixture
+def restarts_processors(settings: Settings) -> Iterator[None]:
+    """Whatever the test does, every processor runs again afterwards (``up`` starts the
+    ones that are not running): the tests after it need both."""
+    yield
+    if any(managed_pid(settings, name) is None for name, _ in processors(settings)):
+        CliRunner().invoke(main, ["up", "--profile", "cluster"])
+
+
 RATE = 600.0
 """Events per second offered: the replay lasts a few seconds, the kill lands in it."""
 
 
-def test_a_killed_processor_loses_nothing_and_counts_nothing_twice(settings: Settings) -> None:
+def test_a_killed_processor_loses_nothing_and_counts_nothing_twice(
+    settings: Settings, restarts_processors: None
+) -> None:
     from rtrec.streaming import replay_dataset
 
     data = own_users_events("kill-", seed=17, start_ts=1_763_000_000_000, n_events=3000)
