@@ -74,7 +74,8 @@ def committed_and_end(settings: Settings) -> tuple[int, int]:
     admin = KafkaAdminClient(bootstrap_servers=servers)
     consumer = KafkaConsumer(bootstrap_servers=servers)
     try:
-        committed = admin.list_consumer_group_offsets(settings.kafka.consumer_group)
+        group = settings.kafka.consumer_group
+        committed = admin.list_group_offsets([group]).get(group, {})  # kafka-python 3
         parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
         end = consumer.end_offsets(parts)
     finally:
