@@ -126,6 +126,7 @@ def test_a_stopped_node_costs_only_its_users_and_the_processors_lose_nothing(
     assert node_down in _node_of(settings, data.users["user_id"].tolist()).values()
 
     assert stop_managed(settings, STOPPED)
+    stopped = time.monotonic()
     replay_dataset(settings, data, progress=False)
     published = time.monotonic()
 
@@ -133,6 +134,7 @@ def test_a_stopped_node_costs_only_its_users_and_the_processors_lose_nothing(
         return all(node_down in st["online_store_nodes_down"] for st, _ in _replica_views(settings))
 
     wait_for(marked_down, 30, "both replicas did not mark the stopped node down")
+    print(f"both replicas marked {node_down} down {time.monotonic() - stopped:.1f} s after")
     replicas = set()
     for _ in range(2):  # nginx spreads each round over both replicas
         during = _ask_all(settings, users)
@@ -170,10 +172,12 @@ def test_a_stopped_node_costs_only_its_users_and_the_processors_lose_nothing(
         return all(a["status"] == 200 and a["fallback"] is False for a in answers)
 
     wait_for(served_normally, 30, "its users were not served normally again")
+    print(f"every user served normally {time.monotonic() - started:.1f} s after `up` began")
 
     def all_committed() -> bool:
         done, end = committed_and_end(settings)
         return done == end
 
     wait_for(all_committed, 120, "the processors did not commit every event after the return")
+    print(f"every held-back event committed {time.monotonic() - started:.1f} s after `up` began")
     assert_online_equals(settings, reference(data.events))  # nothing lost, nothing twice
