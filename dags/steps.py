@@ -130,15 +130,22 @@ def tell_serving(settings: Settings, *, version: str, timeout_s: float = 30.0) -
 
     Moving the ``champion`` alias is the signal; this step only confirms the swap. A
     service that is not running is not a failure: it loads the champion when it starts.
+    A service pinned to ``serving.bundle_path`` never follows the alias: nothing to wait
+    for. With API keys configured ``/status`` needs one with the ``admin`` scope.
     """
     import httpx
 
+    if settings.serving.bundle_path is not None:
+        reason = "serving.bundle_path pins the served bundle: the alias is not followed"
+        return {"notified": False, "serving_version": None, "reason": reason}
     url = f"http://{settings.serving.host}:{settings.serving.port}/status"
+    admin = [k for k in settings.serving.api_keys if "admin" in k.scopes]
+    headers = {"X-API-Key": admin[0].get_secret_value()} if admin else {}
     deadline = time.monotonic() + timeout_s
     seen: str | None = None
     while True:
         try:
-            models = httpx.get(url, timeout=2).json().get("models", {})
+            models = httpx.get(url, headers=headers, timeout=2).json().get("models", {})
             seen = (models.get("champion") or {}).get("version")
         except httpx.HTTPError as exc:
             logger.info(

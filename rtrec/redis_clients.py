@@ -94,6 +94,19 @@ def redis_client(settings: Settings, **options: Any) -> Any:
     return RedisCluster(startup_nodes=nodes, **{**cluster_options(settings), **options})
 
 
+def node_client(settings: Settings, node: str, **options: Any) -> Any:
+    """A plain ``redis.Redis`` of one Redis Cluster node (``host:port``), with the
+    cluster's password and the URL's connection options: commands to it ask that node
+    alone (a health probe per node), never the cluster's router."""
+    import redis
+
+    host, port = node.rsplit(":", 1)
+    secret = password(settings)
+    if secret is not None:
+        options["password"] = secret
+    return redis.Redis(host=host, port=int(port), **{**cluster_options(settings), **options})
+
+
 def async_redis_client(settings: Settings, **options: Any) -> Any:
     """An asyncio client: ``redis.asyncio.Redis`` or ``redis.asyncio.cluster.RedisCluster``.
     Its connections belong to the event loop that first uses it."""

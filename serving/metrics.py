@@ -57,6 +57,17 @@ BREAKER_TRIPS = metrics.Counter(
     documentation="Times a dependency's circuit breaker opened",
     labelnames=["dependency"],
 )
+ONLINE_NODE_DOWN = metrics.Gauge(
+    name="rtrec_serving_online_node_down",
+    documentation="1 while a node of a Redis Cluster online store is marked down: the users "
+    "whose slots it serves get the flagged fallback, the others are read as usual",
+    labelnames=["node"],
+)
+ONLINE_NODE_TRIPS = metrics.Counter(
+    name="rtrec_serving_online_node_trips_total",
+    documentation="Times a Redis Cluster online store node was marked down",
+    labelnames=["node"],
+)
 
 IMPRESSIONS = metrics.Counter(
     name="rtrec_serving_impressions_total",

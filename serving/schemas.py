@@ -180,6 +180,8 @@ class StatusResponse(BaseModel):
     models: dict[str, LoadedModel]
     last_error: str | None
     online_store_down: str | None
+    online_store_nodes_down: dict[str, str] = Field(default_factory=dict)
+    """Redis Cluster nodes marked down -> why: only their users get the fallback."""
     event_broker_down: str | None
     fallback_source: str
     degradations: Degradations

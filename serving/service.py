@@ -189,6 +189,7 @@ async def status(request: Request) -> Response:
             "models": {v: m.status for v, m in st.engine.models.items()},
             "last_error": st.watcher.last_error,
             "online_store_down": st.engine.online.down_reason,
+            "online_store_nodes_down": st.engine.online.nodes_down,
             "event_broker_down": st.publish.down_reason,
             "fallback_source": st.engine.popular.items()[1],
             "degradations": st.engine.degradations.status(),

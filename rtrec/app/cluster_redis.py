@@ -78,6 +78,10 @@ def _write_config(settings: Settings, host: str, port: int, secret: str) -> Path
         "cluster-enabled yes",
         "cluster-config-file nodes.conf",
         "cluster-node-timeout 5000",
+        # The nodes have no replicas: with Redis's default (yes) one failed node would stop
+        # the whole cluster (CLUSTERDOWN for every key); with no, the others keep serving
+        # their slots and only the failed node's keys are unavailable until it returns.
+        "cluster-require-full-coverage no",
         "appendonly yes",
         "appendfsync everysec",
         'save ""',

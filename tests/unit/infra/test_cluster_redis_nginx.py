@@ -60,6 +60,8 @@ def test_the_generated_password_is_private_and_reaches_feast(tmp_path: Path) -> 
     conf = _write_config(settings, "127.0.0.1", 17002, secret)
     assert stat.S_IMODE(conf.stat().st_mode) == 0o600
     assert f'requirepass "{secret}"' in conf.read_text()
+    # No replicas: one failed node must not stop the other nodes' slots (CLUSTERDOWN).
+    assert "cluster-require-full-coverage no" in conf.read_text().splitlines()
 
     online = repo_config_dict(settings)["online_store"]
     assert online["redis_type"] == "redis_cluster"

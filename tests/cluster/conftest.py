@@ -1,0 +1,114 @@
+"""The cluster profile, brought up once for every test in this package.
+
+``rtrec up --profile cluster`` (the CLI, with ``RTREC_CONFIG`` at the profile's settings
+file, free ports and a fresh work dir) starts PostgreSQL, the MLflow server, Spark
+standalone, Airflow, the Redis Cluster, two stream processors and two serving replicas
+behind nginx. Starting them takes a minute or more on two cores, so the package shares one
+profile: modules run in name order (``test_1_`` .. ``test_9_``), the ones that stop or kill
+a part restore it before they end, and ``test_9_down`` brings the profile down and checks
+nothing is left. The fixture's own teardown brings it down again whatever happened, so a
+failed test never leaves engines running.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from rtrec.app import cluster
+from rtrec.app.cli import main
+from rtrec.config import Settings, load_settings
+from tests.cluster.support import (
+    API_KEYS,
+    CLIENT_TIMEOUT_S,
+    PROFILE_FILE,
+    RATE,
+    profile_processes,
+)
+from tests.conftest import cluster_ports, free_port, settings_env
+
+NEEDS = {
+    "redis-server": shutil.which("redis-server"),
+    "nginx": shutil.which("nginx") or (Path("/usr/sbin/nginx").is_file() or None),
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test here starts the cluster profile: mark them so ``-m`` can select them, and
+    skip them (saying why) where the system packages the profile runs are missing."""
+    missing = [name for name, found in NEEDS.items() if not found]
+    here = Path(__file__).parent
+    for item in items:
+        if here not in Path(str(item.fspath)).parents:
+            continue
+        for mark in ("integration", "slow", "cluster"):
+            item.add_marker(getattr(pytest.mark, mark))
+        item.add_marker(pytest.mark.timeout(1500))
+        if missing:
+            item.add_marker(pytest.mark.skip(reason=f"needs {missing} (make system-deps)"))
+
+
+@pytest.fixture(scope="package")
+def cluster_env() -> Iterator[dict[str, str]]:
+    """Free ports, a fresh work dir (0711, not pytest's 0700 tree: run as root, PostgreSQL
+    runs as its own account, which must be able to enter it), a small synthetic model
+    bundle for the replicas and the API keys the serving tests use."""
+    from rtrec.serving.synthetic import synthetic_bundle
+
+    work = Path(tempfile.mkdtemp(prefix="rtrec-cluster-"))
+    os.chmod(work, 0o711)
+    bundle = synthetic_bundle(work / "bundle", n_items=400, seed=1)
+    nodes = cluster_ports(3)
+    env = {
+        "RTREC_CONFIG": str(PROFILE_FILE),
+        "RTREC_WORK_DIR": str(work),
+        "RTREC_KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",
+        "RTREC_KAFKA__SESSION_TIMEOUT_MS": "2000",
+        "RTREC_REDIS__URL": f"redis://127.0.0.1:{nodes[0]}",
+        "RTREC_CLUSTER__REDIS__PORTS": json.dumps(nodes),
+        "RTREC_MLFLOW__TRACKING_URI": f"http://127.0.0.1:{free_port()}",
+        "RTREC_SPARK__MASTER": f"spark://127.0.0.1:{free_port()}",
+        "RTREC_CLUSTER__POSTGRES__PORT": str(free_port()),
+        "RTREC_CLUSTER__SPARK__UI_PORT": str(free_port()),
+        "RTREC_CLUSTER__AIRFLOW__API_URL": f"http://127.0.0.1:{free_port()}",
+        "RTREC_SERVING__PORT": str(free_port()),
+        "RTREC_CLUSTER__SERVING__REPLICA_PORTS": json.dumps([free_port(), free_port()]),
+        "RTREC_CLUSTER__STREAM__METRICS_PORTS": json.dumps([free_port(), free_port()]),
+        "RTREC_CLUSTER__SERVING__CLIENT_TIMEOUT_S": str(CLIENT_TIMEOUT_S),
+        "RTREC_SERVING__BUNDLE_PATH": str(bundle),
+        "RTREC_SERVING__API_KEYS": json.dumps(API_KEYS),
+        "RTREC_SERVING__RATE_LIMIT_PER_S": str(RATE),
+    }
+    with settings_env(env):
+        yield env
+    shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.fixture(scope="package")
+def settings(cluster_env: dict[str, str]) -> Iterator[Settings]:
+    """The profile, up through the CLI once for the package; brought down at the end even
+    if a test failed, and then no process of it may be left."""
+    from rtrec.training.dataset import stop_spark
+
+    s = load_settings()
+    started = time.monotonic()
+    out = CliRunner().invoke(main, ["up", "--profile", "cluster"])
+    print(f"rtrec up --profile cluster: {time.monotonic() - started:.1f} s\n{out.output}")
+    try:
+        assert out.exit_code == 0, out.output
+        for name in ("postgres", "mlflow-server", "spark", "airflow", "redis-cluster", "nginx"):
+            assert f"[ ok ] {name}" in out.output, out.output
+        yield s
+    finally:
+        stop_spark()
+        cluster.down(s)
+    left = profile_processes(s)
+    assert not left, f"processes of the profile left after down: {left}"

@@ -1,0 +1,134 @@
+"""Airflow's own scheduler runs the DAGs: triggered over REST, executed by LocalExecutor.
+
+``rtrec_training`` triggered through the REST API runs its tasks in the scheduler's task
+processes with its training set built on the Spark standalone master and its version
+registered in the MLflow server; the drift monitor triggers a training that survives a
+scheduler restart with one version registered and one promote attempt.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+from rtrec.training.registry import ModelRegistry
+
+from rtrec.app import cluster, cluster_airflow
+from rtrec.app.processes import managed_pid, stop_managed
+from rtrec.config import Settings
+
+FINISHED_TASK = ("success", "skipped")
+
+
+@pytest.fixture(scope="module")
+def offline_log(settings: Settings) -> int:
+    """Three weeks of synthetic events with a shift in the middle, as the stream processor
+    would have logged them (what ``rtrec_training`` and the drift monitor read); returns
+    the shift's time. Fewer events give the two-tower's one epoch too few steps for its
+    learning-rate schedule."""
+    from rtrec.data import ShiftConfig, SyntheticConfig, generate
+    from tests.integration.test_dags import _write_offline_log
+
+    cfg = SyntheticConfig.small(n_users=600, n_items=300, n_events=30_000, days=21)
+    data = generate(cfg.model_copy(update={"shift": ShiftConfig(at_fraction=0.5)}))
+    _write_offline_log(settings, data.events, data.items, data.users)
+    return int(data.meta["shift_ts"])
+
+
+def _versions(settings: Settings) -> dict[str, dict[str, str]]:
+    """Registered versions of the model and their tags, read through the MLflow server."""
+    found = ModelRegistry(settings).client.search_model_versions(
+        f"name = '{settings.mlflow.model_name}'"
+    )
+    return {str(mv.version): dict(mv.tags) for mv in found}
+
+
+def _spark_apps(settings: Settings) -> set[str]:
+    state = cluster.master_json(settings) or {}
+    return {a["id"] for key in ("activeapps", "completedapps") for a in state.get(key, [])}
+
+
+def test_training_dag_triggered_over_rest_runs_under_the_scheduler(
+    settings: Settings, offline_log: int
+) -> None:
+    from rtrec.training.registry import TAG_DECISION
+
+    from rtrec.app.dag_runs import SchedulerRunner, dag_runner
+    from rtrec.app.dag_runs.airflow_api import segment
+
+    before, apps = _versions(settings), _spark_apps(settings)
+    with dag_runner(settings, "cluster") as runner:
+        assert isinstance(runner, SchedulerRunner)
+        run = runner.run("rtrec_training", {"epochs": 1}, timeout_s=1200)
+        record = runner.api.get(f"/dags/rtrec_training/dagRuns/{segment(run.run_id)}")
+    states = {t: v["state"] for t, v in run.tasks.items()}
+    print(f"rtrec_training {run.run_id}: {run.state} in {run.seconds:.0f} s by {run.executor}")
+    assert run.ok, f"{states}; task logs: {run.log}"
+    assert set(states.values()) <= set(FINISHED_TASK), states
+    assert record["triggered_by"] == "rest_api" and record["run_type"] == "manual", record
+    assert run.executor.startswith("LocalExecutor (scheduler job"), run.executor
+    # Each task ran in a process of its own (the scheduler's task processes), none in
+    # this one: the in-process runner would have run them all in one.
+    task_pids = [v["pid"] for v in run.tasks.values() if v["state"] == "success"]
+    assert task_pids and len(set(task_pids)) == len(task_pids), task_pids
+    assert os.getpid() not in task_pids
+    # Its training set came from an application on the standalone master.
+    assert _spark_apps(settings) - apps, "no Spark application ran on the master"
+    version = str(run.xcom("evaluate_and_register")["version"])
+    after = _versions(settings)
+    assert set(after) - set(before) == {version}
+    promoted = run.xcom("promote")["promoted"]
+    assert after[version][TAG_DECISION] == ("promoted" if promoted else "kept_challenger")
+
+
+def _wait_task_running(api: cluster_airflow.AirflowApi, run_id: str, task_id: str) -> None:
+    from rtrec.app.dag_runs.airflow_api import segment
+
+    path = f"/dags/rtrec_training/dagRuns/{segment(run_id)}/taskInstances/{task_id}"
+    deadline = time.monotonic() + 900
+    while (state := api.get(path)["state"]) != "running":
+        assert state in (None, "scheduled", "queued") and time.monotonic() < deadline, state
+        time.sleep(1)
+
+
+def test_drift_triggers_a_training_that_survives_a_scheduler_restart(
+    settings: Settings, offline_log: int
+) -> None:
+    """The drift monitor, triggered over REST a day after the shift, triggers
+    ``rtrec_training`` itself; the scheduler is restarted while that run trains, and the
+    run still finishes with one version registered and one promote attempt."""
+    from rtrec.training.registry import TAG_DECISION
+
+    from rtrec.app.dag_runs import SchedulerRunner
+
+    before = _versions(settings)
+    with SchedulerRunner(settings) as runner:
+        # One epoch for the training it triggers too, as the manual run above.
+        conf = {"now_ms": offline_log + 86_400_000, "scores": False, "training_epochs": 1}
+        check = runner.run("rtrec_drift_monitor", conf, timeout_s=900)
+        assert check.ok, f"{ {t: v['state'] for t, v in check.tasks.items()} }: {check.log}"
+        assert check.xcom("drift_check")["drifted"] is True, check.xcom("drift_check")
+        (triggered,) = check.queued["rtrec_training"]
+        assert triggered["conf"]["reason"].startswith("drift: "), triggered
+        assert triggered["conf"]["epochs"] == 1, triggered
+        _wait_task_running(runner.api, triggered["run_id"], "train_two_tower")
+        old = managed_pid(settings, cluster_airflow.SCHEDULER)
+        # SIGTERM, as a restart sends it: the scheduler lets its running task finish, and
+        # the tasks after it wait for the next scheduler.
+        started = time.monotonic()
+        assert stop_managed(settings, cluster_airflow.SCHEDULER, timeout=600)
+        cluster_airflow.start(settings)
+        print(f"scheduler restarted in {time.monotonic() - started:.1f} s")
+        assert managed_pid(settings, cluster_airflow.SCHEDULER) not in (None, old)
+        run = runner.run("rtrec_training", queued=triggered["run_id"], timeout_s=1200)
+    states = {t: (v["state"], v["try_number"]) for t, v in run.tasks.items()}
+    assert run.ok, f"{states}; task logs: {run.log}"
+    version = str(run.xcom("evaluate_and_register")["version"])
+    new = {v: tags for v, tags in _versions(settings).items() if v not in before}
+    assert list(new) == [version], new
+    assert states["evaluate_and_register"][1] == 1 and states["promote"][1] == 1, states
+    decision = run.xcom("promote")
+    assert new[version][TAG_DECISION] == ("promoted" if decision["promoted"] else "kept_challenger")
+    if decision["promoted"]:
+        assert ModelRegistry(settings).champion_version() == version
