@@ -36,7 +36,7 @@ class Engine:
 
     ready = True
     models: dict[str, Any] = {}
-    online = SimpleNamespace(down_reason=None)
+    online = SimpleNamespace(down_reason=None, nodes_down={})
     popular = SimpleNamespace(items=lambda: ([], "trending"))
     degradations = SimpleNamespace(status=lambda: {"counts": {}, "last": None})
 
