@@ -89,7 +89,10 @@ def cluster_env() -> Iterator[dict[str, str]]:
     }
     with settings_env(env):
         yield env
-    shutil.rmtree(work, ignore_errors=True)
+    if os.environ.get("RTREC_TEST_KEEP_WORK"):  # the task and replica logs, for a failure
+        print(f"cluster work dir kept: {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 @pytest.fixture(scope="package")
