@@ -238,6 +238,9 @@ def start(settings: Settings) -> None:
             cwd=where,
             ready=ready[name],
             timeout=settings.cluster.airflow.start_timeout_s,
+            # SIGTERM to the scheduler alone: its LocalExecutor joins its workers, which
+            # finish their running tasks; a signal to the whole group would fail them.
+            signal_leader_only=name == SCHEDULER,
         )
 
     try:

@@ -134,12 +134,15 @@ def start_managed(
     timeout: float = 30.0,
     stop_signal: int = signal.SIGTERM,
     user: str | None = None,
+    signal_leader_only: bool = False,
 ) -> int:
     """Start ``cmd`` in its own process group, record it, and wait until it is ready.
 
     Harmless when already running under this work dir; raises :class:`Unavailable`
     naming the port when something else holds it. ``user``: run it as that account
-    (for a server that refuses to run as root).
+    (for a server that refuses to run as root). ``signal_leader_only``: the stop signal
+    goes to the leader alone and the group is SIGKILLed only after the timeout (systemd's
+    ``KillMode=mixed``), for a server that shuts its own children down gracefully.
     """
     pid = managed_pid(settings, name)
     if pid is not None:
@@ -150,6 +153,8 @@ def start_managed(
             f"{name} cannot start there (stop that process or change the setting)"
         )
     proc = _spawn(settings, name, cmd, env=env, cwd=cwd, stop_signal=stop_signal, user=user)
+    if signal_leader_only:
+        _mark_leader_only(settings, name)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -165,6 +170,14 @@ def start_managed(
     _record_exe(settings, name, proc.pid)  # still our child: stop it even if it exec'd
     stop_managed(settings, name)
     raise Unavailable(f"{name} did not become ready within {timeout:.0f} s")
+
+
+def _mark_leader_only(settings: Settings, name: str) -> None:
+    """Record in ``name``'s pid file that its stop signal goes to the leader alone."""
+    path = _pid_file(settings, name)
+    info = _read(path)
+    if info is not None:
+        path.write_text(json.dumps({**info, "signal_leader_only": True}))
 
 
 def _spawn(
@@ -239,7 +252,7 @@ def stop_managed(settings: Settings, name: str, *, timeout: float = 15.0) -> boo
         return False
     if was_running:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, sig)
+            (os.kill if info.get("signal_leader_only") else os.killpg)(pid, sig)
         deadline = time.monotonic() + timeout
         while alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)

@@ -142,3 +142,40 @@ def test_a_launcher_that_execs_its_program_is_recorded_as_that_program(
     assert managed_pid(settings, "launcher") == pid
     assert stop_managed(settings, "launcher", timeout=5) is True
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+# A leader that waits for its child; the child records a SIGTERM it receives.
+_FAMILY = """
+import signal, subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", '''
+import signal, sys, time
+def term(*_):
+    open(sys.argv[1], "w").write("term")
+    sys.exit(0)
+signal.signal(signal.SIGTERM, term)
+open(sys.argv[1] + ".up", "w").write("up")
+time.sleep(60)
+''', sys.argv[1]])
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+child.wait()
+"""
+
+
+@pytest.mark.parametrize("leader_only", [False, True])
+def test_the_stop_signal_reaches_the_group_or_the_leader_alone(
+    settings: Settings, tmp_path: Path, leader_only: bool
+) -> None:
+    """``signal_leader_only``: the child (a scheduler's running task) is not sent the stop
+    signal; it is SIGKILLed only as a straggler once the leader has gone."""
+    mark = tmp_path / "child"
+    start_managed(
+        settings,
+        "family",
+        [sys.executable, "-c", _FAMILY, str(mark)],
+        ready=lambda: Path(f"{mark}.up").exists(),
+        timeout=20,
+        signal_leader_only=leader_only,
+    )
+    assert stop_managed(settings, "family", timeout=5) is True
+    time.sleep(0.2)
+    assert mark.exists() is not leader_only
