@@ -23,17 +23,17 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from bench.cluster_loop import profile_env
 from rtrec.app import cluster
 from rtrec.app.cli import main
 from rtrec.config import Settings, load_settings
 from tests.cluster.support import (
     API_KEYS,
     CLIENT_TIMEOUT_S,
-    PROFILE_FILE,
     RATE,
     profile_processes,
 )
-from tests.conftest import cluster_ports, free_port, settings_env
+from tests.conftest import settings_env
 
 NEEDS = {
     "redis-server": shutil.which("redis-server"),
@@ -66,22 +66,8 @@ def cluster_env() -> Iterator[dict[str, str]]:
     work = Path(tempfile.mkdtemp(prefix="rtrec-cluster-"))
     os.chmod(work, 0o711)
     bundle = synthetic_bundle(work / "bundle", n_items=400, seed=1)
-    nodes = cluster_ports(3)
     env = {
-        "RTREC_CONFIG": str(PROFILE_FILE),
-        "RTREC_WORK_DIR": str(work),
-        "RTREC_KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",
-        "RTREC_KAFKA__SESSION_TIMEOUT_MS": "2000",
-        "RTREC_REDIS__URL": f"redis://127.0.0.1:{nodes[0]}",
-        "RTREC_CLUSTER__REDIS__PORTS": json.dumps(nodes),
-        "RTREC_MLFLOW__TRACKING_URI": f"http://127.0.0.1:{free_port()}",
-        "RTREC_SPARK__MASTER": f"spark://127.0.0.1:{free_port()}",
-        "RTREC_CLUSTER__POSTGRES__PORT": str(free_port()),
-        "RTREC_CLUSTER__SPARK__UI_PORT": str(free_port()),
-        "RTREC_CLUSTER__AIRFLOW__API_URL": f"http://127.0.0.1:{free_port()}",
-        "RTREC_SERVING__PORT": str(free_port()),
-        "RTREC_CLUSTER__SERVING__REPLICA_PORTS": json.dumps([free_port(), free_port()]),
-        "RTREC_CLUSTER__STREAM__METRICS_PORTS": json.dumps([free_port(), free_port()]),
+        **profile_env(work),
         "RTREC_CLUSTER__SERVING__CLIENT_TIMEOUT_S": str(CLIENT_TIMEOUT_S),
         "RTREC_SERVING__BUNDLE_PATH": str(bundle),
         "RTREC_SERVING__API_KEYS": json.dumps(API_KEYS),
