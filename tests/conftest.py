@@ -10,41 +10,19 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
+from bench._common import cluster_ports, free_port  # noqa: F401  (re-exported for the tests)
 from rtrec.config import Settings, get_settings, load_settings
 from rtrec.logging import use_redact_salt
 
 # redact_id in this process (unit tests call it without a work dir) uses a fixed salt
 # instead of generating one under ~/.rtrec; the services tests start load their own.
 use_redact_salt("rtrec-tests")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def cluster_ports(n: int) -> list[int]:
-    """``n`` free ports whose Redis Cluster bus ports (port + 10000) are free too."""
-    ports: list[int] = []
-    while len(ports) < n:
-        port = free_port()
-        if port + 10000 > 65535 or port in ports:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port + 10000))
-            except OSError:
-                continue
-        ports.append(port)
-    return ports
 
 
 def restore_env(old: dict[str, str | None]) -> None:

@@ -10,7 +10,6 @@ spanned slots would fail with CROSSSLOT here, where one Redis never does.
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -26,6 +25,7 @@ from rtrec.streaming.state_layout import items_call
 from rtrec.streaming.watermark import read_watermark
 
 from rtrec.config import Settings
+from tests.conftest import cluster_ports
 
 pytestmark = [
     pytest.mark.integration,
@@ -35,24 +35,6 @@ pytestmark = [
 NODES = 3
 START_S = 30.0
 CREATE = ["--cluster-replicas", "0", "--cluster-yes"]
-
-
-def _cluster_ports(n: int) -> list[int]:
-    """``n`` free ports whose cluster bus ports (port + 10000) are free too."""
-    ports: list[int] = []
-    while len(ports) < n:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port + 10000 > 65535 or port in ports:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port + 10000))
-            except OSError:
-                continue
-        ports.append(port)
-    return ports
 
 
 def _wait_ok(port: int) -> None:
@@ -72,7 +54,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     from redis.cluster import RedisCluster
 
     root: Path = tmp_path_factory.mktemp("redis-cluster")
-    ports = _cluster_ports(NODES)
+    ports = cluster_ports(NODES)
     procs = []
     try:
         for port in ports:
