@@ -10,12 +10,50 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from rtrec.config import Settings
 from rtrec.errors import NotFound, Unavailable
+
+# MLflow's fluent API keeps its URIs in module globals *and* exports them to the
+# environment (so that subprocesses inherit them). One lock per process serialises the
+# fluent sections, and each restores both exactly as it found them.
+_FLUENT_LOCK = threading.RLock()
+_URI_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
+@contextlib.contextmanager
+def _fluent_uri(mlflow: Any, uri: str) -> Iterator[None]:
+    """Set MLflow's tracking and registry URIs for the duration, then put back the globals
+    and the environment as they were.
+
+    Why not ``set_*_uri(previous)``: the getters return a *resolved* URI, and the setters
+    export it to ``os.environ``; restoring through them pinned the process (and every
+    process it started later, such as an Airflow scheduler and its tasks) to whatever
+    registry happened to be current the first time, a leak that sent a later client
+    without an explicit registry URI to a store that no longer existed.
+    """
+    from mlflow.tracking import _model_registry, _tracking_service
+
+    tracking_mod, registry_mod = _tracking_service.utils, _model_registry.utils
+    with _FLUENT_LOCK:
+        env = {k: os.environ.get(k) for k in _URI_ENV}
+        saved = (tracking_mod._tracking_uri, registry_mod._registry_uri)
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        try:
+            yield
+        finally:
+            mlflow.set_tracking_uri(saved[0])  # None also resets the tracer provider
+            registry_mod._registry_uri = saved[1]
+            for key, value in env.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
 
 
 class RegistryClient:
@@ -37,14 +75,8 @@ class RegistryClient:
         uri = str(self.settings.mlflow.tracking_uri)
         if uri.startswith("sqlite:///"):
             Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_registry_uri(uri)
-        try:
+        with _fluent_uri(mlflow, uri):
             yield mlflow
-        finally:
-            mlflow.set_tracking_uri(previous[0])
-            mlflow.set_registry_uri(previous[1])
 
     @property
     def client(self) -> Any:

@@ -279,3 +279,31 @@ def test_aliases_follow_the_documented_lifecycle(
     assert aliases() == {v4: [CHAMPION], v3: [], v2: [], v1: []}
     assert registry.rollback() == v1
     assert aliases() == {v4: [], v3: [], v2: [], v1: [CHAMPION]}  # demoted: no alias
+
+
+def test_registry_calls_leave_mlflow_globals_and_environment_as_found(
+    register: Callable[[float], str], registry: ModelRegistry, tmp_path: Path
+) -> None:
+    """Using the registry must not pin this process (or processes it starts later) to its
+    store: MLflow's setters export URIs to ``os.environ``, and restoring through them once
+    left ``MLFLOW_REGISTRY_URI`` at a store a later client then created afresh."""
+    import os
+
+    import mlflow
+    from mlflow.tracking import _model_registry, _tracking_service
+
+    keys = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    env_before = {k: os.environ.get(k) for k in keys}
+    globals_before = (_tracking_service.utils._tracking_uri, _model_registry.utils._registry_uri)
+    version = register(0.3)
+    registry.download_bundle(version, dst=tmp_path / "fetched")
+    assert {k: os.environ.get(k) for k in keys} == env_before
+    assert (_tracking_service.utils._tracking_uri, _model_registry.utils._registry_uri) == (
+        globals_before
+    )
+    # And a client built afterwards from the tracking URI alone sees the same registry.
+    uri = str(registry.settings.mlflow.tracking_uri)
+    found = mlflow.MlflowClient(tracking_uri=uri).search_model_versions(
+        f"name = '{registry.settings.mlflow.model_name}'"
+    )
+    assert version in {str(mv.version) for mv in found}
