@@ -181,6 +181,31 @@ def test_index_kind_and_recall() -> None:
     assert index_recall(index, emb, emb[:200], 100) >= 0.95
 
 
+@pytest.mark.gpu
+def test_ivf_is_trained_on_the_gpu_and_saved_for_any_host(tmp_path: Path) -> None:
+    """Where faiss reports a GPU the IVF index is trained and filled there, reaches the
+    recall target, and saves as a CPU index that loads and answers alike on a CPU host."""
+    from rtrec.training.index import ItemIndex, gpu_count
+
+    if gpu_count() == 0:
+        pytest.skip("faiss reports no GPU (faiss-cpu installed)")
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(50, 32))
+    emb = (centers[rng.integers(0, 50, 60_000)] + 0.3 * rng.normal(size=(60_000, 32))).astype(
+        "float32"
+    )
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    index = build_index(emb, use_gpu=True)
+    assert index.on_gpu and index.kind == "ivf" and index.recall >= 0.95
+    assert index_recall(index, emb, emb[:200], 100) >= 0.95
+    index.save(tmp_path / "items.faiss", tmp_path / "index.json")
+    cpu = ItemIndex.load(tmp_path / "items.faiss", tmp_path / "index.json", use_gpu=False)
+    assert not cpu.on_gpu and cpu.nprobe == index.nprobe
+    on_cpu, on_gpu = cpu.search(emb[:50], 10)[1], index.search(emb[:50], 10)[1]
+    same = [len(set(a) & set(b)) / 10 for a, b in zip(on_cpu, on_gpu, strict=True)]
+    assert np.mean(same) >= 0.98  # float order of the sums may swap near-ties
+
+
 def test_gpu_selection_without_gpu() -> None:
     assert want_gpu("auto", gpus=0) is False
     assert want_gpu("auto", gpus=1) is True
