@@ -109,6 +109,33 @@ def category_match(
     )
 
 
+def category_recency(
+    cands: pd.DataFrame, states: Sequence[UserState], item_categories: dict[str, list[str]]
+) -> np.ndarray:
+    """Per candidate row: how long since the user last saw one of the candidate's
+    categories, counted in the user's items (0: its latest item is in one; NaN: none of
+    them in its history). Counted in items, not time: the online store keeps a user's
+    recent items but only its latest event's time, and a request computes this row too."""
+    latest: dict[str, dict[str, int]] = {}
+    for s in states:
+        seen: dict[str, int] = {}
+        for j, item in enumerate(s.items):  # newest first
+            for c in item_categories.get(str(item), []):
+                seen.setdefault(c, j)
+        latest[s.user_id] = seen
+    none: dict[str, int] = {}
+    cats = item_categories
+    out = np.array(
+        [
+            min((latest.get(u, none).get(c, np.inf) for c in cats.get(i, [])), default=np.inf)
+            for u, i in zip(cands["user_id"], cands["item_id"], strict=True)
+        ],
+        dtype=np.float64,
+    )
+    out[np.isinf(out)] = np.nan
+    return out
+
+
 @dataclass
 class CandidateGenerator:
     """The sources, fitted on one state of the world, and how many each is asked for."""
@@ -178,6 +205,7 @@ def candidate_features(
     out = cands.join(users, on="user_id").join(items, on="item_id")
     out["pop_vs_user"] = np.log(out["pop_all"] / out["user_pop_mean"])
     out["cat_match"] = category_match(cands, states, item_categories)
+    out["cat_recency"] = category_recency(cands, states, item_categories)
     for col in ("tt_score", "ii_score"):
         grp = out.groupby("user_id")[col]
         out[f"{col}_gap"] = out[col] - grp.transform("max")

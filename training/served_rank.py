@@ -54,6 +54,7 @@ FEATURES = (
     *ITEM_FEATURES,
     "pop_vs_user",
     "cat_match",
+    "cat_recency",
     "tt_score_gap",
     "tt_score_rank",
     "ii_score_gap",
@@ -161,6 +162,7 @@ class ServedRanker:
         with np.errstate(divide="ignore", invalid="ignore"):
             cols["pop_vs_user"] = np.log(cols["pop_all"] / cols["user_pop_mean"])
         cols["cat_match"] = self._cat_match(pos, known, len(state.items))
+        cols["cat_recency"] = self._cat_recency(pos, hist)
         for name in ("tt_score", "ii_score"):
             cols[f"{name}_gap"], cols[f"{name}_rank"] = _gap_and_rank(cols[name])
         return cols
@@ -233,6 +235,24 @@ class ServedRanker:
         shares = counts / max(n_items, 1)
         shares[-1] = 0.0
         return shares[pad[pos]].sum(axis=1)
+
+    def _cat_recency(self, pos: np.ndarray, hist: np.ndarray) -> np.ndarray:
+        """``rank_features.category_recency``: per candidate, the position in the history
+        (newest first) of the latest item in any of its categories; NaN where none."""
+        t = self.tables
+        at = np.flatnonzero(hist >= 0)
+        latest = np.full(self._n_cats + 1, np.inf)  # the extra slot: the padding category
+        mine, owner = t.categories_of(hist[at])
+        np.minimum.at(latest, mine, at[owner].astype(np.float64))
+        latest[-1] = np.inf
+        if self._cat_pad is not None:
+            out = latest[self._cat_pad[pos]].min(axis=1)
+        else:
+            cats, owner = t.categories_of(pos)
+            out = np.full(len(pos), np.inf)
+            np.minimum.at(out, owner, latest[cats])
+        out[np.isinf(out)] = np.nan
+        return out
 
     def predict(self, x: np.ndarray, cols: dict[str, Any]) -> np.ndarray:
         """``Ranker.predict``: the prior (from ``cols``' two scores), plus the trees' output

@@ -124,3 +124,21 @@ def test_a_damaged_ranker_is_refused_with_the_reason(fitted, tmp_path: Path) -> 
     shutil.rmtree(copy / RANKER_DIR)
     with pytest.raises(InvalidInput, match="is missing"):
         load_ranker(load_bundle(copy, use_gpu=False))
+
+
+def test_category_recency_counts_items_since_the_category_was_last_seen() -> None:
+    from rtrec.training.rank_features import category_recency
+
+    cats = {"i1": ["a"], "i2": ["b"], "i3": ["c"], "i4": ["b"], "i5": ["c", "a"], "i6": ["z"]}
+    newest_first = np.array(["i3", "i1", "i2"], dtype=object)
+    states = [
+        UserState("u1", newest_first, np.array([3, 2, 1])),
+        UserState("u2", newest_first[:0], np.array([], np.int64)),
+    ]
+    cands = pd.DataFrame(
+        {"user_id": ["u1", "u1", "u1", "u1", "u2"], "item_id": ["i4", "i5", "i6", "i7", "i4"]}
+    )
+    got = category_recency(cands, states, cats)
+    # i4 (b): two newer items before i2; i5 (c or a): its latest item i3 is in c; i6: a
+    # category the user never saw; i7: no category; u2: no history.
+    np.testing.assert_array_equal(got, [2.0, 0.0, np.nan, np.nan, np.nan])
