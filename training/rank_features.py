@@ -164,8 +164,8 @@ class CandidateGenerator:
         self.items = item_table(events, self.now)
         return self
 
-    def generate(self, states: Sequence[UserState], n: int) -> pd.DataFrame:
-        """Merged candidates, at most ``n`` per user, with pair scores beside provenance."""
+    def answers(self, states: Sequence[UserState]) -> dict[str, list[Candidates]]:
+        """Each source's list for each state (cold users: the cold source's alone)."""
         warm = [s for s in states if not s.cold]
         answers: dict[str, list[Candidates]] = {}
         for src in self.sources:
@@ -174,7 +174,11 @@ class CandidateGenerator:
             got = dict(zip([s.user_id for s in asked], lists, strict=True))
             empty = Candidates(np.array([], dtype=object), np.array([], dtype=np.float32))
             answers[src.name] = [got.get(s.user_id, empty) for s in states]
-        cands = merge(answers, [s.user_id for s in states], n, self.weights)
+        return answers
+
+    def generate(self, states: Sequence[UserState], n: int) -> pd.DataFrame:
+        """Merged candidates, at most ``n`` per user, with pair scores beside provenance."""
+        cands = merge(self.answers(states), [s.user_id for s in states], n, self.weights)
         return self._pair_scores(cands, states)
 
     def _pair_scores(self, cands: pd.DataFrame, states: Sequence[UserState]) -> pd.DataFrame:

@@ -15,6 +15,7 @@ start from. Under a time split the slices are earlier cuts of the training perio
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,7 @@ from rtrec.training.candidates import (
     CategoryTrendingSource,
     PopularSource,
     item_categories,
+    merge,
 )
 from rtrec.training.learned_sources import EXACT_MAX_ITEMS, ItemItemSource, TwoTowerSource
 from rtrec.training.pit_states import EVENT_LOG, FEAST, StatesAt
@@ -148,14 +150,54 @@ def fold_rows(
 
 
 def _fold_parts(
-    folds: Sequence[Fold], ease_l2: float, n: int, config: SourceConfig
+    folds: Sequence[Fold],
+    ease_l2: float,
+    n: int,
+    config: SourceConfig,
+    weights: dict[str, float] | None = None,
+    gens: Sequence[CandidateGenerator] | None = None,
 ) -> list[tuple[CandidateGenerator, pd.DataFrame]]:
+    """Each fold's generator (``gens``: already fitted ones) and ranking rows."""
     parts = []
     for k, f in enumerate(folds):
-        gen = build_generator(f.state, f.model, ease_l2=ease_l2, per_source=n, config=config)
+        gen = (
+            gens[k]
+            if gens is not None
+            else build_generator(f.state, f.model, ease_l2=ease_l2, per_source=n, config=config)
+        )
+        gen.weights = dict(weights or WEIGHTS)
         rows = ranking_rows(gen, f.state, f.labels, now=f.now, n=n, states_at=f.states_at)
         parts.append((gen, rows.assign(fold=k)))
     return parts
+
+
+WEIGHT_GRID = tuple(
+    {"two_tower": 1.0, "item_item": ii, "category": other, "popular": other}
+    for ii in (0.5, 1.0, 2.0)
+    for other in (0.05, 0.2)
+)
+"""The merge weights :func:`choose_weights` tries (``WEIGHTS`` among them)."""
+
+
+def choose_weights(fold: Fold, gen: CandidateGenerator, n: int) -> tuple[dict[str, float], dict]:
+    """The merge weights whose first ``n`` candidates recall most of ``fold``'s labels
+    (ties: ``WEIGHTS``), and each tried set's recall. The fold's labels are held out from
+    its state, and the evaluation's test part from every fold: validation alone decides."""
+    users = sorted(fold.labels["user_id"].astype(str).unique())
+    if fold.states_at is not None and fold.now is not None:
+        states = fold.states_at(users, fold.now)
+    else:
+        states = gen.states(fold.state, users, before=fold.now)
+    answers, ids = gen.answers(states), [s.user_id for s in states]
+    tried: dict[str, float] = {}
+    best, best_recall = dict(WEIGHTS), -1.0
+    for w in sorted(WEIGHT_GRID, key=lambda w: w != WEIGHTS):  # WEIGHTS first: wins ties
+        rows = merge(answers, ids, n, w)
+        recall = candidate_recall(rows, fold.labels, [], n)["merged"]
+        tried[json.dumps(w, sort_keys=True)] = round(recall, 4)
+        if recall > best_recall:
+            best, best_recall = dict(w), recall
+    return best, tried
 
 
 def fit_two_stage(
@@ -175,7 +217,12 @@ def fit_two_stage(
     an unfitted ranker with other settings than the default's."""
     if not folds:
         raise ValueError("fit_two_stage needs at least one fold")
-    parts = _fold_parts(folds, ease_l2, n, config)
+    gens = [
+        build_generator(f.state, f.model, ease_l2=ease_l2, per_source=n, config=config)
+        for f in folds
+    ]
+    weights, tried = choose_weights(folds[0], gens[0], n)
+    parts = _fold_parts(folds, ease_l2, n, config, weights, gens)
     rows = pd.concat([r for _, r in parts], ignore_index=True)
     ranker = (ranker or Ranker(seed=seed)).fit(rows)
     first, gen = folds[0], parts[0][0]
@@ -198,7 +245,9 @@ def fit_two_stage(
         "valid_candidate_recall": candidate_recall(wide, first.labels, names, n),
         "top_features": list(ranker.importance())[:8],
     }
+    info |= {"merge_weights": weights, "merge_weights_tried": tried}
     final_gen = build_generator(final, final_model, ease_l2=ease_l2, per_source=n, config=config)
+    final_gen.weights = weights
     return TwoStage(final_gen, ranker, n), info
 
 

@@ -30,8 +30,10 @@ from rtrec.config import Settings, load_settings
 from tests.cluster.support import (
     API_KEYS,
     CLIENT_TIMEOUT_S,
+    FIRST_BUNDLE,
     RATE,
     profile_processes,
+    wait_replicas_serve,
 )
 from tests.conftest import settings_env
 
@@ -60,16 +62,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def cluster_env() -> Iterator[dict[str, str]]:
     """Free ports, a fresh work dir (0711, not pytest's 0700 tree: run as root, PostgreSQL
     runs as its own account, which must be able to enter it), a small synthetic model
-    bundle for the replicas and the API keys the serving tests use."""
+    bundle to register as the first champion, and the API keys the serving tests use."""
     from rtrec.serving.synthetic import synthetic_bundle
 
     work = Path(tempfile.mkdtemp(prefix="rtrec-cluster-"))
     os.chmod(work, 0o711)
-    bundle = synthetic_bundle(work / "bundle", n_items=400, seed=1)
+    synthetic_bundle(work / FIRST_BUNDLE, n_items=400, seed=1)
     env = {
         **profile_env(work),
         "RTREC_CLUSTER__SERVING__CLIENT_TIMEOUT_S": str(CLIENT_TIMEOUT_S),
-        "RTREC_SERVING__BUNDLE_PATH": str(bundle),
         "RTREC_SERVING__API_KEYS": json.dumps(API_KEYS),
         "RTREC_SERVING__RATE_LIMIT_PER_S": str(RATE),
     }
@@ -86,6 +87,7 @@ def settings(cluster_env: dict[str, str]) -> Iterator[Settings]:
     """The profile, up through the CLI once for the package; brought down at the end even
     if a test failed, and then no process of it may be left."""
     from rtrec.training.dataset import stop_spark
+    from rtrec.training.registry import ModelRegistry
 
     s = load_settings()
     started = time.monotonic()
@@ -95,6 +97,13 @@ def settings(cluster_env: dict[str, str]) -> Iterator[Settings]:
         assert out.exit_code == 0, out.output
         for name in ("postgres", "mlflow-server", "spark", "airflow", "redis-cluster", "nginx"):
             assert f"[ ok ] {name}" in out.output, out.output
+        # The replicas follow the registry's champion alias, as deployed: nothing is pinned.
+        registry = ModelRegistry(s)
+        _, version = registry.log_and_register(
+            s.work_dir / FIRST_BUNDLE, params={"source": "synthetic"}, metrics={}
+        )
+        registry.promote(version, reason="the cluster tests' first champion")
+        print(f"replicas serve v{version}: {wait_replicas_serve(s, version)}")
         yield s
     finally:
         stop_spark()

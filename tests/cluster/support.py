@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,20 @@ FAULT_KEYS = [secrets.token_hex(16) for _ in range(4)]
 """The Redis node fault test's keys: each its own rate bucket, so it may ask 4x RATE."""
 API_KEYS = [LOAD_KEY, BURST_KEY, *FAULT_KEYS]
 REPLICAS = {"serving-1", "serving-2"}
+FIRST_BUNDLE = "first-bundle"
+"""The synthetic bundle (in the work dir) registered as the first champion."""
+
+
+def wait_replicas_serve(settings: Settings, version: str, timeout_s: float = 120) -> dict:
+    """Until every replica's own ``/status`` names ``version`` as champion (each polls the
+    alias every ``serving.watch_interval_s``); returns what each reported."""
+    from rtrec.app.demo.engines import replica_versions
+
+    deadline = time.monotonic() + timeout_s
+    while set((seen := replica_versions(settings)).values()) != {str(version)}:
+        assert time.monotonic() < deadline, f"after {timeout_s:.0f} s replicas serve {seen}"
+        time.sleep(0.5)
+    return seen
 
 
 def url(s: Settings) -> str:

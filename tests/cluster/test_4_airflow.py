@@ -2,8 +2,9 @@
 
 ``rtrec_training`` triggered through the REST API runs its tasks in the scheduler's task
 processes with its training set built on the Spark standalone master and its version
-registered in the MLflow server; the drift monitor triggers a training that survives a
-scheduler restart with one version registered and one promote attempt.
+registered in the MLflow server, and both serving replicas hot-swap to it (the loop's end);
+the drift monitor triggers a training that survives a scheduler restart with one version
+registered and one promote attempt.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from rtrec.training.registry import ModelRegistry
 from rtrec.app import cluster, cluster_airflow
 from rtrec.app.processes import managed_pid, stop_managed
 from rtrec.config import Settings
+from tests.cluster.support import wait_replicas_serve
 
 FINISHED_TASK = ("success", "skipped")
 
@@ -78,8 +80,13 @@ def test_training_dag_triggered_over_rest_runs_under_the_scheduler(
     version = str(run.xcom("evaluate_and_register")["version"])
     after = _versions(settings)
     assert set(after) - set(before) == {version}
-    promoted = run.xcom("promote")["promoted"]
-    assert after[version][TAG_DECISION] == ("promoted" if promoted else "kept_challenger")
+    decision = run.xcom("promote")
+    expected = "promoted" if decision["promoted"] else "kept_challenger"
+    assert after[version][TAG_DECISION] == expected
+    # Against the untrained first champion the gate promotes, and the loop ends with both
+    # replicas serving the new champion, fetched from the MLflow server over HTTP.
+    assert decision["promoted"], decision
+    print(f"replicas swapped to v{version}: {wait_replicas_serve(settings, version)}")
 
 
 def _wait_task_running(api: cluster_airflow.AirflowApi, run_id: str, task_id: str) -> None:
@@ -132,3 +139,4 @@ def test_drift_triggers_a_training_that_survives_a_scheduler_restart(
     assert new[version][TAG_DECISION] == ("promoted" if decision["promoted"] else "kept_challenger")
     if decision["promoted"]:
         assert ModelRegistry(settings).champion_version() == version
+        print(f"replicas swapped to v{version}: {wait_replicas_serve(settings, version)}")

@@ -3,6 +3,8 @@ users), the point-in-time ranking rows, and the LightGBM ranker's fit and predic
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -173,3 +175,23 @@ def test_user_states_are_newest_first_and_cut_at_before() -> None:
     (state,) = user_states(events, ["a"], before=3)
     assert list(state.items) == ["z", "y"] and list(state.ts) == [2, 1]
     assert UserState("b", np.array([]), np.array([])).cold
+
+
+def test_merge_weights_are_chosen_on_the_fold_and_carried_to_the_served_generator() -> None:
+    from rtrec.training.two_stage import WEIGHT_GRID, WEIGHTS, Fold, choose_weights, fit_two_stage
+
+    events = histories_within(clustered(), 10)
+    now = 15 * DAY
+    past, future = events[events.ts < now], events[events.ts >= now]
+    model = fit(past, TrainConfig(epochs=2, dim=16, history_len=10, select_best=False))
+    fold = Fold(past, future, model, now=now)
+    gen = build_generator(past, model, ease_l2=10.0, per_source=30)
+    weights, tried = choose_weights(fold, gen, 30)
+    assert len(tried) == len(WEIGHT_GRID) and WEIGHTS in WEIGHT_GRID
+    # The choice recalls at least as much of the fold's labels as every other set tried.
+    assert tried[json.dumps(weights, sort_keys=True)] == max(tried.values())
+    ranker = Ranker(max_rounds=20, patience=5, params={**Ranker().params, "num_threads": 1})
+    two_stage, info = fit_two_stage(
+        [fold], events, final_model=model, ease_l2=10.0, n=30, ranker=ranker
+    )
+    assert info["merge_weights"] == weights and two_stage.generator.weights == weights
