@@ -56,7 +56,7 @@ demo-cluster: setup
 # architecture fails before the slow suite starts.
 test: setup
 	LINT_IMPORTS=$(BIN)/lint-imports .ci/lint-imports
-	$(BIN)/pytest -q -m "not gpu" --timeout=900 $(ARGS)
+	$(BIN)/pytest -q -m "not gpu" --timeout=900 --durations=40 $(ARGS)
 
 test-fast: setup
 	$(BIN)/pytest -q -m "not integration and not slow and not gpu" $(ARGS)
