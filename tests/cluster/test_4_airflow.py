@@ -1,10 +1,10 @@
 """Airflow's own scheduler runs the DAGs: triggered over REST, executed by LocalExecutor.
 
-``rtrec_training`` triggered through the REST API runs its tasks in the scheduler's task
-processes with its training set built on the Spark standalone master and its version
-registered in the MLflow server, and both serving replicas hot-swap to it (the loop's end);
-the drift monitor triggers a training that survives a scheduler restart with one version
-registered and one promote attempt.
+The drift monitor, triggered through the REST API, triggers ``rtrec_training``, which
+survives a scheduler restart: its tasks run in the scheduler's task processes, its
+training set is built on the Spark standalone master, its one version is registered in
+the MLflow server, and both serving replicas hot-swap to it (the loop's end). One training
+run covers all of it: on two cores each costs minutes of CI.
 """
 
 from __future__ import annotations
@@ -51,44 +51,6 @@ def _spark_apps(settings: Settings) -> set[str]:
     return {a["id"] for key in ("activeapps", "completedapps") for a in state.get(key, [])}
 
 
-def test_training_dag_triggered_over_rest_runs_under_the_scheduler(
-    settings: Settings, offline_log: int
-) -> None:
-    from rtrec.training.registry import TAG_DECISION
-
-    from rtrec.app.dag_runs import SchedulerRunner, dag_runner
-    from rtrec.app.dag_runs.airflow_api import segment
-
-    before, apps = _versions(settings), _spark_apps(settings)
-    with dag_runner(settings, "cluster") as runner:
-        assert isinstance(runner, SchedulerRunner)
-        run = runner.run("rtrec_training", {"epochs": 1}, timeout_s=1200)
-        record = runner.api.get(f"/dags/rtrec_training/dagRuns/{segment(run.run_id)}")
-    states = {t: v["state"] for t, v in run.tasks.items()}
-    print(f"rtrec_training {run.run_id}: {run.state} in {run.seconds:.0f} s by {run.executor}")
-    assert run.ok, f"{states}; task logs: {run.log}"
-    assert set(states.values()) <= set(FINISHED_TASK), states
-    assert record["triggered_by"] == "rest_api" and record["run_type"] == "manual", record
-    assert run.executor.startswith("LocalExecutor (scheduler job"), run.executor
-    # Each task ran in a process of its own (the scheduler's task processes), none in
-    # this one: the in-process runner would have run them all in one.
-    task_pids = [v["pid"] for v in run.tasks.values() if v["state"] == "success"]
-    assert task_pids and len(set(task_pids)) == len(task_pids), task_pids
-    assert os.getpid() not in task_pids
-    # Its training set came from an application on the standalone master.
-    assert _spark_apps(settings) - apps, "no Spark application ran on the master"
-    version = str(run.xcom("evaluate_and_register")["version"])
-    after = _versions(settings)
-    assert set(after) - set(before) == {version}
-    decision = run.xcom("promote")
-    expected = "promoted" if decision["promoted"] else "kept_challenger"
-    assert after[version][TAG_DECISION] == expected
-    # Against the untrained first champion the gate promotes, and the loop ends with both
-    # replicas serving the new champion, fetched from the MLflow server over HTTP.
-    assert decision["promoted"], decision
-    print(f"replicas swapped to v{version}: {wait_replicas_serve(settings, version)}")
-
-
 def _wait_task_running(api: cluster_airflow.AirflowApi, run_id: str, task_id: str) -> None:
     from rtrec.app.dag_runs.airflow_api import segment
 
@@ -99,21 +61,27 @@ def _wait_task_running(api: cluster_airflow.AirflowApi, run_id: str, task_id: st
         time.sleep(1)
 
 
-def test_drift_triggers_a_training_that_survives_a_scheduler_restart(
+def test_drift_triggers_a_training_that_survives_a_scheduler_restart_and_is_served(
     settings: Settings, offline_log: int
 ) -> None:
-    """The drift monitor, triggered over REST a day after the shift, triggers
-    ``rtrec_training`` itself; the scheduler is restarted while that run trains, and the
-    run still finishes with one version registered and one promote attempt."""
+    """The loop's second half on the profile's engines. The drift monitor, triggered over
+    REST a day after the shift, triggers ``rtrec_training`` itself; the scheduler is
+    restarted while that run trains. The run still finishes, each task in a scheduler
+    task process, its training set built on the Spark master, one version registered in
+    the MLflow server and one promote attempt; promoted over the untrained first
+    champion, it is then what both replicas serve."""
     from rtrec.training.registry import TAG_DECISION
 
     from rtrec.app.dag_runs import SchedulerRunner
+    from rtrec.app.dag_runs.airflow_api import segment
 
-    before = _versions(settings)
+    before, apps = _versions(settings), _spark_apps(settings)
     with SchedulerRunner(settings) as runner:
-        # One epoch for the training it triggers too, as the manual run above.
+        # One epoch for the training it triggers (the drift monitor passes it on).
         conf = {"now_ms": offline_log + 86_400_000, "scores": False, "training_epochs": 1}
         check = runner.run("rtrec_drift_monitor", conf, timeout_s=900)
+        record = runner.api.get(f"/dags/rtrec_drift_monitor/dagRuns/{segment(check.run_id)}")
+        assert record["triggered_by"] == "rest_api" and record["run_type"] == "manual", record
         assert check.ok, f"{ {t: v['state'] for t, v in check.tasks.items()} }: {check.log}"
         assert check.xcom("drift_check")["drifted"] is True, check.xcom("drift_check")
         (triggered,) = check.queued["rtrec_training"]
@@ -130,13 +98,25 @@ def test_drift_triggers_a_training_that_survives_a_scheduler_restart(
         assert managed_pid(settings, cluster_airflow.SCHEDULER) not in (None, old)
         run = runner.run("rtrec_training", queued=triggered["run_id"], timeout_s=1200)
     states = {t: (v["state"], v["try_number"]) for t, v in run.tasks.items()}
+    print(f"rtrec_training {run.run_id}: {run.state} in {run.seconds:.0f} s by {run.executor}")
     assert run.ok, f"{states}; task logs: {run.log}"
+    assert {v[0] for v in states.values()} <= set(FINISHED_TASK), states
+    assert run.executor.startswith("LocalExecutor (scheduler job"), run.executor
+    # Each task ran in a process of its own (the scheduler's task processes), none in
+    # this one: the in-process runner would have run them all in one.
+    task_pids = [v["pid"] for v in run.tasks.values() if v["state"] == "success"]
+    assert task_pids and len(set(task_pids)) == len(task_pids), task_pids
+    assert os.getpid() not in task_pids
+    # Its training set came from an application on the standalone master.
+    assert _spark_apps(settings) - apps, "no Spark application ran on the master"
     version = str(run.xcom("evaluate_and_register")["version"])
     new = {v: tags for v, tags in _versions(settings).items() if v not in before}
     assert list(new) == [version], new
     assert states["evaluate_and_register"][1] == 1 and states["promote"][1] == 1, states
     decision = run.xcom("promote")
     assert new[version][TAG_DECISION] == ("promoted" if decision["promoted"] else "kept_challenger")
-    if decision["promoted"]:
-        assert ModelRegistry(settings).champion_version() == version
-        print(f"replicas swapped to v{version}: {wait_replicas_serve(settings, version)}")
+    # Against the untrained first champion the gate promotes, and the loop ends with both
+    # replicas serving the new champion, fetched from the MLflow server over HTTP.
+    assert decision["promoted"], decision
+    assert ModelRegistry(settings).champion_version() == version
+    print(f"replicas swapped to v{version}: {wait_replicas_serve(settings, version)}")
