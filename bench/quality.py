@@ -44,9 +44,13 @@ def _inner_split(train: pd.DataFrame, frac: float, seed: int) -> tuple[pd.DataFr
 
 
 def _rounded(info: dict) -> dict:
+    """Floats to 4 places, one level of dicts down; anything else as it is."""
+
+    def r(x: object) -> object:
+        return round(x, 4) if isinstance(x, float) else x
+
     return {
-        k: {n: round(x, 4) for n, x in v.items()} if isinstance(v, dict) else v
-        for k, v in info.items()
+        k: {n: r(x) for n, x in v.items()} if isinstance(v, dict) else r(v) for k, v in info.items()
     }
 
 
