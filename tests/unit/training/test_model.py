@@ -204,6 +204,12 @@ def test_ivf_is_trained_on_the_gpu_and_saved_for_any_host(tmp_path: Path) -> Non
     on_cpu, on_gpu = cpu.search(emb[:50], 10)[1], index.search(emb[:50], 10)[1]
     same = [len(set(a) & set(b)) / 10 for a, b in zip(on_cpu, on_gpu, strict=True)]
     assert np.mean(same) >= 0.98  # float order of the sums may swap near-ties
+    # And as serving loads a bundle's index on a GPU host: moved there, nprobe kept.
+    served = ItemIndex.load(tmp_path / "items.faiss", tmp_path / "index.json", use_gpu=True)
+    assert served.on_gpu and served.nprobe == index.nprobe
+    again = served.search(emb[:50], 10)[1]
+    same = [len(set(a) & set(b)) / 10 for a, b in zip(on_cpu, again, strict=True)]
+    assert np.mean(same) >= 0.98
 
 
 def test_gpu_selection_without_gpu() -> None:
