@@ -21,6 +21,7 @@ import numpy as np
 from rtrec.training.candidates import USER_WINDOWS_MS, UserState
 from rtrec.training.learned_sources import RECENT_ITEMS as II_RECENT
 from rtrec.training.rank_features import USER_FEATURES, user_features
+from rtrec.training.served_categories import ServedCategories
 from rtrec.training.served_sources import SOURCES, Merged, ServedSources
 from rtrec.training.served_tables import ITEM_FEATURES, ServedTables
 
@@ -98,9 +99,7 @@ class ServedRanker:
         self.item_keys = item_keys
         """The two-tower's retrieval keys ``[items, dim + 1]`` (``ModelBundle.item_keys``)."""
         self._local = threading.local()
-        cats = self.tables.item_cats
-        self._n_cats = int(cats.max()) + 1 if len(cats) else 0
-        self._cat_pad = _padded_categories(self.tables, self._n_cats)
+        self._cats = ServedCategories(self.tables)
         booster = model.booster
         self._trees = None if booster is None else tree_scorer(booster, len(model.features))
 
@@ -161,8 +160,8 @@ class ServedRanker:
         cols["user_pop_mean"] = filled.sum() / count if count else np.nan
         with np.errstate(divide="ignore", invalid="ignore"):
             cols["pop_vs_user"] = np.log(cols["pop_all"] / cols["user_pop_mean"])
-        cols["cat_match"] = self._cat_match(pos, known, len(state.items))
-        cols["cat_recency"] = self._cat_recency(pos, hist)
+        cols["cat_match"] = self._cats.match(pos, known, len(state.items))
+        cols["cat_recency"] = self._cats.recency(pos, hist)
         for name in ("tt_score", "ii_score"):
             cols[f"{name}_gap"], cols[f"{name}_rank"] = _gap_and_rank(cols[name])
         return cols
@@ -219,41 +218,6 @@ class ServedRanker:
             lookup = self._local.lookup = np.full(self.tables.size, -1, dtype=np.int64)
         return lookup
 
-    def _cat_match(self, pos: np.ndarray, known: np.ndarray, n_items: int) -> np.ndarray:
-        """``rank_features.category_match``: the share of the user's items in each
-        candidate's categories (summed over its categories in their order)."""
-        pad = self._cat_pad
-        if pad is None:  # items with many categories: the offsets' arrays
-            t = self.tables
-            mine, _ = t.categories_of(known)
-            shares = np.bincount(mine, minlength=self._n_cats) / max(n_items, 1)
-            cats, owner = t.categories_of(pos)
-            return np.bincount(owner, weights=shares[cats], minlength=len(pos))
-        # Every item's categories in a row, padded with an extra category of share 0: the
-        # row sums add in the same order (0 + first + second ...; + 0 changes nothing).
-        counts = np.bincount(pad[known].ravel(), minlength=self._n_cats + 1)
-        shares = counts / max(n_items, 1)
-        shares[-1] = 0.0
-        return shares[pad[pos]].sum(axis=1)
-
-    def _cat_recency(self, pos: np.ndarray, hist: np.ndarray) -> np.ndarray:
-        """``rank_features.category_recency``: per candidate, the position in the history
-        (newest first) of the latest item in any of its categories; NaN where none."""
-        t = self.tables
-        at = np.flatnonzero(hist >= 0)
-        latest = np.full(self._n_cats + 1, np.inf)  # the extra slot: the padding category
-        mine, owner = t.categories_of(hist[at])
-        np.minimum.at(latest, mine, at[owner].astype(np.float64))
-        latest[-1] = np.inf
-        if self._cat_pad is not None:
-            out = latest[self._cat_pad[pos]].min(axis=1)
-        else:
-            cats, owner = t.categories_of(pos)
-            out = np.full(len(pos), np.inf)
-            np.minimum.at(out, owner, latest[cats])
-        out[np.isinf(out)] = np.nan
-        return out
-
     def predict(self, x: np.ndarray, cols: dict[str, Any]) -> np.ndarray:
         """``Ranker.predict``: the prior (from ``cols``' two scores), plus the trees' output
         on ``x`` when there are trees (which replaces the prior for trees that learned the
@@ -264,23 +228,6 @@ class ServedRanker:
             return base
         raw = self._trees(x)
         return base + raw if self.model.from_prior else raw
-
-
-PAD_MAX_CATEGORIES = 8
-"""Up to this many categories per item, each item's are kept in one padded row."""
-
-
-def _padded_categories(tables: ServedTables, n_cats: int) -> np.ndarray | None:
-    """``[items, most categories of an item]`` category indices, ``n_cats`` as padding."""
-    lengths = np.diff(tables.item_cat_ptr)
-    width = int(lengths.max()) if len(lengths) else 0
-    if width > PAD_MAX_CATEGORIES:
-        return None
-    out = np.full((len(lengths), max(width, 1)), n_cats, dtype=np.int32)
-    owner = np.repeat(np.arange(len(lengths)), lengths)
-    slot = np.arange(len(tables.item_cats)) - np.repeat(tables.item_cat_ptr[:-1], lengths)
-    out[owner, slot] = tables.item_cats
-    return out
 
 
 def _z(x: np.ndarray) -> np.ndarray:

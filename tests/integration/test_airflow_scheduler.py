@@ -231,7 +231,8 @@ def test_drift_monitor_triggered_over_rest_retrains_under_the_scheduler(airflow:
     from rtrec.training.registry import TAG_DECISION
 
     before = _registry_versions(airflow.settings)
-    conf = {"now_ms": airflow.shift_ts + DAY, "scores": False}
+    # One epoch for the training it triggers: this is about who runs what, not the model.
+    conf = {"now_ms": airflow.shift_ts + DAY, "scores": False, "training_epochs": 1}
     run = airflow.trigger("rtrec_drift_monitor", "drift-over-rest", conf)
     assert run["state"] == "queued" and run["triggered_by"] == "rest_api"
 
@@ -252,6 +253,7 @@ def test_drift_monitor_triggered_over_rest_retrains_under_the_scheduler(airflow:
     # The training run the trigger queued: the scheduler runs it to the end.
     (training,) = airflow.runs("rtrec_training")
     assert training["conf"]["reason"] == f"drift: {verdict['reason']}"
+    assert training["conf"]["epochs"] == 1, training["conf"]
     trained = airflow.wait_run("rtrec_training", training["dag_run_id"], timeout_s=900)
     run_id = trained["dag_run_id"]
     states = airflow.task_states("rtrec_training", run_id)
