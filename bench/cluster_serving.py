@@ -28,28 +28,17 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import cluster_loop
 from bench._common import seed_histories
-from tests.conftest import cluster_ports, free_port
 
-PROFILE_FILE = Path(__file__).resolve().parents[1] / "infra" / "rtrec.local-cluster.yaml"
 KEY = "bench-" + os.urandom(12).hex()
 
 
 def profile_env(work: Path, bundle: Path) -> dict[str, str]:
-    nodes = cluster_ports(3)
+    """The profile's free ports and work dir (:func:`bench.cluster_loop.profile_env`), its
+    replicas pinned to ``bundle``, one key with no practical rate limit."""
     return {
-        "RTREC_CONFIG": str(PROFILE_FILE),
-        "RTREC_WORK_DIR": str(work),
-        "RTREC_KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",
-        "RTREC_REDIS__URL": f"redis://127.0.0.1:{nodes[0]}",
-        "RTREC_CLUSTER__REDIS__PORTS": json.dumps(nodes),
-        "RTREC_MLFLOW__TRACKING_URI": f"http://127.0.0.1:{free_port()}",
-        "RTREC_SPARK__MASTER": f"spark://127.0.0.1:{free_port()}",
-        "RTREC_CLUSTER__POSTGRES__PORT": str(free_port()),
-        "RTREC_CLUSTER__SPARK__UI_PORT": str(free_port()),
-        "RTREC_SERVING__PORT": str(free_port()),
-        "RTREC_CLUSTER__SERVING__REPLICA_PORTS": json.dumps([free_port(), free_port()]),
-        "RTREC_CLUSTER__STREAM__METRICS_PORTS": json.dumps([free_port(), free_port()]),
+        **cluster_loop.profile_env(work),
         "RTREC_SERVING__BUNDLE_PATH": str(bundle),
         "RTREC_SERVING__API_KEYS": json.dumps([KEY]),
         "RTREC_SERVING__RATE_LIMIT_PER_S": "1000000",
