@@ -115,12 +115,19 @@ class ItemIndex:
         return out.to_gpu() if want_gpu(use_gpu) else out
 
     def to_gpu(self) -> ItemIndex:
-        import faiss
-
-        res = faiss.StandardGpuResources()
-        gpu = faiss.index_cpu_to_gpu(res, 0, self.index)
-        gpu.referenced_objects = [res]  # keep the resources alive with the index
+        gpu = _on_gpu0(self.index)
         return ItemIndex(gpu, self.kind, self.dim, self.nprobe, True, self.recall, self.measured)
+
+
+def _on_gpu0(index: Any) -> Any:
+    """``index`` copied to GPU 0, its GPU resources kept alive with it (faiss's own
+    ``referenced_objects``: faiss >= 1.12 refuses attributes it does not declare)."""
+    import faiss
+
+    res = faiss.StandardGpuResources()
+    gpu = faiss.index_cpu_to_gpu(res, 0, index)
+    gpu.referenced_objects = [res]
+    return gpu
 
 
 def _exact(embeddings: np.ndarray) -> Any:
@@ -191,9 +198,7 @@ def _trained_ivf(emb: np.ndarray, sample: np.ndarray, nlist: int, *, on_gpu: boo
     d = emb.shape[1]
     index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
     if on_gpu:
-        res = faiss.StandardGpuResources()
-        index = faiss.index_cpu_to_gpu(res, 0, index)
-        index.referenced_objects = [res]  # keep the resources alive with the index
+        index = _on_gpu0(index)
     index.train(sample)
     index.add(emb)
     return index
