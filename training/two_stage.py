@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from rtrec.training.candidates import (
+    Candidates,
     CategoryTrendingSource,
     PopularSource,
     item_categories,
@@ -179,21 +180,34 @@ WEIGHT_GRID = tuple(
 """The merge weights :func:`choose_weights` tries (``WEIGHTS`` among them)."""
 
 
-def choose_weights(fold: Fold, gen: CandidateGenerator, n: int) -> tuple[dict[str, float], dict]:
-    """The merge weights whose first ``n`` candidates recall most of ``fold``'s labels
-    (ties: ``WEIGHTS``), and each tried set's recall. The fold's labels are held out from
-    its state, and the evaluation's test part from every fold: validation alone decides."""
+def fold_answers(
+    fold: Fold, gen: CandidateGenerator
+) -> tuple[list[str], dict[str, list[Candidates]]]:
+    """The users with labels in ``fold`` and each source's list for each, from their
+    states at the fold's moment (Feast's, where the fold has them)."""
     users = sorted(fold.labels["user_id"].astype(str).unique())
     if fold.states_at is not None and fold.now is not None:
         states = fold.states_at(users, fold.now)
     else:
         states = gen.states(fold.state, users, before=fold.now)
-    answers, ids = gen.answers(states), [s.user_id for s in states]
+    return [s.user_id for s in states], gen.answers(states)
+
+
+def choose_weights(fold: Fold, gen: CandidateGenerator, n: int) -> tuple[dict[str, float], dict]:
+    """The merge weights whose first ``n`` candidates recall most of ``fold``'s labels
+    (ties: ``WEIGHTS``), and each tried set's recall. The fold's labels are held out from
+    its state, and the evaluation's test part from every fold: validation alone decides."""
+    ids, answers = fold_answers(fold, gen)
+    return _best_weights(ids, answers, fold.labels, n)
+
+
+def _best_weights(
+    ids: list[str], answers: dict[str, list[Candidates]], labels: pd.DataFrame, n: int
+) -> tuple[dict[str, float], dict]:
     tried: dict[str, float] = {}
     best, best_recall = dict(WEIGHTS), -1.0
     for w in sorted(WEIGHT_GRID, key=lambda w: w != WEIGHTS):  # WEIGHTS first: wins ties
-        rows = merge(answers, ids, n, w)
-        recall = candidate_recall(rows, fold.labels, [], n)["merged"]
+        recall = candidate_recall(merge(answers, ids, n, w), labels, [], n)["merged"]
         tried[json.dumps(w, sort_keys=True)] = round(recall, 4)
         if recall > best_recall:
             best, best_recall = dict(w), recall
@@ -221,18 +235,16 @@ def fit_two_stage(
         build_generator(f.state, f.model, ease_l2=ease_l2, per_source=n, config=config)
         for f in folds
     ]
-    weights, tried = choose_weights(folds[0], gens[0], n)
+    # The first fold's candidates, found once: they choose the merge weights and give
+    # the validation recall of every source and of the merged list.
+    first = folds[0]
+    ids, answers = fold_answers(first, gens[0])
+    weights, tried = _best_weights(ids, answers, first.labels, n)
     parts = _fold_parts(folds, ease_l2, n, config, weights, gens)
     rows = pd.concat([r for _, r in parts], ignore_index=True)
     ranker = (ranker or Ranker(seed=seed)).fit(rows)
-    first, gen = folds[0], parts[0][0]
-    names = [s.name for s in gen.sources]
-    users = sorted(first.labels["user_id"].astype(str).unique())
-    if first.states_at is not None and first.now is not None:
-        states = first.states_at(users, first.now)
-    else:
-        states = gen.states(first.state, users, before=first.now)
-    wide = gen.generate(states, n * len(names))
+    names = [s.name for s in gens[0].sources]
+    wide = merge(answers, ids, n * len(names), weights)
     info = {
         "ranker_states": {"source": EVENT_LOG if first.states_at is None else FEAST},
         "ranker_folds": len(folds),
