@@ -1,7 +1,7 @@
 """Training speed and index quality.
 
     python bench/training.py [--data PATH/TO/ml-100k] [--index-items 1000000]
-        [--ranker-data synthetic:small|PATH] [--flush-events 23000]
+        [--ranker-data synthetic:small|PATH] [--batch-events 20000]
 
 - ``cpu_examples_per_s`` (and ``gpu_examples_per_s`` where CUDA is present, else null):
   optimizer steps of the two-tower model at batch 8192 on synthetic tensors;
@@ -12,10 +12,10 @@
 - ``ranker_fit_s``: the pipeline's second stage (``rtrec.training.ranker_fit``) fitted on
   ``--ranker-data`` cut in time like the product's split (train | validation 10 % |
   gate 10 %), its training states through Feast's historical retrieval; the user stream's
-  offline rows are written first, as the stream processor's sink writes them (each
-  user's latest row once per flush of ``--flush-events`` events: the demo replays about
-  11.7k events/s and the processor flushes every 2 s), by
-  ``rtrec.features.append_offline_rows``;
+  offline rows are written first, as the stream processor writes them in a replay
+  (batches of ``--batch-events`` events, the processor's largest poll: each changed
+  user's row after the batch, and its state before its first event of every later hour
+  in the batch, ``rtrec.streaming.batch``), by ``rtrec.features.append_offline_rows``;
 - ``feast_historical_rows_per_s``: Feast's historical retrieval (duckdb offline store)
   of user stream rows, every user at 8 times across the data, rows of the entity frame
   per second; the ranker fit's own retrieval and how its states compare with the event
@@ -132,28 +132,36 @@ def index_figures(n: int, dim: int = 64) -> dict:
     }
 
 
-def offline_user_rows(settings, events, flush_events: int) -> int:
-    """The user stream's offline rows as the stream processor writes them: events folded
-    in time order into each user's state (``rtrec.streaming.aggregates``), each changed
-    user's latest row appended once per ``flush_events`` events. Returns rows written."""
+def offline_user_rows(settings, events, batch_events: int) -> int:
+    """The user stream's offline rows as the stream processor writes them in a replay:
+    events folded in time order into each user's state (``rtrec.streaming.aggregates``)
+    in batches of ``batch_events``; per batch, a user's state before its first event of
+    each later hour (``_Fold.between``) and each changed user's row after the batch.
+    Returns rows written."""
     from rtrec.features import USER_STREAM_VIEW, append_offline_rows
-    from rtrec.streaming.aggregates import UserState, user_feature_row
+    from rtrec.streaming.aggregates import HOUR_MS, UserState, user_feature_row
 
     states: dict[str, UserState] = {}
     changed: set[str] = set()
+    rows: list = []
     written = 0
     cols = [events[c].to_numpy() for c in ("user_id", "item_id", "event_type", "ts")]
     for j, (user, item, etype, ts) in enumerate(zip(*cols, strict=True), start=1):
-        states.setdefault(str(user), UserState()).apply(str(item), str(etype), int(ts))
-        changed.add(str(user))
-        if j % flush_events == 0 or j == len(events):
-            rows = [user_feature_row(u, states[u], int(time.time() * 1000)) for u in changed]
+        user, ts = str(user), int(ts)
+        state = states.setdefault(user, UserState())
+        if ts // HOUR_MS > state.last_ts // HOUR_MS and user in changed:
+            rows.append(user_feature_row(user, state, int(time.time() * 1000)))
+        state.apply(str(item), str(etype), ts)
+        changed.add(user)
+        if j % batch_events == 0 or j == len(events):
+            now = int(time.time() * 1000)
+            rows += [user_feature_row(u, states[u], now) for u in changed]
             append_offline_rows(settings, USER_STREAM_VIEW, rows)
-            written, changed = written + len(rows), set()
+            written, changed, rows = written + len(rows), set(), []
     return written
 
 
-def ranker_figures(data: str, flush_events: int) -> dict:
+def ranker_figures(data: str, batch_events: int) -> dict:
     """The second stage's fit through Feast, and Feast's historical retrieval rate."""
     import tempfile
 
@@ -183,7 +191,7 @@ def ranker_figures(data: str, flush_events: int) -> dict:
     )
     apply(settings)
     t = time.perf_counter()
-    rows_written = offline_user_rows(settings, events, flush_events)
+    rows_written = offline_user_rows(settings, events, batch_events)
     write_s = time.perf_counter() - t
     ts = events["ts"].to_numpy()
     cuts = [int(ts[int(len(ts) * 0.8)]), int(ts[int(len(ts) * 0.9)]), int(ts[-1]) + 1]
@@ -212,7 +220,7 @@ def ranker_figures(data: str, flush_events: int) -> dict:
         "ranker_states": info.get("ranker_states"),
         "offline_user_rows": rows_written,
         "offline_rows_write_s": round(write_s, 1),
-        "simulated_flush_events": flush_events,
+        "simulated_batch_events": batch_events,
         "feast_historical_rows": len(got),
         "feast_historical_s": round(hist_s, 2),
         "feast_historical_rows_per_s": round(len(got) / hist_s, 1),
@@ -224,7 +232,7 @@ def main() -> None:
     ap.add_argument("--data", default=None, help="ML-100K directory for the epoch time")
     ap.add_argument("--index-items", type=int, default=1_000_000)
     ap.add_argument("--ranker-data", default="synthetic:small", help="data for the ranker fit")
-    ap.add_argument("--flush-events", type=int, default=23_000)
+    ap.add_argument("--batch-events", type=int, default=20_000)
     args = ap.parse_args()
     out: dict = {"cpu_threads": torch.get_num_threads()}
     out["cpu_examples_per_s"] = round(examples_per_s("cpu", steps=5))
@@ -233,7 +241,7 @@ def main() -> None:
     )
     out["ml100k_epoch_s"] = round(ml100k_epoch(args.data), 2) if args.data else None
     out |= index_figures(args.index_items)
-    out |= ranker_figures(args.ranker_data, args.flush_events)
+    out |= ranker_figures(args.ranker_data, args.batch_events)
     print(json.dumps(out))
 
 

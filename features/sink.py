@@ -150,7 +150,8 @@ def append_offline_rows(settings: Settings, view: str, rows: list[Row]) -> Path 
     """Append stream-view rows (entity id, values, event time ms) to the view's offline
     source, one parquet file per call, so ``historical_features`` sees them point in time.
 
-    The stream processor calls this at each offline flush with each entity's latest row.
+    The stream processor calls this at each offline flush with every row it wrote online
+    since the last one (``rtrec.streaming.offline.OfflineSink``).
     """
     if not rows:
         return None

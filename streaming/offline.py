@@ -130,9 +130,18 @@ class OfflineLog:
 
 
 class OfflineSink:
-    """The processor's offline side between flushes: the event log buffer, each entity's
-    latest stream-feature row (Feast's offline store), and what is already logged per
-    partition (kept in Redis, so a new owner of a partition skips it).
+    """The processor's offline side between flushes: the event log buffer, every
+    stream-feature row since the last flush (Feast's offline store), and what is
+    already logged per partition (kept in Redis, so a new owner of a partition skips it).
+
+    Every row, not each entity's latest per flush: the rows written online and, for the
+    users, their states at the hours a batch's events cross (``batch._Fold.between``).
+    Feast's point-in-time join then finds, at a moment, the user's state after its last
+    event before it (rows are stamped with that event's time; see ``_Fold.between`` for
+    when it cannot), so a training state at ``now`` is what a request at ``now`` read.
+    With one row per flush, a user active on both sides of ``now`` within one flush had
+    only its previous flush's row before ``now``, or none (``rtrec.training.pit_states``).
+    Never more user rows than events.
 
     Files are written on a background thread (a flush took 40-100 ms, a pause every
     processed batch behind it waited out); one flush is in flight at a time and its
@@ -152,7 +161,7 @@ class OfflineSink:
         self.flush_rows = flush_rows
         self.log = OfflineLog(settings.offline_dir / "events")
         self.done: dict[int, int] = {}
-        self.latest: dict[str, dict[str, Any]] = {}
+        self.rows: dict[str, list[Any]] = {}
         self._job: threading.Thread | None = None
         self._job_log = ""
         self._result: dict[int, int] | BaseException = {}
@@ -170,10 +179,9 @@ class OfflineSink:
             self.log.add(partition, offset, event)
 
     def remember(self, view: str, rows: list[Any]) -> None:
-        """The feature rows just written online: the newest per entity is kept."""
-        latest = self.latest.setdefault(view, {})
-        for row in rows:
-            latest[row[0]] = row
+        """The feature rows just written online, kept for the next flush."""
+        if rows:
+            self.rows.setdefault(view, []).extend(rows)
 
     def mark(self) -> int:
         return len(self.log)
@@ -182,7 +190,7 @@ class OfflineSink:
         self.log.truncate(mark)
 
     def pending(self) -> bool:
-        return bool(len(self.log) or any(self.latest.values()) or self._uncovered())
+        return bool(len(self.log) or any(self.rows.values()) or self._uncovered())
 
     def _uncovered(self) -> bool:
         """Batches were committed since the last flush started (the watermark lags)."""
@@ -204,15 +212,15 @@ class OfflineSink:
         """Start writing what is buffered; False while the previous flush still runs."""
         if self._job is not None:
             return False
-        cols, latest = self.log.take(), self.latest
-        self.latest = {}
+        cols, rows = self.log.take(), self.rows
+        self.rows = {}
         # Every batch committed so far has its valid events in ``cols`` or in the log.
         through = self._through = dict(self.state.committed)
         self._uncovered_since = None
         self._job_log = self.log_id
         self._job = threading.Thread(
             target=self._write,
-            args=(cols, latest, self.log_id, through),
+            args=(cols, rows, self.log_id, through),
             name="offline-flush",
             daemon=True,
         )
@@ -222,15 +230,15 @@ class OfflineSink:
     def _write(
         self,
         cols: tuple[list[Any], ...],
-        latest: dict[str, dict[str, Any]],
+        rows: dict[str, list[Any]],
         log_id: str,
         through: dict[int, int],
     ) -> None:
         from rtrec.features import append_offline_rows
 
         try:
-            for view, rows in latest.items():
-                append_offline_rows(self.settings, view, list(rows.values()))
+            for view, view_rows in rows.items():
+                append_offline_rows(self.settings, view, view_rows)
             marks = self.log.write_marks(cols, log_id=log_id)
             if not self.state.record_offline(marks, through, log_id=log_id):
                 logger.warning(
@@ -275,7 +283,7 @@ class OfflineSink:
         except Exception as exc:  # its rows are redelivered: nothing was committed
             logger.warning("offline flush failed (%s); its events will be redelivered", exc)
         self.log.truncate(0)
-        self.latest = {}
+        self.rows = {}
         self.done.clear()
         # What was committed but not flushed is read again (or by another member).
         self.state.forget_committed()

@@ -209,3 +209,30 @@ def test_the_pipelines_ranker_stage_takes_its_states_from_feast_and_says_so(
     states = info["ranker_states"]
     assert states["source"] == "event_log" and "not the stream's offline log" in states["reason"]
     assert "feast_rows" not in states
+
+
+def test_one_batch_across_many_hours_keeps_each_hours_state_for_feast(
+    stack: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A replay: the whole data set (days of events) published at once, so the processor
+    folds it in one or two batches. At hour boundaries inside those batches Feast's
+    historical retrieval still finds every user's state as of then: the processor keeps
+    each user's state before its first event of every later hour for the offline store,
+    not only its state after the batch (with which no user had a row before T)."""
+    from rtrec.training.pit_states import FeastStates, agreement
+
+    s = isolated(stack, tmp_path_factory.mktemp("replay"))
+    events, pairs, _ = _events()
+    publish(s, pairs, progress=False)
+    processor = StreamProcessor(s)
+    processor.run(max_idle_s=2)
+    assert processor.total.applied == len(events)
+    ts = events["ts"].to_numpy()
+    hour = 3_600_000
+    users = sorted(events["user_id"].unique())
+    for q in (0.3, 0.6, 0.9):
+        at = int(np.quantile(ts, q)) // hour * hour
+        states = FeastStates(s, RECENT_ITEMS)(users, at)
+        agreed = agreement(states, events, at, RECENT_ITEMS)
+        assert agreed["equal_to_event_log"] == 1.0, (q, agreed)
+        assert (ts < at).sum() > 0 and (ts >= at).sum() > 0

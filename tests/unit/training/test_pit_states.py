@@ -97,3 +97,38 @@ def test_states_coarser_than_the_event_log_are_refused_and_said(
     assert states_at is not None and info["source"] == FEAST
     assert info["agreement"]["equal_to_event_log"] == 1.0
     assert [list(st.items) for st in states_at(["a", "b"], 2 * day)] == [["i1"], ["i2"]]
+
+
+def test_the_sink_keeps_every_row_so_a_cut_inside_one_flush_finds_its_state(
+    tmp_path: Path,
+) -> None:
+    """One flush holds two batches of user ``a``, on both sides of the cut: the state the
+    online store held at the cut (after the first batch) is what Feast retrieves there, so
+    the fit takes Feast's states. Kept as one row per user per flush, ``a`` would have no
+    row before the cut (its only row stamped after it)."""
+    from rtrec.features import apply
+    from rtrec.features.definitions import USER_STREAM_VIEW
+    from rtrec.streaming.aggregates import UserState as Folded
+    from rtrec.streaming.aggregates import user_feature_row
+    from rtrec.streaming.offline import OfflineSink
+    from rtrec.training.pit_states import training_states
+
+    class State:  # the Redis state's offline bookkeeping, nothing committed
+        committed: dict[int, int] = {}
+
+        def record_offline(self, *_: object, **__: object) -> bool:
+            return True
+
+    s = load_settings(work_dir=tmp_path, feast={"online_store": "sqlite"})
+    apply(s)
+    day = 86_400_000
+    events = pd.DataFrame({"user_id": ["a", "a"], "item_id": ["i1", "i2"], "ts": [day, 3 * day]})
+    sink = OfflineSink(s, State(), flush_s=60.0, flush_rows=1_000)
+    folded = Folded()
+    for item, ts in zip(events["item_id"], events["ts"], strict=True):  # one batch each
+        folded.apply(item, "view", int(ts))
+        sink.remember(USER_STREAM_VIEW, [user_feature_row("a", folded, int(ts))])
+    assert sink.start() and sink.collect(wait=True) == {}
+    states_at, info = training_states(s, str(s.offline_dir), 2 * day, ["a"], events, 200)
+    assert info["source"] == FEAST and info["agreement"]["equal_to_event_log"] == 1.0
+    assert states_at is not None and [list(x.items) for x in states_at(["a"], 2 * day)] == [["i1"]]
