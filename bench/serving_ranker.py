@@ -9,7 +9,8 @@ figures have them), then, timed apart,
 - ``rank``: ranking those candidates, the stage the latency budget is about: their
   features (numpy over the bundle's per-item tables), the prior and LightGBM's trees on
   one dense matrix, one thread, and the sort;
-- ``trees``: LightGBM's call alone, within ``rank``;
+- ``trees``: the trees' call alone, within ``rank`` (the engine ``served_trees`` chose,
+  ``ranker_trees_engine``);
 
 and the whole two-stage request (``two_stage_bare``, the engine's /recommend path as
 ``bare retrieval`` times it, with the ranker). A bundle that carries a ranker is timed
@@ -118,6 +119,7 @@ def ranker_stage(
     return {
         "ranker_model": kind,
         "ranker_trees": trees_used,
+        "ranker_trees_engine": ranker.trees_engine,
         "ranker_candidates_mean": float(np.mean([p[3] for p in parts])),
         **_percentiles("ranker_sources", [p[0] for p in parts]),
         **_percentiles("ranker_rank", [p[1] for p in parts]),

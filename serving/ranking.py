@@ -43,7 +43,8 @@ class RankerStage:
     def status(self) -> dict[str, Any]:
         """``/status``'s view: ``loaded``, ``unavailable`` (with the reason) or ``none``."""
         state = "loaded" if self.ranker is not None else "unavailable" if self.error else "none"
-        return {"state": state, "version": self.version, "error": self.error}
+        trees = getattr(self.ranker, "trees_engine", None)
+        return {"state": state, "version": self.version, "error": self.error, "trees": trees}
 
 
 NO_RANKER = RankerStage(None)

@@ -1,18 +1,17 @@
 """The ranker's features and scores for one request, in numpy: the same rows
 ``rank_features.candidate_features`` builds in training (tests compare the two on fixed
 inputs) from the merged candidates of ``rtrec.training.served_sources``, then the prior
-and LightGBM's trees (``ranker.Ranker.predict``) on one small dense matrix.
+and LightGBM's trees (``ranker.Ranker.predict``, scored by ``served_trees``) on one small
+dense matrix.
 
 Per request: the two-tower and item-item pair scores of every candidate, the user's
 activity (``rank_features.user_features``, the function training calls), the item
 features frozen in the tables, the category match, and each score's gap and rank within
-the list; the prior's per-list z-scores. LightGBM predicts with one thread: OpenMP's
-threads cost more than they save on 200 rows, and wait behind busy cores.
+the list; the prior's per-list z-scores.
 """
 
 from __future__ import annotations
 
-import logging
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +23,7 @@ from rtrec.training.rank_features import USER_FEATURES, user_features
 from rtrec.training.served_categories import ServedCategories
 from rtrec.training.served_sources import SOURCES, Merged, ServedSources
 from rtrec.training.served_tables import ITEM_FEATURES, ServedTables
+from rtrec.training.served_trees import Scorer, tree_scorer
 
 from rtrec.events import EVENT_TYPES
 
@@ -63,8 +63,6 @@ FEATURES = (
 )
 """The ranker's features in the order training's rows hold them (``feature_names``)."""
 
-logger = logging.getLogger(__name__)
-
 Z_MISSING = -5.0
 """The prior's value for a candidate its scorer cannot score (``ranker._z``)."""
 
@@ -101,7 +99,11 @@ class ServedRanker:
         self._local = threading.local()
         self._cats = ServedCategories(self.tables)
         booster = model.booster
-        self._trees = None if booster is None else tree_scorer(booster, len(model.features))
+        self._trees: Scorer | None = None
+        self.trees_engine: str | None = None
+        """Which engine scores the trees (``served_trees``); None: no trees."""
+        if booster is not None:
+            self._trees, self.trees_engine = tree_scorer(booster, len(model.features))
 
     @property
     def tables(self) -> ServedTables:
@@ -252,64 +254,3 @@ def _gap_and_rank(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return np.full(len(x), np.nan), rank
     rank[valid[np.argsort(-x[valid], kind="stable")]] = np.arange(1, len(valid) + 1)
     return x - x[valid].max(), rank
-
-
-def tree_scorer(booster: Any, n_features: int) -> Any:
-    """``booster.predict(x, num_threads=1)`` for a float64 C-order ``x``: LightGBM's C
-    API called directly when it gives the same scores on a test matrix, the wrapper
-    otherwise. The wrapper rebuilds a predictor and checks its arguments on every call,
-    about 0.2 ms of a 200-row request; the direct call goes through ``lightgbm.basic``'s
-    private library handle (``lightgbm<5`` in the requirements)."""
-    x = np.random.default_rng(0).standard_normal((64, n_features))
-    x[::7, ::3] = np.nan
-    expected = booster.predict(x, num_threads=1)
-    try:
-        direct = DirectPredict(booster)
-        if np.array_equal(direct(x), expected):
-            return direct
-        reason = "its scores differ from the wrapper's"
-    except Exception as exc:  # an internal moved: the public wrapper still works
-        reason = f"{type(exc).__name__}: {exc}"
-    logger.warning("LightGBM's direct predict is unusable (%s); using Booster.predict", reason)
-    return lambda m: booster.predict(m, num_threads=1)
-
-
-class DirectPredict:
-    """One ``LGBM_BoosterPredictForMat`` call per matrix (normal scores, every tree)."""
-
-    def __init__(self, booster: Any) -> None:
-        import ctypes
-
-        from lightgbm import basic
-
-        self._ct = ctypes
-        self._lib = basic._LIB
-        self._error = basic.LightGBMError
-        self._handle = booster._handle
-        self._dtype = ctypes.c_int(basic._C_API_DTYPE_FLOAT64)
-        self._normal = ctypes.c_int(basic._C_API_PREDICT_NORMAL)
-        self._param = ctypes.c_char_p(b"num_threads=1")
-        self._keep = booster  # the handle lives as long as its booster
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        ct = self._ct
-        x = np.ascontiguousarray(x, dtype=np.float64)
-        out = np.empty(len(x), dtype=np.float64)
-        got = ct.c_int64(0)
-        rc = self._lib.LGBM_BoosterPredictForMat(
-            self._handle,
-            x.ctypes.data_as(ct.c_void_p),
-            self._dtype,
-            ct.c_int32(x.shape[0]),
-            ct.c_int32(x.shape[1]),
-            ct.c_int(1),  # row major
-            self._normal,
-            ct.c_int(0),  # from the first iteration
-            ct.c_int(-1),  # through the last
-            self._param,
-            ct.byref(got),
-            out.ctypes.data_as(ct.POINTER(ct.c_double)),
-        )
-        if rc != 0 or got.value != len(x):
-            raise self._error(self._lib.LGBM_GetLastError().decode("utf-8", "replace"))
-        return out

@@ -211,7 +211,8 @@ def test_registry_without_champion_starts_from_the_last_good_copy(
         assert st["ready"] and st["models"]["champion"] == {
             "version": "7",
             "source": "last_good_cache",
-            "ranker": {"state": "none", "version": None, "error": None},  # single-stage
+            # single-stage: no ranker, no trees
+            "ranker": {"state": "none", "version": None, "error": None, "trees": None},
         }
         assert "no champion alias" in st["last_error"] and MODEL in st["last_error"]
         out = httpx.post(f"{srv.url}/recommend", json={"user_id": "u1"}, timeout=10).json()

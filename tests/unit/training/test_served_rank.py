@@ -69,6 +69,7 @@ def test_served_candidates_features_and_scores_equal_trainings(fitted) -> None:
     served = load_ranker(bundle)
     assert served.model.booster is not None and served.model.booster.num_trees() >= 1
     assert served.model.features == list(FEATURES)
+    assert served.trees_engine == "compiled"  # lleaves, a dependency
     gen, ranker = two_stage.generator, two_stage.ranker
     states = _states(past, two_stage)
     rows = rows_for(gen, states, now, N)
@@ -97,7 +98,7 @@ def test_served_candidates_features_and_scores_equal_trainings(fitted) -> None:
         got = served.predict(x, cols)
         np.testing.assert_allclose(got, expected_scores[mine], rtol=1e-5, atol=1e-5)
         trees = served.model.booster.predict(x, num_threads=1)
-        np.testing.assert_array_equal(served._trees(x), trees)  # the direct C call
+        np.testing.assert_allclose(served._trees(x), trees, rtol=1e-12, atol=1e-12)
         assert list(ranked.pos) == list(merged.pos[np.argsort(-got, kind="stable")])
 
 
@@ -142,3 +143,35 @@ def test_category_recency_counts_items_since_the_category_was_last_seen() -> Non
     # i4 (b): two newer items before i2; i5 (c or a): its latest item i3 is in c; i6: a
     # category the user never saw; i7: no category; u2: no history.
     np.testing.assert_array_equal(got, [2.0, 0.0, np.nan, np.nan, np.nan])
+
+
+def test_each_tree_engine_scores_as_lightgbm_and_a_broken_one_is_passed_over_loudly(
+    fitted, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The compiled forest and the direct C call score as ``Booster.predict`` does; when
+    the compiler fails, the direct call serves, said at WARNING with the reason; when
+    both fail, the wrapper."""
+    import logging
+
+    from rtrec.training import served_trees
+
+    booster = load_ranker(load_bundle(fitted[3], use_gpu=False)).model.booster
+    n = booster.num_feature()
+    x = np.random.default_rng(5).standard_normal((200, n))
+    x[::3, ::2] = np.nan
+    want = booster.predict(x, num_threads=1)
+    np.testing.assert_allclose(served_trees.compiled(booster)(x), want, rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(served_trees.DirectPredict(booster)(x), want)
+
+    def broken(_: object) -> None:
+        raise ImportError("no lleaves here")
+
+    monkeypatch.setattr(served_trees, "compiled", broken)
+    with caplog.at_level(logging.WARNING, logger="rtrec.training.served_trees"):
+        scorer, name = served_trees.tree_scorer(booster, n)
+    assert name == "lightgbm_direct" and "no lleaves here" in caplog.text
+    np.testing.assert_array_equal(scorer(x), want)
+    monkeypatch.setattr(served_trees, "DirectPredict", broken)
+    scorer, name = served_trees.tree_scorer(booster, n)
+    assert name == "lightgbm"
+    np.testing.assert_array_equal(scorer(x), want)
