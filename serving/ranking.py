@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,9 +82,11 @@ def _warm(bundle: Any, ranker: Any) -> None:
 
 def rank_candidates(
     bundle: Any, ranker: Any, user_id: str, feats: dict[str, Any], vec: np.ndarray, now_ms: int
-) -> tuple[list[str], np.ndarray]:
+) -> tuple[Iterator[str], np.ndarray]:
     """(item ids best first, their scores) for one user with online features ``feats``
-    and retrieval query ``vec`` (``[1, dim + 1]``)."""
+    and retrieval query ``vec`` (``[1, dim + 1]``). The ids are looked up as they are
+    read: the filters read about ``k`` of the 200, and each lookup into a 1M-item
+    catalog's id list is a cache miss (all 200 took 0.15 ms of a 1.7 ms request)."""
     from rtrec.training import online_state
 
     state = online_state(user_id, feats, ranker.sources.p.history_limit)
@@ -98,9 +101,8 @@ def rank_candidates(
     t = time.perf_counter()
     ranked = ranker.rank(state, hist, query, search, now_ms)
     ids = bundle.encoders.items.ids
-    out = [ids[p] for p in ranked.pos]
     metrics.observe_stage("rank", time.perf_counter() - t)
-    return out, ranked.scores
+    return map(ids.__getitem__, ranked.pos.tolist()), ranked.scores
 
 
 def items_for(
