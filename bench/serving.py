@@ -25,8 +25,11 @@ reasons), the server's own p99 (``server_ms``), the service process tree's CPU s
 per answered request, the 1-minute load average before and after. A rate *holds* when
 /recommend's p99 is at most the threshold and no request of either endpoint failed;
 ``max_rps_p99_under_10ms`` (and ``_5ms``) is the largest rate that held with every lower
-rate holding too. ``--rates`` must include 200: the headline figures are read there. The
-last line of output is one JSON object.
+rate holding too. ``--rates`` must include 200: the headline figures are read there.
+``service_overhead_ratio_p99``: /recommend's p99 at 200 req/s over bare retrieval's (the
+single-stage answer in process); the service answers with both stages, so
+``service_overhead_ratio_two_stage_p99`` sets it beside the same two-stage answer in
+process (``two_stage_bare_p99_ms``). The last line of output is one JSON object.
 """
 
 from __future__ import annotations
@@ -359,6 +362,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         down(settings)
     out.update(headline(rows, out["bare_p99_ms"]))
+    out["service_overhead_ratio_two_stage_p99"] = round(
+        out["p99_ms_at200"] / max(out["two_stage_bare_p99_ms"], 1e-9), 2
+    )
     out.update(
         click_to_change_p50_s=round(float(np.percentile(ctc, 50)), 3),
         click_to_change_p99_s=round(float(np.percentile(ctc, 99)), 3),
