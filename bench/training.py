@@ -139,7 +139,7 @@ def offline_user_rows(settings, events, batch_events: int) -> int:
     each later hour (``_Fold.between``) and each changed user's row after the batch.
     Returns rows written."""
     from rtrec.features import USER_STREAM_VIEW, append_offline_rows
-    from rtrec.streaming.aggregates import HOUR_MS, UserState, user_feature_row
+    from rtrec.streaming.aggregates import UserState, user_feature_row
 
     states: dict[str, UserState] = {}
     changed: set[str] = set()
@@ -149,7 +149,7 @@ def offline_user_rows(settings, events, batch_events: int) -> int:
     for j, (user, item, etype, ts) in enumerate(zip(*cols, strict=True), start=1):
         user, ts = str(user), int(ts)
         state = states.setdefault(user, UserState())
-        if ts // HOUR_MS > state.last_ts // HOUR_MS and user in changed:
+        if user in changed and state.in_later_hour(ts):
             rows.append(user_feature_row(user, state, int(time.time() * 1000)))
         state.apply(str(item), str(etype), ts)
         changed.add(user)

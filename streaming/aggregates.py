@@ -59,6 +59,12 @@ class UserState:
         else:
             bisect.insort(times, ts)
 
+    def in_later_hour(self, ts: int) -> bool:
+        """An event at ``ts`` falls in a later hour than the latest event: the grain at
+        which the offline store keeps a user's states within a batch
+        (``rtrec.streaming.batch._Fold.between``)."""
+        return ts // HOUR_MS > self.last_ts // HOUR_MS
+
     def features(self) -> dict[str, Any]:
         """Counts per type over each window ending at the user's latest event."""
         out: dict[str, Any] = {"recent_items": list(self.recent), "last_event_ms": self.last_ts}

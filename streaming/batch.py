@@ -179,7 +179,7 @@ class BatchSteps(Recovery):
                 out.skipped += 1
                 continue
             state = cache[e.user_id]
-            if e.ts // HOUR_MS > state.last_ts // HOUR_MS and e.user_id in changed:
+            if e.user_id in changed and state.in_later_hour(e.ts):
                 batch.between.append(user_feature_row(e.user_id, state, now_ms))
             state.apply(e.item_id, e.event_type, e.ts)
             changed.add(e.user_id)

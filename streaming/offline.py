@@ -179,7 +179,8 @@ class OfflineSink:
             self.log.add(partition, offset, event)
 
     def remember(self, view: str, rows: list[Any]) -> None:
-        """The feature rows just written online, kept for the next flush."""
+        """Rows for the next flush: those just written online, and for the users the
+        batch's in-between states (``batch._Fold.between``)."""
         if rows:
             self.rows.setdefault(view, []).extend(rows)
 

@@ -99,8 +99,9 @@ def training_states(
     if share is not None and share < floor:
         reason = (
             f"Feast's rows too coarse at the cut: {share:.0%} of {agreed['users']} states "
-            f"equal the event log's (< {floor:.0%}; the stream writes a user's row once "
-            "per batch, and batches that span the cut leave it coarser there)"
+            f"equal the event log's (< {floor:.0%}; the stream keeps a user's state after "
+            "each batch and at each hour within it: a cut inside an hour that one batch "
+            "spans is coarser)"
         )
         logger.warning("ranker training states from the event log: %s", reason)
         return None, info | {"source": EVENT_LOG, "reason": reason}
@@ -143,9 +144,10 @@ def agreement(
     """How the retrieved states compare with the event log's at ``now`` (what the states
     would be with every event before ``now``): the share of users whose items, window
     counts and latest time are all equal, and the users with history in the log but no
-    row. Differences come from the offline store's granularity (the stream writes a
-    changed user's row once per batch, so a user active on both sides of ``now`` within
-    one batch keeps its previous batch's row) and from events the stream never took."""
+    row. Differences come from the offline store's granularity (the stream keeps a
+    changed user's state after each batch and at each hour within it, so a user active
+    on both sides of ``now`` within ``now``'s hour and one batch gets its state from
+    before that hour) and from events the stream never took."""
     users = [s.user_id for s in states]
     logged = user_states(events, users, before=now, limit=limit)
     same = sum(_same(a, b) for a, b in zip(states, logged, strict=True))
