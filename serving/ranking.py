@@ -29,6 +29,9 @@ logger = logging.getLogger(__name__)
 
 UNAVAILABLE = "ranker unavailable"
 """The fallback reason's label (and the metric's) when the ranker cannot rank."""
+TREES_NOT_COMPILED = "ranker trees not compiled"
+"""``rtrec_serving_degradations_total``'s reason for a loaded ranker whose trees run on a
+slower engine than the compiled one (``rtrec.training.served_trees``)."""
 
 
 @dataclass(frozen=True)
@@ -54,8 +57,9 @@ NO_RANKER = RankerStage(None)
 def load_stage(bundle: Any) -> RankerStage:
     """The bundle's ranker, loaded and tried once on a made-up user; a declared ranker
     that fails either way is unavailable (logged at WARNING), never a refused bundle:
-    its retrieval stage still serves."""
-    from rtrec.training import load_ranker, ranker_declared
+    its retrieval stage still serves. Trees on a slower engine than the compiled one are
+    counted (:data:`TREES_NOT_COMPILED`) and named in ``/status``."""
+    from rtrec.training import TREES_COMPILED, load_ranker, ranker_declared
 
     declared = ranker_declared(bundle.metadata)
     if declared is None:
@@ -68,6 +72,8 @@ def load_stage(bundle: Any) -> RankerStage:
         error = f"{type(exc).__name__}: {exc}"[:300]
         logger.warning("ranker %s unavailable, serving retrieval order: %s", version, error)
         return RankerStage(None, version, error)
+    if ranker.trees_engine not in (None, TREES_COMPILED):  # served_trees said why, at WARNING
+        metrics.DEGRADATIONS.labels(TREES_NOT_COMPILED).inc()
     return RankerStage(ranker, version)
 
 

@@ -11,6 +11,7 @@ Public API (imports are lazy: the torch side runs on a GPU host without pyspark/
     save_bundle / load_bundle -> ModelBundle     # what serving loads (rtrec.training.artifacts)
     dense_transform(raw, names)                  # the dense-feature transform serving reuses
     load_ranker(bundle) -> ServedRanker          # the bundle's second stage, per request
+    TREES_COMPILED                               # ... its trees_engine when compiled
     online_state(user_id, features, limit)       # ... its user state from online features
     ranker_declared(metadata) / save_ranker(...) # (rtrec.training.ranker_bundle)
     add_synthetic_ranker(bundle_dir)             # a second stage for a synthetic bundle
@@ -68,6 +69,7 @@ _EXPORTS = {
     "ServedRanker": "rtrec.training.served_rank",
     "online_state": "rtrec.training.served_rank",
     "load_ranker": "rtrec.training.ranker_bundle",
+    "TREES_COMPILED": "rtrec.training.served_trees",
     "save_ranker": "rtrec.training.ranker_bundle",
     "ranker_declared": "rtrec.training.ranker_bundle",
     "add_synthetic_ranker": "rtrec.training.synthetic_ranker",

@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 Scorer = Callable[[np.ndarray], np.ndarray]
 """Scores of a float64 C-order ``[rows, features]`` matrix, one per row."""
 
-COMPILED, DIRECT, WRAPPER = "compiled", "lightgbm_direct", "lightgbm"
+TREES_COMPILED, DIRECT, WRAPPER = "compiled", "lightgbm_direct", "lightgbm"
 
 
 def tree_scorer(booster: Any, n_features: int) -> tuple[Scorer, str]:
@@ -43,7 +43,7 @@ def tree_scorer(booster: Any, n_features: int) -> tuple[Scorer, str]:
     x[::7, ::3] = np.nan
     expected = booster.predict(x, num_threads=1)
     tried = (
-        (COMPILED, lambda: compiled(booster), 1e-12),
+        (TREES_COMPILED, lambda: compiled(booster), 1e-12),
         (DIRECT, lambda: DirectPredict(booster), 0.0),
     )
     for name, build, tol in tried:

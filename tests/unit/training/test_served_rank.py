@@ -171,6 +171,17 @@ def test_each_tree_engine_scores_as_lightgbm_and_a_broken_one_is_passed_over_lou
         scorer, name = served_trees.tree_scorer(booster, n)
     assert name == "lightgbm_direct" and "no lleaves here" in caplog.text
     np.testing.assert_array_equal(scorer(x), want)
+    # Served so, the degradation is counted and named in /status.
+    from prometheus_client import REGISTRY
+    from rtrec.serving.ranking import TREES_NOT_COMPILED, load_stage
+
+    def counted() -> float:
+        labels = {"reason": TREES_NOT_COMPILED}
+        return REGISTRY.get_sample_value("rtrec_serving_degradations_total", labels) or 0.0
+
+    before = counted()
+    stage = load_stage(load_bundle(fitted[3], use_gpu=False))
+    assert stage.status["trees"] == "lightgbm_direct" and counted() == before + 1
     monkeypatch.setattr(served_trees, "DirectPredict", broken)
     scorer, name = served_trees.tree_scorer(booster, n)
     assert name == "lightgbm"
