@@ -193,17 +193,13 @@ def fold_answers(
     return [s.user_id for s in states], gen.answers(states)
 
 
-def choose_weights(fold: Fold, gen: CandidateGenerator, n: int) -> tuple[dict[str, float], dict]:
-    """The merge weights whose first ``n`` candidates recall most of ``fold``'s labels
-    (ties: ``WEIGHTS``), and each tried set's recall. The fold's labels are held out from
-    its state, and the evaluation's test part from every fold: validation alone decides."""
-    ids, answers = fold_answers(fold, gen)
-    return _best_weights(ids, answers, fold.labels, n)
-
-
-def _best_weights(
+def choose_weights(
     ids: list[str], answers: dict[str, list[Candidates]], labels: pd.DataFrame, n: int
 ) -> tuple[dict[str, float], dict]:
+    """The merge weights whose first ``n`` candidates of ``answers`` (:func:`fold_answers`)
+    recall most of ``labels`` (ties: ``WEIGHTS``), and each tried set's recall. A fold's
+    labels are held out from its state, and the evaluation's test part from every fold:
+    validation alone decides."""
     tried: dict[str, float] = {}
     best, best_recall = dict(WEIGHTS), -1.0
     for w in sorted(WEIGHT_GRID, key=lambda w: w != WEIGHTS):  # WEIGHTS first: wins ties
@@ -239,7 +235,7 @@ def fit_two_stage(
     # the validation recall of every source and of the merged list.
     first = folds[0]
     ids, answers = fold_answers(first, gens[0])
-    weights, tried = _best_weights(ids, answers, first.labels, n)
+    weights, tried = choose_weights(ids, answers, first.labels, n)
     parts = _fold_parts(folds, ease_l2, n, config, weights, gens)
     rows = pd.concat([r for _, r in parts], ignore_index=True)
     ranker = (ranker or Ranker(seed=seed)).fit(rows)

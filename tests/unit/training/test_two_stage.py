@@ -178,7 +178,14 @@ def test_user_states_are_newest_first_and_cut_at_before() -> None:
 
 
 def test_merge_weights_are_chosen_on_the_fold_and_carried_to_the_served_generator() -> None:
-    from rtrec.training.two_stage import WEIGHT_GRID, WEIGHTS, Fold, choose_weights, fit_two_stage
+    from rtrec.training.two_stage import (
+        WEIGHT_GRID,
+        WEIGHTS,
+        Fold,
+        choose_weights,
+        fit_two_stage,
+        fold_answers,
+    )
 
     events = histories_within(clustered(), 10)
     now = 15 * DAY
@@ -186,7 +193,7 @@ def test_merge_weights_are_chosen_on_the_fold_and_carried_to_the_served_generato
     model = fit(past, TrainConfig(epochs=2, dim=16, history_len=10, select_best=False))
     fold = Fold(past, future, model, now=now)
     gen = build_generator(past, model, ease_l2=10.0, per_source=30)
-    weights, tried = choose_weights(fold, gen, 30)
+    weights, tried = choose_weights(*fold_answers(fold, gen), fold.labels, 30)
     assert len(tried) == len(WEIGHT_GRID) and WEIGHTS in WEIGHT_GRID
     # The choice recalls at least as much of the fold's labels as every other set tried.
     assert tried[json.dumps(weights, sort_keys=True)] == max(tried.values())
