@@ -18,6 +18,7 @@ from rtrec.serving import metrics
 from rtrec.serving.degradation import Degradations
 from rtrec.serving.experiments import CHALLENGER, CHAMPION, experiment_id, variant_for
 from rtrec.serving.fallback import PopularCache
+from rtrec.serving.filters import RowFilter, passing
 from rtrec.serving.lifecycle import Loaded
 from rtrec.serving.online import GuardedFeatures
 from rtrec.serving.ranking import UNAVAILABLE, items_for
@@ -207,26 +208,34 @@ class Engine:
         feats: dict[str, Any],
         history: list[str],
         k: int,
+        vec: np.ndarray | None = None,
     ) -> list[tuple[str, float]]:
+        """Retrieval order through the filters: the index is asked for enough items that
+        ``k`` are likely left (the banned ones on top, ``20 k`` under a category filter),
+        and for four times more while too few are. ``vec``: the user's query when the
+        caller computed it already (the ranked path's top-up)."""
         bundle = loaded.bundle
-        t = time.perf_counter()
-        dense = dense_row(feats, bundle.dense_names, int(time.time() * 1000))
-        vec = bundle.user_vectors([req.user_id], [history], dense)
-        metrics.observe_stage("user_tower", time.perf_counter() - t)
-        banned = self._banned(req, history)
+        if vec is None:
+            t = time.perf_counter()
+            dense = dense_row(feats, bundle.dense_names, int(time.time() * 1000))
+            vec = bundle.user_vectors([req.user_id], [history], dense)
+            metrics.observe_stage("user_tower", time.perf_counter() - t)
+        rows_ok = RowFilter(bundle, req, history)
         n_items = len(bundle.item_ids)
-        fetch = min(n_items, k + len(banned) + 20)
+        fetch = min(n_items, k + rows_ok.n_banned + 20)
         if req.filters and req.filters.include_categories:
             fetch = min(n_items, max(fetch, k * 20))
         while True:
             t = time.perf_counter()
-            scores, ids = bundle.search(vec, fetch)
+            scores, rows = bundle.search_rows(vec, fetch)
             metrics.observe_stage("search", time.perf_counter() - t)
-            picked = self._filter(bundle, req, zip(ids[0], scores[0], strict=True), banned, k)
-            # A padded result (None at its end) holds every item the index reaches for this
-            # query (an IVF index probes a few lists): asking for more returns the same items
-            # padded further, at the cost of a search and a scan as large as the catalog.
-            if len(picked) >= k or fetch >= n_items or ids[0][-1] is None:
+            keep = rows_ok.first(rows[0], k)
+            picked = list(zip(bundle.ids_of(rows[0][keep]), scores[0][keep].tolist(), strict=True))
+            # A padded result (row -1 at its end) holds every item the index reaches for
+            # this query (an IVF index probes a few lists): asking for more returns the same
+            # items padded further, at the cost of a search and a scan as large as the
+            # catalog.
+            if len(picked) >= k or fetch >= n_items or rows[0][-1] < 0:
                 return picked
             fetch = min(n_items, fetch * 4)
 
@@ -235,27 +244,6 @@ class Engine:
         if req.exclude_seen:
             banned.update(history)
         return banned
-
-    def _filter(
-        self, bundle: Any, req: RecommendRequest, pairs: Any, banned: set[str], k: int
-    ) -> list[tuple[str, float]]:
-        f = req.filters
-        include = set(f.include_categories) if f and f.include_categories else None
-        exclude = set(f.exclude_categories) if f and f.exclude_categories else set()
-        out: list[tuple[str, float]] = []
-        for item, score in pairs:
-            if item is None or item in banned:
-                continue
-            if include is not None or exclude:
-                cats = bundle.item_categories.get(item, [])
-                if include is not None and not include.intersection(cats):
-                    continue
-                if exclude.intersection(cats):
-                    continue
-            out.append((item, float(score)))
-            if len(out) == k:
-                break
-        return out
 
     def _fallback_items(
         self, k: int, req: RecommendRequest, history: list[str], taken: set[str]
@@ -266,7 +254,7 @@ class Engine:
         pairs = ((item, 1.0 / (rank + 1)) for rank, item in enumerate(candidates))
         if loaded is None:
             return [(i, s) for i, s in pairs if i not in banned][:k]
-        return self._filter(loaded.bundle, req, pairs, banned, k)
+        return passing(loaded.bundle.item_categories, req, pairs, banned, k)
 
     def _fallback(
         self,

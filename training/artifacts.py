@@ -207,6 +207,10 @@ class ModelBundle:
             vectors = vectors[:, :-1]
         return self.index.search(vectors, k)
 
+    def ids_of(self, rows: np.ndarray) -> list[str | None]:
+        """The item ids of index rows (1-d; ``None`` for row -1, no result)."""
+        return self._ids_or_none[rows].tolist()
+
     def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, list[list[str | None]]]:
         """Top-``k`` (scores, item ids) per vector; ``None`` where the index had no result."""
         scores, rows = self.search_rows(vectors, k)
