@@ -29,7 +29,10 @@ rate holding too. ``--rates`` must include 200: the headline figures are read th
 ``service_overhead_ratio_p99``: /recommend's p99 at 200 req/s over bare retrieval's (the
 single-stage answer in process); the service answers with both stages, so
 ``service_overhead_ratio_two_stage_p99`` sets it beside the same two-stage answer in
-process (``two_stage_bare_p99_ms``). The last line of output is one JSON object.
+process (``two_stage_bare_p99_ms``). ``floor_*``: the same mix at 200 req/s against the
+same HTTP stack answering without work (:mod:`bench.serving_floor`), the ceiling no
+service built this way beats here; ``floor_overhead_ratio_p99`` is its p99 over bare
+retrieval's. The last line of output is one JSON object.
 """
 
 from __future__ import annotations
@@ -222,6 +225,27 @@ def measure_rate(srv: Any, pop: Population, rate: float, args: argparse.Namespac
     return row
 
 
+def warm_up(srv: Any, pop: Population, args: argparse.Namespace) -> None:
+    """``--warmup`` seconds at 100 req/s, not measured. Its own seed: the warm-up's
+    never-seen user ids are not the measured ones."""
+    warm = argparse.Namespace(**{**vars(args), "duration": args.warmup, "seed": args.seed + 1})
+    measure_rate(srv, pop, 100.0, warm)
+
+
+def measure_floor(pop: Population, args: argparse.Namespace, log: Path) -> dict[str, Any]:
+    """The same mix at 200 req/s against :class:`bench.serving_floor.Floor` (the same HTTP
+    stack answering without work), after the same warm-up."""
+    from bench.serving_floor import floor_figures
+
+    def measure(srv: Any, rate: float) -> dict[str, Any]:
+        warm_up(srv, pop, args)
+        row = measure_rate(srv, pop, rate, args)
+        print("floor (the HTTP stack without work):" + progress_line(row)[1:], flush=True)
+        return row
+
+    return floor_figures(measure, port=free_port(), log=log, rate=AT_RATE)
+
+
 def progress_line(row: dict) -> str:
     rec, sim = row["recommend"], row["similar"]
     return (
@@ -239,9 +263,7 @@ def progress_line(row: dict) -> str:
 def measure_rates(srv: Any, pop: Population, rates: list[float], args: argparse.Namespace):
     """Warm up, then each rate in order; stop after a rate above 200 that did not hold
     at 10 ms (no higher rate could count for either max-rate figure)."""
-    # Its own seed: the warm-up's never-seen user ids are not the measured ones.
-    warm = argparse.Namespace(**{**vars(args), "duration": args.warmup, "seed": args.seed + 1})
-    measure_rate(srv, pop, 100.0, warm)
+    warm_up(srv, pop, args)
     rows = []
     for rate in rates:
         row = measure_rate(srv, pop, rate, args)
@@ -359,9 +381,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             rows = measure_rates(srv, pop, args.rate_list, args)
             print(f"click-to-change over {len(click_users)} users...", flush=True)
             ctc = np.asarray(click_to_change(srv.url, click_users))
+        floor = measure_floor(pop, args, settings.log_dir / "serving-floor.log")
     finally:
         down(settings)
     out.update(headline(rows, out["bare_p99_ms"]))
+    out.update(floor)
+    out["floor_overhead_ratio_p99"] = round(floor["floor_p99_ms_at200"] / out["bare_p99_ms"], 2)
     out["service_overhead_ratio_two_stage_p99"] = round(
         out["p99_ms_at200"] / max(out["two_stage_bare_p99_ms"], 1e-9), 2
     )

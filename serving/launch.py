@@ -29,13 +29,17 @@ from rtrec.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 
-def serve_command(host: str, port: int) -> list[str]:
-    """``bentoml serve`` of the venv running rtrec, for the service at ``host:port``."""
+SERVICE = "rtrec.serving.service:Recommender"
+
+
+def serve_command(host: str, port: int, target: str = SERVICE) -> list[str]:
+    """``bentoml serve`` of the venv running rtrec, for the service at ``host:port``
+    (``target``: another BentoML service, such as a benchmark's baseline)."""
     exe = Path(sys.executable).with_name("bentoml")
     return [
         str(exe),
         "serve",
-        "rtrec.serving.service:Recommender",
+        target,
         "--host",
         host,
         "--port",

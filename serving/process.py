@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from rtrec.serving.launch import serve_command, serve_env
+from rtrec.serving.launch import SERVICE, serve_command, serve_env
 
 from rtrec.errors import Unavailable
 
@@ -103,8 +103,10 @@ def running_server(
     host: str = "127.0.0.1",
     timeout: float = 90.0,
     wait: bool = True,
+    target: str = SERVICE,
 ) -> Iterator[Server]:
-    """Start the service on ``host:port`` with ``env`` added to this process's environment."""
+    """Start the service (or another BentoML service, ``target``) on ``host:port`` with
+    ``env`` added to this process's environment."""
     full = {**os.environ, **(env or {}), "RTREC_SERVING__HOST": host}
     full["RTREC_SERVING__PORT"] = str(port)
     if "BENTOML_HOME" not in (env or {}):
@@ -112,7 +114,7 @@ def running_server(
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
         proc = subprocess.Popen(
-            serve_command(host, port),
+            serve_command(host, port, target),
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

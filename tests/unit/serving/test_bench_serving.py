@@ -320,3 +320,20 @@ def test_demo_bundle_is_the_last_good_copy_or_a_clear_exit(tmp_path) -> None:
     assert bench_serving.last_good_version(bundle) is None
     (bundle.parent / "version.json").write_text('{"version": "2", "saved": 0}')
     assert bench_serving.last_good_version(bundle) == "2"
+
+
+def test_the_floor_service_answers_in_the_services_shape() -> None:
+    """The floor validates the service's request model and answers its response model,
+    so what it costs the HTTP stack is what the service's answers cost it."""
+    from fastapi.testclient import TestClient
+    from rtrec.serving.schemas import RecommendResponse, SimilarResponse
+
+    from bench.serving_floor import app
+
+    client = TestClient(app)
+    got = client.post("/recommend", json={"user_id": "u1", "k": 50, "exclude_seen": True})
+    assert got.status_code == 200
+    assert len(RecommendResponse.model_validate(got.json()).items) == 50
+    assert client.post("/recommend", json={"user_id": "u1", "k": 0}).status_code == 422
+    similar = client.get("/similar/i7", params={"k": 20})
+    assert len(SimilarResponse.model_validate(similar.json()).items) == 20
