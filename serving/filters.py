@@ -21,6 +21,9 @@ from typing import Any
 import numpy as np
 
 
+NONE = np.zeros(0, dtype=np.int64)
+
+
 class RowFilter:
     """Which catalog rows a request may be answered with (row -1: no item)."""
 
@@ -38,14 +41,15 @@ class RowFilter:
         self.include = None if wanted is None else _known(cats.encode(wanted))
         """Category indices an item needs one of (None: no such filter; empty: none can
         pass, every name asked for is unknown)."""
-        self.exclude = _known(cats.encode(f.exclude_categories if f else ()))
+        unwanted = f.exclude_categories if f else None
+        self.exclude = _known(cats.encode(unwanted)) if unwanted else NONE
         self.table = enc.item_categories
 
     def mask(self, rows: np.ndarray) -> np.ndarray:
         """True where ``rows`` (1-d, catalog rows or -1) may be answered."""
         ok = rows >= 0
         if len(self.banned):
-            ok &= ~np.isin(rows, self.banned)
+            ok &= ~_member(rows, self.banned)
         if self.include is not None or len(self.exclude):
             cats = self.table[rows + 1]  # row -1 reads the padding row: no categories
             if self.include is not None:
@@ -62,6 +66,13 @@ class RowFilter:
 def _known(indices: np.ndarray) -> np.ndarray:
     """The distinct vocabulary indices of known ids (index 0, unknown, dropped)."""
     return np.unique(indices[indices > 0])
+
+
+def _member(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
+    """``np.isin(values, sorted_set)`` for a sorted, non-empty ``sorted_set``, by binary
+    search: a few µs where ``np.isin``'s set-up alone costs 25 µs on a request's sizes."""
+    at = np.minimum(np.searchsorted(sorted_set, values), len(sorted_set) - 1)
+    return sorted_set[at] == values
 
 
 def _any_of(cats: np.ndarray, wanted: np.ndarray) -> np.ndarray:
