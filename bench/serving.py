@@ -234,11 +234,12 @@ def warm_up(srv: Any, pop: Population, args: argparse.Namespace) -> None:
 
 def measure_floor(pop: Population, args: argparse.Namespace, log: Path) -> dict[str, Any]:
     """The same mix at 200 req/s against :class:`bench.serving_floor.Floor` (the same HTTP
-    stack answering without work), after the same warm-up."""
+    stack answering without work), after the same warm-up and 100 req/s."""
     from bench.serving_floor import floor_figures
 
     def measure(srv: Any, rate: float) -> dict[str, Any]:
         warm_up(srv, pop, args)
+        measure_rate(srv, pop, 100.0, args)  # as the service: 100 req/s, then 200
         row = measure_rate(srv, pop, rate, args)
         print("floor (the HTTP stack without work):" + progress_line(row)[1:], flush=True)
         return row
