@@ -94,6 +94,12 @@ class ServedSources:
         self._cats = len(tables.cat_ptr) - 1
         self._cat_trend = tables.trend[tables.cat_pos]
         """Each listed item's trend score beside it: read in order, not scattered."""
+        self._cat_items, inverse = np.unique(tables.cat_pos, return_inverse=True)
+        self._cat_local = inverse.astype(np.int64)
+        """The distinct items the category lists hold (ascending positions), and each
+        listed slot's index among them: a request's sums go into an array as long as
+        that set (a few thousand) in input order, with no sort, and ascending local
+        index is ascending position, as training breaks ties."""
         self._local = threading.local()
 
     def item_item(self, hist: np.ndarray, seen: np.ndarray) -> Answer:
@@ -131,7 +137,8 @@ class ServedSources:
         slots = np.repeat(start, lengths) + offsets
         # Category by category, as training adds them: each bin's sum in this order.
         vals = np.repeat(share, lengths) * self._cat_trend[slots]
-        pos, sums = _sums(self.t.cat_pos[slots], vals, self.t.size)
+        local, sums = _sums(self._cat_local[slots], vals, len(self._cat_items))
+        pos = self._cat_items[local]
         positive = sums > 0
         return _top(pos[positive], sums[positive], seen, self.p.per_source)
 
