@@ -26,13 +26,16 @@ per answered request, the 1-minute load average before and after. A rate *holds*
 /recommend's p99 is at most the threshold and no request of either endpoint failed;
 ``max_rps_p99_under_10ms`` (and ``_5ms``) is the largest rate that held with every lower
 rate holding too. ``--rates`` must include 200: the headline figures are read there.
+``served_stages``: 2 when the served bundle carries a ranker (``--two-stage``, or a
+trained bundle with one), else 1 (the default synthetic bundle: retrieval alone; the
+ranker figures are then measured in process only, with a synthetic ranker).
 ``service_overhead_ratio_p99``: /recommend's p99 at 200 req/s over bare retrieval's (the
-single-stage answer in process); the service answers with both stages, so
+single-stage answer in process); when the service answers with both stages,
 ``service_overhead_ratio_two_stage_p99`` sets it beside the same two-stage answer in
-process (``two_stage_bare_p99_ms``). ``floor_*``: the same mix at 200 req/s against the
-same HTTP stack answering without work (:mod:`bench.serving_floor`), the ceiling no
-service built this way beats here; ``floor_overhead_ratio_p99`` is its p99 over bare
-retrieval's. The last line of output is one JSON object.
+process (``two_stage_bare_p99_ms``; null for a single-stage service). ``floor_*``: the
+same mix at 200 req/s against the same HTTP stack answering without work
+(:mod:`bench.serving_floor`), the ceiling no service built this way beats here;
+``floor_overhead_ratio_p99`` is its p99 over bare retrieval's. The last line of output is one JSON object.
 """
 
 from __future__ import annotations
@@ -314,6 +317,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """The whole benchmark; the figures as one dict."""
     from rtrec.serving.process import running_server
+    from rtrec.training import ranker_declared
     from rtrec.training.artifacts import load_bundle
 
     from rtrec.app.stack import down, up
@@ -330,6 +334,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "model_version": bundle.version or last_good_version(bundle_dir),
         "catalog_items": len(bundle.item_ids),
         "index": bundle.index.kind,
+        "served_stages": 1 if ranker_declared(bundle.metadata) is None else 2,
         "seed": args.seed,
         "duration_s": args.duration,
         "warm_users": len(pop.warm_users),
@@ -388,8 +393,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out.update(headline(rows, out["bare_p99_ms"]))
     out.update(floor)
     out["floor_overhead_ratio_p99"] = round(floor["floor_p99_ms_at200"] / out["bare_p99_ms"], 2)
-    out["service_overhead_ratio_two_stage_p99"] = round(
-        out["p99_ms_at200"] / max(out["two_stage_bare_p99_ms"], 1e-9), 2
+    out["service_overhead_ratio_two_stage_p99"] = (
+        round(out["p99_ms_at200"] / max(out["two_stage_bare_p99_ms"], 1e-9), 2)
+        if out["served_stages"] == 2
+        else None
     )
     out.update(
         click_to_change_p50_s=round(float(np.percentile(ctc, 50)), 3),
