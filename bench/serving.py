@@ -35,7 +35,8 @@ single-stage answer in process); when the service answers with both stages,
 process (``two_stage_bare_p99_ms``; null for a single-stage service). ``floor_*``: the
 same mix at 200 req/s against the same HTTP stack answering without work
 (:mod:`bench.serving_floor`), the ceiling no service built this way beats here;
-``floor_overhead_ratio_p99`` is its p99 over bare retrieval's. The last line of output is one JSON object.
+``floor_overhead_ratio_p99`` is its p99 over bare retrieval's. The last line of output
+is one JSON object.
 """
 
 from __future__ import annotations

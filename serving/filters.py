@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 
-
 NONE = np.zeros(0, dtype=np.int64)
 
 
