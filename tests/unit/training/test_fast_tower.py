@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
-from rtrec.training.fast_tower import FastUserTower
+from rtrec.training.fast_tower import FastUserTower, erf
 from rtrec.training.model import TwoTower, TwoTowerConfig
+
+
+def test_erf_matches_the_math_library_to_float32_precision() -> None:
+    x = np.linspace(-7.0, 7.0, 20_001, dtype=np.float32)
+    ref = np.array([math.erf(float(v)) for v in x])
+    assert np.abs(erf(x) - ref).max() < 1e-7
+    assert erf(np.array([0.0], np.float32))[0] == 0.0
 
 
 @pytest.mark.parametrize(
