@@ -32,6 +32,7 @@ from rtrec.training.rank_features import (
     candidate_features,
     feature_names,
 )
+from rtrec.training.ranker_cv import lockstep, user_folds
 from rtrec.training.vocab import Vocab
 
 logger = logging.getLogger(__name__)
@@ -122,7 +123,7 @@ PARAM_GRID: tuple[dict[str, Any], ...] = (
     {"from_prior": False},
     {"from_prior": False, "num_leaves": 31, "min_data_in_leaf": 50, "learning_rate": 0.05},
 )
-"""Departures from ``DEFAULT_PARAMS`` tried on the held-out users: how much the trees may
+"""Departures from ``DEFAULT_PARAMS`` tried by cross-validation over users: how much the trees may
 split, which ranking loss suits the data, and whether they start from the prior
 (``from_prior``, default true) or learn the whole order (which needs more labels than a
 small data set's slices hold) is an empirical question per data set."""
@@ -161,53 +162,55 @@ class Ranker:
     """LightGBM lambdarank over :func:`rank_features.candidate_features` rows.
 
     The trees start from a prior, a blend of the two retrieval scores (its weight chosen
-    on held-out users), and learn corrections from the other features: with the few
+    on the training queries), and learn corrections from the other features: with the few
     thousand labels a validation cut holds, trees learning the whole order from scratch
     fell below the blend they were given as features. When no tree setting beats the
-    prior on the held-out users the prior alone ranks (``best_rounds`` 0).
+    prior on the users held out by ``folds``-fold cross-validation the prior alone ranks
+    (``best_rounds`` 0).
     """
 
     params: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_PARAMS))
     grid: tuple[dict[str, Any], ...] = PARAM_GRID
     max_rounds: int = 300
     patience: int = 50
-    valid_users: float = 0.2
+    folds: int = 3
     seed: int = 0
     features: list[str] = field(default_factory=list)
     best_rounds: int = 0
     prior_weight: float = 0.5
     chosen: dict[str, Any] = field(default_factory=dict)
-    """The ``grid`` entry chosen on the held-out users."""
+    """The ``grid`` entry chosen by cross-validation."""
     valid_ndcg: float = float("nan")
-    """NDCG@10 of the held-out users' candidate lists (users with a positive among them)."""
+    """Mean NDCG@10 of the held-out users' candidate lists over the folds (users with a
+    positive among them)."""
     prior_ndcg: float = float("nan")
     """The same for the prior alone: what the trees add is the difference."""
 
     def fit(self, rows: pd.DataFrame) -> Ranker:
-        """Tree setting and rounds chosen on a held-out share of the users (all of a
-        held-out user's queries, in every fold), then refitted on all of them. The prior's
-        weight is chosen on every query: the prior learns nothing from them, so none
-        needs holding out, and a fifth of the users chose it noisily (0.8 with one seed
-        on ML-100K, 0.35 with another). Queries without a positive teach lambdarank
-        nothing: dropped."""
+        """Tree setting and rounds chosen by cross-validation over the users (each user,
+        with all its queries in every slice, held out once; ``ranker_cv``), then refitted
+        on all of them. The prior's weight is chosen on every query: the prior learns
+        nothing from them, so none needs holding out, and a fifth of the users chose it
+        noisily (0.8 with one seed on ML-100K, 0.35 with another). Queries without a
+        positive teach lambdarank nothing: dropped."""
         rows = rows.iloc[np.argsort(query_key(rows), kind="stable")]
         rows = rows[(rows.groupby(query_key(rows))["label"].transform("max") > 0).to_numpy()]
         self.features = self.features or feature_names(rows.drop(columns="label"))
         users = rows["user_id"].unique()
-        rng = np.random.default_rng(self.seed)
-        held = set(rng.choice(users, size=int(len(users) * self.valid_users), replace=False))
-        is_val = rows["user_id"].isin(held).to_numpy()
-        fit_part, val = rows[~is_val], rows[is_val]
+        fold_of = pd.Series(user_folds(users, self.folds, self.seed), index=users)
+        fold = fold_of.reindex(rows["user_id"]).to_numpy()
+        parts = [(rows[fold != f], rows[fold == f]) for f in range(self.folds)]
         by_weight = {w: group_ndcg(rows, prior(rows, w)) for w in PRIOR_WEIGHTS}
         self.prior_weight = max(by_weight, key=by_weight.__getitem__)
-        self.prior_ndcg = self.valid_ndcg = group_ndcg(val, prior(val, self.prior_weight))
+        self.prior_ndcg = float(
+            np.mean([group_ndcg(v, prior(v, self.prior_weight)) for _, v in parts])
+        )
+        self.valid_ndcg = self.prior_ndcg
         for extra in self.grid:
-            probe = self._train(fit_part, self.max_rounds, val, extra)
-            got = group_ndcg(val, self._predict(probe, val, extra))
+            got, rounds = self._cross_validate(parts, extra)
             if got > self.valid_ndcg:
-                self.valid_ndcg, self.chosen = got, extra
-                self.best_rounds = max(int(probe.best_iteration), 1)
-        self.booster = self._train(rows, self.best_rounds, None, self.chosen)
+                self.valid_ndcg, self.chosen, self.best_rounds = got, extra, rounds
+        self.booster = self._train(rows, self.best_rounds, self.chosen)
         logger.info(
             "ranker fitted",
             extra={
@@ -220,32 +223,48 @@ class Ranker:
         )
         return self
 
-    def _train(
-        self, rows: pd.DataFrame, rounds: int, val: pd.DataFrame | None, extra: dict[str, Any]
-    ) -> Any:
+    def _cross_validate(
+        self, parts: list[tuple[pd.DataFrame, pd.DataFrame]], extra: dict[str, Any]
+    ) -> tuple[float, int]:
+        """Mean held-out NDCG@10 of the ``extra`` setting over the folds, its trees stopped
+        where the folds' mean validation curve peaks, and that number of rounds."""
+        pairs = []
+        for fit_part, val in parts:
+            train = self._data(fit_part, extra)
+            pairs.append((train, self._data(val, extra, reference=train)))
+        boosters, rounds, _ = lockstep(self._params(extra), pairs, self.max_rounds, self.patience)
+        got = [
+            group_ndcg(v, self._predict(b, v, extra))
+            for b, (_, v) in zip(boosters, parts, strict=True)
+        ]
+        return float(np.mean(got)), rounds
+
+    def _params(self, extra: dict[str, Any]) -> dict[str, Any]:
+        """LightGBM's parameters for a grid entry (``from_prior`` is ours, not LightGBM's)."""
+        own = {k: v for k, v in extra.items() if k != "from_prior"}
+        return {**self.params, **own, "seed": self.seed}
+
+    def _data(self, frame: pd.DataFrame, extra: dict[str, Any], reference: Any = None) -> Any:
+        """``frame`` as a LightGBM data set, starting from the prior unless ``extra`` says
+        the trees learn the whole order."""
+        import lightgbm as lgb
+
+        start = extra.get("from_prior", True)
+        return lgb.Dataset(
+            frame[self.features],
+            frame["label"],
+            group=_groups(frame),
+            init_score=prior(frame, self.prior_weight) if start else None,
+            reference=reference,
+        )
+
+    def _train(self, rows: pd.DataFrame, rounds: int, extra: dict[str, Any]) -> Any:
+        """``rounds`` trees of the ``extra`` setting on ``rows``; None for none."""
         import lightgbm as lgb
 
         if rounds == 0:
             return None
-        extra = dict(extra)
-        start = extra.pop("from_prior", True)
-
-        def data(frame: pd.DataFrame) -> Any:
-            return lgb.Dataset(
-                frame[self.features],
-                frame["label"],
-                group=_groups(frame),
-                init_score=prior(frame, self.prior_weight) if start else None,
-            )
-
-        stop = [lgb.early_stopping(self.patience, verbose=False)] if val is not None else []
-        return lgb.train(
-            {**self.params, **extra, "seed": self.seed},
-            data(rows),
-            num_boost_round=rounds,
-            valid_sets=[data(val)] if val is not None else [],
-            callbacks=stop,
-        )
+        return lgb.train(self._params(extra), self._data(rows, extra), num_boost_round=rounds)
 
     def _predict(self, booster: Any, rows: pd.DataFrame, extra: dict[str, Any]) -> np.ndarray:
         """The prior, plus the trees' output when there are trees (which replaces the
