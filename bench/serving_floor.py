@@ -30,6 +30,7 @@ import bentoml
 import orjson
 from fastapi import FastAPI, Query
 from fastapi import Path as PathParam
+from rtrec.serving.launch import SERVICE_SETTINGS
 from rtrec.serving.schemas import RecommendRequest
 from starlette.responses import Response
 
@@ -71,13 +72,7 @@ async def similar(
     return _json({"item_id": item_id, "items": ITEMS[:k], "model_version": "floor"})
 
 
-@bentoml.service(
-    name="rtrec-floor",
-    traffic={"timeout": 10, "concurrency": 256},
-    workers=1,
-    logging={"access": {"enabled": False}},
-    metrics={"enabled": False},
-)
+@bentoml.service(name="rtrec-floor", **SERVICE_SETTINGS)
 @bentoml.asgi_app(app, path="/")
 class Floor:
     """No state: ready as soon as it is up. The service's process tuning, which is no

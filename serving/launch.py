@@ -31,6 +31,17 @@ logger = logging.getLogger(__name__)
 
 SERVICE = "rtrec.serving.service:Recommender"
 
+SERVICE_SETTINGS: dict = {
+    "traffic": {"timeout": 10, "concurrency": 256},
+    "workers": 1,
+    "logging": {"access": {"enabled": False}},
+    # BentoML's per-request metrics label raw paths and would repeat RouteMetrics' series;
+    # this also drops its /metrics route, which RouteMetrics serves instead.
+    "metrics": {"enabled": False},
+}
+"""The service's BentoML settings (``@bentoml.service``), shared with the serving
+benchmark's floor (``bench/serving_floor.py``) so that both run the same server."""
+
 
 def serve_command(host: str, port: int, target: str = SERVICE) -> list[str]:
     """``bentoml serve`` of the venv running rtrec, for the service at ``host:port``

@@ -29,6 +29,7 @@ from rtrec.serving.auth import Guard
 from rtrec.serving.docs import add_docs
 from rtrec.serving.edge import RejectControlPaths, ReplicaHeader, RouteMetrics, use_header_deadline
 from rtrec.serving.impressions import ImpressionLog
+from rtrec.serving.launch import SERVICE_SETTINGS
 from rtrec.serving.schemas import (
     ITEM_ID_PATTERN,
     ExperimentsResponse,
@@ -248,16 +249,7 @@ def _start_degradations(degradations: Any, exposure: str) -> None:
         )
 
 
-@bentoml.service(
-    name="rtrec",
-    traffic={"timeout": 10, "concurrency": 256},
-    workers=1,
-    logging={"access": {"enabled": False}},
-    # BentoML's per-request metrics label raw paths and would repeat RouteMetrics' series;
-    # this also drops its /metrics route, which RouteMetrics serves instead.
-    metrics={"enabled": False},
-    tracing=_tracing(),
-)
+@bentoml.service(name="rtrec", **SERVICE_SETTINGS, tracing=_tracing())
 @bentoml.asgi_app(app, path="/")
 class Recommender:
     """Loads the champion (or ``serving.bundle_path``) at start and watches for new ones."""
