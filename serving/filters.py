@@ -28,9 +28,7 @@ class RowFilter:
 
     def __init__(self, bundle: Any, req: Any, history: Iterable[str]) -> None:
         f = req.filters
-        banned = set(f.exclude_items) if f else set()
-        if req.exclude_seen:
-            banned.update(history)
+        banned = banned_ids(req, history)
         self.n_banned = len(banned)
         """How many distinct ids are banned, catalog or not (the over-fetch's size)."""
         enc = bundle.encoders
@@ -60,6 +58,15 @@ class RowFilter:
     def first(self, rows: np.ndarray, k: int) -> np.ndarray:
         """Indices into ``rows`` of its first ``k`` passing entries, in order."""
         return np.flatnonzero(self.mask(rows))[:k]
+
+
+def banned_ids(req: Any, history: Iterable[str]) -> set[str]:
+    """The ids a request's answer may not hold: ``exclude_items``, and the user's history
+    when ``exclude_seen``."""
+    banned = set(req.filters.exclude_items) if req.filters else set()
+    if req.exclude_seen:
+        banned.update(history)
+    return banned
 
 
 def _known(indices: np.ndarray) -> np.ndarray:

@@ -18,7 +18,7 @@ from rtrec.serving import metrics
 from rtrec.serving.degradation import Degradations
 from rtrec.serving.experiments import CHALLENGER, CHAMPION, experiment_id, variant_for
 from rtrec.serving.fallback import PopularCache
-from rtrec.serving.filters import RowFilter, passing
+from rtrec.serving.filters import RowFilter, banned_ids, passing
 from rtrec.serving.lifecycle import Loaded
 from rtrec.serving.online import GuardedFeatures
 from rtrec.serving.ranking import UNAVAILABLE, items_for
@@ -239,17 +239,11 @@ class Engine:
                 return picked
             fetch = min(n_items, fetch * 4)
 
-    def _banned(self, req: RecommendRequest, history: list[str]) -> set[str]:
-        banned = set(req.filters.exclude_items) if req.filters else set()
-        if req.exclude_seen:
-            banned.update(history)
-        return banned
-
     def _fallback_items(
         self, k: int, req: RecommendRequest, history: list[str], taken: set[str]
     ) -> list[tuple[str, float]]:
         candidates, _ = self.popular.items()
-        banned = self._banned(req, history) | taken
+        banned = banned_ids(req, history) | taken
         loaded = self.models.get(CHAMPION)
         pairs = ((item, 1.0 / (rank + 1)) for rank, item in enumerate(candidates))
         if loaded is None:

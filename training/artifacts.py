@@ -207,15 +207,15 @@ class ModelBundle:
             vectors = vectors[:, :-1]
         return self.index.search(vectors, k)
 
-    def ids_of(self, rows: np.ndarray) -> list[str | None]:
-        """The item ids of index rows (1-d; ``None`` for row -1, no result)."""
+    def ids_of(self, rows: np.ndarray) -> list:
+        """The item ids of index rows, in ``rows``' shape; ``None`` for row -1 (FAISS's
+        mark for no result, which indexes the table's trailing ``None``)."""
         return self._ids_or_none[rows].tolist()
 
     def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, list[list[str | None]]]:
         """Top-``k`` (scores, item ids) per vector; ``None`` where the index had no result."""
         scores, rows = self.search_rows(vectors, k)
-        # FAISS marks a missing result with row -1, which indexes the table's None.
-        return scores, self._ids_or_none[rows].tolist()
+        return scores, self.ids_of(rows)
 
     def similar_items(self, item_id: str, k: int) -> list[tuple[str, float]]:
         j = self.encoders.items.index(item_id)
