@@ -208,6 +208,9 @@ def candidate_features(
     users["user_pop_mean"] = user_popularity(states, items)
     out = cands.join(users, on="user_id").join(items, on="item_id")
     out["pop_vs_user"] = np.log(out["pop_all"] / out["user_pop_mean"])
+    # The item's age at the user's latest event; negative: it appeared since the user was
+    # last active (new to this user, or, offline, out of the user's reach at the time).
+    out["item_age_at_user_days"] = out["item_age_days"] - out["user_idle_days"]
     out["cat_match"] = category_match(cands, states, item_categories)
     out["cat_recency"] = category_recency(cands, states, item_categories)
     for col in ("tt_score", "ii_score"):

@@ -54,6 +54,7 @@ FEATURES = (
     "user_pop_mean",
     *ITEM_FEATURES,
     "pop_vs_user",
+    "item_age_at_user_days",
     "cat_match",
     "cat_recency",
     "tt_score_gap",
@@ -162,6 +163,7 @@ class ServedRanker:
         cols["user_pop_mean"] = filled.sum() / count if count else np.nan
         with np.errstate(divide="ignore", invalid="ignore"):
             cols["pop_vs_user"] = np.log(cols["pop_all"] / cols["user_pop_mean"])
+        cols["item_age_at_user_days"] = cols["item_age_days"] - cols["user_idle_days"]
         cols["cat_match"] = self._cats.match(pos, known, len(state.items))
         cols["cat_recency"] = self._cats.recency(pos, hist)
         for name in ("tt_score", "ii_score"):
