@@ -43,6 +43,23 @@ def _inner_split(train: pd.DataFrame, frac: float, seed: int) -> tuple[pd.DataFr
     return train[~mask].reset_index(drop=True), train[mask].reset_index(drop=True)
 
 
+def _segments(rankings: dict, seen: pd.DataFrame) -> dict:
+    """NDCG@10 and Recall@10 of every model on the test users without any event in
+    ``seen`` (new: every model ranks them by popularity, so none may fall below
+    MostPopular there) and on the others, with each segment's user count."""
+    users = next(iter(rankings.values())).per_user.index  # the same users, same order, in each
+    new = ~users.isin(seen["user_id"].astype(str).unique())
+    out = {}
+    for name, mask in (("new_users", new), ("returning_users", ~new)):
+        seg: dict = {"users": int(mask.sum())}
+        for model, r in rankings.items():
+            rows = r.per_user[mask]
+            mean = {k: round(float(rows[k].mean()), 4) for k in KEYS[:2]}
+            seg[model] = mean if len(rows) else None
+        out[name] = seg
+    return out
+
+
 def _rounded(info: dict) -> dict:
     """Floats to 4 places, one level of dicts down; anything else as it is."""
 
@@ -150,7 +167,7 @@ def main() -> None:
 
     from rtrec.training.baselines import fit_baselines
     from rtrec.training.dataset import SplitConfig, build_training_sets, stop_spark, write_event_log
-    from rtrec.training.evaluate import evaluate, metrics_table
+    from rtrec.training.evaluate import metrics_table, rank
     from rtrec.training.examples import histories_bag
     from rtrec.training.trainer import TrainConfig, candidates, fit, fit_best, refit_config
     from rtrec.training.two_stage import recall_of_candidates
@@ -252,8 +269,8 @@ def main() -> None:
     model = fit(final_train, replace(cfg, select_best=False, patience=None), progress=False)
     train_s = time.perf_counter() - t1
     finals = fit_baselines(final_train, None, ease_l2=ease_l2)
-    results = {"two_tower": evaluate(model, seen_for_test, test)}
-    results |= {name: evaluate(m, seen_for_test, test) for name, m in finals.items()}
+    rankings = {"two_tower": rank(model, seen_for_test, test)}
+    rankings |= {name: rank(m, seen_for_test, test) for name, m in finals.items()}
     cut = sets.cut_ts[0] if args.protocol == "temporal" else None
     fixed = replace(cfg, select_best=False, patience=None)
 
@@ -272,7 +289,8 @@ def main() -> None:
         fit_state,
         ease_l2,
     )
-    results["two_stage"] = evaluate(two_stage[0], seen_for_test, test)
+    rankings["two_stage"] = rank(two_stage[0], seen_for_test, test)
+    results = {name: r.summary for name, r in rankings.items()}
     two_stage[1]["candidate_recall@200"] = recall_of_candidates(two_stage[0], seen_for_test, test)
     print(metrics_table(results))
     print(f"two-stage: {json.dumps(two_stage[1])}", file=sys.stderr)
@@ -286,6 +304,7 @@ def main() -> None:
         "two_stage": {k: round(results["two_stage"][k], 4) for k in KEYS}
         | {"recall@50": round(results["two_stage"]["recall@50"], 4)}
         | _rounded(two_stage[1]),
+        "segments": _segments(rankings, seen_for_test),
         "epochs": cfg.epochs,
         "candidate": chosen,
         "candidate_val_ndcg@10": {k: round(v, 4) for k, v in scores.items()},
