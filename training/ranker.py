@@ -32,7 +32,7 @@ from rtrec.training.rank_features import (
     candidate_features,
     feature_names,
 )
-from rtrec.training.ranker_cv import lockstep, user_folds
+from rtrec.training.ranker_cv import group_ndcg, lockstep, query_key, query_sizes, user_folds
 from rtrec.training.vocab import Vocab
 
 logger = logging.getLogger(__name__)
@@ -97,21 +97,6 @@ def ranking_rows(
     return rows
 
 
-def query_key(rows: pd.DataFrame) -> np.ndarray:
-    """One key per ranking query: the user, within its training fold when rows from
-    several folds (a ``fold`` column) are stacked."""
-    if "fold" not in rows:
-        return rows["user_id"].to_numpy()
-    return (rows["fold"].astype(str) + "|" + rows["user_id"].astype(str)).to_numpy()
-
-
-def _groups(rows: pd.DataFrame) -> np.ndarray:
-    """Group sizes in row order (rows of a query are contiguous)."""
-    keys = query_key(rows)
-    change = np.flatnonzero(keys[1:] != keys[:-1]) + 1
-    return np.diff(np.concatenate([[0], change, [len(keys)]]))
-
-
 PRIOR_WEIGHTS = (0.2, 0.35, 0.5, 0.65, 0.8)
 """Two-tower weights tried in the prior blend (the item-item score gets the rest)."""
 
@@ -144,19 +129,6 @@ def prior(rows: pd.DataFrame, weight: float) -> np.ndarray:
     return weight * _z(rows, "tt_score") + (1.0 - weight) * _z(rows, "ii_score")
 
 
-def group_ndcg(rows: pd.DataFrame, scores: np.ndarray, k: int = 10) -> float:
-    """Mean NDCG@k over the queries of ``rows`` (rows of a query contiguous)."""
-    disc = 1.0 / np.log2(np.arange(2, k + 2))
-    out, start = [], 0
-    labels = rows["label"].to_numpy()
-    for size in _groups(rows):
-        lab, sc = labels[start : start + size], scores[start : start + size]
-        top = lab[np.argsort(-sc, kind="stable")[:k]]
-        out.append((top * disc[: len(top)]).sum() / disc[: min(max(lab.sum(), 1), k)].sum())
-        start += size
-    return float(np.mean(out)) if out else 0.0
-
-
 @dataclass
 class Ranker:
     """LightGBM lambdarank over :func:`rank_features.candidate_features` rows.
@@ -185,6 +157,12 @@ class Ranker:
     positive among them)."""
     prior_ndcg: float = float("nan")
     """The same for the prior alone: what the trees add is the difference."""
+    cold_trees: bool = True
+    """Whether the trees rank users without history. A cold user's candidates are the
+    popular source's list, and it is kept in that order unless the trees beat it on the
+    held-out cold queries: new users get at least popularity, as in every baseline."""
+    cold_gain: float = float("nan")
+    """The trees' held-out NDCG@10 on cold queries minus the popular order's (NaN: none)."""
 
     def fit(self, rows: pd.DataFrame) -> Ranker:
         """Tree setting and rounds chosen by cross-validation over the users (each user,
@@ -205,11 +183,14 @@ class Ranker:
         self.prior_ndcg = float(
             np.mean([group_ndcg(v, prior(v, self.prior_weight)) for _, v in parts])
         )
-        self.valid_ndcg = self.prior_ndcg
+        self.valid_ndcg, held = self.prior_ndcg, []
         for extra in self.grid:
-            got, rounds = self._cross_validate(parts, extra)
+            got, rounds, predicted = self._cross_validate(parts, extra)
             if got > self.valid_ndcg:
                 self.valid_ndcg, self.chosen, self.best_rounds = got, extra, rounds
+                held = predicted
+        self.cold_gain = _cold_gain([v for _, v in parts], held) if held else float("nan")
+        self.cold_trees = bool(self.cold_gain > 0)  # NaN (no trees, no cold query): False
         self.booster = self._train(rows, self.best_rounds, self.chosen)
         logger.info(
             "ranker fitted",
@@ -219,25 +200,26 @@ class Ranker:
                 "prior_weight": self.prior_weight,
                 "valid_ndcg@10": self.valid_ndcg,
                 "prior_valid_ndcg@10": self.prior_ndcg,
+                "cold_trees": self.cold_trees,
+                "cold_gain": self.cold_gain,
             },
         )
         return self
 
     def _cross_validate(
         self, parts: list[tuple[pd.DataFrame, pd.DataFrame]], extra: dict[str, Any]
-    ) -> tuple[float, int]:
+    ) -> tuple[float, int, list[np.ndarray]]:
         """Mean held-out NDCG@10 of the ``extra`` setting over the folds, its trees stopped
-        where the folds' mean validation curve peaks, and that number of rounds."""
+        where the folds' mean validation curve peaks, that number of rounds, and each
+        fold's held-out scores."""
         pairs = []
         for fit_part, val in parts:
             train = self._data(fit_part, extra)
             pairs.append((train, self._data(val, extra, reference=train)))
         boosters, rounds, _ = lockstep(self._params(extra), pairs, self.max_rounds, self.patience)
-        got = [
-            group_ndcg(v, self._predict(b, v, extra))
-            for b, (_, v) in zip(boosters, parts, strict=True)
-        ]
-        return float(np.mean(got)), rounds
+        scores = [self._predict(b, v, extra) for b, (_, v) in zip(boosters, parts, strict=True)]
+        got = [group_ndcg(v, sc) for (_, v), sc in zip(parts, scores, strict=True)]
+        return float(np.mean(got)), rounds, scores
 
     def _params(self, extra: dict[str, Any]) -> dict[str, Any]:
         """LightGBM's parameters for a grid entry (``from_prior`` is ours, not LightGBM's)."""
@@ -253,7 +235,7 @@ class Ranker:
         return lgb.Dataset(
             frame[self.features],
             frame["label"],
-            group=_groups(frame),
+            group=query_sizes(frame),
             init_score=prior(frame, self.prior_weight) if start else None,
             reference=reference,
         )
@@ -276,13 +258,35 @@ class Ranker:
         return base + raw if extra.get("from_prior", True) else raw
 
     def predict(self, rows: pd.DataFrame) -> np.ndarray:
-        return self._predict(self.booster, rows, self.chosen)
+        """Scores of ``rows``; ties (a cold user's rows, when the trees do not rank cold
+        users) keep the merged order wherever the list is served (``served_order``)."""
+        out = self._predict(self.booster, rows, self.chosen)
+        if not self.cold_trees:
+            out[cold_rows(rows)] = 0.0
+        return out
 
     def importance(self) -> dict[str, float]:
         if self.booster is None:
             return {}
         gain = self.booster.feature_importance("gain")
         return dict(sorted(zip(self.features, gain.tolist(), strict=True), key=lambda x: -x[1]))
+
+
+def cold_rows(rows: pd.DataFrame) -> np.ndarray:
+    """Rows of users without history (their only candidates: the popular source's)."""
+    cold = rows["user_events"] == 0 if "user_events" in rows else np.zeros(len(rows), bool)
+    return np.asarray(cold)
+
+
+def _cold_gain(held: list[pd.DataFrame], scores: list[np.ndarray]) -> float:
+    """Held-out NDCG@10 of ``scores`` on the cold queries of ``held`` (a frame per fold, in
+    merged order) minus the merged order's."""
+    masks = [cold_rows(v) for v in held]
+    if not any(m.any() for m in masks):
+        return float("nan")
+    rows = pd.concat([v[m] for v, m in zip(held, masks, strict=True)])
+    ours = np.concatenate([s[m] for s, m in zip(scores, masks, strict=True)])
+    return group_ndcg(rows, ours) - group_ndcg(rows, np.zeros(len(rows)))
 
 
 class TwoStage:

@@ -66,6 +66,7 @@ def save_ranker(
         float(ranker.prior_weight),
         bool(ranker.chosen.get("from_prior", True)),
         getattr(ranker, "booster", None),
+        bool(ranker.cold_trees),
     )
     params = {k: v for k, v in ranker.chosen.items() if k != "from_prior"}
     tables = tables_from(model.generator, model_ids)
@@ -100,6 +101,7 @@ def write_ranker(
         "features": model.features,
         "prior_weight": model.prior_weight,
         "from_prior": model.from_prior,
+        "cold_trees": model.cold_trees,
         "trees": int(model.booster.num_trees()) if model.booster is not None else 0,
         "params": params,
         "sources": sources.__dict__,
@@ -138,7 +140,11 @@ def load_ranker(bundle: Any) -> ServedRanker:
         tables = ServedTables.load(directory / RANKER_TABLES)
         params = SourceParams(**meta["sources"])
         model = RankerModel(
-            list(meta["features"]), float(meta["prior_weight"]), bool(meta["from_prior"]), booster
+            list(meta["features"]),
+            float(meta["prior_weight"]),
+            bool(meta["from_prior"]),
+            booster,
+            bool(meta.get("cold_trees", True)),  # written before cold_trees: trees ranked all
         )
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
         why = f"ranker in {directory} cannot be loaded: {exc}"

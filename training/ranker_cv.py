@@ -11,6 +11,9 @@ held out once here, and the rounds are where the folds' mean validation curve pe
 The folds' boosters grow in lockstep, one round each, so that early stopping can watch the
 mean curve; ``lightgbm.cv`` does the same but would rebuild the folds' init scores (the
 prior, standardised per query) itself.
+
+The query structure every ranker computation shares (:func:`query_key`,
+:func:`query_sizes`) and the validation metric (:func:`group_ndcg`) live here too.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 
 def user_folds(users: np.ndarray, k: int, seed: int) -> np.ndarray:
@@ -59,3 +63,31 @@ def lockstep(
     for booster in boosters:
         booster.best_iteration = best_at + 1
     return boosters, best_at + 1, curve
+
+
+def query_key(rows: pd.DataFrame) -> np.ndarray:
+    """One key per ranking query: the user, within its training fold when rows from
+    several folds (a ``fold`` column) are stacked."""
+    if "fold" not in rows:
+        return rows["user_id"].to_numpy()
+    return (rows["fold"].astype(str) + "|" + rows["user_id"].astype(str)).to_numpy()
+
+
+def query_sizes(rows: pd.DataFrame) -> np.ndarray:
+    """Group sizes in row order (rows of a query are contiguous)."""
+    keys = query_key(rows)
+    change = np.flatnonzero(keys[1:] != keys[:-1]) + 1
+    return np.diff(np.concatenate([[0], change, [len(keys)]]))
+
+
+def group_ndcg(rows: pd.DataFrame, scores: np.ndarray, k: int = 10) -> float:
+    """Mean NDCG@k over the queries of ``rows`` (rows of a query contiguous)."""
+    disc = 1.0 / np.log2(np.arange(2, k + 2))
+    out, start = [], 0
+    labels = rows["label"].to_numpy()
+    for size in query_sizes(rows):
+        lab, sc = labels[start : start + size], scores[start : start + size]
+        top = lab[np.argsort(-sc, kind="stable")[:k]]
+        out.append((top * disc[: len(top)]).sum() / disc[: min(max(lab.sum(), 1), k)].sum())
+        start += size
+    return float(np.mean(out)) if out else 0.0

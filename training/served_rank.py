@@ -77,6 +77,8 @@ class RankerModel:
     from_prior: bool
     booster: Any | None
     """A ``lightgbm.Booster``; None when the prior alone ranks (no tree beat it)."""
+    cold_trees: bool = True
+    """``Ranker.cold_trees``: False keeps a user without history in the popular order."""
 
 
 @dataclass(frozen=True)
@@ -226,6 +228,8 @@ class ServedRanker:
         """``Ranker.predict``: the prior (from ``cols``' two scores), plus the trees' output
         on ``x`` when there are trees (which replaces the prior for trees that learned the
         whole order)."""
+        if not self.model.cold_trees and cols["user_events"] == 0:
+            return np.zeros(len(x))  # ties: the merged (popular) order, as Ranker.predict
         w = self.model.prior_weight
         base = w * _z(cols["tt_score"]) + (1.0 - w) * _z(cols["ii_score"])
         if self._trees is None:

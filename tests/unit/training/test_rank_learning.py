@@ -10,7 +10,8 @@ from rtrec.training.baselines import EASE
 from rtrec.training.candidates import user_states
 from rtrec.training.examples import histories_within
 from rtrec.training.learned_sources import ItemItemSource
-from rtrec.training.ranker import Ranker, _groups, prior, query_key
+from rtrec.training.ranker import Ranker, _cold_gain, prior
+from rtrec.training.ranker_cv import query_key, query_sizes
 from rtrec.training.trainer import TrainConfig, fit
 from rtrec.training.two_stage import Fold, fit_two_stage
 
@@ -52,7 +53,7 @@ def test_pair_features_aggregate_the_links_from_the_history() -> None:
 def test_queries_of_several_folds_stay_apart() -> None:
     rows = pd.DataFrame({"user_id": ["a", "a", "a", "a", "b"], "fold": [0, 0, 1, 1, 1]})
     rows["tt_score"] = [1.0, 3.0, 10.0, 30.0, 5.0]
-    assert list(_groups(rows)) == [2, 2, 1]
+    assert list(query_sizes(rows)) == [2, 2, 1]
     assert len(set(query_key(rows))) == 3
     # Standardised within each query: the same order gives the same prior in both folds.
     p = prior(rows, 1.0)
@@ -111,3 +112,19 @@ def test_fit_two_stage_learns_from_every_fold() -> None:
     assert info["ranker_rows"] == 2 * 120 * 30  # every user, 30 candidates, in both folds
     assert info["ranker_valid_ndcg@10"] >= info["prior_valid_ndcg@10"]
     assert model.generator.now == 17 * DAY + 1  # one past the final state's last event
+
+
+def test_cold_users_keep_the_popular_order_unless_the_trees_beat_it_held_out() -> None:
+    # "a" has no history (its rows in the popular source's order), "b" has.
+    rows = pd.DataFrame(
+        {
+            "user_id": ["a"] * 3 + ["b"] * 3,
+            "user_events": [0] * 3 + [5] * 3,
+            "label": [1, 0, 0, 0, 0, 1],
+        }
+    )
+    last_first = np.array([0.0, 1.0, 2.0, 0.0, 1.0, 2.0])
+    assert _cold_gain([rows], [last_first]) < 0  # the trees bury a's first pick
+    assert _cold_gain([rows], [-last_first]) == 0  # the popular order itself
+    assert _cold_gain([rows.assign(label=[0, 0, 1, 0, 0, 1])], [last_first]) > 0
+    assert np.isnan(_cold_gain([rows.assign(user_events=5)], [last_first]))  # none cold

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from rtrec.training.ranker import Ranker, _groups
-from rtrec.training.ranker_cv import lockstep, user_folds
+from rtrec.training.ranker import Ranker
+from rtrec.training.ranker_cv import lockstep, query_sizes, user_folds
 
 from tests.unit.training.test_rank_learning import _rows
 
@@ -33,10 +33,9 @@ def _pairs(informative: bool) -> list:
     half = rows["user_id"] < "u040"
     pairs = []
     for fit_part, val in ((rows[half], rows[~half]), (rows[~half], rows[half])):
-        train = lgb.Dataset(fit_part[["signal"]], fit_part["label"], group=_groups(fit_part))
-        pairs.append(
-            (train, lgb.Dataset(val[["signal"]], val["label"], group=_groups(val), reference=train))
-        )
+        train = lgb.Dataset(fit_part[["signal"]], fit_part["label"], group=query_sizes(fit_part))
+        valid = lgb.Dataset(val[["signal"]], val["label"], group=query_sizes(val), reference=train)
+        pairs.append((train, valid))
     return pairs
 
 

@@ -5,6 +5,8 @@ ranker is fitted and evaluated on), after a round trip through a saved bundle.""
 
 from __future__ import annotations
 
+import copy
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -110,6 +112,27 @@ def test_every_source_contributes_and_cold_users_get_popularity(fitted) -> None:
         "+".join(warm["sources"]).split("+")
     )
     assert set(rows.loc[rows["user_id"] == "nobody", "sources"]) == {"popular"}
+
+
+@pytest.mark.parametrize("cold_trees", [True, False])
+def test_a_cold_user_is_ranked_as_training_ranks_it_with_or_without_the_trees(
+    fitted, cold_trees: bool
+) -> None:
+    past, now, two_stage, directory = fitted
+    served = load_ranker(load_bundle(directory, use_gpu=False))
+    served.model = replace(served.model, cold_trees=cold_trees)
+    ranker = copy.copy(two_stage.ranker)
+    ranker.cold_trees = cold_trees
+    state = two_stage.generator.states(past, ["nobody"])[0]
+    rows = rows_for(two_stage.generator, [state], now, N)
+    want = ranker.predict(rows)
+    hist = np.full(0, -1, dtype=np.int64)
+    ranked = served.rank(state, hist, None, None, now)
+    cols = served.columns(ranked.merged, state, hist, None, now)
+    got = served.predict(served.matrix(cols, len(ranked.merged.pos)), cols)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    if not cold_trees:  # the popular source's order, untouched
+        assert not want.any() and list(ranked.pos) == list(ranked.merged.pos)
 
 
 def test_a_damaged_ranker_is_refused_with_the_reason(fitted, tmp_path: Path) -> None:
