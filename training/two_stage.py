@@ -251,7 +251,7 @@ def fit_two_stage(
         "ranker_valid_ndcg@10": round(ranker.valid_ndcg, 4),
         "prior_valid_ndcg@10": round(ranker.prior_ndcg, 4),
         "ranker_cold_trees": ranker.cold_trees,
-        "ranker_cold_gain@10": round(ranker.cold_gain, 4),
+        "ranker_cold_gain@10": None if np.isnan(ranker.cold_gain) else round(ranker.cold_gain, 4),
         "valid_candidate_recall": candidate_recall(wide, first.labels, names, n),
         "top_features": list(ranker.importance())[:8],
     }
