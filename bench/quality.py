@@ -54,7 +54,7 @@ def _segments(rankings: dict, seen: pd.DataFrame) -> dict:
         seg: dict = {"users": int(mask.sum())}
         for model, r in rankings.items():
             rows = r.per_user[mask]
-            mean = {k: round(float(rows[k].mean()), 4) for k in KEYS[:2]}
+            mean = {k: round(float(rows[k].mean()), 4) for k in ("ndcg@10", "recall@10")}
             seg[model] = mean if len(rows) else None
         out[name] = seg
     return out
