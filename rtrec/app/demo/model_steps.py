@@ -126,7 +126,9 @@ def _require_whole_windows(
 ) -> None:
     """Raise :class:`Missed` (and say why no retraining follows) when the check judged
     nothing, or other events than those published for its windows."""
-    details = {k: v for k, v in out.items() if k != "status"}
+    # The step's "reason" says why it was missed; the verdict's own reason stays beside it.
+    details = {k: v for k, v in out.items() if k not in ("status", "reason")}
+    details["verdict_reason"] = out["reason"]
     if not verdict["judged"]:
         ctx.no_retrain = verdict["summary"]  # "not judged: <why>"
         raise Missed(ctx.no_retrain, **details)

@@ -86,3 +86,18 @@ def test_steps_run_in_order_on_the_context_and_an_error_stops_the_run() -> None:
     assert [s["step"] for s in report.steps] == ["a", "b"]
     assert report.steps[0]["n"] == 1 and report.missed == ["b: skipped: not triggered: no drift"]
     assert len(report.offsets) == 3  # "c" started, then failed
+
+
+def test_incomplete_drift_windows_are_a_missed_step_with_both_reasons() -> None:
+    from types import SimpleNamespace
+
+    from rtrec.app.demo.model_steps import _require_whole_windows
+
+    ctx = SimpleNamespace(no_retrain=None)
+    verdict = {"judged": True, "reference_rows": 90, "current_rows": 10}
+    out = {"status": "done", "reason": "drift in 3 of 5 features", "drifted": True}
+    with pytest.raises(Missed) as caught:
+        _require_whole_windows(ctx, verdict, [100, 10], out)
+    assert caught.value.status == "incomplete"
+    assert caught.value.reason.startswith("the drift check judged 90 + 10 events")
+    assert caught.value.details == {"drifted": True, "verdict_reason": "drift in 3 of 5 features"}
