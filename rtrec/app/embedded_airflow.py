@@ -27,9 +27,13 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rtrec.config import Settings
 from rtrec.errors import Unavailable
+
+if TYPE_CHECKING:
+    from rtrec.app.dag_runs.airflow_api import AirflowApi
 
 logger = logging.getLogger(__name__)
 
@@ -184,6 +188,14 @@ def prepare(settings: Settings) -> None:
 
 def health_url(settings: Settings) -> str:
     return f"http://127.0.0.1:{settings.airflow.port}/api/v2/monitor/health"
+
+
+def api(settings: Settings) -> AirflowApi:
+    """A REST client of the embedded Airflow (``/api/v2``): no login, every caller is an
+    admin on loopback. ``trigger`` on it is what a script of yours would call."""
+    from rtrec.app.dag_runs.airflow_api import AirflowApi
+
+    return AirflowApi(f"http://127.0.0.1:{settings.airflow.port}")
 
 
 def healthy(settings: Settings, *, timeout_s: float = 10.0) -> bool:

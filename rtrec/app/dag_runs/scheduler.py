@@ -77,8 +77,7 @@ class SchedulerRunner:
                     dag_id,
                 )
         else:
-            body = {"logical_date": None, "conf": conf or {}}
-            run_id = self.api.post(f"/dags/{segment(dag_id)}/dagRuns", body)["dag_run_id"]
+            run_id = self.api.trigger(dag_id, conf or {})["dag_run_id"]
             logger.info("triggered %s run %s over REST", dag_id, run_id)
         state = self._wait(dag_id, run_id, timeout_s)
         result = self._read_back(dag_id, run_id, state)
