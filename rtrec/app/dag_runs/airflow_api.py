@@ -137,6 +137,8 @@ class AirflowApi:
                         f"Airflow API POST {path} failed {attempt} times: {exc!r}"
                     ) from exc
                 problem = repr(exc)
+            except httpx.HTTPError as exc:  # not a lost answer: sending again would not help
+                raise Unavailable(f"Airflow API POST {path} failed: {exc!r}") from exc
             else:
                 if resp.status_code == 409 and attempt > 1:
                     logger.warning("run %s of %s was created by an earlier send", run_id, dag_id)
