@@ -4,6 +4,7 @@ returns the step's output (what the summary line and the report show)."""
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Any
 
@@ -12,6 +13,8 @@ import numpy as np
 from rtrec.app.demo.burst import http_burst
 from rtrec.app.demo.context import DataSplit, DemoContext
 from rtrec.config import Settings
+
+logger = logging.getLogger(__name__)
 
 QUICK_REQUESTS, FULL_REQUESTS = 400, 2000
 """HTTP requests of the burst, with ``--quick`` and without."""
@@ -39,10 +42,16 @@ def wait_logged(settings: Settings, timeout_s: float = 600) -> dict[str, Any]:
 
 
 def stack_up(ctx: DemoContext) -> dict[str, Any]:
-    """Start the embedded stack (broker, Redis, directories)."""
+    """Start the embedded stack (broker, Redis, directories). A component not healthy
+    right after its start is named in the step's output and logged at WARNING: the
+    steps after it fail loudly if it stays so, but the reader sees where to look."""
     from rtrec.app import stack
 
-    return {"healthy": all(r.healthy for r in stack.up(ctx.settings))}
+    bad = [f"{r.name}: {r.detail}" for r in stack.up(ctx.settings) if not r.healthy]
+    if not bad:
+        return {"healthy": True}
+    logger.warning("embedded stack not healthy right after its start: %s", "; ".join(bad))
+    return {"healthy": False, "unhealthy": "; ".join(bad)}
 
 
 def make_data(ctx: DemoContext) -> dict[str, Any]:

@@ -101,3 +101,26 @@ def test_incomplete_drift_windows_are_a_missed_step_with_both_reasons() -> None:
     assert caught.value.status == "incomplete"
     assert caught.value.reason.startswith("the drift check judged 90 + 10 events")
     assert caught.value.details == {"drifted": True, "verdict_reason": "drift in 3 of 5 features"}
+
+
+def test_an_unhealthy_stack_after_start_is_named_and_warned(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from types import SimpleNamespace
+
+    from rtrec.app import stack
+    from rtrec.app.demo import steps
+    from rtrec.app.stack import ComponentStatus
+
+    answers = [
+        ComponentStatus("kafka", "127.0.0.1:1", False, "topics missing: ['events']"),
+        ComponentStatus("redis", "redis://127.0.0.1:2/0", True, "0 keys"),
+    ]
+    monkeypatch.setattr(stack, "up", lambda settings: answers)
+    ctx = SimpleNamespace(settings=None)
+    with caplog.at_level("WARNING", logger=steps.__name__):
+        out = steps.stack_up(ctx)  # type: ignore[arg-type]
+    assert out == {"healthy": False, "unhealthy": "kafka: topics missing: ['events']"}
+    assert "not healthy right after its start: kafka" in caplog.text
+    answers[0] = ComponentStatus("kafka", "127.0.0.1:1", True, "4 topics")
+    assert steps.stack_up(ctx) == {"healthy": True}  # type: ignore[arg-type]
