@@ -126,7 +126,7 @@ def airflow_env(settings: Settings) -> dict[str, str]:
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
         "AIRFLOW__CORE__PARALLELISM": par,
         "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": par,
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{server_url(settings)}/execution/",
         # The standalone starts the scheduler seconds before the API server listens: a task
         # queued then keeps retrying its start call (backoff up to 90 s) instead of failing.
         "AIRFLOW__WORKERS__EXECUTION_API_RETRIES": "10",
@@ -186,8 +186,13 @@ def prepare(settings: Settings) -> None:
     airflow_cli(settings, "dags", "reserialize")
 
 
+def server_url(settings: Settings) -> str:
+    """The API server's address (loopback): REST API, execution API and UI behind it."""
+    return f"http://127.0.0.1:{settings.airflow.port}"
+
+
 def health_url(settings: Settings) -> str:
-    return f"http://127.0.0.1:{settings.airflow.port}/api/v2/monitor/health"
+    return f"{server_url(settings)}/api/v2/monitor/health"
 
 
 def api(settings: Settings) -> AirflowApi:
@@ -195,7 +200,7 @@ def api(settings: Settings) -> AirflowApi:
     admin on loopback. ``trigger`` on it is what a script of yours would call."""
     from rtrec.app.dag_runs.airflow_api import AirflowApi
 
-    return AirflowApi(f"http://127.0.0.1:{settings.airflow.port}")
+    return AirflowApi(server_url(settings))
 
 
 def healthy(settings: Settings, *, timeout_s: float = 10.0) -> bool:

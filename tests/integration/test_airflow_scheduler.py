@@ -179,9 +179,7 @@ def airflow(stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
     runner = CliRunner()
     # Reads wait as long as rtrec's own client: the server may wait up to 60 s for its DB.
-    api = httpx.Client(
-        base_url=f"http://127.0.0.1:{settings.airflow.port}/api/v2", timeout=TIMEOUT_S
-    )
+    api = httpx.Client(base_url=f"{embedded.server_url(settings)}/api/v2", timeout=TIMEOUT_S)
     client = embedded.api(settings)
     try:
         up = runner.invoke(main, ["airflow", "up", "--timeout", "300"])
