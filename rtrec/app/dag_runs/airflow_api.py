@@ -16,6 +16,7 @@ read timeout on a loaded machine) is sent again without risk of running the DAG 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 import uuid
@@ -127,8 +128,8 @@ class AirflowApi:
         run_id = run_id or f"manual__rtrec_{uuid.uuid4().hex}"
         path = f"/dags/{segment(dag_id)}/dagRuns"
         body = {"dag_run_id": run_id, "logical_date": None, "conf": conf}
-        for attempt in range(1, TRIGGER_ATTEMPTS + 1):
-            last = attempt == TRIGGER_ATTEMPTS
+        for attempt in itertools.count(1):  # the last send returns or raises
+            last = attempt >= TRIGGER_ATTEMPTS
             try:
                 resp = self._send("POST", path, json=body)
             except httpx.TransportError as exc:
@@ -155,7 +156,6 @@ class AirflowApi:
                 problem,
             )
             time.sleep(RETRY_PAUSE_S * 2 ** (attempt - 1))
-        raise AssertionError("unreachable")  # pragma: no cover
 
     def patch(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         return self._json(self.request("PATCH", path, json=body), f"PATCH {path}", (200,))
