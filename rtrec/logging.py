@@ -37,6 +37,8 @@ OWN_LOGGERS = ("rtrec",)
 """Top-level packages whose loggers are ours."""
 NOISY_LOGGERS = ("kafka", "py4j", "urllib3", "alembic", "feast")
 """Third-party loggers that say too much at INFO (connection chatter, migrations)."""
+KAFKA_TRANSPORT_LOGGERS = ("kafka.net.transport", "kafka.net.backend.transport")
+"""Where kafka-python 3 logs socket errors (the module moved after 3.0.12)."""
 
 
 def _extras(record: logging.LogRecord) -> dict[str, Any]:
@@ -60,6 +62,37 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
+class ClosedTransportNoise(logging.Filter):
+    """kafka-python's errors about a connection its owner had already closed: DEBUG.
+
+    kafka-python 3 closes connections from the caller's thread (a consumer's or producer's
+    ``close()``) while its IO thread may be between "socket readable" and ``recv``; that
+    ``recv`` then fails on the closed socket (``'NoneType' object has no attribute
+    'recv'``, ``socket disconnected``) and is logged at ERROR, which an Airflow task's log
+    shows as a failure. Nothing is lost: the close was ours, after its answers came.
+    Demoted only when the transport in the record says it is closing, so a failure on an
+    open connection stays an error; kept at DEBUG when the ``kafka`` logger is.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        closing = getattr(args[0], "is_closing", None) if args else None
+        if record.levelno < logging.ERROR or not callable(closing) or closing() is not True:
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
+def _quiet_noisy_loggers() -> None:
+    """Third-party chatter at WARNING, closed-connection noise at DEBUG. Idempotent."""
+    for noisy in NOISY_LOGGERS:
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    for name in KAFKA_TRANSPORT_LOGGERS:
+        transport = logging.getLogger(name)
+        if not any(isinstance(f, ClosedTransportNoise) for f in transport.filters):
+            transport.addFilter(ClosedTransportNoise())
+
+
 def configure_logging(level: str | int = "INFO", *, json_lines: bool = True) -> None:
     """Configure the root logger once, from an entry point."""
     handler = logging.StreamHandler(sys.stderr)
@@ -69,8 +102,7 @@ def configure_logging(level: str | int = "INFO", *, json_lines: bool = True) -> 
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in NOISY_LOGGERS:
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    _quiet_noisy_loggers()
 
 
 class ExtrasInMessage(logging.Filter):
@@ -101,8 +133,7 @@ def configure_task_logging(level: str | int = "INFO") -> None:
     """
     for name in OWN_LOGGERS:
         logging.getLogger(name).setLevel(level)
-    for noisy in NOISY_LOGGERS:
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    _quiet_noisy_loggers()
     os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
     if "mlflow" in sys.modules:  # imported (and configured) before this call
         mlflow_logger = logging.getLogger("mlflow")

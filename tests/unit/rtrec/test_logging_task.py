@@ -126,3 +126,53 @@ def test_route_stderr_logs_each_line_at_its_level_in_a_task_process(tmp_path: Pa
     ]
     # Only what came after the step reached the supervisor's socket (as Airflow's stderr).
     assert body["raw"] == "after the step\n"
+
+
+class _Net:
+    """The two calls a kafka-python transport makes on its event loop when it closes."""
+
+    def unregister_event(self, sock: object, events: int) -> None:
+        pass
+
+    def cancel(self, task: object) -> None:
+        pass
+
+
+def _transport_errors(close_first: bool) -> list[logging.LogRecord]:
+    """Records a real kafka-python transport logs when its ``recv`` fails: after its owner
+    closed it (the IO thread's race with ``close()``), or on a socket broken underneath."""
+    import socket
+
+    from kafka.net.transport import KafkaTCPTransport
+
+    caught: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = caught.append  # type: ignore[method-assign]
+    kafka_logger = logging.getLogger("kafka")
+    saved = kafka_logger.level
+    kafka_logger.addHandler(handler)
+    ours, theirs = socket.socketpair()
+    try:
+        configure_task_logging()
+        transport = KafkaTCPTransport(_Net(), ours)
+        if close_first:
+            transport.close()
+        else:
+            ours.close()  # recv on it raises, while the transport still counts as open
+        _, err = transport._sock_recv()
+        assert err is not None
+    finally:
+        kafka_logger.removeHandler(handler)
+        kafka_logger.setLevel(saved)
+        ours.close()
+        theirs.close()
+    return caught
+
+
+def test_a_recv_after_its_own_close_is_not_logged_as_an_error() -> None:
+    assert _transport_errors(close_first=True) == []
+
+
+def test_a_recv_failing_on_an_open_connection_stays_an_error() -> None:
+    (record,) = _transport_errors(close_first=False)
+    assert record.levelno == logging.ERROR and "Error receiving" in record.getMessage()
