@@ -228,17 +228,24 @@ class ModelBundle:
             (i, float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i and i != item_id
         ][:k]
 
-    def score(self, seen: Any, user_ids: list[str]) -> np.ndarray:
-        """Evaluator interface: scores of every catalog item from each user's ``seen`` rows;
-        cold users (unknown, no history) get the popularity ranking, as serving answers them."""
-        user, history, dense = self.encoders.user_state(seen, user_ids)
+    def queries(self, seen: Any, user_ids: list[str]) -> np.ndarray:
+        """Each user's retrieval query ``[users, dim + 1]`` from its ``seen`` rows (its
+        latest items and dense features, as the online store holds them)."""
+        return self._queries(*self.encoders.user_state(seen, user_ids))
+
+    def _queries(self, user: np.ndarray, history: np.ndarray, dense: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            vecs = self.net.query(
+            return self.net.query(
                 self.net.user_tower(
                     torch.as_tensor(user), torch.as_tensor(history), torch.as_tensor(dense)
                 )
             ).numpy()
-        scores = vecs @ self.item_keys.T
+
+    def score(self, seen: Any, user_ids: list[str]) -> np.ndarray:
+        """Evaluator interface: scores of every catalog item from each user's ``seen`` rows;
+        cold users (unknown, no history) get the popularity ranking, as serving answers them."""
+        user, history, dense = self.encoders.user_state(seen, user_ids)
+        scores = self._queries(user, history, dense) @ self.item_keys.T
         return rank_cold_by_popularity(scores, user, history, self.item_keys[:, -1])
 
     def recommend(self, user_ids: Sequence[str], k: int = 10) -> list[list[str]]:

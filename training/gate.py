@@ -94,6 +94,20 @@ class GateEvidence:
     confidence: float = 0.95
     samples: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    challenger_system: str = "retrieval"
+    """What was judged of the challenger: ``two_stage`` (its candidates then its ranker,
+    as served) or ``retrieval`` (the two-tower's order: a bundle without a ranker)."""
+    champion_system: str | None = None
+    """What was judged of the champion: what serving answers with for it (the same names)."""
+    champion_flag: str | None = None
+    """Why the champion was judged by retrieval order (it declares no ranker, or its ranker
+    cannot be loaded); None when it was judged by its own two stages."""
+
+    def systems(self) -> str:
+        """``two_stage vs retrieval (why)``: what the gate compared, for its reason."""
+        champion = self.champion_system or "-"
+        flag = f" ({self.champion_flag})" if self.champion_flag else ""
+        return f"{self.challenger_system} vs {champion}{flag}"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -235,7 +249,11 @@ def decide(evidence: GateEvidence, *, margin: float) -> GateOutcome:
     e = evidence
     where = e.slice.describe()
     if e.champion_version is None:
-        return GateOutcome(True, f"no champion yet; {e.metric} {e.challenger:.4f} on the {where}")
+        return GateOutcome(
+            True,
+            f"no champion yet; {e.metric} {e.challenger:.4f} ({e.challenger_system}) on the "
+            f"{where}",
+        )
     if e.gain is None or e.ci_low is None or e.ci_high is None or e.champion is None:
         raise InvalidInput(
             f"gate evidence against champion v{e.champion_version} has no scores", field="gate"
@@ -244,9 +262,9 @@ def decide(evidence: GateEvidence, *, margin: float) -> GateOutcome:
     verdict = "promote" if ok else "keep the champion"
     why = (
         f"{e.metric} {e.challenger:.4f} vs champion v{e.champion_version} {e.champion:.4f} on "
-        f"the {where}: gain {e.gain:+.2%} ({e.confidence:.0%} interval {e.ci_low:+.2%} .. "
-        f"{e.ci_high:+.2%}, paired bootstrap over users and items, {e.samples} "
-        f"resamples); rule: "
+        f"the {where}, systems {e.systems()}: gain {e.gain:+.2%} ({e.confidence:.0%} "
+        f"interval {e.ci_low:+.2%} .. {e.ci_high:+.2%}, paired bootstrap over users and "
+        f"items, {e.samples} resamples); rule: "
         f"gain >= {margin:.2%} and lower bound > {-margin:.2%} -> {verdict}"
     )
     return GateOutcome(ok, why)
@@ -272,5 +290,8 @@ def evidence_tags(evidence: GateEvidence, *, margin: float) -> dict[str, str]:
         "gate.samples": e.samples,
         "gate.margin": margin,
         "gate.rule": "gain >= margin and ci_low > -margin",
+        "gate.challenger_system": e.challenger_system,
+        "gate.champion_system": e.champion_system,
+        "gate.champion_flag": e.champion_flag,
     }
     return {k: str(v) for k, v in tags.items() if v is not None}

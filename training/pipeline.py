@@ -36,13 +36,13 @@ from typing import Any
 from rtrec.training.artifacts import save_bundle
 from rtrec.training.champion import load_champion
 from rtrec.training.dataset import build_training_sets
-from rtrec.training.evaluate import evaluate, write_report
+from rtrec.training.evaluate import Ranking, evaluate, write_report
 from rtrec.training.gate import GateEvidence
 from rtrec.training.index import ItemIndex
-from rtrec.training.judging import judge
+from rtrec.training.judging import gate_evidence, judge
 from rtrec.training.ranker_bundle import save_ranker
 from rtrec.training.registry import GATE_METRIC, ModelRegistry, PromotionDecision
-from rtrec.training.results import MODEL_NAME, FitOutput, flat_metrics, json_safe
+from rtrec.training.results import MODEL_NAME, TWO_STAGE, FitOutput, flat_metrics, json_safe
 from rtrec.training.selection import Selection, refit, select_on_validation
 from rtrec.training.served_index import build_served_index
 from rtrec.training.sets import Frames, Protocol, SplitConfig, TrainingSets
@@ -250,10 +250,12 @@ def fit_and_evaluate(
         settings, sets.protocol, frames, epochs=epochs, progress=progress
     )
     model, finals = refit(selection, frames, progress=progress)
-    gate_metrics, evidence = judge(settings, sets, frames, model, finals, champion)
+    gate_metrics, retrieval = judge(frames, model, finals)
     test_metrics = _test_metrics(frames, model, finals)
     index = build_served_index(settings, model, frames)
     stage = _ranker_stage(settings, sets, frames, selection, model, gate_metrics)
+    two_stage = stage[2] if stage else None
+    evidence = gate_evidence(settings, sets, frames, retrieval, two_stage, champion, gate_metrics)
     fitted = FitOutput(
         bundle_dir=out_dir / "bundle",
         val_metrics=selection.val_metrics,
@@ -275,18 +277,18 @@ def _ranker_stage(
     selection: Selection,
     model: Any,
     gate_metrics: dict[str, dict[str, float]],
-) -> tuple[Any, dict[str, Any]] | None:
-    """The second stage and its figures (``rtrec.training.ranker_fit``); its gate-slice
-    metrics join ``gate_metrics``. None with ``training.ranker`` off."""
+) -> tuple[Any, dict[str, Any], Ranking | None] | None:
+    """The second stage, its figures (``rtrec.training.ranker_fit``) and its ranking of the
+    gate slice, whose metrics join ``gate_metrics``. None with ``training.ranker`` off."""
     if not settings.training.ranker:
         return None
-    from rtrec.training.ranker_fit import TWO_STAGE, fit_ranker_stage, gate_figures
+    from rtrec.training.ranker_fit import fit_ranker_stage, gate_figures
 
     two_stage, info = fit_ranker_stage(settings, sets, frames, selection, model)
-    metrics, report = gate_figures(two_stage, frames, gate_metrics.get(MODEL_NAME, {}))
-    if metrics:
-        gate_metrics[TWO_STAGE] = metrics
-    return two_stage, json_safe({**info, **report})
+    ranking, report = gate_figures(two_stage, frames, gate_metrics.get(MODEL_NAME, {}))
+    if ranking is not None:
+        gate_metrics[TWO_STAGE] = ranking.summary
+    return two_stage, json_safe({**info, **report}), ranking
 
 
 def _test_metrics(
@@ -317,7 +319,7 @@ def _write(
     model: Any,
     finals: dict[str, Any],
     index: ItemIndex,
-    stage: tuple[Any, dict[str, Any]] | None,
+    stage: tuple[Any, dict[str, Any], Ranking | None] | None,
 ) -> tuple[Path, Path]:
     """The bundle that was scored (at ``fitted.bundle_dir``) and, next to it, the report on
     the held-out split (test, else the gate slice); returns the report's files."""

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from rtrec.features import RECENT_ITEMS
-from rtrec.training.evaluate import evaluate
+from rtrec.training.evaluate import Ranking, rank
 from rtrec.training.pit_states import training_states
 from rtrec.training.ranker import DEFAULT_PARAMS, Ranker, TwoStage
 from rtrec.training.selection import Selection
@@ -32,9 +32,6 @@ from rtrec.training.two_stage import Fold, SourceConfig, fit_two_stage, recall_o
 from rtrec.config import Settings
 
 logger = logging.getLogger(__name__)
-
-TWO_STAGE = "two_stage"
-"""Key of the two-stage system in the metrics tables (beside the two-tower's)."""
 
 
 def sampled_labels(labels: pd.DataFrame, users: int, seed: int) -> pd.DataFrame:
@@ -83,14 +80,15 @@ def fit_ranker_stage(
 
 def gate_figures(
     two_stage: TwoStage, frames: Frames, retrieval: dict[str, float]
-) -> tuple[dict[str, float], dict[str, Any]]:
-    """The two-stage system's metrics on the gate slice, and for the report: its gain
-    over ``retrieval`` (the two-tower's metrics there) and the candidate recall per
-    source. Empty without a gate slice."""
+) -> tuple[Ranking | None, dict[str, Any]]:
+    """The two-stage system's ranking of the gate slice (what the gate judges), and for
+    the report: its gain over ``retrieval`` (the two-tower's metrics there) and the
+    candidate recall per source. None and empty without a gate slice."""
     if frames.gate.empty:
-        return {}, {}
+        return None, {}
     t = time.perf_counter()
-    metrics = evaluate(two_stage, frames.fit_part, frames.gate)
+    ranking = rank(two_stage, frames.fit_part, frames.gate)
+    metrics = ranking.summary
     recall = recall_of_candidates(two_stage, frames.fit_part, frames.gate)
     gain = {
         k: {
@@ -107,4 +105,4 @@ def gate_figures(
         "gain_over_retrieval": gain,
         "seconds": round(time.perf_counter() - t, 1),
     }
-    return metrics, report
+    return ranking, report

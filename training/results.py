@@ -18,7 +18,13 @@ from rtrec.training.promotion import metric_key
 MODEL_NAME = "two_tower"
 """Key of the trained model in the metrics tables (the baselines use their own names)."""
 CHAMPION_KEY = "current_champion"
-"""Key of the registered champion in the gate slice's metrics table."""
+"""Key of the registered champion in the gate slice's metrics table (the system serving
+answers with: its two stages, or its retrieval order; the gate's evidence says which)."""
+TWO_STAGE = "two_stage"
+"""Key of the two-stage system (candidates, then the ranker) in the metrics tables, and
+its name in the gate's evidence."""
+RETRIEVAL = "retrieval"
+"""The gate's name for a system judged by the two-tower's retrieval order alone."""
 
 
 @dataclass

@@ -178,7 +178,12 @@ def test_pipeline_registers_a_champion_whose_bundle_loads(
     again = train(settings, data=data_dir, epochs=2, progress=False)
     assert again.version == "2" and again.decision is not None
     assert not again.decision.promoted and "keep the champion" in again.decision.reason
-    assert again.fit.gate_metrics["current_champion"]["ndcg@10"] == pytest.approx(again.gate_value)
+    # The gate judged both as served: the champion's bundle through the request path
+    # (its frozen sources and ranker), the challenger's two stages as fitted; they tie.
+    judged = again.fit.gate_metrics
+    assert judged["current_champion"]["ndcg@10"] == pytest.approx(judged["two_stage"]["ndcg@10"])
+    assert "systems two_stage vs two_stage:" in again.decision.reason
+    assert again.fit.evidence["challenger"] == pytest.approx(judged["two_stage"]["ndcg@10"])
     assert registry.champion_version() == "1" and registry.challenger_version() == "2"
 
     # A champion that exists but cannot be scored fails the run, naming it; nothing is

@@ -296,8 +296,11 @@ def gate_section(gates: list[tuple[str, dict[str, Any]]]) -> Any:
                 f"v{d.get('version')}",
                 "promoted" if d.get("promoted") else "kept the champion",
                 f"{sl.get('rows', '?')} events, {sl.get('users', '?')} users",
-                f"{e.get('challenger', float('nan')):.4f}",
-                "-" if champ is None else f"v{champ} {e.get('champion', float('nan')):.4f}",
+                f"{e.get('challenger', float('nan')):.4f} ({e.get('challenger_system', '?')})",
+                "-"
+                if champ is None
+                else f"v{champ} {e.get('champion', float('nan')):.4f} "
+                f"({e.get('champion_system', '?')})",
                 f"{pct(e.get('gain'))} [{pct(e.get('ci_low'))}, {pct(e.get('ci_high'))}]",
                 f"{d.get('margin') or 0:.1%}",
             ]
@@ -307,8 +310,8 @@ def gate_section(gates: list[tuple[str, dict[str, Any]]]) -> Any:
         "version",
         "decision",
         "gate slice",
-        "challenger ndcg@10",
-        "champion ndcg@10",
+        "challenger ndcg@10 (system)",
+        "champion ndcg@10 (system)",
         "gain [95% CI]",
         "margin",
     ]

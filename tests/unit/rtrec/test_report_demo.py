@@ -86,6 +86,8 @@ def _run() -> tuple[DemoReport, dict[str, Any]]:
             "challenger": 0.2345,
             "champion": 0.2251,
             "champion_version": 1,
+            "challenger_system": "two_stage",
+            "champion_system": "retrieval",
             "gain": 0.042,
             "ci_low": 0.012,
             "ci_high": 0.07,
@@ -144,7 +146,8 @@ def test_report_has_timeline_decision_sizes_and_no_raw_json(tmp_path: Path) -> N
     assert titles[:3] == ["Timeline", "Steps", "Data sizes"]
     assert "Serving latency" in titles and "Drift check after the shift" in titles
     gate = next(t for t in titles if t.startswith("Promotion gate"))
-    assert "promoted" in s[gate] and "0.2345" in s[gate] and "v1 0.2251" in s[gate]
+    assert "promoted" in s[gate] and "0.2345 (two_stage)" in s[gate]
+    assert "v1 0.2251 (retrieval)" in s[gate]
     timeline = s["Timeline"]
     assert "trained v1, promoted; serving v1" not in timeline  # not served before "up"
     assert "trained v1, promoted" in timeline and "serving v1" in timeline
