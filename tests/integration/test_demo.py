@@ -81,6 +81,8 @@ def test_demo_quick_runs_the_loop_and_stops_everything(tmp_path: Path) -> None:
     assert summary["drift_windows"]["judged"] == summary["drift_windows"]["published"]
     retrain = steps["Airflow rtrec_training (triggered by the drift)"]
     assert retrain["version"] == "2" and retrain["trigger"].startswith("drift: ")
+    # The gate judged the two-stage systems as served, the champion's through its bundle.
+    assert retrain["gate_systems"] == "two_stage vs two_stage", retrain
     swap = steps["hot swap of the new champion"]
     if retrain["promoted"]:
         assert swap["status"] == "done" and swap["serving_version"] == "2"

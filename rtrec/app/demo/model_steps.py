@@ -163,8 +163,15 @@ def retrain(ctx: DemoContext) -> dict[str, Any]:
         "trigger": str(run.conf.get("reason", ""))[:80],
         "version": decision["version"],
         "promoted": decision["promoted"],
+        "gate_systems": _systems(decision.get("evidence") or {}),
         "reason": decision["reason"][:120],
     }
+
+
+def _systems(evidence: dict[str, Any]) -> str:
+    """What the gate compared: ``two_stage vs two_stage``, or ``... vs retrieval`` where
+    the champion had no usable ranker (the evidence's flag says why)."""
+    return f"{evidence.get('challenger_system')} vs {evidence.get('champion_system')}"
 
 
 def swap(ctx: DemoContext) -> dict[str, Any]:
