@@ -77,7 +77,7 @@ def gate_evidence(
         )
     from rtrec.training.served_system import served_system
 
-    scorer, champ_system, flag = served_system(bundle)
+    scorer, champ_system, flag = served_system(bundle, version)
     champ_ranking = rank(scorer, frames.fit_part, frames.gate)
     metrics[CHAMPION_KEY] = {**champ_ranking.summary}
     evidence = gather_evidence(

@@ -15,6 +15,7 @@ others (those in popularity order), as ``TwoStage`` scores the challenger.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,8 @@ import pandas as pd
 from rtrec.training.candidates import user_states
 from rtrec.training.ranker_bundle import load_ranker, ranker_declared
 from rtrec.training.results import RETRIEVAL, TWO_STAGE
+
+logger = logging.getLogger(__name__)
 
 
 class ServedTwoStage:
@@ -60,7 +63,7 @@ class ServedTwoStage:
         return out
 
 
-def served_system(bundle: Any) -> tuple[Any, str, str | None]:
+def served_system(bundle: Any, version: str | None = None) -> tuple[Any, str, str | None]:
     """(scorer, system, flag) of a loaded bundle as serving would answer with it:
     its two stages when it declares a ranker that loads; else its retrieval order, with
     the flag saying why (no ranker declared, or the declared one cannot be loaded)."""
@@ -72,5 +75,6 @@ def served_system(bundle: Any) -> tuple[Any, str, str | None]:
     except Exception as exc:  # serving would fall back to retrieval order, flagged
         why = f"{type(exc).__name__}: {exc}"[:300]
         flag = f"its ranker cannot be loaded ({why}): judged by its retrieval order"
+        logger.warning("gate: champion v%s: %s", version or bundle.version, flag)
         return bundle, RETRIEVAL, flag
     return ServedTwoStage(bundle, ranker), TWO_STAGE, None

@@ -147,7 +147,7 @@ def test_a_champion_without_a_ranker_is_judged_by_its_retrieval_order_flagged(wo
 
 
 def test_a_champion_whose_ranker_cannot_load_is_judged_as_serving_falls_back(
-    world, tmp_path: Path
+    world, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     damaged = tmp_path / "damaged"
     shutil.copytree(world["with_opposite"], damaged)
@@ -158,6 +158,9 @@ def test_a_champion_whose_ranker_cannot_load_is_judged_as_serving_falls_back(
     assert evidence.champion_system == "retrieval"
     assert "its ranker cannot be loaded (InvalidInput:" in str(evidence.champion_flag)
     assert "fails its checksum" in str(evidence.champion_flag)
+    warned = [r for r in caplog.records if r.name == "rtrec.training.served_system"]
+    assert [r.levelname for r in warned] == ["WARNING"]
+    assert warned[0].message.startswith("gate: champion v1: its ranker cannot be loaded")
     alone = rank(bundle, frames.fit_part, frames.gate).summary["ndcg@10"]
     assert evidence.champion == pytest.approx(alone)
 
