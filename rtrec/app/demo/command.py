@@ -23,7 +23,7 @@ from rtrec.app.demo.steps import (
     stream_before,
 )
 from rtrec.app.demo.summary import print_summary
-from rtrec.config import get_settings
+from rtrec.config import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +50,26 @@ STEPS: tuple[Step[DemoContext], ...] = (
 )
 """The loop, in order; each step's name is how the summary, the JSON line and the
 report show it."""
+
+
+def earlier_run(settings: Settings) -> str | None:
+    """Why ``settings.work_dir`` cannot host the demo, or None: an earlier run's events
+    in its offline log. The demo publishes a fixed month of events and requires its drift
+    check to judge exactly those; a second run in the same work dir would find both runs'
+    events in its windows ten minutes in, at the drift step. Refused before anything
+    starts, saying how to start over."""
+    events = settings.offline_dir / "events"
+    parts = list(events.glob("*.parquet")) if events.is_dir() else []
+    if not parts:
+        return None
+    work = settings.work_dir
+    return (
+        f"{work} already holds an earlier run's offline event log ({len(parts)} files in "
+        f"{events}). The demo publishes a fixed month of events and checks that drift is "
+        "judged on exactly those, so it needs a work dir without events. Start over with "
+        f"`rtrec down && rm -rf {work}`, or run it in another one: "
+        "`RTREC_WORK_DIR=/tmp/rtrec-demo rtrec demo`."
+    )
 
 
 def training_epochs(quick: bool, epochs: int | None) -> int | None:
@@ -97,6 +117,8 @@ def demo(quick: bool, data: str, keep_running: bool, epochs: int | None, profile
     ab_skipped = configure_ab(quick, data)
     get_settings.cache_clear()  # read with the A/B phase's settings, when it has one
     settings = get_settings()
+    if (why := earlier_run(settings)) is not None:
+        raise click.UsageError(why)
     # All DAG runs go through one warm runner (Airflow, torch, the Spark JVM loaded once).
     ctx = DemoContext(
         settings=settings,

@@ -124,3 +124,29 @@ def test_an_unhealthy_stack_after_start_is_named_and_warned(
     assert "not healthy right after its start: kafka" in caplog.text
     answers[0] = ComponentStatus("kafka", "127.0.0.1:1", True, "4 topics")
     assert steps.stack_up(ctx) == {"healthy": True}  # type: ignore[arg-type]
+
+
+def test_a_work_dir_holding_an_earlier_runs_events_is_refused_before_anything_starts(
+    tmp_path, monkeypatch: pytest.MonkeyPatch, clean_rtrec_env: None
+) -> None:
+    from click.testing import CliRunner
+
+    from rtrec.app.cli import main
+    from rtrec.app.demo.command import earlier_run
+    from rtrec.config import get_settings, load_settings
+
+    work = tmp_path / "w"
+    assert earlier_run(load_settings(work_dir=work)) is None  # a fresh work dir
+    (work / "offline" / "events").mkdir(parents=True)
+    assert earlier_run(load_settings(work_dir=work)) is None  # directories, no events yet
+    (work / "offline" / "events" / "part-1-abc.parquet").write_bytes(b"PAR1")
+    monkeypatch.setenv("RTREC_WORK_DIR", str(work))
+    get_settings.cache_clear()
+    try:
+        out = CliRunner().invoke(main, ["demo", "--quick"])
+    finally:
+        get_settings.cache_clear()
+    assert out.exit_code == 2, out.output
+    assert f"{work} already holds an earlier run's offline event log (1 files" in out.output
+    assert f"rtrec down && rm -rf {work}" in out.output and "RTREC_WORK_DIR=" in out.output
+    assert not (work / "run").exists()  # nothing was started: no pid file, no directory
