@@ -85,7 +85,7 @@ def write_offline_log(settings, events: pd.DataFrame, items, users) -> None:
     from rtrec.features import write_offline_metadata
     from rtrec.streaming import write_events
 
-    write_events(settings.offline_dir / "events", events.assign(value=1.0), partition=0)
+    write_events(settings.events_log_dir, events.assign(value=1.0), partition=0)
     write_offline_metadata(settings, items, users)
 
 

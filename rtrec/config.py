@@ -265,6 +265,11 @@ class Settings(BaseSettings):
         return self.work_dir / "offline"
 
     @property
+    def events_log_dir(self) -> Path:
+        """The offline event log itself: the stream's accepted events (parquet parts)."""
+        return self.offline_dir / "events"
+
+    @property
     def run_dir(self) -> Path:
         """Pid files of processes the embedded stack started."""
         return self.work_dir / "run"

@@ -100,7 +100,7 @@ def backfill_online_store(
 
     if days is not None and not days > 0:
         raise InvalidInput(f"days must be positive, got {days}", field="days")
-    directory = settings.offline_dir / "events"
+    directory = settings.events_log_dir
     events = read_events(directory)
     if not len(events):
         raise NotFound(f"no events in the offline log at {directory}")

@@ -159,7 +159,7 @@ class OfflineSink:
         self.state = state
         self.flush_s = flush_s
         self.flush_rows = flush_rows
-        self.log = OfflineLog(settings.offline_dir / "events")
+        self.log = OfflineLog(settings.events_log_dir)
         self.done: dict[int, int] = {}
         self.rows: dict[str, list[Any]] = {}
         self._job: threading.Thread | None = None

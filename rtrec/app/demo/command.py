@@ -58,7 +58,7 @@ def earlier_run(settings: Settings) -> str | None:
     check to judge exactly those; a second run in the same work dir would find both runs'
     events in its windows ten minutes in, at the drift step. Refused before anything
     starts, saying how to start over."""
-    events = settings.offline_dir / "events"
+    events = settings.events_log_dir
     parts = list(events.glob("*.parquet")) if events.is_dir() else []
     if not parts:
         return None
