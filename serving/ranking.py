@@ -96,13 +96,10 @@ def rank_candidates(
 
     state = online_state(user_id, feats, ranker.sources.p.history_limit)
     hist = bundle.encoders.items.encode(state.items) - 1
-    query, search = None, None
-    if not state.cold:  # a user without history gets popularity only: no search
-        t = time.perf_counter()
-        k = min(ranker.search_k(len(hist)), bundle.index.ntotal)
-        scores, rows = bundle.search_rows(vec, k)
+    t = time.perf_counter()
+    query, search = ranker.search(bundle, hist, vec)
+    if search is not None:  # a user without history gets popularity only: no search
         metrics.observe_stage("search", time.perf_counter() - t)
-        query, search = vec[0], (scores[0], rows[0])
     t = time.perf_counter()
     ranked = ranker.rank(state, hist, query, search, now_ms)
     metrics.observe_stage("rank", time.perf_counter() - t)

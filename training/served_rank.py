@@ -116,6 +116,17 @@ class ServedRanker:
         """How many results the two-tower's search must return for ``history_len`` items."""
         return self.sources.p.per_source + history_len
 
+    def search(
+        self, bundle: Any, hist: np.ndarray, vec: np.ndarray
+    ) -> tuple[np.ndarray | None, tuple[np.ndarray, np.ndarray] | None]:
+        """A request's two-tower part, what :meth:`rank` takes: the query (``vec``,
+        ``[1, dim + 1]``) and its index search's (scores, rows) of :meth:`search_k`
+        results. (None, None) for a user without history: popularity only, no search."""
+        if not len(hist):
+            return None, None
+        scores, rows = bundle.search_rows(vec, min(self.search_k(len(hist)), bundle.index.ntotal))
+        return vec[0], (scores[0], rows[0])
+
     def rank(
         self,
         state: UserState,

@@ -53,11 +53,7 @@ class ServedTwoStage:
         encode = self.bundle.encoders.items.encode
         for r, state in enumerate(states):
             hist = encode(state.items.astype(str)) - 1
-            query, search = None, None
-            if not state.cold:  # a user without history gets popularity only: no search
-                k = min(self.ranker.search_k(len(hist)), self.bundle.index.ntotal)
-                scores, rows = self.bundle.search_rows(queries[r : r + 1], k)
-                query, search = queries[r], (scores[0], rows[0])
+            query, search = self.ranker.search(self.bundle, hist, queries[r : r + 1])
             ranked = self.ranker.rank(state, hist, query, search, now)
             out[r, ranked.pos] = 1e6 - np.arange(len(ranked.pos), dtype=np.float32)
         return out

@@ -105,7 +105,7 @@ def test_a_ranker_that_raises_serves_retrieval_order_flagged(
     class Broken:
         sources = loaded.ranker.ranker.sources
 
-        def search_k(self, n: int) -> int:
+        def search(self, bundle: object, hist: object, vec: object) -> None:
             raise RuntimeError("trees gone")
 
     bad = Loaded(loaded.bundle, "3", "test", RankerStage(Broken(), "v"))
