@@ -17,6 +17,7 @@ from typing import Any
 from rtrec.training.evaluate import Ranking, evaluate, rank
 from rtrec.training.gate import GateEvidence, GateRule, SliceInfo, UserScores, gather_evidence
 from rtrec.training.results import CHAMPION_KEY, MODEL_NAME, RETRIEVAL, TWO_STAGE
+from rtrec.training.served_system import served_system
 from rtrec.training.sets import Frames, TrainingSets
 
 from rtrec.config import Settings
@@ -75,11 +76,9 @@ def gate_evidence(
             "against the challenger: more events are needed",
             field="gate",
         )
-    from rtrec.training.served_system import served_system
-
     scorer, champ_system, flag = served_system(bundle, version)
     champ_ranking = rank(scorer, frames.fit_part, frames.gate)
-    metrics[CHAMPION_KEY] = {**champ_ranking.summary}
+    metrics[CHAMPION_KEY] = champ_ranking.summary
     evidence = gather_evidence(
         info,
         scores,
